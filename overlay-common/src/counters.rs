@@ -1,0 +1,106 @@
+//! Per-CPU counters: traffic per direction and drops per reason.
+
+/// A packets/bytes pair, one per CPU per slot of the `TRAFFIC` and `DROPS` maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
+
+macro_rules! counted_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr => $label:expr,)+ }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant = $value,)+ }
+
+        impl $name {
+            /// Every variant, in slot order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// Number of slots the counter map needs.
+            pub const COUNT: u32 = [$($value,)+].len() as u32;
+
+            /// Stable snake_case name for logs, metrics and the CLI.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)+ }
+            }
+
+            pub const fn from_index(index: u32) -> Option<Self> {
+                match index { $(x if x == $value => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+counted_enum! {
+    /// Where a forwarded packet went. Slot index in the `TRAFFIC` map.
+    pub enum Direction {
+        /// Entered the datapath from a local container.
+        FromContainer = 0 => "from_container",
+        /// Delivered container to container on the same host.
+        LocalDelivery = 1 => "local_delivery",
+        /// Encapsulated and sent to a remote VTEP.
+        EncapTx = 2 => "encap_tx",
+        /// Received from a remote VTEP, decapsulated and delivered.
+        DecapRx = 3 => "decap_rx",
+        /// ARP requests answered by the datapath.
+        ArpReply = 4 => "arp_reply",
+        /// VXLAN checked by XDP and passed on to TC for decapsulation.
+        XdpVxlanPass = 5 => "xdp_vxlan_pass",
+        /// Underlay traffic that is not ours, passed untouched.
+        UnderlayPass = 6 => "underlay_pass",
+    }
+}
+
+counted_enum! {
+    /// Why the datapath dropped a packet. Slot index in the `DROPS` map.
+    pub enum DropReason {
+        /// Header shorter than its protocol requires, or a bad IPv4 IHL.
+        Malformed = 0 => "malformed",
+        /// Packet on a container interface that has no endpoint identity.
+        UnknownInterface = 1 => "unknown_interface",
+        /// Source MAC is not the endpoint's.
+        SpoofedMac = 2 => "spoofed_mac",
+        /// Source IPv4 is not the endpoint's.
+        SpoofedIp = 3 => "spoofed_ip",
+        /// ARP whose sender MAC/IP is not the endpoint's.
+        SpoofedArp = 4 => "spoofed_arp",
+        /// Ethertype the overlay does not carry (the overlay is IPv4 only).
+        UnsupportedEthertype = 5 => "unsupported_ethertype",
+        /// ARP request for an address that no endpoint of the network has.
+        ArpUnknownTarget = 6 => "arp_unknown_target",
+        /// ARP that is not an Ethernet/IPv4 request.
+        ArpUnsupported = 7 => "arp_unsupported",
+        /// Broadcast or multicast that is not ARP: the overlay never floods.
+        Broadcast = 8 => "broadcast",
+        /// Destination MAC/IP is not in the network's tables.
+        UnknownDestination = 9 => "unknown_destination",
+        /// Remote endpoint whose VTEP is not known.
+        UnknownVtep = 10 => "unknown_vtep",
+        /// VXLAN with a VNI that no network uses.
+        UnknownVni = 11 => "unknown_vni",
+        /// VXLAN header without the I flag, or with reserved bits set.
+        VxlanMalformed = 12 => "vxlan_malformed",
+        /// Decapsulated frame not addressed to an endpoint on this host.
+        DecapNotLocal = 13 => "decap_not_local",
+        /// Decapsulated frame whose source is not an endpoint of the sending VTEP.
+        DecapSpoofedSource = 14 => "decap_spoofed_source",
+        /// bpf_skb_adjust_room refused the encapsulation.
+        EncapFailed = 15 => "encap_failed",
+        /// bpf_skb_adjust_room refused the decapsulation, or the frame holds more than one packet.
+        DecapFailed = 16 => "decap_failed",
+        /// The redirect helper failed.
+        RedirectFailed = 17 => "redirect_failed",
+        /// The network of the endpoint is not configured.
+        UnknownNetwork = 18 => "unknown_network",
+        /// The datapath has no configuration yet.
+        NotConfigured = 19 => "not_configured",
+        /// Encapsulated frame would not fit the underlay MTU.
+        TooBig = 20 => "too_big",
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PacketCounter {}

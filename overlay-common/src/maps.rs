@@ -1,0 +1,151 @@
+//! Keys and values of the datapath's BPF maps. The names of the maps themselves are here too,
+//! so the daemon's typed wrappers and the eBPF programs cannot disagree.
+
+/// Map names, as pinned under the node's bpffs directory.
+pub mod names {
+    pub const CONFIG: &str = "OVL_CONFIG";
+    pub const NETWORKS: &str = "OVL_NETWORKS";
+    pub const ENDPOINTS_BY_IP: &str = "OVL_EP_BY_IP";
+    pub const ENDPOINTS_BY_MAC: &str = "OVL_EP_BY_MAC";
+    pub const VTEPS: &str = "OVL_VTEPS";
+    pub const LOCAL_IFACES: &str = "OVL_LOCAL_IFACES";
+    pub const TRAFFIC: &str = "OVL_TRAFFIC";
+    pub const DROPS: &str = "OVL_DROPS";
+}
+
+/// Program names (the function names in overlay-ebpf).
+pub mod programs {
+    /// TC ingress on the host side of each container veth.
+    pub const FROM_CONTAINER: &str = "from_container";
+    /// TC ingress on the underlay interface: VXLAN decapsulation.
+    pub const FROM_UNDERLAY: &str = "from_underlay";
+    /// XDP on the underlay interface: drops foreign VXLAN early.
+    pub const UNDERLAY_XDP: &str = "underlay_xdp";
+}
+
+/// Capacity of the endpoint tables (both keyed views).
+pub const MAX_ENDPOINTS: u32 = 1 << 20;
+/// Capacity of the VTEP table (hosts in the cluster).
+pub const MAX_VTEPS: u32 = 1 << 16;
+/// Capacity of the network table.
+pub const MAX_NETWORKS: u32 = 1 << 12;
+/// Capacity of the local interface identity table (containers on one host).
+pub const MAX_LOCAL_IFACES: u32 = 1 << 16;
+
+/// `Config.flags`: the datapath is configured and may forward.
+pub const CONFIG_F_READY: u16 = 1;
+
+/// The node's datapath configuration: the single slot of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// This node's VTEP address (network order key, see `wire::ipv4_key`).
+    pub vtep_ip: u32,
+    /// ifindex of the underlay interface encapsulated traffic leaves through.
+    pub underlay_ifindex: u32,
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u32,
+    /// VXLAN UDP destination port, host byte order.
+    pub vxlan_port: u16,
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// A network (one VNI): the value of `NETWORKS`, keyed by VNI (`u32`, host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Virtual gateway address that containers route through (network order key).
+    pub gateway_ip: u32,
+    /// Virtual gateway MAC the ARP responder answers with.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<NetworkInfo>() == 12);
+
+/// Key of `ENDPOINTS_BY_IP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointIpKey {
+    pub vni: u32,
+    pub ip: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointIpKey>() == 8);
+
+/// Key of `ENDPOINTS_BY_MAC`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointMacKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<EndpointMacKey>() == 12);
+
+impl EndpointMacKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self { vni, mac, _pad: [0; 2] }
+    }
+}
+
+/// `EndpointInfo.flags`: the endpoint is on this host (deliver to `ifindex`).
+pub const ENDPOINT_F_LOCAL: u16 = 1;
+
+/// Where an endpoint lives: the value of both endpoint maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// VTEP of the host the endpoint is on (network order key); ours for local endpoints.
+    pub vtep_ip: u32,
+    /// Host-side veth ifindex for local endpoints, 0 for remote ones.
+    pub ifindex: u32,
+    /// The endpoint's MAC address.
+    pub mac: [u8; 6],
+    pub flags: u16,
+    /// The endpoint's IPv4 address (network order key).
+    pub ip: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 20);
+
+impl EndpointInfo {
+    #[inline(always)]
+    pub const fn is_local(&self) -> bool {
+        self.flags & ENDPOINT_F_LOCAL != 0
+    }
+}
+
+/// A remote host's VTEP: the value of `VTEPS`, keyed by the VTEP address (network order key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtepInfo {
+    /// Stable small id of the node, for counters and logs.
+    pub node_id: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<VtepInfo>() == 8);
+
+/// The identity of a local container interface, used for anti-spoofing: the value of
+/// `LOCAL_IFACES`, keyed by the host-side veth ifindex (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalIface {
+    pub vni: u32,
+    /// The only source IPv4 the container may use (network order key).
+    pub ip: u32,
+    /// The only source MAC the container may use.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<LocalIface>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for NetworkInfo {}
+    unsafe impl aya::Pod for EndpointIpKey {}
+    unsafe impl aya::Pod for EndpointMacKey {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for VtepInfo {}
+    unsafe impl aya::Pod for LocalIface {}
+}

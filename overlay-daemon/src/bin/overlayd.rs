@@ -1,0 +1,194 @@
+//! overlayd: the per-host daemon of the eBPF VXLAN overlay.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use overlay_daemon::{
+    daemon::{self, DaemonConfig},
+    datapath::{self, PinLayout, TcMode, XdpSetting},
+    maps::CounterMap,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "overlayd",
+    version,
+    about = "eBPF VXLAN overlay daemon: loads the datapath and keeps its tables in sync",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detach the datapath from every interface and remove its pins.
+    Cleanup(NodeArgs),
+    /// Print the datapath's traffic and drop counters.
+    Stats(NodeArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Node name (selects the default bpffs directory).
+    #[arg(long, env = "OVERLAY_NODE_NAME")]
+    node_name: Option<String>,
+    /// bpffs directory of the node's pins [default: /sys/fs/bpf/overlay/<node-name>]
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// Underlay interface (to remove clsact filters from, if any were used).
+    #[arg(long)]
+    underlay: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Name of this node in the cluster [default: the hostname]
+    #[arg(long, env = "OVERLAY_NODE_NAME")]
+    node_name: Option<String>,
+    /// Underlay interface VXLAN leaves and arrives on.
+    #[arg(long, value_name = "IFACE", required = true)]
+    underlay: Option<String>,
+    /// VTEP address [default: the underlay's first IPv4 address]
+    #[arg(long, value_name = "IP")]
+    vtep_ip: Option<Ipv4Addr>,
+    /// VXLAN UDP port.
+    #[arg(long, default_value_t = overlay_common::wire::VXLAN_DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    vxlan_port: u16,
+    /// Directory for the daemon's socket and status.
+    #[arg(long, default_value = "/run/overlay")]
+    run_dir: PathBuf,
+    /// bpffs directory for this node's pins [default: /sys/fs/bpf/overlay/<node-name>]
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// XDP mode on the underlay.
+    #[arg(long, value_enum, default_value_t = XdpSetting::Native)]
+    xdp: XdpSetting,
+    /// How TC programs are attached.
+    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+    tc_mode: TcMode,
+    /// Static cluster tables (JSON); re-read when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tables: Option<PathBuf>,
+    /// Detach the datapath and remove its pins on exit (default: leave it forwarding).
+    #[arg(long)]
+    detach_on_exit: bool,
+}
+
+fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
+    match explicit {
+        Some(name) if !name.is_empty() => Ok(name),
+        Some(_) => anyhow::bail!("--node-name must not be empty"),
+        None => Ok(nix::unistd::gethostname()
+            .context("reading the hostname: pass --node-name")?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
+fn default_bpffs(node: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/overlay").join(node)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line that names the problem, instead of clap's usage block.
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("overlayd: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Cleanup(args)) => {
+            let node = node_name(args.node_name)?;
+            let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
+            let errors = datapath::remove(&pins, args.underlay.as_deref());
+            if !errors.is_empty() {
+                anyhow::bail!("cleanup left {} problem(s): {}", errors.len(), errors.join("; "));
+            }
+            Ok(())
+        }
+        Some(Command::Stats(args)) => {
+            let node = node_name(args.node_name)?;
+            let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
+            let counters = CounterMap::open_pinned(&pins.maps())
+                .with_context(|| format!("no datapath pinned at {}", pins.root().display()))?;
+            let snap = counters.snapshot()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
+                for (label, c) in &snap.traffic {
+                    println!("{label:<24} {:>14} {:>16}", c.packets, c.bytes);
+                }
+                for (label, c) in &snap.drops {
+                    println!("{:<24} {:>14} {:>16}", format!("drop:{label}"), c.packets, c.bytes);
+                }
+            }
+            Ok(())
+        }
+        None => {
+            let args = cli.run;
+            let node = node_name(args.node_name)?;
+            let cfg = DaemonConfig {
+                bpffs: args.bpffs.unwrap_or_else(|| default_bpffs(&node)),
+                node_name: node,
+                underlay: args.underlay.context("--underlay IFACE is required")?,
+                vtep_ip: args.vtep_ip,
+                vxlan_port: args.vxlan_port,
+                run_dir: args.run_dir,
+                xdp: args.xdp,
+                tc_mode: args.tc_mode,
+                tables: args.tables,
+                detach_on_exit: args.detach_on_exit,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(daemon::run(cfg, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

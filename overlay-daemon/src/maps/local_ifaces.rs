@@ -1,0 +1,46 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{HashMap, Map, MapData};
+use overlay_common::{maps::names, LocalIface};
+
+use super::{hash_map, ip_key, sync_hash, MapsError};
+
+/// Host-side veth ifindex -> the only (VNI, IP, MAC) its container may send as.
+pub struct LocalIfaceMap(HashMap<MapData, u32, LocalIface>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalIdentity {
+    pub ifindex: u32,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+impl LocalIfaceMap {
+    pub(super) fn new(map: Map) -> Result<Self, MapsError> {
+        Ok(Self(hash_map(map, names::LOCAL_IFACES)?))
+    }
+
+    pub fn sync<'a>(
+        &mut self,
+        identities: impl IntoIterator<Item = &'a LocalIdentity>,
+    ) -> Result<(usize, usize), MapsError> {
+        let desired: BTreeMap<u32, LocalIface> = identities
+            .into_iter()
+            .map(|id| {
+                let value = LocalIface {
+                    vni: id.vni,
+                    ip: ip_key(id.ip),
+                    mac: id.mac,
+                    _pad: [0; 2],
+                };
+                (id.ifindex, value)
+            })
+            .collect();
+        sync_hash(&mut self.0, &desired, names::LOCAL_IFACES)
+    }
+
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.0.keys().filter_map(Result::ok).collect()
+    }
+}

@@ -1,0 +1,44 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{HashMap, Map, MapData};
+use overlay_common::{maps::names, NetworkInfo};
+
+use super::{hash_map, ip_key, sync_hash, MapsError};
+
+/// VNI -> network (virtual gateway address and MAC).
+pub struct NetworkMap(HashMap<MapData, u32, NetworkInfo>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkEntry {
+    pub vni: u32,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: [u8; 6],
+}
+
+impl NetworkMap {
+    pub(super) fn new(map: Map) -> Result<Self, MapsError> {
+        Ok(Self(hash_map(map, names::NETWORKS)?))
+    }
+
+    pub fn sync<'a>(
+        &mut self,
+        networks: impl IntoIterator<Item = &'a NetworkEntry>,
+    ) -> Result<(usize, usize), MapsError> {
+        let desired: BTreeMap<u32, NetworkInfo> = networks
+            .into_iter()
+            .map(|n| {
+                let info = NetworkInfo {
+                    gateway_ip: ip_key(n.gateway_ip),
+                    gateway_mac: n.gateway_mac,
+                    _pad: [0; 2],
+                };
+                (n.vni, info)
+            })
+            .collect();
+        sync_hash(&mut self.0, &desired, names::NETWORKS)
+    }
+
+    pub fn vnis(&self) -> Vec<u32> {
+        self.0.keys().filter_map(Result::ok).collect()
+    }
+}

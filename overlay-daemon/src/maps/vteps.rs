@@ -1,0 +1,36 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{HashMap, Map, MapData};
+use overlay_common::{maps::names, VtepInfo};
+
+use super::{hash_map, ip_key, sync_hash, MapsError};
+
+/// Remote VTEP address -> node. Only VXLAN from these addresses is accepted, and only these
+/// are encapsulated to.
+pub struct VtepMap(HashMap<MapData, u32, VtepInfo>);
+
+impl VtepMap {
+    pub(super) fn new(map: Map) -> Result<Self, MapsError> {
+        Ok(Self(hash_map(map, names::VTEPS)?))
+    }
+
+    /// `vteps`: (address, stable node id).
+    pub fn sync(
+        &mut self,
+        vteps: impl IntoIterator<Item = (Ipv4Addr, u32)>,
+    ) -> Result<(usize, usize), MapsError> {
+        let desired: BTreeMap<u32, VtepInfo> = vteps
+            .into_iter()
+            .map(|(ip, node_id)| (ip_key(ip), VtepInfo { node_id, flags: 0 }))
+            .collect();
+        sync_hash(&mut self.0, &desired, names::VTEPS)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

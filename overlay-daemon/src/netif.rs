@@ -1,0 +1,74 @@
+//! What the daemon needs to know about a network interface of its namespace.
+
+use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
+
+use nix::{
+    ifaddrs::getifaddrs,
+    net::if_::if_nametoindex,
+    sys::socket::{socket, AddressFamily, SockFlag, SockType},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetifError {
+    #[error("underlay interface {0:?} not found in this network namespace: pass an existing interface with --underlay")]
+    NotFound(String),
+    #[error("underlay interface {0:?} has no IPv4 address: assign one or pass --vtep-ip")]
+    NoIpv4(String),
+    #[error("reading the MTU of {0:?}: {1}")]
+    Mtu(String, nix::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// First IPv4 address, if any.
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+impl Interface {
+    pub fn lookup(name: &str) -> Result<Self, NetifError> {
+        let ifindex = if_nametoindex(name).map_err(|_| NetifError::NotFound(name.to_owned()))?;
+        let ipv4 = getifaddrs().ok().and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                (a.interface_name == name)
+                    .then(|| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                    .flatten()
+            })
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            ifindex,
+            mtu: mtu(name)?,
+            ipv4,
+        })
+    }
+
+    /// The VTEP address: `explicit` if given, else the first IPv4 address.
+    pub fn vtep_ip(&self, explicit: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetifError> {
+        explicit
+            .or(self.ipv4)
+            .ok_or_else(|| NetifError::NoIpv4(self.name.clone()))
+    }
+}
+
+fn mtu(name: &str) -> Result<u32, NetifError> {
+    let err = |e| NetifError::Mtu(name.to_owned(), e);
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(err)?;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if rc < 0 {
+        return Err(err(nix::Error::last()));
+    }
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// ifindex of an interface in this namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    if_nametoindex(name).ok()
+}

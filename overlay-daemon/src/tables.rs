@@ -1,0 +1,215 @@
+//! The cluster's tables as the daemon wants them: networks, nodes (VTEPs) and endpoints.
+//! They come from a source (a JSON file for now) and are validated entry by entry: a bad
+//! entry is skipped with a reason, never allowed to poison the rest.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use ipnet::Ipv4Net;
+use overlay_common::wire::VNI_MAX;
+use serde::{Deserialize, Serialize};
+
+/// A MAC address, written `02:42:c6:13:01:02`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The virtual gateway MAC of a network: locally administered, derived from the VNI.
+    pub fn gateway(vni: u32) -> Self {
+        let v = vni.to_be_bytes();
+        Self([0x02, 0x6f, 0x76, v[1], v[2], v[3]])
+    }
+
+    /// A locally administered MAC derived from an IPv4 address (like Kubernetes' 0a:58).
+    pub fn from_ip(ip: Ipv4Addr) -> Self {
+        let o = ip.octets();
+        Self([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    }
+
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts.next().ok_or_else(|| format!("MAC {s:?}: expected 6 octets"))?;
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("MAC {s:?}: {part:?} is not a hex octet"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("MAC {s:?}: expected 6 octets"));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// Virtual gateway address; defaults to the subnet's first host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl NetworkSpec {
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.gateway
+            .unwrap_or_else(|| self.subnet.hosts().next().unwrap_or(self.subnet.network()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub vtep_ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// Defaults to a MAC derived from the IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    pub node: String,
+    /// Host-side veth of the endpoint (needed on its own node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<String>,
+}
+
+impl EndpointSpec {
+    pub fn mac(&self) -> MacAddr {
+        self.mac.unwrap_or_else(|| MacAddr::from_ip(self.ip))
+    }
+}
+
+/// The whole cluster as one document (the static tables file).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTables {
+    #[serde(default)]
+    pub networks: Vec<NetworkSpec>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Tables that passed validation, indexed for the reconciler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidTables {
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub nodes: BTreeMap<String, NodeSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    /// One line per skipped entry: what is wrong and what to fix.
+    pub rejected: Vec<String>,
+}
+
+impl ClusterTables {
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Checks every entry; the valid ones are kept, the others reported in `rejected`.
+    pub fn validate(&self) -> ValidTables {
+        let mut out = ValidTables::default();
+        let mut vnis = BTreeSet::new();
+        for n in &self.networks {
+            let problem = if !(1..=VNI_MAX).contains(&n.vni) {
+                Some(format!("VNI {} is outside 1..={VNI_MAX}", n.vni))
+            } else if !vnis.insert(n.vni) {
+                Some(format!("VNI {} is already used by another network", n.vni))
+            } else if out.networks.contains_key(&n.name) {
+                Some("the name is already used".to_owned())
+            } else if !n.subnet.contains(&n.gateway_ip()) {
+                Some(format!("gateway {} is outside {}", n.gateway_ip(), n.subnet))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => out.rejected.push(format!("network {:?}: {p}", n.name)),
+                None => {
+                    out.networks.insert(n.name.clone(), n.clone());
+                }
+            }
+        }
+        let mut vteps = BTreeSet::new();
+        for n in &self.nodes {
+            if out.nodes.contains_key(&n.name) {
+                out.rejected.push(format!("node {:?}: the name is already used", n.name));
+            } else if !vteps.insert(n.vtep_ip) {
+                out.rejected.push(format!(
+                    "node {:?}: VTEP {} is already used by another node",
+                    n.name, n.vtep_ip
+                ));
+            } else {
+                out.nodes.insert(n.name.clone(), n.clone());
+            }
+        }
+        let mut ips = BTreeSet::new();
+        let mut macs = BTreeSet::new();
+        for ep in &self.endpoints {
+            let what = format!("endpoint {} in {:?}", ep.ip, ep.network);
+            let Some(net) = out.networks.get(&ep.network) else {
+                out.rejected.push(format!("{what}: no such network"));
+                continue;
+            };
+            let problem = if !out.nodes.contains_key(&ep.node) {
+                Some(format!("node {:?} is not known", ep.node))
+            } else if !net.subnet.contains(&ep.ip) || ep.ip == net.gateway_ip() {
+                Some(format!("{} is not a host address of {} other than the gateway", ep.ip, net.subnet))
+            } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
+                Some(format!("MAC {} is not a usable unicast address", ep.mac()))
+            } else if !ips.insert((net.vni, ep.ip)) {
+                Some("the IP is already used in this network".to_owned())
+            } else if !macs.insert((net.vni, ep.mac())) {
+                Some(format!("MAC {} is already used in this network", ep.mac()))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => out.rejected.push(format!("{what}: {p}")),
+                None => out.endpoints.push(ep.clone()),
+            }
+        }
+        out
+    }
+}

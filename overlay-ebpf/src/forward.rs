@@ -1,0 +1,87 @@
+//! TC ingress on the host side of a container veth: everything a container sends enters here.
+//! Anti-spoofing first, then ARP answered locally, then delivery to a local endpoint or
+//! encapsulation towards the destination's VTEP. Nothing is ever flooded.
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcContext};
+use aya_log_ebpf::debug;
+use overlay_common::{
+    wire::{ETH_P_ARP, ETH_P_IP},
+    Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
+};
+
+use crate::{
+    arp,
+    counters::{count, count_drop},
+    encap,
+    headers::{is_multicast, tc_header, EthHdr, Ipv4Hdr, ETH_HLEN},
+    maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS},
+};
+
+pub fn from_container(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    match try_forward(ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            count_drop(reason, len);
+            debug!(ctx, "container drop: reason {}", reason as u32);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
+    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let me = unsafe { LOCAL_IFACES.get(&ifindex) }.ok_or(DropReason::UnknownInterface)?;
+    count(Direction::FromContainer, ctx.len());
+
+    let eth = tc_header::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
+    if eth.src != me.mac {
+        return Err(DropReason::SpoofedMac);
+    }
+    match eth.ether_type() {
+        ETH_P_ARP => arp::respond(ctx, me, ifindex),
+        ETH_P_IP => forward_ipv4(ctx, cfg, me, eth),
+        _ => Err(DropReason::UnsupportedEthertype),
+    }
+}
+
+#[inline(always)]
+fn forward_ipv4(
+    ctx: &TcContext,
+    cfg: &Config,
+    me: &LocalIface,
+    mut eth: EthHdr,
+) -> Result<i32, DropReason> {
+    let ip = tc_header::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(DropReason::Malformed)?;
+    if ip.ihl_bytes() < 20 {
+        return Err(DropReason::Malformed);
+    }
+    if ip.src_key() != me.ip {
+        return Err(DropReason::SpoofedIp);
+    }
+    if is_multicast(&eth.dst) {
+        return Err(DropReason::Broadcast);
+    }
+    let net = unsafe { NETWORKS.get(&me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+
+    let target: &EndpointInfo = if eth.dst == net.gateway_mac {
+        // Sent to the virtual gateway: find the endpoint by IP and address it directly.
+        let key = EndpointIpKey { vni: me.vni, ip: ip.dst_key() };
+        let ep = unsafe { ENDPOINTS_BY_IP.get(&key) }.ok_or(DropReason::UnknownDestination)?;
+        eth.dst = ep.mac;
+        eth.src = net.gateway_mac;
+        ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
+        ep
+    } else {
+        let key = EndpointMacKey::new(me.vni, eth.dst);
+        unsafe { ENDPOINTS_BY_MAC.get(&key) }.ok_or(DropReason::UnknownDestination)?
+    };
+
+    if target.is_local() {
+        count(Direction::LocalDelivery, ctx.len());
+        return Ok(unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32);
+    }
+    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, &ip)
+}

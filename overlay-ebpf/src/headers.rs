@@ -1,0 +1,195 @@
+//! Packet headers as byte-array structs (no alignment assumptions) and bounds-checked access.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use core::mem::size_of;
+
+pub const ETH_HLEN: usize = 14;
+pub const IPV4_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const VXLAN_HLEN: usize = 8;
+/// Offset of the inner Ethernet header in a VXLAN packet without IPv4 options.
+pub const INNER_ETH_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
+/// Bytes added by encapsulation between the outer Ethernet header and the inner IPv4 header.
+pub const ENCAP_ROOM: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn ether_type(&self) -> u16 {
+        u16::from_be_bytes(self.ether_type)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    #[inline(always)]
+    pub fn ihl_bytes(&self) -> usize {
+        ((self.version_ihl & 0x0f) as usize) * 4
+    }
+    #[inline(always)]
+    pub fn is_plain_v4(&self) -> bool {
+        self.version_ihl == 0x45
+    }
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        u16::from_be_bytes(self.tot_len)
+    }
+    /// True for any fragment (MF set or a non-zero offset).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & 0x3fff != 0
+    }
+    #[inline(always)]
+    pub fn src_key(&self) -> u32 {
+        u32::from_ne_bytes(self.src)
+    }
+    #[inline(always)]
+    pub fn dst_key(&self) -> u32 {
+        u32::from_ne_bytes(self.dst)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpHdr {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VxlanHdr {
+    pub flags: u8,
+    pub reserved1: [u8; 3],
+    pub vni: [u8; 3],
+    pub reserved2: u8,
+}
+
+impl VxlanHdr {
+    #[inline(always)]
+    pub fn vni(&self) -> u32 {
+        ((self.vni[0] as u32) << 16) | ((self.vni[1] as u32) << 8) | self.vni[2] as u32
+    }
+}
+
+/// Ethernet/IPv4 ARP (RFC 826).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+const _: () = assert!(size_of::<EthHdr>() == ETH_HLEN);
+const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_HLEN);
+const _: () = assert!(size_of::<UdpHdr>() == UDP_HLEN);
+const _: () = assert!(size_of::<VxlanHdr>() == VXLAN_HLEN);
+const _: () = assert!(size_of::<ArpHdr>() == 28);
+
+/// Contexts whose packet bytes can be read directly.
+pub trait PacketData {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl PacketData for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl PacketData for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+/// A bounds-checked pointer to a `T` at `offset`, or `None` if the packet is shorter.
+#[inline(always)]
+pub fn ptr_at<C: PacketData, T>(ctx: &C, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a header. In TC the linear part of an skb may end before the header does, so a
+/// miss pulls the bytes in once before giving up.
+#[inline(always)]
+pub fn tc_header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    if let Some(p) = ptr_at::<_, T>(ctx, offset) {
+        return Some(unsafe { *p });
+    }
+    let want = (offset + size_of::<T>()) as u32;
+    if want > ctx.len() || ctx.pull_data(want).is_err() {
+        return None;
+    }
+    ptr_at::<_, T>(ctx, offset).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+pub fn xdp_header<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    ptr_at::<_, T>(ctx, offset).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+pub fn is_multicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// RFC 1071 checksum of an IPv4 header whose `check` field is zero.
+#[inline(always)]
+pub fn ipv4_checksum(hdr: &Ipv4Hdr) -> [u8; 2] {
+    let words = unsafe { &*(hdr as *const Ipv4Hdr as *const [[u8; 2]; 10]) };
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 10 {
+        sum += u16::from_be_bytes(words[i]) as u32;
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}

@@ -1,0 +1,51 @@
+//! The datapath's maps. Names come from overlay-common so the daemon's wrappers match.
+//! Tables are pinned by name, so a restarted daemon finds them again with their contents.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use overlay_common::{
+    maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
+    Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
+    NetworkInfo, PacketCounter, VtepInfo,
+};
+
+/// Large tables allocate entries on demand instead of reserving memory for 1M endpoints.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "OVL_CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "OVL_NETWORKS")]
+pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0);
+
+#[map(name = "OVL_EP_BY_IP")]
+pub static ENDPOINTS_BY_IP: HashMap<EndpointIpKey, EndpointInfo> =
+    HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "OVL_EP_BY_MAC")]
+pub static ENDPOINTS_BY_MAC: HashMap<EndpointMacKey, EndpointInfo> =
+    HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "OVL_VTEPS")]
+pub static VTEPS: HashMap<u32, VtepInfo> = HashMap::pinned(MAX_VTEPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "OVL_LOCAL_IFACES")]
+pub static LOCAL_IFACES: HashMap<u32, LocalIface> = HashMap::pinned(MAX_LOCAL_IFACES, 0);
+
+#[map(name = "OVL_TRAFFIC")]
+pub static TRAFFIC: PerCpuArray<PacketCounter> = PerCpuArray::pinned(Direction::COUNT, 0);
+
+#[map(name = "OVL_DROPS")]
+pub static DROPS: PerCpuArray<PacketCounter> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+/// The node configuration, if the daemon has marked it ready.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.flags & overlay_common::maps::CONFIG_F_READY == 0 {
+        return None;
+    }
+    Some(cfg)
+}
