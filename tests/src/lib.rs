@@ -1,0 +1,14 @@
+//! Test harness for the overlay: hosts are network namespaces joined by an underlay bridge
+//! (in a namespace of its own), containers are namespaces with a veth into their host.
+//! Every namespace, link, pin and process it makes is owned by a guard and removed on drop,
+//! also when the test panics. Names carry a per-process, per-topology id so tests can run in
+//! parallel.
+
+pub mod netns;
+pub mod process;
+pub mod topology;
+pub mod traffic;
+
+pub use netns::Netns;
+pub use process::ChildGuard;
+pub use topology::{Container, Host, Topology, TopologySpec};

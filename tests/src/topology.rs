@@ -1,0 +1,322 @@
+//! Hosts, an underlay bridge and containers, all in namespaces, plus the overlayd on each host.
+//!
+//! ```text
+//!   [container ns] eth0 --veth-- v<name> [host ns h<i>] ul0 --veth-- p<i> [underlay ns] br0
+//! ```
+//! Underlay addresses are 198.18.0.<i>/24; overlay subnets come from 198.19.0.0/16.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use overlay_daemon::{
+    datapath::{self, PinLayout},
+    maps::{CounterMap, CounterSnapshot},
+    tables::{ClusterTables, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
+};
+
+use crate::{netns::unique_id, ChildGuard, Netns};
+
+pub const UNDERLAY_MTU: u32 = 1500;
+pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_MTU_OVERHEAD;
+
+/// The overlayd binary under test: `OVERLAYD` (set by `cargo xtask test`), else the workspace's
+/// debug build.
+pub fn overlayd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OVERLAYD") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/overlayd");
+    assert!(
+        p.exists(),
+        "overlayd binary not found at {}: run the tests with `cargo xtask test` or set OVERLAYD",
+        p.display()
+    );
+    p
+}
+
+#[derive(Clone, Debug)]
+pub struct TopologySpec {
+    pub hosts: usize,
+    pub networks: Vec<NetworkSpec>,
+}
+
+impl TopologySpec {
+    pub fn new(hosts: usize) -> Self {
+        Self { hosts, networks: Vec::new() }
+    }
+
+    pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
+        self.networks.push(NetworkSpec {
+            name: name.to_owned(),
+            vni,
+            subnet: subnet.parse().expect("subnet"),
+            gateway: None,
+        });
+        self
+    }
+}
+
+pub struct Host {
+    pub name: String,
+    pub ns: Netns,
+    pub vtep_ip: Ipv4Addr,
+    pub pins: PinLayout,
+    pub run_dir: PathBuf,
+    pub log: PathBuf,
+    daemon: Option<ChildGuard>,
+}
+
+impl Host {
+    pub fn daemon_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(|d| d.is_running())
+    }
+}
+
+pub struct Container {
+    pub name: String,
+    pub ns: Netns,
+    pub host: usize,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub host_ifname: String,
+    pub gateway: Ipv4Addr,
+}
+
+pub struct Topology {
+    pub id: String,
+    pub dir: PathBuf,
+    pins_root: PathBuf,
+    pub tables: ClusterTables,
+    pub containers: Vec<Container>,
+    pub hosts: Vec<Host>,
+    pub underlay: Netns,
+}
+
+impl Topology {
+    pub fn new(spec: TopologySpec) -> Self {
+        let id = unique_id();
+        let dir = std::env::temp_dir().join(format!("ovt-{id}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let underlay = Netns::create(&format!("ovt{id}-ul"));
+        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let pins_root = PathBuf::from(format!("/sys/fs/bpf/ovt-{id}"));
+        let mut topo = Self {
+            id: id.clone(),
+            dir: dir.clone(),
+            pins_root: pins_root.clone(),
+            tables: ClusterTables { networks: spec.networks.clone(), ..Default::default() },
+            containers: Vec::new(),
+            hosts: Vec::new(),
+            underlay,
+        };
+        for i in 1..=spec.hosts {
+            let name = format!("h{i}");
+            let ns = Netns::create(&format!("ovt{id}-{name}"));
+            ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+            let peer = format!("p{i}");
+            let mtu = UNDERLAY_MTU.to_string();
+            ns.ip(&["link", "add", "ul0", "mtu", &mtu, "type", "veth", "peer", "name", &peer, "netns", topo.underlay.name()]);
+            let vtep_ip = Ipv4Addr::new(198, 18, 0, i as u8);
+            ns.ip(&["addr", "add", &format!("{vtep_ip}/24"), "dev", "ul0"]);
+            ns.ip(&["link", "set", "ul0", "up"]);
+            topo.underlay.ip(&["link", "set", &peer, "master", "br0", "mtu", &mtu, "up"]);
+            topo.tables.nodes.push(NodeSpec { name: name.clone(), vtep_ip });
+            let run_dir = dir.join(&name);
+            std::fs::create_dir_all(&run_dir).expect("run dir");
+            topo.hosts.push(Host {
+                log: dir.join(format!("{name}.log")),
+                pins: PinLayout::new(pins_root.join(&name)),
+                name,
+                ns,
+                vtep_ip,
+                run_dir,
+                daemon: None,
+            });
+        }
+        topo.write_tables();
+        topo
+    }
+
+    pub fn tables_path(&self) -> PathBuf {
+        self.dir.join("tables.json")
+    }
+
+    /// Writes the tables file every daemon reads (atomically).
+    pub fn write_tables(&self) {
+        let tmp = self.dir.join(".tables.json.tmp");
+        let text = serde_json::to_string_pretty(&self.tables).expect("tables json");
+        std::fs::write(&tmp, text).expect("write tables");
+        std::fs::rename(&tmp, self.tables_path()).expect("rename tables");
+    }
+
+    /// Adds a container on host `host` (0-based) in `network`, with the `index`-th address
+    /// of that host's range in the subnet (.<10*(host+1)+index>).
+    pub fn add_container(&mut self, host: usize, name: &str, network: &str, index: u8) -> usize {
+        let net = self
+            .tables
+            .networks
+            .iter()
+            .find(|n| n.name == network)
+            .unwrap_or_else(|| panic!("no network {network}"))
+            .clone();
+        let base = u32::from(net.subnet.network());
+        let ip = Ipv4Addr::from(base + 10 * (host as u32 + 1) + index as u32);
+        let mac = MacAddr::from_ip(ip);
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let host_ifname = format!("v{name}");
+        let mtu = CONTAINER_MTU.to_string();
+        let h = &self.hosts[host];
+        h.ns.ip(&["link", "add", &host_ifname, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+        h.ns.ip(&["link", "set", &host_ifname, "up"]);
+        let prefix = Ipv4Net::new(ip, net.subnet.prefix_len()).expect("prefix");
+        ns.ip(&["link", "set", "eth0", "address", &mac.to_string(), "mtu", &mtu, "up"]);
+        ns.ip(&["addr", "add", &prefix.to_string(), "dev", "eth0"]);
+        ns.ip(&["route", "add", "default", "via", &net.gateway_ip().to_string(), "dev", "eth0"]);
+        self.tables.endpoints.push(EndpointSpec {
+            network: network.to_owned(),
+            ip,
+            mac: Some(mac),
+            node: h.name.clone(),
+            host_ifname: Some(host_ifname.clone()),
+        });
+        self.containers.push(Container {
+            name: name.to_owned(),
+            ns,
+            host,
+            network: network.to_owned(),
+            ip,
+            mac,
+            host_ifname,
+            gateway: net.gateway_ip(),
+        });
+        self.containers.len() - 1
+    }
+
+    pub fn container(&self, name: &str) -> &Container {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// Starts overlayd on host `host` with the topology's tables and any extra flags.
+    pub fn start_daemon(&mut self, host: usize, extra: &[&str]) {
+        let tables = self.tables_path();
+        let h = &mut self.hosts[host];
+        assert!(h.daemon.is_none(), "daemon on {} already started", h.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)
+            .expect("daemon log");
+        let mut cmd: Command = h.ns.command(overlayd_bin().to_str().expect("path"));
+        cmd.args(["--node-name", &h.name, "--underlay", "ul0"])
+            .arg("--run-dir")
+            .arg(&h.run_dir)
+            .arg("--bpffs")
+            .arg(h.pins.root())
+            .arg("--tables")
+            .arg(&tables)
+            .args(extra)
+            .env("RUST_LOG", "info,overlay=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn overlayd");
+        h.daemon = Some(ChildGuard::new(child, format!("overlayd on {}", h.name)));
+    }
+
+    /// Stops the daemon on `host` with `signal`; returns whether it exited by itself.
+    pub fn stop_daemon(&mut self, host: usize, signal: nix::sys::signal::Signal) -> bool {
+        let h = &mut self.hosts[host];
+        let mut d = h.daemon.take().expect("daemon not running");
+        d.stop(signal, Duration::from_secs(10)).is_some()
+    }
+
+    /// Starts overlayd everywhere and waits until every host has installed the tables.
+    pub fn start_all(&mut self, extra: &[&str]) {
+        for i in 0..self.hosts.len() {
+            self.start_daemon(i, extra);
+        }
+        for i in 0..self.hosts.len() {
+            self.wait_converged(i);
+        }
+    }
+
+    /// Waits until host `host` reports every endpoint of the tables installed.
+    pub fn wait_converged(&mut self, host: usize) {
+        let want = self.tables.endpoints.len() as u64;
+        let want_local = self
+            .tables
+            .endpoints
+            .iter()
+            .filter(|e| e.node == self.hosts[host].name)
+            .count() as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(host);
+            let got = status.as_ref().and_then(|s| s["endpoints"].as_u64());
+            let local = status.as_ref().and_then(|s| s["local_endpoints"].as_u64());
+            if got == Some(want) && local == Some(want_local) {
+                return;
+            }
+            if !self.hosts[host].daemon_running() {
+                panic!("overlayd on {} exited:\n{}", self.hosts[host].name, self.daemon_log(host));
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "overlayd on {} did not converge (status {status:?}, want {want} endpoints):\n{}",
+                    self.hosts[host].name,
+                    self.daemon_log(host)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's last status report, if it wrote one.
+    pub fn status(&self, host: usize) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.hosts[host].run_dir.join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn daemon_log(&self, host: usize) -> String {
+        std::fs::read_to_string(&self.hosts[host].log).unwrap_or_default()
+    }
+
+    /// Counters of host `host`'s datapath, read from its pinned maps.
+    pub fn counters(&self, host: usize) -> CounterSnapshot {
+        CounterMap::open_pinned(&self.hosts[host].pins.maps())
+            .and_then(|c| c.snapshot())
+            .unwrap_or_else(|e| panic!("counters of {}: {e}", self.hosts[host].name))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut d) = h.daemon.take() {
+                d.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+            }
+        }
+        // Containers and hosts go with their namespaces (fields drop after this); pins and
+        // files have to be removed explicitly.
+        for h in &self.hosts {
+            for e in datapath::remove(&h.pins, None) {
+                eprintln!("cleanup of {}: {e}", h.name);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pins_root);
+        if std::env::var_os("OVT_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Real traffic between namespaces: ping, TCP transfers with checksums, UDP, raw captures and
+//! hand-made VXLAN. Every loop is bounded in time.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::Netns;
+
+/// `ping -c count` from inside `ns`; true if every reply came back.
+pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> bool {
+    let out = ns.output(
+        "ping",
+        &["-c", &count.to_string(), "-i", "0.2", "-W", "1", "-q", &dst.to_string()],
+    );
+    out.status.success()
+}
+
+/// How many of `count` pings came back.
+pub fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
+    let out = ns.output(
+        "ping",
+        &["-c", &count.to_string(), "-i", "0.2", "-W", "1", "-q", &dst.to_string()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let l = l.trim();
+            l.contains("received")
+                .then(|| l.split(", ").nth(1)?.split_whitespace().next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// A fast deterministic byte stream (xorshift64*), so sender and receiver need not share data.
+struct Pattern(u64);
+
+impl Pattern {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Sends `bytes` of pseudo-random data over TCP from `client` to a listener in `server` at
+/// `server_ip:port`; returns what each side saw. Panics on any socket error or timeout.
+pub fn tcp_transfer(
+    server: &Netns,
+    client: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    bytes: u64,
+) -> (Transfer, Transfer) {
+    tcp_stream(server, client, server_ip, port, Limit::Bytes(bytes))
+}
+
+/// How long a TCP stream runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    Bytes(u64),
+    Duration(Duration),
+}
+
+/// A TCP stream with verified content, limited by size or by time.
+pub fn tcp_stream(
+    server: &Netns,
+    client: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    limit: Limit,
+) -> (Transfer, Transfer) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = server.spawn(move || {
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .expect("bind TCP listener");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = conn.read(&mut buf).expect("receiving: connection broken or stalled");
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            total += n as u64;
+        }
+        Transfer { bytes: total, sha256: hash.finalize().into() }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("listener ready");
+    let sender = client.spawn(move || {
+        let addr = SocketAddrV4::new(server_ip, port).into();
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .expect("connect through the overlay");
+        conn.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut pattern = Pattern(0x9e37_79b9_7f4a_7c15);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        let start = Instant::now();
+        loop {
+            let n = match limit {
+                Limit::Bytes(b) if total >= b => break,
+                Limit::Bytes(b) => (b - total).min(buf.len() as u64) as usize,
+                Limit::Duration(d) if start.elapsed() >= d => break,
+                Limit::Duration(_) => 64 * 1024,
+            };
+            pattern.fill(&mut buf[..n]);
+            conn.write_all(&buf[..n]).expect("sending: connection broken or stalled");
+            hash.update(&buf[..n]);
+            total += n as u64;
+            if matches!(limit, Limit::Duration(_)) {
+                // A steady stream rather than a flood, so a stall shows up as a timeout.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        Transfer { bytes: total, sha256: hash.finalize().into() }
+    });
+    let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let received = receiver.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    (sent, received)
+}
+
+/// Listens for UDP on `port` in `ns` for `window` and returns the datagrams received.
+pub fn udp_receive(ns: &Netns, port: u16, window: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    ns.spawn(move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind UDP");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got
+    })
+}
+
+/// Sends one UDP datagram from inside `ns`.
+pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16, payload: Vec<u8>) {
+    ns.enter(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.send_to(&payload, SocketAddrV4::new(dst, port)).expect("send UDP");
+    });
+}
+
+/// A raw AF_PACKET capture on `ifname` in `ns`, running for `window`; returns every frame.
+pub fn capture(ns: &Netns, ifname: &str, window: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let ifname = ifname.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).expect("capture interface");
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind packet socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        ready_tx.send(()).expect("ready");
+        let deadline = Instant::now() + window;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536 + 128];
+        while Instant::now() < deadline {
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+        frames
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("capture ready");
+    handle
+}
+
+/// A parsed VXLAN frame as seen on the wire.
+#[derive(Debug, Clone)]
+pub struct VxlanFrame {
+    pub outer_src: Ipv4Addr,
+    pub outer_dst: Ipv4Addr,
+    pub udp_src: u16,
+    pub udp_dst: u16,
+    pub udp_checksum: u16,
+    pub flags: u8,
+    pub vni: u32,
+    pub inner: Vec<u8>,
+}
+
+/// Parses Ethernet/IPv4/UDP/VXLAN, if `frame` is that on `port`.
+pub fn parse_vxlan(frame: &[u8], port: u16) -> Option<VxlanFrame> {
+    if frame.len() < 14 + 20 + 8 + 8 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ip[9] != 17 || ip.len() < ihl + 16 {
+        return None;
+    }
+    let udp = &ip[ihl..];
+    let udp_dst = u16::from_be_bytes([udp[2], udp[3]]);
+    if udp_dst != port {
+        return None;
+    }
+    let vx = &udp[8..];
+    Some(VxlanFrame {
+        outer_src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        outer_dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        udp_src: u16::from_be_bytes([udp[0], udp[1]]),
+        udp_dst,
+        udp_checksum: u16::from_be_bytes([udp[6], udp[7]]),
+        flags: vx[0],
+        vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
+        inner: vx[8..].to_vec(),
+    })
+}
+
+/// Builds an inner Ethernet/IPv4/UDP frame (checksums valid), for hand-made VXLAN.
+pub fn inner_udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let tot = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // UDP checksum optional over IPv4
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A VXLAN header followed by `inner` (the UDP payload of a VXLAN packet).
+pub fn vxlan_payload(vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
+    let v = vni.to_be_bytes();
+    let mut p = vec![flags, 0, 0, 0, v[1], v[2], v[3], 0];
+    p.extend_from_slice(inner);
+    p
+}
+
+/// RFC 1071 Internet checksum.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
