@@ -21,7 +21,7 @@ use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
     },
     util::KernelVersion,
     Ebpf, EbpfLoader,
@@ -159,6 +159,15 @@ pub struct DatapathOptions {
     pub ebpf_log_level: u8,
 }
 
+/// What a program did with a test frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (TC action or XDP action).
+    pub verdict: i32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
 /// A loaded, attached datapath.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -169,14 +178,29 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    /// Loads the programs and maps and attaches them to the underlay; container links left
+    /// by a previous daemon are re-pointed at the new programs.
     pub fn load(opts: &DatapathOptions) -> Result<Self, DatapathError> {
-        ensure_bpffs(opts.pins.root())?;
-        for dir in [opts.pins.maps(), opts.pins.links()] {
+        let mut datapath = Self::load_unattached(&opts.pins, opts.tc_mode, opts.ebpf_log_level)?;
+        datapath.attach_underlay(opts.underlay_ifindex, opts.xdp)?;
+        datapath.reattach_endpoints();
+        info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp, "datapath loaded");
+        Ok(datapath)
+    }
+
+    /// Loads the programs and (pinned) maps without attaching anything.
+    pub fn load_unattached(
+        pins: &PinLayout,
+        tc_mode: TcMode,
+        ebpf_log_level: u8,
+    ) -> Result<Self, DatapathError> {
+        ensure_bpffs(pins.root())?;
+        for dir in [pins.maps(), pins.links()] {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::Io { path: dir, source })?;
         }
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(opts.pins.maps())
-            .override_global(aya_log::LEVEL, &opts.ebpf_log_level, false)
+            .default_map_pin_directory(pins.maps())
+            .override_global(aya_log::LEVEL, &ebpf_log_level, false)
             .load(EBPF_OBJECT)?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -185,7 +209,6 @@ impl Datapath {
                 None
             }
         };
-        let tc_mode = opts.tc_mode.resolve();
         for name in [programs::FROM_CONTAINER, programs::FROM_UNDERLAY] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -196,19 +219,43 @@ impl Datapath {
             name: programs::UNDERLAY_XDP,
             source,
         })?;
-
         let maps = DatapathMaps::take(&mut ebpf)?;
-        let mut datapath = Self {
+        Ok(Self {
             ebpf,
-            pins: opts.pins.clone(),
-            tc_mode,
+            pins: pins.clone(),
+            tc_mode: tc_mode.resolve(),
             maps,
             logger,
+        })
+    }
+
+    /// Runs one program on a frame with BPF_PROG_TEST_RUN (nothing is sent anywhere).
+    /// `skb_ctx` is an optional `struct __sk_buff` for TC programs (e.g. to set the ifindex).
+    pub fn test_run(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        skb_ctx: Option<&[u8]>,
+    ) -> Result<TestRunOutput, DatapathError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: skb_ctx,
+            ..TestRunOptions::new()
         };
-        datapath.attach_underlay(opts.underlay_ifindex, opts.xdp)?;
-        datapath.reattach_endpoints();
-        info!(bpffs = %opts.pins.root().display(), ?tc_mode, xdp = ?opts.xdp, "datapath loaded");
-        Ok(datapath)
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+        let result = match prog {
+            aya::programs::Program::SchedClassifier(p) => p.test_run(opts),
+            aya::programs::Program::Xdp(p) => p.test_run(opts),
+            _ => Err(aya::programs::ProgramError::NotLoaded),
+        }
+        .map_err(|source| DatapathError::Program { name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutput { verdict: result.return_value as i32, frame: out })
     }
 
     /// The aya-log reader; the daemon polls it so eBPF log lines reach tracing.

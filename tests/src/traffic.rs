@@ -303,3 +303,22 @@ pub fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// A whole Ethernet/IPv4/UDP frame around `payload` (e.g. a VXLAN packet on the underlay).
+pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = inner_udp_frame([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], src, dst, dport, payload);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f
+}
+
+/// An ARP request from (`mac`, `ip`) asking for `target`.
+pub fn arp_request(mac: [u8; 6], ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
