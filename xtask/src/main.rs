@@ -1,0 +1,131 @@
+//! `cargo xtask <task>`: everything a new machine needs, in one place.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks for the eBPF VXLAN overlay")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): Debian packages, nightly rust-src,
+    /// bpf-linker built against the nightly's LLVM, and a mounted bpffs.
+    Setup,
+    /// Build the daemon with its embedded eBPF object.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, lint, then every test: unit tests and the privileged integration tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+        /// Skip cargo fmt/clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// cargo fmt --check and clippy -D warnings, for userspace and the eBPF crate.
+    Lint,
+    /// Setup, build, then run a real overlay across namespace hosts and show traffic crossing it.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release),
+        Task::Test { filter, no_lint } => test(filter, no_lint),
+        Task::Lint => lint(),
+        Task::Demo => demo(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command from the workspace root, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Make bpf-linker (installed into ~/.cargo/bin) visible to the nightly build of overlay-ebpf.
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "overlay-daemon", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn overlayd_path(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("overlayd")
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy", "--workspace", "--exclude", "overlay-ebpf", "--all-targets", "--", "-D", "warnings",
+    ]))?;
+    // The eBPF crate only builds for the BPF target, with the nightly toolchain.
+    run(cargo().args([
+        "+nightly", "clippy", "--package", "overlay-ebpf", "--release", "--target", "bpfel-unknown-none",
+        "-Z", "build-std=core", "--", "-D", "warnings",
+    ]))
+}
+
+fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    if !no_lint {
+        lint()?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "overlay-ebpf"])
+        .env("OVERLAYD", overlayd_path(false));
+    cmd.arg("--");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    // Each integration test runs three hosts with real traffic: two at a time fit two cores.
+    cmd.args(["--test-threads", "2"]);
+    run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    run(cargo()
+        .args(["run", "--quiet", "--package", "overlay-tests", "--bin", "overlay-demo"])
+        .env("OVERLAYD", overlayd_path(false)))
+}
