@@ -84,7 +84,11 @@ const _: () = assert!(core::mem::size_of::<EndpointMacKey>() == 12);
 
 impl EndpointMacKey {
     pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
-        Self { vni, mac, _pad: [0; 2] }
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
     }
 }
 

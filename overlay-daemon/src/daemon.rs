@@ -71,24 +71,35 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         tc_mode: cfg.tc_mode,
         ebpf_log_level: ebpf_log_level(),
     })?;
-    datapath.maps.config.set(&NodeDatapathConfig {
-        vtep_ip,
-        underlay_ifindex: underlay.ifindex,
-        underlay_mtu: underlay.mtu,
-        vxlan_port: cfg.vxlan_port,
-    }).map_err(DatapathError::from)?;
+    datapath
+        .maps
+        .config
+        .set(&NodeDatapathConfig {
+            vtep_ip,
+            underlay_ifindex: underlay.ifindex,
+            underlay_mtu: underlay.mtu,
+            vxlan_port: cfg.vxlan_port,
+        })
+        .map_err(DatapathError::from)?;
     info!(
         node = %cfg.node_name, underlay = %underlay.name, %vtep_ip, mtu = underlay.mtu,
         container_mtu = underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
         vxlan_port = cfg.vxlan_port, "overlayd running"
     );
-    let log_task = datapath.take_logger().map(|l| tokio::spawn(forward_ebpf_logs(l)));
+    let log_task = datapath
+        .take_logger()
+        .map(|l| tokio::spawn(forward_ebpf_logs(l)));
 
-    let me = NodeIdentity { name: cfg.node_name.clone(), vtep_ip };
+    let me = NodeIdentity {
+        name: cfg.node_name.clone(),
+        vtep_ip,
+    };
     let mut source = TablesSource::new(cfg.tables.clone());
-    let mut hangup = tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| {
-        DaemonError::Io { path: "SIGHUP".into(), source }
-    })?;
+    let mut hangup =
+        tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| DaemonError::Io {
+            path: "SIGHUP".into(),
+            source,
+        })?;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     let mut last_unresolved = 0;
     tokio::pin!(shutdown);
@@ -141,7 +152,12 @@ struct TablesSource {
 
 impl TablesSource {
     fn new(path: Option<PathBuf>) -> Self {
-        Self { path, seen: None, current: ValidTables::default(), first: true }
+        Self {
+            path,
+            seen: None,
+            current: ValidTables::default(),
+            first: true,
+        }
     }
 
     fn poll(&mut self, forced: bool) -> Option<ValidTables> {

@@ -244,10 +244,10 @@ impl Datapath {
             ctx_in: skb_ctx,
             ..TestRunOptions::new()
         };
-        let prog = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+        let prog = self.ebpf.program(name).ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
         let result = match prog {
             aya::programs::Program::SchedClassifier(p) => p.test_run(opts),
             aya::programs::Program::Xdp(p) => p.test_run(opts),
@@ -255,7 +255,10 @@ impl Datapath {
         }
         .map_err(|source| DatapathError::Program { name, source })?;
         out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutput { verdict: result.return_value as i32, frame: out })
+        Ok(TestRunOutput {
+            verdict: result.return_value as i32,
+            frame: out,
+        })
     }
 
     /// The aya-log reader; the daemon polls it so eBPF log lines reach tracing.
@@ -357,9 +360,7 @@ impl Datapath {
                         let replaced = FdLink::from(old)
                             .try_into()
                             .map_err(|e: LinkError| e.to_string())
-                            .and_then(|link| {
-                                prog.attach_to_link(link).map_err(|e| e.to_string())
-                            });
+                            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
                         match replaced {
                             Ok(id) => id,
                             Err(e) => {
@@ -372,7 +373,8 @@ impl Datapath {
                     Err(_) => fresh(prog).map_err(err)?,
                 };
                 let link = prog.take_link(id).map_err(err)?;
-                let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link { name, source })?;
+                let fd_link = FdLink::try_from(link)
+                    .map_err(|source| DatapathError::Link { name, source })?;
                 pin_link(fd_link, pin)?;
             }
         }
@@ -497,12 +499,10 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, D
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?;
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
     prog.try_into()
         .map_err(|source| DatapathError::Program { name, source })
 }
@@ -519,7 +519,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DatapathError> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let is_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     // The nearest existing ancestor decides which filesystem the directory will be on.
@@ -557,5 +557,7 @@ pub fn ifname(ifindex: u32) -> Result<String, DatapathError> {
     if ptr.is_null() {
         return Err(DatapathError::NoSuchInterface(ifindex));
     }
-    Ok(unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+    Ok(unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned())
 }

@@ -33,11 +33,16 @@ pub struct Plan {
 
 /// A stable 32-bit id for a node name (FNV-1a), the same on every host and across restarts.
 pub fn node_id(name: &str) -> u32 {
-    name.bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
-pub fn plan(tables: &ValidTables, me: &NodeIdentity, resolve: impl Fn(&str) -> Option<u32>) -> Plan {
+pub fn plan(
+    tables: &ValidTables,
+    me: &NodeIdentity,
+    resolve: impl Fn(&str) -> Option<u32>,
+) -> Plan {
     let mut plan = Plan::default();
     for net in tables.networks.values() {
         plan.networks.push(NetworkEntry {
@@ -52,25 +57,40 @@ pub fn plan(tables: &ValidTables, me: &NodeIdentity, resolve: impl Fn(&str) -> O
         }
     }
     for ep in &tables.endpoints {
-        let (Some(net), Some(node)) = (tables.networks.get(&ep.network), tables.nodes.get(&ep.node))
+        let (Some(net), Some(node)) =
+            (tables.networks.get(&ep.network), tables.nodes.get(&ep.node))
         else {
             continue;
         };
         let location = if node.name == me.name {
             let Some(ifname) = ep.host_ifname.as_deref() else {
-                plan.unresolved.push(format!("local endpoint {} has no host_ifname", ep.ip));
+                plan.unresolved
+                    .push(format!("local endpoint {} has no host_ifname", ep.ip));
                 continue;
             };
             let Some(ifindex) = resolve(ifname) else {
-                plan.unresolved.push(format!("local endpoint {}: interface {ifname} not found", ep.ip));
+                plan.unresolved.push(format!(
+                    "local endpoint {}: interface {ifname} not found",
+                    ep.ip
+                ));
                 continue;
             };
-            plan.local.push(LocalIdentity { ifindex, vni: net.vni, ip: ep.ip, mac: ep.mac().0 });
+            plan.local.push(LocalIdentity {
+                ifindex,
+                vni: net.vni,
+                ip: ep.ip,
+                mac: ep.mac().0,
+            });
             Location::Local { ifindex }
         } else {
             Location::Remote { vtep: node.vtep_ip }
         };
-        plan.endpoints.push(EndpointEntry { vni: net.vni, ip: ep.ip, mac: ep.mac().0, location });
+        plan.endpoints.push(EndpointEntry {
+            vni: net.vni,
+            ip: ep.ip,
+            mac: ep.mac().0,
+            location,
+        });
     }
     plan
 }
@@ -92,7 +112,11 @@ pub struct Report {
 
 /// Makes the maps and container attachments equal to `plan`. Additions go in before the
 /// endpoints that need them; removals are done by the same per-map sync.
-pub fn apply(datapath: &mut Datapath, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Report, DatapathError> {
+pub fn apply(
+    datapath: &mut Datapath,
+    plan: &Plan,
+    vtep_ip: Ipv4Addr,
+) -> Result<Report, DatapathError> {
     let mut report = Report {
         networks: plan.networks.len(),
         vteps: plan.vteps.len(),
@@ -160,16 +184,33 @@ mod tests {
 
     #[test]
     fn local_and_remote_endpoints_are_placed() {
-        let me = NodeIdentity { name: "a".into(), vtep_ip: "198.18.0.1".parse().unwrap() };
+        let me = NodeIdentity {
+            name: "a".into(),
+            vtep_ip: "198.18.0.1".parse().unwrap(),
+        };
         let plan = plan(&tables(), &me, |name| (name == "veth-a").then_some(7));
-        assert_eq!(plan.vteps, vec![("198.18.0.2".parse().unwrap(), node_id("b"))]);
+        assert_eq!(
+            plan.vteps,
+            vec![("198.18.0.2".parse().unwrap(), node_id("b"))]
+        );
         assert_eq!(plan.endpoints.len(), 2);
         assert_eq!(plan.endpoints[0].location, Location::Local { ifindex: 7 });
-        assert_eq!(plan.endpoints[1].location, Location::Remote { vtep: "198.18.0.2".parse().unwrap() });
+        assert_eq!(
+            plan.endpoints[1].location,
+            Location::Remote {
+                vtep: "198.18.0.2".parse().unwrap()
+            }
+        );
         assert_eq!(plan.local.len(), 1);
-        assert_eq!(plan.local[0].mac, MacAddr::from_ip("198.19.1.2".parse().unwrap()).0);
+        assert_eq!(
+            plan.local[0].mac,
+            MacAddr::from_ip("198.19.1.2".parse().unwrap()).0
+        );
         assert_eq!(plan.unresolved.len(), 1, "{:?}", plan.unresolved);
-        assert_eq!(plan.networks[0].gateway_ip, "198.19.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            plan.networks[0].gateway_ip,
+            "198.19.1.1".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]

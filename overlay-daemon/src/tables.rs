@@ -52,7 +52,9 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| format!("MAC {s:?}: expected 6 octets"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("MAC {s:?}: expected 6 octets"))?;
             *byte = u8::from_str_radix(part, 16)
                 .map_err(|_| format!("MAC {s:?}: {part:?} is not a hex octet"))?;
         }
@@ -160,7 +162,11 @@ impl ClusterTables {
             } else if out.networks.contains_key(&n.name) {
                 Some("the name is already used".to_owned())
             } else if !n.subnet.contains(&n.gateway_ip()) {
-                Some(format!("gateway {} is outside {}", n.gateway_ip(), n.subnet))
+                Some(format!(
+                    "gateway {} is outside {}",
+                    n.gateway_ip(),
+                    n.subnet
+                ))
             } else {
                 None
             };
@@ -174,7 +180,8 @@ impl ClusterTables {
         let mut vteps = BTreeSet::new();
         for n in &self.nodes {
             if out.nodes.contains_key(&n.name) {
-                out.rejected.push(format!("node {:?}: the name is already used", n.name));
+                out.rejected
+                    .push(format!("node {:?}: the name is already used", n.name));
             } else if !vteps.insert(n.vtep_ip) {
                 out.rejected.push(format!(
                     "node {:?}: VTEP {} is already used by another node",
@@ -195,7 +202,10 @@ impl ClusterTables {
             let problem = if !out.nodes.contains_key(&ep.node) {
                 Some(format!("node {:?} is not known", ep.node))
             } else if !net.subnet.contains(&ep.ip) || ep.ip == net.gateway_ip() {
-                Some(format!("{} is not a host address of {} other than the gateway", ep.ip, net.subnet))
+                Some(format!(
+                    "{} is not a host address of {} other than the gateway",
+                    ep.ip, net.subnet
+                ))
             } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
                 Some(format!("MAC {} is not a usable unicast address", ep.mac()))
             } else if !ips.insert((net.vni, ep.ip)) {
@@ -211,5 +221,65 @@ impl ClusterTables {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_errors() {
+        let mac: MacAddr = "0a:58:c6:13:01:0b".parse().unwrap();
+        assert_eq!(mac.to_string(), "0a:58:c6:13:01:0b");
+        assert!("0a:58:c6:13:01".parse::<MacAddr>().is_err());
+        assert!("0a:58:c6:13:01:zz".parse::<MacAddr>().is_err());
+        assert!("0a:58:c6:13:01:0b:00".parse::<MacAddr>().is_err());
+        assert!(!MacAddr([1, 0, 0, 0, 0, 1]).is_unicast());
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_with_a_reason() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [
+                {"name": "red", "vni": 100, "subnet": "198.19.1.0/24"},
+                {"name": "dup-vni", "vni": 100, "subnet": "198.19.9.0/24"},
+                {"name": "huge", "vni": 16777216, "subnet": "198.19.8.0/24"},
+                {"name": "bad-gw", "vni": 7, "subnet": "198.19.7.0/24", "gateway": "198.19.6.1"}
+              ],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}, {"name": "b", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "red", "ip": "198.19.1.2", "node": "a"},
+                {"network": "red", "ip": "198.19.1.2", "node": "a", "mac": "02:00:00:00:00:09"},
+                {"network": "red", "ip": "198.19.1.3", "node": "a", "mac": "0a:58:c6:13:01:02"},
+                {"network": "red", "ip": "198.19.2.3", "node": "a"},
+                {"network": "red", "ip": "198.19.1.1", "node": "a"},
+                {"network": "red", "ip": "198.19.1.4", "node": "ghost"},
+                {"network": "blue", "ip": "198.19.1.5", "node": "a"},
+                {"network": "red", "ip": "198.19.1.6", "node": "a", "mac": "ff:ff:ff:ff:ff:ff"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        assert_eq!(valid.networks.keys().collect::<Vec<_>>(), ["red"]);
+        assert_eq!(valid.nodes.len(), 1);
+        assert_eq!(valid.endpoints.len(), 1);
+        assert_eq!(valid.rejected.len(), 3 + 1 + 7, "{:#?}", valid.rejected);
+        assert!(valid
+            .rejected
+            .iter()
+            .any(|r| r.contains("already used by another network")));
+        assert!(valid
+            .rejected
+            .iter()
+            .any(|r| r.contains("MAC 0a:58:c6:13:01:02 is already used")));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = ClusterTables::from_json(r#"{"networks": [], "nodez": []}"#).unwrap_err();
+        assert!(err.to_string().contains("nodez"), "{err}");
     }
 }

@@ -41,12 +41,15 @@ pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, Dr
     }
 
     let tpa = u32::from_ne_bytes(req.tpa);
-    let net = unsafe { NETWORKS.get(&me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+    let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
     let answer = if tpa == net.gateway_ip {
         net.gateway_mac
     } else {
-        let key = EndpointIpKey { vni: me.vni, ip: tpa };
-        match unsafe { ENDPOINTS_BY_IP.get(&key) } {
+        let key = EndpointIpKey {
+            vni: me.vni,
+            ip: tpa,
+        };
+        match unsafe { ENDPOINTS_BY_IP.get(key) } {
             // A container asking for its own address is probing for conflicts: none here.
             Some(ep) if tpa != me.ip => ep.mac,
             _ => return Err(DropReason::ArpUnknownTarget),

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
@@ -64,7 +64,7 @@ pub fn to_vtep(
     inner_eth: &EthHdr,
     inner_ip: &Ipv4Hdr,
 ) -> Result<i32, DropReason> {
-    if unsafe { VTEPS.get(&vtep_ip) }.is_none() {
+    if unsafe { VTEPS.get(vtep_ip) }.is_none() {
         return Err(DropReason::UnknownVtep);
     }
     let inner_len = ctx.len();

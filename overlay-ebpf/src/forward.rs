@@ -33,7 +33,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
     let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let me = unsafe { LOCAL_IFACES.get(&ifindex) }.ok_or(DropReason::UnknownInterface)?;
+    let me = unsafe { LOCAL_IFACES.get(ifindex) }.ok_or(DropReason::UnknownInterface)?;
     count(Direction::FromContainer, ctx.len());
 
     let eth = tc_header::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
@@ -64,19 +64,22 @@ fn forward_ipv4(
     if is_multicast(&eth.dst) {
         return Err(DropReason::Broadcast);
     }
-    let net = unsafe { NETWORKS.get(&me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+    let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
 
     let target: &EndpointInfo = if eth.dst == net.gateway_mac {
         // Sent to the virtual gateway: find the endpoint by IP and address it directly.
-        let key = EndpointIpKey { vni: me.vni, ip: ip.dst_key() };
-        let ep = unsafe { ENDPOINTS_BY_IP.get(&key) }.ok_or(DropReason::UnknownDestination)?;
+        let key = EndpointIpKey {
+            vni: me.vni,
+            ip: ip.dst_key(),
+        };
+        let ep = unsafe { ENDPOINTS_BY_IP.get(key) }.ok_or(DropReason::UnknownDestination)?;
         eth.dst = ep.mac;
         eth.src = net.gateway_mac;
         ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
         ep
     } else {
         let key = EndpointMacKey::new(me.vni, eth.dst);
-        unsafe { ENDPOINTS_BY_MAC.get(&key) }.ok_or(DropReason::UnknownDestination)?
+        unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
     if target.is_local() {

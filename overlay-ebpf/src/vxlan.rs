@@ -43,11 +43,11 @@ pub fn classify(
         return Err(DropReason::VxlanMalformed);
     }
     let vtep = outer.src_key();
-    if unsafe { VTEPS.get(&vtep) }.is_none() {
+    if unsafe { VTEPS.get(vtep) }.is_none() {
         return Err(DropReason::UnknownVtep);
     }
     let vni = vxlan.vni();
-    if unsafe { NETWORKS.get(&vni) }.is_none() {
+    if unsafe { NETWORKS.get(vni) }.is_none() {
         return Err(DropReason::UnknownVni);
     }
     if inner_eth.ether_type() != ETH_P_IP {
@@ -56,13 +56,13 @@ pub fn classify(
     if inner_ip.ihl_bytes() < 20 {
         return Err(DropReason::Malformed);
     }
-    let dst = unsafe { ENDPOINTS_BY_MAC.get(&EndpointMacKey::new(vni, inner_eth.dst)) };
+    let dst = unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.dst)) };
     let ifindex = match dst {
         Some(ep) if ep.is_local() => ep.ifindex,
         _ => return Err(DropReason::DecapNotLocal),
     };
     // The inner source must be an endpoint of this VNI that lives behind the sending VTEP.
-    match unsafe { ENDPOINTS_BY_MAC.get(&EndpointMacKey::new(vni, inner_eth.src)) } {
+    match unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.src)) } {
         Some(src) if !src.is_local() && src.vtep_ip == vtep && src.ip == inner_ip.src_key() => {}
         _ => return Err(DropReason::DecapSpoofedSource),
     }

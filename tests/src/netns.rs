@@ -27,15 +27,24 @@ impl Netns {
     /// Creates `name` (must be unique) with its loopback up.
     pub fn create(name: &str) -> Self {
         run_ok("ip", &["netns", "add", name]);
-        let ns = Self { name: name.to_owned(), owned: true };
+        let ns = Self {
+            name: name.to_owned(),
+            owned: true,
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
     /// A handle on an existing namespace that leaves it in place when dropped.
     pub fn open(name: &str) -> Self {
-        assert!(Path::new(&format!("/run/netns/{name}")).exists(), "no netns {name}");
-        Self { name: name.to_owned(), owned: false }
+        assert!(
+            Path::new(&format!("/run/netns/{name}")).exists(),
+            "no netns {name}"
+        );
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -130,7 +139,9 @@ impl Drop for Netns {
         if !self.owned {
             return;
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

@@ -18,7 +18,10 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(child: Child, what: impl Into<String>) -> Self {
-        Self { child: Some(child), what: what.into() }
+        Self {
+            child: Some(child),
+            what: what.into(),
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -47,7 +47,10 @@ pub struct TopologySpec {
 
 impl TopologySpec {
     pub fn new(hosts: usize) -> Self {
-        Self { hosts, networks: Vec::new() }
+        Self {
+            hosts,
+            networks: Vec::new(),
+        }
     }
 
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
@@ -111,7 +114,10 @@ impl Topology {
             id: id.clone(),
             dir: dir.clone(),
             pins_root: pins_root.clone(),
-            tables: ClusterTables { networks: spec.networks.clone(), ..Default::default() },
+            tables: ClusterTables {
+                networks: spec.networks.clone(),
+                ..Default::default()
+            },
             containers: Vec::new(),
             hosts: Vec::new(),
             underlay,
@@ -122,12 +128,29 @@ impl Topology {
             ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
             let peer = format!("p{i}");
             let mtu = UNDERLAY_MTU.to_string();
-            ns.ip(&["link", "add", "ul0", "mtu", &mtu, "type", "veth", "peer", "name", &peer, "netns", topo.underlay.name()]);
+            ns.ip(&[
+                "link",
+                "add",
+                "ul0",
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                topo.underlay.name(),
+            ]);
             let vtep_ip = Ipv4Addr::new(198, 18, 0, i as u8);
             ns.ip(&["addr", "add", &format!("{vtep_ip}/24"), "dev", "ul0"]);
             ns.ip(&["link", "set", "ul0", "up"]);
-            topo.underlay.ip(&["link", "set", &peer, "master", "br0", "mtu", &mtu, "up"]);
-            topo.tables.nodes.push(NodeSpec { name: name.clone(), vtep_ip });
+            topo.underlay
+                .ip(&["link", "set", &peer, "master", "br0", "mtu", &mtu, "up"]);
+            topo.tables.nodes.push(NodeSpec {
+                name: name.clone(),
+                vtep_ip,
+            });
             let run_dir = dir.join(&name);
             std::fs::create_dir_all(&run_dir).expect("run dir");
             topo.hosts.push(Host {
@@ -174,12 +197,42 @@ impl Topology {
         let host_ifname = format!("v{name}");
         let mtu = CONTAINER_MTU.to_string();
         let h = &self.hosts[host];
-        h.ns.ip(&["link", "add", &host_ifname, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+        h.ns.ip(&[
+            "link",
+            "add",
+            &host_ifname,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
         h.ns.ip(&["link", "set", &host_ifname, "up"]);
         let prefix = Ipv4Net::new(ip, net.subnet.prefix_len()).expect("prefix");
-        ns.ip(&["link", "set", "eth0", "address", &mac.to_string(), "mtu", &mtu, "up"]);
+        ns.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &mac.to_string(),
+            "mtu",
+            &mtu,
+            "up",
+        ]);
         ns.ip(&["addr", "add", &prefix.to_string(), "dev", "eth0"]);
-        ns.ip(&["route", "add", "default", "via", &net.gateway_ip().to_string(), "dev", "eth0"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.gateway_ip().to_string(),
+            "dev",
+            "eth0",
+        ]);
         self.tables.endpoints.push(EndpointSpec {
             network: network.to_owned(),
             ip,
@@ -269,7 +322,11 @@ impl Topology {
                 return;
             }
             if !self.hosts[host].daemon_running() {
-                panic!("overlayd on {} exited:\n{}", self.hosts[host].name, self.daemon_log(host));
+                panic!(
+                    "overlayd on {} exited:\n{}",
+                    self.hosts[host].name,
+                    self.daemon_log(host)
+                );
             }
             if Instant::now() > deadline {
                 panic!(

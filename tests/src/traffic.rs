@@ -16,7 +16,16 @@ use crate::Netns;
 pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> bool {
     let out = ns.output(
         "ping",
-        &["-c", &count.to_string(), "-i", "0.2", "-W", "1", "-q", &dst.to_string()],
+        &[
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-q",
+            &dst.to_string(),
+        ],
     );
     out.status.success()
 }
@@ -25,14 +34,30 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> bool {
 pub fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
     let out = ns.output(
         "ping",
-        &["-c", &count.to_string(), "-i", "0.2", "-W", "1", "-q", &dst.to_string()],
+        &[
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-q",
+            &dst.to_string(),
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| {
             let l = l.trim();
             l.contains("received")
-                .then(|| l.split(", ").nth(1)?.split_whitespace().next()?.parse().ok())
+                .then(|| {
+                    l.split(", ")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
                 .flatten()
         })
         .unwrap_or(0)
@@ -92,26 +117,35 @@ pub fn tcp_stream(
             .expect("bind TCP listener");
         ready_tx.send(()).expect("ready");
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let mut hash = Sha256::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = conn.read(&mut buf).expect("receiving: connection broken or stalled");
+            let n = conn
+                .read(&mut buf)
+                .expect("receiving: connection broken or stalled");
             if n == 0 {
                 break;
             }
             hash.update(&buf[..n]);
             total += n as u64;
         }
-        Transfer { bytes: total, sha256: hash.finalize().into() }
+        Transfer {
+            bytes: total,
+            sha256: hash.finalize().into(),
+        }
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("listener ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("listener ready");
     let sender = client.spawn(move || {
         let addr = SocketAddrV4::new(server_ip, port).into();
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .expect("connect through the overlay");
-        conn.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        conn.set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let mut pattern = Pattern(0x9e37_79b9_7f4a_7c15);
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -125,7 +159,8 @@ pub fn tcp_stream(
                 Limit::Duration(_) => 64 * 1024,
             };
             pattern.fill(&mut buf[..n]);
-            conn.write_all(&buf[..n]).expect("sending: connection broken or stalled");
+            conn.write_all(&buf[..n])
+                .expect("sending: connection broken or stalled");
             hash.update(&buf[..n]);
             total += n as u64;
             if matches!(limit, Limit::Duration(_)) {
@@ -134,18 +169,31 @@ pub fn tcp_stream(
             }
         }
         conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        Transfer { bytes: total, sha256: hash.finalize().into() }
+        Transfer {
+            bytes: total,
+            sha256: hash.finalize().into(),
+        }
     });
-    let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-    let received = receiver.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let sent = sender
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let received = receiver
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
     (sent, received)
 }
 
 /// Listens for UDP on `port` in `ns` for `window` and returns the datagrams received.
-pub fn udp_receive(ns: &Netns, port: u16, window: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+pub fn udp_receive(
+    ns: &Netns,
+    port: u16,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
     ns.spawn(move || {
-        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind UDP");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let sock =
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind UDP");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let deadline = Instant::now() + window;
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
@@ -162,18 +210,27 @@ pub fn udp_receive(ns: &Netns, port: u16, window: Duration) -> std::thread::Join
 pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16, payload: Vec<u8>) {
     ns.enter(move || {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.send_to(&payload, SocketAddrV4::new(dst, port)).expect("send UDP");
+        sock.send_to(&payload, SocketAddrV4::new(dst, port))
+            .expect("send UDP");
     });
 }
 
 /// A raw AF_PACKET capture on `ifname` in `ns`, running for `window`; returns every frame.
-pub fn capture(ns: &Netns, ifname: &str, window: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+pub fn capture(
+    ns: &Netns,
+    ifname: &str,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
     let ifname = ifname.to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = ns.spawn(move || {
         let proto = (libc::ETH_P_ALL as u16).to_be();
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).expect("capture interface");
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -187,8 +244,16 @@ pub fn capture(ns: &Netns, ifname: &str, window: Duration) -> std::thread::JoinH
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert_eq!(rc, 0, "bind packet socket: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        assert_eq!(
+            rc,
+            0,
+            "bind packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -210,7 +275,9 @@ pub fn capture(ns: &Netns, ifname: &str, window: Duration) -> std::thread::JoinH
         }
         frames
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("capture ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("capture ready");
     handle
 }
 
@@ -306,7 +373,14 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// A whole Ethernet/IPv4/UDP frame around `payload` (e.g. a VXLAN packet on the underlay).
 pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = inner_udp_frame([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], src, dst, dport, payload);
+    let mut f = inner_udp_frame(
+        [0x02, 0, 0, 0, 0, 2],
+        [0x02, 0, 0, 0, 0, 1],
+        src,
+        dst,
+        dport,
+        payload,
+    );
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f
 }

@@ -43,7 +43,12 @@ fn traffic(t: &Topology, host: usize, dir: Direction) -> u64 {
 fn cross_host_same_host_arp_and_isolation() {
     let mut t = three_hosts();
     t.start_all(&[]);
-    let (ra, rb, rc, rd) = (t.container("ra"), t.container("rb"), t.container("rc"), t.container("rd"));
+    let (ra, rb, rc, rd) = (
+        t.container("ra"),
+        t.container("rb"),
+        t.container("rc"),
+        t.container("rd"),
+    );
 
     // Cross-host in both directions and across all three hosts.
     assert!(traffic::ping(&ra.ns, rc.ip, 3), "ra -> rc (h1 -> h2)");
@@ -53,49 +58,122 @@ fn cross_host_same_host_arp_and_isolation() {
     assert!(t.counters(1).traffic(Direction::DecapRx).packets >= 3);
 
     // Same host: delivered veth to veth, never encapsulated.
-    let (local0, encap0) = (traffic(&t, 0, Direction::LocalDelivery), traffic(&t, 0, Direction::EncapTx));
+    let (local0, encap0) = (
+        traffic(&t, 0, Direction::LocalDelivery),
+        traffic(&t, 0, Direction::EncapTx),
+    );
     assert!(traffic::ping(&ra.ns, rb.ip, 3), "ra -> rb (same host)");
-    assert!(traffic(&t, 0, Direction::LocalDelivery) >= local0 + 6, "requests and replies delivered locally");
-    assert_eq!(traffic(&t, 0, Direction::EncapTx), encap0, "same-host traffic must not be encapsulated");
+    assert!(
+        traffic(&t, 0, Direction::LocalDelivery) >= local0 + 6,
+        "requests and replies delivered locally"
+    );
+    assert_eq!(
+        traffic(&t, 0, Direction::EncapTx),
+        encap0,
+        "same-host traffic must not be encapsulated"
+    );
 
     // ARP for a remote IP was answered by the program with the endpoint's real MAC.
-    let neigh = ra.ns.run("ip", &["neigh", "show", &rc.ip.to_string(), "dev", "eth0"]);
-    assert!(neigh.contains(&rc.mac.to_string()), "ra's neighbour entry for rc: {neigh:?}");
+    let neigh = ra
+        .ns
+        .run("ip", &["neigh", "show", &rc.ip.to_string(), "dev", "eth0"]);
+    assert!(
+        neigh.contains(&rc.mac.to_string()),
+        "ra's neighbour entry for rc: {neigh:?}"
+    );
     assert!(traffic(&t, 0, Direction::ArpReply) >= 2);
     let unknown0 = drops(&t, 0, DropReason::ArpUnknownTarget);
-    assert!(!traffic::ping(&ra.ns, Ipv4Addr::new(198, 19, 1, 99), 1), "nobody has .99");
-    assert!(drops(&t, 0, DropReason::ArpUnknownTarget) > unknown0, "unanswered ARP is counted");
+    assert!(
+        !traffic::ping(&ra.ns, Ipv4Addr::new(198, 19, 1, 99), 1),
+        "nobody has .99"
+    );
+    assert!(
+        drops(&t, 0, DropReason::ArpUnknownTarget) > unknown0,
+        "unanswered ARP is counted"
+    );
 
     // Isolation: red cannot reach blue, routed or with a hand-made neighbour entry.
     let bb = t.container("bb");
     let listener = traffic::udp_receive(&bb.ns, 7000, Duration::from_secs(3));
     let unknown_dst0 = drops(&t, 0, DropReason::UnknownDestination);
-    assert!(!traffic::ping(&ra.ns, bb.ip, 2), "red -> blue through the gateway");
-    ra.ns.run("ip", &["route", "add", "198.19.2.0/24", "dev", "eth0"]);
-    ra.ns.run("ip", &["neigh", "replace", &bb.ip.to_string(), "lladdr", &bb.mac.to_string(), "dev", "eth0"]);
-    assert!(!traffic::ping(&ra.ns, bb.ip, 2), "red -> blue with blue's MAC");
+    assert!(
+        !traffic::ping(&ra.ns, bb.ip, 2),
+        "red -> blue through the gateway"
+    );
+    ra.ns
+        .run("ip", &["route", "add", "198.19.2.0/24", "dev", "eth0"]);
+    ra.ns.run(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &bb.ip.to_string(),
+            "lladdr",
+            &bb.mac.to_string(),
+            "dev",
+            "eth0",
+        ],
+    );
+    assert!(
+        !traffic::ping(&ra.ns, bb.ip, 2),
+        "red -> blue with blue's MAC"
+    );
     traffic::udp_send(&ra.ns, bb.ip, 7000, b"leak".to_vec());
     assert!(drops(&t, 0, DropReason::UnknownDestination) >= unknown_dst0 + 5);
-    assert!(listener.join().unwrap().is_empty(), "nothing from red may reach blue");
+    assert!(
+        listener.join().unwrap().is_empty(),
+        "nothing from red may reach blue"
+    );
 
     // Spoofed source IP, then spoofed MAC: dropped and counted.
     let spoof_ip0 = drops(&t, 0, DropReason::SpoofedIp);
-    ra.ns.run("ip", &["addr", "add", "198.19.1.77/24", "dev", "eth0"]);
-    let out = ra.ns.output("ping", &["-c", "2", "-W", "1", "-I", "198.19.1.77", &rc.ip.to_string()]);
-    assert!(!out.status.success(), "a spoofed source IP must not get through");
+    ra.ns
+        .run("ip", &["addr", "add", "198.19.1.77/24", "dev", "eth0"]);
+    let out = ra.ns.output(
+        "ping",
+        &[
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "198.19.1.77",
+            &rc.ip.to_string(),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a spoofed source IP must not get through"
+    );
     assert!(drops(&t, 0, DropReason::SpoofedIp) >= spoof_ip0 + 2);
-    ra.ns.run("ip", &["addr", "del", "198.19.1.77/24", "dev", "eth0"]);
+    ra.ns
+        .run("ip", &["addr", "del", "198.19.1.77/24", "dev", "eth0"]);
 
     let spoof_mac0 = drops(&t, 0, DropReason::SpoofedMac);
-    ra.ns.run("ip", &["link", "set", "eth0", "address", "02:00:00:00:00:77"]);
-    assert!(!traffic::ping(&ra.ns, rc.ip, 2), "a spoofed source MAC must not get through");
+    ra.ns.run(
+        "ip",
+        &["link", "set", "eth0", "address", "02:00:00:00:00:77"],
+    );
+    assert!(
+        !traffic::ping(&ra.ns, rc.ip, 2),
+        "a spoofed source MAC must not get through"
+    );
     assert!(drops(&t, 0, DropReason::SpoofedMac) >= spoof_mac0 + 2);
-    ra.ns.run("ip", &["link", "set", "eth0", "address", &ra.mac.to_string()]);
-    assert!(traffic::ping(&ra.ns, rc.ip, 2), "back to normal once the MAC is restored");
+    ra.ns.run(
+        "ip",
+        &["link", "set", "eth0", "address", &ra.mac.to_string()],
+    );
+    assert!(
+        traffic::ping(&ra.ns, rc.ip, 2),
+        "back to normal once the MAC is restored"
+    );
 
     // eBPF log lines (aya-log) reach the daemon's log.
     let log = t.daemon_log(0);
-    assert!(log.contains("container drop: reason"), "no eBPF log line in:\n{log}");
+    assert!(
+        log.contains("container drop: reason"),
+        "no eBPF log line in:\n{log}"
+    );
 }
 
 #[test]
@@ -111,35 +189,87 @@ fn forged_vxlan_never_reaches_a_container() {
     let listener = traffic::udp_receive(&t.container("ra").ns, 7001, Duration::from_secs(3));
     let before = t.counters(0);
     let send = |ns: &overlay_tests::Netns, vni: u32, flags: u8, inner: Vec<u8>| {
-        traffic::udp_send(ns, h1_vtep, 4789, traffic::vxlan_payload(vni, flags, &inner));
+        traffic::udp_send(
+            ns,
+            h1_vtep,
+            4789,
+            traffic::vxlan_payload(vni, flags, &inner),
+        );
     };
     let h2 = &t.hosts[1].ns;
     // From a real VTEP (h2), blue's VNI, addressed to red's ra.
-    send(h2, BLUE, 0x08, traffic::inner_udp_frame(bb_mac, ra_mac, bb_ip, ra_ip, 7001, b"x"));
+    send(
+        h2,
+        BLUE,
+        0x08,
+        traffic::inner_udp_frame(bb_mac, ra_mac, bb_ip, ra_ip, 7001, b"x"),
+    );
     // Red's VNI, to ra, but from blue's bb (a source that is not red's).
-    send(h2, RED, 0x08, traffic::inner_udp_frame(bb_mac, ra_mac, bb_ip, ra_ip, 7001, b"x"));
+    send(
+        h2,
+        RED,
+        0x08,
+        traffic::inner_udp_frame(bb_mac, ra_mac, bb_ip, ra_ip, 7001, b"x"),
+    );
     // Red's VNI and a red source that lives on h2, but a forged source IP.
-    send(h2, RED, 0x08, traffic::inner_udp_frame(rc_mac, ra_mac, Ipv4Addr::new(198, 19, 1, 200), ra_ip, 7001, b"x"));
+    send(
+        h2,
+        RED,
+        0x08,
+        traffic::inner_udp_frame(
+            rc_mac,
+            ra_mac,
+            Ipv4Addr::new(198, 19, 1, 200),
+            ra_ip,
+            7001,
+            b"x",
+        ),
+    );
     // A VNI nobody uses, and a header without the I flag.
-    send(h2, 999, 0x08, traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"));
-    send(h2, RED, 0x00, traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"));
+    send(
+        h2,
+        999,
+        0x08,
+        traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"),
+    );
+    send(
+        h2,
+        RED,
+        0x00,
+        traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"),
+    );
     // From the underlay, an address that is no VTEP.
-    t.underlay.run("ip", &["addr", "add", "198.18.0.250/24", "dev", "br0"]);
-    send(&t.underlay, RED, 0x08, traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"));
+    t.underlay
+        .run("ip", &["addr", "add", "198.18.0.250/24", "dev", "br0"]);
+    send(
+        &t.underlay,
+        RED,
+        0x08,
+        traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7001, b"x"),
+    );
 
     let got = listener.join().unwrap();
     assert!(got.is_empty(), "forged VXLAN reached ra: {got:?}");
     let after = t.counters(0);
     let delta = |r: DropReason| after.drops(r).packets - before.drops(r).packets;
     assert_eq!(delta(DropReason::DecapNotLocal), 1, "blue VNI to a red MAC");
-    assert_eq!(delta(DropReason::DecapSpoofedSource), 2, "wrong network or forged source");
+    assert_eq!(
+        delta(DropReason::DecapSpoofedSource),
+        2,
+        "wrong network or forged source"
+    );
     assert_eq!(delta(DropReason::UnknownVni), 1);
     assert_eq!(delta(DropReason::VxlanMalformed), 1);
     assert_eq!(delta(DropReason::UnknownVtep), 1);
 
     // The legitimate form of the same packet is delivered.
     let listener = traffic::udp_receive(&t.container("ra").ns, 7002, Duration::from_secs(2));
-    send(&t.hosts[1].ns, RED, 0x08, traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7002, b"hello"));
+    send(
+        &t.hosts[1].ns,
+        RED,
+        0x08,
+        traffic::inner_udp_frame(rc_mac, ra_mac, rc_ip, ra_ip, 7002, b"hello"),
+    );
     assert_eq!(listener.join().unwrap(), vec![b"hello".to_vec()]);
 }
 
@@ -151,14 +281,32 @@ fn underlay_carries_well_formed_vxlan() {
     let cap = traffic::capture(&t.hosts[0].ns, "ul0", Duration::from_secs(3));
     assert!(traffic::ping(&ra.ns, rc.ip, 3));
     let frames = cap.join().unwrap();
-    let vx: Vec<_> = frames.iter().filter_map(|f| traffic::parse_vxlan(f, 4789)).collect();
-    let out: Vec<_> = vx.iter().filter(|v| v.outer_src == t.hosts[0].vtep_ip).collect();
-    let back: Vec<_> = vx.iter().filter(|v| v.outer_src == t.hosts[1].vtep_ip).collect();
-    assert!(out.len() >= 3 && back.len() >= 3, "captured {} VXLAN frames of {}", vx.len(), frames.len());
+    let vx: Vec<_> = frames
+        .iter()
+        .filter_map(|f| traffic::parse_vxlan(f, 4789))
+        .collect();
+    let out: Vec<_> = vx
+        .iter()
+        .filter(|v| v.outer_src == t.hosts[0].vtep_ip)
+        .collect();
+    let back: Vec<_> = vx
+        .iter()
+        .filter(|v| v.outer_src == t.hosts[1].vtep_ip)
+        .collect();
+    assert!(
+        out.len() >= 3 && back.len() >= 3,
+        "captured {} VXLAN frames of {}",
+        vx.len(),
+        frames.len()
+    );
     for v in &out {
         assert_eq!(v.outer_dst, t.hosts[1].vtep_ip);
         assert_eq!(v.udp_dst, 4789);
-        assert!(v.udp_src >= 49152, "source port {} outside the dynamic range", v.udp_src);
+        assert!(
+            v.udp_src >= 49152,
+            "source port {} outside the dynamic range",
+            v.udp_src
+        );
         assert_eq!(v.udp_checksum, 0);
         assert_eq!(v.flags, 0x08, "I flag only");
         assert_eq!(v.vni, RED);
@@ -190,13 +338,20 @@ fn large_tcp_transfers_keep_their_checksum() {
     assert_eq!(got.bytes, SIZE);
     let (sent, got) = traffic::tcp_transfer(&ra.ns, &rc.ns, ra.ip, 5002, SIZE);
     assert_eq!(sent, got, "h2 -> h1");
-    let (sent, got) = traffic::tcp_transfer(&t.container("rb").ns, &ra.ns, t.container("rb").ip, 5003, SIZE);
+    let (sent, got) = traffic::tcp_transfer(
+        &t.container("rb").ns,
+        &ra.ns,
+        t.container("rb").ip,
+        5003,
+        SIZE,
+    );
     assert_eq!(sent, got, "same host");
     for h in 0..2 {
         let c = t.counters(h);
         let bad: Vec<_> = c.drops.iter().filter(|(_, v)| v.packets > 0).collect();
         assert!(
-            c.drops(DropReason::DecapFailed).packets == 0 && c.drops(DropReason::EncapFailed).packets == 0,
+            c.drops(DropReason::DecapFailed).packets == 0
+                && c.drops(DropReason::EncapFailed).packets == 0,
             "host {h} dropped packets during the transfer: {bad:?}"
         );
     }
@@ -225,11 +380,20 @@ fn restarting_daemons_keeps_a_running_flow() {
         // Re-open the namespaces by name: the topology stays owned by the test thread.
         let server = overlay_tests::netns::Netns::open(&rc_ns);
         let client = overlay_tests::netns::Netns::open(&ra_ns);
-        traffic::tcp_stream(&server, &client, rc_ip, 5005, Limit::Duration(Duration::from_secs(10)))
+        traffic::tcp_stream(
+            &server,
+            &client,
+            rc_ip,
+            5005,
+            Limit::Duration(Duration::from_secs(10)),
+        )
     });
     std::thread::sleep(Duration::from_secs(2));
     // Graceful restart of h1's daemon, then a crash and restart of h2's.
-    assert!(t.stop_daemon(0, Signal::SIGTERM), "overlayd exits on SIGTERM");
+    assert!(
+        t.stop_daemon(0, Signal::SIGTERM),
+        "overlayd exits on SIGTERM"
+    );
     std::thread::sleep(Duration::from_millis(500));
     t.start_daemon(0, &[]);
     t.wait_converged(0);
@@ -242,6 +406,12 @@ fn restarting_daemons_keeps_a_running_flow() {
     assert_eq!(sent, got);
     assert!(got.bytes > 0);
     // Restarts re-used the pins: one link per container, nothing duplicated.
-    let links: Vec<_> = std::fs::read_dir(t.hosts[0].pins.links()).unwrap().collect();
-    assert_eq!(links.len(), 2 + 3, "underlay-tc, underlay-xdp and one per container");
+    let links: Vec<_> = std::fs::read_dir(t.hosts[0].pins.links())
+        .unwrap()
+        .collect();
+    assert_eq!(
+        links.len(),
+        2 + 3,
+        "underlay-tc, underlay-xdp and one per container"
+    );
 }

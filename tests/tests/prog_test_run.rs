@@ -63,21 +63,61 @@ fn fixture() -> Fixture {
         })
         .unwrap();
     let nets = [
-        NetworkEntry { vni: VNI, gateway_ip: ip("198.19.1.1"), gateway_mac: MacAddr::gateway(VNI).0 },
-        NetworkEntry { vni: OTHER_VNI, gateway_ip: ip("198.19.2.1"), gateway_mac: MacAddr::gateway(OTHER_VNI).0 },
+        NetworkEntry {
+            vni: VNI,
+            gateway_ip: ip("198.19.1.1"),
+            gateway_mac: MacAddr::gateway(VNI).0,
+        },
+        NetworkEntry {
+            vni: OTHER_VNI,
+            gateway_ip: ip("198.19.2.1"),
+            gateway_mac: MacAddr::gateway(OTHER_VNI).0,
+        },
     ];
     maps.networks.sync(&nets).unwrap();
     maps.vteps.sync([(ip(REMOTE_VTEP), 2)]).unwrap();
     let eps = [
-        EndpointEntry { vni: VNI, ip: me.0, mac: me.1 .0, location: Location::Local { ifindex: CONTAINER_IFINDEX } },
-        EndpointEntry { vni: VNI, ip: remote.0, mac: remote.1 .0, location: Location::Remote { vtep: ip(REMOTE_VTEP) } },
-        EndpointEntry { vni: OTHER_VNI, ip: other_net.0, mac: other_net.1 .0, location: Location::Remote { vtep: ip(REMOTE_VTEP) } },
+        EndpointEntry {
+            vni: VNI,
+            ip: me.0,
+            mac: me.1 .0,
+            location: Location::Local {
+                ifindex: CONTAINER_IFINDEX,
+            },
+        },
+        EndpointEntry {
+            vni: VNI,
+            ip: remote.0,
+            mac: remote.1 .0,
+            location: Location::Remote {
+                vtep: ip(REMOTE_VTEP),
+            },
+        },
+        EndpointEntry {
+            vni: OTHER_VNI,
+            ip: other_net.0,
+            mac: other_net.1 .0,
+            location: Location::Remote {
+                vtep: ip(REMOTE_VTEP),
+            },
+        },
     ];
     maps.endpoints.sync(&eps, ip(LOCAL_VTEP)).unwrap();
     maps.local_ifaces
-        .sync(&[LocalIdentity { ifindex: CONTAINER_IFINDEX, vni: VNI, ip: me.0, mac: me.1 .0 }])
+        .sync(&[LocalIdentity {
+            ifindex: CONTAINER_IFINDEX,
+            vni: VNI,
+            ip: me.0,
+            mac: me.1 .0,
+        }])
         .unwrap();
-    Fixture { dp, pins, me, remote, other_net }
+    Fixture {
+        dp,
+        pins,
+        me,
+        remote,
+        other_net,
+    }
 }
 
 /// A `struct __sk_buff` (192 bytes) with the fields test_run lets us set.
@@ -89,35 +129,73 @@ fn skb_ctx(ifindex: u32, gso_segs: u32) -> Vec<u8> {
 }
 
 impl Fixture {
-    fn from_container(&self, frame: &[u8]) -> TestRunOutput {
+    fn run_from_container(&self, frame: &[u8]) -> TestRunOutput {
         self.dp
-            .test_run(programs::FROM_CONTAINER, frame, Some(&skb_ctx(CONTAINER_IFINDEX, 0)))
+            .test_run(
+                programs::FROM_CONTAINER,
+                frame,
+                Some(&skb_ctx(CONTAINER_IFINDEX, 0)),
+            )
             .expect("test run")
     }
-    fn from_underlay(&self, frame: &[u8], gso_segs: u32) -> TestRunOutput {
+    fn run_from_underlay(&self, frame: &[u8], gso_segs: u32) -> TestRunOutput {
         self.dp
             .test_run(programs::FROM_UNDERLAY, frame, Some(&skb_ctx(0, gso_segs)))
             .expect("test run")
     }
     fn xdp(&self, frame: &[u8]) -> TestRunOutput {
-        self.dp.test_run(programs::UNDERLAY_XDP, frame, None).expect("test run")
+        self.dp
+            .test_run(programs::UNDERLAY_XDP, frame, None)
+            .expect("test run")
     }
     fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.maps.counters.snapshot().unwrap().drops(reason).packets
+        self.dp
+            .maps
+            .counters
+            .snapshot()
+            .unwrap()
+            .drops(reason)
+            .packets
     }
     fn traffic(&self, dir: Direction) -> u64 {
-        self.dp.maps.counters.snapshot().unwrap().traffic(dir).packets
+        self.dp
+            .maps
+            .counters
+            .snapshot()
+            .unwrap()
+            .traffic(dir)
+            .packets
     }
     /// A frame from our container to the remote endpoint.
     fn outbound(&self, payload: &[u8]) -> Vec<u8> {
-        traffic::inner_udp_frame(self.me.1 .0, self.remote.1 .0, self.me.0, self.remote.0, 9000, payload)
+        traffic::inner_udp_frame(
+            self.me.1 .0,
+            self.remote.1 .0,
+            self.me.0,
+            self.remote.0,
+            9000,
+            payload,
+        )
     }
     /// VXLAN from the remote VTEP carrying a frame from the remote endpoint to ours.
     fn inbound(&self, vni: u32, inner: &[u8]) -> Vec<u8> {
-        traffic::udp_frame(ip(REMOTE_VTEP), ip(LOCAL_VTEP), 50000, 4789, &traffic::vxlan_payload(vni, 0x08, inner))
+        traffic::udp_frame(
+            ip(REMOTE_VTEP),
+            ip(LOCAL_VTEP),
+            50000,
+            4789,
+            &traffic::vxlan_payload(vni, 0x08, inner),
+        )
     }
     fn inner_to_me(&self) -> Vec<u8> {
-        traffic::inner_udp_frame(self.remote.1 .0, self.me.1 .0, self.remote.0, self.me.0, 9000, b"payload")
+        traffic::inner_udp_frame(
+            self.remote.1 .0,
+            self.me.1 .0,
+            self.remote.0,
+            self.me.0,
+            9000,
+            b"payload",
+        )
     }
 }
 
@@ -125,7 +203,7 @@ impl Fixture {
 fn encapsulates_to_the_remote_vtep() {
     let f = fixture();
     let inner = f.outbound(b"hello overlay");
-    let out = f.from_container(&inner);
+    let out = f.run_from_container(&inner);
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     assert_eq!(out.frame.len(), inner.len() + 50);
     let vx = traffic::parse_vxlan(&out.frame, 4789).expect("VXLAN on the way out");
@@ -138,7 +216,10 @@ fn encapsulates_to_the_remote_vtep() {
     assert_eq!(vx.inner, inner, "inner frame carried unchanged");
     let outer_ip = &out.frame[14..34];
     assert_eq!(traffic::checksum(outer_ip), 0, "outer IPv4 checksum");
-    assert_eq!(u16::from_be_bytes([outer_ip[2], outer_ip[3]]) as usize, out.frame.len() - 14);
+    assert_eq!(
+        u16::from_be_bytes([outer_ip[2], outer_ip[3]]) as usize,
+        out.frame.len() - 14
+    );
     assert_eq!(outer_ip[6] & 0x40, 0x40, "DF set");
     assert_eq!(f.traffic(Direction::EncapTx), 1);
 }
@@ -147,7 +228,7 @@ fn encapsulates_to_the_remote_vtep() {
 fn decapsulates_for_a_local_endpoint() {
     let f = fixture();
     let inner = f.inner_to_me();
-    let out = f.from_underlay(&f.inbound(VNI, &inner), 0);
+    let out = f.run_from_underlay(&f.inbound(VNI, &inner), 0);
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     assert_eq!(out.frame, inner, "exactly the inner frame is delivered");
     assert_eq!(f.traffic(Direction::DecapRx), 1);
@@ -160,20 +241,43 @@ fn wrong_or_unknown_vni_is_dropped_in_xdp_and_tc() {
     let f = fixture();
     let inner = f.inner_to_me();
     // Known VNI of another network: our endpoint is not in it.
-    assert_eq!(f.from_underlay(&f.inbound(OTHER_VNI, &inner), 0).verdict, TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(OTHER_VNI, &inner), 0)
+            .verdict,
+        TC_ACT_SHOT
+    );
     assert_eq!(f.xdp(&f.inbound(OTHER_VNI, &inner)).verdict, XDP_DROP);
     assert_eq!(f.drops(DropReason::DecapNotLocal), 2);
     // A VNI nobody uses.
-    assert_eq!(f.from_underlay(&f.inbound(4242, &inner), 0).verdict, TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(4242, &inner), 0).verdict,
+        TC_ACT_SHOT
+    );
     assert_eq!(f.xdp(&f.inbound(4242, &inner)).verdict, XDP_DROP);
     assert_eq!(f.drops(DropReason::UnknownVni), 2);
     // An unknown VTEP.
-    let stranger = traffic::udp_frame(ip("198.18.0.99"), ip(LOCAL_VTEP), 50000, 4789, &traffic::vxlan_payload(VNI, 8, &inner));
+    let stranger = traffic::udp_frame(
+        ip("198.18.0.99"),
+        ip(LOCAL_VTEP),
+        50000,
+        4789,
+        &traffic::vxlan_payload(VNI, 8, &inner),
+    );
     assert_eq!(f.xdp(&stranger).verdict, XDP_DROP);
     assert_eq!(f.drops(DropReason::UnknownVtep), 1);
     // A source from the other network inside our VNI.
-    let forged = traffic::inner_udp_frame(f.other_net.1 .0, f.me.1 .0, f.other_net.0, f.me.0, 9000, b"x");
-    assert_eq!(f.from_underlay(&f.inbound(VNI, &forged), 0).verdict, TC_ACT_SHOT);
+    let forged = traffic::inner_udp_frame(
+        f.other_net.1 .0,
+        f.me.1 .0,
+        f.other_net.0,
+        f.me.0,
+        9000,
+        b"x",
+    );
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(VNI, &forged), 0).verdict,
+        TC_ACT_SHOT
+    );
     assert_eq!(f.drops(DropReason::DecapSpoofedSource), 1);
 }
 
@@ -183,80 +287,116 @@ fn malformed_and_truncated_packets_are_dropped_with_a_reason() {
     // ARP cut short (the kernel's test_run refuses IPv4 frames shorter than an IPv4 header,
     // so the truncated-IPv4 case is covered on the underlay side below).
     let cut_arp = traffic::arp_request(f.me.1 .0, f.me.0, f.remote.0)[..14 + 10].to_vec();
-    assert_eq!(f.from_container(&cut_arp).verdict, TC_ACT_SHOT);
+    assert_eq!(f.run_from_container(&cut_arp).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::Malformed), 1);
     // Bad IHL.
     let mut bad_ihl = f.outbound(b"abc");
     bad_ihl[14] = 0x43;
-    assert_eq!(f.from_container(&bad_ihl).verdict, TC_ACT_SHOT);
+    assert_eq!(f.run_from_container(&bad_ihl).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::Malformed), 2);
     // VXLAN cut inside its header.
     let full = f.inbound(VNI, &f.inner_to_me());
     let cut = &full[..14 + 20 + 8 + 4];
-    assert_eq!(f.from_underlay(cut, 0).verdict, TC_ACT_SHOT);
+    assert_eq!(f.run_from_underlay(cut, 0).verdict, TC_ACT_SHOT);
     assert_eq!(f.xdp(cut).verdict, XDP_DROP);
     assert_eq!(f.drops(DropReason::VxlanMalformed), 2);
     // VXLAN whose inner frame is cut short.
     let cut = &full[..50 + 10];
-    assert_eq!(f.from_underlay(cut, 0).verdict, TC_ACT_SHOT);
+    assert_eq!(f.run_from_underlay(cut, 0).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::Malformed), 3);
     // No I flag.
-    let no_i = traffic::udp_frame(ip(REMOTE_VTEP), ip(LOCAL_VTEP), 50000, 4789, &traffic::vxlan_payload(VNI, 0, &f.inner_to_me()));
-    assert_eq!(f.from_underlay(&no_i, 0).verdict, TC_ACT_SHOT);
+    let no_i = traffic::udp_frame(
+        ip(REMOTE_VTEP),
+        ip(LOCAL_VTEP),
+        50000,
+        4789,
+        &traffic::vxlan_payload(VNI, 0, &f.inner_to_me()),
+    );
+    assert_eq!(f.run_from_underlay(&no_i, 0).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::VxlanMalformed), 3);
     // An inner length that claims more than the packet holds.
     let mut inner = f.inner_to_me();
     inner[16..18].copy_from_slice(&1400u16.to_be_bytes());
-    assert_eq!(f.from_underlay(&f.inbound(VNI, &inner), 0).verdict, TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(VNI, &inner), 0).verdict,
+        TC_ACT_SHOT
+    );
     assert_eq!(f.drops(DropReason::DecapFailed), 1);
     // A GSO packet must hold exactly one inner packet (not a UDP GRO aggregate).
     let mut padded = f.inner_to_me();
     padded.extend_from_slice(&[0u8; 64]);
-    assert_eq!(f.from_underlay(&f.inbound(VNI, &padded), 2).verdict, TC_ACT_SHOT);
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(VNI, &padded), 2).verdict,
+        TC_ACT_SHOT
+    );
     assert_eq!(f.drops(DropReason::DecapFailed), 2);
     // ...while trailing padding on a single packet is fine.
-    assert_eq!(f.from_underlay(&f.inbound(VNI, &padded), 0).verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        f.run_from_underlay(&f.inbound(VNI, &padded), 0).verdict,
+        TC_ACT_REDIRECT
+    );
 }
 
 #[test]
 fn foreign_underlay_traffic_passes_untouched() {
     let f = fixture();
     let dns = traffic::udp_frame(ip(REMOTE_VTEP), ip(LOCAL_VTEP), 40000, 53, b"not vxlan");
-    let out = f.from_underlay(&dns, 0);
+    let out = f.run_from_underlay(&dns, 0);
     assert_eq!(out.verdict, TC_NEXT);
     assert_eq!(out.frame, dns);
     assert_eq!(f.xdp(&dns).verdict, XDP_PASS);
     let arp = traffic::arp_request([2, 0, 0, 0, 0, 2], ip(REMOTE_VTEP), ip(LOCAL_VTEP));
-    assert_eq!(f.from_underlay(&arp, 0).verdict, TC_NEXT);
+    assert_eq!(f.run_from_underlay(&arp, 0).verdict, TC_NEXT);
     assert_eq!(f.xdp(&arp).verdict, XDP_PASS);
     // VXLAN addressed to another VTEP is not ours either.
-    let elsewhere = traffic::udp_frame(ip(REMOTE_VTEP), ip("198.18.0.3"), 50000, 4789, &traffic::vxlan_payload(VNI, 8, b""));
-    assert_eq!(f.from_underlay(&elsewhere, 0).verdict, TC_NEXT);
+    let elsewhere = traffic::udp_frame(
+        ip(REMOTE_VTEP),
+        ip("198.18.0.3"),
+        50000,
+        4789,
+        &traffic::vxlan_payload(VNI, 8, b""),
+    );
+    assert_eq!(f.run_from_underlay(&elsewhere, 0).verdict, TC_NEXT);
     let c = f.dp.maps.counters.snapshot().unwrap();
-    assert!(c.drops.iter().all(|(_, v)| v.packets == 0), "nothing dropped: {:?}", c.drops);
+    assert!(
+        c.drops.iter().all(|(_, v)| v.packets == 0),
+        "nothing dropped: {:?}",
+        c.drops
+    );
 }
 
 #[test]
 fn arp_is_answered_from_the_table() {
     let f = fixture();
-    let out = f.from_container(&traffic::arp_request(f.me.1 .0, f.me.0, f.remote.0));
-    assert_eq!(out.verdict, TC_ACT_REDIRECT, "reply sent back to the container");
+    let out = f.run_from_container(&traffic::arp_request(f.me.1 .0, f.me.0, f.remote.0));
+    assert_eq!(
+        out.verdict, TC_ACT_REDIRECT,
+        "reply sent back to the container"
+    );
     let reply = &out.frame;
     assert_eq!(&reply[0..6], &f.me.1 .0, "to the asker");
     assert_eq!(&reply[6..12], &f.remote.1 .0);
     assert_eq!(&reply[20..22], &[0, 2], "ARP reply");
-    assert_eq!(&reply[22..28], &f.remote.1 .0, "sender hardware address is the answer");
+    assert_eq!(
+        &reply[22..28],
+        &f.remote.1 .0,
+        "sender hardware address is the answer"
+    );
     assert_eq!(&reply[28..32], &f.remote.0.octets());
     assert_eq!(&reply[38..42], &f.me.0.octets());
     // The gateway has a MAC too.
-    let out = f.from_container(&traffic::arp_request(f.me.1 .0, f.me.0, ip("198.19.1.1")));
+    let out = f.run_from_container(&traffic::arp_request(f.me.1 .0, f.me.0, ip("198.19.1.1")));
     assert_eq!(&out.frame[22..28], &MacAddr::gateway(VNI).0);
     // An address of another network is not answered.
-    let out = f.from_container(&traffic::arp_request(f.me.1 .0, f.me.0, f.other_net.0));
+    let out = f.run_from_container(&traffic::arp_request(f.me.1 .0, f.me.0, f.other_net.0));
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::ArpUnknownTarget), 1);
     // ARP claiming another sender IP.
-    let out = f.from_container(&traffic::arp_request(f.me.1 .0, ip("198.19.1.99"), f.remote.0));
+    let out = f.run_from_container(&traffic::arp_request(
+        f.me.1 .0,
+        ip("198.19.1.99"),
+        f.remote.0,
+    ));
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::SpoofedArp), 1);
     assert_eq!(f.traffic(Direction::ArpReply), 2);

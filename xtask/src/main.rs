@@ -11,7 +11,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Project tasks for the eBPF VXLAN overlay")]
+#[command(
+    name = "cargo xtask",
+    about = "Project tasks for the eBPF VXLAN overlay"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -95,12 +98,29 @@ fn overlayd_path(release: bool) -> PathBuf {
 fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
-        "clippy", "--workspace", "--exclude", "overlay-ebpf", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "overlay-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
     // The eBPF crate only builds for the BPF target, with the nightly toolchain.
     run(cargo().args([
-        "+nightly", "clippy", "--package", "overlay-ebpf", "--release", "--target", "bpfel-unknown-none",
-        "-Z", "build-std=core", "--", "-D", "warnings",
+        "+nightly",
+        "clippy",
+        "--package",
+        "overlay-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
     ]))
 }
 
@@ -126,6 +146,13 @@ fn demo() -> Result<()> {
     setup::run()?;
     build(false)?;
     run(cargo()
-        .args(["run", "--quiet", "--package", "overlay-tests", "--bin", "overlay-demo"])
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "overlay-tests",
+            "--bin",
+            "overlay-demo",
+        ])
         .env("OVERLAYD", overlayd_path(false)))
 }

@@ -39,7 +39,10 @@ pub fn run() -> Result<()> {
 }
 
 fn check_root() -> Result<()> {
-    let out = Command::new("id").arg("-u").output().context("running id")?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!("setup and the tests need root (BPF, network namespaces): run as root");
     }
@@ -63,10 +66,12 @@ fn apt_packages() -> Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -95,7 +100,9 @@ fn nightly_rust_src() -> Result<()> {
 pub fn cargo_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin")
 }
 
@@ -132,7 +139,8 @@ fn bpf_linker() -> Result<()> {
         .next()
         .context("LLVM version in the library name")?
         .to_owned();
-    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/overlay/llvm");
+    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".local/share/overlay/llvm");
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
     for name in ["libLLVM.so", llvm.as_str()] {
@@ -142,10 +150,20 @@ fn bpf_linker() -> Result<()> {
             .with_context(|| format!("linking {}", link.display()))?;
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major}");
-    exec(Command::new("cargo")
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-        .env("LLVM_PREFIX", &prefix))
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -168,12 +186,16 @@ fn bpffs() -> Result<()> {
 fn kernel_report() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
-    let mut parts = release.split(['.', '-']).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .split(['.', '-'])
+        .filter_map(|p| p.parse::<u32>().ok());
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) < (6, 6) {
         eprintln!("setup: kernel {release}: TC programs will use clsact (TCX needs 6.6+)");
     }
     if (major, minor) < (5, 10) {
-        eprintln!("setup: kernel {release} is older than 5.10: bpf_redirect_peer/neigh are missing");
+        eprintln!(
+            "setup: kernel {release} is older than 5.10: bpf_redirect_peer/neigh are missing"
+        );
     }
 }

@@ -107,13 +107,19 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line that names the problem, instead of clap's usage block.
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("overlayd: {}", line.trim_start_matches("error: "));
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("overlayd: {}", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -133,7 +139,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
             let errors = datapath::remove(&pins, args.underlay.as_deref());
             if !errors.is_empty() {
-                anyhow::bail!("cleanup left {} problem(s): {}", errors.len(), errors.join("; "));
+                anyhow::bail!(
+                    "cleanup left {} problem(s): {}",
+                    errors.len(),
+                    errors.join("; ")
+                );
             }
             Ok(())
         }
@@ -151,7 +161,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     println!("{label:<24} {:>14} {:>16}", c.packets, c.bytes);
                 }
                 for (label, c) in &snap.drops {
-                    println!("{:<24} {:>14} {:>16}", format!("drop:{label}"), c.packets, c.bytes);
+                    println!(
+                        "{:<24} {:>14} {:>16}",
+                        format!("drop:{label}"),
+                        c.packets,
+                        c.bytes
+                    );
                 }
             }
             Ok(())
@@ -183,7 +198,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

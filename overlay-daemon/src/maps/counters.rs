@@ -68,10 +68,12 @@ impl CounterMap {
         };
         let mut snap = CounterSnapshot::default();
         for d in Direction::ALL {
-            snap.traffic.push((d.label(), sum(&self.traffic, *d as u32, names::TRAFFIC)?));
+            snap.traffic
+                .push((d.label(), sum(&self.traffic, *d as u32, names::TRAFFIC)?));
         }
         for r in DropReason::ALL {
-            snap.drops.push((r.label(), sum(&self.drops, *r as u32, names::DROPS)?));
+            snap.drops
+                .push((r.label(), sum(&self.drops, *r as u32, names::DROPS)?));
         }
         Ok(snap)
     }

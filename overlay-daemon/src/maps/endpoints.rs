@@ -66,7 +66,13 @@ impl EndpointMaps {
         let mut by_mac = BTreeMap::new();
         for ep in endpoints {
             let value = ep.value(local_vtep);
-            by_ip.insert(EndpointIpKey { vni: ep.vni, ip: ip_key(ep.ip) }, value);
+            by_ip.insert(
+                EndpointIpKey {
+                    vni: ep.vni,
+                    ip: ip_key(ep.ip),
+                },
+                value,
+            );
             by_mac.insert(EndpointMacKey::new(ep.vni, ep.mac), value);
         }
         let (w1, r1) = sync_hash(&mut self.by_ip, &by_ip, names::ENDPOINTS_BY_IP)?;
@@ -85,6 +91,14 @@ impl EndpointMaps {
 
     /// Looks an endpoint up the way the ARP responder does.
     pub fn lookup_ip(&self, vni: u32, ip: Ipv4Addr) -> Option<EndpointInfo> {
-        self.by_ip.get(&EndpointIpKey { vni, ip: ip_key(ip) }, 0).ok()
+        self.by_ip
+            .get(
+                &EndpointIpKey {
+                    vni,
+                    ip: ip_key(ip),
+                },
+                0,
+            )
+            .ok()
     }
 }

@@ -55,7 +55,10 @@ impl DatapathMaps {
         Ok(Self {
             config: ConfigMap::new(take(names::CONFIG)?)?,
             networks: NetworkMap::new(take(names::NETWORKS)?)?,
-            endpoints: EndpointMaps::new(take(names::ENDPOINTS_BY_IP)?, take(names::ENDPOINTS_BY_MAC)?)?,
+            endpoints: EndpointMaps::new(
+                take(names::ENDPOINTS_BY_IP)?,
+                take(names::ENDPOINTS_BY_MAC)?,
+            )?,
             vteps: VtepMap::new(take(names::VTEPS)?)?,
             local_ifaces: LocalIfaceMap::new(take(names::LOCAL_IFACES)?)?,
             counters: CounterMap::new(take(names::TRAFFIC)?, take(names::DROPS)?)?,

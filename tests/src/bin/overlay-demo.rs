@@ -17,28 +17,51 @@ fn main() {
             .network("red", 100, "198.19.1.0/24")
             .network("blue", 200, "198.19.2.0/24"),
     );
-    let placement = [(0, "web1", "red"), (0, "db1", "blue"), (1, "web2", "red"), (1, "db2", "blue"), (2, "web3", "red")];
+    let placement = [
+        (0, "web1", "red"),
+        (0, "db1", "blue"),
+        (1, "web2", "red"),
+        (1, "db2", "blue"),
+        (2, "web3", "red"),
+    ];
     for (host, name, net) in placement {
         t.add_container(host, name, net, 1 + (name == "db1" || name == "db2") as u8);
     }
     t.write_tables();
     for c in &t.containers {
-        println!("  {:<5} on {}  network {:<4}  {}  {}", c.name, t.hosts[c.host].name, c.network, c.ip, c.mac);
+        println!(
+            "  {:<5} on {}  network {:<4}  {}  {}",
+            c.name, t.hosts[c.host].name, c.network, c.ip, c.mac
+        );
     }
 
     step("Starting overlayd on every host (eBPF programs on the underlay and on each container veth)");
     t.start_all(&[]);
     for (i, h) in t.hosts.iter().enumerate() {
         let s = t.status(i).unwrap_or_default();
-        println!("  {}: VTEP {}  endpoints {}  local {}  remote VTEPs {}", h.name, h.vtep_ip, s["endpoints"], s["local_endpoints"], s["vteps"]);
+        println!(
+            "  {}: VTEP {}  endpoints {}  local {}  remote VTEPs {}",
+            h.name, h.vtep_ip, s["endpoints"], s["local_endpoints"], s["vteps"]
+        );
     }
 
-    let (web1, web2, web3, db2) = (t.container("web1"), t.container("web2"), t.container("web3"), t.container("db2"));
+    let (web1, web2, web3, db2) = (
+        t.container("web1"),
+        t.container("web2"),
+        t.container("web3"),
+        t.container("db2"),
+    );
     step("ping across hosts through the overlay (VXLAN VNI 100)");
     for dst in [web2, web3] {
-        let out = web1.ns.output("ping", &["-c", "3", "-i", "0.2", "-q", &dst.ip.to_string()]);
+        let out = web1
+            .ns
+            .output("ping", &["-c", "3", "-i", "0.2", "-q", &dst.ip.to_string()]);
         let text = String::from_utf8_lossy(&out.stdout);
-        let summary = text.lines().filter(|l| l.contains("received") || l.contains("rtt")).collect::<Vec<_>>().join("\n    ");
+        let summary = text
+            .lines()
+            .filter(|l| l.contains("received") || l.contains("rtt"))
+            .collect::<Vec<_>>()
+            .join("\n    ");
         println!("  web1 -> {} ({}):\n    {summary}", dst.name, dst.ip);
         assert!(out.status.success(), "ping web1 -> {} failed", dst.name);
     }
@@ -51,7 +74,12 @@ fn main() {
     step("What crosses the underlay: one captured VXLAN frame");
     let cap = traffic::capture(&t.hosts[0].ns, "ul0", Duration::from_millis(1500));
     traffic::ping(&web1.ns, web2.ip, 1);
-    if let Some(v) = cap.join().unwrap().iter().find_map(|f| traffic::parse_vxlan(f, 4789)) {
+    if let Some(v) = cap
+        .join()
+        .unwrap()
+        .iter()
+        .find_map(|f| traffic::parse_vxlan(f, 4789))
+    {
         println!(
             "  outer {} -> {}  UDP {} -> {}  checksum {}  flags {:#04x}  VNI {}  inner frame {} bytes",
             v.outer_src, v.outer_dst, v.udp_src, v.udp_dst, v.udp_checksum, v.flags, v.vni, v.inner.len()
@@ -59,23 +87,42 @@ fn main() {
     }
 
     step("TCP throughput web2 -> web1 across the overlay (iperf3, 3 s)");
-    let server = web1.ns.command("iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("iperf3 (cargo xtask setup installs it)");
+    let server = web1
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (cargo xtask setup installs it)");
     let _server = ChildGuard::new(server, "iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
-    let out = web2.ns.output("iperf3", &["-c", &web1.ip.to_string(), "-p", "5201", "-t", "3", "-J"]);
+    let out = web2.ns.output(
+        "iperf3",
+        &["-c", &web1.ip.to_string(), "-p", "5201", "-t", "3", "-J"],
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
     println!("  {:.2} Gbit/s received", bps / 1e9);
 
     step("Isolation: red cannot reach blue");
     let blocked = !traffic::ping(&web1.ns, db2.ip, 2);
-    println!("  web1 (red) -> db2 (blue) {}: {}", db2.ip, if blocked { "blocked" } else { "REACHED (bug)" });
+    println!(
+        "  web1 (red) -> db2 (blue) {}: {}",
+        db2.ip,
+        if blocked { "blocked" } else { "REACHED (bug)" }
+    );
     assert!(blocked);
 
     step("Datapath counters on h1 (overlayd stats)");
     let c = t.counters(0);
     for (label, v) in &c.traffic {
-        println!("  {label:<20} {:>10} packets {:>14} bytes", v.packets, v.bytes);
+        println!(
+            "  {label:<20} {:>10} packets {:>14} bytes",
+            v.packets, v.bytes
+        );
     }
     for r in DropReason::ALL {
         let v = c.drops(*r);
