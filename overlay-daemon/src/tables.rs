@@ -278,6 +278,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../deploy/tables.example.json");
+        let valid = ClusterTables::from_json(text).unwrap().validate();
+        assert!(valid.rejected.is_empty(), "{:?}", valid.rejected);
+        assert_eq!(valid.endpoints.len(), 2);
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = ClusterTables::from_json(r#"{"networks": [], "nodez": []}"#).unwrap_err();
         assert!(err.to_string().contains("nodez"), "{err}");
