@@ -42,6 +42,12 @@ enum Task {
     Lint,
     /// Setup, build, then run a real overlay across namespace hosts and show traffic crossing it.
     Demo,
+    /// Datapath benchmarks (overlay vs kernel vxlan vs routing), report in target/bench/.
+    Bench {
+        /// Arguments for overlay-bench (e.g. --rounds 5 --seconds 5 --modes overlay,kernel-vxlan).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -51,6 +57,7 @@ fn main() -> Result<()> {
         Task::Test { filter, no_lint } => test(filter, no_lint),
         Task::Lint => lint(),
         Task::Demo => demo(),
+        Task::Bench { args } => bench(args),
     }
 }
 
@@ -107,21 +114,30 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The eBPF crate only builds for the BPF target, with the nightly toolchain.
-    run(cargo().args([
-        "+nightly",
-        "clippy",
-        "--package",
-        "overlay-ebpf",
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    // The eBPF crate only builds for the BPF target, with the nightly toolchain. `$CARGO` is
+    // the toolchain's own binary (no `+nightly`), so go through rustup.
+    let mut nightly = Command::new("rustup");
+    nightly
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "overlay-ebpf",
+            "--release",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("PATH", setup::path_with_cargo_bin());
+    run(&mut nightly)
 }
 
 fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
@@ -154,5 +170,21 @@ fn demo() -> Result<()> {
             "--bin",
             "overlay-demo",
         ])
+        .env("OVERLAYD", overlayd_path(false)))
+}
+
+fn bench(args: Vec<String>) -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "overlay-bench",
+            "--",
+        ])
+        .args(args)
         .env("OVERLAYD", overlayd_path(false)))
 }

@@ -1,0 +1,232 @@
+//! The datapaths under comparison, each as two hosts with one container each, identical
+//! addressing (198.19.1.11 <-> 198.19.1.21) and container MTU (underlay 1500 - 50).
+
+use std::net::Ipv4Addr;
+
+use overlay_tests::{netns::unique_id, topology::CONTAINER_MTU, Netns, Topology, TopologySpec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Mode {
+    /// No overlay: hosts route container /32s to each other. The limit.
+    Routed,
+    /// flannel's vxlan backend: a kernel vxlan device, static FDB and neighbour entries.
+    KernelVxlan,
+    /// This project: TC encap/decap, XDP filter in native mode on the underlay.
+    Overlay,
+    /// This project without XDP (TC only).
+    OverlayTc,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Routed => "routed",
+            Mode::KernelVxlan => "kernel-vxlan",
+            Mode::Overlay => "overlay",
+            Mode::OverlayTc => "overlay-tc",
+        }
+    }
+}
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 11);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 21);
+
+/// A client and a server container on two hosts, whatever connects them.
+pub struct Pair {
+    pub mode: Mode,
+    pub client: Netns,
+    pub server: Netns,
+    // Keeps the rest of the topology alive (dropped after the containers).
+    _rest: Rest,
+}
+
+enum Rest {
+    Overlay {
+        _topology: Box<Topology>,
+    },
+    Plain {
+        _hosts: Vec<Netns>,
+        _underlay: Netns,
+    },
+}
+
+impl Pair {
+    pub fn build(mode: Mode) -> Self {
+        match mode {
+            Mode::Overlay | Mode::OverlayTc => overlay(mode),
+            Mode::Routed | Mode::KernelVxlan => plain(mode),
+        }
+    }
+}
+
+fn overlay(mode: Mode) -> Pair {
+    let mut t = Topology::new(TopologySpec::new(2).network("bench", 100, "198.19.1.0/24"));
+    t.add_container(0, "a", "bench", 1);
+    t.add_container(1, "b", "bench", 1);
+    t.write_tables();
+    t.start_all(&[
+        "--xdp",
+        if mode == Mode::Overlay {
+            "native"
+        } else {
+            "off"
+        },
+    ]);
+    // Re-open the container namespaces by name; the topology owns and removes them.
+    let client = Netns::open(t.container("a").ns.name());
+    let server = Netns::open(t.container("b").ns.name());
+    assert_eq!(t.container("a").ip, CLIENT_IP);
+    assert_eq!(t.container("b").ip, SERVER_IP);
+    Pair {
+        mode,
+        client,
+        server,
+        _rest: Rest::Overlay {
+            _topology: Box::new(t),
+        },
+    }
+}
+
+fn plain(mode: Mode) -> Pair {
+    let id = unique_id();
+    let underlay = Netns::create(&format!("ovb{id}-ul"));
+    underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+    underlay.ip(&["link", "set", "br0", "up"]);
+    let mut hosts = Vec::new();
+    let mut containers = Vec::new();
+    let mtu = CONTAINER_MTU.to_string();
+    for (i, ip) in [(1u8, CLIENT_IP), (2u8, SERVER_IP)] {
+        let h = Netns::create(&format!("ovb{id}-h{i}"));
+        h.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        h.sysctl("net/ipv4/ip_forward", "1");
+        h.ip(&[
+            "link",
+            "add",
+            "ul0",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("p{i}"),
+            "netns",
+            underlay.name(),
+        ]);
+        h.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "ul0"]);
+        h.ip(&["link", "set", "ul0", "up"]);
+        underlay.ip(&["link", "set", &format!("p{i}"), "master", "br0", "up"]);
+        // Container: a /32 behind the host, default route via 198.19.1.1 on the host's veth.
+        let c = Netns::create(&format!("ovb{id}-c{i}"));
+        c.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        h.ip(&[
+            "link",
+            "add",
+            "vc",
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            c.name(),
+        ]);
+        h.ip(&["addr", "add", "198.19.1.1/32", "dev", "vc"]);
+        h.ip(&["link", "set", "vc", "up"]);
+        h.ip(&["route", "add", &format!("{ip}/32"), "dev", "vc"]);
+        c.ip(&["link", "set", "eth0", "mtu", &mtu, "up"]);
+        c.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        c.ip(&["route", "add", "198.19.1.1", "dev", "eth0"]);
+        c.ip(&["route", "add", "default", "via", "198.19.1.1"]);
+        hosts.push(h);
+        containers.push(c);
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let me = i + 1;
+        let peer = 3 - me;
+        let peer_ip = if peer == 1 { CLIENT_IP } else { SERVER_IP };
+        match mode {
+            Mode::Routed => {
+                h.ip(&[
+                    "route",
+                    "add",
+                    &format!("{peer_ip}/32"),
+                    "via",
+                    &format!("198.18.0.{peer}"),
+                ]);
+            }
+            _ => {
+                // flannel: vxlan device, /32 on it, onlink route + permanent neighbour + FDB.
+                let mac = |n: usize| format!("02:00:00:00:00:{n:02x}");
+                h.ip(&[
+                    "link",
+                    "add",
+                    "vx0",
+                    "address",
+                    &mac(me),
+                    "mtu",
+                    &mtu,
+                    "type",
+                    "vxlan",
+                    "id",
+                    "100",
+                    "dstport",
+                    "4789",
+                    "local",
+                    &format!("198.18.0.{me}"),
+                    "dev",
+                    "ul0",
+                    "nolearning",
+                ]);
+                h.ip(&["addr", "add", &format!("198.19.0.{me}/32"), "dev", "vx0"]);
+                h.ip(&["link", "set", "vx0", "up"]);
+                h.ip(&[
+                    "route",
+                    "add",
+                    &format!("{peer_ip}/32"),
+                    "via",
+                    &format!("198.19.0.{peer}"),
+                    "dev",
+                    "vx0",
+                    "onlink",
+                ]);
+                h.ip(&[
+                    "neigh",
+                    "add",
+                    &format!("198.19.0.{peer}"),
+                    "lladdr",
+                    &mac(peer),
+                    "dev",
+                    "vx0",
+                    "nud",
+                    "permanent",
+                ]);
+                h.run(
+                    "bridge",
+                    &[
+                        "fdb",
+                        "append",
+                        &mac(peer),
+                        "dev",
+                        "vx0",
+                        "dst",
+                        &format!("198.18.0.{peer}"),
+                    ],
+                );
+            }
+        }
+    }
+    let server = containers.pop().expect("server");
+    let client = containers.pop().expect("client");
+    Pair {
+        mode,
+        client,
+        server,
+        _rest: Rest::Plain {
+            _hosts: hosts,
+            _underlay: underlay,
+        },
+    }
+}

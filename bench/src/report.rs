@@ -1,0 +1,123 @@
+//! Medians, ranges and ratios as a Markdown report, plus the raw samples as JSON.
+
+use std::fmt::Write as _;
+
+use crate::{measure::Metric, modes::Mode, Samples};
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{cpu}, {cores} cores, {} GiB, Linux {}",
+        mem_kb / 1024 / 1024,
+        kernel.trim()
+    )
+}
+
+pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Datapath benchmark\n");
+    let _ = writeln!(
+        s,
+        "Machine: {}. Two hosts (network namespaces on a veth/bridge underlay, MTU 1500), one container \
+         each (MTU 1450), {rounds} rounds of {seconds} s per measurement, modes alternated every round; \
+         every figure is the median with [min-max]. Sender and receiver share the machine's cores.\n",
+        machine()
+    );
+    let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v)).unwrap_or(f64::NAN);
+    let _ = write!(s, "| metric |");
+    for m in modes {
+        let _ = write!(s, " {} |", m.label());
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
+    for k in Metric::ALL {
+        let _ = write!(s, "| {} |", k.label());
+        for m in modes {
+            match samples.get(&(*m, k)) {
+                Some(v) => {
+                    let (lo, hi) = range(v);
+                    let _ = write!(s, " {:.2} [{lo:.2}-{hi:.2}] |", median(v));
+                }
+                None => {
+                    let _ = write!(s, " - |");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    for (base, name) in [
+        (Mode::KernelVxlan, "kernel-vxlan"),
+        (Mode::Routed, "routed"),
+    ] {
+        if !modes.contains(&base) {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\nRatio of medians to `{name}` (>1 is better for every row):\n"
+        );
+        let _ = write!(s, "| metric |");
+        for m in modes {
+            let _ = write!(s, " {} |", m.label());
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
+        for k in Metric::ALL {
+            let _ = write!(s, "| {} |", k.label());
+            for m in modes {
+                let (a, b) = (med(*m, k), med(base, k));
+                let ratio = if k.higher_is_better() { a / b } else { b / a };
+                let _ = write!(s, " {ratio:.2} |");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
+         `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `overlay` this \
+         project with the XDP filter in native mode; `overlay-tc` this project with TC only.\n\n\
+         Produced by `cargo xtask bench`."
+    );
+    s
+}
+
+pub fn json(samples: &Samples) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = samples
+        .iter()
+        .map(|((m, k), v)| (format!("{}/{:?}", m.label(), k), serde_json::json!(v)))
+        .collect();
+    serde_json::to_string_pretty(&map).unwrap_or_default()
+}
