@@ -11,8 +11,10 @@ pub enum Mode {
     Routed,
     /// flannel's vxlan backend: a kernel vxlan device, static FDB and neighbour entries.
     KernelVxlan,
-    /// This project: TC encap/decap, XDP filter in native mode on the underlay.
+    /// This project with its defaults: TC encap/decap, XDP filter (generic on veth).
     Overlay,
+    /// This project with the XDP filter forced to native mode.
+    OverlayXdpNative,
     /// This project without XDP (TC only).
     OverlayTc,
 }
@@ -23,6 +25,7 @@ impl Mode {
             Mode::Routed => "routed",
             Mode::KernelVxlan => "kernel-vxlan",
             Mode::Overlay => "overlay",
+            Mode::OverlayXdpNative => "overlay-xdp-native",
             Mode::OverlayTc => "overlay-tc",
         }
     }
@@ -53,7 +56,7 @@ enum Rest {
 impl Pair {
     pub fn build(mode: Mode) -> Self {
         match mode {
-            Mode::Overlay | Mode::OverlayTc => overlay(mode),
+            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayTc => overlay(mode),
             Mode::Routed | Mode::KernelVxlan => plain(mode),
         }
     }

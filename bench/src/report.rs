@@ -108,7 +108,8 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
         s,
         "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
          `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `overlay` this \
-         project with the XDP filter in native mode; `overlay-tc` this project with TC only.\n\n\
+         project with its defaults (XDP filter generic on a veth underlay); `overlay-xdp-native` with the \
+         XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-tc` TC only.\n\n\
          Produced by `cargo xtask bench`."
     );
     s

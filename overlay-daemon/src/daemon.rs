@@ -67,7 +67,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut datapath = Datapath::load(&DatapathOptions {
         pins: pins.clone(),
         underlay_ifindex: underlay.ifindex,
-        xdp: cfg.xdp,
+        xdp: cfg.xdp.resolve(underlay.driver.as_deref()),
         tc_mode: cfg.tc_mode,
         ebpf_log_level: ebpf_log_level(),
     })?;

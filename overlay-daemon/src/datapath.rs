@@ -74,13 +74,27 @@ pub enum DatapathError {
 /// Where XDP runs on the underlay, if at all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum XdpSetting {
-    /// In the driver (veth and most NICs support it).
+    /// Native on real NICs; generic on veth, where a native program makes the kernel strip
+    /// GSO from the peer and TCP through the overlay loses most of its throughput.
     #[default]
+    Auto,
+    /// In the driver.
     Native,
     /// Generic XDP in the stack: works everywhere, costs more.
     Skb,
     /// No XDP program; TC alone checks VXLAN.
     Off,
+}
+
+impl XdpSetting {
+    /// Turns `Auto` into a concrete mode for an underlay driven by `driver`.
+    pub fn resolve(self, driver: Option<&str>) -> XdpSetting {
+        match (self, driver) {
+            (XdpSetting::Auto, Some("veth")) => XdpSetting::Skb,
+            (XdpSetting::Auto, _) => XdpSetting::Native,
+            (other, _) => other,
+        }
+    }
 }
 
 /// How TC programs are attached.
@@ -273,6 +287,7 @@ impl Datapath {
 
         let path = self.pins.underlay_xdp();
         let mode = match xdp {
+            XdpSetting::Auto => unreachable!("resolved by XdpSetting::resolve"),
             XdpSetting::Native => XdpMode::Driver,
             XdpSetting::Skb => XdpMode::Skb,
             XdpSetting::Off => {

@@ -25,6 +25,8 @@ pub struct Interface {
     pub mtu: u32,
     /// First IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
+    /// Kernel driver (ethtool's view), e.g. "veth", "mlx5_core".
+    pub driver: Option<String>,
 }
 
 impl Interface {
@@ -42,6 +44,7 @@ impl Interface {
             ifindex,
             mtu: mtu(name)?,
             ipv4,
+            driver: driver(name),
         })
     }
 
@@ -53,6 +56,14 @@ impl Interface {
     }
 }
 
+fn ifreq(name: &str) -> libc::ifreq {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
 fn mtu(name: &str) -> Result<u32, NetifError> {
     let err = |e| NetifError::Mtu(name.to_owned(), e);
     let sock = socket(
@@ -62,10 +73,7 @@ fn mtu(name: &str) -> Result<u32, NetifError> {
         None,
     )
     .map_err(err)?;
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let mut req = ifreq(name);
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
     if rc < 0 {
         return Err(err(nix::Error::last()));
@@ -76,4 +84,45 @@ fn mtu(name: &str) -> Result<u32, NetifError> {
 /// ifindex of an interface in this namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
     if_nametoindex(name).ok()
+}
+
+/// The interface's driver name from ETHTOOL_GDRVINFO, if the driver answers.
+fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc < 0 {
+        return None;
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

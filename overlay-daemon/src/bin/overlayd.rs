@@ -71,8 +71,8 @@ struct RunArgs {
     /// bpffs directory for this node's pins [default: /sys/fs/bpf/overlay/<node-name>]
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// XDP mode on the underlay.
-    #[arg(long, value_enum, default_value_t = XdpSetting::Native)]
+    /// XDP mode on the underlay (auto: native, but generic on veth).
+    #[arg(long, value_enum, default_value_t = XdpSetting::Auto)]
     xdp: XdpSetting,
     /// How TC programs are attached.
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
