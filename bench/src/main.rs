@@ -3,6 +3,7 @@
 
 mod measure;
 mod modes;
+mod propagation;
 mod report;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -33,6 +34,20 @@ struct Cli {
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Which benchmarks to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation])]
+    scenario: Vec<Scenario>,
+    /// Samples for the propagation benchmark.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Throughput, packet rate, latency and CPU: overlay vs kernel vxlan vs routing.
+    Datapath,
+    /// etcd write to BPF map update on the other hosts.
+    Propagation,
 }
 
 /// Samples per (mode, metric).
@@ -40,11 +55,31 @@ pub type Samples = BTreeMap<(Mode, Metric), Vec<f64>>;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.out)?;
+    let mut report = String::new();
+    if cli.scenario.contains(&Scenario::Datapath) {
+        report += &datapath(&cli)?;
+    }
+    if cli.scenario.contains(&Scenario::Propagation) {
+        eprintln!("propagation: {} samples", cli.samples);
+        let text = propagation::run(cli.samples)?;
+        report += "\n";
+        report += &text;
+    }
+    let path = cli.out.join("report.md");
+    std::fs::write(&path, &report)?;
+    println!("{report}");
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+fn datapath(cli: &Cli) -> Result<String> {
     let modes = if cli.modes.is_empty() {
         vec![
             Mode::Routed,
             Mode::KernelVxlan,
             Mode::Overlay,
+            Mode::OverlayXdpNative,
             Mode::OverlayTc,
         ]
     } else {
@@ -69,12 +104,6 @@ fn main() -> Result<()> {
     }
     drop(_servers);
     drop(pairs);
-    std::fs::create_dir_all(&cli.out)?;
-    let text = report::markdown(&modes, &samples, cli.rounds, cli.seconds);
-    let path = cli.out.join("report.md");
-    std::fs::write(&path, &text)?;
     std::fs::write(cli.out.join("samples.json"), report::json(&samples))?;
-    println!("{text}");
-    eprintln!("report written to {}", path.display());
-    Ok(())
+    Ok(report::markdown(&modes, &samples, cli.rounds, cli.seconds))
 }

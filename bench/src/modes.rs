@@ -67,14 +67,12 @@ fn overlay(mode: Mode) -> Pair {
     t.add_container(0, "a", "bench", 1);
     t.add_container(1, "b", "bench", 1);
     t.write_tables();
-    t.start_all(&[
-        "--xdp",
-        if mode == Mode::Overlay {
-            "native"
-        } else {
-            "off"
-        },
-    ]);
+    let xdp = match mode {
+        Mode::Overlay => "auto",
+        Mode::OverlayXdpNative => "native",
+        _ => "off",
+    };
+    t.start_all(&["--xdp", xdp]);
     // Re-open the container namespaces by name; the topology owns and removes them.
     let client = Netns::open(t.container("a").ns.name());
     let server = Netns::open(t.container("b").ns.name());

@@ -13,10 +13,14 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{error, info, level_filters::LevelFilter, warn};
 
 use crate::{
+    api,
+    cluster::{Cluster, ClusterConfig},
     datapath::{self, Datapath, DatapathError, DatapathOptions, PinLayout, TcMode, XdpSetting},
     maps::NodeDatapathConfig,
     netif::{self, Interface, NetifError},
     reconcile::{self, NodeIdentity, Report},
+    store::EtcdConfig,
+    tables::MacAddr,
     tables::{ClusterTables, ValidTables},
 };
 
@@ -47,10 +51,22 @@ pub struct DaemonConfig {
     pub bpffs: PathBuf,
     pub xdp: XdpSetting,
     pub tc_mode: TcMode,
-    /// Static cluster tables (JSON), re-read when it changes or on SIGHUP.
-    pub tables: Option<PathBuf>,
-    /// Remove programs and pins on exit instead of leaving the datapath running.
+    /// Where the cluster's tables come from.
+    pub source: TablesFrom,
+    /// TTL of this node's etcd lease, seconds.
+    pub lease_ttl: i64,
+    /// Leave the cluster (revoke the lease) and remove programs and pins on exit, instead of
+    /// leaving the datapath forwarding for the next daemon.
     pub detach_on_exit: bool,
+}
+
+/// The source of the cluster's tables.
+#[derive(Clone, Debug)]
+pub enum TablesFrom {
+    /// etcd (the normal case).
+    Etcd(EtcdConfig),
+    /// A static JSON file, re-read when it changes and on SIGHUP.
+    File(PathBuf),
 }
 
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -94,41 +110,93 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         name: cfg.node_name.clone(),
         vtep_ip,
     };
-    let mut source = TablesSource::new(cfg.tables.clone());
     let mut hangup =
         tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| DaemonError::Io {
             path: "SIGHUP".into(),
             source,
         })?;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
-    let mut last_unresolved = 0;
-    tokio::pin!(shutdown);
-    loop {
-        let forced = tokio::select! {
-            _ = &mut shutdown => break,
-            _ = hangup.recv() => true,
-            _ = tick.tick() => false,
-        };
-        // Re-plan when the tables changed, when asked to, or while local interfaces are
-        // still missing (a runtime may create them after the tables name them).
-        let Some(tables) = source.poll(forced || last_unresolved > 0) else {
-            continue;
-        };
-        let plan = reconcile::plan(&tables, &me, netif::ifindex);
-        match reconcile::apply(&mut datapath, &plan, vtep_ip) {
+    let mut unresolved = 0;
+    // Returns how many local endpoints could not be installed yet.
+    let reconcile = |datapath: &mut Datapath, tables: &ValidTables| -> usize {
+        let plan = reconcile::plan(tables, &me, netif::ifindex);
+        match reconcile::apply(datapath, &plan, vtep_ip) {
             Ok(mut report) => {
                 report.rejected = tables.rejected.clone();
-                last_unresolved = report.unresolved.len();
                 write_status(&cfg.run_dir, &report);
+                report.unresolved.len()
             }
-            Err(e) => error!("reconciling: {e}"),
+            Err(e) => {
+                error!("reconciling: {e}");
+                1
+            }
+        }
+    };
+    tokio::pin!(shutdown);
+    let mut cluster = None;
+    let mut tasks = Vec::new();
+    match &cfg.source {
+        TablesFrom::File(path) => {
+            let mut source = TablesSource::new(path.clone());
+            loop {
+                let forced = tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = hangup.recv() => true,
+                    _ = tick.tick() => false,
+                };
+                // Re-plan when the tables changed, when asked to, or while local interfaces
+                // are still missing (a runtime may create them after the tables name them).
+                if let Some(tables) = source.poll(forced || unresolved > 0) {
+                    unresolved = reconcile(&mut datapath, &tables);
+                }
+            }
+        }
+        TablesFrom::Etcd(etcd) => {
+            let (c, handles) = Cluster::start(ClusterConfig {
+                etcd: etcd.clone(),
+                node_name: cfg.node_name.clone(),
+                vtep_ip,
+                vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
+                lease_ttl: cfg.lease_ttl,
+                run_dir: cfg.run_dir.clone(),
+                mtu: underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
+            });
+            tasks = handles;
+            let maps_dir = pins.maps();
+            let api_cluster = c.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = api::serve(api_cluster, maps_dir).await {
+                    error!("API socket: {e}");
+                }
+            }));
+            let mut generation = c.generation.subscribe();
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = hangup.recv() => {},
+                    r = generation.changed() => if r.is_err() { break },
+                    _ = tick.tick() => if unresolved == 0 { continue },
+                }
+                let seen = *generation.borrow_and_update();
+                let tables = c.view.lock().await.tables();
+                unresolved = reconcile(&mut datapath, &tables);
+                c.applied.send_replace(seen);
+            }
+            cluster = Some(c);
         }
     }
 
+    for task in &tasks {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(api::socket_path(&cfg.run_dir));
     if let Some(task) = log_task {
         task.abort();
     }
     if cfg.detach_on_exit {
+        if let Some(c) = &cluster {
+            c.leave().await;
+        }
         drop(datapath);
         let errors = datapath::remove(&pins, Some(&underlay.name));
         for e in &errors {
@@ -144,14 +212,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
 /// Re-reads the tables file when its modification time changes (or when forced) and
 /// validates it. A file that does not parse keeps the last good tables.
 struct TablesSource {
-    path: Option<PathBuf>,
+    path: PathBuf,
     seen: Option<SystemTime>,
     current: ValidTables,
     first: bool,
 }
 
 impl TablesSource {
-    fn new(path: Option<PathBuf>) -> Self {
+    fn new(path: PathBuf) -> Self {
         Self {
             path,
             seen: None,
@@ -162,9 +230,7 @@ impl TablesSource {
 
     fn poll(&mut self, forced: bool) -> Option<ValidTables> {
         let first = std::mem::take(&mut self.first);
-        let Some(path) = self.path.clone() else {
-            return first.then(|| self.current.clone());
-        };
+        let path = self.path.clone();
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if !forced && !first && mtime == self.seen {
             return None;

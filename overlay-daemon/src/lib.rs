@@ -2,9 +2,15 @@
 //! reconciler that keeps the maps equal to them. The `overlayd` binary is a thin shell over
 //! [`daemon::run`].
 
+pub mod api;
+pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod datapath;
+pub mod ipam;
 pub mod maps;
 pub mod netif;
+pub mod netlink;
 pub mod reconcile;
+pub mod store;
 pub mod tables;

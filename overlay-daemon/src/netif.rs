@@ -27,11 +27,20 @@ pub struct Interface {
     pub ipv4: Option<Ipv4Addr>,
     /// Kernel driver (ethtool's view), e.g. "veth", "mlx5_core".
     pub driver: Option<String>,
+    /// Hardware address.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Interface {
     pub fn lookup(name: &str) -> Result<Self, NetifError> {
         let ifindex = if_nametoindex(name).map_err(|_| NetifError::NotFound(name.to_owned()))?;
+        let mac = getifaddrs().ok().and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                (a.interface_name == name)
+                    .then(|| a.address?.as_link_addr()?.addr())
+                    .flatten()
+            })
+        });
         let ipv4 = getifaddrs().ok().and_then(|mut addrs| {
             addrs.find_map(|a| {
                 (a.interface_name == name)
@@ -45,6 +54,7 @@ impl Interface {
             mtu: mtu(name)?,
             ipv4,
             driver: driver(name),
+            mac,
         })
     }
 

@@ -4,11 +4,13 @@
 //! also when the test panics. Names carry a per-process, per-topology id so tests can run in
 //! parallel.
 
+pub mod etcd;
 pub mod netns;
 pub mod process;
 pub mod topology;
 pub mod traffic;
 
+pub use etcd::Etcd;
 pub use netns::Netns;
 pub use process::ChildGuard;
 pub use topology::{Container, Host, Topology, TopologySpec};

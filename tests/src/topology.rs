@@ -14,12 +14,24 @@ use std::{
 
 use ipnet::Ipv4Net;
 use overlay_daemon::{
+    api,
+    cluster::EndpointRequest,
     datapath::{self, PinLayout},
     maps::{CounterMap, CounterSnapshot},
     tables::{ClusterTables, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
 };
 
-use crate::{netns::unique_id, ChildGuard, Netns};
+use crate::{etcd::Etcd, netns::unique_id, ChildGuard, Netns};
+
+/// A blocking call of a daemon's API.
+pub fn call_api(socket: &Path, req: &api::Request) -> api::Response {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(api::call(socket, req))
+        .unwrap_or_else(|e| panic!("overlayd API at {}: {e}", socket.display()))
+}
 
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_MTU_OVERHEAD;
@@ -43,14 +55,26 @@ pub fn overlayd_bin() -> PathBuf {
 pub struct TopologySpec {
     pub hosts: usize,
     pub networks: Vec<NetworkSpec>,
+    /// Run a real etcd (in the underlay namespace, 198.18.0.254) and have the daemons use it
+    /// instead of a tables file; this is the lease TTL they get.
+    pub etcd_lease_ttl: Option<u32>,
 }
+
+/// Where etcd listens in etcd topologies.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 impl TopologySpec {
     pub fn new(hosts: usize) -> Self {
         Self {
             hosts,
             networks: Vec::new(),
+            etcd_lease_ttl: None,
         }
+    }
+
+    pub fn with_etcd(mut self, lease_ttl: u32) -> Self {
+        self.etcd_lease_ttl = Some(lease_ttl);
+        self
     }
 
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
@@ -98,6 +122,9 @@ pub struct Topology {
     pub tables: ClusterTables,
     pub containers: Vec<Container>,
     pub hosts: Vec<Host>,
+    lease_ttl: Option<u32>,
+    /// Dropped before the underlay namespace it runs in.
+    pub etcd: Option<Etcd>,
     pub underlay: Netns,
 }
 
@@ -120,8 +147,15 @@ impl Topology {
             },
             containers: Vec::new(),
             hosts: Vec::new(),
+            lease_ttl: spec.etcd_lease_ttl,
+            etcd: None,
             underlay,
         };
+        if spec.etcd_lease_ttl.is_some() {
+            topo.underlay
+                .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+            topo.etcd = Some(Etcd::start(&topo.underlay, ETCD_IP));
+        }
         for i in 1..=spec.hosts {
             let name = format!("h{i}");
             let ns = Netns::create(&format!("ovt{id}-{name}"));
@@ -163,8 +197,122 @@ impl Topology {
                 daemon: None,
             });
         }
-        topo.write_tables();
+        if topo.etcd.is_some() {
+            for n in spec.networks.clone() {
+                topo.overlayctl_ok(
+                    0,
+                    &[
+                        "network",
+                        "create",
+                        &n.name,
+                        "--vni",
+                        &n.vni.to_string(),
+                        "--subnet",
+                        &n.subnet.to_string(),
+                    ],
+                );
+            }
+        } else {
+            topo.write_tables();
+        }
         topo
+    }
+
+    fn etcd_endpoint(&self) -> String {
+        self.etcd.as_ref().expect("an etcd topology").endpoint()
+    }
+
+    /// Runs overlayctl on host `host` against the topology's etcd.
+    pub fn overlayctl(&self, host: usize, args: &[&str]) -> std::process::Output {
+        let bin = overlayd_bin().with_file_name("overlayctl");
+        self.hosts[host]
+            .ns
+            .command(bin.to_str().expect("path"))
+            .args(["--etcd-endpoints", &self.etcd_endpoint()])
+            .arg("--socket")
+            .arg(api::socket_path(&self.hosts[host].run_dir))
+            .args(args)
+            .output()
+            .expect("run overlayctl")
+    }
+
+    pub fn overlayctl_ok(&self, host: usize, args: &[&str]) -> String {
+        let out = self.overlayctl(host, args);
+        assert!(
+            out.status.success(),
+            "overlayctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Calls host `host`'s daemon API.
+    pub fn api(&self, host: usize, req: &api::Request) -> api::Response {
+        call_api(&api::socket_path(&self.hosts[host].run_dir), req)
+    }
+
+    /// Creates an empty container namespace and asks host `host`'s daemon for an endpoint in
+    /// `network` (the daemon allocates the address and makes the veth).
+    pub fn add_pod(&mut self, host: usize, name: &str, network: &str) -> usize {
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let req = api::Request::CreateEndpoint(EndpointRequest {
+            network: network.to_owned(),
+            container_id: format!("{}-{name}", self.id),
+            netns: PathBuf::from(ns.path()),
+            ifname: "eth0".into(),
+            mac: None,
+        });
+        let ep = api::endpoint(self.api(host, &req)).unwrap_or_else(|e| {
+            panic!(
+                "creating endpoint {name} on {}: {e}\n{}",
+                self.hosts[host].name,
+                self.daemon_log(host)
+            )
+        });
+        self.containers.push(Container {
+            name: name.to_owned(),
+            ns,
+            host,
+            network: network.to_owned(),
+            ip: ep.ip,
+            mac: ep.mac,
+            host_ifname: ep.host_ifname,
+            gateway: ep.gateway,
+        });
+        self.containers.len() - 1
+    }
+
+    /// Waits until `check` holds for host `host`'s status report.
+    pub fn wait_status(
+        &mut self,
+        host: usize,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status(host);
+            if status.as_ref().is_some_and(&check) {
+                return;
+            }
+            if !self.hosts[host].daemon_running() {
+                panic!(
+                    "overlayd on {} exited:\n{}",
+                    self.hosts[host].name,
+                    self.daemon_log(host)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} on {}: status {status:?}\n{}",
+                    what,
+                    self.hosts[host].name,
+                    self.daemon_log(host)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn tables_path(&self) -> PathBuf {
@@ -275,10 +423,21 @@ impl Topology {
             .arg("--run-dir")
             .arg(&h.run_dir)
             .arg("--bpffs")
-            .arg(h.pins.root())
-            .arg("--tables")
-            .arg(&tables)
-            .args(extra)
+            .arg(h.pins.root());
+        match (&self.etcd, self.lease_ttl) {
+            (Some(etcd), Some(ttl)) => {
+                cmd.args([
+                    "--etcd-endpoints",
+                    &etcd.endpoint(),
+                    "--lease-ttl",
+                    &ttl.to_string(),
+                ]);
+            }
+            _ => {
+                cmd.arg("--tables").arg(&tables);
+            }
+        }
+        cmd.args(extra)
             .env("RUST_LOG", "info,overlay=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -304,15 +463,24 @@ impl Topology {
         }
     }
 
-    /// Waits until host `host` reports every endpoint of the tables installed.
+    /// Waits until host `host` reports every endpoint installed (those of the tables file,
+    /// or in etcd topologies every container of the topology).
     pub fn wait_converged(&mut self, host: usize) {
-        let want = self.tables.endpoints.len() as u64;
-        let want_local = self
-            .tables
-            .endpoints
-            .iter()
-            .filter(|e| e.node == self.hosts[host].name)
-            .count() as u64;
+        let (want, want_local) = if self.etcd.is_some() {
+            let all = self.containers.len() as u64;
+            (
+                all,
+                self.containers.iter().filter(|c| c.host == host).count() as u64,
+            )
+        } else {
+            let local = self
+                .tables
+                .endpoints
+                .iter()
+                .filter(|e| e.node == self.hosts[host].name)
+                .count();
+            (self.tables.endpoints.len() as u64, local as u64)
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let status = self.status(host);

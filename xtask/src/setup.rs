@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "ipvsadm",
     "busybox-static",
+    "protobuf-compiler",
 ];
 
 /// The bpf-linker release known to work with the nightly's LLVM.

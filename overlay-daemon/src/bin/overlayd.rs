@@ -5,7 +5,8 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use overlay_daemon::{
-    daemon::{self, DaemonConfig},
+    cli::EtcdArgs,
+    daemon::{self, DaemonConfig, TablesFrom},
     datapath::{self, PinLayout, TcMode, XdpSetting},
     maps::CounterMap,
 };
@@ -77,10 +78,16 @@ struct RunArgs {
     /// How TC programs are attached.
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     tc_mode: TcMode,
-    /// Static cluster tables (JSON); re-read when it changes and on SIGHUP.
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// TTL of this node's etcd lease: how long after it dies a node leaves the others' tables.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(i64).range(2..=3600))]
+    lease_ttl: i64,
+    /// Static cluster tables (JSON) instead of etcd; re-read when it changes and on SIGHUP.
     #[arg(long, value_name = "FILE")]
     tables: Option<PathBuf>,
-    /// Detach the datapath and remove its pins on exit (default: leave it forwarding).
+    /// On exit, leave the cluster at once and remove the datapath (default: keep both, so a
+    /// restarted daemon takes over without interrupting traffic).
     #[arg(long)]
     detach_on_exit: bool,
 }
@@ -106,13 +113,7 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             // One line that names the problem, instead of clap's usage block.
-            let text = e.render().to_string();
-            let line: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("overlayd: {}", line.join(" ").trim_start_matches("error: "));
+            eprintln!("overlayd: {}", overlay_daemon::cli::one_line_error(&e));
             return ExitCode::from(2);
         }
     };
@@ -183,7 +184,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 run_dir: args.run_dir,
                 xdp: args.xdp,
                 tc_mode: args.tc_mode,
-                tables: args.tables,
+                source: match args.tables {
+                    Some(path) => TablesFrom::File(path),
+                    None => TablesFrom::Etcd(args.etcd.config()),
+                },
+                lease_ttl: args.lease_ttl,
                 detach_on_exit: args.detach_on_exit,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -80,6 +80,13 @@ impl EndpointMaps {
         Ok((w1 + w2, r1 + r2))
     }
 
+    /// Opens the tables of a running datapath from its pins (tools, tests, benchmarks).
+    pub fn open_pinned(map_dir: &std::path::Path) -> Result<Self, MapsError> {
+        let by_ip = Map::HashMap(super::open_pinned(map_dir, names::ENDPOINTS_BY_IP)?);
+        let by_mac = Map::HashMap(super::open_pinned(map_dir, names::ENDPOINTS_BY_MAC)?);
+        Self::new(by_ip, by_mac)
+    }
+
     /// Number of endpoints in the by-IP view.
     pub fn len(&self) -> usize {
         self.by_ip.keys().count()

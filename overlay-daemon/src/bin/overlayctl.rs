@@ -1,0 +1,384 @@
+//! overlayctl: manage the overlay's networks in etcd and look at nodes, endpoints and a
+//! daemon's status.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+use overlay_daemon::{
+    api::{self, Request},
+    cli::EtcdArgs,
+    ipam,
+    store::{
+        keys::{valid_name, Key},
+        records::{self, EndpointRecord, NetworkRecord, NodeRecord, RECORD_VERSION},
+        Store,
+    },
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "overlayctl", version, about = "Manage the eBPF VXLAN overlay")]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Output for people (table) or scripts (json).
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// overlayd's API socket (for status and stats).
+    #[arg(long, default_value = "/run/overlay/overlayd.sock", global = true)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Overlay networks (one VNI and subnet each).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Nodes registered in etcd.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Endpoints (container interfaces) of the cluster.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// One daemon's status (through --socket).
+    Status,
+    /// One daemon's datapath counters (through --socket).
+    Stats,
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network.
+    Create {
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+        vni: u32,
+        #[arg(long)]
+        subnet: Ipv4Net,
+        /// MTU for containers (at most the underlay's minus 50).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Prefix length of the address blocks nodes claim.
+        #[arg(long, default_value_t = 26)]
+        block_len: u8,
+        /// Gateway address (default: the subnet's first address).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+    },
+    /// List networks.
+    Ls,
+    /// Remove a network (refused while it has endpoints).
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List nodes with their lease.
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// List endpoints.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("overlayctl: {}", overlay_daemon::cli::one_line_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlayctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlayctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Status | Command::Stats => {
+            let req = if matches!(cli.command, Command::Status) {
+                Request::Status
+            } else {
+                Request::Stats
+            };
+            let resp = api::call(&cli.socket, &req).await.with_context(|| {
+                format!(
+                    "overlayd API at {}: is overlayd running?",
+                    cli.socket.display()
+                )
+            })?;
+            if !resp.ok {
+                bail!("{}", resp.error.unwrap_or_default());
+            }
+            let v = resp.result.unwrap_or_default();
+            if cli.output == Output::Json {
+                print_json(&v);
+            } else if matches!(req, Request::Status) {
+                let rows: Vec<Vec<String>> = v
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| {
+                                vec![k.clone(), v.to_string().trim_matches('"').to_owned()]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["FIELD", "VALUE"], &rows);
+            } else {
+                let mut rows = Vec::new();
+                for (section, prefix) in [("traffic", ""), ("drops", "drop:")] {
+                    for pair in v[section].as_array().into_iter().flatten() {
+                        rows.push(vec![
+                            format!("{prefix}{}", pair[0].as_str().unwrap_or("")),
+                            pair[1]["packets"].to_string(),
+                            pair[1]["bytes"].to_string(),
+                        ]);
+                    }
+                }
+                table(&["COUNTER", "PACKETS", "BYTES"], &rows);
+            }
+            Ok(())
+        }
+        Command::Network(cmd) => network(cli.etcd, cli.output, cmd).await,
+        Command::Node(NodeCmd::Ls) => {
+            let store = Store::connect(&cli.etcd.config()).await?;
+            let (kvs, _) = store.list(&store.layout.nodes()).await?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut out = Vec::new();
+            for kv in kvs {
+                let Some(Key::Node(name)) = store.layout.parse(&kv.key) else {
+                    continue;
+                };
+                let Ok(n) = records::decode::<NodeRecord>(&kv.value) else {
+                    continue;
+                };
+                let ttl = store.lease_time_left(kv.lease).await.unwrap_or(-1);
+                out.push(json!({"name": name, "vtep_ip": n.vtep_ip, "vtep_mac": n.vtep_mac.to_string(),
+                    "registered_secs_ago": now.saturating_sub(n.registered_at), "lease": format!("{:x}", kv.lease), "lease_ttl_left": ttl}));
+            }
+            if cli.output == Output::Json {
+                print_json(&json!(out));
+            } else {
+                let rows: Vec<Vec<String>> = out
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n["name"].as_str().unwrap_or("").into(),
+                            n["vtep_ip"].as_str().unwrap_or("").into(),
+                            n["vtep_mac"].as_str().unwrap_or("").into(),
+                            format!("{}s", n["registered_secs_ago"]),
+                            format!("{}s", n["lease_ttl_left"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["NAME", "VTEP", "VTEP MAC", "REGISTERED", "LEASE LEFT"],
+                    &rows,
+                );
+            }
+            Ok(())
+        }
+        Command::Endpoint(EndpointCmd::Ls { network }) => {
+            let store = Store::connect(&cli.etcd.config()).await?;
+            let prefix = match &network {
+                Some(n) => store.layout.endpoints(n),
+                None => store.layout.all_endpoints(),
+            };
+            let (kvs, _) = store.list(&prefix).await?;
+            let mut out = Vec::new();
+            for kv in kvs {
+                let Some(Key::Endpoint { network, ip }) = store.layout.parse(&kv.key) else {
+                    continue;
+                };
+                let Ok(ep) = records::decode::<EndpointRecord>(&kv.value) else {
+                    continue;
+                };
+                out.push(json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
+                    "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.host_ifname}));
+            }
+            if cli.output == Output::Json {
+                print_json(&json!(out));
+            } else {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+                let rows: Vec<Vec<String>> = out
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            s(&e["network"]),
+                            s(&e["ip"]),
+                            s(&e["mac"]),
+                            s(&e["node"]),
+                            s(&e["container_id"]),
+                        ]
+                    })
+                    .collect();
+                table(&["NETWORK", "IP", "MAC", "NODE", "CONTAINER"], &rows);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
+    let store = Store::connect(&etcd.config()).await?;
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            vni,
+            subnet,
+            mtu,
+            block_len,
+            gateway,
+        } => {
+            if !valid_name(&name) {
+                bail!("network name {name:?}: use letters, digits, '.', '_' and '-'");
+            }
+            let subnet = subnet.trunc();
+            ipam::blocks(subnet, block_len)?;
+            if let Some(gw) = gateway {
+                if !subnet.contains(&gw) {
+                    bail!("gateway {gw} is outside {subnet}");
+                }
+            }
+            let record = NetworkRecord {
+                version: RECORD_VERSION,
+                vni,
+                subnet,
+                block_len,
+                gateway,
+                mtu,
+            };
+            let created = store
+                .create_network(&name, vni, records::encode(&record))
+                .await?;
+            if !created {
+                bail!("network {name:?} or VNI {vni} already exists: pick another name or VNI");
+            }
+            if output == Output::Json {
+                print_json(&json!({"name": name, "vni": vni, "subnet": subnet}));
+            } else {
+                println!("network {name} created: VNI {vni}, subnet {subnet}");
+            }
+            Ok(())
+        }
+        NetworkCmd::Ls => {
+            let (kvs, _) = store.list(&store.layout.networks()).await?;
+            let (eps, _) = store.list(&store.layout.all_endpoints()).await?;
+            let mut out = Vec::new();
+            for kv in kvs {
+                let Some(Key::Network(name)) = store.layout.parse(&kv.key) else {
+                    continue;
+                };
+                let Ok(n) = records::decode::<NetworkRecord>(&kv.value) else {
+                    continue;
+                };
+                let count = eps
+                    .iter()
+                    .filter(|e| matches!(store.layout.parse(&e.key), Some(Key::Endpoint { network, .. }) if network == name))
+                    .count();
+                out.push(json!({"name": name, "vni": n.vni, "subnet": n.subnet.to_string(), "block_len": n.block_len,
+                    "mtu": n.mtu, "endpoints": count}));
+            }
+            if output == Output::Json {
+                print_json(&json!(out));
+            } else {
+                let rows: Vec<Vec<String>> = out
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n["name"].as_str().unwrap_or("").into(),
+                            n["vni"].to_string(),
+                            n["subnet"].as_str().unwrap_or("").into(),
+                            format!("/{}", n["block_len"]),
+                            n["endpoints"].to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "VNI", "SUBNET", "BLOCKS", "ENDPOINTS"], &rows);
+            }
+            Ok(())
+        }
+        NetworkCmd::Rm { name } => {
+            let (eps, _) = store.list(&store.layout.endpoints(&name)).await?;
+            if !eps.is_empty() {
+                bail!(
+                    "network {name:?} still has {} endpoint(s): remove their containers first",
+                    eps.len()
+                );
+            }
+            if !store.delete_network(&name).await? {
+                bail!("network {name:?} does not exist");
+            }
+            if output == Output::Table {
+                println!("network {name} removed");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Address management: a network's subnet is cut into blocks that nodes claim (one etcd
+//! transaction per claim, so two nodes never hold the same block), and each node hands out
+//! addresses from its own blocks. This module is the arithmetic; `store` does the claiming.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IpamError {
+    #[error("block length /{block_len} does not fit subnet {subnet}: use a length between {} and 30", subnet.prefix_len())]
+    BadBlockLen { subnet: Ipv4Net, block_len: u8 },
+    #[error("network {0} has no free address block left: use a larger subnet or remove endpoints")]
+    Exhausted(String),
+}
+
+/// Every block of `subnet` with prefix length `block_len`, in address order.
+pub fn blocks(subnet: Ipv4Net, block_len: u8) -> Result<Vec<Ipv4Net>, IpamError> {
+    if block_len < subnet.prefix_len() || block_len > 30 {
+        return Err(IpamError::BadBlockLen { subnet, block_len });
+    }
+    Ok(subnet
+        .subnets(block_len)
+        .map(|s| s.collect())
+        .unwrap_or_default())
+}
+
+/// The first address of `block` that can be given to an endpoint: not the subnet's network
+/// or broadcast address, not the gateway, not taken.
+pub fn first_free(
+    block: Ipv4Net,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    taken: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let (start, end) = (u32::from(block.network()), u32::from(block.broadcast()));
+    (start..=end).map(Ipv4Addr::from).find(|ip| {
+        *ip != subnet.network()
+            && *ip != subnet.broadcast()
+            && *ip != gateway
+            && !taken.contains(ip)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_the_subnet() {
+        let subnet: Ipv4Net = "198.19.1.0/24".parse().unwrap();
+        let b = blocks(subnet, 26).unwrap();
+        assert_eq!(b.len(), 4);
+        assert_eq!(b[3], "198.19.1.192/26".parse::<Ipv4Net>().unwrap());
+        assert!(blocks(subnet, 23).is_err());
+        assert!(blocks(subnet, 31).is_err());
+    }
+
+    #[test]
+    fn first_free_skips_reserved_and_taken() {
+        let subnet: Ipv4Net = "198.19.1.0/24".parse().unwrap();
+        let gw = Ipv4Addr::new(198, 19, 1, 1);
+        let first = subnet.subnets(26).unwrap().next().unwrap();
+        let mut taken = BTreeSet::new();
+        assert_eq!(
+            first_free(first, subnet, gw, &taken),
+            Some(Ipv4Addr::new(198, 19, 1, 2))
+        );
+        taken.insert(Ipv4Addr::new(198, 19, 1, 2));
+        assert_eq!(
+            first_free(first, subnet, gw, &taken),
+            Some(Ipv4Addr::new(198, 19, 1, 3))
+        );
+        let last: Ipv4Net = "198.19.1.252/30".parse().unwrap();
+        // .252 .253 .254 usable, .255 is the subnet's broadcast.
+        taken.extend([252, 253, 254].map(|o| Ipv4Addr::new(198, 19, 1, o)));
+        assert_eq!(first_free(last, subnet, gw, &taken), None);
+    }
+}

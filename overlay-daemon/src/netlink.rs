@@ -1,0 +1,210 @@
+//! Container interfaces through rtnetlink: the veth pair of an endpoint, its container side
+//! configured inside the container's network namespace (address, MTU, MAC, default route).
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    packet_route::link::{InfoData, InfoVeth},
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {0} already exists in the container: pick another interface name")]
+    Exists(String),
+    #[error("{what}: {source}")]
+    Rtnetlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+}
+
+/// What the container side of an endpoint looks like.
+#[derive(Clone, Debug)]
+pub struct ContainerIface {
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+fn connect() -> Result<Handle, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn rt(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Rtnetlink { what, source }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(rt(format!("looking up {name}"))(e)),
+    }
+}
+
+/// Runs `f` with a netlink handle inside the network namespace at `netns`, on a thread of
+/// its own (a namespace switch only affects the calling thread).
+async fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T, NetlinkError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
+{
+    let file = File::open(netns).map_err(|source| NetlinkError::Netns {
+        path: netns.to_owned(),
+        source,
+    })?;
+    let path = netns.to_owned();
+    let join = std::thread::spawn(move || {
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetlinkError::Netns {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        runtime.block_on(async move { f(connect()?).await })
+    });
+    tokio::task::spawn_blocking(move || {
+        join.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+    .await
+    .unwrap_or_else(|p| std::panic::resume_unwind(p.into_panic()))
+}
+
+/// Creates the veth pair: `host_ifname` here, `c.ifname` in the container, configured.
+/// Returns the host side's ifindex. Fails if the container already has `c.ifname`.
+pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<u32, NetlinkError> {
+    let ifname = c.ifname.clone();
+    let exists = in_netns(
+        &c.netns,
+        move |h| async move { link_index(&h, &ifname).await },
+    )
+    .await?;
+    if exists.is_some() {
+        return Err(NetlinkError::Exists(c.ifname.clone()));
+    }
+    let handle = connect()?;
+    // A leftover host side from a crash would block the name.
+    if let Some(index) = link_index(&handle, host_ifname).await? {
+        handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(rt(format!("removing stale {host_ifname}")))?;
+    }
+    let netns = File::open(&c.netns).map_err(|source| NetlinkError::Netns {
+        path: c.netns.clone(),
+        source,
+    })?;
+    // The container side is created directly in the container's namespace, with its final
+    // name, MAC and MTU, so it never appears half-configured on the host.
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(c.ifname.clone())
+        .mtu(c.mtu)
+        .address(c.mac.to_vec())
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let msg = LinkVeth::new(host_ifname, &c.ifname)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(c.mtu)
+        .up()
+        .build();
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(rt(format!("creating veth {host_ifname}")))?;
+    drop(netns);
+    let host_index = link_index(&handle, host_ifname)
+        .await?
+        .ok_or_else(|| NetlinkError::Exists(host_ifname.to_owned()))?;
+
+    let c2 = c.clone();
+    let configured = in_netns(&c.netns, move |h| async move {
+        let index = link_index(&h, &c2.ifname)
+            .await?
+            .ok_or_else(|| NetlinkError::Exists(c2.ifname.clone()))?;
+        h.address()
+            .add(index, IpAddr::V4(c2.ip), c2.prefix_len)
+            .execute()
+            .await
+            .map_err(rt(format!("adding {} to {}", c2.ip, c2.ifname)))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(rt(format!("setting {} up", c2.ifname)))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(c2.gateway)
+            .output_interface(index)
+            .build();
+        h.route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(rt(format!("default route via {}", c2.gateway)))?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = configured {
+        let _ = handle.link().del(host_index).execute().await;
+        return Err(e);
+    }
+    Ok(host_index)
+}
+
+/// Removes the veth pair by its host side (which also removes the container side). Missing
+/// is fine: deletion is idempotent.
+pub async fn delete_veth(host_ifname: &str) -> Result<(), NetlinkError> {
+    let handle = connect()?;
+    if let Some(index) = link_index(&handle, host_ifname).await? {
+        match handle.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(rt(format!("removing {host_ifname}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether an interface exists here, and whether the container still has `ifname`.
+pub async fn container_has(netns: &Path, ifname: &str) -> Result<bool, NetlinkError> {
+    let ifname = ifname.to_owned();
+    Ok(
+        in_netns(netns, move |h| async move { link_index(&h, &ifname).await })
+            .await?
+            .is_some(),
+    )
+}

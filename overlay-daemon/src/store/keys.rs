@@ -1,0 +1,171 @@
+//! The etcd key layout (version 1), under a configurable prefix (default `/overlay`):
+//!
+//! ```text
+//! <prefix>/v1/networks/<network>                  NetworkRecord
+//! <prefix>/v1/nodes/<node>                        NodeRecord      (node's lease)
+//! <prefix>/v1/blocks/<network>/<a.b.c.d>-<len>    BlockRecord     (owner's lease)
+//! <prefix>/v1/endpoints/<network>/<a.b.c.d>       EndpointRecord  (owner's lease)
+//! <prefix>/v1/vnis/<vni>                          network name    (keeps VNIs unique)
+//! ```
+//!
+//! Everything a node owns is attached to its lease, so it disappears from the cluster when
+//! the node stops renewing. Names are restricted to `[A-Za-z0-9._-]` so keys parse back.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const LAYOUT_VERSION: &str = "v1";
+
+/// A parsed key of the layout.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Network(String),
+    Node(String),
+    Block {
+        network: String,
+        block: Ipv4Net,
+    },
+    Endpoint {
+        network: String,
+        ip: Ipv4Addr,
+    },
+    /// Reserves a VNI for one network (created in the same transaction as the network).
+    Vni(u32),
+}
+
+/// Builds and parses keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: String,
+}
+
+/// Names of networks and nodes: what keys can hold unambiguously.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        Self {
+            root: format!("{prefix}/{LAYOUT_VERSION}/"),
+        }
+    }
+
+    /// Everything of this layout version (for list and watch).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn networks(&self) -> String {
+        format!("{}networks/", self.root)
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.root)
+    }
+    pub fn blocks(&self, network: &str) -> String {
+        format!("{}blocks/{network}/", self.root)
+    }
+    pub fn endpoints(&self, network: &str) -> String {
+        format!("{}endpoints/{network}/", self.root)
+    }
+    pub fn all_endpoints(&self) -> String {
+        format!("{}endpoints/", self.root)
+    }
+
+    pub fn key(&self, key: &Key) -> String {
+        match key {
+            Key::Network(n) => format!("{}{n}", self.networks()),
+            Key::Node(n) => format!("{}{n}", self.nodes()),
+            Key::Block { network, block } => {
+                format!(
+                    "{}{}-{}",
+                    self.blocks(network),
+                    block.network(),
+                    block.prefix_len()
+                )
+            }
+            Key::Endpoint { network, ip } => format!("{}{ip}", self.endpoints(network)),
+            Key::Vni(vni) => format!("{}vnis/{vni}", self.root),
+        }
+    }
+
+    /// Parses a key of this layout; `None` for anything else (other versions, strangers).
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.root)?;
+        let mut parts = rest.split('/');
+        let kind = parts.next()?;
+        let a = parts.next()?;
+        let b = parts.next();
+        if parts.next().is_some() || !valid_name(a) {
+            return None;
+        }
+        match (kind, b) {
+            ("vnis", None) => Some(Key::Vni(a.parse().ok()?)),
+            ("networks", None) => Some(Key::Network(a.to_owned())),
+            ("nodes", None) => Some(Key::Node(a.to_owned())),
+            ("blocks", Some(b)) => {
+                let (ip, len) = b.split_once('-')?;
+                let block = Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+                (block.network() == block.addr()).then(|| Key::Block {
+                    network: a.to_owned(),
+                    block,
+                })
+            }
+            ("endpoints", Some(b)) => Some(Key::Endpoint {
+                network: a.to_owned(),
+                ip: b.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let l = Layout::new("/overlay/");
+        for key in [
+            Key::Network("red".into()),
+            Key::Node("host-1.example".into()),
+            Key::Block {
+                network: "red".into(),
+                block: "198.19.1.64/26".parse().unwrap(),
+            },
+            Key::Endpoint {
+                network: "red".into(),
+                ip: "198.19.1.70".parse().unwrap(),
+            },
+            Key::Vni(100),
+        ] {
+            let text = l.key(&key);
+            assert!(text.starts_with("/overlay/v1/"), "{text}");
+            assert_eq!(l.parse(&text), Some(key));
+        }
+    }
+
+    #[test]
+    fn strangers_are_not_parsed() {
+        let l = Layout::new("/overlay");
+        for key in [
+            "/overlay/v2/networks/red",
+            "/overlay/v1/networks/red/extra",
+            "/overlay/v1/networks/",
+            "/overlay/v1/blocks/red/198.19.1.65-26",
+            "/overlay/v1/endpoints/red/not-an-ip",
+            "/overlay/v1/services/x",
+            "/other/v1/networks/red",
+            "/overlay/v1/networks/r d",
+        ] {
+            assert_eq!(l.parse(key), None, "{key}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Values stored in etcd: JSON, each with `"version": 1`. Anything else under the prefix
+//! (garbage, another version, a record that does not validate) is skipped with a reason.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::tables::MacAddr;
+
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub version: u32,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// Prefix length of the address blocks nodes claim (default 26: 64 addresses).
+    #[serde(default = "default_block_len")]
+    pub block_len: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+fn default_block_len() -> u8 {
+    26
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub version: u32,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// Seconds since the epoch when this incarnation registered.
+    pub registered_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub version: u32,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub version: u32,
+    pub mac: MacAddr,
+    pub node: String,
+    pub container_id: String,
+    /// Host-side veth on the owning node.
+    pub host_ifname: String,
+    /// Interface name inside the container.
+    #[serde(default)]
+    pub ifname: String,
+}
+
+/// Decodes a record and checks its version, with a reason on failure.
+pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, String> {
+    let record: T =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid record: {e}"))?;
+    if record.version() != RECORD_VERSION {
+        return Err(format!(
+            "record version {} (this daemon reads {RECORD_VERSION})",
+            record.version()
+        ));
+    }
+    Ok(record)
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records always serialize")
+}
+
+pub trait Versioned {
+    fn version(&self) -> u32;
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => { $(impl Versioned for $t { fn version(&self) -> u32 { self.version } })* };
+}
+versioned!(NetworkRecord, NodeRecord, BlockRecord, EndpointRecord);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_and_other_versions_are_refused_with_a_reason() {
+        assert!(decode::<NodeRecord>(b"{not json")
+            .unwrap_err()
+            .contains("not a valid record"));
+        let v2 = br#"{"version":2,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":1}"#;
+        assert!(decode::<NodeRecord>(v2).unwrap_err().contains("version 2"));
+        let v1 = br#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":1}"#;
+        assert_eq!(
+            decode::<NodeRecord>(v1).unwrap().vtep_ip,
+            Ipv4Addr::new(198, 18, 0, 1)
+        );
+    }
+
+    #[test]
+    fn networks_default_their_block_size() {
+        let n: NetworkRecord =
+            decode(br#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#).unwrap();
+        assert_eq!(n.block_len, 26);
+    }
+}
