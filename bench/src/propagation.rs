@@ -130,7 +130,7 @@ pub fn run(samples: usize) -> Result<String> {
     }
     let _ = writeln!(
         s,
-        "\nProduced by `cargo xtask bench -- --scenario propagation`."
+        "\nProduced by `cargo xtask bench --scenario propagation`."
     );
     Ok(s)
 }

@@ -45,6 +45,16 @@ fn machine() -> String {
     )
 }
 
+/// The `| metric | mode... |` header row and its separator.
+fn header(s: &mut String, modes: &[Mode]) {
+    let _ = write!(s, "| metric |");
+    for m in modes {
+        let _ = write!(s, " {} |", m.label());
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
+}
+
 pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Datapath benchmark\n");
@@ -56,12 +66,7 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
         machine()
     );
     let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v)).unwrap_or(f64::NAN);
-    let _ = write!(s, "| metric |");
-    for m in modes {
-        let _ = write!(s, " {} |", m.label());
-    }
-    let _ = writeln!(s);
-    let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
+    header(&mut s, modes);
     for k in Metric::ALL {
         let _ = write!(s, "| {} |", k.label());
         for m in modes {
@@ -88,12 +93,7 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
             s,
             "\nRatio of medians to `{name}` (>1 is better for every row):\n"
         );
-        let _ = write!(s, "| metric |");
-        for m in modes {
-            let _ = write!(s, " {} |", m.label());
-        }
-        let _ = writeln!(s);
-        let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
+        header(&mut s, modes);
         for k in Metric::ALL {
             let _ = write!(s, "| {} |", k.label());
             for m in modes {

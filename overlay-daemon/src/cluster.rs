@@ -77,6 +77,12 @@ pub struct LocalEndpoint {
     pub mtu: u32,
     pub vni: u32,
     pub host_ifname: String,
+    /// MAC of the host-side veth.
+    #[serde(default)]
+    pub host_mac: Option<MacAddr>,
+    /// Which front end made it ("cni", "cnm"); garbage collection only touches its own.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl LocalEndpoint {
@@ -93,7 +99,7 @@ impl LocalEndpoint {
 }
 
 /// What a runtime asks for.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EndpointRequest {
     pub network: String,
     pub container_id: String,
@@ -101,6 +107,11 @@ pub struct EndpointRequest {
     pub ifname: String,
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// A smaller MTU than the overlay's (underlay - 50), if wanted.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// The host-side veth name of an endpoint: stable, unique, at most 15 characters.
@@ -542,9 +553,15 @@ impl Cluster {
             prefix_len: net.subnet.prefix_len(),
             gateway,
             mac: MacAddr([0; 6]),
-            mtu: net.mtu.map_or(self.cfg.mtu, |m| m.min(self.cfg.mtu)),
+            mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.cfg.mtu),
             vni: net.vni,
             host_ifname,
+            host_mac: None,
+            owner: req.owner.clone(),
         };
         ep.ip = self
             .allocate(&store, lease, &net, &req.network, gateway, &mut ep, req.mac)
@@ -560,9 +577,15 @@ impl Cluster {
             gateway: ep.gateway,
             mtu: ep.mtu,
         };
-        if let Err(e) = netlink::create_veth(&ep.host_ifname, &iface).await {
-            self.release(&store, &ep).await;
-            return Err(e.into());
+        match netlink::create_veth(&ep.host_ifname, &iface).await {
+            Ok((_, host_mac)) => {
+                ep.host_mac = host_mac.map(MacAddr);
+                self.local.save(&ep)?;
+            }
+            Err(e) => {
+                self.release(&store, &ep).await;
+                return Err(e.into());
+            }
         }
         // Install it now rather than waiting for our own watch event to come back.
         let key = store.layout.key(&Key::Endpoint {

@@ -10,7 +10,10 @@ use std::{
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    packet_route::link::{InfoData, InfoVeth},
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute},
+    },
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
@@ -102,8 +105,11 @@ where
 }
 
 /// Creates the veth pair: `host_ifname` here, `c.ifname` in the container, configured.
-/// Returns the host side's ifindex. Fails if the container already has `c.ifname`.
-pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<u32, NetlinkError> {
+/// Returns the host side's ifindex and MAC. Fails if the container already has `c.ifname`.
+pub async fn create_veth(
+    host_ifname: &str,
+    c: &ContainerIface,
+) -> Result<(u32, Option<[u8; 6]>), NetlinkError> {
     let ifname = c.ifname.clone();
     let exists = in_netns(
         &c.netns,
@@ -182,7 +188,50 @@ pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<u32, N
         let _ = handle.link().del(host_index).execute().await;
         return Err(e);
     }
-    Ok(host_index)
+    Ok((host_index, link_mac(&handle, host_index).await))
+}
+
+async fn link_mac(handle: &Handle, index: u32) -> Option<[u8; 6]> {
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .ok()??;
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) if mac.len() == 6 => mac.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// The IPv4 address (and prefix length) of `ifname` in the namespace at `netns`, if the
+/// interface exists.
+pub async fn container_address(
+    netns: &Path,
+    ifname: &str,
+) -> Result<Option<(Ipv4Addr, u8)>, NetlinkError> {
+    let ifname = ifname.to_owned();
+    in_netns(netns, move |h| async move {
+        let Some(index) = link_index(&h, &ifname).await? else {
+            return Ok(None);
+        };
+        let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(rt(format!("addresses of {ifname}")))?
+        {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    return Ok(Some((*ip, msg.header.prefix_len)));
+                }
+            }
+        }
+        Ok(Some((Ipv4Addr::UNSPECIFIED, 0)))
+    })
+    .await
 }
 
 /// Removes the veth pair by its host side (which also removes the container side). Missing

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod netns;
+pub mod podman;
 pub mod process;
 pub mod topology;
 pub mod traffic;

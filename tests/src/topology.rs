@@ -261,7 +261,7 @@ impl Topology {
             container_id: format!("{}-{name}", self.id),
             netns: PathBuf::from(ns.path()),
             ifname: "eth0".into(),
-            mac: None,
+            ..Default::default()
         });
         let ep = api::endpoint(self.api(host, &req)).unwrap_or_else(|e| {
             panic!(
@@ -473,38 +473,23 @@ impl Topology {
                 self.containers.iter().filter(|c| c.host == host).count() as u64,
             )
         } else {
+            let me = &self.hosts[host].name;
             let local = self
                 .tables
                 .endpoints
                 .iter()
-                .filter(|e| e.node == self.hosts[host].name)
+                .filter(|e| &e.node == me)
                 .count();
             (self.tables.endpoints.len() as u64, local as u64)
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.status(host);
-            let got = status.as_ref().and_then(|s| s["endpoints"].as_u64());
-            let local = status.as_ref().and_then(|s| s["local_endpoints"].as_u64());
-            if got == Some(want) && local == Some(want_local) {
-                return;
-            }
-            if !self.hosts[host].daemon_running() {
-                panic!(
-                    "overlayd on {} exited:\n{}",
-                    self.hosts[host].name,
-                    self.daemon_log(host)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "overlayd on {} did not converge (status {status:?}, want {want} endpoints):\n{}",
-                    self.hosts[host].name,
-                    self.daemon_log(host)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_status(
+            host,
+            &format!("{want} endpoints ({want_local} local) installed"),
+            |s| {
+                s["endpoints"].as_u64() == Some(want)
+                    && s["local_endpoints"].as_u64() == Some(want_local)
+            },
+        );
     }
 
     /// The daemon's last status report, if it wrote one.

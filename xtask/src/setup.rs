@@ -24,6 +24,11 @@ const PACKAGES: &[&str] = &[
     "ipvsadm",
     "busybox-static",
     "protobuf-compiler",
+    "podman",
+    "containernetworking-plugins",
+    "uidmap",
+    "runc",
+    "docker.io",
 ];
 
 /// The bpf-linker release known to work with the nightly's LLVM.

@@ -205,22 +205,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(cmd) => network(cli.etcd, cli.output, cmd).await,
         Command::Node(NodeCmd::Ls) => {
             let store = Store::connect(&cli.etcd.config()).await?;
-            let (kvs, _) = store.list(&store.layout.nodes()).await?;
+            let nodes = records_under::<NodeRecord>(&store, &store.layout.nodes()).await?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let mut out = Vec::new();
-            for kv in kvs {
-                let Some(Key::Node(name)) = store.layout.parse(&kv.key) else {
-                    continue;
-                };
-                let Ok(n) = records::decode::<NodeRecord>(&kv.value) else {
-                    continue;
-                };
-                let ttl = store.lease_time_left(kv.lease).await.unwrap_or(-1);
+            for (key, n, lease) in nodes {
+                let Key::Node(name) = key else { continue };
+                let ttl = store.lease_time_left(lease).await.unwrap_or(-1);
                 out.push(json!({"name": name, "vtep_ip": n.vtep_ip, "vtep_mac": n.vtep_mac.to_string(),
-                    "registered_secs_ago": now.saturating_sub(n.registered_at), "lease": format!("{:x}", kv.lease), "lease_ttl_left": ttl}));
+                    "registered_secs_ago": now.saturating_sub(n.registered_at), "lease": format!("{lease:x}"), "lease_ttl_left": ttl}));
             }
             if cli.output == Output::Json {
                 print_json(&json!(out));
@@ -250,13 +245,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(n) => store.layout.endpoints(n),
                 None => store.layout.all_endpoints(),
             };
-            let (kvs, _) = store.list(&prefix).await?;
             let mut out = Vec::new();
-            for kv in kvs {
-                let Some(Key::Endpoint { network, ip }) = store.layout.parse(&kv.key) else {
-                    continue;
-                };
-                let Ok(ep) = records::decode::<EndpointRecord>(&kv.value) else {
+            for (key, ep, _) in records_under::<EndpointRecord>(&store, &prefix).await? {
+                let Key::Endpoint { network, ip } = key else {
                     continue;
                 };
                 out.push(json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
@@ -283,6 +274,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The decodable records under `prefix`, with their parsed keys and leases; what does not
+/// decode is left out (the daemons skip it too).
+async fn records_under<T: serde::de::DeserializeOwned + records::Versioned>(
+    store: &Store,
+    prefix: &str,
+) -> anyhow::Result<Vec<(Key, T, i64)>> {
+    let (kvs, _) = store.list(prefix).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            Some((
+                store.layout.parse(&kv.key)?,
+                records::decode(&kv.value).ok()?,
+                kv.lease,
+            ))
+        })
+        .collect())
 }
 
 async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
@@ -328,16 +338,12 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
             Ok(())
         }
         NetworkCmd::Ls => {
-            let (kvs, _) = store.list(&store.layout.networks()).await?;
             let (eps, _) = store.list(&store.layout.all_endpoints()).await?;
             let mut out = Vec::new();
-            for kv in kvs {
-                let Some(Key::Network(name)) = store.layout.parse(&kv.key) else {
-                    continue;
-                };
-                let Ok(n) = records::decode::<NetworkRecord>(&kv.value) else {
-                    continue;
-                };
+            for (key, n, _) in
+                records_under::<NetworkRecord>(&store, &store.layout.networks()).await?
+            {
+                let Key::Network(name) = key else { continue };
                 let count = eps
                     .iter()
                     .filter(|e| matches!(store.layout.parse(&e.key), Some(Key::Endpoint { network, .. }) if network == name))

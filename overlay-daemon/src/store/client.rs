@@ -115,32 +115,22 @@ impl Store {
 
     /// Every key under `prefix` and the revision the listing is consistent at.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = kv
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+        self.range(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(self.err())?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(|kv| Kv {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: kv.value().to_vec(),
-                lease: kv.lease(),
-            })
-            .collect();
-        Ok((kvs, revision))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
-        let (mut kvs, _) = self.list_exact(key).await?;
+        let (mut kvs, _) = self.range(key, None).await?;
         Ok(kvs.pop())
     }
 
-    async fn list_exact(&self, key: &str) -> Result<(Vec<Kv>, i64), StoreError> {
+    async fn range(
+        &self,
+        key: &str,
+        opts: Option<GetOptions>,
+    ) -> Result<(Vec<Kv>, i64), StoreError> {
         let mut kv = self.client.kv_client();
-        let resp = kv.get(key, None).await.map_err(self.err())?;
+        let resp = kv.get(key, opts).await.map_err(self.err())?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = resp
             .kvs()

@@ -1,0 +1,176 @@
+//! A real podman (4.3, CNI backend) per test host: its own storage, config and CNI network
+//! directory, running in the host's network namespace so its containers attach to that host's
+//! overlayd through overlay-cni. Containers are removed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use overlay_daemon::api;
+
+use crate::{topology::overlayd_bin, Topology};
+
+pub struct Podman {
+    ns: String,
+    dir: PathBuf,
+    containers: Vec<String>,
+}
+
+/// A busybox image made from Debian's busybox-static (no registry needed).
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static (cargo xtask setup installs it)");
+    for applet in [
+        "sh", "ping", "nc", "md5sum", "dd", "sleep", "cat", "ip", "wc", "ls", "mv",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let tar = dir.join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tar
+}
+
+impl Podman {
+    /// Sets podman up on host `host` of `t`, with a conflist for `network` that chains the
+    /// reference tuning and bandwidth plugins after overlay-cni.
+    pub fn new(t: &Topology, host: usize, network: &str) -> Self {
+        let h = &t.hosts[host];
+        let dir = t.dir.join(format!("podman-{}", h.name));
+        let netd = dir.join("net.d");
+        std::fs::create_dir_all(&netd).unwrap();
+        let plugin_dir = overlayd_bin().parent().unwrap().to_owned();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n\
+                 network_config_dir = \"{}\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\nevents_logger = \"file\"\n",
+                plugin_dir.display(),
+                netd.display()
+            ),
+        )
+        .unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": network,
+            "plugins": [
+                {"type": "overlay-cni", "network": network, "socket": api::socket_path(&h.run_dir)},
+                {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}},
+                {"type": "bandwidth", "ingressRate": 4_000_000_000u64, "ingressBurst": 400_000_000u64,
+                 "egressRate": 4_000_000_000u64, "egressBurst": 400_000_000u64}
+            ]
+        });
+        std::fs::write(
+            netd.join(format!("{network}.conflist")),
+            serde_json::to_vec_pretty(&conflist).unwrap(),
+        )
+        .unwrap();
+        let p = Self {
+            ns: h.ns.name().to_owned(),
+            dir: dir.clone(),
+            containers: Vec::new(),
+        };
+        let tar = busybox_rootfs(&dir);
+        p.run_ok(&["import", tar.to_str().unwrap(), "bbox:latest"]);
+        p
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = crate::Netns::open(&self.ns).command("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"));
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("podman (cargo xtask setup installs it)")
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running busybox container on `network`; returns its overlay address.
+    pub fn start(&mut self, name: &str, network: &str) -> String {
+        self.run_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "bbox:latest",
+            "sleep",
+            "600",
+        ]);
+        self.containers.push(name.to_owned());
+        let ip = self.run_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}"),
+            name,
+        ]);
+        ip.trim().to_owned()
+    }
+
+    pub fn exec(&self, name: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", name];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.run_ok(&["rm", "-f", "-t", "0", name]);
+        self.containers.retain(|c| c != name);
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for c in self.containers.clone() {
+            let _ = self.run(&["rm", "-f", "-t", "0", &c]);
+        }
+        // Storage of its own; unmount anything podman left mounted under it.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("root"))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,274 @@
+//! The CNI plugin as a runtime sees it: the real `overlay-cni` binary exec'd with CNI_* and a
+//! config on stdin, against a real overlayd and etcd. Scenarios are JSON fixtures in
+//! tests/fixtures/cni/ (numbered, run in order), plus 50 parallel ADD/DEL.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    thread,
+};
+
+use overlay_tests::{topology::overlayd_bin, Netns, Topology, TopologySpec};
+use serde_json::Value;
+
+fn plugin() -> PathBuf {
+    overlayd_bin().with_file_name("overlay-cni")
+}
+
+/// Runs the plugin like a runtime does.
+pub fn exec_plugin(env: &[(&str, String)], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(plugin());
+    cmd.env_clear()
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("overlay-cni");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `expected` is a subset of `actual`: objects key by key, arrays element by element.
+fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av))),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() <= a.len() && e.iter().zip(a).all(|(ev, av)| matches(ev, av))
+        }
+        (e, a) => e == a,
+    }
+}
+
+struct Scenario {
+    t: Topology,
+    netns: BTreeMap<String, Netns>,
+    paths: BTreeMap<String, String>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let mut t = Topology::new(
+            TopologySpec::new(1)
+                .network("red", 100, "198.19.1.0/24")
+                .with_etcd(5),
+        );
+        t.start_daemon(0, &[]);
+        t.wait_status(0, "network installed", |s| s["networks"] == 1);
+        // Registered (holding a lease) before the first ADD.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !t.overlayctl_ok(0, &["node", "ls"]).contains("h1") {
+            assert!(std::time::Instant::now() < deadline, "h1 did not register");
+            thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Self {
+            t,
+            netns: BTreeMap::new(),
+            paths: BTreeMap::new(),
+        }
+    }
+
+    fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.t.id)
+    }
+
+    fn substitute(&self, text: &str) -> String {
+        let mut out = text.replace(
+            "{socket}",
+            &overlay_daemon::api::socket_path(&self.t.hosts[0].run_dir)
+                .display()
+                .to_string(),
+        );
+        for (name, path) in &self.paths {
+            out = out
+                .replace(&format!("{{netns:{name}}}"), path)
+                .replace(&format!("{{id:{name}}}"), &self.id(name));
+        }
+        out
+    }
+
+    fn endpoints(&self) -> usize {
+        let out = self.t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);
+        serde_json::from_str::<Vec<Value>>(&out).unwrap().len()
+    }
+
+    fn step(&mut self, file: &str, i: usize, step: &Value) {
+        let what = format!("{file} step {i}: {step}");
+        if let Some(action) = step["action"].as_str() {
+            let name = step["name"]
+                .as_str()
+                .or(step["container"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            match action {
+                "create_netns" => {
+                    let ns = Netns::create(&format!("ovt{}-{name}", self.t.id));
+                    self.paths.insert(name.clone(), ns.path());
+                    self.netns.insert(name, ns);
+                }
+                "delete_netns" => drop(self.netns.remove(&name)),
+                "add_link" => {
+                    let ifname = step["ifname"].as_str().unwrap();
+                    self.netns[&name].ip(&[
+                        "link", "add", ifname, "type", "veth", "peer", "name", "other0",
+                    ]);
+                }
+                "stop_etcd" => self.t.etcd.as_mut().unwrap().pause(),
+                "start_etcd" => self.t.etcd.as_mut().unwrap().resume(),
+                "expect_endpoints" => {
+                    let want = step["count"].as_u64().unwrap() as usize;
+                    assert_eq!(self.endpoints(), want, "{what}");
+                }
+                other => panic!("{file}: unknown action {other}"),
+            }
+            return;
+        }
+        let command = step["command"].as_str().unwrap_or_default();
+        let container = step["container"].as_str();
+        let mut env = vec![("CNI_COMMAND", command.to_owned())];
+        if let Some(c) = container {
+            env.push(("CNI_CONTAINERID", self.id(c)));
+            let netns = match step.get("netns") {
+                Some(v) => v.as_str().unwrap_or_default().to_owned(),
+                None => self.paths.get(c).cloned().unwrap_or_default(),
+            };
+            env.push(("CNI_NETNS", netns));
+        }
+        if let Some(ifname) = step["ifname"].as_str() {
+            env.push(("CNI_IFNAME", ifname.to_owned()));
+        }
+        env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=fixture".into()));
+        let stdin = match step.get("raw_stdin") {
+            Some(raw) => self.substitute(raw.as_str().unwrap()),
+            None => self.substitute(&step["stdin"].to_string()),
+        };
+        let out = exec_plugin(&env, stdin.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let expect = &step["expect"];
+        let exit = expect["exit"].as_i64().unwrap_or(0);
+        assert_eq!(
+            out.status.code().map(i64::from),
+            Some(exit),
+            "{what}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if expect["empty"].as_bool() == Some(true) {
+            assert!(
+                stdout.is_empty(),
+                "{what}: expected no output, got {stdout}"
+            );
+        }
+        if exit != 0 || expect.get("json").is_some() {
+            let actual: Value = serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {stdout}"));
+            if let Some(code) = expect.get("code") {
+                assert_eq!(&actual["code"], code, "{what}: {actual}");
+                let msg = actual["msg"].as_str().unwrap_or_default();
+                assert!(
+                    !msg.is_empty() && !msg.contains('\n'),
+                    "{what}: one-line message expected: {actual}"
+                );
+            }
+            if let Some(needle) = expect["msg_contains"].as_str() {
+                assert!(
+                    actual["msg"].as_str().unwrap_or_default().contains(needle),
+                    "{what}: {actual}"
+                );
+            }
+            if let Some(json) = expect.get("json") {
+                let json: Value =
+                    serde_json::from_str(&self.substitute(&json.to_string())).unwrap();
+                assert!(
+                    matches(&json, &actual),
+                    "{what}\nexpected ⊆ {json}\nactual {actual}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn spec_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cni");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "fixtures missing in {}", dir.display());
+    for path in files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let fixture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        eprintln!("fixture {file}: {}", fixture["about"]);
+        let mut s = Scenario::new();
+        for (i, step) in fixture["steps"].as_array().unwrap().iter().enumerate() {
+            s.step(&file, i, step);
+        }
+    }
+}
+
+#[test]
+fn fifty_parallel_add_and_del_leak_nothing() {
+    let s = Scenario::new();
+    let socket = overlay_daemon::api::socket_path(&s.t.hosts[0].run_dir)
+        .display()
+        .to_string();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"red","type":"overlay-cni","socket":"{socket}"}}"#
+    );
+    let namespaces: Vec<Netns> = (0..50)
+        .map(|i| Netns::create(&format!("ovt{}-q{i}", s.t.id)))
+        .collect();
+    let run = |command: &'static str| {
+        let handles: Vec<_> = namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let env = vec![
+                    ("CNI_COMMAND", command.to_owned()),
+                    ("CNI_CONTAINERID", format!("{}-q{i}", s.t.id)),
+                    ("CNI_NETNS", ns.path()),
+                    ("CNI_IFNAME", "eth0".to_owned()),
+                ];
+                let conf = conf.clone();
+                thread::spawn(move || exec_plugin(&env, conf.as_bytes()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let added = run("ADD");
+    let mut ips = BTreeSet::new();
+    for out in &added {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ips.insert(v["ips"][0]["address"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ips.len(), 50, "50 distinct addresses");
+    assert_eq!(s.endpoints(), 50);
+    for out in run("DEL") {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(s.endpoints(), 0, "no address leaked");
+    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
+    assert!(!links.contains("ovl"), "no veth leaked: {links}");
+}
