@@ -44,6 +44,10 @@ pub enum ClusterError {
     },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("address {0} is already in use: pick another or let the IPAM choose")]
+    AddressTaken(Ipv4Addr),
+    #[error("endpoint {0} is not known to this node")]
+    NotFound(String),
     #[error("local state {path}: {source}")]
     State {
         path: PathBuf,
@@ -86,6 +90,19 @@ pub struct LocalEndpoint {
 }
 
 impl LocalEndpoint {
+    /// Whether what this endpoint stands for still exists on the host. A Docker endpoint
+    /// (no namespace: Docker moves the interface itself) is alive while its address is only
+    /// reserved or while its host-side veth exists; a CNI one while the container has it.
+    async fn still_present(&self) -> bool {
+        if self.netns.as_os_str().is_empty() {
+            self.host_ifname.is_empty() || netlink::link_exists(&self.host_ifname).await
+        } else {
+            netlink::container_has(&self.netns, &self.ifname)
+                .await
+                .unwrap_or(false)
+        }
+    }
+
     fn record(&self, node: &str) -> EndpointRecord {
         EndpointRecord {
             version: RECORD_VERSION,
@@ -120,6 +137,15 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     let h2 = crate::reconcile::node_id(&format!("{ifname}/{container_id}"));
     format!("ovl{h:08x}{:02x}", h2 & 0xff)
 }
+
+/// Docker endpoints are known by their address until Docker names them: IPAM hands the
+/// address out before the endpoint exists.
+pub fn docker_address_id(network: &str, ip: Ipv4Addr) -> String {
+    format!("docker:{network}:{ip}")
+}
+
+/// The `ifname` of every Docker endpoint (Docker picks the name inside the container).
+pub const DOCKER_IFNAME: &str = "eth";
 
 /// `<run-dir>/endpoints/*.json`.
 struct LocalState {
@@ -462,10 +488,7 @@ impl Cluster {
             }
         }
         for ep in self.local.all() {
-            if !netlink::container_has(&ep.netns, &ep.ifname)
-                .await
-                .unwrap_or(false)
-            {
+            if !ep.still_present().await {
                 info!(container = %ep.container_id, ip = %ep.ip, "container gone while away; releasing its address");
                 let _ = netlink::delete_veth(&ep.host_ifname).await;
                 self.local.remove(&ep.container_id, &ep.ifname);
@@ -513,61 +536,9 @@ impl Cluster {
         &self,
         req: EndpointRequest,
     ) -> Result<LocalEndpoint, ClusterError> {
-        if !valid_name(&req.network) {
-            return Err(ClusterError::Invalid(format!(
-                "network name {:?}",
-                req.network
-            )));
-        }
-        if req.container_id.is_empty() || req.ifname.is_empty() || req.ifname.len() > 15 {
-            return Err(ClusterError::Invalid(
-                "container_id and ifname (at most 15 characters) are required".into(),
-            ));
-        }
         let _guard = self.alloc.lock().await;
-        if self.local.load(&req.container_id, &req.ifname).is_some() {
-            return Err(ClusterError::Exists {
-                container_id: req.container_id,
-                ifname: req.ifname,
-            });
-        }
-        let store = self.store().await;
-        let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
-        let net = self
-            .view
-            .lock()
-            .await
-            .network(&req.network)
-            .cloned()
-            .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?;
-        let gateway = net
-            .gateway
-            .unwrap_or_else(|| net.subnet.hosts().next().unwrap_or(net.subnet.network()));
         let host_ifname = host_ifname(&req.container_id, &req.ifname);
-        let mut ep = LocalEndpoint {
-            network: req.network.clone(),
-            container_id: req.container_id.clone(),
-            ifname: req.ifname.clone(),
-            netns: req.netns.clone(),
-            ip: Ipv4Addr::UNSPECIFIED,
-            prefix_len: net.subnet.prefix_len(),
-            gateway,
-            mac: MacAddr([0; 6]),
-            mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.cfg.mtu),
-            vni: net.vni,
-            host_ifname,
-            host_mac: None,
-            owner: req.owner.clone(),
-        };
-        ep.ip = self
-            .allocate(&store, lease, &net, &req.network, gateway, &mut ep, req.mac)
-            .await?;
-        // Remember it before touching the host, so a crash from here on is cleaned up.
-        self.local.save(&ep)?;
+        let (store, lease, mut ep) = self.reserve_locked(&req, None, host_ifname).await?;
         let iface = ContainerIface {
             netns: ep.netns.clone(),
             ifname: ep.ifname.clone(),
@@ -587,7 +558,142 @@ impl Cluster {
                 return Err(e.into());
             }
         }
-        // Install it now rather than waiting for our own watch event to come back.
+        self.install(&store, lease, &ep).await;
+        info!(container = %ep.container_id, ip = %ep.ip, network = %ep.network, "endpoint created");
+        Ok(ep)
+    }
+
+    /// Reserves an address for a Docker endpoint (IPAM RequestAddress): published in etcd,
+    /// remembered locally as `docker_address_id(network, ip)`/`DOCKER_IFNAME`, no veth yet.
+    pub async fn reserve_address(
+        &self,
+        network: &str,
+        requested: Option<Ipv4Addr>,
+        mac: Option<MacAddr>,
+    ) -> Result<LocalEndpoint, ClusterError> {
+        let _guard = self.alloc.lock().await;
+        let req = EndpointRequest {
+            network: network.to_owned(),
+            container_id: docker_address_id(network, requested.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            ifname: DOCKER_IFNAME.into(),
+            mac,
+            owner: Some("cnm".into()),
+            ..Default::default()
+        };
+        let (_, _, ep) = self
+            .reserve_locked(&req, Some(requested), String::new())
+            .await?;
+        info!(ip = %ep.ip, network, "address reserved for a Docker endpoint");
+        Ok(ep)
+    }
+
+    /// Validates the request and allocates its address (one etcd transaction), remembering
+    /// the endpoint locally before anything touches the host, so a crash from then on is
+    /// cleaned up. `docker` is `Some(requested address)` for Docker reservations, whose id
+    /// derives from the address. The caller holds `alloc`.
+    async fn reserve_locked(
+        &self,
+        req: &EndpointRequest,
+        docker: Option<Option<Ipv4Addr>>,
+        host_ifname: String,
+    ) -> Result<(Store, i64, LocalEndpoint), ClusterError> {
+        if !valid_name(&req.network) {
+            return Err(ClusterError::Invalid(format!(
+                "network name {:?}",
+                req.network
+            )));
+        }
+        if req.container_id.is_empty() || req.ifname.is_empty() || req.ifname.len() > 15 {
+            return Err(ClusterError::Invalid(
+                "container_id and ifname (at most 15 characters) are required".into(),
+            ));
+        }
+        if docker.is_none() && self.local.load(&req.container_id, &req.ifname).is_some() {
+            return Err(ClusterError::Exists {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            });
+        }
+        let store = self.store().await;
+        let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let net = self
+            .view
+            .lock()
+            .await
+            .network(&req.network)
+            .cloned()
+            .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?;
+        let gateway = net.gateway_ip();
+        let mut ep = LocalEndpoint {
+            network: req.network.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            prefix_len: net.subnet.prefix_len(),
+            gateway,
+            mac: MacAddr([0; 6]),
+            mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.cfg.mtu),
+            vni: net.vni,
+            host_ifname,
+            host_mac: None,
+            owner: req.owner.clone(),
+        };
+        match docker {
+            Some(Some(ip)) => {
+                let usable = net.subnet.contains(&ip)
+                    && ip != net.subnet.network()
+                    && ip != net.subnet.broadcast()
+                    && ip != gateway;
+                if !usable {
+                    return Err(ClusterError::Invalid(format!(
+                        "address {ip} is not a usable host address of {} (gateway {gateway})",
+                        net.subnet
+                    )));
+                }
+                ep.ip = ip;
+                ep.mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(ip));
+                let key = store.layout.key(&Key::Endpoint {
+                    network: req.network.clone(),
+                    ip,
+                });
+                if !store
+                    .create(
+                        &key,
+                        records::encode(&ep.record(&self.cfg.node_name)),
+                        Some(lease),
+                    )
+                    .await?
+                {
+                    return Err(ClusterError::AddressTaken(ip));
+                }
+            }
+            _ => {
+                ep.ip = self
+                    .allocate(
+                        &store,
+                        lease,
+                        &net,
+                        &req.network,
+                        gateway,
+                        &mut ep,
+                        req.mac,
+                        docker.is_some(),
+                    )
+                    .await?;
+            }
+        }
+        self.local.save(&ep)?;
+        Ok((store, lease, ep))
+    }
+
+    /// Installs a local endpoint in the view now rather than waiting for our own watch event
+    /// to come back, and waits for the datapath to have it.
+    async fn install(&self, store: &Store, lease: i64, ep: &LocalEndpoint) {
         let key = store.layout.key(&Key::Endpoint {
             network: ep.network.clone(),
             ip: ep.ip,
@@ -599,8 +705,134 @@ impl Cluster {
         }));
         self.bump();
         self.wait_applied().await;
-        info!(container = %ep.container_id, ip = %ep.ip, network = %ep.network, "endpoint created");
+    }
+
+    /// Gives a reserved Docker address its veth pair: the host side gets the datapath, the
+    /// other side (`peer`, left in this namespace with MAC and MTU set) is for Docker to move
+    /// into the container. Idempotent.
+    pub async fn attach_docker(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        peer: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<LocalEndpoint, ClusterError> {
+        let _guard = self.alloc.lock().await;
+        let id = docker_address_id(network, ip);
+        let mut ep = self
+            .local
+            .load(&id, DOCKER_IFNAME)
+            .ok_or_else(|| ClusterError::NotFound(format!("{network}/{ip}")))?;
+        if !ep.host_ifname.is_empty() && netlink::link_exists(&ep.host_ifname).await {
+            return Ok(ep);
+        }
+        let store = self.store().await;
+        let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let before = ep.record(&self.cfg.node_name);
+        ep.host_ifname = host_ifname(&id, DOCKER_IFNAME);
+        if let Some(mac) = mac {
+            ep.mac = mac;
+        }
+        ep.host_mac = netlink::create_veth_here(&ep.host_ifname, peer, ep.mac.0, ep.mtu)
+            .await?
+            .map(MacAddr);
+        let key = store.layout.key(&Key::Endpoint {
+            network: ep.network.clone(),
+            ip,
+        });
+        let after = records::encode(&ep.record(&self.cfg.node_name));
+        match store
+            .replace(&key, records::encode(&before), after, Some(lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = netlink::delete_veth(&ep.host_ifname).await;
+                return Err(ClusterError::NotFound(format!(
+                    "{network}/{ip} (its address record changed in etcd)"
+                )));
+            }
+            Err(e) => {
+                let _ = netlink::delete_veth(&ep.host_ifname).await;
+                return Err(e.into());
+            }
+        }
+        self.local.save(&ep)?;
+        self.install(&store, lease, &ep).await;
+        info!(ip = %ep.ip, network, host = %ep.host_ifname, "Docker endpoint attached");
         Ok(ep)
+    }
+
+    /// Removes a Docker endpoint's veth pair but keeps its address reserved (Docker releases
+    /// it separately). Idempotent.
+    pub async fn detach_docker(&self, network: &str, ip: Ipv4Addr) -> Result<(), ClusterError> {
+        let _guard = self.alloc.lock().await;
+        let id = docker_address_id(network, ip);
+        let Some(mut ep) = self.local.load(&id, DOCKER_IFNAME) else {
+            return Ok(());
+        };
+        if ep.host_ifname.is_empty() {
+            return Ok(());
+        }
+        netlink::delete_veth(&ep.host_ifname).await?;
+        let store = self.store().await;
+        let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let before = records::encode(&ep.record(&self.cfg.node_name));
+        ep.host_ifname.clear();
+        ep.host_mac = None;
+        let key = store.layout.key(&Key::Endpoint {
+            network: ep.network.clone(),
+            ip,
+        });
+        store
+            .replace(
+                &key,
+                before,
+                records::encode(&ep.record(&self.cfg.node_name)),
+                Some(lease),
+            )
+            .await?;
+        self.local.save(&ep)?;
+        self.install(&store, lease, &ep).await;
+        info!(%ip, network, "Docker endpoint detached");
+        Ok(())
+    }
+
+    /// Creates an overlay network in etcd (the Docker driver's `-o vni=N`) and waits until
+    /// this node's view has it. Returns false if the name or VNI is taken.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        record: records::NetworkRecord,
+    ) -> Result<bool, ClusterError> {
+        let store = self.store().await;
+        let vni = record.vni;
+        if !store
+            .create_network(name, vni, records::encode(&record))
+            .await?
+        {
+            return Ok(false);
+        }
+        for _ in 0..100 {
+            if self.network(name).await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(true)
+    }
+
+    pub async fn network(&self, name: &str) -> Option<records::NetworkRecord> {
+        self.view.lock().await.network(name).cloned()
+    }
+
+    pub async fn networks(&self) -> Vec<(String, records::NetworkRecord)> {
+        self.view
+            .lock()
+            .await
+            .networks()
+            .map(|(n, r)| (n.to_owned(), r.clone()))
+            .collect()
     }
 
     /// Finds a free address in a block this node holds, claiming a new block when needed.
@@ -616,6 +848,7 @@ impl Cluster {
         gateway: Ipv4Addr,
         ep: &mut LocalEndpoint,
         mac: Option<MacAddr>,
+        docker: bool,
     ) -> Result<Ipv4Addr, ClusterError> {
         let me = self.cfg.node_name.clone();
         let all_blocks = ipam::blocks(net.subnet, net.block_len)?;
@@ -647,6 +880,9 @@ impl Cluster {
                 while let Some(ip) = ipam::first_free(*block, net.subnet, gateway, &taken) {
                     ep.ip = ip;
                     ep.mac = mac.unwrap_or_else(|| MacAddr::from_ip(ip));
+                    if docker {
+                        ep.container_id = docker_address_id(network, ip);
+                    }
                     let key = store.layout.key(&Key::Endpoint {
                         network: network.to_owned(),
                         ip,

@@ -5,6 +5,7 @@ use std::{
     future::Future,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -15,6 +16,7 @@ use tracing::{error, info, level_filters::LevelFilter, warn};
 use crate::{
     api,
     cluster::{Cluster, ClusterConfig},
+    cnm,
     datapath::{self, Datapath, DatapathError, DatapathOptions, PinLayout, TcMode, XdpSetting},
     maps::NodeDatapathConfig,
     netif::{self, Interface, NetifError},
@@ -58,6 +60,8 @@ pub struct DaemonConfig {
     /// Leave the cluster (revoke the lease) and remove programs and pins on exit, instead of
     /// leaving the datapath forwarding for the next daemon.
     pub detach_on_exit: bool,
+    /// Where to serve the Docker (CNM) driver, if at all.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// The source of the cluster's tables.
@@ -169,6 +173,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     error!("API socket: {e}");
                 }
             }));
+            if let Some(path) = cfg.docker_plugin.clone() {
+                let driver = Arc::new(cnm::Driver::new(c.clone()));
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = cnm::serve(&path, driver).await {
+                        error!("Docker plugin socket {}: {e}", path.display());
+                    }
+                }));
+            }
             let mut generation = c.generation.subscribe();
             loop {
                 tokio::select! {
@@ -190,6 +202,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         task.abort();
     }
     let _ = std::fs::remove_file(api::socket_path(&cfg.run_dir));
+    if let Some(path) = &cfg.docker_plugin {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(task) = log_task {
         task.abort();
     }

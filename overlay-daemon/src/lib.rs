@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod cni;
+pub mod cnm;
 pub mod daemon;
 pub mod datapath;
 pub mod ipam;

@@ -12,7 +12,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
     },
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -120,15 +120,7 @@ pub async fn create_veth(
         return Err(NetlinkError::Exists(c.ifname.clone()));
     }
     let handle = connect()?;
-    // A leftover host side from a crash would block the name.
-    if let Some(index) = link_index(&handle, host_ifname).await? {
-        handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(rt(format!("removing stale {host_ifname}")))?;
-    }
+    remove_stale(&handle, host_ifname).await?;
     let netns = File::open(&c.netns).map_err(|source| NetlinkError::Netns {
         path: c.netns.clone(),
         source,
@@ -141,21 +133,8 @@ pub async fn create_veth(
         .address(c.mac.to_vec())
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    let msg = LinkVeth::new(host_ifname, &c.ifname)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .mtu(c.mtu)
-        .up()
-        .build();
-    handle
-        .link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(rt(format!("creating veth {host_ifname}")))?;
+    let host_index = add_veth(&handle, host_ifname, &c.ifname, peer, c.mtu).await?;
     drop(netns);
-    let host_index = link_index(&handle, host_ifname)
-        .await?
-        .ok_or_else(|| NetlinkError::Exists(host_ifname.to_owned()))?;
 
     let c2 = c.clone();
     let configured = in_netns(&c.netns, move |h| async move {
@@ -189,6 +168,74 @@ pub async fn create_veth(
         return Err(e);
     }
     Ok((host_index, link_mac(&handle, host_index).await))
+}
+
+/// Creates a veth pair with both sides in this namespace: `host_ifname` up (the datapath
+/// attaches to it), `peer` down with `mac` and `mtu`, for a runtime to move into its
+/// container (Docker). Stale links with either name are replaced. Returns the host side's MAC.
+pub async fn create_veth_here(
+    host_ifname: &str,
+    peer: &str,
+    mac: [u8; 6],
+    mtu: u32,
+) -> Result<Option<[u8; 6]>, NetlinkError> {
+    let handle = connect()?;
+    for name in [host_ifname, peer] {
+        remove_stale(&handle, name).await?;
+    }
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_owned())
+        .mtu(mtu)
+        .address(mac.to_vec())
+        .build();
+    let index = add_veth(&handle, host_ifname, peer, peer_msg, mtu).await?;
+    Ok(link_mac(&handle, index).await)
+}
+
+/// Removes a link left over from a crash, which would block its name.
+async fn remove_stale(handle: &Handle, name: &str) -> Result<(), NetlinkError> {
+    if let Some(index) = link_index(handle, name).await? {
+        handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(rt(format!("removing stale {name}")))?;
+    }
+    Ok(())
+}
+
+/// Adds the veth pair `host_ifname` (up, here) / `peer` (as `peer_msg` describes it);
+/// returns the host side's ifindex.
+async fn add_veth(
+    handle: &Handle,
+    host_ifname: &str,
+    peer: &str,
+    peer_msg: LinkMessage,
+    mtu: u32,
+) -> Result<u32, NetlinkError> {
+    let msg = LinkVeth::new(host_ifname, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .mtu(mtu)
+        .up()
+        .build();
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(rt(format!("creating veth {host_ifname}")))?;
+    link_index(handle, host_ifname)
+        .await?
+        .ok_or_else(|| NetlinkError::Exists(host_ifname.to_owned()))
+}
+
+/// Whether a link named `name` exists in this namespace.
+pub async fn link_exists(name: &str) -> bool {
+    match connect() {
+        Ok(handle) => matches!(link_index(&handle, name).await, Ok(Some(_))),
+        Err(_) => false,
+    }
 }
 
 async fn link_mac(handle: &Handle, index: u32) -> Option<[u8; 6]> {

@@ -63,9 +63,9 @@ pub fn plan(
             continue;
         };
         let location = if node.name == me.name {
+            // No interface yet: an address reserved for a runtime that has not made its
+            // endpoint (Docker's IPAM asks first); nothing to install here until it does.
             let Some(ifname) = ep.host_ifname.as_deref() else {
-                plan.unresolved
-                    .push(format!("local endpoint {} has no host_ifname", ep.ip));
                 continue;
             };
             let Some(ifindex) = resolve(ifname) else {

@@ -91,9 +91,13 @@ pub struct NetworkSpec {
 
 impl NetworkSpec {
     pub fn gateway_ip(&self) -> Ipv4Addr {
-        self.gateway
-            .unwrap_or_else(|| self.subnet.hosts().next().unwrap_or(self.subnet.network()))
+        self.gateway.unwrap_or_else(|| default_gateway(self.subnet))
     }
+}
+
+/// The gateway of a network that names none: its subnet's first host address.
+pub fn default_gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    subnet.hosts().next().unwrap_or(subnet.network())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,10 @@
 //! also when the test panics. Names carry a per-process, per-topology id so tests can run in
 //! parallel.
 
+pub mod docker;
 pub mod etcd;
+pub mod fixtures;
+pub mod image;
 pub mod netns;
 pub mod podman;
 pub mod process;

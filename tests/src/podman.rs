@@ -3,47 +3,18 @@
 //! overlayd through overlay-cni. Containers are removed on drop.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
 use overlay_daemon::api;
 
-use crate::{topology::overlayd_bin, Topology};
+use crate::{image::busybox_rootfs, topology::overlayd_bin, Topology};
 
 pub struct Podman {
     ns: String,
     dir: PathBuf,
     containers: Vec<String>,
-}
-
-/// A busybox image made from Debian's busybox-static (no registry needed).
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static (cargo xtask setup installs it)");
-    for applet in [
-        "sh", "ping", "nc", "md5sum", "dd", "sleep", "cat", "ip", "wc", "ls", "mv",
-    ] {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-    }
-    let tar = dir.join("rootfs.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tar
 }
 
 impl Podman {
@@ -112,14 +83,7 @@ impl Podman {
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::fixtures::stdout_ok(&format!("podman {args:?}"), self.run(args))
     }
 
     /// Starts a long-running busybox container on `network`; returns its overlay address.

@@ -5,12 +5,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     thread,
 };
 
-use overlay_tests::{topology::overlayd_bin, Netns, Topology, TopologySpec};
+use overlay_tests::{
+    fixtures::{self, json_subset},
+    topology::overlayd_bin,
+    Netns, Topology, TopologySpec,
+};
 use serde_json::Value;
 
 fn plugin() -> PathBuf {
@@ -34,19 +38,6 @@ pub fn exec_plugin(env: &[(&str, String)], stdin: &[u8]) -> Output {
         .expect("overlay-cni");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// `expected` is a subset of `actual`: objects key by key, arrays element by element.
-fn matches(expected: &Value, actual: &Value) -> bool {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => e
-            .iter()
-            .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av))),
-        (Value::Array(e), Value::Array(a)) => {
-            e.len() <= a.len() && e.iter().zip(a).all(|(ev, av)| matches(ev, av))
-        }
-        (e, a) => e == a,
-    }
 }
 
 struct Scenario {
@@ -188,7 +179,7 @@ impl Scenario {
                 let json: Value =
                     serde_json::from_str(&self.substitute(&json.to_string())).unwrap();
                 assert!(
-                    matches(&json, &actual),
+                    json_subset(&json, &actual),
                     "{what}\nexpected ⊆ {json}\nactual {actual}"
                 );
             }
@@ -198,16 +189,7 @@ impl Scenario {
 
 #[test]
 fn spec_fixtures() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cni");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 6, "fixtures missing in {}", dir.display());
-    for path in files {
-        let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        let fixture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (file, fixture) in fixtures::load("cni", 6) {
         eprintln!("fixture {file}: {}", fixture["about"]);
         let mut s = Scenario::new();
         for (i, step) in fixture["steps"].as_array().unwrap().iter().enumerate() {

@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "uidmap",
     "runc",
     "docker.io",
+    "curl",
 ];
 
 /// The bpf-linker release known to work with the nightly's LLVM.

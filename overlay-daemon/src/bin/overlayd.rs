@@ -90,6 +90,10 @@ struct RunArgs {
     /// restarted daemon takes over without interrupting traffic).
     #[arg(long)]
     detach_on_exit: bool,
+    /// Serve the Docker network and IPAM driver `overlay-ebpf` on this socket (normally
+    /// /run/docker/plugins/overlay-ebpf.sock). Needs etcd (not --tables).
+    #[arg(long, value_name = "PATH", conflicts_with = "tables")]
+    docker_plugin: Option<PathBuf>,
 }
 
 fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
@@ -190,6 +194,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 },
                 lease_ttl: args.lease_ttl,
                 detach_on_exit: args.detach_on_exit,
+                docker_plugin: args.docker_plugin,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

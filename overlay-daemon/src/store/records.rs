@@ -24,6 +24,14 @@ pub struct NetworkRecord {
     pub mtu: Option<u32>,
 }
 
+impl NetworkRecord {
+    /// The gateway containers route through: configured, or the subnet's first host.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.gateway
+            .unwrap_or_else(|| crate::tables::default_gateway(self.subnet))
+    }
+}
+
 fn default_block_len() -> u8 {
     26
 }

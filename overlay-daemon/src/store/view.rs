@@ -158,7 +158,7 @@ impl ClusterView {
                 ip,
                 mac: Some(ep.mac),
                 node: ep.node.clone(),
-                host_ifname: Some(ep.host_ifname.clone()),
+                host_ifname: (!ep.host_ifname.is_empty()).then(|| ep.host_ifname.clone()),
             });
         }
         t.validate()

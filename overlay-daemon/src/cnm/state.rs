@@ -1,0 +1,80 @@
+//! What the Docker driver must remember across overlayd restarts: which overlay network each
+//! Docker network stands for, and each Docker endpoint's address and interface. Docker does
+//! not call CreateNetwork again after a restart, so this lives in `<run-dir>/docker/`.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkBinding {
+    /// The overlay network (etcd) this Docker network uses.
+    pub network: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointBinding {
+    pub network_id: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// The veth side Docker moves into the container.
+    pub peer: String,
+}
+
+/// One JSON file per Docker id under a directory.
+pub struct JsonDir {
+    dir: PathBuf,
+}
+
+/// Docker ids are hex; anything that could escape the directory is refused.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl JsonDir {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn load<T: DeserializeOwned>(&self, id: &str) -> Option<T> {
+        serde_json::from_slice(&std::fs::read(self.path(id)).ok()?).ok()
+    }
+
+    pub fn save<T: Serialize>(&self, id: &str, value: &T) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(id);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(value).expect("serializable"))?;
+        std::fs::rename(tmp, path)
+    }
+
+    pub fn remove(&self, id: &str) {
+        let _ = std::fs::remove_file(self.path(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_cannot_escape_the_directory() {
+        assert!(valid_id("3f4e5d6c7b8a"));
+        assert!(!valid_id("../../etc/passwd"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+    }
+}

@@ -1,0 +1,250 @@
+//! A real Docker: two dockerd 20.10 in two namespace hosts, each with its own overlayd serving
+//! the `overlay-ebpf` network and IPAM driver, and a real podman (CNI) on the same overlay.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use overlay_tests::{
+    docker::{plugin_socket, Docker},
+    podman::Podman,
+    Topology, TopologySpec,
+};
+use serde_json::Value;
+
+fn topology() -> Topology {
+    let mut t = Topology::new(
+        TopologySpec::new(2)
+            .network("red", 100, "198.19.1.0/24")
+            .with_etcd(5),
+    );
+    for h in 0..2 {
+        let socket = plugin_socket(&t, h);
+        t.start_daemon(h, &["--docker-plugin", socket.to_str().unwrap()]);
+    }
+    for h in 0..2 {
+        t.wait_status(h, "ready", |s| s["networks"] == 1 && s["vteps"] == 1);
+    }
+    t
+}
+
+/// A Docker network of this driver with our IPAM and `-o` options.
+fn create_network(d: &Docker, name: &str, subnet: &str, opts: &[&str]) {
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "overlay-ebpf",
+        "--ipam-driver",
+        "overlay-ebpf",
+        "--subnet",
+        subnet,
+    ];
+    for o in opts {
+        args.extend(["-o", o]);
+    }
+    args.push(name);
+    d.run_ok(&args);
+}
+
+/// `red` adopts the overlay network of that name.
+fn create_red(d: &Docker) {
+    create_network(d, "red", "198.19.1.0/24", &["network=red"]);
+}
+
+fn pings(out: std::process::Output) -> bool {
+    out.status.success()
+}
+
+/// The overlay's endpoints, as `overlayctl endpoint ls -o json` lists them.
+fn endpoints(t: &Topology) -> Vec<Value> {
+    serde_json::from_str(&t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"])).unwrap()
+}
+
+fn wait_endpoints(t: &Topology, want: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let eps = endpoints(t);
+        if eps.len() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} endpoints, expected {want}: {eps:?}",
+            eps.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// md5 of what `from` sends to `to_ip`:5000, as received by `to`.
+fn transfer(from: &Docker, from_c: &str, to: &Docker, to_c: &str, to_ip: &str) -> (String, String) {
+    from.exec(
+        from_c,
+        &["dd", "if=/dev/urandom", "of=/tmp/data", "bs=1M", "count=20"],
+    );
+    let sent = String::from_utf8_lossy(&from.exec(from_c, &["md5sum", "/tmp/data"]).stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    // busybox nc exits on the peer's EOF; its stdin must stay open until then.
+    to.run_ok(&[
+        "exec",
+        "-d",
+        to_c,
+        "sh",
+        "-c",
+        "sleep 60 | { nc -l -p 5000 > /tmp/got; md5sum /tmp/got > /tmp/sum.part; mv /tmp/sum.part /tmp/sum; }",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let send = from.exec(
+        from_c,
+        &["sh", "-c", &format!("nc {to_ip} 5000 < /tmp/data")],
+    );
+    assert!(
+        send.status.success(),
+        "nc: {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = to.exec(to_c, &["cat", "/tmp/sum"]);
+        if out.status.success() {
+            let got = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return (sent, got);
+        }
+        assert!(Instant::now() < deadline, "receiver never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
+    let t = topology();
+    let d1 = Docker::start(&t, 0);
+    let d2 = Docker::start(&t, 1);
+    create_red(&d1);
+    create_red(&d2);
+    let ip1 = d1.start_container("web1", "red");
+    let ip2 = d2.start_container("web2", "red");
+    assert!(
+        ip1.starts_with("198.19.1.") && ip2.starts_with("198.19.1."),
+        "{ip1} {ip2}"
+    );
+    assert_ne!(
+        ip1, ip2,
+        "the cluster IPAM never hands out an address twice"
+    );
+
+    // docker network inspect shows the address Docker got from our IPAM.
+    let inspect: Value = serde_json::from_str(&d1.run_ok(&["network", "inspect", "red"])).unwrap();
+    let containers = inspect[0]["Containers"].as_object().unwrap();
+    assert!(
+        containers
+            .values()
+            .any(|c| c["IPv4Address"] == format!("{ip1}/24")),
+        "{inspect}"
+    );
+    assert_eq!(inspect[0]["IPAM"]["Driver"], "overlay-ebpf");
+
+    assert!(
+        pings(d1.exec("web1", &["ping", "-c", "3", "-W", "2", &ip2])),
+        "web1 -> web2"
+    );
+    assert!(
+        pings(d2.exec("web2", &["ping", "-c", "3", "-W", "2", &ip1])),
+        "web2 -> web1"
+    );
+    let (sent, got) = transfer(&d1, "web1", &d2, "web2", &ip2);
+    assert!(
+        !sent.is_empty() && sent == got,
+        "data intact: {sent} vs {got}"
+    );
+
+    // A second Docker network with another VNI (created in etcd by the driver) is isolated.
+    create_network(&d1, "blue", "198.19.2.0/24", &["network=blue", "vni=200"]);
+    let nets = t.overlayctl_ok(0, &["network", "ls"]);
+    assert!(nets.contains("blue") && nets.contains("200"), "{nets}");
+    let ip3 = d1.start_container("other", "blue");
+    assert!(ip3.starts_with("198.19.2."), "{ip3}");
+    assert!(
+        !pings(d1.exec("other", &["ping", "-c", "2", "-W", "1", &ip1])),
+        "blue reached red on the same host"
+    );
+    assert!(
+        !pings(d1.exec("other", &["ping", "-c", "2", "-W", "1", &ip2])),
+        "blue reached red across hosts"
+    );
+    wait_endpoints(&t, 3, "three containers");
+
+    // docker rm -f releases the addresses and the veths.
+    for (d, c) in [(&d1, "web1"), (&d2, "web2"), (&d1, "other")] {
+        d.run_ok(&["rm", "-f", c]);
+    }
+    wait_endpoints(&t, 0, "after docker rm -f");
+    for h in &t.hosts {
+        let links = h.ns.run("ip", &["-br", "link"]);
+        assert!(
+            !links.contains("ovl") && !links.contains("ovc"),
+            "veths left on {}: {links}",
+            h.name
+        );
+    }
+}
+
+#[test]
+fn sigkilled_containers_and_a_dockerd_restart_leave_nothing_behind() {
+    let t = topology();
+    let mut d1 = Docker::start(&t, 0);
+    create_red(&d1);
+    d1.start_container("ca", "red");
+    d1.start_container("cb", "red");
+    wait_endpoints(&t, 2, "two containers");
+
+    // The container's process is SIGKILLed: Docker tears its network down, we release.
+    d1.run_ok(&["kill", "-s", "KILL", "ca"]);
+    wait_endpoints(&t, 1, "after SIGKILL of a container");
+
+    // dockerd is restarted (SIGTERM, as `systemctl restart docker` does) while cb runs:
+    // without live-restore it stops cb, and nothing of cb may stay behind.
+    d1.restart(Signal::SIGTERM);
+    assert!(
+        d1.run_ok(&["ps", "-q"]).trim().is_empty(),
+        "dockerd stopped its containers on the way down"
+    );
+    wait_endpoints(&t, 0, "after a dockerd restart");
+    let links = t.hosts[0].ns.run("ip", &["-br", "link"]);
+    assert!(
+        !links.contains("ovl") && !links.contains("ovc"),
+        "veths left: {links}"
+    );
+    // The network still works for new containers.
+    let ip_c = d1.start_container("cc", "red");
+    assert!(ip_c.starts_with("198.19.1."), "{ip_c}");
+}
+
+#[test]
+fn a_podman_container_and_a_docker_container_share_a_network() {
+    let t = topology();
+    let mut p = Podman::new(&t, 0, "red");
+    let d = Docker::start(&t, 1);
+    create_red(&d);
+    let ip_p = p.start("pod", "red");
+    let ip_d = d.start_container("ctr", "red");
+    assert_ne!(ip_p, ip_d);
+    assert!(
+        pings(p.exec("pod", &["ping", "-c", "3", "-W", "2", &ip_d])),
+        "podman -> docker"
+    );
+    assert!(
+        pings(d.exec("ctr", &["ping", "-c", "3", "-W", "2", &ip_p])),
+        "docker -> podman"
+    );
+    p.remove("pod");
+    d.run_ok(&["rm", "-f", "ctr"]);
+    wait_endpoints(&t, 0, "after removing both");
+}
