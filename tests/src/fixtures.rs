@@ -56,3 +56,18 @@ pub fn stdout_ok(what: &str, out: Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `actual[field]` is a non-empty, one-line error message, containing `needle` if given.
+pub fn assert_one_line_error(what: &str, actual: &Value, field: &str, needle: Option<&str>) {
+    let msg = actual[field].as_str().unwrap_or_default();
+    assert!(
+        !msg.is_empty() && !msg.contains('\n'),
+        "{what}: a one-line {field} expected: {actual}"
+    );
+    if let Some(needle) = needle {
+        assert!(
+            msg.contains(needle),
+            "{what}: {field} lacks {needle:?}: {actual}"
+        );
+    }
+}

@@ -130,18 +130,9 @@ impl Scenario {
         assert_eq!(status, want, "{what}\nreply: {reply}");
         let actual: Value = serde_json::from_str(&reply)
             .unwrap_or_else(|e| panic!("{what}: reply is not JSON ({e}): {reply}"));
-        if want != 200 {
-            let err = actual["Err"].as_str().unwrap_or_default();
-            assert!(
-                !err.is_empty() && !err.contains('\n'),
-                "{what}: a one-line Err expected: {actual}"
-            );
-        }
-        if let Some(needle) = expect["err_contains"].as_str() {
-            assert!(
-                actual["Err"].as_str().unwrap_or_default().contains(needle),
-                "{what}: {actual}"
-            );
+        let needle = expect["err_contains"].as_str();
+        if want != 200 || needle.is_some() {
+            fixtures::assert_one_line_error(&what, &actual, "Err", needle);
         }
         if let Some(json) = expect.get("json") {
             let json: Value = serde_json::from_str(&self.substitute(&json.to_string())).unwrap();

@@ -524,7 +524,7 @@ mod tests {
         let id = pool_id(Some("red"), subnet);
         assert!(matches!(parse_pool_id(&id), Ok((Some("red"), s)) if s == subnet));
         assert!(matches!(parse_pool_id(&pool_id(None, subnet)), Ok((None, s)) if s == subnet));
-        assert!(parse_pool_id("LocalDefault/10.0.0.0/8").is_err());
+        assert!(parse_pool_id("LocalDefault/198.19.200.0/24").is_err());
     }
 
     #[test]
