@@ -5,6 +5,7 @@ mod measure;
 mod modes;
 mod propagation;
 mod report;
+mod service;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -35,7 +36,7 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Which benchmarks to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service])]
     scenario: Vec<Scenario>,
     /// Samples for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
@@ -48,6 +49,8 @@ enum Scenario {
     Datapath,
     /// etcd write to BPF map update on the other hosts.
     Propagation,
+    /// Connections/s and throughput through a service VIP: eBPF vs direct vs iptables/IPVS.
+    Service,
 }
 
 /// Samples per (mode, metric).
@@ -65,6 +68,10 @@ fn main() -> Result<()> {
         let text = propagation::run(cli.samples)?;
         report += "\n";
         report += &text;
+    }
+    if cli.scenario.contains(&Scenario::Service) {
+        report += "\n";
+        report += &service::run(cli.rounds, cli.seconds)?;
     }
     let path = cli.out.join("report.md");
     std::fs::write(&path, &report)?;

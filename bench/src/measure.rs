@@ -64,15 +64,20 @@ pub struct Servers {
     _sockperf: ChildGuard,
 }
 
-pub fn start_servers(pair: &Pair) -> Result<Servers> {
-    let iperf = pair
-        .server
+/// An iperf3 server on port 5201 in `ns`, stopped on drop.
+pub fn iperf_server(ns: &overlay_tests::Netns) -> Result<ChildGuard> {
+    let child = ns
         .command("iperf3")
         .args(["-s", "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("iperf3 (installed by cargo xtask setup)")?;
+    Ok(ChildGuard::new(child, "iperf3 server"))
+}
+
+pub fn start_servers(pair: &Pair) -> Result<Servers> {
+    let iperf = iperf_server(&pair.server)?;
     let sockperf = pair
         .server
         .command("sockperf")
@@ -90,7 +95,7 @@ pub fn start_servers(pair: &Pair) -> Result<Servers> {
         .context("sockperf (installed by cargo xtask setup)")?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(Servers {
-        _iperf: ChildGuard::new(iperf, "iperf3 server"),
+        _iperf: iperf,
         _sockperf: ChildGuard::new(sockperf, "sockperf server"),
     })
 }

@@ -97,6 +97,7 @@ pub fn run(samples: usize) -> Result<String> {
                 container_id: format!("bench-{i}"),
                 host_ifname: "ovlbench".into(),
                 ifname: "eth0".into(),
+                services: Vec::new(),
             };
             let start = Instant::now();
             rt.block_on(store.put(&key, records::encode(&record), None))?;

@@ -51,6 +51,14 @@ counted_enum! {
         XdpVxlanPass = 5 => "xdp_vxlan_pass",
         /// Underlay traffic that is not ours, passed untouched.
         UnderlayPass = 6 => "underlay_pass",
+        /// New flows to a service VIP given a backend (Maglev).
+        LbNewFlow = 7 => "lb_new_flow",
+        /// Packets to a service VIP translated to their backend.
+        LbDnat = 8 => "lb_dnat",
+        /// Replies translated back to the service VIP.
+        LbRevNat = 9 => "lb_rev_nat",
+        /// Packets to a service without backends, answered with a TCP reset or ICMP unreachable.
+        LbRejected = 10 => "lb_rejected",
     }
 }
 
@@ -99,6 +107,10 @@ counted_enum! {
         NotConfigured = 19 => "not_configured",
         /// Encapsulated frame would not fit the underlay MTU.
         TooBig = 20 => "too_big",
+        /// A service's Maglev slot names no live backend (table being rewritten).
+        LbNoBackend = 21 => "lb_no_backend",
+        /// Rewriting addresses or checksums for a service flow failed.
+        LbNatFailed = 22 => "lb_nat_failed",
     }
 }
 

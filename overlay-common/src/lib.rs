@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod lb;
 pub mod maps;
 pub mod wire;
 

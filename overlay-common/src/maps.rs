@@ -11,6 +11,11 @@ pub mod names {
     pub const LOCAL_IFACES: &str = "OVL_LOCAL_IFACES";
     pub const TRAFFIC: &str = "OVL_TRAFFIC";
     pub const DROPS: &str = "OVL_DROPS";
+    pub const LB_SERVICES: &str = "OVL_LB_SERVICES";
+    pub const LB_BACKENDS: &str = "OVL_LB_BACKENDS";
+    pub const LB_MAGLEV: &str = "OVL_LB_MAGLEV";
+    pub const LB_CT: &str = "OVL_LB_CT";
+    pub const LB_REVNAT: &str = "OVL_LB_REVNAT";
 }
 
 /// Program names (the function names in overlay-ebpf).
@@ -34,6 +39,9 @@ pub const MAX_LOCAL_IFACES: u32 = 1 << 16;
 
 /// `Config.flags`: the datapath is configured and may forward.
 pub const CONFIG_F_READY: u16 = 1;
+/// `Config.flags`: services exist, so replies must be checked for reverse translation
+/// (without services the datapath skips those lookups).
+pub const CONFIG_F_LB: u16 = 2;
 
 /// The node's datapath configuration: the single slot of the `CONFIG` array.
 #[repr(C)]

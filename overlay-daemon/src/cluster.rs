@@ -87,6 +87,9 @@ pub struct LocalEndpoint {
     /// Which front end made it ("cni", "cnm"); garbage collection only touches its own.
     #[serde(default)]
     pub owner: Option<String>,
+    /// `NAME:PORT` service labels: the endpoint is a backend of these services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 impl LocalEndpoint {
@@ -111,6 +114,7 @@ impl LocalEndpoint {
             container_id: self.container_id.clone(),
             host_ifname: self.host_ifname.clone(),
             ifname: self.ifname.clone(),
+            services: self.services.clone(),
         }
     }
 }
@@ -129,6 +133,9 @@ pub struct EndpointRequest {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub owner: Option<String>,
+    /// `overlay.service` labels (`NAME:PORT`): make the endpoint a service backend.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// The host-side veth name of an endpoint: stable, unique, at most 15 characters.
@@ -608,6 +615,9 @@ impl Cluster {
                 "container_id and ifname (at most 15 characters) are required".into(),
             ));
         }
+        for label in &req.services {
+            crate::tables::parse_service_label(label).map_err(ClusterError::Invalid)?;
+        }
         if docker.is_none() && self.local.load(&req.container_id, &req.ifname).is_some() {
             return Err(ClusterError::Exists {
                 container_id: req.container_id.clone(),
@@ -642,6 +652,7 @@ impl Cluster {
             host_ifname,
             host_mac: None,
             owner: req.owner.clone(),
+            services: req.services.clone(),
         };
         match docker {
             Some(Some(ip)) => {
@@ -716,6 +727,7 @@ impl Cluster {
         ip: Ipv4Addr,
         peer: &str,
         mac: Option<MacAddr>,
+        services: Vec<String>,
     ) -> Result<LocalEndpoint, ClusterError> {
         let _guard = self.alloc.lock().await;
         let id = docker_address_id(network, ip);
@@ -730,6 +742,7 @@ impl Cluster {
         let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
         let before = ep.record(&self.cfg.node_name);
         ep.host_ifname = host_ifname(&id, DOCKER_IFNAME);
+        ep.services = services;
         if let Some(mac) = mac {
             ep.mac = mac;
         }

@@ -75,6 +75,50 @@ pub struct NetConf {
     pub ipam: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Conventional `args` (`{"cni": {"overlay.service": "web:80"}}`).
+    #[serde(default)]
+    pub args: Option<Value>,
+}
+
+/// The CNI arg (and `args.cni` key) that makes the container a service backend.
+pub const SERVICE_ARG: &str = "overlay.service";
+
+/// `overlay.service=NAME:PORT[,NAME:PORT...]` from CNI_ARGS and the config's `args.cni`.
+pub fn service_labels(conf: &NetConf, env: &CniEnv) -> Result<Vec<String>, CniError> {
+    let mut raw: Vec<String> = env
+        .args_map()
+        .get(SERVICE_ARG)
+        .cloned()
+        .into_iter()
+        .collect();
+    if let Some(v) = conf.args.as_ref().and_then(|a| a["cni"].get(SERVICE_ARG)) {
+        match v {
+            Value::String(s) => raw.push(s.clone()),
+            Value::Array(items) => {
+                raw.extend(items.iter().filter_map(|i| i.as_str().map(String::from)))
+            }
+            _ => {
+                return Err(CniError::new(
+                    E_INVALID_CONFIG,
+                    format!("args.cni.{SERVICE_ARG} must be \"NAME:PORT\" or a list of them"),
+                ))
+            }
+        }
+    }
+    let mut labels = Vec::new();
+    for label in raw
+        .iter()
+        .flat_map(|r| r.split(','))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        crate::tables::parse_service_label(label)
+            .map_err(|e| CniError::new(E_INVALID_CONFIG, format!("{SERVICE_ARG}: {e}")))?;
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_owned());
+        }
+    }
+    Ok(labels)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -277,6 +321,7 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, (String, C
                 ("CNI_IFNAME", &env.ifname),
             ])
             .map_err(with_v)?;
+            let services = service_labels(&conf, env).map_err(with_v)?;
             let req = Request::CreateEndpoint(EndpointRequest {
                 network: conf.network().to_owned(),
                 container_id: env.container_id.clone(),
@@ -285,6 +330,7 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, (String, C
                 mac: None,
                 mtu: conf.mtu,
                 owner: Some(OWNER.into()),
+                services,
             });
             let resp = call(&conf, &req).await.map_err(with_v)?;
             if !resp.ok {
@@ -423,6 +469,7 @@ mod tests {
             host_ifname: "ovl1".into(),
             host_mac: None,
             owner: None,
+            services: Vec::new(),
         };
         let old = add_result("0.3.1", &ep);
         assert_eq!(old["ips"][0]["version"], "4");

@@ -10,6 +10,7 @@ pub mod cnm;
 pub mod daemon;
 pub mod datapath;
 pub mod ipam;
+pub mod maglev;
 pub mod maps;
 pub mod netif;
 pub mod netlink;

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, DatapathError},
-    maps::{EndpointEntry, LocalIdentity, Location, NetworkEntry},
+    maps::{EndpointEntry, LocalIdentity, Location, NetworkEntry, ServiceEntry},
     tables::{MacAddr, ValidTables},
 };
 
@@ -27,6 +27,8 @@ pub struct Plan {
     pub vteps: Vec<(Ipv4Addr, u32)>,
     pub endpoints: Vec<EndpointEntry>,
     pub local: Vec<LocalIdentity>,
+    /// Every service of every network: each node balances for its own clients.
+    pub services: Vec<ServiceEntry>,
     /// Local endpoints that cannot be installed yet (interface missing), with the reason.
     pub unresolved: Vec<String>,
 }
@@ -55,6 +57,19 @@ pub fn plan(
         if node.name != me.name {
             plan.vteps.push((node.vtep_ip, node_id(&node.name)));
         }
+    }
+    for svc in &tables.services {
+        plan.services.push(ServiceEntry {
+            vni: svc.vni,
+            vip: svc.vip,
+            port: svc.port,
+            proto: svc.proto.number(),
+            backends: svc
+                .backends
+                .iter()
+                .map(|b| (b.ip, b.port, b.weight))
+                .collect(),
+        });
     }
     for ep in &tables.endpoints {
         let (Some(net), Some(node)) =
@@ -102,6 +117,9 @@ pub struct Report {
     pub vteps: usize,
     pub endpoints: usize,
     pub local_endpoints: usize,
+    pub services: usize,
+    /// Maglev slots rewritten by the last reconciliation that changed any.
+    pub maglev_slots_changed: usize,
     pub written: usize,
     pub removed: usize,
     pub attached: usize,
@@ -122,6 +140,7 @@ pub fn apply(
         vteps: plan.vteps.len(),
         endpoints: plan.endpoints.len(),
         local_endpoints: plan.local.len(),
+        services: plan.services.len(),
         unresolved: plan.unresolved.clone(),
         ..Default::default()
     };
@@ -134,6 +153,15 @@ pub fn apply(
     tally(maps.vteps.sync(plan.vteps.iter().copied())?);
     tally(maps.local_ifaces.sync(&plan.local)?);
     tally(maps.endpoints.sync(&plan.endpoints, vtep_ip)?);
+    // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.
+    let lb = maps.lb.sync(&plan.services)?;
+    tally((lb.written, lb.removed));
+    report.maglev_slots_changed = lb.slots_changed;
+    for r in lb.rejected {
+        warn!("{r}");
+        report.unresolved.push(r);
+    }
+    maps.config.set_services(!plan.services.is_empty())?;
 
     let wanted: BTreeSet<u32> = plan.local.iter().map(|l| l.ifindex).collect();
     let attached: BTreeSet<u32> = datapath.attached_containers().into_iter().collect();

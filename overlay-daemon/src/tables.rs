@@ -119,6 +119,124 @@ pub struct EndpointSpec {
     /// Host-side veth of the endpoint (needed on its own node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifname: Option<String>,
+    /// Services this endpoint serves, as `NAME:PORT` labels (`overlay.service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// An address reserved for a runtime that has not made the endpoint yet (Docker's IPAM
+    /// asks first): in the tables, but not a service backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserved: bool,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => overlay_common::wire::IPPROTO_TCP,
+            Proto::Udp => overlay_common::wire::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("protocol {s:?}: use tcp or udp")),
+        }
+    }
+}
+
+/// A service backend: an endpoint address and port, with a relative weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Largest backend weight (keeps Maglev's turn arithmetic and shares sensible).
+pub const MAX_WEIGHT: u32 = 1000;
+
+impl FromStr for BackendSpec {
+    type Err = String;
+    /// `IP:PORT` or `IP:PORT@WEIGHT`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("backend {s:?}: write IP:PORT or IP:PORT@WEIGHT");
+        let (addr, weight) = match s.split_once('@') {
+            Some((a, w)) => (a, w.parse::<u32>().map_err(|_| bad())?),
+            None => (s, 1),
+        };
+        let addr: std::net::SocketAddrV4 = addr.parse().map_err(|_| bad())?;
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(format!("backend {s:?}: weight must be 1..={MAX_WEIGHT}"));
+        }
+        Ok(Self {
+            ip: *addr.ip(),
+            port: addr.port(),
+            weight,
+        })
+    }
+}
+
+/// A label `NAME:PORT` that makes an endpoint a backend of service NAME on PORT.
+pub fn parse_service_label(label: &str) -> Result<(String, u16), String> {
+    let bad = || format!("service label {label:?}: write NAME:PORT, e.g. web:8080");
+    let (name, port) = label.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 || !crate::store::keys::valid_name(name) {
+        return Err(bad());
+    }
+    Ok((name.to_owned(), port))
+}
+
+/// A service: a VIP:port in one network balanced over backends (Minuteman-style).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub network: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+/// A service ready for the datapath: its VNI and the backends that are alive now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidService {
+    pub name: String,
+    pub vni: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+    /// Live backends, sorted; configured ones and those joined by label.
+    pub backends: Vec<BackendSpec>,
 }
 
 impl EndpointSpec {
@@ -137,6 +255,8 @@ pub struct ClusterTables {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
 }
 
 /// Tables that passed validation, indexed for the reconciler.
@@ -145,6 +265,7 @@ pub struct ValidTables {
     pub networks: BTreeMap<String, NetworkSpec>,
     pub nodes: BTreeMap<String, NodeSpec>,
     pub endpoints: Vec<EndpointSpec>,
+    pub services: Vec<ValidService>,
     /// One line per skipped entry: what is wrong and what to fix.
     pub rejected: Vec<String>,
 }
@@ -224,7 +345,78 @@ impl ClusterTables {
                 None => out.endpoints.push(ep.clone()),
             }
         }
+        self.validate_services(&mut out);
         out
+    }
+
+    /// Services whose network exists, with the backends that are running endpoints of it
+    /// now: a backend whose endpoint is gone (its node's lease expired, its container
+    /// deleted) leaves the table; an endpoint labelled `NAME:PORT` joins service NAME.
+    fn validate_services(&self, out: &mut ValidTables) {
+        let mut names = BTreeSet::new();
+        let mut vips = BTreeSet::new();
+        for svc in &self.services {
+            let what = format!("service {:?}", svc.name);
+            let Some(net) = out.networks.get(&svc.network) else {
+                out.rejected
+                    .push(format!("{what}: network {:?} does not exist", svc.network));
+                continue;
+            };
+            let problem = if !names.insert(svc.name.clone()) {
+                Some("the name is already used".to_owned())
+            } else if net.subnet.contains(&svc.vip) {
+                Some(format!(
+                    "VIP {} is inside the network's subnet {}: pick an address outside it",
+                    svc.vip, net.subnet
+                ))
+            } else if svc.port == 0 {
+                Some("port 0 is not a service port".to_owned())
+            } else if !vips.insert((net.vni, svc.vip, svc.port, svc.proto)) {
+                Some(format!(
+                    "{}:{}/{} is already used by another service",
+                    svc.vip, svc.port, svc.proto
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                out.rejected.push(format!("{what}: {p}"));
+                continue;
+            }
+            // Running endpoints of the network (reserved addresses have no interface yet).
+            let running: BTreeMap<Ipv4Addr, &EndpointSpec> = out
+                .endpoints
+                .iter()
+                .filter(|e| e.network == svc.network && !e.reserved)
+                .map(|e| (e.ip, e))
+                .collect();
+            let mut backends: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+            for b in &svc.backends {
+                if b.weight > 0 && running.contains_key(&b.ip) {
+                    backends.insert((b.ip, b.port), b.weight.min(MAX_WEIGHT));
+                }
+            }
+            for ep in running.values() {
+                for label in &ep.services {
+                    if let Ok((name, port)) = parse_service_label(label) {
+                        if name == svc.name {
+                            backends.entry((ep.ip, port)).or_insert(1);
+                        }
+                    }
+                }
+            }
+            out.services.push(ValidService {
+                name: svc.name.clone(),
+                vni: net.vni,
+                vip: svc.vip,
+                port: svc.port,
+                proto: svc.proto,
+                backends: backends
+                    .into_iter()
+                    .map(|((ip, port), weight)| BackendSpec { ip, port, weight })
+                    .collect(),
+            });
+        }
     }
 }
 
@@ -287,6 +479,78 @@ mod tests {
         let valid = ClusterTables::from_json(text).unwrap().validate();
         assert!(valid.rejected.is_empty(), "{:?}", valid.rejected);
         assert_eq!(valid.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn services_keep_live_backends_and_labelled_endpoints() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [{"name": "red", "vni": 100, "subnet": "198.19.1.0/24"}],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "red", "ip": "198.19.1.2", "node": "a", "host_ifname": "v2"},
+                {"network": "red", "ip": "198.19.1.3", "node": "a", "host_ifname": "v3", "services": ["web:8080"]},
+                {"network": "red", "ip": "198.19.1.4", "node": "a", "reserved": true, "services": ["web:8080"]},
+                {"network": "red", "ip": "198.19.1.5", "node": "ghost", "host_ifname": "v5"}
+              ],
+              "services": [
+                {"name": "web", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "tcp",
+                 "backends": [{"ip": "198.19.1.2", "port": 8080, "weight": 3}, {"ip": "198.19.1.5", "port": 8080}]},
+                {"name": "inside", "network": "red", "vip": "198.19.1.200", "port": 80, "proto": "tcp"},
+                {"name": "dup", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "tcp"},
+                {"name": "udp-same-vip", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "udp"},
+                {"name": "lost", "network": "blue", "vip": "198.19.250.2", "port": 80, "proto": "tcp"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        let names: Vec<_> = valid.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "udp-same-vip"], "{:#?}", valid.rejected);
+        let web = &valid.services[0];
+        // 198.19.1.5's node is unknown (dead), .4 is only reserved: neither is a backend.
+        assert_eq!(
+            web.backends,
+            vec![
+                "198.19.1.2:8080@3".parse::<BackendSpec>().unwrap(),
+                "198.19.1.3:8080".parse().unwrap()
+            ]
+        );
+        assert!(valid
+            .rejected
+            .iter()
+            .any(|r| r.contains("inside the network's subnet")));
+        assert!(valid
+            .rejected
+            .iter()
+            .any(|r| r.contains("already used by another service")));
+        assert!(valid
+            .rejected
+            .iter()
+            .any(|r| r.contains("\"blue\" does not exist")));
+    }
+
+    #[test]
+    fn backend_and_label_syntax() {
+        let b: BackendSpec = "198.19.1.2:80@5".parse().unwrap();
+        assert_eq!((b.port, b.weight), (80, 5));
+        assert_eq!("198.19.1.2:80".parse::<BackendSpec>().unwrap().weight, 1);
+        for bad in [
+            "198.19.1.2",
+            "198.19.1.2:80@0",
+            "198.19.1.2:80@x",
+            "host:80",
+            "198.19.1.2:80@1001",
+        ] {
+            assert!(bad.parse::<BackendSpec>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_service_label("web:8080").unwrap(),
+            ("web".into(), 8080)
+        );
+        for bad in ["web", "web:0", ":80", "w b:80", "web:99999"] {
+            assert!(parse_service_label(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use overlay_common::{Direction, DropReason};
+use overlay_common::{maps::CONFIG_F_LB, Direction, DropReason};
 
 use crate::{
     counters::{count, count_drop},
@@ -15,7 +15,7 @@ use crate::{
         tc_header, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr, ENCAP_ROOM, ETH_HLEN, INNER_ETH_OFF,
         IPV4_HLEN,
     },
-    maps, vxlan,
+    lb, maps, vxlan,
 };
 
 /// TCX_NEXT / TC_ACT_UNSPEC: not ours, let the next program or the stack have it.
@@ -84,6 +84,9 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     .map_err(|_| DropReason::DecapFailed)?;
     ctx.store(0, &inner_eth, 0)
         .map_err(|_| DropReason::DecapFailed)?;
+    if cfg.flags & CONFIG_F_LB != 0 {
+        lb::to_client(ctx, hdr.vni(), &inner_ip)?;
+    }
 
     count(Direction::DecapRx, ctx.len());
     Ok(unsafe { bpf_redirect_peer(delivery.ifindex, 0) } as i32)

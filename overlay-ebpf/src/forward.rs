@@ -5,6 +5,7 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcContext};
 use aya_log_ebpf::debug;
 use overlay_common::{
+    maps::CONFIG_F_LB,
     wire::{ETH_P_ARP, ETH_P_IP},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
 };
@@ -14,6 +15,7 @@ use crate::{
     counters::{count, count_drop},
     encap,
     headers::{is_multicast, tc_header, EthHdr, Ipv4Hdr, ETH_HLEN},
+    lb,
     maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS},
 };
 
@@ -42,7 +44,7 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match eth.ether_type() {
         ETH_P_ARP => arp::respond(ctx, me, ifindex),
-        ETH_P_IP => forward_ipv4(ctx, cfg, me, eth),
+        ETH_P_IP => forward_ipv4(ctx, cfg, me, ifindex, eth),
         _ => Err(DropReason::UnsupportedEthertype),
     }
 }
@@ -52,6 +54,7 @@ fn forward_ipv4(
     ctx: &TcContext,
     cfg: &Config,
     me: &LocalIface,
+    ifindex: u32,
     mut eth: EthHdr,
 ) -> Result<i32, DropReason> {
     let ip = tc_header::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(DropReason::Malformed)?;
@@ -66,15 +69,30 @@ fn forward_ipv4(
     }
     let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
 
-    let target: &EndpointInfo = if eth.dst == net.gateway_mac {
-        // Sent to the virtual gateway: find the endpoint by IP and address it directly.
+    let to_gateway = eth.dst == net.gateway_mac;
+    let mut dst_ip = ip.dst_key();
+    let mut translated = false;
+    if to_gateway {
+        // Service VIPs live outside the network's subnet, so they are reached via the gateway.
+        match lb::to_service(ctx, me, ifindex, &eth, &ip)? {
+            lb::Verdict::NotService => {}
+            lb::Verdict::Translated(backend) => {
+                dst_ip = backend;
+                translated = true;
+            }
+            lb::Verdict::Answered(verdict) => return Ok(verdict),
+        }
+    }
+
+    let target: &EndpointInfo = if to_gateway {
+        // Sent to the virtual gateway: find the endpoint by IP and address it directly. The
+        // source MAC stays the sender's, which the receiving VTEP checks against its tables.
         let key = EndpointIpKey {
             vni: me.vni,
-            ip: ip.dst_key(),
+            ip: dst_ip,
         };
         let ep = unsafe { ENDPOINTS_BY_IP.get(key) }.ok_or(DropReason::UnknownDestination)?;
         eth.dst = ep.mac;
-        eth.src = net.gateway_mac;
         ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
         ep
     } else {
@@ -83,6 +101,9 @@ fn forward_ipv4(
     };
 
     if target.is_local() {
+        if !translated && cfg.flags & CONFIG_F_LB != 0 {
+            lb::to_client(ctx, me.vni, &ip)?;
+        }
         count(Direction::LocalDelivery, ctx.len());
         return Ok(unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32);
     }

@@ -95,6 +95,36 @@ impl VxlanHdr {
     }
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHdr {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    /// Data offset (top 4 bits) and reserved bits.
+    pub doff: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg: [u8; 2],
+}
+
+pub const TCP_HLEN: usize = 20;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
 /// Ethernet/IPv4 ARP (RFC 826).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -115,6 +145,8 @@ const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_HLEN);
 const _: () = assert!(size_of::<UdpHdr>() == UDP_HLEN);
 const _: () = assert!(size_of::<VxlanHdr>() == VXLAN_HLEN);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
+const _: () = assert!(size_of::<TcpHdr>() == TCP_HLEN);
+const _: () = assert!(size_of::<IcmpHdr>() == 8);
 
 /// Contexts whose packet bytes can be read directly.
 pub trait PacketData {
@@ -189,6 +221,25 @@ pub fn ipv4_checksum(hdr: &Ipv4Hdr) -> [u8; 2] {
         sum += u16::from_be_bytes(words[i]) as u32;
         i += 1;
     }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// Adds big-endian 16-bit words of `bytes` to a one's complement sum (RFC 1071), unfolded.
+#[inline(always)]
+pub fn csum_add<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// Folds a sum from `csum_add` into the 16-bit checksum field value.
+#[inline(always)]
+pub fn csum_finish(mut sum: u32) -> [u8; 2] {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()

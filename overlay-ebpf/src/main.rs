@@ -12,6 +12,7 @@ mod decap;
 mod encap;
 mod forward;
 mod headers;
+mod lb;
 mod maps;
 mod vxlan;
 mod xdp_filter;

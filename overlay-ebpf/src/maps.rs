@@ -3,9 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use overlay_common::{
+    lb::{
+        BackendInfo, CtEntry, FlowKey, MaglevSlot, RevNatEntry, ServiceInfo, ServiceKey, LB_FLOWS,
+        MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
     NetworkInfo, PacketCounter, VtepInfo,
@@ -13,6 +17,8 @@ use overlay_common::{
 
 /// Large tables allocate entries on demand instead of reserving memory for 1M endpoints.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// The daemon writes Maglev tables through a shared mapping instead of 65537 syscalls.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "OVL_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -39,6 +45,24 @@ pub static TRAFFIC: PerCpuArray<PacketCounter> = PerCpuArray::pinned(Direction::
 
 #[map(name = "OVL_DROPS")]
 pub static DROPS: PerCpuArray<PacketCounter> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+#[map(name = "OVL_LB_SERVICES")]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "OVL_LB_BACKENDS")]
+pub static LB_BACKENDS: HashMap<u32, BackendInfo> =
+    HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Every service's Maglev table back to back: slot -> backend id (0: none).
+#[map(name = "OVL_LB_MAGLEV")]
+pub static LB_MAGLEV: Array<MaglevSlot> =
+    Array::pinned(MAX_SERVICES * MAGLEV_TABLE_SIZE, BPF_F_MMAPABLE);
+
+#[map(name = "OVL_LB_CT")]
+pub static LB_CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(LB_FLOWS, 0);
+
+#[map(name = "OVL_LB_REVNAT")]
+pub static LB_REVNAT: LruHashMap<FlowKey, RevNatEntry> = LruHashMap::pinned(LB_FLOWS, 0);
 
 /// The node configuration, if the daemon has marked it ready.
 #[inline(always)]

@@ -11,6 +11,7 @@ pub mod image;
 pub mod netns;
 pub mod podman;
 pub mod process;
+pub mod services;
 pub mod topology;
 pub mod traffic;
 

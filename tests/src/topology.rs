@@ -254,6 +254,17 @@ impl Topology {
     /// Creates an empty container namespace and asks host `host`'s daemon for an endpoint in
     /// `network` (the daemon allocates the address and makes the veth).
     pub fn add_pod(&mut self, host: usize, name: &str, network: &str) -> usize {
+        self.add_labelled_pod(host, name, network, &[])
+    }
+
+    /// `add_pod` for a container labelled `overlay.service=NAME:PORT` for each of `services`.
+    pub fn add_labelled_pod(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        services: &[&str],
+    ) -> usize {
         let ns = Netns::create(&format!("ovt{}-{name}", self.id));
         ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
         let req = api::Request::CreateEndpoint(EndpointRequest {
@@ -261,6 +272,7 @@ impl Topology {
             container_id: format!("{}-{name}", self.id),
             netns: PathBuf::from(ns.path()),
             ifname: "eth0".into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         });
         let ep = api::endpoint(self.api(host, &req)).unwrap_or_else(|e| {
@@ -387,6 +399,8 @@ impl Topology {
             mac: Some(mac),
             node: h.name.clone(),
             host_ifname: Some(host_ifname.clone()),
+            services: Vec::new(),
+            reserved: false,
         });
         self.containers.push(Container {
             name: name.to_owned(),

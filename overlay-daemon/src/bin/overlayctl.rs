@@ -2,7 +2,7 @@
 //! daemon's status.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     process::ExitCode,
     time::{SystemTime, UNIX_EPOCH},
@@ -17,9 +17,10 @@ use overlay_daemon::{
     ipam,
     store::{
         keys::{valid_name, Key},
-        records::{self, EndpointRecord, NetworkRecord, NodeRecord, RECORD_VERSION},
-        Store,
+        records::{self, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord, RECORD_VERSION},
+        ClusterView, Store,
     },
+    tables::{BackendSpec, Proto},
 };
 use serde_json::json;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Endpoints (container interfaces) of the cluster.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Services: a VIP:port balanced over backends by every node's datapath.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// One daemon's status (through --socket).
     Status,
     /// One daemon's datapath counters (through --socket).
@@ -98,6 +102,38 @@ enum EndpointCmd {
     Ls {
         #[arg(long)]
         network: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Create a service.
+    Add {
+        name: String,
+        #[arg(long)]
+        network: String,
+        /// Virtual IP and port, outside the network's subnet.
+        #[arg(long)]
+        vip: SocketAddrV4,
+        #[arg(long, default_value = "tcp")]
+        proto: Proto,
+        /// A backend IP:PORT[@WEIGHT] (repeat); endpoints labelled overlay.service=NAME:PORT
+        /// join as well.
+        #[arg(long = "backend")]
+        backends: Vec<BackendSpec>,
+    },
+    /// List services with their live backends.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Remove a service.
+    Rm { name: String },
+    /// Replace a service's configured backends (none: only labelled endpoints remain).
+    SetBackends {
+        name: String,
+        #[arg(long = "backend")]
+        backends: Vec<BackendSpec>,
     },
 }
 
@@ -203,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Network(cmd) => network(cli.etcd, cli.output, cmd).await,
+        Command::Service(cmd) => service(cli.etcd, cli.output, cmd).await,
         Command::Node(NodeCmd::Ls) => {
             let store = Store::connect(&cli.etcd.config()).await?;
             let nodes = records_under::<NodeRecord>(&store, &store.layout.nodes()).await?;
@@ -383,6 +420,188 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
             }
             if output == Output::Table {
                 println!("network {name} removed");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Refuses duplicate backends: one address:port is one backend.
+fn check_backends(backends: &[BackendSpec]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for b in backends {
+        if !seen.insert((b.ip, b.port)) {
+            bail!(
+                "backend {}:{} is given twice: list each backend once",
+                b.ip,
+                b.port
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
+    let store = Store::connect(&etcd.config()).await?;
+    match cmd {
+        ServiceCmd::Add {
+            name,
+            network,
+            vip,
+            proto,
+            backends,
+        } => {
+            if !valid_name(&name) {
+                bail!("service name {name:?}: use letters, digits, '.', '_' and '-'");
+            }
+            if vip.port() == 0 {
+                bail!("--vip {vip}: give the service port, e.g. {}:80", vip.ip());
+            }
+            check_backends(&backends)?;
+            let key = store.layout.key(&Key::Network(network.clone()));
+            let net: NetworkRecord = match store.get(&key).await? {
+                Some(kv) => records::decode(&kv.value)
+                    .map_err(|e| anyhow::anyhow!("network {network:?}: {e}"))?,
+                None => bail!("network {network:?} does not exist: create it with `overlayctl network create`"),
+            };
+            if net.subnet.contains(vip.ip()) {
+                bail!(
+                    "VIP {} is inside network {network:?}'s subnet {}: pick an address outside it",
+                    vip.ip(),
+                    net.subnet
+                );
+            }
+            for b in &backends {
+                if !net.subnet.contains(&b.ip) {
+                    bail!(
+                        "backend {} is outside network {network:?}'s subnet {}",
+                        b.ip,
+                        net.subnet
+                    );
+                }
+            }
+            let record = ServiceRecord {
+                version: RECORD_VERSION,
+                network,
+                vip: *vip.ip(),
+                port: vip.port(),
+                proto,
+                backends,
+            };
+            if !store.create_service(&name, &record).await? {
+                bail!(
+                    "service {name:?} or {}:{}/{} in network {:?} already exists: pick another name or VIP",
+                    record.vip, record.port, record.proto, record.network
+                );
+            }
+            if output == Output::Json {
+                print_json(
+                    &json!({"name": name, "network": record.network, "vip": record.vip,
+                    "port": record.port, "proto": record.proto, "backends": record.backends}),
+                );
+            } else {
+                println!(
+                    "service {name} created: {}:{}/{} in {} with {} configured backend(s)",
+                    record.vip,
+                    record.port,
+                    record.proto,
+                    record.network,
+                    record.backends.len()
+                );
+            }
+            Ok(())
+        }
+        ServiceCmd::Ls { network } => {
+            // The same view the daemons build: live backends are those whose endpoint runs.
+            let (kvs, _) = store.list(store.layout.root()).await?;
+            let mut view = ClusterView::new(store.layout.clone());
+            view.reset(kvs);
+            let tables = view.tables();
+            let mut out = Vec::new();
+            for (name, rec) in view.services() {
+                if network.as_ref().is_some_and(|n| n != &rec.network) {
+                    continue;
+                }
+                let live = tables
+                    .services
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.backends.clone())
+                    .unwrap_or_default();
+                out.push(
+                    json!({"name": name, "network": rec.network, "vip": rec.vip, "port": rec.port,
+                    "proto": rec.proto, "configured": rec.backends, "backends": live}),
+                );
+            }
+            if output == Output::Json {
+                print_json(&json!(out));
+            } else {
+                let rows: Vec<Vec<String>> = out
+                    .iter()
+                    .map(|s| {
+                        let backends: Vec<String> = s["backends"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|b| {
+                                format!(
+                                    "{}:{}@{}",
+                                    b["ip"].as_str().unwrap_or(""),
+                                    b["port"],
+                                    b["weight"]
+                                )
+                            })
+                            .collect();
+                        vec![
+                            s["name"].as_str().unwrap_or("").into(),
+                            s["network"].as_str().unwrap_or("").into(),
+                            format!(
+                                "{}:{}/{}",
+                                s["vip"].as_str().unwrap_or(""),
+                                s["port"],
+                                s["proto"].as_str().unwrap_or("")
+                            ),
+                            if backends.is_empty() {
+                                "-".into()
+                            } else {
+                                backends.join(",")
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "NETWORK", "VIP", "LIVE BACKENDS"], &rows);
+            }
+            Ok(())
+        }
+        ServiceCmd::Rm { name } => {
+            if !store.delete_service(&name).await? {
+                bail!("service {name:?} does not exist");
+            }
+            if output == Output::Table {
+                println!("service {name} removed");
+            }
+            Ok(())
+        }
+        ServiceCmd::SetBackends { name, backends } => {
+            check_backends(&backends)?;
+            let key = store.layout.key(&Key::Service(name.clone()));
+            let Some(kv) = store.get(&key).await? else {
+                bail!("service {name:?} does not exist: create it with `overlayctl service add`");
+            };
+            let mut record: ServiceRecord =
+                records::decode(&kv.value).map_err(|e| anyhow::anyhow!("service {name:?}: {e}"))?;
+            record.backends = backends;
+            if !store
+                .replace(&key, kv.value, records::encode(&record), None)
+                .await?
+            {
+                bail!("service {name:?} changed while updating it: run the command again");
+            }
+            if output == Output::Table {
+                println!(
+                    "service {name}: {} configured backend(s)",
+                    record.backends.len()
+                );
             }
             Ok(())
         }

@@ -26,6 +26,25 @@ const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
 /// Where `docker network create -o k=v` options arrive.
 const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 
+/// The endpoint driver option (`docker network connect --driver-opt overlay.service=web:80`)
+/// that makes the container a service backend.
+pub const SERVICE_OPTION: &str = "overlay.service";
+
+/// `NAME:PORT[,NAME:PORT...]` labels from an endpoint's options.
+fn service_labels(options: &Value) -> Result<Vec<String>, Failure> {
+    let raw = options[SERVICE_OPTION]
+        .as_str()
+        .or_else(|| options[GENERIC_OPTIONS][SERVICE_OPTION].as_str())
+        .unwrap_or("");
+    let mut labels = Vec::new();
+    for label in raw.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        crate::tables::parse_service_label(label)
+            .map_err(|e| bad(format!("{SERVICE_OPTION}: {e}")))?;
+        labels.push(label.to_owned());
+    }
+    Ok(labels)
+}
+
 /// An HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -430,10 +449,11 @@ impl Driver {
                     .map_err(|_| bad(format!("MacAddress {m:?} is not a MAC address")))?,
             ),
         };
+        let services = service_labels(&req["Options"])?;
         let peer = peer_ifname(&net.network, ip);
         let ep = self
             .cluster
-            .attach_docker(&net.network, ip, &peer, mac)
+            .attach_docker(&net.network, ip, &peer, mac, services)
             .await
             .map_err(|e| match e {
                 ClusterError::NotFound(_) => bad(format!(

@@ -4,6 +4,7 @@
 mod config;
 mod counters;
 mod endpoints;
+mod lb;
 mod local_ifaces;
 mod networks;
 mod vteps;
@@ -11,6 +12,7 @@ mod vteps;
 pub use config::{ConfigMap, NodeDatapathConfig};
 pub use counters::{Count, CounterMap, CounterSnapshot};
 pub use endpoints::{EndpointEntry, EndpointMaps, Location};
+pub use lb::{pinned_table, LbMaps, LbSync, ServiceEntry};
 pub use local_ifaces::{LocalIdentity, LocalIfaceMap};
 pub use networks::{NetworkEntry, NetworkMap};
 pub use vteps::VtepMap;
@@ -33,6 +35,12 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("BPF map {name}: mapping it into memory: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
@@ -47,6 +55,7 @@ pub struct DatapathMaps {
     pub vteps: VtepMap,
     pub local_ifaces: LocalIfaceMap,
     pub counters: CounterMap,
+    pub lb: LbMaps,
 }
 
 impl DatapathMaps {
@@ -62,6 +71,13 @@ impl DatapathMaps {
             vteps: VtepMap::new(take(names::VTEPS)?)?,
             local_ifaces: LocalIfaceMap::new(take(names::LOCAL_IFACES)?)?,
             counters: CounterMap::new(take(names::TRAFFIC)?, take(names::DROPS)?)?,
+            lb: LbMaps::new(
+                take(names::LB_SERVICES)?,
+                take(names::LB_BACKENDS)?,
+                take(names::LB_MAGLEV)?,
+                take(names::LB_CT)?,
+                take(names::LB_REVNAT)?,
+            )?,
         })
     }
 }

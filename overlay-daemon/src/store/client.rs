@@ -231,6 +231,48 @@ impl Store {
         Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
     }
 
+    /// Creates a service and reserves its VIP:port/proto in one transaction: false if the
+    /// name or the VIP:port/proto is taken.
+    pub async fn create_service(
+        &self,
+        name: &str,
+        record: &records::ServiceRecord,
+    ) -> Result<bool, StoreError> {
+        let svc_key = self.layout.key(&Key::Service(name.to_owned()));
+        let vip_key = self.layout.key(&Key::ServiceVip(record.vip_id()));
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(svc_key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(vip_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(svc_key, records::encode(record), None),
+                TxnOp::put(vip_key, name, None),
+            ]);
+        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+    }
+
+    /// Deletes a service and its VIP reservation. False if it is absent.
+    pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
+        let svc_key = self.layout.key(&Key::Service(name.to_owned()));
+        let Some(kv) = self.get(&svc_key).await? else {
+            return Ok(false);
+        };
+        let mut ops = vec![TxnOp::delete(svc_key.clone(), None)];
+        if let Ok(record) = records::decode::<records::ServiceRecord>(&kv.value) {
+            ops.push(TxnOp::delete(
+                self.layout.key(&Key::ServiceVip(record.vip_id())),
+                None,
+            ));
+        }
+        let mut client = self.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::value(svc_key, CompareOp::Equal, kv.value)])
+            .and_then(ops);
+        Ok(client.txn(txn).await.map_err(self.err())?.succeeded())
+    }
+
     /// Deletes a network, its VNI reservation and its address blocks. False if it is absent.
     pub async fn delete_network(&self, name: &str) -> Result<bool, StoreError> {
         let net_key = self.layout.key(&Key::Network(name.to_owned()));

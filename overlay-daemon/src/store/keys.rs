@@ -6,6 +6,8 @@
 //! <prefix>/v1/blocks/<network>/<a.b.c.d>-<len>    BlockRecord     (owner's lease)
 //! <prefix>/v1/endpoints/<network>/<a.b.c.d>       EndpointRecord  (owner's lease)
 //! <prefix>/v1/vnis/<vni>                          network name    (keeps VNIs unique)
+//! <prefix>/v1/services/<service>                  ServiceRecord
+//! <prefix>/v1/vips/<network>_<vip>_<port>_<proto> service name    (keeps VIPs unique)
 //! ```
 //!
 //! Everything a node owns is attached to its lease, so it disappears from the cluster when
@@ -32,6 +34,9 @@ pub enum Key {
     },
     /// Reserves a VNI for one network (created in the same transaction as the network).
     Vni(u32),
+    Service(String),
+    /// Reserves a VIP:port/proto of a network for one service (same transaction).
+    ServiceVip(String),
 }
 
 /// Builds and parses keys under one prefix.
@@ -77,6 +82,9 @@ impl Layout {
     pub fn all_endpoints(&self) -> String {
         format!("{}endpoints/", self.root)
     }
+    pub fn services(&self) -> String {
+        format!("{}services/", self.root)
+    }
 
     pub fn key(&self, key: &Key) -> String {
         match key {
@@ -92,6 +100,8 @@ impl Layout {
             }
             Key::Endpoint { network, ip } => format!("{}{ip}", self.endpoints(network)),
             Key::Vni(vni) => format!("{}vnis/{vni}", self.root),
+            Key::Service(n) => format!("{}{n}", self.services()),
+            Key::ServiceVip(id) => format!("{}vips/{id}", self.root),
         }
     }
 
@@ -109,6 +119,8 @@ impl Layout {
             ("vnis", None) => Some(Key::Vni(a.parse().ok()?)),
             ("networks", None) => Some(Key::Network(a.to_owned())),
             ("nodes", None) => Some(Key::Node(a.to_owned())),
+            ("services", None) => Some(Key::Service(a.to_owned())),
+            ("vips", None) => Some(Key::ServiceVip(a.to_owned())),
             ("blocks", Some(b)) => {
                 let (ip, len) = b.split_once('-')?;
                 let block = Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
@@ -145,6 +157,8 @@ mod tests {
                 ip: "198.19.1.70".parse().unwrap(),
             },
             Key::Vni(100),
+            Key::Service("web".into()),
+            Key::ServiceVip("red_198.18.250.1_80_tcp".into()),
         ] {
             let text = l.key(&key);
             assert!(text.starts_with("/overlay/v1/"), "{text}");
@@ -161,7 +175,7 @@ mod tests {
             "/overlay/v1/networks/",
             "/overlay/v1/blocks/red/198.19.1.65-26",
             "/overlay/v1/endpoints/red/not-an-ip",
-            "/overlay/v1/services/x",
+            "/overlay/v1/services/x/y",
             "/other/v1/networks/red",
             "/overlay/v1/networks/r d",
         ] {

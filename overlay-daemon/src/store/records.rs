@@ -62,6 +62,29 @@ pub struct EndpointRecord {
     /// Interface name inside the container.
     #[serde(default)]
     pub ifname: String,
+    /// `NAME:PORT` labels: the endpoint is a backend of these services while it exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+/// A service: VIP:port/proto in a network, with explicitly configured backends (endpoints
+/// labelled `overlay.service=NAME:PORT` join it too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub version: u32,
+    pub network: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: crate::tables::Proto,
+    #[serde(default)]
+    pub backends: Vec<crate::tables::BackendSpec>,
+}
+
+impl ServiceRecord {
+    /// The key that keeps VIP:port/proto unique within a network.
+    pub fn vip_id(&self) -> String {
+        format!("{}_{}_{}_{}", self.network, self.vip, self.port, self.proto)
+    }
 }
 
 /// Decodes a record and checks its version, with a reason on failure.
@@ -88,7 +111,13 @@ pub trait Versioned {
 macro_rules! versioned {
     ($($t:ty),*) => { $(impl Versioned for $t { fn version(&self) -> u32 { self.version } })* };
 }
-versioned!(NetworkRecord, NodeRecord, BlockRecord, EndpointRecord);
+versioned!(
+    NetworkRecord,
+    NodeRecord,
+    BlockRecord,
+    EndpointRecord,
+    ServiceRecord
+);
 
 #[cfg(test)]
 mod tests {

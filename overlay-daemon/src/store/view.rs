@@ -9,9 +9,9 @@ use tracing::warn;
 use super::{
     client::{Change, Kv},
     keys::{Key, Layout},
-    records::{self, BlockRecord, EndpointRecord, NetworkRecord, NodeRecord},
+    records::{self, BlockRecord, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord},
 };
-use crate::tables::{ClusterTables, EndpointSpec, NetworkSpec, NodeSpec, ValidTables};
+use crate::tables::{ClusterTables, EndpointSpec, NetworkSpec, NodeSpec, ServiceSpec, ValidTables};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -19,6 +19,7 @@ pub enum Entry {
     Node { record: NodeRecord, lease: i64 },
     Block(BlockRecord),
     Endpoint(EndpointRecord),
+    Service(ServiceRecord),
 }
 
 #[derive(Clone, Debug)]
@@ -66,7 +67,8 @@ impl ClusterView {
         };
         let decoded = match &key {
             // Only there to keep VNIs unique; the network record carries the VNI.
-            Key::Vni(_) => return,
+            Key::Vni(_) | Key::ServiceVip(_) => return,
+            Key::Service(_) => records::decode(&kv.value).map(Entry::Service),
             Key::Network(_) => records::decode(&kv.value).map(Entry::Network),
             Key::Node(_) => records::decode(&kv.value).map(|record| Entry::Node {
                 record,
@@ -134,6 +136,13 @@ impl ClusterView {
         })
     }
 
+    pub fn services(&self) -> impl Iterator<Item = (&str, &ServiceRecord)> {
+        self.entries.iter().filter_map(|(k, e)| match (k, e) {
+            (Key::Service(name), Entry::Service(s)) => Some((name.as_str(), s)),
+            _ => None,
+        })
+    }
+
     /// The tables the datapath should hold: networks, live nodes, and the endpoints of live
     /// nodes (an endpoint whose node is gone is not installed, even before its lease expires).
     pub fn tables(&self) -> ValidTables {
@@ -159,6 +168,18 @@ impl ClusterView {
                 mac: Some(ep.mac),
                 node: ep.node.clone(),
                 host_ifname: (!ep.host_ifname.is_empty()).then(|| ep.host_ifname.clone()),
+                services: ep.services.clone(),
+                reserved: ep.host_ifname.is_empty(),
+            });
+        }
+        for (name, s) in self.services() {
+            t.services.push(ServiceSpec {
+                name: name.into(),
+                network: s.network.clone(),
+                vip: s.vip,
+                port: s.port,
+                proto: s.proto,
+                backends: s.backends.clone(),
             });
         }
         t.validate()

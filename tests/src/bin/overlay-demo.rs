@@ -3,7 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use overlay_tests::{traffic, ChildGuard, Topology, TopologySpec};
+use overlay_tests::{services, traffic, ChildGuard, Topology, TopologySpec};
 
 fn step(title: &str) {
     println!("\n== {title}");
@@ -124,6 +124,48 @@ fn main() {
         if blocked { "blocked" } else { "REACHED (bug)" }
     );
     assert!(blocked);
+
+    step("A service VIP balanced by every host's datapath (Maglev + conntrack, Minuteman-style)");
+    let _backends: Vec<_> = ["web1", "web2"]
+        .iter()
+        .map(|n| services::tcp_identity_server(&t.container(n).ns, 8080, n))
+        .collect();
+    let (ip1, ip2) = (t.container("web1").ip, t.container("web2").ip);
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "web",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.10:80",
+            "--backend",
+            &format!("{ip1}:8080@1"),
+            "--backend",
+            &format!("{ip2}:8080@3"),
+        ],
+    );
+    for l in t.overlayctl_ok(0, &["service", "ls"]).lines() {
+        println!("    {l}");
+    }
+    let vip = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 19, 250, 10), 80);
+    let counts = t.container("web3").ns.enter(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while services::tcp_ask(vip, "hello").is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..400 {
+            let name =
+                services::tcp_ask(vip, &format!("request {i}")).expect("connection to the VIP");
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    });
+    println!("  400 connections from web3 to {vip} (weights 1:3): {counts:?}");
+    t.overlayctl_ok(0, &["service", "rm", "web"]);
 
     step("Datapath counters on h1 (overlayctl stats, through the daemon's API socket)");
     for l in t.overlayctl_ok(0, &["stats"]).lines() {

@@ -1,0 +1,183 @@
+//! Service backends and clients for load-balancing tests: servers that say who they are,
+//! clients that check the answer came back intact, all running on threads inside the
+//! namespaces (so thousands of connections cost no process spawns).
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::Netns;
+
+/// A server thread, stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A TCP server on `port` in `ns`: every connection gets `name` and a newline, then an echo
+/// of everything it sends until it closes its side.
+pub fn tcp_identity_server(ns: &Netns, port: u16, name: &str) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let name = name.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || {
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .expect("bind backend listener");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let name = name.clone();
+                    std::thread::spawn(move || echo(conn, &name));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("backend listening");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+fn echo(mut conn: TcpStream, name: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A UDP server on `port` in `ns` answering every datagram with `name:` and the datagram.
+pub fn udp_identity_server(ns: &Netns, port: u16, name: &str) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let name = name.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .expect("bind UDP backend");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let mut reply = format!("{name}:").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("UDP backend ready");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+/// One short connection: sends `token`, half-closes, and checks the echo. Returns the name of
+/// the backend that answered.
+pub fn tcp_ask(addr: SocketAddrV4, token: &str) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(token.as_bytes())?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let (name, echoed) = reply
+        .split_once('\n')
+        .ok_or_else(|| std::io::Error::other(format!("reply {reply:?} has no name line")))?;
+    if echoed != token {
+        return Err(std::io::Error::other(format!(
+            "backend {name} echoed {echoed:?} for {token:?}"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// A long-lived connection through which messages are echoed.
+pub struct Session {
+    conn: TcpStream,
+    pub backend: String,
+}
+
+impl Session {
+    pub fn open(addr: SocketAddrV4) -> std::io::Result<Self> {
+        let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut name = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            conn.read_exact(&mut byte)?;
+            name.push(byte[0]);
+        }
+        name.pop();
+        Ok(Self {
+            conn,
+            backend: String::from_utf8_lossy(&name).into_owned(),
+        })
+    }
+
+    /// Sends `msg` and checks it comes back whole.
+    pub fn roundtrip(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        self.conn.write_all(msg)?;
+        let mut back = vec![0u8; msg.len()];
+        self.conn.read_exact(&mut back)?;
+        if back != msg {
+            return Err(std::io::Error::other("echo differs from what was sent"));
+        }
+        Ok(())
+    }
+}
+
+/// One datagram from a fresh socket; returns (reply source, reply text).
+pub fn udp_ask(addr: SocketAddrV4, msg: &str) -> std::io::Result<(SocketAddrV4, String)> {
+    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    sock.connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send(msg.as_bytes())?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    let std::net::SocketAddr::V4(from) = from else {
+        return Err(std::io::Error::other("IPv6 reply"));
+    };
+    Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+}

@@ -1,0 +1,465 @@
+//! Service load balancing in the datapath (Minuteman-style), against real daemons, real etcd
+//! and real TCP/UDP traffic: three backends on two hosts and a client on a third.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use overlay_common::Direction;
+use overlay_daemon::maps::pinned_table;
+use overlay_tests::{
+    services::{tcp_ask, tcp_identity_server, udp_ask, udp_identity_server, Session},
+    Topology, TopologySpec,
+};
+
+const TTL: u32 = 3;
+const VNI: u32 = 100;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 10);
+
+fn cluster() -> Topology {
+    let mut t = Topology::new(
+        TopologySpec::new(3)
+            .network("red", VNI, "198.19.1.0/24")
+            .with_etcd(TTL),
+    );
+    for h in 0..3 {
+        t.start_daemon(h, &[]);
+    }
+    for h in 0..3 {
+        t.wait_status(h, "network installed", |s| {
+            s["networks"] == 1 && s["vteps"] == 2
+        });
+    }
+    t
+}
+
+/// The service's Maglev table on `host`, as backend addresses.
+fn table(t: &Topology, host: usize, vip: Ipv4Addr, port: u16, proto: u8) -> Vec<(Ipv4Addr, u16)> {
+    pinned_table(&t.hosts[host].pins.maps(), VNI, vip, port, proto)
+        .expect("open LB maps")
+        .unwrap_or_default()
+}
+
+/// Waits until `host`'s table for the service is made of exactly `backends`.
+fn wait_table(
+    t: &Topology,
+    host: usize,
+    vip: Ipv4Addr,
+    port: u16,
+    proto: u8,
+    backends: &[Ipv4Addr],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut want: Vec<Ipv4Addr> = backends.to_vec();
+    want.sort();
+    loop {
+        let full = table(t, host, vip, port, proto);
+        let mut have: Vec<Ipv4Addr> = full.iter().map(|b| b.0).collect();
+        have.sort();
+        have.dedup();
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "table on {} has {have:?}, want {want:?}\n{}",
+            t.hosts[host].name,
+            t.daemon_log(host)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` short connections to `addr` from `client`; panics on any failure. Counts per backend.
+fn spread(t: &Topology, client: &str, addr: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+    let result = t.container(client).ns.spawn(move || {
+        let mut counts = BTreeMap::new();
+        for i in 0..n {
+            let token = format!("conn-{i}-{}", i * 7919);
+            let name =
+                tcp_ask(addr, &token).map_err(|e| format!("connection {i} to {addr}: {e}"))?;
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        Ok::<_, String>(counts)
+    });
+    match result.join().expect("client thread") {
+        Ok(counts) => counts,
+        Err(e) => {
+            let counters: Vec<String> = (0..t.hosts.len())
+                .map(|h| format!("{}: {:?}", t.hosts[h].name, t.counters(h)))
+                .collect();
+            panic!("{e}\n{}\n{}", counters.join("\n"), t.daemon_log(2));
+        }
+    }
+}
+
+fn assert_shares(counts: &BTreeMap<String, usize>, weights: &[(&str, u32)]) {
+    let total: usize = counts.values().sum();
+    let weight_sum: u32 = weights.iter().map(|w| w.1).sum();
+    assert_eq!(
+        counts.len(),
+        weights.len(),
+        "backends seen: {counts:?}, expected {weights:?}"
+    );
+    for (name, w) in weights {
+        let expected = total as f64 * *w as f64 / weight_sum as f64;
+        let got = *counts.get(*name).unwrap_or(&0) as f64;
+        let off = (got / expected - 1.0).abs();
+        eprintln!(
+            "{name}: {got} connections, expected {expected:.0} ({:+.1}%)",
+            (got / expected - 1.0) * 100.0
+        );
+        assert!(
+            off <= 0.15,
+            "{name}: {got} of {total}, expected {expected:.0} (±15%): {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
+    let mut t = cluster();
+    t.add_pod(0, "b1", "red");
+    t.add_pod(0, "b2", "red");
+    t.add_pod(1, "b3", "red");
+    t.add_pod(2, "client", "red");
+    for h in 0..3 {
+        t.wait_converged(h);
+    }
+    let ip = |t: &Topology, n: &str| t.container(n).ip;
+    let (b1, b2, b3) = (ip(&t, "b1"), ip(&t, "b2"), ip(&t, "b3"));
+    let _servers: Vec<_> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|n| tcp_identity_server(&t.container(n).ns, 8080, n))
+        .collect();
+
+    let backend = |ip: Ipv4Addr, w: u32| format!("{ip}:8080@{w}");
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "web",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.10:80",
+            "--proto",
+            "tcp",
+            "--backend",
+            &backend(b1, 1),
+            "--backend",
+            &backend(b2, 2),
+            "--backend",
+            &backend(b3, 3),
+        ],
+    );
+    for h in 0..3 {
+        wait_table(&t, h, VIP, 80, TCP, &[b1, b2, b3]);
+    }
+    let ls = t.overlayctl_ok(0, &["service", "ls"]);
+    assert!(
+        ls.contains("198.19.250.10:80/tcp") && ls.contains(&format!("{b3}:8080@3")),
+        "{ls}"
+    );
+
+    // 3000 short connections, each echoing its own token: spread by weight 1:2:3.
+    let vip = SocketAddrV4::new(VIP, 80);
+    let counts = spread(&t, "client", vip, 3000);
+    assert_shares(&counts, &[("b1", 1), ("b2", 2), ("b3", 3)]);
+
+    // Long-lived connections, opened until every backend has some.
+    let mut sessions: Vec<Session> = Vec::new();
+    let opened = t.container("client").ns.enter(move || {
+        let mut s = Vec::new();
+        for _ in 0..60 {
+            s.push(Session::open(vip).expect("open long-lived connection"));
+        }
+        s
+    });
+    sessions.extend(opened);
+    let on = |n: &str| sessions.iter().filter(|s| s.backend == n).count();
+    assert!(
+        on("b1") > 0 && on("b2") > 0 && on("b3") > 0,
+        "sessions on every backend"
+    );
+
+    // b3 leaves the configured backends: Maglev moves its slots and (almost) nothing else.
+    let before = table(&t, 2, VIP, 80, TCP);
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "set-backends",
+            "web",
+            "--backend",
+            &backend(b1, 1),
+            "--backend",
+            &backend(b2, 2),
+        ],
+    );
+    for h in 0..3 {
+        wait_table(&t, h, VIP, 80, TCP, &[b1, b2]);
+    }
+    let after = table(&t, 2, VIP, 80, TCP);
+    assert_eq!(before.len(), after.len());
+    let of_b3 = before.iter().filter(|b| b.0 == b3).count();
+    let moved_others = before
+        .iter()
+        .zip(&after)
+        .filter(|(old, new)| old.0 != b3 && old != new)
+        .count();
+    let share = |n: usize| n as f64 / before.len() as f64 * 100.0;
+    eprintln!(
+        "Maglev disruption: b3 owned {:.1}% of slots; {:.2}% of the other slots moved",
+        share(of_b3),
+        share(moved_others)
+    );
+    assert!(
+        share(moved_others) < 5.0,
+        "removing b3 moved {:.2}% of the others' slots",
+        share(moved_others)
+    );
+
+    // Long-lived connections on the remaining backends carry on.
+    let sessions = t.container("client").ns.enter(move || {
+        for s in sessions.iter_mut().filter(|s| s.backend != "b3") {
+            for round in 0..3 {
+                let msg = format!("still there {round} via {}", s.backend);
+                s.roundtrip(msg.as_bytes()).unwrap_or_else(|e| {
+                    panic!("connection to {} broke after b3 left: {e}", s.backend)
+                });
+            }
+        }
+        sessions
+    });
+    drop(sessions);
+
+    // New connections now split 1:2 between b1 and b2.
+    let counts = spread(&t, "client", vip, 600);
+    assert_shares(&counts, &[("b1", 1), ("b2", 2)]);
+
+    t.overlayctl_ok(0, &["service", "rm", "web"]);
+    for h in 0..3 {
+        t.wait_status(h, "service removed", |s| s["services"] == 0);
+    }
+}
+
+#[test]
+fn udp_labels_empty_services_and_dead_nodes() {
+    let mut t = cluster();
+    t.add_labelled_pod(0, "l1", "red", &["echo:7000", "dns:5353"]);
+    t.add_labelled_pod(1, "l2", "red", &["echo:7000", "dns:5353"]);
+    t.add_pod(0, "local-client", "red");
+    t.add_pod(2, "client", "red");
+    for h in 0..3 {
+        t.wait_converged(h);
+    }
+    let (l1, l2) = (t.container("l1").ip, t.container("l2").ip);
+    let _tcp: Vec<_> = ["l1", "l2"]
+        .iter()
+        .map(|n| tcp_identity_server(&t.container(n).ns, 7000, n))
+        .collect();
+    let _udp: Vec<_> = ["l1", "l2"]
+        .iter()
+        .map(|n| udp_identity_server(&t.container(n).ns, 5353, n))
+        .collect();
+
+    // Backends by label only: the services name none.
+    let echo_vip = Ipv4Addr::new(198, 19, 250, 20);
+    let dns_vip = Ipv4Addr::new(198, 19, 250, 53);
+    let empty_vip = Ipv4Addr::new(198, 19, 250, 99);
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "echo",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.20:7",
+            "--proto",
+            "tcp",
+        ],
+    );
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "dns",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.53:53",
+            "--proto",
+            "udp",
+        ],
+    );
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "empty-tcp",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.99:80",
+        ],
+    );
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "empty-udp",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.99:53",
+            "--proto",
+            "udp",
+        ],
+    );
+    for h in 0..3 {
+        wait_table(&t, h, echo_vip, 7, TCP, &[l1, l2]);
+        wait_table(&t, h, dns_vip, 53, UDP, &[l1, l2]);
+        t.wait_status(h, "services installed", |s| s["services"] == 4);
+    }
+
+    // Bad input is refused with a one-line reason.
+    for (args, needle) in [
+        (
+            vec![
+                "service",
+                "add",
+                "x",
+                "--network",
+                "red",
+                "--vip",
+                "198.19.1.77:80",
+            ],
+            "inside",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "x",
+                "--network",
+                "red",
+                "--vip",
+                "198.19.250.20:7",
+            ],
+            "already exists",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "x",
+                "--network",
+                "nope",
+                "--vip",
+                "198.19.250.1:80",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "service",
+                "add",
+                "x",
+                "--network",
+                "red",
+                "--vip",
+                "198.19.250.1:80",
+                "--backend",
+                "198.19.1.5:80@0",
+            ],
+            "weight",
+        ),
+        (vec!["service", "rm", "ghost"], "does not exist"),
+    ] {
+        let out = t.overlayctl(0, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+
+    // UDP through the VIP: replies come from the VIP (the socket is connected to it).
+    let dns = SocketAddrV4::new(dns_vip, 53);
+    let seen = t.container("client").ns.enter(move || {
+        let mut seen = BTreeMap::new();
+        for i in 0..200 {
+            let msg = format!("q{i}");
+            let (from, reply) = udp_ask(dns, &msg).unwrap_or_else(|e| panic!("UDP query {i}: {e}"));
+            assert_eq!(from, dns, "reply source");
+            let (name, echoed) = reply.split_once(':').expect("name:payload");
+            assert_eq!(echoed, msg);
+            *seen.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        seen
+    });
+    assert_eq!(seen.len(), 2, "both UDP backends answer: {seen:?}");
+
+    // TCP from a client on the same host as one backend, and from another host.
+    let echo = SocketAddrV4::new(echo_vip, 7);
+    for client in ["local-client", "client"] {
+        let counts = spread(&t, client, echo, 200);
+        assert_eq!(counts.len(), 2, "{client}: {counts:?}");
+    }
+
+    // No backends: TCP is reset at once, UDP gets port unreachable; nothing hangs.
+    let (tcp_err, udp_err) = t.container("client").ns.enter(move || {
+        let started = Instant::now();
+        let tcp = tcp_ask(SocketAddrV4::new(empty_vip, 80), "x").unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "TCP answered quickly"
+        );
+        let udp = udp_ask(SocketAddrV4::new(empty_vip, 53), "x").unwrap_err();
+        (tcp, udp)
+    });
+    assert_eq!(
+        tcp_err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{tcp_err}"
+    );
+    assert_eq!(
+        udp_err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{udp_err}"
+    );
+    let c = t.counters(2);
+    assert!(
+        c.traffic(Direction::LbRejected).packets >= 2,
+        "rejections counted"
+    );
+
+    // The node of l2 dies: after its lease expires l2 leaves every table, by itself.
+    t.stop_daemon(1, Signal::SIGKILL);
+    for h in [0, 2] {
+        wait_table(&t, h, echo_vip, 7, TCP, &[l1]);
+        wait_table(&t, h, dns_vip, 53, UDP, &[l1]);
+    }
+    let counts = spread(&t, "client", echo, 100);
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["l1"], "{counts:?}");
+    // It comes back with its endpoint and label.
+    t.start_daemon(1, &[]);
+    for h in 0..3 {
+        wait_table(&t, h, echo_vip, 7, TCP, &[l1, l2]);
+    }
+    let counts = spread(&t, "client", echo, 200);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
