@@ -137,10 +137,8 @@ fn setup(variant: Variant) -> Result<Setup> {
             let host = pair.plain_host(0).context("plain pair")?;
             // kube-proxy's iptables mode: one DNAT rule per backend, chosen with
             // probabilities 1/3, 1/2, 1 (uniform overall), in PREROUTING of the client's host.
-            let n = BACKEND_PORTS.len();
-            for (i, port) in BACKEND_PORTS.iter().enumerate() {
-                let p = format!("{:.8}", 1.0 / (n - i) as f64);
-                let to = format!("{SERVER_IP}:{port}");
+            let dnat = |dport: &str, probability: Option<f64>, to: &str| {
+                let p = probability.map(|p| format!("{p:.8}"));
                 let mut args = vec![
                     "-t",
                     "nat",
@@ -151,33 +149,20 @@ fn setup(variant: Variant) -> Result<Setup> {
                     "-p",
                     "tcp",
                     "--dport",
-                    "80",
+                    dport,
                 ];
-                if i + 1 < n {
-                    args.extend(["-m", "statistic", "--mode", "random", "--probability", &p]);
+                if let Some(p) = &p {
+                    args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
                 }
-                args.extend(["-j", "DNAT", "--to-destination", &to]);
+                args.extend(["-j", "DNAT", "--to-destination", to]);
                 host.run("iptables", &args);
+            };
+            let n = BACKEND_PORTS.len();
+            for (i, port) in BACKEND_PORTS.iter().enumerate() {
+                let probability = (i + 1 < n).then(|| 1.0 / (n - i) as f64);
+                dnat("80", probability, &format!("{SERVER_IP}:{port}"));
             }
-            host.run(
-                "iptables",
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-d",
-                    "198.19.250.10",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "5201",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    "198.19.1.21:5201",
-                ],
-            );
+            dnat("5201", None, &format!("{SERVER_IP}:{IPERF_PORT}"));
         }
         Variant::Ipvs => {
             let host = pair.plain_host(0).context("plain pair")?;

@@ -105,20 +105,8 @@ pub fn service_labels(conf: &NetConf, env: &CniEnv) -> Result<Vec<String>, CniEr
             }
         }
     }
-    let mut labels = Vec::new();
-    for label in raw
-        .iter()
-        .flat_map(|r| r.split(','))
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
-        crate::tables::parse_service_label(label)
-            .map_err(|e| CniError::new(E_INVALID_CONFIG, format!("{SERVICE_ARG}: {e}")))?;
-        if !labels.iter().any(|l| l == label) {
-            labels.push(label.to_owned());
-        }
-    }
-    Ok(labels)
+    crate::tables::parse_service_labels(raw.iter().map(String::as_str))
+        .map_err(|e| CniError::new(E_INVALID_CONFIG, format!("{SERVICE_ARG}: {e}")))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -214,6 +214,26 @@ pub fn parse_service_label(label: &str) -> Result<(String, u16), String> {
     Ok((name.to_owned(), port))
 }
 
+/// Labels from a runtime option: `NAME:PORT[,NAME:PORT...]`, each checked, duplicates
+/// dropped. The error names the bad label and the syntax.
+pub fn parse_service_labels<'a>(
+    raw: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, String> {
+    let mut labels: Vec<String> = Vec::new();
+    for label in raw
+        .into_iter()
+        .flat_map(|r| r.split(','))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        parse_service_label(label)?;
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_owned());
+        }
+    }
+    Ok(labels)
+}
+
 /// A service: a VIP:port in one network balanced over backends (Minuteman-style).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

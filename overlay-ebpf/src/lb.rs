@@ -94,36 +94,35 @@ pub fn to_service(
     };
     let ct = match unsafe { LB_CT.get(flow) } {
         Some(ct) if backend_alive(ct) => *ct,
-        // New flow, or its backend left: pick (again) from the current table.
+        // New flow, or its backend left: pick (again) from the current table, and record how
+        // replies are translated back. Both flow tables are LRU of one size and an active
+        // flow touches both on every packet, so the reverse entry lives as long as this one.
         _ => {
             let ct = select(svc, &flow)?;
             LB_CT
                 .insert(flow, ct, 0)
                 .map_err(|_| DropReason::LbNatFailed)?;
+            let reply = FlowKey {
+                vni: me.vni,
+                src_ip: ct.backend.ip,
+                dst_ip: flow.src_ip,
+                src_port: ct.backend.port,
+                dst_port: sport,
+                proto: ip.proto,
+                _pad: [0; 3],
+            };
+            let rev = RevNatEntry {
+                vip,
+                port: dport,
+                _pad: 0,
+            };
+            LB_REVNAT
+                .insert(reply, rev, 0)
+                .map_err(|_| DropReason::LbNatFailed)?;
             count(Direction::LbNewFlow, ctx.len());
             ct
         }
     };
-    // Replies come from the backend to the client; re-created if LRU pressure dropped it.
-    let reply = FlowKey {
-        vni: me.vni,
-        src_ip: ct.backend.ip,
-        dst_ip: flow.src_ip,
-        src_port: ct.backend.port,
-        dst_port: sport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
-    if unsafe { LB_REVNAT.get(reply) }.is_none() {
-        let rev = RevNatEntry {
-            vip,
-            port: dport,
-            _pad: 0,
-        };
-        LB_REVNAT
-            .insert(reply, rev, 0)
-            .map_err(|_| DropReason::LbNatFailed)?;
-    }
     rewrite(
         ctx,
         ip.proto,

@@ -36,13 +36,7 @@ fn service_labels(options: &Value) -> Result<Vec<String>, Failure> {
         .as_str()
         .or_else(|| options[GENERIC_OPTIONS][SERVICE_OPTION].as_str())
         .unwrap_or("");
-    let mut labels = Vec::new();
-    for label in raw.split(',').map(str::trim).filter(|l| !l.is_empty()) {
-        crate::tables::parse_service_label(label)
-            .map_err(|e| bad(format!("{SERVICE_OPTION}: {e}")))?;
-        labels.push(label.to_owned());
-    }
-    Ok(labels)
+    crate::tables::parse_service_labels([raw]).map_err(|e| bad(format!("{SERVICE_OPTION}: {e}")))
 }
 
 /// An HTTP status and JSON body.

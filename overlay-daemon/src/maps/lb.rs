@@ -271,10 +271,6 @@ impl LbMaps {
                 .collect(),
         )
     }
-
-    pub fn service_count(&self) -> usize {
-        self.services.keys().count()
-    }
 }
 
 /// Open-by-pin access for tools and tests: one service's table as backend addresses.
