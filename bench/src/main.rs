@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: the eBPF overlay against kernel vxlan and plain routing, measured side
 //! by side in one run with the modes alternated every round, medians reported.
 
+mod charts;
 mod measure;
 mod modes;
 mod propagation;
 mod report;
+mod scale;
 mod service;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -36,11 +38,20 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Which benchmarks to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Scale])]
     scenario: Vec<Scenario>,
     /// Samples for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Node counts of the scale benchmark.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100])]
+    scale_nodes: Vec<usize>,
+    /// Endpoint counts of the scale benchmark (each is loaded on top of the previous).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 100000])]
+    scale_endpoints: Vec<usize>,
+    /// Endpoint adds timed per cell of the scale benchmark.
+    #[arg(long, default_value_t = 30)]
+    scale_samples: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +62,8 @@ enum Scenario {
     Propagation,
     /// Connections/s and throughput through a service VIP: eBPF vs direct vs iptables/IPVS.
     Service,
+    /// Control plane at N nodes x M endpoints: sync time, propagation, memory, CPU.
+    Scale,
 }
 
 /// Samples per (mode, metric).
@@ -73,6 +86,14 @@ fn main() -> Result<()> {
         report += "\n";
         report += &service::run(cli.rounds, cli.seconds)?;
     }
+    if cli.scenario.contains(&Scenario::Scale) {
+        let cells = scale::run(&cli.scale_nodes, &cli.scale_endpoints, cli.scale_samples)?;
+        std::fs::write(cli.out.join("scale.json"), scale::json(&cells))?;
+        charts::scale(&cli.out.join("scale.png"), &cells)?;
+        report += "\n";
+        report += &scale::markdown(&cells);
+        report += "\n![control-plane cost against size](scale.png)\n";
+    }
     let path = cli.out.join("report.md");
     std::fs::write(&path, &report)?;
     println!("{report}");
@@ -87,7 +108,7 @@ fn datapath(cli: &Cli) -> Result<String> {
             Mode::KernelVxlan,
             Mode::Overlay,
             Mode::OverlayXdpNative,
-            Mode::OverlayTc,
+            Mode::OverlayXdpSkb,
         ]
     } else {
         cli.modes.clone()
@@ -112,5 +133,7 @@ fn datapath(cli: &Cli) -> Result<String> {
     drop(_servers);
     drop(pairs);
     std::fs::write(cli.out.join("samples.json"), report::json(&samples))?;
-    Ok(report::markdown(&modes, &samples, cli.rounds, cli.seconds))
+    charts::datapath(&cli.out.join("datapath.png"), &modes, &samples)?;
+    Ok(report::markdown(&modes, &samples, cli.rounds, cli.seconds)
+        + "\n![datapath ratios to kernel vxlan](datapath.png)\n")
 }

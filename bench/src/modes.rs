@@ -11,12 +11,12 @@ pub enum Mode {
     Routed,
     /// flannel's vxlan backend: a kernel vxlan device, static FDB and neighbour entries.
     KernelVxlan,
-    /// This project with its defaults: TC encap/decap, XDP filter (generic on veth).
+    /// This project with its defaults (on a veth underlay: TC only, no XDP).
     Overlay,
     /// This project with the XDP filter forced to native mode.
     OverlayXdpNative,
-    /// This project without XDP (TC only).
-    OverlayTc,
+    /// This project with the XDP filter in generic (skb) mode.
+    OverlayXdpSkb,
 }
 
 impl Mode {
@@ -26,7 +26,7 @@ impl Mode {
             Mode::KernelVxlan => "kernel-vxlan",
             Mode::Overlay => "overlay",
             Mode::OverlayXdpNative => "overlay-xdp-native",
-            Mode::OverlayTc => "overlay-tc",
+            Mode::OverlayXdpSkb => "overlay-xdp-skb",
         }
     }
 }
@@ -72,7 +72,7 @@ impl Pair {
 
     pub fn build(mode: Mode) -> Self {
         match mode {
-            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayTc => overlay(mode),
+            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb => overlay(mode),
             Mode::Routed | Mode::KernelVxlan => plain(mode),
         }
     }
@@ -84,9 +84,9 @@ fn overlay(mode: Mode) -> Pair {
     t.add_container(1, "b", "bench", 1);
     t.write_tables();
     let xdp = match mode {
-        Mode::Overlay => "auto",
         Mode::OverlayXdpNative => "native",
-        _ => "off",
+        Mode::OverlayXdpSkb => "skb",
+        _ => "auto",
     };
     t.start_all(&["--xdp", xdp]);
     // Re-open the container namespaces by name; the topology owns and removes them.

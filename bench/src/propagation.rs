@@ -19,19 +19,9 @@ use overlay_daemon::{
 };
 use overlay_tests::{Topology, TopologySpec};
 
-use crate::report::median;
+use crate::report::{median, percentile};
 
 const VNI: u32 = 100;
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
-    s[idx.min(s.len() - 1)]
-}
 
 /// Waits until `present(maps)` holds on every map set; returns the elapsed time.
 fn wait_all(

@@ -14,6 +14,17 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The nearest-rank percentile `p` (0-100).
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[idx.min(s.len() - 1)]
+}
+
 fn range(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -107,9 +118,8 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
     let _ = writeln!(
         s,
         "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
-         `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `overlay` this \
-         project with its defaults (XDP filter generic on a veth underlay); `overlay-xdp-native` with the \
-         XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-tc` TC only.\n\n\
+         `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `overlay` this project with its defaults (on a veth underlay: TC programs only, no XDP); `overlay-xdp-native` with the \
+         XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-xdp-skb` with the XDP filter in generic mode.\n\n\
          Produced by `cargo xtask bench`."
     );
     s

@@ -96,7 +96,7 @@ fn ipvs_available() -> bool {
 
 fn setup(variant: Variant) -> Result<Setup> {
     let mut pair = match variant {
-        Variant::Vip | Variant::Direct => Pair::build(Mode::OverlayTc),
+        Variant::Vip | Variant::Direct => Pair::build(Mode::Overlay),
         Variant::Iptables | Variant::Ipvs => Pair::build(Mode::KernelVxlan),
     };
     for ns in [&pair.client, &pair.server] {

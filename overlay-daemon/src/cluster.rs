@@ -309,8 +309,12 @@ impl Cluster {
         let mut backoff = Duration::from_millis(100);
         let mut failures = FailureLog::default();
         loop {
-            let (kvs, revision) = match store.list(&root).await {
-                Ok(x) => x,
+            // Listed into a fresh view, swapped in whole: the reconciler never sees half a
+            // listing, and pages are digested as they arrive.
+            let mut fresh = ClusterView::new(store.layout.clone());
+            fresh.begin_listing();
+            let revision = match store.list_pages(&root, |page| fresh.add_listed(page)).await {
+                Ok(r) => r,
                 Err(e) => {
                     failures.failed("listing cluster state", &e);
                     tokio::time::sleep(backoff).await;
@@ -318,9 +322,11 @@ impl Cluster {
                     continue;
                 }
             };
+            fresh.end_listing();
+            fresh.revision = revision;
             failures.recovered("listing cluster state");
             backoff = Duration::from_millis(100);
-            self.view.lock().await.reset(kvs);
+            *self.view.lock().await = fresh;
             self.bump();
             debug!(revision, "cluster state listed");
             let (_watcher, mut stream) = match store.watch(&root, revision + 1).await {
@@ -349,6 +355,9 @@ impl Cluster {
                         let mut view = self.view.lock().await;
                         for ev in events {
                             view.apply(ev);
+                        }
+                        if let Some(h) = resp.header() {
+                            view.revision = view.revision.max(h.revision());
                         }
                         drop(view);
                         self.bump();

@@ -18,12 +18,11 @@ use crate::{
     cluster::{Cluster, ClusterConfig},
     cnm,
     datapath::{self, Datapath, DatapathError, DatapathOptions, PinLayout, TcMode, XdpSetting},
-    maps::NodeDatapathConfig,
+    maps::{EndpointMaps, NodeDatapathConfig},
     netif::{self, Interface, NetifError},
-    reconcile::{self, NodeIdentity, Report},
+    reconcile::{NodeIdentity, Reconciler, Report, Target},
     store::EtcdConfig,
-    tables::MacAddr,
-    tables::{ClusterTables, ValidTables},
+    tables::{ClusterTables, MacAddr, ValidTables},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +39,8 @@ pub enum DaemonError {
     },
     #[error("tables file {path}: {reason}")]
     Tables { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Everything `overlayd` is told on its command line.
@@ -62,6 +63,9 @@ pub struct DaemonConfig {
     pub detach_on_exit: bool,
     /// Where to serve the Docker (CNM) driver, if at all.
     pub docker_plugin: Option<PathBuf>,
+    /// Take part in the cluster without a datapath (tables kept in memory): for running
+    /// many simulated nodes on one machine.
+    pub control_plane_only: bool,
 }
 
 /// The source of the cluster's tables.
@@ -76,44 +80,44 @@ pub enum TablesFrom {
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let underlay = Interface::lookup(&cfg.underlay)?;
-    let vtep_ip = underlay.vtep_ip(cfg.vtep_ip)?;
     std::fs::create_dir_all(&cfg.run_dir).map_err(|source| DaemonError::Io {
         path: cfg.run_dir.clone(),
         source,
     })?;
-
     let pins = PinLayout::new(&cfg.bpffs);
-    let mut datapath = Datapath::load(&DatapathOptions {
-        pins: pins.clone(),
-        underlay_ifindex: underlay.ifindex,
-        xdp: cfg.xdp.resolve(underlay.driver.as_deref()),
-        tc_mode: cfg.tc_mode,
-        ebpf_log_level: ebpf_log_level(),
-    })?;
-    datapath
-        .maps
-        .config
-        .set(&NodeDatapathConfig {
-            vtep_ip,
-            underlay_ifindex: underlay.ifindex,
-            underlay_mtu: underlay.mtu,
-            vxlan_port: cfg.vxlan_port,
-        })
-        .map_err(DatapathError::from)?;
+    let node = if cfg.control_plane_only {
+        control_plane_node(&cfg)?
+    } else {
+        datapath_node(&cfg, &pins)?
+    };
+    let LocalNode {
+        mut target,
+        underlay,
+        vtep_ip,
+        vtep_mac,
+        mtu,
+    } = node;
+    let log_task = match &mut target {
+        Target::Kernel(dp) => dp.take_logger().map(|l| tokio::spawn(forward_ebpf_logs(l))),
+        Target::Memory(_) => None,
+    };
     info!(
-        node = %cfg.node_name, underlay = %underlay.name, %vtep_ip, mtu = underlay.mtu,
-        container_mtu = underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
-        vxlan_port = cfg.vxlan_port, "overlayd running"
+        node = %cfg.node_name, underlay = %underlay.as_ref().map_or("-", |u| u.name.as_str()),
+        %vtep_ip, container_mtu = mtu, vxlan_port = cfg.vxlan_port,
+        control_plane_only = cfg.control_plane_only, "overlayd running"
     );
-    let log_task = datapath
-        .take_logger()
-        .map(|l| tokio::spawn(forward_ebpf_logs(l)));
 
-    let me = NodeIdentity {
+    // Without a datapath there are no container interfaces to find: this node's endpoints
+    // count as attached, as they would be on a real host.
+    let resolve: fn(&str) -> Option<u32> = if cfg.control_plane_only {
+        |_| Some(0)
+    } else {
+        netif::ifindex
+    };
+    let mut reconciler = Reconciler::new(NodeIdentity {
         name: cfg.node_name.clone(),
         vtep_ip,
-    };
+    });
     let mut hangup =
         tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| DaemonError::Io {
             path: "SIGHUP".into(),
@@ -121,17 +125,22 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         })?;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     let mut unresolved = 0;
-    // Returns how many local endpoints could not be installed yet.
-    let reconcile = |datapath: &mut Datapath, tables: &ValidTables| -> usize {
-        let plan = reconcile::plan(tables, &me, netif::ifindex);
-        match reconcile::apply(datapath, &plan, vtep_ip) {
+    // Installs the outcome of one pass; returns how many local endpoints could not be
+    // installed yet.
+    let finish = |reconciler: &mut Reconciler,
+                  result: Result<Report, DatapathError>,
+                  revision: i64|
+     -> usize {
+        match result {
             Ok(mut report) => {
-                report.rejected = tables.rejected.clone();
+                report.revision = revision;
+                report.applied_at_us = unix_us();
                 write_status(&cfg.run_dir, &report);
                 report.unresolved.len()
             }
             Err(e) => {
                 error!("reconciling: {e}");
+                reconciler.invalidate();
                 1
             }
         }
@@ -151,7 +160,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 // Re-plan when the tables changed, when asked to, or while local interfaces
                 // are still missing (a runtime may create them after the tables name them).
                 if let Some(tables) = source.poll(forced || unresolved > 0) {
-                    unresolved = reconcile(&mut datapath, &tables);
+                    let result = reconciler.full(&mut target, &tables, resolve);
+                    unresolved = finish(&mut reconciler, result, 0);
                 }
             }
         }
@@ -160,19 +170,22 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 etcd: etcd.clone(),
                 node_name: cfg.node_name.clone(),
                 vtep_ip,
-                vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
+                vtep_mac,
                 lease_ttl: cfg.lease_ttl,
                 run_dir: cfg.run_dir.clone(),
-                mtu: underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
+                mtu,
             });
             tasks = handles;
-            let maps_dir = pins.maps();
-            let api_cluster = c.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = api::serve(api_cluster, maps_dir).await {
-                    error!("API socket: {e}");
-                }
-            }));
+            // Runtimes (API, CNI, Docker) need a datapath to attach containers to.
+            if !cfg.control_plane_only {
+                let maps_dir = pins.maps();
+                let api_cluster = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = api::serve(api_cluster, maps_dir).await {
+                        error!("API socket: {e}");
+                    }
+                }));
+            }
             if let Some(path) = cfg.docker_plugin.clone() {
                 let driver = Arc::new(cnm::Driver::new(c.clone()));
                 tasks.push(tokio::spawn(async move {
@@ -183,16 +196,36 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
             let mut generation = c.generation.subscribe();
             loop {
-                tokio::select! {
+                let retry = tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = hangup.recv() => {},
-                    r = generation.changed() => if r.is_err() { break },
-                    _ = tick.tick() => if unresolved == 0 { continue },
-                }
+                    _ = hangup.recv() => true,
+                    r = generation.changed() => if r.is_err() { break } else { false },
+                    _ = tick.tick() => if unresolved == 0 { continue } else { true },
+                };
                 let seen = *generation.borrow_and_update();
-                let tables = c.view.lock().await.tables();
-                unresolved = reconcile(&mut datapath, &tables);
+                let mut view = c.view.lock().await;
+                let dirty = view.take_dirty();
+                let revision = view.revision;
+                let delta = if retry {
+                    Ok(None)
+                } else {
+                    reconciler.delta(&mut target, &view, &dirty, resolve)
+                };
+                let result = match delta {
+                    Ok(Some(report)) => Ok(report),
+                    Ok(None) => {
+                        let tables = view.tables();
+                        drop(view);
+                        reconciler.full(&mut target, &tables, resolve)
+                    }
+                    Err(e) => Err(e),
+                };
+                let full = result.as_ref().is_ok_and(|r| !r.incremental);
+                unresolved = finish(&mut reconciler, result, revision);
                 c.applied.send_replace(seen);
+                if full {
+                    release_freed_memory();
+                }
             }
             cluster = Some(c);
         }
@@ -212,16 +245,92 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         if let Some(c) = &cluster {
             c.leave().await;
         }
-        drop(datapath);
-        let errors = datapath::remove(&pins, Some(&underlay.name));
-        for e in &errors {
-            warn!("cleanup: {e}");
+        if let Target::Kernel(_) = target {
+            drop(target);
+            let errors = datapath::remove(&pins, underlay.as_ref().map(|u| u.name.as_str()));
+            for e in &errors {
+                warn!("cleanup: {e}");
+            }
+            info!("datapath detached and pins removed");
         }
-        info!("datapath detached and pins removed");
-    } else {
+    } else if !cfg.control_plane_only {
         info!(bpffs = %pins.root().display(), "stopping; the datapath stays attached (overlayd cleanup removes it)");
     }
     Ok(())
+}
+
+/// This host as the daemon runs it.
+struct LocalNode {
+    target: Target,
+    underlay: Option<Interface>,
+    vtep_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+    /// Container MTU.
+    mtu: u32,
+}
+
+/// Loads and attaches the datapath on the underlay.
+fn datapath_node(cfg: &DaemonConfig, pins: &PinLayout) -> Result<LocalNode, DaemonError> {
+    let underlay = Interface::lookup(&cfg.underlay)?;
+    let vtep_ip = underlay.vtep_ip(cfg.vtep_ip)?;
+    let mut datapath = Datapath::load(&DatapathOptions {
+        pins: pins.clone(),
+        underlay_ifindex: underlay.ifindex,
+        xdp: cfg.xdp.resolve(underlay.driver.as_deref()),
+        tc_mode: cfg.tc_mode,
+        ebpf_log_level: ebpf_log_level(),
+    })?;
+    datapath
+        .maps
+        .config
+        .set(&NodeDatapathConfig {
+            vtep_ip,
+            underlay_ifindex: underlay.ifindex,
+            underlay_mtu: underlay.mtu,
+            vxlan_port: cfg.vxlan_port,
+        })
+        .map_err(DatapathError::from)?;
+    Ok(LocalNode {
+        target: Target::Kernel(Box::new(datapath)),
+        vtep_ip,
+        vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
+        mtu: underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
+        underlay: Some(underlay),
+    })
+}
+
+/// No datapath: the node takes part in the cluster and keeps its tables in memory, so many
+/// simulated nodes fit on one machine (control-plane scale tests).
+fn control_plane_node(cfg: &DaemonConfig) -> Result<LocalNode, DaemonError> {
+    let vtep_ip = cfg.vtep_ip.ok_or_else(|| {
+        DaemonError::Config(
+            "--control-plane-only needs --vtep-ip (there is no underlay to take it from)".into(),
+        )
+    })?;
+    Ok(LocalNode {
+        target: Target::Memory(Box::new(EndpointMaps::in_memory())),
+        underlay: None,
+        vtep_ip,
+        vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0]),
+        mtu: 1500 - overlay_common::wire::VXLAN_MTU_OVERHEAD,
+    })
+}
+
+/// A full pass frees tens of MB of temporary tables at 100k endpoints; glibc keeps freed
+/// memory in its arenas unless asked to give it back.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Re-reads the tables file when its modification time changes (or when forced) and

@@ -175,7 +175,8 @@ fn demo() -> Result<()> {
 
 fn bench(args: Vec<String>) -> Result<()> {
     setup::run()?;
-    build(false)?;
+    // Control-plane figures (propagation, scale) are only meaningful for an optimised daemon.
+    build(true)?;
     run(cargo()
         .args([
             "run",
@@ -186,5 +187,5 @@ fn bench(args: Vec<String>) -> Result<()> {
             "--",
         ])
         .args(args)
-        .env("OVERLAYD", overlayd_path(false)))
+        .env("OVERLAYD", overlayd_path(true)))
 }

@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "runc",
     "docker.io",
     "curl",
+    // The benchmark charts' font (read at run time; no font libraries needed).
+    "fonts-dejavu-core",
 ];
 
 /// The bpf-linker release known to work with the nightly's LLVM.

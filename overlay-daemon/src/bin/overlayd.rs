@@ -57,7 +57,11 @@ struct RunArgs {
     #[arg(long, env = "OVERLAY_NODE_NAME")]
     node_name: Option<String>,
     /// Underlay interface VXLAN leaves and arrives on.
-    #[arg(long, value_name = "IFACE", required = true)]
+    #[arg(
+        long,
+        value_name = "IFACE",
+        required_unless_present = "control_plane_only"
+    )]
     underlay: Option<String>,
     /// VTEP address [default: the underlay's first IPv4 address]
     #[arg(long, value_name = "IP")]
@@ -72,7 +76,7 @@ struct RunArgs {
     /// bpffs directory for this node's pins [default: /sys/fs/bpf/overlay/<node-name>]
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// XDP mode on the underlay (auto: native, but generic on veth).
+    /// XDP mode on the underlay (auto: native, but none on veth).
     #[arg(long, value_enum, default_value_t = XdpSetting::Auto)]
     xdp: XdpSetting,
     /// How TC programs are attached.
@@ -94,6 +98,10 @@ struct RunArgs {
     /// /run/docker/plugins/overlay-ebpf.sock). Needs etcd (not --tables).
     #[arg(long, value_name = "PATH", conflicts_with = "tables")]
     docker_plugin: Option<PathBuf>,
+    /// Run without a datapath: register, sync and reconcile the tables in memory only (no
+    /// underlay, no containers). For simulating many nodes on one machine; needs --vtep-ip.
+    #[arg(long, requires = "vtep_ip", conflicts_with_all = ["docker_plugin", "underlay", "tables"])]
+    control_plane_only: bool,
 }
 
 fn node_name(explicit: Option<String>) -> anyhow::Result<String> {
@@ -182,7 +190,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = DaemonConfig {
                 bpffs: args.bpffs.unwrap_or_else(|| default_bpffs(&node)),
                 node_name: node,
-                underlay: args.underlay.context("--underlay IFACE is required")?,
+                underlay: match (args.underlay, args.control_plane_only) {
+                    (Some(u), _) => u,
+                    (None, true) => String::new(),
+                    (None, false) => anyhow::bail!("--underlay IFACE is required"),
+                },
                 vtep_ip: args.vtep_ip,
                 vxlan_port: args.vxlan_port,
                 run_dir: args.run_dir,
@@ -195,6 +207,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 lease_ttl: args.lease_ttl,
                 detach_on_exit: args.detach_on_exit,
                 docker_plugin: args.docker_plugin,
+                control_plane_only: args.control_plane_only,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -1,16 +1,30 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::HashMap as StdHashMap, hash::Hash, net::Ipv4Addr};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::{
+    maps::{HashMap, Map, MapData, MapError},
+    Pod,
+};
 use overlay_common::{
     maps::{names, ENDPOINT_F_LOCAL},
     EndpointInfo, EndpointIpKey, EndpointMacKey,
 };
 
-use super::{hash_map, ip_key, sync_hash, MapsError};
+use super::{hash_map, ip_key, map_err, MapsError};
 
 /// The MAC/IP table, kept as two views with the same values: by (VNI, IP) for the ARP
 /// responder and the gateway path, by (VNI, MAC) for switching and decapsulation.
+///
+/// A userspace copy of what was written is the reference for every change, so a change costs
+/// syscalls only for the entries that differ, not a read of the whole table (100k endpoints
+/// would be 400k syscalls per pass). Without kernel maps (control-plane-only mode) the copy
+/// is all there is.
 pub struct EndpointMaps {
+    kernel: Option<KernelMaps>,
+    by_ip: StdHashMap<EndpointIpKey, EndpointInfo>,
+    by_mac: StdHashMap<EndpointMacKey, EndpointInfo>,
+}
+
+struct KernelMaps {
     by_ip: HashMap<MapData, EndpointIpKey, EndpointInfo>,
     by_mac: HashMap<MapData, EndpointMacKey, EndpointInfo>,
 }
@@ -49,11 +63,37 @@ impl EndpointEntry {
 }
 
 impl EndpointMaps {
+    /// Takes over the kernel maps with what they hold (a restarted daemon finds the previous
+    /// one's entries; the next full pass corrects them).
     pub(super) fn new(by_ip: Map, by_mac: Map) -> Result<Self, MapsError> {
-        Ok(Self {
+        let kernel = KernelMaps {
             by_ip: hash_map(by_ip, names::ENDPOINTS_BY_IP)?,
             by_mac: hash_map(by_mac, names::ENDPOINTS_BY_MAC)?,
+        };
+        let by_ip = kernel
+            .by_ip
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ENDPOINTS_BY_IP))?;
+        let by_mac = kernel
+            .by_mac
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ENDPOINTS_BY_MAC))?;
+        Ok(Self {
+            kernel: Some(kernel),
+            by_ip,
+            by_mac,
         })
+    }
+
+    /// The table without a datapath behind it (control-plane-only mode).
+    pub fn in_memory() -> Self {
+        Self {
+            kernel: None,
+            by_ip: StdHashMap::new(),
+            by_mac: StdHashMap::new(),
+        }
     }
 
     /// Makes both views equal to `endpoints`. Returns (written, removed) over both maps.
@@ -62,22 +102,121 @@ impl EndpointMaps {
         endpoints: impl IntoIterator<Item = &'a EndpointEntry>,
         local_vtep: Ipv4Addr,
     ) -> Result<(usize, usize), MapsError> {
-        let mut by_ip = BTreeMap::new();
-        let mut by_mac = BTreeMap::new();
+        let mut by_ip = StdHashMap::new();
+        let mut by_mac = StdHashMap::new();
         for ep in endpoints {
             let value = ep.value(local_vtep);
-            by_ip.insert(
-                EndpointIpKey {
-                    vni: ep.vni,
-                    ip: ip_key(ep.ip),
-                },
-                value,
-            );
+            by_ip.insert(ip_entry_key(ep.vni, ep.ip), value);
             by_mac.insert(EndpointMacKey::new(ep.vni, ep.mac), value);
         }
-        let (w1, r1) = sync_hash(&mut self.by_ip, &by_ip, names::ENDPOINTS_BY_IP)?;
-        let (w2, r2) = sync_hash(&mut self.by_mac, &by_mac, names::ENDPOINTS_BY_MAC)?;
+        let kernel = self.kernel.as_mut();
+        let (w1, r1) = sync_view(
+            &mut self.by_ip,
+            &by_ip,
+            kernel.map(|k| &mut k.by_ip),
+            names::ENDPOINTS_BY_IP,
+        )?;
+        let kernel = self.kernel.as_mut();
+        let (w2, r2) = sync_view(
+            &mut self.by_mac,
+            &by_mac,
+            kernel.map(|k| &mut k.by_mac),
+            names::ENDPOINTS_BY_MAC,
+        )?;
         Ok((w1 + w2, r1 + r2))
+    }
+
+    /// The installed entry of (VNI, IP), from the userspace copy.
+    pub fn installed(&self, vni: u32, ip: Ipv4Addr) -> Option<EndpointInfo> {
+        self.by_ip.get(&ip_entry_key(vni, ip)).copied()
+    }
+
+    /// Both views, sorted (for comparing two tables in tests).
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_ip
+            .iter()
+            .map(|(k, v)| format!("ip {k:?} {v:?}"))
+            .chain(self.by_mac.iter().map(|(k, v)| format!("mac {k:?} {v:?}")))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of endpoints in the userspace copy.
+    pub fn len_installed(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// The IP that holds (VNI, MAC) now, if any.
+    pub fn ip_of_mac(&self, vni: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        self.by_mac
+            .get(&EndpointMacKey::new(vni, mac))
+            .map(|v| Ipv4Addr::from(v.ip.to_ne_bytes()))
+    }
+
+    /// Installs or replaces one endpoint (its old MAC entry goes if the MAC changed).
+    /// Returns (written, removed).
+    pub fn upsert(
+        &mut self,
+        ep: &EndpointEntry,
+        local_vtep: Ipv4Addr,
+    ) -> Result<(usize, usize), MapsError> {
+        let value = ep.value(local_vtep);
+        let ip_key = ip_entry_key(ep.vni, ep.ip);
+        let old = self.by_ip.get(&ip_key).copied();
+        if old == Some(value) {
+            return Ok((0, 0));
+        }
+        let mut removed = 0;
+        if let Some(old) = old.filter(|o| o.mac != ep.mac) {
+            removed += self.remove_mac(EndpointMacKey::new(ep.vni, old.mac))?;
+        }
+        let mac_key = EndpointMacKey::new(ep.vni, ep.mac);
+        if let Some(k) = self.kernel.as_mut() {
+            k.by_ip
+                .insert(ip_key, value, 0)
+                .map_err(map_err(names::ENDPOINTS_BY_IP))?;
+            k.by_mac
+                .insert(mac_key, value, 0)
+                .map_err(map_err(names::ENDPOINTS_BY_MAC))?;
+        }
+        self.by_ip.insert(ip_key, value);
+        self.by_mac.insert(mac_key, value);
+        Ok((2, removed))
+    }
+
+    /// Removes the endpoint (VNI, IP) and its MAC entry. Returns the entries removed.
+    pub fn remove(&mut self, vni: u32, ip: Ipv4Addr) -> Result<usize, MapsError> {
+        let ip_key = ip_entry_key(vni, ip);
+        let Some(old) = self.by_ip.get(&ip_key).copied() else {
+            return Ok(0);
+        };
+        if let Some(k) = self.kernel.as_mut() {
+            match k.by_ip.remove(&ip_key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP)(e)),
+            }
+        }
+        self.by_ip.remove(&ip_key);
+        // The MAC entry belongs to this IP unless another endpoint took the MAC over.
+        let mac_key = EndpointMacKey::new(vni, old.mac);
+        let mut removed = 1;
+        if self.by_mac.get(&mac_key).is_some_and(|v| v.ip == old.ip) {
+            removed += self.remove_mac(mac_key)?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_mac(&mut self, key: EndpointMacKey) -> Result<usize, MapsError> {
+        if let Some(k) = self.kernel.as_mut() {
+            match k.by_mac.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ENDPOINTS_BY_MAC)(e)),
+            }
+        }
+        Ok(usize::from(self.by_mac.remove(&key).is_some()))
     }
 
     /// Opens the tables of a running datapath from its pins (tools, tests, benchmarks).
@@ -87,25 +226,70 @@ impl EndpointMaps {
         Self::new(by_ip, by_mac)
     }
 
-    /// Number of endpoints in the by-IP view.
+    /// Number of endpoints in the by-IP view (of the kernel map, when there is one).
     pub fn len(&self) -> usize {
-        self.by_ip.keys().count()
+        match &self.kernel {
+            Some(k) => k.by_ip.keys().count(),
+            None => self.by_ip.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Looks an endpoint up the way the ARP responder does.
+    /// Looks an endpoint up the way the ARP responder does: in the kernel map when there is
+    /// one (tools read a map another process writes), else in the userspace copy.
     pub fn lookup_ip(&self, vni: u32, ip: Ipv4Addr) -> Option<EndpointInfo> {
-        self.by_ip
-            .get(
-                &EndpointIpKey {
-                    vni,
-                    ip: ip_key(ip),
-                },
-                0,
-            )
-            .ok()
+        match &self.kernel {
+            Some(k) => k.by_ip.get(&ip_entry_key(vni, ip), 0).ok(),
+            None => self.installed(vni, ip),
+        }
     }
+}
+
+fn ip_entry_key(vni: u32, ip: Ipv4Addr) -> EndpointIpKey {
+    EndpointIpKey {
+        vni,
+        ip: ip_key(ip),
+    }
+}
+
+/// Makes one view equal to `desired`, writing the kernel map (if any) only where the
+/// userspace copy differs. Returns (written, removed).
+fn sync_view<K, V>(
+    copy: &mut StdHashMap<K, V>,
+    desired: &StdHashMap<K, V>,
+    mut kernel: Option<&mut HashMap<MapData, K, V>>,
+    name: &'static str,
+) -> Result<(usize, usize), MapsError>
+where
+    K: Pod + Eq + Hash,
+    V: Pod + PartialEq,
+{
+    let stale: Vec<K> = copy
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
+    for key in &stale {
+        if let Some(map) = kernel.as_deref_mut() {
+            match map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        copy.remove(key);
+    }
+    let mut written = 0;
+    for (key, value) in desired {
+        if copy.get(key) != Some(value) {
+            if let Some(map) = kernel.as_deref_mut() {
+                map.insert(key, value, 0).map_err(map_err(name))?;
+            }
+            copy.insert(*key, *value);
+            written += 1;
+        }
+    }
+    Ok((written, stale.len()))
 }

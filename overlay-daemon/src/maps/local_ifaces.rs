@@ -1,9 +1,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use overlay_common::{maps::names, LocalIface};
 
-use super::{hash_map, ip_key, sync_hash, MapsError};
+use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
 
 /// Host-side veth ifindex -> the only (VNI, IP, MAC) its container may send as.
 pub struct LocalIfaceMap(HashMap<MapData, u32, LocalIface>);
@@ -38,6 +38,27 @@ impl LocalIfaceMap {
             })
             .collect();
         sync_hash(&mut self.0, &desired, names::LOCAL_IFACES)
+    }
+
+    /// Installs one container's identity.
+    pub fn insert(&mut self, id: &LocalIdentity) -> Result<(), MapsError> {
+        let value = LocalIface {
+            vni: id.vni,
+            ip: ip_key(id.ip),
+            mac: id.mac,
+            _pad: [0; 2],
+        };
+        self.0
+            .insert(id.ifindex, value, 0)
+            .map_err(map_err(names::LOCAL_IFACES))
+    }
+
+    /// Removes a container's identity (absent is fine).
+    pub fn remove(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.0.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::LOCAL_IFACES)(e)),
+        }
     }
 
     pub fn ifindexes(&self) -> Vec<u32> {

@@ -1,9 +1,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use overlay_common::{maps::names, VtepInfo};
 
-use super::{hash_map, ip_key, sync_hash, MapsError};
+use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
 
 /// Remote VTEP address -> node. Only VXLAN from these addresses is accepted, and only these
 /// are encapsulated to.
@@ -24,6 +24,21 @@ impl VtepMap {
             .map(|(ip, node_id)| (ip_key(ip), VtepInfo { node_id, flags: 0 }))
             .collect();
         sync_hash(&mut self.0, &desired, names::VTEPS)
+    }
+
+    /// Adds or replaces one VTEP.
+    pub fn insert(&mut self, ip: Ipv4Addr, node_id: u32) -> Result<(), MapsError> {
+        self.0
+            .insert(ip_key(ip), VtepInfo { node_id, flags: 0 }, 0)
+            .map_err(map_err(names::VTEPS))
+    }
+
+    /// Removes one VTEP (absent is fine).
+    pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        match self.0.remove(&ip_key(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::VTEPS)(e)),
+        }
     }
 
     pub fn len(&self) -> usize {

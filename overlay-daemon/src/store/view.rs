@@ -2,7 +2,11 @@
 //! events, turned into the tables the reconciler installs. Entries that do not decode are
 //! skipped and logged once, and never reach the datapath.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use tracing::warn;
 
@@ -18,8 +22,33 @@ pub enum Entry {
     Network(NetworkRecord),
     Node { record: NodeRecord, lease: i64 },
     Block(BlockRecord),
-    Endpoint(EndpointRecord),
+    Endpoint(ViewEndpoint),
     Service(ServiceRecord),
+}
+
+/// What the view keeps of an endpoint record: only what the tables need, with the node name
+/// shared. Every node holds every endpoint of the cluster, so this is most of a daemon's
+/// memory at 100k endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewEndpoint {
+    pub mac: crate::tables::MacAddr,
+    pub node: Arc<str>,
+    /// Empty for an address reserved for a runtime that has not made the endpoint yet.
+    pub host_ifname: Box<str>,
+    pub services: Box<[String]>,
+}
+
+/// What changed since the reconciler last took the changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Networks, nodes, services or service backends changed: every table must be rebuilt.
+    pub full: bool,
+    /// Endpoints put or deleted that are nobody's service backend: only their own entries
+    /// change.
+    pub endpoints: BTreeSet<(String, Ipv4Addr)>,
+    /// Nodes that joined, left or changed while holding no endpoints: only their VTEP
+    /// changes.
+    pub nodes: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +57,18 @@ pub struct ClusterView {
     entries: BTreeMap<Key, Entry>,
     /// Keys under the prefix that were skipped, with the reason.
     pub rejected: BTreeMap<String, String>,
+    dirty: Dirty,
+    /// (network, IP) of every backend a service names explicitly, so an endpoint change can
+    /// tell whether it touches a service without scanning all entries.
+    service_backends: BTreeSet<(String, Ipv4Addr)>,
+    /// Inside `reset`: everything is dirty anyway.
+    bulk: bool,
+    /// The etcd revision the view is current to.
+    pub revision: i64,
+    /// Node names, shared by the endpoints that name them.
+    node_names: HashSet<Arc<str>>,
+    /// Endpoints per node name.
+    per_node: HashMap<Arc<str>, usize>,
 }
 
 impl ClusterView {
@@ -36,16 +77,44 @@ impl ClusterView {
             layout,
             entries: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            dirty: Dirty::default(),
+            service_backends: BTreeSet::new(),
+            bulk: false,
+            revision: 0,
+            node_names: HashSet::new(),
+            per_node: HashMap::new(),
         }
     }
 
     /// Replaces everything with a fresh listing.
     pub fn reset(&mut self, kvs: Vec<Kv>) {
+        self.begin_listing();
+        self.add_listed(kvs);
+        self.end_listing();
+    }
+
+    /// Empties the view to be filled page by page (`add_listed`, then `end_listing`).
+    pub fn begin_listing(&mut self) {
         self.entries.clear();
         self.rejected.clear();
+        self.node_names.clear();
+        self.per_node.clear();
+        self.bulk = true;
+    }
+
+    pub fn add_listed(&mut self, kvs: Vec<Kv>) {
         for kv in kvs {
             self.put(kv);
         }
+    }
+
+    pub fn end_listing(&mut self) {
+        self.bulk = false;
+        self.refresh_service_backends();
+        self.dirty = Dirty {
+            full: true,
+            ..Dirty::default()
+        };
     }
 
     pub fn apply(&mut self, change: Change) {
@@ -54,9 +123,86 @@ impl ClusterView {
             Change::Delete(key) => {
                 self.rejected.remove(&key);
                 if let Some(k) = self.layout.parse(&key) {
-                    self.entries.remove(&k);
+                    let old = self.entries.remove(&k);
+                    self.mark(&k, old.as_ref(), None);
                 }
             }
+        }
+    }
+
+    /// The changes since the last call. A changed node that holds endpoints now makes it a
+    /// full rebuild (decided here, after a whole watch response: a departing node's
+    /// endpoints go in the same revision as its record, in any order).
+    pub fn take_dirty(&mut self) -> Dirty {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if dirty
+            .nodes
+            .iter()
+            .any(|n| self.per_node.get(n.as_str()).is_some_and(|c| *c > 0))
+        {
+            dirty.full = true;
+        }
+        dirty
+    }
+
+    /// Records what a change of `key` from `old` to `new` means for the tables.
+    fn mark(&mut self, key: &Key, old: Option<&Entry>, new: Option<&Entry>) {
+        if let Some(Entry::Endpoint(ep)) = old {
+            if let Some(c) = self.per_node.get_mut(&ep.node) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        if let Some(Entry::Endpoint(ep)) = new {
+            *self.per_node.entry(ep.node.clone()).or_default() += 1;
+        }
+        if self.bulk {
+            return;
+        }
+        let labelled =
+            |e: Option<&Entry>| matches!(e, Some(Entry::Endpoint(ep)) if !ep.services.is_empty());
+        match key {
+            Key::Vni(_) | Key::ServiceVip(_) | Key::Block { .. } => {}
+            Key::Endpoint { network, ip } => {
+                let id = (network.clone(), *ip);
+                if labelled(old) || labelled(new) || self.service_backends.contains(&id) {
+                    self.dirty.full = true;
+                } else if old != new {
+                    self.dirty.endpoints.insert(id);
+                }
+            }
+            Key::Service(_) => {
+                self.refresh_service_backends();
+                self.dirty.full = true;
+            }
+            Key::Node(name) => {
+                if old != new {
+                    self.dirty.nodes.insert(name.clone());
+                }
+            }
+            Key::Network(_) => {
+                if old != new {
+                    self.dirty.full = true;
+                }
+            }
+        }
+    }
+
+    fn refresh_service_backends(&mut self) {
+        let backends = self
+            .services()
+            .flat_map(|(_, s)| s.backends.iter().map(|b| (s.network.clone(), b.ip)))
+            .collect();
+        self.service_backends = backends;
+    }
+
+    /// One endpoint as the tables describe it, if the view holds it.
+    pub fn endpoint(&self, network: &str, ip: Ipv4Addr) -> Option<EndpointSpec> {
+        match self.entries.get(&Key::Endpoint {
+            network: network.to_owned(),
+            ip,
+        }) {
+            Some(Entry::Endpoint(ep)) => Some(endpoint_spec(network, ip, ep)),
+            _ => None,
         }
     }
 
@@ -75,18 +221,39 @@ impl ClusterView {
                 lease: kv.lease,
             }),
             Key::Block { .. } => records::decode(&kv.value).map(Entry::Block),
-            Key::Endpoint { .. } => records::decode(&kv.value).map(Entry::Endpoint),
+            Key::Endpoint { .. } => records::decode::<EndpointRecord>(&kv.value)
+                .map(|r| Entry::Endpoint(self.compact(r))),
         };
         match decoded {
             Ok(entry) => {
                 self.rejected.remove(&kv.key);
-                self.entries.insert(key, entry);
+                let old = self.entries.insert(key.clone(), entry);
+                let new = self.entries.get(&key).cloned();
+                self.mark(&key, old.as_ref(), new.as_ref());
             }
             Err(reason) => {
                 // A bad value replaces a good one: the entry is gone, not stale.
-                self.entries.remove(&key);
+                let old = self.entries.remove(&key);
+                self.mark(&key, old.as_ref(), None);
                 self.reject(kv.key, reason);
             }
+        }
+    }
+
+    fn compact(&mut self, r: EndpointRecord) -> ViewEndpoint {
+        let node = match self.node_names.get(r.node.as_str()) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = r.node.into();
+                self.node_names.insert(n.clone());
+                n
+            }
+        };
+        ViewEndpoint {
+            mac: r.mac,
+            node,
+            host_ifname: r.host_ifname.into(),
+            services: r.services.into(),
         }
     }
 
@@ -102,6 +269,13 @@ impl ClusterView {
             (Key::Network(name), Entry::Network(n)) => Some((name.as_str(), n)),
             _ => None,
         })
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        match self.entries.get(&Key::Node(name.to_owned())) {
+            Some(Entry::Node { record, .. }) => Some(record),
+            _ => None,
+        }
     }
 
     pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
@@ -127,7 +301,7 @@ impl ClusterView {
         })
     }
 
-    pub fn endpoints(&self) -> impl Iterator<Item = (&str, std::net::Ipv4Addr, &EndpointRecord)> {
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, std::net::Ipv4Addr, &ViewEndpoint)> {
         self.entries.iter().filter_map(|(k, e)| match (k, e) {
             (Key::Endpoint { network, ip }, Entry::Endpoint(ep)) => {
                 Some((network.as_str(), *ip, ep))
@@ -162,15 +336,7 @@ impl ClusterView {
             });
         }
         for (network, ip, ep) in self.endpoints() {
-            t.endpoints.push(EndpointSpec {
-                network: network.into(),
-                ip,
-                mac: Some(ep.mac),
-                node: ep.node.clone(),
-                host_ifname: (!ep.host_ifname.is_empty()).then(|| ep.host_ifname.clone()),
-                services: ep.services.clone(),
-                reserved: ep.host_ifname.is_empty(),
-            });
+            t.endpoints.push(endpoint_spec(network, ip, ep));
         }
         for (name, s) in self.services() {
             t.services.push(ServiceSpec {
@@ -183,6 +349,18 @@ impl ClusterView {
             });
         }
         t.validate()
+    }
+}
+
+fn endpoint_spec(network: &str, ip: Ipv4Addr, ep: &ViewEndpoint) -> EndpointSpec {
+    EndpointSpec {
+        network: network.into(),
+        ip,
+        mac: Some(ep.mac),
+        node: ep.node.to_string(),
+        host_ifname: (!ep.host_ifname.is_empty()).then(|| ep.host_ifname.to_string()),
+        services: ep.services.to_vec(),
+        reserved: ep.host_ifname.is_empty(),
     }
 }
 
