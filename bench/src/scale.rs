@@ -282,7 +282,7 @@ pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> 
         )?;
         let mut loaded = 0;
         let mut probe = 0;
-        for &m in endpoint_counts {
+        for (step, &m) in endpoint_counts.iter().enumerate() {
             // Bulk load up to m endpoints, spread over the nodes.
             let (from, names_c) = (loaded, names.clone());
             let start = Instant::now();
@@ -314,10 +314,11 @@ pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> 
                 let index = 120_000 + probe;
                 probe += 1;
                 let owner = names[probe % names.len()].clone();
-                let t0 = unix_us();
-                let rev = sim.with_store(move |rt, store| {
+                // Timed from just before the put: not the client's connection set-up.
+                let (rev, t0) = sim.with_store(move |rt, store| {
                     let (k, v) = endpoint_kv(store, index, &owner);
-                    Ok(rt.block_on(store.put(&k, v, None))?)
+                    let t0 = unix_us();
+                    Ok((rt.block_on(store.put(&k, v, None))?, t0))
                 })?;
                 let statuses = sim.wait_all(
                     &names,
@@ -339,7 +340,11 @@ pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> 
                 Ok(rev)
             })?;
             let t0 = unix_us();
-            let (late_name, mut late) = sim.spawn(900 + n)?;
+            // Each step's joiner is a new node with a run directory of its own (no status
+            // left from an earlier one), watched for crashes like the others.
+            let joiner = sim.spawn(900 + n + step)?;
+            let late_name = joiner.0.clone();
+            sim.daemons.push(joiner);
             let want = (m + probe) as u64;
             let late_status = sim.wait_all(
                 std::slice::from_ref(&late_name),
@@ -357,6 +362,7 @@ pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> 
                 / 1e6;
             // Steady state after the sync (the pass's temporaries released), and the peak.
             std::thread::sleep(Duration::from_millis(500));
+            let (_, mut late) = sim.daemons.pop().expect("the joiner");
             let (late_rss, _) = proc_usage(late.pid());
             let late_peak = status_mb(late.pid(), "VmHWM:");
             late.stop(Signal::SIGTERM, Duration::from_secs(10));

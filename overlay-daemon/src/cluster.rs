@@ -98,7 +98,7 @@ impl LocalEndpoint {
     /// reserved or while its host-side veth exists; a CNI one while the container has it.
     async fn still_present(&self) -> bool {
         if self.netns.as_os_str().is_empty() {
-            self.host_ifname.is_empty() || netlink::link_exists(&self.host_ifname).await
+            self.host_ifname.is_empty() || crate::netif::ifindex(&self.host_ifname).is_some()
         } else {
             netlink::container_has(&self.netns, &self.ifname)
                 .await
@@ -744,7 +744,7 @@ impl Cluster {
             .local
             .load(&id, DOCKER_IFNAME)
             .ok_or_else(|| ClusterError::NotFound(format!("{network}/{ip}")))?;
-        if !ep.host_ifname.is_empty() && netlink::link_exists(&ep.host_ifname).await {
+        if !ep.host_ifname.is_empty() && crate::netif::ifindex(&ep.host_ifname).is_some() {
             return Ok(ep);
         }
         let store = self.store().await;

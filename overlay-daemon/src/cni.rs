@@ -340,7 +340,6 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, (String, C
             // Best effort: a daemon that is down cannot hold anything to release right now;
             // it releases the address of a container that is gone when it starts again.
             match call(&conf, &req).await {
-                Ok(resp) if !resp.ok && resp.transient => Err(with_v(api_error(resp))),
                 Ok(resp) if !resp.ok => Err(with_v(api_error(resp))),
                 _ => Ok(None),
             }
@@ -364,10 +363,7 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, (String, C
             };
             let resp = call(&conf, &req).await.map_err(with_v)?;
             if !resp.ok {
-                return Err(with_v(CniError::new(
-                    E_ATTACHMENT,
-                    resp.error.unwrap_or_default(),
-                )));
+                return Err(with_v(api_error(resp)));
             }
             let ep = api::endpoint(resp).map_err(|e| with_v(CniError::new(E_ATTACHMENT, e)))?;
             match netlink::container_address(Path::new(&env.netns), &env.ifname).await {
@@ -407,6 +403,9 @@ pub async fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, (String, C
                 .map(|a| (a.container_id, a.ifname))
                 .collect();
             let resp = call(&conf, &Request::ListEndpoints).await.map_err(with_v)?;
+            if !resp.ok {
+                return Err(with_v(api_error(resp)));
+            }
             let eps: Vec<LocalEndpoint> = resp
                 .result
                 .and_then(|r| serde_json::from_value(r).ok())

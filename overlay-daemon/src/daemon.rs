@@ -214,9 +214,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 let result = match delta {
                     Ok(Some(report)) => Ok(report),
                     Ok(None) => {
-                        let tables = view.tables();
+                        // Copy under the lock, validate and install without it.
+                        let raw = view.cluster_tables();
                         drop(view);
-                        reconciler.full(&mut target, &tables, resolve)
+                        reconciler.full(&mut target, &raw.validate(), resolve)
                     }
                     Err(e) => Err(e),
                 };

@@ -431,6 +431,11 @@ impl Datapath {
         self.pins.endpoint_links()
     }
 
+    /// Whether the datapath is attached to this container interface.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.pins.endpoint(ifindex).exists()
+    }
+
     pub fn pins(&self) -> &PinLayout {
         &self.pins
     }

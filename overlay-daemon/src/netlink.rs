@@ -230,14 +230,6 @@ async fn add_veth(
         .ok_or_else(|| NetlinkError::Exists(host_ifname.to_owned()))
 }
 
-/// Whether a link named `name` exists in this namespace.
-pub async fn link_exists(name: &str) -> bool {
-    match connect() {
-        Ok(handle) => matches!(link_index(&handle, name).await, Ok(Some(_))),
-        Err(_) => false,
-    }
-}
-
 async fn link_mac(handle: &Handle, index: u32) -> Option<[u8; 6]> {
     let link = handle
         .link()

@@ -178,7 +178,7 @@ impl Target {
             return Ok(0);
         };
         dp.maps.local_ifaces.insert(id)?;
-        if dp.attached_containers().contains(&id.ifindex) {
+        if dp.is_attached(id.ifindex) {
             return Ok(0);
         }
         dp.attach_container(id.ifindex)?;
@@ -191,7 +191,7 @@ impl Target {
             return Ok(0);
         };
         dp.maps.local_ifaces.remove(ifindex)?;
-        if !dp.attached_containers().contains(&ifindex) {
+        if !dp.is_attached(ifindex) {
             return Ok(0);
         }
         dp.detach_container(ifindex);
@@ -212,6 +212,9 @@ pub struct Reconciler {
 struct LastFull {
     networks: BTreeMap<String, NetworkSpec>,
     nodes: BTreeMap<String, NodeSpec>,
+    /// This node's reserved addresses (no interface yet): valid, not installed, but holding
+    /// their MAC, so a clash with them is a clash all the same.
+    reserved: BTreeMap<(u32, Ipv4Addr), [u8; 6]>,
     report: Report,
 }
 
@@ -230,10 +233,19 @@ impl Reconciler {
         self.last = None;
         let plan = plan(tables, &self.me, resolve);
         let mut report = apply(target, &plan, self.me.vtep_ip)?;
-        report.rejected = tables.rejected.clone();
+        report
+            .rejected
+            .splice(0..0, tables.rejected.iter().cloned());
+        let reserved = tables
+            .endpoints
+            .iter()
+            .filter(|ep| ep.node == self.me.name && ep.host_ifname.is_none())
+            .filter_map(|ep| Some(((tables.networks.get(&ep.network)?.vni, ep.ip), ep.mac().0)))
+            .collect();
         self.last = Some(LastFull {
             networks: tables.networks.clone(),
             nodes: tables.nodes.clone(),
+            reserved,
             report: report.clone(),
         });
         Ok(report)
@@ -302,7 +314,6 @@ impl Reconciler {
             last.report.vteps = last.nodes.keys().filter(|n| **n != self.me.name).count();
         }
         let changed = &dirty.endpoints;
-        let last = &*last;
 
         let vtep_ip = self.me.vtep_ip;
         let mut report = Report {
@@ -327,10 +338,15 @@ impl Reconciler {
                         return Ok(None);
                     }
                     let mac = ep.mac().0;
-                    if target
-                        .endpoints()
-                        .ip_of_mac(net.vni, mac)
-                        .is_some_and(|other| other != *ip)
+                    let held_by_reserved = last
+                        .reserved
+                        .iter()
+                        .any(|(&(vni, other), m)| vni == net.vni && *m == mac && other != *ip);
+                    if held_by_reserved
+                        || target
+                            .endpoints()
+                            .ip_of_mac(net.vni, mac)
+                            .is_some_and(|other| other != *ip)
                     {
                         return Ok(None);
                     }
@@ -355,6 +371,14 @@ impl Reconciler {
                     })
                 }
             };
+            match &spec {
+                Some(ep) if ep.node == self.me.name && ep.host_ifname.is_none() => {
+                    last.reserved.insert((net.vni, *ip), ep.mac().0);
+                }
+                _ => {
+                    last.reserved.remove(&(net.vni, *ip));
+                }
+            }
             let installed = target.endpoints().installed(net.vni, *ip);
             // A local endpoint that goes or changes: its container identity goes first.
             if let Some(old) = installed.filter(|e| e.flags & ENDPOINT_F_LOCAL != 0) {
@@ -457,14 +481,22 @@ pub fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Repo
     tally(maps.local_ifaces.sync(&plan.local)?);
     tally(maps.endpoints.sync(&plan.endpoints, vtep_ip)?);
     // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.
+    // The reply-side translation is on before the first service exists, off after the last
+    // is gone, so no reply of a new flow misses it.
+    if !plan.services.is_empty() {
+        maps.config.set_services(true)?;
+    }
     let lb = maps.lb.sync(&plan.services)?;
     tally((lb.written, lb.removed));
     report.maglev_slots_changed = lb.slots_changed;
+    // Rejected for good (table full), not to retry: `rejected`, not `unresolved`.
     for r in lb.rejected {
         warn!("{r}");
-        report.unresolved.push(r);
+        report.rejected.push(r);
     }
-    maps.config.set_services(!plan.services.is_empty())?;
+    if plan.services.is_empty() {
+        maps.config.set_services(false)?;
+    }
 
     let wanted: BTreeSet<u32> = plan.local.iter().map(|l| l.ifindex).collect();
     let attached: BTreeSet<u32> = datapath.attached_containers().into_iter().collect();
@@ -563,6 +595,11 @@ mod tests {
                 r#"{{"version":1,"vtep_ip":"198.18.0.{i}","vtep_mac":"02:00:00:00:00:0{i}","registered_at":0}}"#
             )
         };
+        let reserved = |node: &str, mac: u8| {
+            format!(
+                r#"{{"version":1,"mac":"0a:58:c6:13:01:{mac:02x}","node":"{node}","container_id":"c","host_ifname":""}}"#
+            )
+        };
         let ep = |node: &str, mac: u8, labels: &str| {
             format!(
                 r#"{{"version":1,"mac":"0a:58:c6:13:01:{mac:02x}","node":"{node}","container_id":"c","host_ifname":"ovlx","services":[{labels}]}}"#
@@ -604,7 +641,11 @@ mod tests {
                     5 => kv("nodes/c", node(5 + (x % 2) as u8)),
                     0 => kv(&key, ep("b", host as u8, r#""web:80""#)),
                     1 => kv(&key, "garbage".into()),
-                    _ => kv(&key, ep("a", host as u8, "")),
+                    _ => match (x >> 5) % 2 {
+                        0 => kv(&key, ep("a", host as u8, "")),
+                        // A reserved address of this node (no interface yet), MACs clashing.
+                        _ => kv(&key, reserved("a", (2 + (x >> 6) % 20) as u8)),
+                    },
                 },
             };
             view.apply(change);
@@ -635,6 +676,53 @@ mod tests {
         }
         // Rejections (clashes, unknown nodes) force full passes until they clear.
         assert!(deltas > 40, "only {deltas} delta passes");
+    }
+
+    /// A reserved address of this node is not installed but holds its MAC: a later
+    /// endpoint with the same MAC is rejected by a full pass, so a delta must not install it.
+    #[test]
+    fn delta_respects_macs_held_by_reserved_addresses() {
+        use crate::store::{
+            client::{Change, Kv},
+            keys::Layout,
+        };
+        let put = |key: &str, value: &str| {
+            Change::Put(Kv {
+                key: format!("/overlay/v1/{key}"),
+                value: value.as_bytes().to_vec(),
+                lease: 1,
+            })
+        };
+        let mut view = ClusterView::new(Layout::new("/overlay"));
+        view.reset(Vec::new());
+        view.apply(put(
+            "networks/red",
+            r#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#,
+        ));
+        view.apply(put("nodes/a", r#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":0}"#));
+        view.apply(put("nodes/b", r#"{"version":1,"vtep_ip":"198.18.0.2","vtep_mac":"02:00:00:00:00:02","registered_at":0}"#));
+        view.apply(put("endpoints/red/198.19.1.5", r#"{"version":1,"mac":"0a:58:00:00:00:05","node":"a","container_id":"c","host_ifname":""}"#));
+        let me = NodeIdentity {
+            name: "a".into(),
+            vtep_ip: "198.18.0.1".parse().unwrap(),
+        };
+        let mut target = Target::Memory(Box::new(EndpointMaps::in_memory()));
+        let mut reconciler = Reconciler::new(me);
+        reconciler
+            .full(&mut target, &view.tables(), |_| Some(9))
+            .unwrap();
+        view.take_dirty();
+        view.apply(put("endpoints/red/198.19.1.9", r#"{"version":1,"mac":"0a:58:00:00:00:05","node":"b","container_id":"d","host_ifname":"ovly"}"#));
+        let dirty = view.take_dirty();
+        let delta = reconciler
+            .delta(&mut target, &view, &dirty, |_| Some(9))
+            .unwrap();
+        assert!(delta.is_none(), "the MAC clash needs a full pass");
+        let report = reconciler
+            .full(&mut target, &view.tables(), |_| Some(9))
+            .unwrap();
+        assert_eq!(report.endpoints, 0, "{:?}", report.rejected);
+        assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
     }
 
     #[test]

@@ -72,8 +72,9 @@ fn forward_ipv4(
     let to_gateway = eth.dst == net.gateway_mac;
     let mut dst_ip = ip.dst_key();
     let mut translated = false;
-    if to_gateway {
+    if to_gateway && cfg.flags & CONFIG_F_LB != 0 {
         // Service VIPs live outside the network's subnet, so they are reached via the gateway.
+        // Without services on this node, not even the lookup.
         match lb::to_service(ctx, me, ifindex, &eth, &ip)? {
             lb::Verdict::NotService => {}
             lb::Verdict::Translated(backend) => {

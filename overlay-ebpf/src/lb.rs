@@ -6,7 +6,7 @@
 //! TCP with a reset and UDP with ICMP port unreachable instead of blackholing.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -95,13 +95,10 @@ pub fn to_service(
     let ct = match unsafe { LB_CT.get(flow) } {
         Some(ct) if backend_alive(ct) => *ct,
         // New flow, or its backend left: pick (again) from the current table, and record how
-        // replies are translated back. Both flow tables are LRU of one size and an active
-        // flow touches both on every packet, so the reverse entry lives as long as this one.
+        // replies are translated back: the reverse entry first, so a flow entry never exists
+        // without one.
         _ => {
             let ct = select(svc, &flow)?;
-            LB_CT
-                .insert(flow, ct, 0)
-                .map_err(|_| DropReason::LbNatFailed)?;
             let reply = FlowKey {
                 vni: me.vni,
                 src_ip: ct.backend.ip,
@@ -118,6 +115,9 @@ pub fn to_service(
             };
             LB_REVNAT
                 .insert(reply, rev, 0)
+                .map_err(|_| DropReason::LbNatFailed)?;
+            LB_CT
+                .insert(flow, ct, 0)
                 .map_err(|_| DropReason::LbNatFailed)?;
             count(Direction::LbNewFlow, ctx.len());
             ct
@@ -303,9 +303,9 @@ fn reject(
     };
     if ip.proto == IPPROTO_TCP {
         let tcp = tc_header::<TcpHdr>(ctx, L4_OFF).ok_or(DropReason::Malformed)?;
-        // Never answer a reset (RFC 793).
+        // Never answer a reset (RFC 793); drop it, counted like any other.
         if tcp.flags & TCP_RST != 0 {
-            return Ok(TC_ACT_SHOT);
+            return Err(DropReason::LbNoBackend);
         }
         let doff = ((tcp.doff >> 4) as u32) * 4;
         let payload = (ip.tot_len() as u32).saturating_sub(IPV4_HLEN as u32 + doff);

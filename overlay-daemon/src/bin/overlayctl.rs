@@ -14,7 +14,6 @@ use ipnet::Ipv4Net;
 use overlay_daemon::{
     api::{self, Request},
     cli::EtcdArgs,
-    ipam,
     store::{
         keys::{valid_name, Key},
         records::{self, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord, RECORD_VERSION},
@@ -343,16 +342,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
             block_len,
             gateway,
         } => {
-            if !valid_name(&name) {
-                bail!("network name {name:?}: use letters, digits, '.', '_' and '-'");
-            }
             let subnet = subnet.trunc();
-            ipam::blocks(subnet, block_len)?;
-            if let Some(gw) = gateway {
-                if !subnet.contains(&gw) {
-                    bail!("gateway {gw} is outside {subnet}");
-                }
-            }
             let record = NetworkRecord {
                 version: RECORD_VERSION,
                 vni,
@@ -361,6 +351,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                 gateway,
                 mtu,
             };
+            record.check(&name).map_err(anyhow::Error::msg)?;
             let created = store
                 .create_network(&name, vni, records::encode(&record))
                 .await?;
@@ -427,7 +418,12 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
 }
 
 /// Refuses duplicate backends: one address:port is one backend.
-fn check_backends(backends: &[BackendSpec]) -> anyhow::Result<()> {
+/// Backends given once each, inside the service's network.
+fn check_backends(
+    backends: &[BackendSpec],
+    network: &str,
+    net: &NetworkRecord,
+) -> anyhow::Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     for b in backends {
         if !seen.insert((b.ip, b.port)) {
@@ -437,8 +433,27 @@ fn check_backends(backends: &[BackendSpec]) -> anyhow::Result<()> {
                 b.port
             );
         }
+        if !net.subnet.contains(&b.ip) {
+            bail!(
+                "backend {} is outside network {network:?}'s subnet {}",
+                b.ip,
+                net.subnet
+            );
+        }
     }
     Ok(())
+}
+
+async fn network_record(store: &Store, network: &str) -> anyhow::Result<NetworkRecord> {
+    let key = store.layout.key(&Key::Network(network.to_owned()));
+    match store.get(&key).await? {
+        Some(kv) => {
+            records::decode(&kv.value).map_err(|e| anyhow::anyhow!("network {network:?}: {e}"))
+        }
+        None => {
+            bail!("network {network:?} does not exist: create it with `overlayctl network create`")
+        }
+    }
 }
 
 async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
@@ -457,28 +472,14 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
             if vip.port() == 0 {
                 bail!("--vip {vip}: give the service port, e.g. {}:80", vip.ip());
             }
-            check_backends(&backends)?;
-            let key = store.layout.key(&Key::Network(network.clone()));
-            let net: NetworkRecord = match store.get(&key).await? {
-                Some(kv) => records::decode(&kv.value)
-                    .map_err(|e| anyhow::anyhow!("network {network:?}: {e}"))?,
-                None => bail!("network {network:?} does not exist: create it with `overlayctl network create`"),
-            };
+            let net = network_record(&store, &network).await?;
+            check_backends(&backends, &network, &net)?;
             if net.subnet.contains(vip.ip()) {
                 bail!(
                     "VIP {} is inside network {network:?}'s subnet {}: pick an address outside it",
                     vip.ip(),
                     net.subnet
                 );
-            }
-            for b in &backends {
-                if !net.subnet.contains(&b.ip) {
-                    bail!(
-                        "backend {} is outside network {network:?}'s subnet {}",
-                        b.ip,
-                        net.subnet
-                    );
-                }
             }
             let record = ServiceRecord {
                 version: RECORD_VERSION,
@@ -583,13 +584,14 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
             Ok(())
         }
         ServiceCmd::SetBackends { name, backends } => {
-            check_backends(&backends)?;
             let key = store.layout.key(&Key::Service(name.clone()));
             let Some(kv) = store.get(&key).await? else {
                 bail!("service {name:?} does not exist: create it with `overlayctl service add`");
             };
             let mut record: ServiceRecord =
                 records::decode(&kv.value).map_err(|e| anyhow::anyhow!("service {name:?}: {e}"))?;
+            let net = network_record(&store, &record.network).await?;
+            check_backends(&backends, &record.network, &net)?;
             record.backends = backends;
             if !store
                 .replace(&key, kv.value, records::encode(&record), None)

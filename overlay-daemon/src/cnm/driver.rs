@@ -385,7 +385,7 @@ impl Driver {
                     gateway: None,
                     mtu: None,
                 };
-                crate::ipam::blocks(pool, record.block_len).map_err(|e| bad(e.to_string()))?;
+                record.check(&name).map_err(bad)?;
                 if !self.cluster.create_network(&name, record).await? {
                     // Someone else may have created the same network meanwhile.
                     let same = self

@@ -226,18 +226,6 @@ impl EndpointMaps {
         Self::new(by_ip, by_mac)
     }
 
-    /// Number of endpoints in the by-IP view (of the kernel map, when there is one).
-    pub fn len(&self) -> usize {
-        match &self.kernel {
-            Some(k) => k.by_ip.keys().count(),
-            None => self.by_ip.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Looks an endpoint up the way the ARP responder does: in the kernel map when there is
     /// one (tools read a map another process writes), else in the userspace copy.
     pub fn lookup_ip(&self, vni: u32, ip: Ipv4Addr) -> Option<EndpointInfo> {

@@ -129,6 +129,20 @@ impl LbMaps {
 
         let desired_keys: BTreeMap<ServiceKey, &ServiceEntry> =
             desired.iter().map(|s| (s.key(), s)).collect();
+        // Services that went give up their slots first, so a new service taking a slot never
+        // shares it with a stale entry that still points there.
+        let mut gone_services = Vec::new();
+        for (key, info) in &current {
+            if !desired_keys.contains_key(key) {
+                remove(&mut self.services, key, names::LB_SERVICES)?;
+                self.built.remove(&info.slot);
+                gone_services.push(*key);
+                out.removed += 1;
+            }
+        }
+        // (service, backend) pairs that ended: their flows are forgotten even when the
+        // backend still serves another service.
+        let mut gone_pairs: BTreeSet<(ServiceKey, (u32, u16))> = BTreeSet::new();
         let mut used: BTreeSet<u32> = current
             .iter()
             .filter(|(k, _)| desired_keys.contains_key(k))
@@ -154,6 +168,21 @@ impl LbMaps {
             let mut list = svc.backends.clone();
             list.sort();
             if !current.contains_key(key) || self.built.get(&slot) != Some(&list) {
+                if current.contains_key(key) {
+                    // What the table held (also after a restart, when `built` is empty).
+                    let new: BTreeSet<(u32, u16)> = list
+                        .iter()
+                        .map(|(ip, port, _)| (ip_key(*ip), *port))
+                        .collect();
+                    let old: BTreeSet<(u32, u16)> = self
+                        .maglev
+                        .read(slot)
+                        .iter()
+                        .filter_map(|id| backends.get(id))
+                        .map(|b| (b.ip, b.port))
+                        .collect();
+                    gone_pairs.extend(old.difference(&new).map(|addr| (*key, *addr)));
+                }
                 let names: Vec<String> = list
                     .iter()
                     .map(|(ip, port, _)| format!("{ip}:{port}"))
@@ -190,54 +219,50 @@ impl LbMaps {
             }
         }
 
-        let mut gone_services = Vec::new();
-        for (key, info) in &current {
-            if !desired_keys.contains_key(key) {
-                remove(&mut self.services, key, names::LB_SERVICES)?;
-                self.built.remove(&info.slot);
-                gone_services.push(*key);
-                out.removed += 1;
-            }
-        }
-        let mut gone_backends = BTreeSet::new();
         for (id, b) in &backends {
             if !wanted.contains(&(b.ip, b.port)) {
                 remove(&mut self.backends, id, names::LB_BACKENDS)?;
-                gone_backends.insert((b.ip, b.port));
                 out.removed += 1;
             }
         }
-        if !gone_services.is_empty() || !gone_backends.is_empty() {
-            self.purge_flows(&gone_services, &gone_backends)?;
+        if !gone_services.is_empty() || !gone_pairs.is_empty() {
+            self.purge_flows(&gone_services, &gone_pairs)?;
         }
         Ok(out)
     }
 
-    /// Forgets flows of removed services and replies from removed backends, so nothing
-    /// stale is translated later.
+    /// Forgets the flows of removed services and of backends removed from a service, in
+    /// both directions, so nothing stale is balanced or translated later.
     fn purge_flows(
         &mut self,
         services: &[ServiceKey],
-        backends: &BTreeSet<(u32, u16)>,
+        pairs: &BTreeSet<(ServiceKey, (u32, u16))>,
     ) -> Result<(), MapsError> {
-        let of_service = |vni: u32, ip: u32, port: u16, proto: u8| {
-            services
-                .iter()
-                .any(|s| s.vni == vni && s.vip == ip && s.port == port && s.proto == proto)
+        let stale = |vni: u32, vip: u32, port: u16, proto: u8, backend: (u32, u16)| {
+            let svc = ServiceKey {
+                vni,
+                vip,
+                port,
+                proto,
+                _pad: 0,
+            };
+            services.contains(&svc) || pairs.contains(&(svc, backend))
         };
         let ct: BTreeMap<_, _> = collect_flows(&self.ct, names::LB_CT)?;
         for (k, v) in ct {
-            if of_service(k.vni, k.dst_ip, k.dst_port, k.proto)
-                || backends.contains(&(v.backend.ip, v.backend.port))
-            {
+            if stale(
+                k.vni,
+                k.dst_ip,
+                k.dst_port,
+                k.proto,
+                (v.backend.ip, v.backend.port),
+            ) {
                 remove(&mut self.ct, &k, names::LB_CT)?;
             }
         }
         let rev: BTreeMap<_, _> = collect_flows(&self.revnat, names::LB_REVNAT)?;
         for (k, v) in rev {
-            if of_service(k.vni, v.vip, v.port, k.proto)
-                || backends.contains(&(k.src_ip, k.src_port))
-            {
+            if stale(k.vni, v.vip, v.port, k.proto, (k.src_ip, k.src_port)) {
                 remove(&mut self.revnat, &k, names::LB_REVNAT)?;
             }
         }

@@ -16,6 +16,17 @@ pub struct LocalIdentity {
     pub mac: [u8; 6],
 }
 
+impl LocalIdentity {
+    fn value(&self) -> LocalIface {
+        LocalIface {
+            vni: self.vni,
+            ip: ip_key(self.ip),
+            mac: self.mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
 impl LocalIfaceMap {
     pub(super) fn new(map: Map) -> Result<Self, MapsError> {
         Ok(Self(hash_map(map, names::LOCAL_IFACES)?))
@@ -27,29 +38,15 @@ impl LocalIfaceMap {
     ) -> Result<(usize, usize), MapsError> {
         let desired: BTreeMap<u32, LocalIface> = identities
             .into_iter()
-            .map(|id| {
-                let value = LocalIface {
-                    vni: id.vni,
-                    ip: ip_key(id.ip),
-                    mac: id.mac,
-                    _pad: [0; 2],
-                };
-                (id.ifindex, value)
-            })
+            .map(|id| (id.ifindex, id.value()))
             .collect();
         sync_hash(&mut self.0, &desired, names::LOCAL_IFACES)
     }
 
     /// Installs one container's identity.
     pub fn insert(&mut self, id: &LocalIdentity) -> Result<(), MapsError> {
-        let value = LocalIface {
-            vni: id.vni,
-            ip: ip_key(id.ip),
-            mac: id.mac,
-            _pad: [0; 2],
-        };
         self.0
-            .insert(id.ifindex, value, 0)
+            .insert(id.ifindex, id.value(), 0)
             .map_err(map_err(names::LOCAL_IFACES))
     }
 
@@ -59,9 +56,5 @@ impl LocalIfaceMap {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::LOCAL_IFACES)(e)),
         }
-    }
-
-    pub fn ifindexes(&self) -> Vec<u32> {
-        self.0.keys().filter_map(Result::ok).collect()
     }
 }

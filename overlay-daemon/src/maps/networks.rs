@@ -37,8 +37,4 @@ impl NetworkMap {
             .collect();
         sync_hash(&mut self.0, &desired, names::NETWORKS)
     }
-
-    pub fn vnis(&self) -> Vec<u32> {
-        self.0.keys().filter_map(Result::ok).collect()
-    }
 }

@@ -40,12 +40,4 @@ impl VtepMap {
             Err(e) => Err(map_err(names::VTEPS)(e)),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.0.keys().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -402,13 +402,6 @@ impl Store {
             .await
             .map_err(self.err())
     }
-
-    /// Compacts the store's history up to `revision` (operators and tests).
-    pub async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        kv.compact(revision, None).await.map_err(self.err())?;
-        Ok(())
-    }
 }
 
 /// Converts a watch response's events.

@@ -25,6 +25,29 @@ pub struct NetworkRecord {
 }
 
 impl NetworkRecord {
+    /// What every front end checks before writing a network, as a one-line error: the same
+    /// rules the daemons validate against, so a network they would reject is never created.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        use overlay_common::wire::VNI_MAX;
+        if !super::keys::valid_name(name) {
+            return Err(format!(
+                "network name {name:?}: use letters, digits, '.', '_' and '-'"
+            ));
+        }
+        if !(1..=VNI_MAX).contains(&self.vni) {
+            return Err(format!("VNI {} is outside 1..={VNI_MAX}", self.vni));
+        }
+        crate::ipam::blocks(self.subnet, self.block_len).map_err(|e| e.to_string())?;
+        if !self.subnet.contains(&self.gateway_ip()) {
+            return Err(format!(
+                "gateway {} is outside {}",
+                self.gateway_ip(),
+                self.subnet
+            ));
+        }
+        Ok(())
+    }
+
     /// The gateway containers route through: configured, or the subnet's first host.
     pub fn gateway_ip(&self) -> Ipv4Addr {
         self.gateway

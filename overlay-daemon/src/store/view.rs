@@ -3,7 +3,7 @@
 //! skipped and logged once, and never reach the datapath.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -65,9 +65,7 @@ pub struct ClusterView {
     bulk: bool,
     /// The etcd revision the view is current to.
     pub revision: i64,
-    /// Node names, shared by the endpoints that name them.
-    node_names: HashSet<Arc<str>>,
-    /// Endpoints per node name.
+    /// Endpoints per node; its keys are the node names the endpoints share.
     per_node: HashMap<Arc<str>, usize>,
 }
 
@@ -81,7 +79,6 @@ impl ClusterView {
             service_backends: BTreeSet::new(),
             bulk: false,
             revision: 0,
-            node_names: HashSet::new(),
             per_node: HashMap::new(),
         }
     }
@@ -97,7 +94,6 @@ impl ClusterView {
     pub fn begin_listing(&mut self) {
         self.entries.clear();
         self.rejected.clear();
-        self.node_names.clear();
         self.per_node.clear();
         self.bulk = true;
     }
@@ -147,15 +143,20 @@ impl ClusterView {
 
     /// Records what a change of `key` from `old` to `new` means for the tables.
     fn mark(&mut self, key: &Key, old: Option<&Entry>, new: Option<&Entry>) {
-        if let Some(Entry::Endpoint(ep)) = old {
-            if let Some(c) = self.per_node.get_mut(&ep.node) {
-                *c = c.saturating_sub(1);
-            }
-        }
         if let Some(Entry::Endpoint(ep)) = new {
             *self.per_node.entry(ep.node.clone()).or_default() += 1;
         }
-        if self.bulk {
+        if let Some(Entry::Endpoint(ep)) = old {
+            if let Some(c) = self.per_node.get_mut(&ep.node) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.per_node.remove(&ep.node);
+                }
+            }
+        }
+        // Re-puts of the same value (a node re-publishing, the watch echo of a local
+        // install) change nothing.
+        if self.bulk || old == new {
             return;
         }
         let labelled =
@@ -174,13 +175,23 @@ impl ClusterView {
                 self.refresh_service_backends();
                 self.dirty.full = true;
             }
+            // Only what the tables use counts: a node's VTEP (not its registration time or
+            // lease), a network's VNI, subnet and gateway (not its MTU or block size).
             Key::Node(name) => {
-                if old != new {
+                let vtep = |e: Option<&Entry>| match e {
+                    Some(Entry::Node { record, .. }) => Some(record.vtep_ip),
+                    _ => None,
+                };
+                if vtep(old) != vtep(new) {
                     self.dirty.nodes.insert(name.clone());
                 }
             }
             Key::Network(_) => {
-                if old != new {
+                let used = |e: Option<&Entry>| match e {
+                    Some(Entry::Network(n)) => Some((n.vni, n.subnet, n.gateway)),
+                    _ => None,
+                };
+                if used(old) != used(new) {
                     self.dirty.full = true;
                 }
             }
@@ -227,9 +238,9 @@ impl ClusterView {
         match decoded {
             Ok(entry) => {
                 self.rejected.remove(&kv.key);
-                let old = self.entries.insert(key.clone(), entry);
-                let new = self.entries.get(&key).cloned();
-                self.mark(&key, old.as_ref(), new.as_ref());
+                let old = self.entries.remove(&key);
+                self.mark(&key, old.as_ref(), Some(&entry));
+                self.entries.insert(key, entry);
             }
             Err(reason) => {
                 // A bad value replaces a good one: the entry is gone, not stale.
@@ -241,13 +252,10 @@ impl ClusterView {
     }
 
     fn compact(&mut self, r: EndpointRecord) -> ViewEndpoint {
-        let node = match self.node_names.get(r.node.as_str()) {
-            Some(n) => n.clone(),
-            None => {
-                let n: Arc<str> = r.node.into();
-                self.node_names.insert(n.clone());
-                n
-            }
+        // Share the name the node's other endpoints already hold.
+        let node = match self.per_node.get_key_value(r.node.as_str()) {
+            Some((n, _)) => n.clone(),
+            None => r.node.into(),
         };
         ViewEndpoint {
             mac: r.mac,
@@ -264,11 +272,21 @@ impl ClusterView {
         }
     }
 
+    /// The entries of one kind, in key order. Keys sort by kind first, so this is a range of
+    /// the map, not a scan of all of it (100k endpoints sit between the kinds).
+    fn of_kind(&self, first: Key) -> impl Iterator<Item = (&Key, &Entry)> {
+        let kind = std::mem::discriminant(&first);
+        self.entries
+            .range(first..)
+            .take_while(move |(k, _)| std::mem::discriminant(*k) == kind)
+    }
+
     pub fn networks(&self) -> impl Iterator<Item = (&str, &NetworkRecord)> {
-        self.entries.iter().filter_map(|(k, e)| match (k, e) {
-            (Key::Network(name), Entry::Network(n)) => Some((name.as_str(), n)),
-            _ => None,
-        })
+        self.of_kind(Key::Network(String::new()))
+            .filter_map(|(k, e)| match (k, e) {
+                (Key::Network(name), Entry::Network(n)) => Some((name.as_str(), n)),
+                _ => None,
+            })
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
@@ -286,23 +304,32 @@ impl ClusterView {
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeRecord, i64)> {
-        self.entries.iter().filter_map(|(k, e)| match (k, e) {
-            (Key::Node(name), Entry::Node { record, lease }) => {
-                Some((name.as_str(), record, *lease))
-            }
-            _ => None,
-        })
+        self.of_kind(Key::Node(String::new()))
+            .filter_map(|(k, e)| match (k, e) {
+                (Key::Node(name), Entry::Node { record, lease }) => {
+                    Some((name.as_str(), record, *lease))
+                }
+                _ => None,
+            })
     }
 
     pub fn blocks(&self) -> impl Iterator<Item = (&str, ipnet::Ipv4Net, &BlockRecord)> {
-        self.entries.iter().filter_map(|(k, e)| match (k, e) {
+        self.of_kind(Key::Block {
+            network: String::new(),
+            block: ipnet::Ipv4Net::default(),
+        })
+        .filter_map(|(k, e)| match (k, e) {
             (Key::Block { network, block }, Entry::Block(b)) => Some((network.as_str(), *block, b)),
             _ => None,
         })
     }
 
     pub fn endpoints(&self) -> impl Iterator<Item = (&str, std::net::Ipv4Addr, &ViewEndpoint)> {
-        self.entries.iter().filter_map(|(k, e)| match (k, e) {
+        self.of_kind(Key::Endpoint {
+            network: String::new(),
+            ip: Ipv4Addr::UNSPECIFIED,
+        })
+        .filter_map(|(k, e)| match (k, e) {
             (Key::Endpoint { network, ip }, Entry::Endpoint(ep)) => {
                 Some((network.as_str(), *ip, ep))
             }
@@ -311,15 +338,21 @@ impl ClusterView {
     }
 
     pub fn services(&self) -> impl Iterator<Item = (&str, &ServiceRecord)> {
-        self.entries.iter().filter_map(|(k, e)| match (k, e) {
-            (Key::Service(name), Entry::Service(s)) => Some((name.as_str(), s)),
-            _ => None,
-        })
+        self.of_kind(Key::Service(String::new()))
+            .filter_map(|(k, e)| match (k, e) {
+                (Key::Service(name), Entry::Service(s)) => Some((name.as_str(), s)),
+                _ => None,
+            })
     }
 
     /// The tables the datapath should hold: networks, live nodes, and the endpoints of live
     /// nodes (an endpoint whose node is gone is not installed, even before its lease expires).
     pub fn tables(&self) -> ValidTables {
+        self.cluster_tables().validate()
+    }
+
+    /// The view as unvalidated tables: a copy, so validation can run without the view.
+    pub fn cluster_tables(&self) -> ClusterTables {
         let mut t = ClusterTables::default();
         for (name, n) in self.networks() {
             t.networks.push(NetworkSpec {
@@ -348,7 +381,7 @@ impl ClusterView {
                 backends: s.backends.clone(),
             });
         }
-        t.validate()
+        t
     }
 }
 
