@@ -45,8 +45,12 @@ fn short(metric: Metric) -> &'static str {
         Metric::Tcp4 => "TCP 4",
         Metric::Udp64 => "UDP 64B",
         Metric::Udp1400 => "UDP 1400B",
+        Metric::Flood64 => "flood 64B",
+        Metric::CpuPerPacket => "CPU/pkt",
         Metric::RttP50 => "RTT p50",
         Metric::RttP99 => "RTT p99",
+        Metric::RttP50Cross => "p50 2CPU",
+        Metric::RttP99Cross => "p99 2CPU",
         Metric::CpuPerGbit => "CPU/Gbit",
     }
 }

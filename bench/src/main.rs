@@ -8,6 +8,7 @@ mod propagation;
 mod report;
 mod scale;
 mod service;
+mod tunnel_md;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -34,6 +35,9 @@ struct Cli {
     /// Modes to compare (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
+    /// Datapath measurements to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tests: Vec<measure::Test>,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -106,12 +110,18 @@ fn datapath(cli: &Cli) -> Result<String> {
         vec![
             Mode::Routed,
             Mode::KernelVxlan,
+            Mode::KernelVxlanBpf,
             Mode::Overlay,
             Mode::OverlayXdpNative,
             Mode::OverlayXdpSkb,
         ]
     } else {
         cli.modes.clone()
+    };
+    let tests = if cli.tests.is_empty() {
+        measure::Test::ALL.to_vec()
+    } else {
+        cli.tests.clone()
     };
     eprintln!("building {} topologies", modes.len());
     let pairs: Vec<Pair> = modes.iter().map(|m| Pair::build(*m)).collect();
@@ -125,7 +135,7 @@ fn datapath(cli: &Cli) -> Result<String> {
         for k in 0..pairs.len() {
             let pair = &pairs[(round + k) % pairs.len()];
             eprintln!("round {}/{}: {}", round + 1, cli.rounds, pair.mode.label());
-            for (metric, value) in measure::round(pair, cli.seconds)? {
+            for (metric, value) in measure::round(pair, cli.seconds, &tests)? {
                 samples.entry((pair.mode, metric)).or_default().push(value);
             }
         }

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::tunnel_md::{self, HostPlan};
 use overlay_tests::{netns::unique_id, topology::CONTAINER_MTU, Netns, Topology, TopologySpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -11,6 +12,8 @@ pub enum Mode {
     Routed,
     /// flannel's vxlan backend: a kernel vxlan device, static FDB and neighbour entries.
     KernelVxlan,
+    /// Cilium's tunnel mode: a collect_md vxlan device, TC programs setting the tunnel key.
+    KernelVxlanBpf,
     /// This project with its defaults (on a veth underlay: TC only, no XDP).
     Overlay,
     /// This project with the XDP filter forced to native mode.
@@ -24,6 +27,7 @@ impl Mode {
         match self {
             Mode::Routed => "routed",
             Mode::KernelVxlan => "kernel-vxlan",
+            Mode::KernelVxlanBpf => "kernel-vxlan-bpf",
             Mode::Overlay => "overlay",
             Mode::OverlayXdpNative => "overlay-xdp-native",
             Mode::OverlayXdpSkb => "overlay-xdp-skb",
@@ -48,6 +52,8 @@ enum Rest {
         _topology: Box<Topology>,
     },
     Plain {
+        // Detached before the namespaces go.
+        _programs: Vec<tunnel_md::Programs>,
         _hosts: Vec<Netns>,
         _underlay: Netns,
     },
@@ -73,7 +79,7 @@ impl Pair {
     pub fn build(mode: Mode) -> Self {
         match mode {
             Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb => overlay(mode),
-            Mode::Routed | Mode::KernelVxlan => plain(mode),
+            Mode::Routed | Mode::KernelVxlan | Mode::KernelVxlanBpf => plain(mode),
         }
     }
 }
@@ -107,8 +113,7 @@ fn overlay(mode: Mode) -> Pair {
 fn plain(mode: Mode) -> Pair {
     let id = unique_id();
     let underlay = Netns::create(&format!("ovb{id}-ul"));
-    underlay.ip(&["link", "add", "br0", "type", "bridge"]);
-    underlay.ip(&["link", "set", "br0", "up"]);
+    underlay.add_switch();
     let mut hosts = Vec::new();
     let mut containers = Vec::new();
     let mtu = CONTAINER_MTU.to_string();
@@ -174,6 +179,22 @@ fn plain(mode: Mode) -> Pair {
                     &format!("198.18.0.{peer}"),
                 ]);
             }
+            Mode::KernelVxlanBpf => {
+                // Cilium: one collect_md device per host; the programs choose the tunnel.
+                h.ip(&[
+                    "link",
+                    "add",
+                    tunnel_md::DEVICE,
+                    "mtu",
+                    &mtu,
+                    "type",
+                    "vxlan",
+                    "external",
+                    "dstport",
+                    "4789",
+                ]);
+                h.ip(&["link", "set", tunnel_md::DEVICE, "up"]);
+            }
             _ => {
                 // flannel: vxlan device, /32 on it, onlink route + permanent neighbour + FDB.
                 let mac = |n: usize| format!("02:00:00:00:00:{n:02x}");
@@ -235,6 +256,22 @@ fn plain(mode: Mode) -> Pair {
             }
         }
     }
+    let mut programs = Vec::new();
+    if mode == Mode::KernelVxlanBpf {
+        for (i, h) in hosts.iter().enumerate() {
+            let peer = 1 - i;
+            let ips = [CLIENT_IP, SERVER_IP];
+            let plan = HostPlan {
+                host: h,
+                container: &containers[i],
+                veth: "vc",
+                local_ip: ips[i],
+                remote_ip: ips[peer],
+                remote_vtep: Ipv4Addr::new(198, 18, 0, peer as u8 + 1),
+            };
+            programs.push(tunnel_md::install(&plan).expect("kernel-vxlan-bpf programs"));
+        }
+    }
     let server = containers.pop().expect("server");
     let client = containers.pop().expect("client");
     Pair {
@@ -242,6 +279,7 @@ fn plain(mode: Mode) -> Pair {
         client,
         server,
         _rest: Rest::Plain {
+            _programs: programs,
             _hosts: hosts,
             _underlay: underlay,
         },

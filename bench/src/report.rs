@@ -77,8 +77,13 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
         machine()
     );
     let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v)).unwrap_or(f64::NAN);
+    // Only what was measured (`--tests` may have chosen a subset).
+    let metrics: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|k| modes.iter().any(|m| samples.contains_key(&(*m, *k))))
+        .collect();
     header(&mut s, modes);
-    for k in Metric::ALL {
+    for &k in &metrics {
         let _ = write!(s, "| {} |", k.label());
         for m in modes {
             match samples.get(&(*m, k)) {
@@ -105,7 +110,7 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
             "\nRatio of medians to `{name}` (>1 is better for every row):\n"
         );
         header(&mut s, modes);
-        for k in Metric::ALL {
+        for &k in &metrics {
             let _ = write!(s, "| {} |", k.label());
             for m in modes {
                 let (a, b) = (med(*m, k), med(base, k));
@@ -118,7 +123,7 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
     let _ = writeln!(
         s,
         "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
-         `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `overlay` this project with its defaults (on a veth underlay: TC programs only, no XDP); `overlay-xdp-native` with the \
+         `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `kernel-vxlan-bpf` Cilium's tunnel mode (collect_md vxlan device, a TC program on the container veth sets the tunnel key and redirects to it, one on the device's ingress redirects to the container's veth peer); `overlay` this project with its defaults (on a veth underlay: TC programs only, no XDP); `overlay-xdp-native` with the \
          XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-xdp-skb` with the XDP filter in generic mode.\n\n\
          Produced by `cargo xtask bench`."
     );

@@ -124,6 +124,21 @@ impl Netns {
         }
     }
 
+    /// Adds bridge `br0` as a plain L2 switch, the underlay between hosts. Where br_netfilter
+    /// is loaded (Docker loads it) bridged frames would also run through iptables, which a
+    /// physical switch does not do: turned off for this namespace.
+    pub fn add_switch(&self) {
+        self.ip(&["link", "add", "br0", "type", "bridge"]);
+        for proto in ["iptables", "ip6tables", "arptables"] {
+            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{proto}");
+            self.enter(move || {
+                // Absent without br_netfilter: nothing to turn off.
+                let _ = std::fs::write(path, "0");
+            });
+        }
+        self.ip(&["link", "set", "br0", "up"]);
+    }
+
     /// Writes a sysctl of this namespace (e.g. `net/ipv6/conf/all/disable_ipv6`).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{key}");

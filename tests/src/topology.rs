@@ -134,8 +134,7 @@ impl Topology {
         let dir = std::env::temp_dir().join(format!("ovt-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let underlay = Netns::create(&format!("ovt{id}-ul"));
-        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
-        underlay.ip(&["link", "set", "br0", "up"]);
+        underlay.add_switch();
         let pins_root = PathBuf::from(format!("/sys/fs/bpf/ovt-{id}"));
         let mut topo = Self {
             id: id.clone(),

@@ -109,12 +109,14 @@ fn lint() -> Result<()> {
         "--workspace",
         "--exclude",
         "overlay-ebpf",
+        "--exclude",
+        "overlay-bench-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
-    // The eBPF crate only builds for the BPF target, with the nightly toolchain. `$CARGO` is
+    // The eBPF crates only build for the BPF target, with the nightly toolchain. `$CARGO` is
     // the toolchain's own binary (no `+nightly`), so go through rustup.
     let mut nightly = Command::new("rustup");
     nightly
@@ -125,6 +127,8 @@ fn lint() -> Result<()> {
             "clippy",
             "--package",
             "overlay-ebpf",
+            "--package",
+            "overlay-bench-ebpf",
             "--release",
         ])
         .args([
@@ -147,8 +151,15 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
         lint()?;
     }
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "overlay-ebpf"])
-        .env("OVERLAYD", overlayd_path(false));
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "overlay-ebpf",
+        "--exclude",
+        "overlay-bench-ebpf",
+    ])
+    .env("OVERLAYD", overlayd_path(false));
     cmd.arg("--");
     if let Some(f) = filter {
         cmd.arg(f);

@@ -17,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "iperf3",
     "sockperf",
+    // trafgen: the benchmark's UDP flood (packet mmap ring, no socket layer on the sender).
+    "netsniff-ng",
     "tcpdump",
     "bpftool",
     "etcd-server",
