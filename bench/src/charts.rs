@@ -51,6 +51,8 @@ fn short(metric: Metric) -> &'static str {
         Metric::RttP99 => "RTT p99",
         Metric::RttP50Cross => "p50 2CPU",
         Metric::RttP99Cross => "p99 2CPU",
+        Metric::RttP50Halt => "p50 halt",
+        Metric::RttP99Halt => "p99 halt",
         Metric::CpuPerGbit => "CPU/Gbit",
     }
 }

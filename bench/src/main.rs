@@ -124,7 +124,10 @@ fn datapath(cli: &Cli) -> Result<String> {
         cli.tests.clone()
     };
     eprintln!("building {} topologies", modes.len());
-    let pairs: Vec<Pair> = modes.iter().map(|m| Pair::build(*m)).collect();
+    let pairs: Vec<Pair> = modes
+        .iter()
+        .map(|m| Pair::build(*m))
+        .collect::<Result<_>>()?;
     let _servers: Vec<_> = pairs
         .iter()
         .map(measure::start_servers)

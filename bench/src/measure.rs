@@ -21,24 +21,30 @@ pub enum Metric {
     /// trafgen flooding UDP 64-byte payloads from the client's interface (no socket layer on
     /// the sender), packets/s arriving in the server container.
     Flood64,
-    /// CPU time (all cores) per packet of that flood, ns.
+    /// CPU time (all cores) per packet of 64-byte UDP sent at CPU_RATE_PPS, ns.
     CpuPerPacket,
     /// sockperf ping-pong, round trip p50 (µs), client and server on one CPU: the datapath
     /// and the stack, without a cross-CPU wake-up.
     RttP50,
     /// The same, p99.
     RttP99,
-    /// sockperf ping-pong with client and server on two CPUs: every message also wakes a
-    /// process on the other CPU (inter-processor interrupt, idle exit).
+    /// sockperf ping-pong with client and server on two CPUs, idle CPUs kept polling (PM QoS
+    /// latency 0): every message also wakes a process on the other CPU with an
+    /// inter-processor interrupt.
     RttP50Cross,
     /// The same, p99.
     RttP99Cross,
+    /// The same with idle CPUs allowed to halt, as they do by default: on a VM every wake-up
+    /// then also costs the hypervisor's exit and re-entry, which dwarfs the datapath.
+    RttP50Halt,
+    /// The same, p99.
+    RttP99Halt,
     /// CPU time (all cores, softirq + system + user) per Gbit transferred in Tcp1, ms.
     CpuPerGbit,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::Tcp1,
         Metric::Tcp4,
         Metric::Udp64,
@@ -49,6 +55,8 @@ impl Metric {
         Metric::RttP99,
         Metric::RttP50Cross,
         Metric::RttP99Cross,
+        Metric::RttP50Halt,
+        Metric::RttP99Halt,
         Metric::CpuPerGbit,
     ];
 
@@ -59,11 +67,13 @@ impl Metric {
             Metric::Udp64 => "UDP 64 B (kpps received)",
             Metric::Udp1400 => "UDP 1400 B (kpps received)",
             Metric::Flood64 => "UDP 64 B flood, trafgen (kpps received)",
-            Metric::CpuPerPacket => "CPU per packet, flood (ns)",
+            Metric::CpuPerPacket => "CPU per packet at 50 kpps (ns)",
             Metric::RttP50 => "RTT p50, one CPU (µs)",
             Metric::RttP99 => "RTT p99, one CPU (µs)",
             Metric::RttP50Cross => "RTT p50, two CPUs (µs)",
             Metric::RttP99Cross => "RTT p99, two CPUs (µs)",
+            Metric::RttP50Halt => "RTT p50, two CPUs, idle halts (µs)",
+            Metric::RttP99Halt => "RTT p99, two CPUs, idle halts (µs)",
             Metric::CpuPerGbit => "CPU per Gbit, TCP 1 stream (ms)",
         }
     }
@@ -84,9 +94,9 @@ pub enum Test {
     Tcp,
     /// iperf3 UDP, 64 and 1400 bytes.
     Udp,
-    /// trafgen UDP 64-byte flood and its CPU per packet.
+    /// trafgen UDP 64-byte flood, and the CPU per packet of the same at a fixed rate.
     Flood,
-    /// sockperf TCP ping-pong.
+    /// sockperf TCP ping-pong: on one CPU, and on two with idle CPUs polling and halting.
     Rtt,
 }
 
@@ -94,10 +104,19 @@ impl Test {
     pub const ALL: [Test; 4] = [Test::Tcp, Test::Udp, Test::Flood, Test::Rtt];
 }
 
-/// The CPU the sockperf server is pinned to. Pinned processes make the latency figures
+/// The first two CPUs this process may run on: the sockperf server is pinned to the first,
+/// the client to the first or the second. Pinned processes make the latency figures
 /// repeatable: unpinned, the scheduler's placement decides whether a round trip includes
 /// cross-CPU wake-ups, which on a VM cost more than the whole datapath.
-const SERVER_CPU: usize = 0;
+fn allowed_cpus() -> Result<(usize, Option<usize>)> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("sched_getaffinity")?;
+    let mut cpus = (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+    let first = cpus
+        .next()
+        .context("no CPU in this process's affinity mask")?;
+    Ok((first, cpus.next()))
+}
 
 /// Servers running in the server container for the whole benchmark.
 pub struct Servers {
@@ -119,12 +138,13 @@ pub fn iperf_server(ns: &overlay_tests::Netns) -> Result<ChildGuard> {
 
 pub fn start_servers(pair: &Pair) -> Result<Servers> {
     let iperf = iperf_server(&pair.server)?;
+    let (server_cpu, _) = allowed_cpus()?;
     let sockperf = pair
         .server
         .command("taskset")
         .args([
             "-c",
-            &SERVER_CPU.to_string(),
+            &server_cpu.to_string(),
             "sockperf",
             "server",
             "-i",
@@ -235,24 +255,49 @@ fn udp(pair: &Pair, seconds: u32, out: &mut Vec<(Metric, f64)>) -> Result<()> {
 }
 
 fn rtt(pair: &Pair, seconds: u32, out: &mut Vec<(Metric, f64)>) -> Result<()> {
-    let (p50, p99) = sockperf(pair, seconds, SERVER_CPU)?;
+    let (server_cpu, other_cpu) = allowed_cpus()?;
+    let (p50, p99) = sockperf(pair, seconds, server_cpu)?;
     out.push((Metric::RttP50, p50));
     out.push((Metric::RttP99, p99));
-    if num_cpus() > 1 {
-        let (p50, p99) = sockperf(pair, seconds, SERVER_CPU + 1)?;
-        out.push((Metric::RttP50Cross, p50));
-        out.push((Metric::RttP99Cross, p99));
+    let Some(cpu) = other_cpu else {
+        return Ok(());
+    };
+    let (p50, p99) = sockperf(pair, seconds, cpu)?;
+    out.push((Metric::RttP50Halt, p50));
+    out.push((Metric::RttP99Halt, p99));
+    match IdlePolling::request() {
+        Ok(_polling) => {
+            let (p50, p99) = sockperf(pair, seconds, cpu)?;
+            out.push((Metric::RttP50Cross, p50));
+            out.push((Metric::RttP99Cross, p99));
+        }
+        Err(e) => eprintln!("two-CPU latency with polling idle CPUs not measured: {e:#}"),
     }
     Ok(())
 }
 
-fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+/// A PM QoS request for zero wake-up latency: while it is held, cpuidle keeps idle CPUs in
+/// their polling state instead of halting them. The kernel drops the request when the file
+/// is closed, so nothing outlives the measurement (the way tuned and cyclictest do it).
+struct IdlePolling {
+    _request: std::fs::File,
 }
 
-/// sockperf TCP ping-pong with the client pinned to `cpu` (the server is on SERVER_CPU).
+impl IdlePolling {
+    fn request() -> Result<Self> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .context("/dev/cpu_dma_latency (needs root and CONFIG_PM)")?;
+        file.write_all(&0i32.to_ne_bytes())
+            .context("writing a 0 µs request to /dev/cpu_dma_latency")?;
+        Ok(Self { _request: file })
+    }
+}
+
+/// sockperf TCP ping-pong with the client pinned to `cpu` (the server is on the first allowed
+/// CPU).
 /// Returns the round trip's p50 and p99 in µs.
 fn sockperf(pair: &Pair, seconds: u32, cpu: usize) -> Result<(f64, f64)> {
     let sp = pair.client.output(
@@ -291,15 +336,55 @@ fn sockperf(pair: &Pair, seconds: u32, cpu: usize) -> Result<(f64, f64)> {
 
 const FLOOD_PORT: u16 = 9;
 
-/// Packets received so far on the server container's eth0 (/proc/net/dev is per namespace).
-fn server_rx_packets(pair: &Pair) -> Result<u64> {
-    let out = pair.server.output("cat", &["/proc/net/dev"]);
+/// The offered rate at which CPU per packet is measured: below what the slowest mode can
+/// carry, so every mode receives the same packets and the CPU it spends on them differs.
+/// (At full rate one core is saturated in every mode and CPU per packet is just 1 / rate.)
+pub const CPU_RATE_PPS: u32 = 50_000;
+
+/// Datagrams that reached UDP in the server container so far and were not queued: the UDP
+/// error counters of its namespace (a full receive buffer, memory, checksum). Queued ones are
+/// counted when the sink is drained.
+fn server_udp_errors(pair: &Pair) -> Result<u64> {
+    let out = pair.server.output("cat", &["/proc/net/snmp"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .context("no eth0 in the server's /proc/net/dev")
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Udp lines in the server's /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no Udp InErrors in the server's /proc/net/snmp")
+}
+
+/// A UDP socket in the server container that is not read while the flood runs: once its
+/// buffer is full, packets are dropped cheaply there (and counted in InErrors), instead of
+/// each one costing an ICMP port-unreachable attempt (a route lookup and the rate limiter)
+/// that would weigh on every mode alike.
+struct Sink(std::net::UdpSocket);
+
+impl Sink {
+    fn bind(pair: &Pair) -> Result<Self> {
+        let socket = pair
+            .server
+            .enter(|| std::net::UdpSocket::bind((SERVER_IP, FLOOD_PORT)))
+            .context("UDP sink in the server container")?;
+        socket.set_nonblocking(true)?;
+        Ok(Self(socket))
+    }
+
+    /// Reads and counts what is queued.
+    fn drain(&self) -> u64 {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while self.0.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
 }
 
 /// The frame the client's kernel would send to the server: its own MACs and addresses, the
@@ -307,7 +392,8 @@ fn server_rx_packets(pair: &Pair) -> Result<u64> {
 fn flood_frame(pair: &Pair) -> Result<String> {
     let c = &pair.client;
     let server = SERVER_IP.to_string();
-    c.run("ping", &["-c", "1", "-W", "1", &server]);
+    // Only to resolve the next hop; a lost reply is not an error here.
+    c.output("ping", &["-c", "1", "-W", "1", &server]);
     let json =
         |args: &[&str]| -> Result<serde_json::Value> { Ok(serde_json::from_str(&c.ip(args))?) };
     let route = json(&["-j", "route", "get", &server])?;
@@ -328,49 +414,81 @@ fn flood_frame(pair: &Pair) -> Result<String> {
     ))
 }
 
-/// Floods 64-byte UDP payloads from the client's eth0 with trafgen (packet mmap ring, qdisc
-/// bypassed), so the sender costs little and the datapath sets the rate. The count is what
-/// reaches the server container's interface. Returns kpps and CPU ns per received packet.
-fn flood(pair: &Pair, seconds: u32) -> Result<(f64, f64)> {
-    let frame = flood_frame(pair)?;
-    // A socket that is never read: once its buffer is full, packets are dropped cheaply there,
-    // instead of each one costing an ICMP port-unreachable attempt (a route lookup and the
-    // rate limiter) that would weigh on every mode alike.
-    let _sink = pair
-        .server
-        .enter(|| std::net::UdpSocket::bind((SERVER_IP, FLOOD_PORT)))
-        .context("UDP sink in the server container")?;
-    let rx0 = server_rx_packets(pair)?;
+/// What one trafgen run delivered.
+struct Delivered {
+    /// Datagrams that reached UDP in the server container.
+    packets: u64,
+    /// How long trafgen ran, s.
+    seconds: f64,
+    /// Busy CPU time of the whole machine from the start until the last packet arrived, ns.
+    cpu_ns: f64,
+}
+
+/// Sends `frame` from the client's eth0 with trafgen for `seconds`: at full speed (packet mmap
+/// ring, qdisc bypassed, so the sender costs little and the datapath sets the rate), or at
+/// `rate_pps`. Counts what reaches UDP in the server container, so packets the datapath
+/// delivered but IP dropped are not counted.
+fn trafgen(pair: &Pair, frame: &str, seconds: u32, rate_pps: Option<u32>) -> Result<Delivered> {
+    let sink = Sink::bind(pair)?;
+    let errors0 = server_udp_errors(pair)?;
+    let secs = seconds.to_string();
+    let rate = rate_pps.map(|r| format!("{r}pps"));
+    let mut args = vec![
+        "-s",
+        "INT",
+        &secs,
+        "trafgen",
+        "-o",
+        "eth0",
+        "-P",
+        "1",
+        "--no-sock-mem",
+    ];
+    if let Some(rate) = &rate {
+        args.extend(["-b", rate.as_str()]);
+    }
+    args.extend(["-C", frame]);
+
     let jiffies0 = busy_jiffies();
     let t0 = std::time::Instant::now();
-    let out = pair.client.output(
-        "timeout",
-        &[
-            "-s",
-            "INT",
-            &seconds.to_string(),
-            "trafgen",
-            "-o",
-            "eth0",
-            "-P",
-            "1",
-            "--no-sock-mem",
-            "-C",
-            &frame,
-        ],
-    );
+    let out = pair.client.output("timeout", &args);
     let elapsed = t0.elapsed().as_secs_f64();
-    // Let the last packets arrive before counting.
+    // `timeout` exits 124 when it had to stop trafgen, which is how a full run ends; anything
+    // else means trafgen stopped by itself (a bad frame, no interface).
+    if out.status.code() != Some(124) || elapsed < seconds as f64 {
+        bail!(
+            "trafgen on {} stopped after {elapsed:.2} s ({}): {}",
+            pair.mode.label(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // Let the last packets arrive before counting; the CPU they cost is part of the window.
     std::thread::sleep(Duration::from_millis(200));
     let jiffies = busy_jiffies() - jiffies0;
-    let received = server_rx_packets(pair)? - rx0;
-    if received == 0 {
+    let packets = server_udp_errors(pair)? - errors0 + sink.drain();
+    if packets == 0 {
         bail!(
             "trafgen on {}: nothing arrived: {}",
             pair.mode.label(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let cpu_ns = jiffies as f64 / 100.0 * 1e9;
-    Ok((received as f64 / elapsed / 1e3, cpu_ns / received as f64))
+    Ok(Delivered {
+        packets,
+        seconds: elapsed,
+        cpu_ns: jiffies as f64 / 100.0 * 1e9, // USER_HZ
+    })
+}
+
+/// The 64-byte UDP flood: the rate that arrives at full speed (kpps), and the CPU spent per
+/// packet at CPU_RATE_PPS offered (ns).
+fn flood(pair: &Pair, seconds: u32) -> Result<(f64, f64)> {
+    let frame = flood_frame(pair)?;
+    let full = trafgen(pair, &frame, seconds, None)?;
+    let paced = trafgen(pair, &frame, seconds, Some(CPU_RATE_PPS))?;
+    Ok((
+        full.packets as f64 / full.seconds / 1e3,
+        paced.cpu_ns / paced.packets as f64,
+    ))
 }

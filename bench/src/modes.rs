@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use anyhow::{Context as _, Result};
+
 use crate::tunnel_md::{self, HostPlan};
 use overlay_tests::{netns::unique_id, topology::CONTAINER_MTU, Netns, Topology, TopologySpec};
 
@@ -76,9 +78,12 @@ impl Pair {
         }
     }
 
-    pub fn build(mode: Mode) -> Self {
+    /// Builds the hosts, containers and datapath of `mode`. The namespaces come from the test
+    /// scaffolding, which panics on a failed `ip` command; a datapath that cannot be loaded
+    /// (the eBPF programs of kernel-vxlan-bpf) is an error that says so.
+    pub fn build(mode: Mode) -> Result<Self> {
         match mode {
-            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb => overlay(mode),
+            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb => Ok(overlay(mode)),
             Mode::Routed | Mode::KernelVxlan | Mode::KernelVxlanBpf => plain(mode),
         }
     }
@@ -110,7 +115,7 @@ fn overlay(mode: Mode) -> Pair {
     }
 }
 
-fn plain(mode: Mode) -> Pair {
+fn plain(mode: Mode) -> Result<Pair> {
     let id = unique_id();
     let underlay = Netns::create(&format!("ovb{id}-ul"));
     underlay.add_switch();
@@ -269,12 +274,14 @@ fn plain(mode: Mode) -> Pair {
                 remote_ip: ips[peer],
                 remote_vtep: Ipv4Addr::new(198, 18, 0, peer as u8 + 1),
             };
-            programs.push(tunnel_md::install(&plan).expect("kernel-vxlan-bpf programs"));
+            let loaded = tunnel_md::install(&plan)
+                .with_context(|| format!("loading the kernel-vxlan-bpf programs on host {i}"))?;
+            programs.push(loaded);
         }
     }
     let server = containers.pop().expect("server");
     let client = containers.pop().expect("client");
-    Pair {
+    Ok(Pair {
         mode,
         client,
         server,
@@ -283,5 +290,5 @@ fn plain(mode: Mode) -> Pair {
             _hosts: hosts,
             _underlay: underlay,
         },
-    }
+    })
 }

@@ -96,8 +96,8 @@ fn ipvs_available() -> bool {
 
 fn setup(variant: Variant) -> Result<Setup> {
     let mut pair = match variant {
-        Variant::Vip | Variant::Direct => Pair::build(Mode::Overlay),
-        Variant::Iptables | Variant::Ipvs => Pair::build(Mode::KernelVxlan),
+        Variant::Vip | Variant::Direct => Pair::build(Mode::Overlay)?,
+        Variant::Iptables | Variant::Ipvs => Pair::build(Mode::KernelVxlan)?,
     };
     for ns in [&pair.client, &pair.server] {
         ns.sysctl("net/ipv4/ip_local_port_range", "1024 65000");

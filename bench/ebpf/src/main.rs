@@ -30,6 +30,8 @@ static LOCAL: HashMap<u32, TunnelLocal> = HashMap::with_max_entries(1024, 0);
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const TUNNEL_TTL: u8 = 64;
+/// `skb->pkt_type` for a frame addressed to this host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -116,6 +118,12 @@ pub fn tmd_from_tunnel(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     if key.tunnel_id != local.vni {
+        return TC_ACT_SHOT;
+    }
+    // The device classified the inner frame by the gateway MAC it carried (PACKET_OTHERHOST);
+    // it is now addressed to the container, so say so rather than rely on the redirect
+    // scrubbing it.
+    if ctx.change_type(PACKET_HOST).is_err() {
         return TC_ACT_SHOT;
     }
     let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
