@@ -341,7 +341,8 @@ const FLOOD_PORT: u16 = 9;
 /// every mode, and CPU per packet is 1 / rate by construction. trafgen's shaper sends each
 /// second's packets back to back and then idles, so this is the per-packet cost in bursts;
 /// that it agrees with 1 / flood rate shows the flood is bound by per-packet CPU work.
-pub const CPU_RATE_PPS: u32 = 50_000;
+/// `Metric::CpuPerPacket`'s label names it; change both together.
+const CPU_RATE_PPS: u32 = 50_000;
 
 /// Datagrams that reached UDP in the server container so far and were not queued: the UDP
 /// error counters of its namespace (a full receive buffer, memory, checksum). Queued ones are
