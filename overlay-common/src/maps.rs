@@ -132,7 +132,10 @@ impl EndpointInfo {
 pub struct VtepInfo {
     /// Stable small id of the node, for counters and logs.
     pub node_id: u32,
-    pub flags: u32,
+    /// The underlay next hop towards the VTEP (network-order key, like the map key), handed
+    /// to the neighbour layer so no route lookup runs per packet; 0: the kernel routes each
+    /// packet.
+    pub nexthop: u32,
 }
 const _: () = assert!(core::mem::size_of::<VtepInfo>() == 8);
 

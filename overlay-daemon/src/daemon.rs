@@ -20,6 +20,7 @@ use crate::{
     datapath::{self, Datapath, DatapathError, DatapathOptions, PinLayout, TcMode, XdpSetting},
     maps::{EndpointMaps, NodeDatapathConfig},
     netif::{self, Interface, NetifError},
+    nexthop::{NextHops, RouteChanges},
     reconcile::{NodeIdentity, Reconciler, Report, Target},
     store::EtcdConfig,
     tables::{ClusterTables, MacAddr, ValidTables},
@@ -96,6 +97,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         vtep_ip,
         vtep_mac,
         mtu,
+        mut route_changes,
     } = node;
     let log_task = match &mut target {
         Target::Kernel(dp) => dp.take_logger().map(|l| tokio::spawn(forward_ebpf_logs(l))),
@@ -156,6 +158,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     _ = &mut shutdown => break,
                     _ = hangup.recv() => true,
                     _ = tick.tick() => false,
+                    seen = next_route_change(&mut route_changes) => {
+                        on_route_change(&mut target, &mut route_changes, seen);
+                        continue;
+                    }
                 };
                 // Re-plan when the tables changed, when asked to, or while local interfaces
                 // are still missing (a runtime may create them after the tables name them).
@@ -201,6 +207,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     _ = hangup.recv() => true,
                     r = generation.changed() => if r.is_err() { break } else { false },
                     _ = tick.tick() => if unresolved == 0 { continue } else { true },
+                    seen = next_route_change(&mut route_changes) => {
+                        on_route_change(&mut target, &mut route_changes, seen);
+                        continue;
+                    }
                 };
                 let seen = *generation.borrow_and_update();
                 let mut view = c.view.lock().await;
@@ -268,6 +278,8 @@ struct LocalNode {
     vtep_mac: MacAddr,
     /// Container MTU.
     mtu: u32,
+    /// Present while the datapath pins underlay next hops.
+    route_changes: Option<RouteChanges>,
 }
 
 /// Loads and attaches the datapath on the underlay.
@@ -291,8 +303,22 @@ fn datapath_node(cfg: &DaemonConfig, pins: &PinLayout) -> Result<LocalNode, Daem
             vxlan_port: cfg.vxlan_port,
         })
         .map_err(DatapathError::from)?;
+    // Next hops are pinned only while route changes can be seen.
+    let route_changes = match RouteChanges::subscribe()
+        .and_then(|changes| Ok((changes, NextHops::new(underlay.ifindex, vtep_ip)?)))
+    {
+        Ok((changes, next_hops)) => {
+            datapath.set_next_hops(next_hops);
+            Some(changes)
+        }
+        Err(e) => {
+            warn!("{e}; the kernel routes each encapsulated packet");
+            None
+        }
+    };
     Ok(LocalNode {
         target: Target::Kernel(Box::new(datapath)),
+        route_changes,
         vtep_ip,
         vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
         mtu: underlay.mtu - overlay_common::wire::VXLAN_MTU_OVERHEAD,
@@ -310,6 +336,7 @@ fn control_plane_node(cfg: &DaemonConfig) -> Result<LocalNode, DaemonError> {
     })?;
     Ok(LocalNode {
         target: Target::Memory(Box::new(EndpointMaps::in_memory())),
+        route_changes: None,
         underlay: None,
         vtep_ip,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0]),
@@ -393,6 +420,32 @@ fn write_status(run_dir: &Path, report: &Report) {
     let body = serde_json::to_vec_pretty(report).unwrap_or_default();
     if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
         warn!(path = %path.display(), "writing status: {e}");
+    }
+}
+
+/// Waits for the next IPv4 route change; forever without a subscription.
+async fn next_route_change(changes: &mut Option<RouteChanges>) -> bool {
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks again for the VTEPs' next hops after a route change; unpins them all once changes
+/// can no longer be seen (`seen` false), since a pinned next hop could then go stale.
+fn on_route_change(target: &mut Target, changes: &mut Option<RouteChanges>, seen: bool) {
+    let Target::Kernel(dp) = target else {
+        return;
+    };
+    let result = if seen {
+        dp.refresh_next_hops()
+    } else {
+        warn!("route change subscription ended; the kernel routes each encapsulated packet");
+        *changes = None;
+        dp.clear_next_hops()
+    };
+    if let Err(e) = result {
+        error!("underlay next hops: {e}");
     }
 }
 

@@ -14,6 +14,7 @@
 use std::{
     ffi::CStr,
     fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -30,7 +31,10 @@ use aya_log::EbpfLogger;
 use overlay_common::maps::programs;
 use tracing::{debug, info, warn};
 
-use crate::maps::{DatapathMaps, MapsError};
+use crate::{
+    maps::{DatapathMaps, MapsError},
+    nexthop::NextHops,
+};
 
 /// The eBPF object built by build.rs from overlay-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
@@ -190,6 +194,8 @@ pub struct Datapath {
     tc_mode: TcMode,
     pub maps: DatapathMaps,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// Without it (a datapath loaded for tests), the kernel routes each encapsulated packet.
+    next_hops: Option<NextHops>,
 }
 
 impl Datapath {
@@ -241,6 +247,7 @@ impl Datapath {
             tc_mode: tc_mode.resolve(),
             maps,
             logger,
+            next_hops: None,
         })
     }
 
@@ -438,6 +445,65 @@ impl Datapath {
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
+    }
+
+    /// Pins each VTEP's underlay next hop from now on (see `nexthop`).
+    pub fn set_next_hops(&mut self, next_hops: NextHops) {
+        self.next_hops = Some(next_hops);
+    }
+
+    /// Stops pinning next hops (route changes can no longer be seen): every VTEP goes back to
+    /// a route lookup per packet.
+    pub fn clear_next_hops(&mut self) -> Result<usize, MapsError> {
+        self.next_hops = None;
+        self.refresh_next_hops_with(|_| None)
+    }
+
+    fn next_hop(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.next_hops.as_mut().and_then(|n| n.resolve(vtep))
+    }
+
+    /// Adds or replaces one remote VTEP, with its next hop.
+    pub fn insert_vtep(&mut self, vtep: Ipv4Addr, node_id: u32) -> Result<(), MapsError> {
+        let nexthop = self.next_hop(vtep);
+        self.maps.vteps.insert(vtep, node_id, nexthop)
+    }
+
+    /// Makes the VTEP table equal to `vteps` (address, node id), with their next hops.
+    pub fn sync_vteps(&mut self, vteps: &[(Ipv4Addr, u32)]) -> Result<(usize, usize), MapsError> {
+        let desired: Vec<_> = vteps
+            .iter()
+            .map(|&(ip, node_id)| (ip, node_id, self.next_hop(ip)))
+            .collect();
+        self.maps.vteps.sync(desired)
+    }
+
+    /// The routing table changed: asks again for every VTEP's next hop and rewrites the
+    /// entries whose next hop moved. Returns how many.
+    pub fn refresh_next_hops(&mut self) -> Result<usize, MapsError> {
+        let Some(mut next_hops) = self.next_hops.take() else {
+            return Ok(0);
+        };
+        next_hops.invalidate();
+        let changed = self.refresh_next_hops_with(|vtep| next_hops.resolve(vtep));
+        self.next_hops = Some(next_hops);
+        changed
+    }
+
+    fn refresh_next_hops_with(
+        &mut self,
+        mut resolve: impl FnMut(Ipv4Addr) -> Option<Ipv4Addr>,
+    ) -> Result<usize, MapsError> {
+        let mut changed = 0;
+        for (vtep, node_id, old) in self.maps.vteps.entries()? {
+            let new = resolve(vtep);
+            if new != old {
+                info!(%vtep, old = ?old, new = ?new, "underlay next hop changed");
+                self.maps.vteps.insert(vtep, node_id, new)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 }
 

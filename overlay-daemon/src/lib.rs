@@ -14,6 +14,7 @@ pub mod maglev;
 pub mod maps;
 pub mod netif;
 pub mod netlink;
+pub mod nexthop;
 pub mod reconcile;
 pub mod store;
 pub mod tables;

@@ -167,7 +167,7 @@ impl Target {
             dp.maps.vteps.remove(ip)?;
         }
         if let Some(ip) = new {
-            dp.maps.vteps.insert(ip, node_id)?;
+            dp.insert_vtep(ip, node_id)?;
         }
         Ok(())
     }
@@ -475,9 +475,9 @@ pub fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Repo
             return Ok(report);
         }
     };
+    tally(datapath.maps.networks.sync(&plan.networks)?);
+    tally(datapath.sync_vteps(&plan.vteps)?);
     let maps = &mut datapath.maps;
-    tally(maps.networks.sync(&plan.networks)?);
-    tally(maps.vteps.sync(plan.vteps.iter().copied())?);
     tally(maps.local_ifaces.sync(&plan.local)?);
     tally(maps.endpoints.sync(&plan.endpoints, vtep_ip)?);
     // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.

@@ -1,12 +1,14 @@
 //! VXLAN encapsulation done in the program (RFC 7348): room is made with bpf_skb_adjust_room
 //! so GSO packets stay GSO (the kernel segments them as UDP tunnel packets later), the outer
-//! headers are written in one store, and the packet is redirected to the underlay with the
-//! kernel resolving the next hop (bpf_redirect_neigh).
+//! headers are written in one store, and the packet is handed to the underlay's neighbour
+//! layer (bpf_redirect_neigh) with the next hop the daemon pinned for the VTEP, so no route
+//! lookup runs per packet; without one the kernel routes the packet.
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
@@ -45,6 +47,7 @@ const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
     | ENCAP_L2_ETH_LEN;
 const IP_DF: u16 = 0x4000;
+const AF_INET: u32 = 2;
 const OUTER_TTL: u8 = 64;
 
 /// Maps a flow hash onto the VXLAN source port range, so the underlay's ECMP and RSS spread
@@ -64,9 +67,9 @@ pub fn to_vtep(
     inner_eth: &EthHdr,
     inner_ip: &Ipv4Hdr,
 ) -> Result<i32, DropReason> {
-    if unsafe { VTEPS.get(vtep_ip) }.is_none() {
-        return Err(DropReason::UnknownVtep);
-    }
+    let nexthop = unsafe { VTEPS.get(vtep_ip) }
+        .ok_or(DropReason::UnknownVtep)?
+        .nexthop;
     let inner_len = ctx.len();
     let outer_ip_len = inner_len + (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN) as u32;
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
@@ -118,6 +121,15 @@ pub fn to_vtep(
     ctx.store(0, &hdr, 0).map_err(|_| DropReason::EncapFailed)?;
 
     count(Direction::EncapTx, ctx.len());
-    let verdict = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    let verdict = if nexthop != 0 {
+        let mut nh = bpf_redir_neigh {
+            nh_family: AF_INET,
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nexthop },
+        };
+        let len = core::mem::size_of::<bpf_redir_neigh>() as i32;
+        unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, &mut nh, len, 0) }
+    } else {
+        unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }
+    };
     Ok(verdict as i32)
 }

@@ -17,7 +17,7 @@ use overlay_daemon::{
     api,
     cluster::EndpointRequest,
     datapath::{self, PinLayout},
-    maps::{CounterMap, CounterSnapshot},
+    maps::{CounterMap, CounterSnapshot, VtepMap},
     tables::{ClusterTables, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
 };
 
@@ -516,6 +516,13 @@ impl Topology {
     }
 
     /// Counters of host `host`'s datapath, read from its pinned maps.
+    /// Host `host`'s VTEP table: (address, node id, pinned underlay next hop).
+    pub fn vteps(&self, host: usize) -> Vec<(Ipv4Addr, u32, Option<Ipv4Addr>)> {
+        VtepMap::open_pinned(&self.hosts[host].pins.maps())
+            .and_then(|v| v.entries())
+            .unwrap_or_else(|e| panic!("VTEPs of {}: {e}", self.hosts[host].name))
+    }
+
     pub fn counters(&self, host: usize) -> CounterSnapshot {
         CounterMap::open_pinned(&self.hosts[host].pins.maps())
             .and_then(|c| c.snapshot())

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use overlay_common::{Direction, DropReason};
 use overlay_tests::{
     traffic::{self, Limit},
-    Topology, TopologySpec,
+    Netns, Topology, TopologySpec,
 };
 
 const RED: u32 = 100;
@@ -415,4 +415,124 @@ fn restarting_daemons_keeps_a_running_flow() {
         1 + 3,
         "underlay-tc and one per container (no XDP on a veth underlay by default)"
     );
+}
+
+/// A router on the underlay at 198.18.0.254: its own namespace, bridged like a host, forwarding
+/// without ICMP redirects (which would teach the sender the direct path).
+fn underlay_router(t: &Topology) -> Netns {
+    let r = Netns::create(&format!("ovt{}-rt", t.id));
+    r.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+    r.ip(&[
+        "link",
+        "add",
+        "ul0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "prt",
+        "netns",
+        t.underlay.name(),
+    ]);
+    r.ip(&["addr", "add", "198.18.0.254/24", "dev", "ul0"]);
+    r.ip(&["link", "set", "ul0", "up"]);
+    r.sysctl("net/ipv4/ip_forward", "1");
+    for dev in ["all", "default", "ul0"] {
+        r.sysctl(&format!("net/ipv4/conf/{dev}/send_redirects"), "0");
+    }
+    t.underlay
+        .ip(&["link", "set", "prt", "master", "br0", "up"]);
+    r
+}
+
+/// IP datagrams a namespace has forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
+fn forwarded(ns: &Netns) -> u64 {
+    let snmp = ns.run("cat", &["/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().expect("Ip header"), ip.next().expect("Ip values"));
+    let col = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .expect("ForwDatagrams");
+    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
+/// Waits until host `host`'s VTEP entry for `vtep` carries `want` as its next hop.
+fn wait_next_hop(t: &Topology, host: usize, vtep: Ipv4Addr, want: Option<Ipv4Addr>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = t.vteps(host).into_iter().find(|v| v.0 == vtep).map(|v| v.2);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "next hop of {vtep} on host {host}: {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each VTEP's underlay next hop is pinned from the host's routes, so no route lookup runs
+/// per packet, and follows route changes: a host route via a router moves the traffic
+/// through the router, removing it moves it back, and a multipath route is left to the
+/// kernel per packet.
+#[test]
+fn underlay_next_hops_follow_route_changes() {
+    let mut t = Topology::new(TopologySpec::new(2).network("red", RED, "198.19.1.0/24"));
+    t.add_container(0, "a", "red", 1);
+    t.add_container(1, "b", "red", 1);
+    t.write_tables();
+    t.start_all(&[]);
+    let router = underlay_router(&t);
+    let (h1, h2_vtep) = (&t.hosts[0].ns, t.hosts[1].vtep_ip);
+    let gw = Ipv4Addr::new(198, 18, 0, 254);
+    let (a, b) = (t.container("a"), t.container("b"));
+
+    // On-link: the VTEP is its own next hop.
+    wait_next_hop(&t, 0, h2_vtep, Some(h2_vtep));
+    assert!(traffic::ping(&a.ns, b.ip, 3), "a -> b direct");
+
+    // Via the router: pinned to it, and the echo requests really pass through it.
+    let route = format!("{h2_vtep}/32");
+    h1.ip(&["route", "add", &route, "via", "198.18.0.254", "dev", "ul0"]);
+    wait_next_hop(&t, 0, h2_vtep, Some(gw));
+    let before = forwarded(&router);
+    assert!(traffic::ping(&a.ns, b.ip, 5), "a -> b via the router");
+    assert!(
+        forwarded(&router) >= before + 5,
+        "the router forwarded {} of 5 echo requests",
+        forwarded(&router) - before
+    );
+
+    // Route removed: back to the direct path, the router sees nothing.
+    h1.ip(&["route", "del", &route]);
+    wait_next_hop(&t, 0, h2_vtep, Some(h2_vtep));
+    let before = forwarded(&router);
+    assert!(traffic::ping(&a.ns, b.ip, 5), "a -> b direct again");
+    assert_eq!(forwarded(&router), before, "the router still forwards");
+
+    // Multipath: no single next hop stands for it; the kernel routes each packet.
+    h1.ip(&[
+        "route",
+        "add",
+        &route,
+        "nexthop",
+        "via",
+        "198.18.0.254",
+        "dev",
+        "ul0",
+        "nexthop",
+        "via",
+        &h2_vtep.to_string(),
+        "dev",
+        "ul0",
+    ]);
+    wait_next_hop(&t, 0, h2_vtep, None);
+    assert!(
+        traffic::ping(&a.ns, b.ip, 5),
+        "a -> b over a multipath route"
+    );
+    h1.ip(&["route", "del", &route]);
+    wait_next_hop(&t, 0, h2_vtep, Some(h2_vtep));
 }

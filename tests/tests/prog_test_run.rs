@@ -75,7 +75,7 @@ fn fixture() -> Fixture {
         },
     ];
     maps.networks.sync(&nets).unwrap();
-    maps.vteps.sync([(ip(REMOTE_VTEP), 2)]).unwrap();
+    maps.vteps.sync([(ip(REMOTE_VTEP), 2, None)]).unwrap();
     let eps = [
         EndpointEntry {
             vni: VNI,

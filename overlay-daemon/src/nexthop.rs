@@ -1,0 +1,253 @@
+//! Underlay next hops of remote VTEPs. The encapsulation hands the packet to the neighbour
+//! layer with its next hop already known, so no route lookup runs per packet (the kernel's
+//! vxlan device caches its route per remote for the same reason). The next hop comes from the
+//! host's routing table, asked once per VTEP, and is asked again whenever an IPv4 route
+//! changes. Where one next hop cannot stand for the route (multipath, nexthop objects, another
+//! device than the underlay, no route), the VTEP gets none and the kernel routes each packet.
+
+use std::{collections::HashMap, io, net::Ipv4Addr, time::Duration};
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::StreamExt as _;
+use rtnetlink::{
+    constants::RTMGRP_IPV4_ROUTE,
+    packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
+    packet_route::{
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
+        AddressFamily, RouteNetlinkMessage,
+    },
+    sys::{protocols::NETLINK_ROUTE, AsyncSocket as _, Socket, SocketAddr},
+};
+use tracing::{debug, warn};
+
+/// A burst of route changes (an interface going down) is answered with one refresh.
+const SETTLE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NextHopError {
+    #[error("netlink route socket: {0}")]
+    Socket(io::Error),
+    #[error("asking the route to {vtep}: {source}")]
+    Query {
+        vtep: Ipv4Addr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Resolves and caches the next hop of each VTEP through the underlay.
+pub struct NextHops {
+    socket: Socket,
+    underlay_ifindex: u32,
+    /// Outer source address, for source-based routing rules.
+    local_vtep: Ipv4Addr,
+    seq: u32,
+    cache: HashMap<Ipv4Addr, Option<Ipv4Addr>>,
+}
+
+impl NextHops {
+    pub fn new(underlay_ifindex: u32, local_vtep: Ipv4Addr) -> Result<Self, NextHopError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NextHopError::Socket)?;
+        socket.bind_auto().map_err(NextHopError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NextHopError::Socket)?;
+        // A route query is answered at once; the timeout only keeps a broken socket from
+        // stalling the reconciler.
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(1, 0),
+        )
+        .map_err(|e| NextHopError::Socket(e.into()))?;
+        Ok(Self {
+            socket,
+            underlay_ifindex,
+            local_vtep,
+            seq: 0,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The next hop towards `vtep` (None: the kernel routes each packet). A failed query is
+    /// logged and treated as None, which is always correct, only slower.
+    pub fn resolve(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+        if let Some(nh) = self.cache.get(&vtep) {
+            return *nh;
+        }
+        let nh = match self.query(vtep) {
+            Ok(nh) => nh,
+            Err(e) => {
+                warn!("{e}; the kernel routes each packet to {vtep}");
+                None
+            }
+        };
+        debug!(%vtep, nexthop = ?nh, "underlay next hop");
+        self.cache.insert(vtep, nh);
+        nh
+    }
+
+    /// Forgets every answer (the routing table changed).
+    pub fn invalidate(&mut self) {
+        self.cache.clear();
+    }
+
+    /// RTM_GETROUTE with RTM_F_FIB_MATCH: the routing entry that matches, so a multipath
+    /// route shows as one instead of as the path one flow would take.
+    fn query(&mut self, vtep: Ipv4Addr) -> Result<Option<Ipv4Addr>, NextHopError> {
+        let err = |source| NextHopError::Query { vtep, source };
+        self.seq = self.seq.wrapping_add(1);
+        let mut route = RouteMessage::default();
+        route.header = RouteHeader {
+            address_family: AddressFamily::Inet,
+            destination_prefix_length: 32,
+            flags: RouteFlags::FibMatch,
+            ..RouteHeader::default()
+        };
+        route.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet(vtep)),
+            RouteAttribute::Source(RouteAddress::Inet(self.local_vtep)),
+            RouteAttribute::Oif(self.underlay_ifindex),
+        ];
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(RouteNetlinkMessage::GetRoute(route)),
+        );
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.socket.send(&buf, 0).map_err(err)?;
+
+        let mut reply = Vec::with_capacity(8192);
+        loop {
+            reply.clear();
+            let n = self.socket.recv(&mut reply, 0).map_err(err)?;
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+                .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+            if msg.header.sequence_number != self.seq {
+                continue; // the answer to a query that timed out earlier
+            }
+            return match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                    Ok(next_hop(&r, vtep, self.underlay_ifindex))
+                }
+                // No route (ENETUNREACH and the like): nothing to pin; the kernel decides per
+                // packet and drops what it cannot route.
+                _ => Ok(None),
+            };
+        }
+    }
+}
+
+/// The one next hop a routing entry stands for on the underlay, if it has exactly one.
+fn next_hop(route: &RouteMessage, vtep: Ipv4Addr, underlay_ifindex: u32) -> Option<Ipv4Addr> {
+    if route.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => gateway = Some(*gw),
+            // A gateway of another family, several paths or a nexthop object: one address
+            // cannot stand for it.
+            RouteAttribute::Gateway(_)
+            | RouteAttribute::Via(_)
+            | RouteAttribute::MultiPath(_)
+            | RouteAttribute::NhId(_)
+            | RouteAttribute::Encap(_) => return None,
+            _ => {}
+        }
+    }
+    if oif != Some(underlay_ifindex) {
+        return None;
+    }
+    Some(gateway.unwrap_or(vtep))
+}
+
+/// IPv4 route changes of this network namespace, as rtnetlink announces them.
+pub struct RouteChanges {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl RouteChanges {
+    /// Subscribes before the first next hop is asked, so no change goes unseen.
+    pub fn subscribe() -> Result<Self, NextHopError> {
+        let (mut conn, _handle, messages) =
+            rtnetlink::new_connection().map_err(NextHopError::Socket)?;
+        // Bound, not only subscribed: an unbound socket has port 0, the kernel's own, and
+        // the kernel does not deliver its announcements to it.
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE))
+            .map_err(NextHopError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { messages })
+    }
+
+    /// Waits for a change and for the burst it belongs to (an interface going down) to
+    /// settle. False: the subscription ended, and changes can no longer be seen.
+    pub async fn next(&mut self) -> bool {
+        if self.messages.next().await.is_none() {
+            return false;
+        }
+        tokio::time::sleep(SETTLE).await;
+        while self.messages.try_recv().is_ok() {}
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(kind: RouteType, attrs: Vec<RouteAttribute>) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.kind = kind;
+        r.attributes = attrs;
+        r
+    }
+
+    const VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+
+    #[test]
+    fn on_link_vtep_is_its_own_next_hop() {
+        let r = route(RouteType::Unicast, vec![RouteAttribute::Oif(4)]);
+        assert_eq!(next_hop(&r, VTEP, 4), Some(VTEP));
+    }
+
+    #[test]
+    fn gateway_route_gives_the_gateway() {
+        let r = route(
+            RouteType::Unicast,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet(GW)),
+                RouteAttribute::Oif(4),
+            ],
+        );
+        assert_eq!(next_hop(&r, VTEP, 4), Some(GW));
+    }
+
+    #[test]
+    fn routes_one_address_cannot_stand_for_are_left_to_the_kernel() {
+        let other_dev = route(RouteType::Unicast, vec![RouteAttribute::Oif(5)]);
+        assert_eq!(next_hop(&other_dev, VTEP, 4), None);
+        let multipath = route(
+            RouteType::Unicast,
+            vec![RouteAttribute::MultiPath(vec![]), RouteAttribute::Oif(4)],
+        );
+        assert_eq!(next_hop(&multipath, VTEP, 4), None);
+        let nh_object = route(
+            RouteType::Unicast,
+            vec![RouteAttribute::NhId(7), RouteAttribute::Oif(4)],
+        );
+        assert_eq!(next_hop(&nh_object, VTEP, 4), None);
+        let blackhole = route(RouteType::BlackHole, vec![RouteAttribute::Oif(4)]);
+        assert_eq!(next_hop(&blackhole, VTEP, 4), None);
+    }
+}
