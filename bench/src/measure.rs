@@ -348,18 +348,8 @@ const CPU_RATE_PPS: u32 = 50_000;
 /// error counters of its namespace (a full receive buffer, memory, checksum). Queued ones are
 /// counted when the sink is drained.
 fn server_udp_errors(pair: &Pair) -> Result<u64> {
-    let out = pair.server.output("cat", &["/proc/net/snmp"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
-    let (names, values) = (udp.next(), udp.next());
-    let (Some(names), Some(values)) = (names, values) else {
-        bail!("no Udp lines in the server's /proc/net/snmp");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "InErrors")
-        .and_then(|(_, v)| v.parse().ok())
+    pair.server
+        .snmp("Udp", "InErrors")
         .context("no Udp InErrors in the server's /proc/net/snmp")
 }
 

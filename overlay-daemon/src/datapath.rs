@@ -469,8 +469,21 @@ impl Datapath {
         self.maps.vteps.insert(vtep, node_id, nexthop)
     }
 
+    /// Removes one remote VTEP (absent is fine).
+    pub fn remove_vtep(&mut self, vtep: Ipv4Addr) -> Result<(), MapsError> {
+        if let Some(n) = self.next_hops.as_mut() {
+            n.retain(|v| v != vtep);
+        }
+        self.maps.vteps.remove(vtep)
+    }
+
     /// Makes the VTEP table equal to `vteps` (address, node id), with their next hops.
     pub fn sync_vteps(&mut self, vteps: &[(Ipv4Addr, u32)]) -> Result<(usize, usize), MapsError> {
+        if let Some(n) = self.next_hops.as_mut() {
+            let wanted: std::collections::HashSet<Ipv4Addr> =
+                vteps.iter().map(|&(ip, _)| ip).collect();
+            n.retain(|v| wanted.contains(&v));
+        }
         let desired: Vec<_> = vteps
             .iter()
             .map(|&(ip, node_id)| (ip, node_id, self.next_hop(ip)))

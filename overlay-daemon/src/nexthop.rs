@@ -87,6 +87,12 @@ impl NextHops {
         nh
     }
 
+    /// Forgets the answers for VTEPs that are gone, so the cache holds at most the current
+    /// ones however often nodes come and go.
+    pub fn retain(&mut self, mut keep: impl FnMut(Ipv4Addr) -> bool) {
+        self.cache.retain(|vtep, _| keep(*vtep));
+    }
+
     /// Forgets every answer (the routing table changed).
     pub fn invalidate(&mut self) {
         self.cache.clear();

@@ -164,7 +164,7 @@ impl Target {
             return Ok(());
         };
         if let Some(ip) = old {
-            dp.maps.vteps.remove(ip)?;
+            dp.remove_vtep(ip)?;
         }
         if let Some(ip) = new {
             dp.insert_vtep(ip, node_id)?;

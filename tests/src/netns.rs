@@ -139,6 +139,21 @@ impl Netns {
         self.ip(&["link", "set", "br0", "up"]);
     }
 
+    /// A counter of this namespace's /proc/net/snmp, e.g. ("Udp", "InErrors"); None if the
+    /// group or field is missing.
+    pub fn snmp(&self, group: &str, field: &str) -> Option<u64> {
+        let out = self.output("cat", &["/proc/net/snmp"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let prefix = format!("{group}: ");
+        let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+        let (names, values) = (lines.next()?, lines.next()?);
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == field)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
     /// Writes a sysctl of this namespace (e.g. `net/ipv6/conf/all/disable_ipv6`).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{key}");

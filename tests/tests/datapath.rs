@@ -447,14 +447,7 @@ fn underlay_router(t: &Topology) -> Netns {
 
 /// IP datagrams a namespace has forwarded (`Ip: ForwDatagrams` of its /proc/net/snmp).
 fn forwarded(ns: &Netns) -> u64 {
-    let snmp = ns.run("cat", &["/proc/net/snmp"]);
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().expect("Ip header"), ip.next().expect("Ip values"));
-    let col = names
-        .split_whitespace()
-        .position(|n| n == "ForwDatagrams")
-        .expect("ForwDatagrams");
-    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+    ns.snmp("Ip", "ForwDatagrams").expect("Ip ForwDatagrams")
 }
 
 /// Waits until host `host`'s VTEP entry for `vtep` carries `want` as its next hop.
