@@ -85,7 +85,9 @@ pub fn run(samples: usize) -> Result<String> {
                 mac: MacAddr::from_ip(ip),
                 node: "h3".into(),
                 container_id: format!("bench-{i}"),
-                host_ifname: "ovlbench".into(),
+                attachment: overlay_api::Attachment::Veth {
+                    host_ifname: "ovlbench".into(),
+                },
                 ifname: "eth0".into(),
                 services: Vec::new(),
             };

@@ -197,7 +197,9 @@ fn endpoint_kv(store: &Store, i: usize, node: &str) -> (String, Vec<u8>) {
         mac: MacAddr::from_ip(ip),
         node: node.into(),
         container_id: format!("sim-container-{i}"),
-        host_ifname: format!("ovl{i:08x}"),
+        attachment: overlay_api::Attachment::Veth {
+            host_ifname: format!("ovl{i:08x}"),
+        },
         ifname: "eth0".into(),
         services: Vec::new(),
     };

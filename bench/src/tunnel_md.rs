@@ -9,7 +9,7 @@ use aya::{
     programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
     Ebpf,
 };
-use overlay_common::tunnel_md::{TunnelLocal, TunnelRemote};
+use overlay_bench_common::{TunnelLocal, TunnelRemote};
 use overlay_daemon::tables::MacAddr;
 use overlay_tests::Netns;
 

@@ -9,7 +9,6 @@
 pub mod counters;
 pub mod lb;
 pub mod maps;
-pub mod tunnel_md;
 pub mod wire;
 
 pub use counters::{Direction, DropReason, PacketCounter};

@@ -16,6 +16,23 @@ pub mod names {
     pub const LB_MAGLEV: &str = "OVL_LB_MAGLEV";
     pub const LB_CT: &str = "OVL_LB_CT";
     pub const LB_REVNAT: &str = "OVL_LB_REVNAT";
+
+    /// Every map of the datapath.
+    pub const ALL: &[&str] = &[
+        CONFIG,
+        NETWORKS,
+        ENDPOINTS_BY_IP,
+        ENDPOINTS_BY_MAC,
+        VTEPS,
+        LOCAL_IFACES,
+        TRAFFIC,
+        DROPS,
+        LB_SERVICES,
+        LB_BACKENDS,
+        LB_MAGLEV,
+        LB_CT,
+        LB_REVNAT,
+    ];
 }
 
 /// Program names (the function names in overlay-ebpf).

@@ -1,19 +1,50 @@
-//! Protocol constants shared by the datapath, the daemon and the tests.
+//! Protocol constants shared by the datapath, the daemon and the tests: header lengths,
+//! offsets in a VXLAN packet, ethertypes and IP protocols. The one place they are defined.
 
 /// IANA port for VXLAN (RFC 7348).
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;
-/// Outer Ethernet + IPv4 + UDP + VXLAN headers added by encapsulation.
-pub const VXLAN_ENCAP_OVERHEAD: u32 = 14 + 20 + 8 + 8;
-/// What the container MTU loses to the outer headers: underlay MTU - 50.
-pub const VXLAN_MTU_OVERHEAD: u32 = 20 + 8 + 8 + 14;
 /// The VXLAN "I" flag: the VNI field is valid.
 pub const VXLAN_FLAG_VNI: u8 = 0x08;
 /// Largest VNI (24 bits).
 pub const VNI_MAX: u32 = 0x00ff_ffff;
 
+pub const ETH_HLEN: usize = 14;
+/// An IPv4 header without options (the only kind the overlay sends).
+pub const IPV4_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const VXLAN_HLEN: usize = 8;
+pub const TCP_HLEN: usize = 20;
+pub const ICMP_HLEN: usize = 8;
+pub const ARP_HLEN: usize = 28;
+
+/// What encapsulation adds to an inner Ethernet frame, and what the container MTU loses to
+/// it: outer IPv4 + UDP + VXLAN + the inner Ethernet header (the outer Ethernet header
+/// replaces the inner one at the front). Underlay MTU 1500 gives containers 1450.
+pub const VXLAN_OVERHEAD: u32 = (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN) as u32;
+/// Offset of the VXLAN header in a packet with an option-less outer IPv4 header.
+pub const VXLAN_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+/// Offset of the inner Ethernet header.
+pub const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_HLEN;
+/// Offset of the inner IPv4 header.
+pub const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_HLEN;
+
+/// Offsets of IPv4 header fields, from the start of the IPv4 header.
+pub const IPV4_CHECK_OFF: usize = 10;
+pub const IPV4_SRC_OFF: usize = 12;
+pub const IPV4_DST_OFF: usize = 16;
+/// IPv4 "don't fragment".
+pub const IP_DF: u16 = 0x4000;
+
+/// TCP flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -32,3 +63,6 @@ pub const fn ipv4_key(octets: [u8; 4]) -> u32 {
 pub const fn ipv4_octets(key: u32) -> [u8; 4] {
     key.to_ne_bytes()
 }
+
+const _: () = assert!(VXLAN_OVERHEAD == 50);
+const _: () = assert!(INNER_ETH_OFF == 50);

@@ -1,11 +1,12 @@
 //! overlayd as a library: the datapath loader, typed map wrappers, the cluster tables and the
-//! reconciler that keeps the maps equal to them. The `overlayd` binary is a thin shell over
-//! [`daemon::run`].
+//! reconciler that keeps the maps equal to them, the cluster's etcd side, and the front ends
+//! (the local API the CNI plugin calls, the Docker driver). The `overlayd` and `overlayctl`
+//! binaries are thin shells over it; the CNI plugin is a crate of its own over `overlay-api`.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod cluster;
-pub mod cni;
 pub mod cnm;
 pub mod daemon;
 pub mod datapath;
@@ -18,3 +19,5 @@ pub mod nexthop;
 pub mod reconcile;
 pub mod store;
 pub mod tables;
+
+pub use overlay_api::MacAddr;

@@ -2,16 +2,20 @@
 //! leaves the host and nothing is flooded. Unknown targets get no answer.
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use overlay_common::{Direction, DropReason, EndpointIpKey, LocalIface};
+use overlay_common::{
+    wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP},
+    Direction, DropReason, EndpointIpKey, LocalIface,
+};
 
 use crate::{
     counters::count,
-    headers::{tc_header, ArpHdr, EthHdr, ETH_HLEN},
+    headers::{ArpHdr, EthHdr, Packet as _},
+    kernel::redirected,
     maps::{ENDPOINTS_BY_IP, NETWORKS},
 };
 
 const ARP_HTYPE_ETHER: [u8; 2] = 1u16.to_be_bytes();
-const ARP_PTYPE_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
+const ARP_PTYPE_IPV4: [u8; 2] = ETH_P_IP.to_be_bytes();
 const ARP_OP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
 const ARP_OP_REPLY: [u8; 2] = 2u16.to_be_bytes();
 
@@ -25,7 +29,9 @@ struct ArpFrame {
 
 #[inline(always)]
 pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, DropReason> {
-    let req = tc_header::<ArpHdr>(ctx, ETH_HLEN).ok_or(DropReason::Malformed)?;
+    let req = ctx
+        .header::<ArpHdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
     if req.htype != ARP_HTYPE_ETHER
         || req.ptype != ARP_PTYPE_IPV4
         || req.hlen != 6
@@ -60,7 +66,7 @@ pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, Dr
         eth: EthHdr {
             dst: req.sha,
             src: answer,
-            ether_type: 0x0806u16.to_be_bytes(),
+            ether_type: ETH_P_ARP.to_be_bytes(),
         },
         arp: ArpHdr {
             htype: ARP_HTYPE_ETHER,
@@ -77,5 +83,5 @@ pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, Dr
     ctx.store(0, &reply, 0).map_err(|_| DropReason::Malformed)?;
     count(Direction::ArpReply, ctx.len());
     // Back out of the same veth: the container receives the reply.
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    redirected(unsafe { bpf_redirect(ifindex, 0) })
 }

@@ -7,28 +7,24 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use overlay_common::{maps::CONFIG_F_LB, Direction, DropReason};
+use overlay_common::{
+    maps::CONFIG_F_LB,
+    wire::{ETH_HLEN, INNER_ETH_OFF, VXLAN_OVERHEAD},
+    Direction, DropReason,
+};
 
 use crate::{
     counters::{count, count_drop},
-    headers::{
-        tc_header, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr, ENCAP_ROOM, ETH_HLEN, INNER_ETH_OFF,
-        IPV4_HLEN,
-    },
+    kernel::{redirected, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_NEXT},
     lb, maps, vxlan,
 };
-
-/// TCX_NEXT / TC_ACT_UNSPEC: not ours, let the next program or the stack have it.
-pub const TC_NEXT: i32 = -1;
-/// The new outer L3 after decapsulation is IPv4 (BPF_F_ADJ_ROOM_DECAP_L3_IPV4).
-const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
 
 pub fn from_underlay(ctx: &TcContext) -> i32 {
     match try_decap(ctx) {
         Ok(verdict) => verdict,
         Err(reason) => {
             count_drop(reason, ctx.len());
-            debug!(ctx, "decap drop: reason {}", reason as u32);
+            debug!(ctx, "decap drop: {}", reason.label());
             TC_ACT_SHOT
         }
     }
@@ -39,35 +35,16 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = maps::config() else {
         return Ok(TC_NEXT);
     };
-    let (Some(eth), Some(ip)) = (
-        tc_header::<EthHdr>(ctx, 0),
-        tc_header::<Ipv4Hdr>(ctx, ETH_HLEN),
-    ) else {
-        return Ok(TC_NEXT);
-    };
-    if !vxlan::is_ours(cfg, &eth, &ip) || !ip.is_plain_v4() {
+    let Some(rx) = vxlan::receive(ctx, cfg)? else {
         count(Direction::UnderlayPass, ctx.len());
         return Ok(TC_NEXT);
-    }
-    let Some(udp) = tc_header::<UdpHdr>(ctx, ETH_HLEN + IPV4_HLEN) else {
-        return Ok(TC_NEXT);
     };
-    if !vxlan::is_vxlan_port(cfg, &udp) {
-        count(Direction::UnderlayPass, ctx.len());
-        return Ok(TC_NEXT);
-    }
-
-    let hdr = tc_header::<VxlanHdr>(ctx, INNER_ETH_OFF - 8).ok_or(DropReason::VxlanMalformed)?;
-    let inner_eth = tc_header::<EthHdr>(ctx, INNER_ETH_OFF).ok_or(DropReason::Malformed)?;
-    let inner_ip =
-        tc_header::<Ipv4Hdr>(ctx, INNER_ETH_OFF + ETH_HLEN).ok_or(DropReason::Malformed)?;
-    let delivery = vxlan::classify(&ip, &hdr, &inner_eth, &inner_ip)?;
 
     // The skb must hold exactly one inner packet: a GSO super-packet built by a VXLAN sender
     // carries the full length in its inner header, while a UDP GRO aggregate of several VXLAN
     // datagrams does not, and stripping only its first outer header would corrupt the rest.
     let inner_room = ctx.len() as usize - INNER_ETH_OFF - ETH_HLEN;
-    let inner_len = inner_ip.tot_len() as usize;
+    let inner_len = rx.inner_ip.tot_len() as usize;
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     if inner_len > inner_room || (gso_segs > 1 && inner_len != inner_room) {
         return Err(DropReason::DecapFailed);
@@ -77,17 +54,17 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     // inner Ethernet header is then written over the outer one. FIXED_GSO: the inner MSS of
     // a GSO packet does not change when outer headers go.
     ctx.adjust_room(
-        -(ENCAP_ROOM as i32),
+        -(VXLAN_OVERHEAD as i32),
         BPF_ADJ_ROOM_MAC,
         (BPF_F_ADJ_ROOM_FIXED_GSO as u64) | BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
     )
     .map_err(|_| DropReason::DecapFailed)?;
-    ctx.store(0, &inner_eth, 0)
+    ctx.store(0, &rx.inner_eth, 0)
         .map_err(|_| DropReason::DecapFailed)?;
     if cfg.flags & CONFIG_F_LB != 0 {
-        lb::to_client(ctx, hdr.vni(), &inner_ip)?;
+        lb::to_client(ctx, rx.vxlan.vni(), &rx.inner_ip)?;
     }
 
     count(Direction::DecapRx, ctx.len());
-    Ok(unsafe { bpf_redirect_peer(delivery.ifindex, 0) } as i32)
+    redirected(unsafe { bpf_redirect_peer(rx.ifindex, 0) })
 }

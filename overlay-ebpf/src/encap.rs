@@ -14,16 +14,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    wire::{ETH_P_IP, IPPROTO_UDP, VXLAN_FLAG_VNI, VXLAN_SRC_PORT_MAX, VXLAN_SRC_PORT_MIN},
+    wire::{
+        ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, IP_DF, UDP_HLEN, VXLAN_FLAG_VNI, VXLAN_HLEN,
+        VXLAN_OVERHEAD, VXLAN_SRC_PORT_MAX, VXLAN_SRC_PORT_MIN,
+    },
     Config, Direction, DropReason,
 };
 
 use crate::{
     counters::count,
-    headers::{
-        ipv4_checksum, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr, ENCAP_ROOM, ETH_HLEN, IPV4_HLEN,
-        UDP_HLEN, VXLAN_HLEN,
-    },
+    headers::{ipv4_checksum, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    kernel::{redirected, AF_INET},
     maps::VTEPS,
 };
 
@@ -37,7 +38,7 @@ struct EncapHeader {
     vxlan: VxlanHdr,
     inner_eth: EthHdr,
 }
-const _: () = assert!(core::mem::size_of::<EncapHeader>() == ETH_HLEN + ENCAP_ROOM);
+const _: () = assert!(core::mem::size_of::<EncapHeader>() == ETH_HLEN + VXLAN_OVERHEAD as usize);
 
 /// Inner L2 length in the top byte of the flags (BPF_F_ADJ_ROOM_ENCAP_L2(len)).
 const ENCAP_L2_ETH_LEN: u64 = (ETH_HLEN as u64) << 56;
@@ -46,8 +47,6 @@ const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
     | ENCAP_L2_ETH_LEN;
-const IP_DF: u16 = 0x4000;
-const AF_INET: u32 = 2;
 const OUTER_TTL: u8 = 64;
 
 /// Maps a flow hash onto the VXLAN source port range, so the underlay's ECMP and RSS spread
@@ -116,12 +115,12 @@ pub fn to_vtep(
     };
     hdr.ip.check = ipv4_checksum(&hdr.ip);
 
-    ctx.adjust_room(ENCAP_ROOM as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .map_err(|_| DropReason::EncapFailed)?;
     ctx.store(0, &hdr, 0).map_err(|_| DropReason::EncapFailed)?;
 
     count(Direction::EncapTx, ctx.len());
-    let verdict = if nexthop != 0 {
+    let ret = if nexthop != 0 {
         let mut nh = bpf_redir_neigh {
             nh_family: AF_INET,
             __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nexthop },
@@ -131,5 +130,5 @@ pub fn to_vtep(
     } else {
         unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }
     };
-    Ok(verdict as i32)
+    redirected(ret)
 }

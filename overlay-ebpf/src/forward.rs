@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcCo
 use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
-    wire::{ETH_P_ARP, ETH_P_IP},
+    wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_HLEN},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
 };
 
@@ -14,7 +14,8 @@ use crate::{
     arp,
     counters::{count, count_drop},
     encap,
-    headers::{is_multicast, tc_header, EthHdr, Ipv4Hdr, ETH_HLEN},
+    headers::{is_multicast, EthHdr, Ipv4Hdr, Packet as _},
+    kernel::redirected,
     lb,
     maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS},
 };
@@ -25,7 +26,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             count_drop(reason, len);
-            debug!(ctx, "container drop: reason {}", reason as u32);
+            debug!(ctx, "container drop: {}", reason.label());
             TC_ACT_SHOT
         }
     }
@@ -38,7 +39,7 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
     let me = unsafe { LOCAL_IFACES.get(ifindex) }.ok_or(DropReason::UnknownInterface)?;
     count(Direction::FromContainer, ctx.len());
 
-    let eth = tc_header::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
+    let eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     if eth.src != me.mac {
         return Err(DropReason::SpoofedMac);
     }
@@ -57,8 +58,10 @@ fn forward_ipv4(
     ifindex: u32,
     mut eth: EthHdr,
 ) -> Result<i32, DropReason> {
-    let ip = tc_header::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(DropReason::Malformed)?;
-    if ip.ihl_bytes() < 20 {
+    let ip = ctx
+        .header::<Ipv4Hdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
+    if ip.ihl_bytes() < IPV4_HLEN {
         return Err(DropReason::Malformed);
     }
     if ip.src_key() != me.ip {
@@ -106,7 +109,7 @@ fn forward_ipv4(
             lb::to_client(ctx, me.vni, &ip)?;
         }
         count(Direction::LocalDelivery, ctx.len());
-        return Ok(unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32);
+        return redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) });
     }
     encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, &ip)
 }

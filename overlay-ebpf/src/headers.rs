@@ -1,16 +1,11 @@
-//! Packet headers as byte-array structs (no alignment assumptions) and bounds-checked access.
+//! Packet headers as byte-array structs (no alignment assumptions) and bounds-checked access
+//! through one trait for TC and XDP contexts. Lengths and offsets are `overlay_common::wire`'s.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::size_of;
-
-pub const ETH_HLEN: usize = 14;
-pub const IPV4_HLEN: usize = 20;
-pub const UDP_HLEN: usize = 8;
-pub const VXLAN_HLEN: usize = 8;
-/// Offset of the inner Ethernet header in a VXLAN packet without IPv4 options.
-pub const INNER_ETH_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
-/// Bytes added by encapsulation between the outer Ethernet header and the inner IPv4 header.
-pub const ENCAP_ROOM: usize = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+use overlay_common::wire::{
+    ARP_HLEN, ETH_HLEN, ICMP_HLEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN, VXLAN_HLEN,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -110,12 +105,6 @@ pub struct TcpHdr {
     pub urg: [u8; 2],
 }
 
-pub const TCP_HLEN: usize = 20;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct IcmpHdr {
@@ -144,17 +133,35 @@ const _: () = assert!(size_of::<EthHdr>() == ETH_HLEN);
 const _: () = assert!(size_of::<Ipv4Hdr>() == IPV4_HLEN);
 const _: () = assert!(size_of::<UdpHdr>() == UDP_HLEN);
 const _: () = assert!(size_of::<VxlanHdr>() == VXLAN_HLEN);
-const _: () = assert!(size_of::<ArpHdr>() == 28);
+const _: () = assert!(size_of::<ArpHdr>() == ARP_HLEN);
 const _: () = assert!(size_of::<TcpHdr>() == TCP_HLEN);
-const _: () = assert!(size_of::<IcmpHdr>() == 8);
+const _: () = assert!(size_of::<IcmpHdr>() == ICMP_HLEN);
 
-/// Contexts whose packet bytes can be read directly.
-pub trait PacketData {
+/// A packet a program can read headers from: TC or XDP, so a parse is written once.
+pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// Bytes of the whole packet.
+    fn len(&self) -> u32;
+    /// Makes the first `len` bytes directly readable, if the context can (TC can).
+    fn pull(&self, len: u32) -> bool;
+
+    /// A copy of the `T` at `offset`, or `None` if the packet is shorter.
+    #[inline(always)]
+    fn header<T: Copy>(&self, offset: usize) -> Option<T> {
+        if let Some(p) = ptr_at::<Self, T>(self, offset) {
+            return Some(unsafe { *p });
+        }
+        // In TC the linear part of an skb may end before the header does: pull it in once.
+        let want = (offset + size_of::<T>()) as u32;
+        if want > self.len() || !self.pull(want) {
+            return None;
+        }
+        ptr_at::<Self, T>(self, offset).map(|p| unsafe { *p })
+    }
 }
 
-impl PacketData for TcContext {
+impl Packet for TcContext {
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)
@@ -163,9 +170,17 @@ impl PacketData for TcContext {
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
     }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn pull(&self, len: u32) -> bool {
+        self.pull_data(len).is_ok()
+    }
 }
 
-impl PacketData for XdpContext {
+impl Packet for XdpContext {
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)
@@ -174,36 +189,25 @@ impl PacketData for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> bool {
+        false
+    }
 }
 
 /// A bounds-checked pointer to a `T` at `offset`, or `None` if the packet is shorter.
 #[inline(always)]
-pub fn ptr_at<C: PacketData, T>(ctx: &C, offset: usize) -> Option<*const T> {
+fn ptr_at<C: Packet + ?Sized, T>(ctx: &C, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
-}
-
-/// Reads a header. In TC the linear part of an skb may end before the header does, so a
-/// miss pulls the bytes in once before giving up.
-#[inline(always)]
-pub fn tc_header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    if let Some(p) = ptr_at::<_, T>(ctx, offset) {
-        return Some(unsafe { *p });
-    }
-    let want = (offset + size_of::<T>()) as u32;
-    if want > ctx.len() || ctx.pull_data(want).is_err() {
-        return None;
-    }
-    ptr_at::<_, T>(ctx, offset).map(|p| unsafe { *p })
-}
-
-#[inline(always)]
-pub fn xdp_header<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    ptr_at::<_, T>(ctx, offset).map(|p| unsafe { *p })
 }
 
 #[inline(always)]

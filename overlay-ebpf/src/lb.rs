@@ -12,25 +12,28 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{flow_hash, CtEntry, FlowKey, RevNatEntry, ServiceInfo, ServiceKey, MAGLEV_TABLE_SIZE},
-    wire::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP},
+    wire::{
+        ETH_HLEN, ETH_P_IP, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CHECK_OFF,
+        IPV4_DST_OFF, IPV4_HLEN, IPV4_SRC_OFF, IP_DF, TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN,
+    },
     Direction, DropReason, LocalIface,
 };
 
 use crate::{
     counters::count,
     headers::{
-        csum_add, csum_finish, ipv4_checksum, tc_header, EthHdr, IcmpHdr, Ipv4Hdr, TcpHdr,
-        ETH_HLEN, IPV4_HLEN, TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN,
+        csum_add, csum_finish, ipv4_checksum, EthHdr, IcmpHdr, Ipv4Hdr, Packet as _, TcpHdr,
     },
+    kernel::redirected,
     maps::{LB_BACKENDS, LB_CT, LB_MAGLEV, LB_REVNAT, LB_SERVICES},
 };
 
 const L4_OFF: usize = ETH_HLEN + IPV4_HLEN;
-const IP_CHECK_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
-const IPPROTO_ICMP: u8 = 1;
-const IP_DF: u16 = 0x4000;
+const IP_CHECK_OFF: usize = ETH_HLEN + IPV4_CHECK_OFF;
+const IP_SRC_OFF: usize = ETH_HLEN + IPV4_SRC_OFF;
+const IP_DST_OFF: usize = ETH_HLEN + IPV4_DST_OFF;
+/// What an ICMP error quotes of the packet it answers: its IP header and first 8 bytes.
+const ICMP_QUOTE: usize = IPV4_HLEN + 8;
 
 pub enum Verdict {
     /// Not addressed to a service: forward as usual.
@@ -49,7 +52,7 @@ fn ports(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<(u16, u16)> {
     {
         return None;
     }
-    let p = tc_header::<[u8; 4]>(ctx, L4_OFF)?;
+    let p = ctx.header::<[u8; 4]>(L4_OFF)?;
     Some((
         u16::from_be_bytes([p[0], p[1]]),
         u16::from_be_bytes([p[2], p[3]]),
@@ -282,7 +285,7 @@ struct UnreachableFrame {
     ip: Ipv4Hdr,
     icmp: IcmpHdr,
     /// The offending packet's IPv4 header and first 8 bytes (RFC 792).
-    quoted: [u8; 28],
+    quoted: [u8; ICMP_QUOTE],
 }
 
 /// Turns the packet into a TCP reset or an ICMP port unreachable from the VIP and sends it
@@ -302,7 +305,7 @@ fn reject(
         ether_type: ETH_P_IP.to_be_bytes(),
     };
     if ip.proto == IPPROTO_TCP {
-        let tcp = tc_header::<TcpHdr>(ctx, L4_OFF).ok_or(DropReason::Malformed)?;
+        let tcp = ctx.header::<TcpHdr>(L4_OFF).ok_or(DropReason::Malformed)?;
         // Never answer a reset (RFC 793); drop it, counted like any other.
         if tcp.flags & TCP_RST != 0 {
             return Err(DropReason::LbNoBackend);
@@ -345,10 +348,16 @@ fn reject(
         frame.tcp.check = csum_finish(sum);
         replace_packet(ctx, &frame)?;
     } else {
-        let quoted = tc_header::<[u8; 28]>(ctx, ETH_HLEN).ok_or(DropReason::Malformed)?;
+        let quoted = ctx
+            .header::<[u8; ICMP_QUOTE]>(ETH_HLEN)
+            .ok_or(DropReason::Malformed)?;
         let mut frame = UnreachableFrame {
             eth: reply_eth,
-            ip: reply_ip(ip, IPPROTO_ICMP, (IPV4_HLEN + 8 + 28) as u16),
+            ip: reply_ip(
+                ip,
+                IPPROTO_ICMP,
+                (IPV4_HLEN + ICMP_HLEN + ICMP_QUOTE) as u16,
+            ),
             // Destination unreachable, port unreachable.
             icmp: IcmpHdr {
                 kind: 3,
@@ -359,13 +368,13 @@ fn reject(
             quoted,
         };
         let mut sum = csum_add(0, unsafe {
-            &*(&frame.icmp as *const IcmpHdr as *const [u8; 8])
+            &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN])
         });
         sum = csum_add(sum, &frame.quoted);
         frame.icmp.check = csum_finish(sum);
         replace_packet(ctx, &frame)?;
     }
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    redirected(unsafe { bpf_redirect(ifindex, 0) })
 }
 
 /// Resizes the packet to `T` and writes `frame` over it.

@@ -12,6 +12,7 @@ mod decap;
 mod encap;
 mod forward;
 mod headers;
+mod kernel;
 mod lb;
 mod maps;
 mod vxlan;

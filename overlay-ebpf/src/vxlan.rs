@@ -1,44 +1,80 @@
-//! Checks shared by XDP and TC on received VXLAN: is this packet ours, and may it be delivered?
-//! Both hooks parse with their own context type and call `classify` on the headers.
+//! Received VXLAN, parsed and checked once for XDP and TC: is this packet ours, and may it be
+//! delivered? Both hooks call `receive` on their own context type.
 
 use crate::{
-    headers::{EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr},
+    headers::{EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr},
     maps::{ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
 };
 use overlay_common::{
-    wire::{ETH_P_IP, IPPROTO_UDP, VXLAN_FLAG_VNI},
+    wire::{
+        ETH_HLEN, ETH_P_IP, INNER_ETH_OFF, INNER_IP_OFF, IPPROTO_UDP, IPV4_HLEN, VXLAN_FLAG_VNI,
+        VXLAN_OFF,
+    },
     Config, DropReason, EndpointMacKey,
 };
 
-/// Is this outer IPv4/UDP packet VXLAN addressed to this node? Anything else is not ours
-/// and passes untouched.
-#[inline(always)]
-pub fn is_ours(cfg: &Config, eth: &EthHdr, ip: &Ipv4Hdr) -> bool {
-    eth.ether_type() == ETH_P_IP
-        && ip.proto == IPPROTO_UDP
-        && ip.dst_key() == cfg.vtep_ip
-        && !ip.is_fragment()
-}
-
-#[inline(always)]
-pub fn is_vxlan_port(cfg: &Config, udp: &UdpHdr) -> bool {
-    u16::from_be_bytes(udp.dst_port) == cfg.vxlan_port
-}
-
-/// Where a valid VXLAN frame goes.
-pub struct Delivery {
+/// A VXLAN packet for a local endpoint that passed every check.
+pub struct Received {
+    pub vxlan: VxlanHdr,
+    pub inner_eth: EthHdr,
+    pub inner_ip: Ipv4Hdr,
     /// Host-side veth of the local destination endpoint.
     pub ifindex: u32,
 }
 
-/// Validates the VXLAN header, the sending VTEP, the VNI and the inner addresses.
+/// Parses an underlay packet. `Ok(None)`: not VXLAN for this node (or not parseable as
+/// such): it passes untouched. `Err`: VXLAN for us that must be dropped, with the reason.
 #[inline(always)]
-pub fn classify(
+pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, DropReason> {
+    // One header at a time: a pair of Options confuses the verifier (an unread register).
+    let Some(eth) = ctx.header::<EthHdr>(0) else {
+        return Ok(None);
+    };
+    let Some(ip) = ctx.header::<Ipv4Hdr>(ETH_HLEN) else {
+        return Ok(None);
+    };
+    // We never send IPv4 options or fragments; leave such packets to the stack.
+    if eth.ether_type() != ETH_P_IP
+        || ip.proto != IPPROTO_UDP
+        || ip.dst_key() != cfg.vtep_ip
+        || ip.is_fragment()
+        || !ip.is_plain_v4()
+    {
+        return Ok(None);
+    }
+    let Some(udp) = ctx.header::<UdpHdr>(ETH_HLEN + IPV4_HLEN) else {
+        return Ok(None);
+    };
+    if u16::from_be_bytes(udp.dst_port) != cfg.vxlan_port {
+        return Ok(None);
+    }
+    let vxlan = ctx
+        .header::<VxlanHdr>(VXLAN_OFF)
+        .ok_or(DropReason::VxlanMalformed)?;
+    let inner_eth = ctx
+        .header::<EthHdr>(INNER_ETH_OFF)
+        .ok_or(DropReason::Malformed)?;
+    let inner_ip = ctx
+        .header::<Ipv4Hdr>(INNER_IP_OFF)
+        .ok_or(DropReason::Malformed)?;
+    let ifindex = classify(&ip, &vxlan, &inner_eth, &inner_ip)?;
+    Ok(Some(Received {
+        vxlan,
+        inner_eth,
+        inner_ip,
+        ifindex,
+    }))
+}
+
+/// Validates the VXLAN header, the sending VTEP, the VNI and the inner addresses; returns
+/// the local destination's host-side veth.
+#[inline(always)]
+fn classify(
     outer: &Ipv4Hdr,
     vxlan: &VxlanHdr,
     inner_eth: &EthHdr,
     inner_ip: &Ipv4Hdr,
-) -> Result<Delivery, DropReason> {
+) -> Result<u32, DropReason> {
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {
         return Err(DropReason::VxlanMalformed);
     }
@@ -53,7 +89,7 @@ pub fn classify(
     if inner_eth.ether_type() != ETH_P_IP {
         return Err(DropReason::UnsupportedEthertype);
     }
-    if inner_ip.ihl_bytes() < 20 {
+    if inner_ip.ihl_bytes() < IPV4_HLEN {
         return Err(DropReason::Malformed);
     }
     let dst = unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.dst)) };
@@ -66,5 +102,5 @@ pub fn classify(
         Some(src) if !src.is_local() && src.vtep_ip == vtep && src.ip == inner_ip.src_key() => {}
         _ => return Err(DropReason::DecapSpoofedSource),
     }
-    Ok(Delivery { ifindex })
+    Ok(ifindex)
 }

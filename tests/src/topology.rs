@@ -13,28 +13,18 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
+use overlay_api::{CallError, Client, EndpointRequest, Request};
 use overlay_daemon::{
     api,
-    cluster::EndpointRequest,
     datapath::{self, PinLayout},
     maps::{CounterMap, CounterSnapshot, VtepMap},
-    tables::{ClusterTables, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
+    tables::{ClusterTables, EndpointIface, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
 };
 
 use crate::{etcd::Etcd, netns::unique_id, ChildGuard, Netns};
 
-/// A blocking call of a daemon's API.
-pub fn call_api(socket: &Path, req: &api::Request) -> api::Response {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(api::call(socket, req))
-        .unwrap_or_else(|e| panic!("overlayd API at {}: {e}", socket.display()))
-}
-
 pub const UNDERLAY_MTU: u32 = 1500;
-pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_MTU_OVERHEAD;
+pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_OVERHEAD;
 
 /// The overlayd binary under test: `OVERLAYD` (set by `cargo xtask test`), else the workspace's
 /// debug build.
@@ -245,9 +235,32 @@ impl Topology {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A client of host `host`'s daemon API.
+    pub fn client(&self, host: usize) -> Client {
+        Client::new(api::socket_path(&self.hosts[host].run_dir))
+    }
+
+    /// Waits until host `host`'s daemon answers on its API and holds its etcd lease.
+    pub fn wait_registered(&mut self, host: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.client(host).status().is_ok_and(|s| s.lease.is_some()) {
+                return;
+            }
+            if !self.hosts[host].daemon_running() || Instant::now() > deadline {
+                panic!(
+                    "overlayd on {} did not register:\n{}",
+                    self.hosts[host].name,
+                    self.daemon_log(host)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Calls host `host`'s daemon API.
-    pub fn api(&self, host: usize, req: &api::Request) -> api::Response {
-        call_api(&api::socket_path(&self.hosts[host].run_dir), req)
+    pub fn api(&self, host: usize, req: &Request) -> Result<serde_json::Value, CallError> {
+        self.client(host).call(req)
     }
 
     /// Creates an empty container namespace and asks host `host`'s daemon for an endpoint in
@@ -266,15 +279,15 @@ impl Topology {
     ) -> usize {
         let ns = Netns::create(&format!("ovt{}-{name}", self.id));
         ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
-        let req = api::Request::CreateEndpoint(EndpointRequest {
+        let req = EndpointRequest {
             network: network.to_owned(),
             container_id: format!("{}-{name}", self.id),
             netns: PathBuf::from(ns.path()),
             ifname: "eth0".into(),
             services: services.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
-        });
-        let ep = api::endpoint(self.api(host, &req)).unwrap_or_else(|e| {
+        };
+        let ep = self.client(host).create_endpoint(req).unwrap_or_else(|e| {
             panic!(
                 "creating endpoint {name} on {}: {e}\n{}",
                 self.hosts[host].name,
@@ -288,7 +301,7 @@ impl Topology {
             network: network.to_owned(),
             ip: ep.ip,
             mac: ep.mac,
-            host_ifname: ep.host_ifname,
+            host_ifname: ep.host_ifname().unwrap_or_default().to_owned(),
             gateway: ep.gateway,
         });
         self.containers.len() - 1
@@ -397,9 +410,8 @@ impl Topology {
             ip,
             mac: Some(mac),
             node: h.name.clone(),
-            host_ifname: Some(host_ifname.clone()),
+            iface: EndpointIface::Veth(host_ifname.clone()),
             services: Vec::new(),
-            reserved: false,
         });
         self.containers.push(Container {
             name: name.to_owned(),

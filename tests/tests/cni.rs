@@ -21,6 +21,16 @@ fn plugin() -> PathBuf {
     overlayd_bin().with_file_name("overlay-cni")
 }
 
+/// What a runtime puts in the environment for `command` on interface eth0.
+fn cni_env(command: &str, container_id: String, netns: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0".to_owned()),
+    ]
+}
+
 /// Runs the plugin like a runtime does.
 pub fn exec_plugin(env: &[(&str, String)], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(plugin());
@@ -48,12 +58,16 @@ struct Scenario {
 
 impl Scenario {
     fn new() -> Self {
+        Self::with_daemon_args(&[])
+    }
+
+    fn with_daemon_args(args: &[&str]) -> Self {
         let mut t = Topology::new(
             TopologySpec::new(1)
                 .network("red", 100, "198.19.1.0/24")
                 .with_etcd(5),
         );
-        t.start_daemon(0, &[]);
+        t.start_daemon(0, args);
         t.wait_status(0, "network installed", |s| s["networks"] == 1);
         // Registered (holding a lease) before the first ADD.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -85,6 +99,15 @@ impl Scenario {
                 .replace(&format!("{{id:{name}}}"), &self.id(name));
         }
         out
+    }
+
+    /// A plugin config of this scenario's network and socket.
+    fn conf(&self, version: &str) -> String {
+        let socket = overlay_daemon::api::socket_path(&self.t.hosts[0].run_dir);
+        format!(
+            r#"{{"cniVersion":"{version}","name":"red","type":"overlay-cni","socket":"{}"}}"#,
+            socket.display()
+        )
     }
 
     fn endpoints(&self) -> usize {
@@ -194,12 +217,7 @@ fn spec_fixtures() {
 #[test]
 fn fifty_parallel_add_and_del_leak_nothing() {
     let s = Scenario::new();
-    let socket = overlay_daemon::api::socket_path(&s.t.hosts[0].run_dir)
-        .display()
-        .to_string();
-    let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"red","type":"overlay-cni","socket":"{socket}"}}"#
-    );
+    let conf = s.conf("1.0.0");
     let namespaces: Vec<Netns> = (0..50)
         .map(|i| Netns::create(&format!("ovt{}-q{i}", s.t.id)))
         .collect();
@@ -208,12 +226,7 @@ fn fifty_parallel_add_and_del_leak_nothing() {
             .iter()
             .enumerate()
             .map(|(i, ns)| {
-                let env = vec![
-                    ("CNI_COMMAND", command.to_owned()),
-                    ("CNI_CONTAINERID", format!("{}-q{i}", s.t.id)),
-                    ("CNI_NETNS", ns.path()),
-                    ("CNI_IFNAME", "eth0".to_owned()),
-                ];
+                let env = cni_env(command, format!("{}-q{i}", s.t.id), ns.path());
                 let conf = conf.clone();
                 thread::spawn(move || exec_plugin(&env, conf.as_bytes()))
             })
@@ -246,4 +259,165 @@ fn fifty_parallel_add_and_del_leak_nothing() {
     assert_eq!(s.endpoints(), 0, "no address leaked");
     let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
     assert!(!links.contains("ovl"), "no veth leaked: {links}");
+}
+
+/// An ADD whose endpoint the datapath cannot install (here: its endpoint table is full)
+/// fails with "try again later" and a one-line reason, and leaves nothing behind: no
+/// address in etcd, no veth, no local state, nothing in the container. Once room is made,
+/// the same ADD succeeds.
+#[test]
+fn an_add_the_datapath_cannot_install_fails_with_11_and_leaves_nothing() {
+    let mut s = Scenario::with_daemon_args(&["--max-endpoints", "2"]);
+    let conf = s.conf("1.1.0");
+    for name in ["c1", "c2", "c3"] {
+        let ns = Netns::create(&format!("ovt{}-{name}", s.t.id));
+        s.paths.insert(name.into(), ns.path());
+        s.netns.insert(name.into(), ns);
+    }
+    let cni = |s: &Scenario, command: &str, name: &str| {
+        exec_plugin(
+            &cni_env(command, s.id(name), s.paths[name].clone()),
+            conf.as_bytes(),
+        )
+    };
+    let mut ips = BTreeMap::new();
+    for name in ["c1", "c2"] {
+        let out = cni(&s, "ADD", name);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ip = v["ips"][0]["address"].as_str().unwrap();
+        ips.insert(name, ip.split('/').next().unwrap().to_owned());
+    }
+
+    let out = cni(&s, "ADD", "c3");
+    assert_eq!(out.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&out.stdout).expect("CNI error JSON");
+    assert_eq!(err["code"], 11, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("endpoint table is full") && !msg.contains('\n'),
+        "{msg}"
+    );
+
+    assert_eq!(s.endpoints(), 2, "no address left in etcd for c3");
+    let state = std::fs::read_dir(s.t.hosts[0].run_dir.join("endpoints"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(state, 2, "no local state left for c3");
+    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
+    assert_eq!(
+        links.matches(": ovl").count(),
+        2,
+        "no veth left for c3: {links}"
+    );
+    let inside = s.netns["c3"].run("ip", &["-o", "link", "show"]);
+    assert!(!inside.contains("eth0"), "nothing left in c3: {inside}");
+    assert!(
+        overlay_tests::traffic::ping(&s.netns["c1"], ips["c2"].parse().unwrap(), 2),
+        "the installed endpoints keep working"
+    );
+
+    // Room made: the runtime's retry succeeds.
+    let out = cni(&s, "DEL", "c1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cni(&s, "ADD", "c3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(s.endpoints(), 2);
+}
+
+/// SIGTERM while ADDs are in flight: the daemon stops accepting, finishes what it started and
+/// exits. Every ADD either succeeded (and its endpoint is whole: etcd record, veth, local
+/// state) or failed with "not reachable" (50) / "try again" (11) and left nothing behind.
+/// The restarted daemon serves DEL for all of them.
+#[test]
+fn stopping_the_daemon_under_load_leaves_no_half_made_endpoint() {
+    let mut s = Scenario::new();
+    let conf = s.conf("1.0.0");
+    let namespaces: Vec<Netns> = (0..20)
+        .map(|i| Netns::create(&format!("ovt{}-s{i}", s.t.id)))
+        .collect();
+    let handles: Vec<_> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let env = cni_env("ADD", format!("{}-s{i}", s.t.id), ns.path());
+            let conf = conf.clone();
+            thread::spawn(move || {
+                thread::sleep(std::time::Duration::from_millis(10 * i as u64));
+                exec_plugin(&env, conf.as_bytes())
+            })
+        })
+        .collect();
+    thread::sleep(std::time::Duration::from_millis(60));
+    assert!(
+        s.t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM),
+        "overlayd drains and exits on SIGTERM:\n{}",
+        s.t.daemon_log(0)
+    );
+    let mut added = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().unwrap();
+        let inside = namespaces[i].run("ip", &["-o", "link", "show"]);
+        if out.status.success() {
+            added += 1;
+            assert!(inside.contains("eth0"), "ADD {i} succeeded: eth0 is there");
+        } else {
+            let err: Value = serde_json::from_slice(&out.stdout).expect("CNI error JSON");
+            assert!(
+                err["code"] == 50 || err["code"] == 11,
+                "ADD {i} during shutdown: {err}"
+            );
+            assert!(
+                !inside.contains("eth0"),
+                "failed ADD {i} left eth0: {inside}"
+            );
+        }
+    }
+    assert!(
+        s.t.daemon_log(0)
+            .contains("stopping: finishing requests in flight"),
+        "{}",
+        s.t.daemon_log(0)
+    );
+    assert_eq!(
+        s.endpoints(),
+        added,
+        "etcd holds exactly the endpoints that were made"
+    );
+    let state = std::fs::read_dir(s.t.hosts[0].run_dir.join("endpoints"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        state, added,
+        "local state holds exactly the endpoints that were made"
+    );
+    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
+    assert_eq!(links.matches(": ovl").count(), added, "{links}");
+
+    s.t.start_daemon(0, &[]);
+    s.t.wait_registered(0);
+    for (i, ns) in namespaces.iter().enumerate() {
+        let env = cni_env("DEL", format!("{}-s{i}", s.t.id), ns.path());
+        let out = exec_plugin(&env, conf.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(s.endpoints(), 0);
+    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
+    assert!(!links.contains("ovl"), "{links}");
 }

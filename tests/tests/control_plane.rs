@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, thread, time::Duration};
 
 use nix::sys::signal::Signal;
-use overlay_daemon::api::Request;
+use overlay_api::{EndpointRequest, Request};
 use overlay_tests::{traffic, Topology, TopologySpec};
 
 const TTL: u32 = 3;
@@ -137,7 +137,7 @@ fn etcd_outage_keeps_flows_and_reconciles_afterwards() {
             ifname: "eth0".into(),
         },
     );
-    assert!(resp.ok, "{resp:?}");
+    assert!(resp.is_ok(), "{resp:?}");
     let etcd = t.etcd.as_ref().unwrap();
     let rev = etcd.revision();
     etcd.ctl_ok(&["compaction", &rev.to_string()]);
@@ -174,14 +174,15 @@ fn concurrent_endpoint_creation_never_duplicates_an_address() {
             let netns = namespaces[i].path();
             let id = format!("{}-p{i}", t.id);
             thread::spawn(move || {
-                let req = Request::CreateEndpoint(overlay_daemon::cluster::EndpointRequest {
+                let req = EndpointRequest {
                     network: "blue".into(),
                     container_id: id,
                     netns: netns.into(),
                     ifname: "eth0".into(),
                     ..Default::default()
-                });
-                overlay_daemon::api::endpoint(overlay_tests::topology::call_api(&socket, &req))
+                };
+                overlay_api::Client::new(socket)
+                    .create_endpoint(req)
                     .map(|e| e.ip)
             })
         })
@@ -208,7 +209,7 @@ fn concurrent_endpoint_creation_never_duplicates_an_address() {
                 ifname: "eth0".into(),
             },
         );
-        assert!(resp.ok, "{resp:?}");
+        assert!(resp.is_ok(), "{resp:?}");
     }
     assert!(endpoints_json(&t).is_empty(), "no address leaked");
     for h in 0..3 {
@@ -226,7 +227,7 @@ fn concurrent_endpoint_creation_never_duplicates_an_address() {
             ifname: "eth0".into(),
         },
     );
-    assert!(resp.ok);
+    assert!(resp.is_ok(), "{resp:?}");
 }
 
 #[test]

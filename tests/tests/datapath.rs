@@ -168,10 +168,10 @@ fn cross_host_same_host_arp_and_isolation() {
         "back to normal once the MAC is restored"
     );
 
-    // eBPF log lines (aya-log) reach the daemon's log.
+    // eBPF log lines (aya-log) reach the daemon's log, naming the drop reason.
     let log = t.daemon_log(0);
     assert!(
-        log.contains("container drop: reason"),
+        log.contains("container drop: spoofed_mac"),
         "no eBPF log line in:\n{log}"
     );
 }

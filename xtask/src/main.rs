@@ -25,7 +25,7 @@ enum Task {
     /// Install what building and testing need (idempotent): Debian packages, nightly rust-src,
     /// bpf-linker built against the nightly's LLVM, and a mounted bpffs.
     Setup,
-    /// Build the daemon with its embedded eBPF object.
+    /// Build overlayd and overlayctl (with the embedded eBPF object) and overlay-cni.
     Build {
         #[arg(long)]
         release: bool,
@@ -88,7 +88,14 @@ fn cargo() -> Command {
 
 fn build(release: bool) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "overlay-daemon", "--bins"]);
+    cmd.args([
+        "build",
+        "--package",
+        "overlay-daemon",
+        "--package",
+        "overlay-cni",
+        "--bins",
+    ]);
     if release {
         cmd.arg("--release");
     }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use overlay_common::tunnel_md::{TunnelLocal, TunnelRemote};
+use overlay_bench_common::{TunnelLocal, TunnelRemote};
 
 #[map(name = "TMD_REMOTE")]
 static REMOTE: HashMap<u32, TunnelRemote> = HashMap::with_max_entries(1024, 0);

@@ -8,15 +8,16 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
+use overlay_api::Client;
 use overlay_daemon::{
-    api::{self, Request},
+    admin::{self, records_under},
     cli::EtcdArgs,
     store::{
-        keys::{valid_name, Key},
-        records::{self, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord, RECORD_VERSION},
+        keys::Key,
+        records::{EndpointRecord, NetworkRecord, NodeRecord, RECORD_VERSION},
         ClusterView, Store,
     },
     tables::{BackendSpec, Proto},
@@ -193,24 +194,25 @@ fn print_json(v: &serde_json::Value) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status | Command::Stats => {
-            let req = if matches!(cli.command, Command::Status) {
-                Request::Status
+            let client = Client::new(&cli.socket);
+            let v = if matches!(cli.command, Command::Status) {
+                client
+                    .status()
+                    .map(|s| serde_json::to_value(s).unwrap_or_default())
             } else {
-                Request::Stats
-            };
-            let resp = api::call(&cli.socket, &req).await.with_context(|| {
+                client
+                    .stats()
+                    .map(|s| serde_json::to_value(s).unwrap_or_default())
+            }
+            .with_context(|| {
                 format!(
-                    "overlayd API at {}: is overlayd running?",
-                    cli.socket.display()
+                    "is overlayd running with --run-dir {}?",
+                    run_dir_of(&cli.socket)
                 )
             })?;
-            if !resp.ok {
-                bail!("{}", resp.error.unwrap_or_default());
-            }
-            let v = resp.result.unwrap_or_default();
             if cli.output == Output::Json {
                 print_json(&v);
-            } else if matches!(req, Request::Status) {
+            } else if matches!(cli.command, Command::Status) {
                 let rows: Vec<Vec<String>> = v
                     .as_object()
                     .map(|o| {
@@ -287,7 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     continue;
                 };
                 out.push(json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
-                    "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.host_ifname}));
+                    "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.attachment.to_wire()}));
             }
             if cli.output == Output::Json {
                 print_json(&json!(out));
@@ -312,23 +314,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The decodable records under `prefix`, with their parsed keys and leases; what does not
-/// decode is left out (the daemons skip it too).
-async fn records_under<T: serde::de::DeserializeOwned + records::Versioned>(
-    store: &Store,
-    prefix: &str,
-) -> anyhow::Result<Vec<(Key, T, i64)>> {
-    let (kvs, _) = store.list(prefix).await?;
-    Ok(kvs
-        .into_iter()
-        .filter_map(|kv| {
-            Some((
-                store.layout.parse(&kv.key)?,
-                records::decode(&kv.value).ok()?,
-                kv.lease,
-            ))
-        })
-        .collect())
+/// The run directory a socket path belongs to, for error messages.
+fn run_dir_of(socket: &std::path::Path) -> String {
+    socket
+        .parent()
+        .map_or_else(|| ".".into(), |p| p.display().to_string())
 }
 
 async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
@@ -351,13 +341,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                 gateway,
                 mtu,
             };
-            record.check(&name).map_err(anyhow::Error::msg)?;
-            let created = store
-                .create_network(&name, vni, records::encode(&record))
-                .await?;
-            if !created {
-                bail!("network {name:?} or VNI {vni} already exists: pick another name or VNI");
-            }
+            admin::create_network(&store, &name, &record).await?;
             if output == Output::Json {
                 print_json(&json!({"name": name, "vni": vni, "subnet": subnet}));
             } else {
@@ -399,59 +383,11 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
             Ok(())
         }
         NetworkCmd::Rm { name } => {
-            let (eps, _) = store.list(&store.layout.endpoints(&name)).await?;
-            if !eps.is_empty() {
-                bail!(
-                    "network {name:?} still has {} endpoint(s): remove their containers first",
-                    eps.len()
-                );
-            }
-            if !store.delete_network(&name).await? {
-                bail!("network {name:?} does not exist");
-            }
+            admin::remove_network(&store, &name).await?;
             if output == Output::Table {
                 println!("network {name} removed");
             }
             Ok(())
-        }
-    }
-}
-
-/// Refuses duplicate backends: one address:port is one backend.
-/// Backends given once each, inside the service's network.
-fn check_backends(
-    backends: &[BackendSpec],
-    network: &str,
-    net: &NetworkRecord,
-) -> anyhow::Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for b in backends {
-        if !seen.insert((b.ip, b.port)) {
-            bail!(
-                "backend {}:{} is given twice: list each backend once",
-                b.ip,
-                b.port
-            );
-        }
-        if !net.subnet.contains(&b.ip) {
-            bail!(
-                "backend {} is outside network {network:?}'s subnet {}",
-                b.ip,
-                net.subnet
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn network_record(store: &Store, network: &str) -> anyhow::Result<NetworkRecord> {
-    let key = store.layout.key(&Key::Network(network.to_owned()));
-    match store.get(&key).await? {
-        Some(kv) => {
-            records::decode(&kv.value).map_err(|e| anyhow::anyhow!("network {network:?}: {e}"))
-        }
-        None => {
-            bail!("network {network:?} does not exist: create it with `overlayctl network create`")
         }
     }
 }
@@ -466,35 +402,8 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
             proto,
             backends,
         } => {
-            if !valid_name(&name) {
-                bail!("service name {name:?}: use letters, digits, '.', '_' and '-'");
-            }
-            if vip.port() == 0 {
-                bail!("--vip {vip}: give the service port, e.g. {}:80", vip.ip());
-            }
-            let net = network_record(&store, &network).await?;
-            check_backends(&backends, &network, &net)?;
-            if net.subnet.contains(vip.ip()) {
-                bail!(
-                    "VIP {} is inside network {network:?}'s subnet {}: pick an address outside it",
-                    vip.ip(),
-                    net.subnet
-                );
-            }
-            let record = ServiceRecord {
-                version: RECORD_VERSION,
-                network,
-                vip: *vip.ip(),
-                port: vip.port(),
-                proto,
-                backends,
-            };
-            if !store.create_service(&name, &record).await? {
-                bail!(
-                    "service {name:?} or {}:{}/{} in network {:?} already exists: pick another name or VIP",
-                    record.vip, record.port, record.proto, record.network
-                );
-            }
+            let record = admin::service_record(network, vip, proto, backends);
+            admin::add_service(&store, &name, &record).await?;
             if output == Output::Json {
                 print_json(
                     &json!({"name": name, "network": record.network, "vip": record.vip,
@@ -575,30 +484,14 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
             Ok(())
         }
         ServiceCmd::Rm { name } => {
-            if !store.delete_service(&name).await? {
-                bail!("service {name:?} does not exist");
-            }
+            admin::remove_service(&store, &name).await?;
             if output == Output::Table {
                 println!("service {name} removed");
             }
             Ok(())
         }
         ServiceCmd::SetBackends { name, backends } => {
-            let key = store.layout.key(&Key::Service(name.clone()));
-            let Some(kv) = store.get(&key).await? else {
-                bail!("service {name:?} does not exist: create it with `overlayctl service add`");
-            };
-            let mut record: ServiceRecord =
-                records::decode(&kv.value).map_err(|e| anyhow::anyhow!("service {name:?}: {e}"))?;
-            let net = network_record(&store, &record.network).await?;
-            check_backends(&backends, &record.network, &net)?;
-            record.backends = backends;
-            if !store
-                .replace(&key, kv.value, records::encode(&record), None)
-                .await?
-            {
-                bail!("service {name:?} changed while updating it: run the command again");
-            }
+            let record = admin::set_backends(&store, &name, backends).await?;
             if output == Output::Table {
                 println!(
                     "service {name}: {} configured backend(s)",

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use overlay_daemon::{
     cli::EtcdArgs,
-    daemon::{self, DaemonConfig, TablesFrom},
+    daemon::{self, DaemonConfig, DatapathMode, NodeMode, TablesFrom},
     datapath::{self, PinLayout, TcMode, XdpSetting},
     maps::CounterMap,
 };
@@ -82,6 +82,12 @@ struct RunArgs {
     /// How TC programs are attached.
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     tc_mode: TcMode,
+    /// Size of the endpoint tables (every endpoint of the cluster takes one entry; entries
+    /// are allocated on demand). Applies when the tables are created: pinned tables keep
+    /// their size until `overlayd cleanup`.
+    #[arg(long, value_name = "N", default_value_t = datapath::DEFAULT_MAX_ENDPOINTS,
+          value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    max_endpoints: u32,
     #[command(flatten)]
     etcd: EtcdArgs,
     /// TTL of this node's etcd lease: how long after it dies a node leaves the others' tables.
@@ -187,19 +193,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         None => {
             let args = cli.run;
             let node = node_name(args.node_name)?;
+            let mode = match (args.control_plane_only, args.underlay, args.vtep_ip) {
+                (true, _, Some(vtep_ip)) => NodeMode::ControlPlaneOnly { vtep_ip },
+                (true, _, None) => anyhow::bail!(
+                    "--control-plane-only needs --vtep-ip (there is no underlay to take it from)"
+                ),
+                (false, Some(underlay), vtep_ip) => NodeMode::Datapath(DatapathMode {
+                    underlay,
+                    vtep_ip,
+                    xdp: args.xdp,
+                    tc_mode: args.tc_mode,
+                    max_endpoints: Some(args.max_endpoints),
+                }),
+                (false, None, _) => anyhow::bail!("--underlay IFACE is required"),
+            };
             let cfg = DaemonConfig {
                 bpffs: args.bpffs.unwrap_or_else(|| default_bpffs(&node)),
                 node_name: node,
-                underlay: match (args.underlay, args.control_plane_only) {
-                    (Some(u), _) => u,
-                    (None, true) => String::new(),
-                    (None, false) => anyhow::bail!("--underlay IFACE is required"),
-                },
-                vtep_ip: args.vtep_ip,
+                mode,
                 vxlan_port: args.vxlan_port,
                 run_dir: args.run_dir,
-                xdp: args.xdp,
-                tc_mode: args.tc_mode,
                 source: match args.tables {
                     Some(path) => TablesFrom::File(path),
                     None => TablesFrom::Etcd(args.etcd.config()),
@@ -207,7 +220,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 lease_ttl: args.lease_ttl,
                 detach_on_exit: args.detach_on_exit,
                 docker_plugin: args.docker_plugin,
-                control_plane_only: args.control_plane_only,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -12,11 +12,13 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use super::state::{valid_id, EndpointBinding, JsonDir, NetworkBinding};
+use super::{docker_address_id, DOCKER_IFNAME};
 use crate::{
-    cluster::{docker_address_id, host_ifname, Cluster, ClusterError, DOCKER_IFNAME},
+    cluster::{host_ifname, Cluster, ClusterError},
     store::records::{NetworkRecord, RECORD_VERSION},
     tables::{default_gateway, MacAddr},
 };
+use overlay_api::ErrorKind;
 
 /// Our address spaces: one for both scopes, named so a request from Docker's default IPAM
 /// is recognisable.
@@ -28,7 +30,7 @@ const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 
 /// The endpoint driver option (`docker network connect --driver-opt overlay.service=web:80`)
 /// that makes the container a service backend.
-pub const SERVICE_OPTION: &str = "overlay.service";
+pub const SERVICE_OPTION: &str = overlay_api::labels::SERVICE_LABEL;
 
 /// `NAME:PORT[,NAME:PORT...]` labels from an endpoint's options.
 fn service_labels(options: &Value) -> Result<Vec<String>, Failure> {
@@ -36,7 +38,8 @@ fn service_labels(options: &Value) -> Result<Vec<String>, Failure> {
         .as_str()
         .or_else(|| options[GENERIC_OPTIONS][SERVICE_OPTION].as_str())
         .unwrap_or("");
-    crate::tables::parse_service_labels([raw]).map_err(|e| bad(format!("{SERVICE_OPTION}: {e}")))
+    overlay_api::labels::parse_service_labels([raw])
+        .map_err(|e| bad(format!("{SERVICE_OPTION}: {e}")))
 }
 
 /// An HTTP status and JSON body.
@@ -70,12 +73,10 @@ enum Failure {
 
 impl From<ClusterError> for Failure {
     fn from(e: ClusterError) -> Self {
-        match e {
-            ClusterError::Invalid(_)
-            | ClusterError::NoSuchNetwork(_)
-            | ClusterError::AddressTaken(_)
-            | ClusterError::NotFound(_)
-            | ClusterError::Exists { .. } => Failure::Bad(e.to_string()),
+        match e.kind() {
+            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict => {
+                Failure::Bad(e.to_string())
+            }
             _ => Failure::Internal(e.to_string()),
         }
     }

@@ -43,6 +43,28 @@ impl CounterSnapshot {
     }
 }
 
+impl From<CounterSnapshot> for overlay_api::Stats {
+    fn from(s: CounterSnapshot) -> Self {
+        let owned = |v: Vec<(&'static str, Count)>| {
+            v.into_iter()
+                .map(|(l, c)| {
+                    (
+                        l.to_owned(),
+                        overlay_api::Count {
+                            packets: c.packets,
+                            bytes: c.bytes,
+                        },
+                    )
+                })
+                .collect()
+        };
+        Self {
+            traffic: owned(s.traffic),
+            drops: owned(s.drops),
+        }
+    }
+}
+
 impl CounterMap {
     pub(super) fn new(traffic: Map, drops: Map) -> Result<Self, MapsError> {
         Ok(Self {

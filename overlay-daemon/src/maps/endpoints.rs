@@ -1,7 +1,7 @@
 use std::{collections::HashMap as StdHashMap, hash::Hash, net::Ipv4Addr};
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError},
+    maps::{HashMap, IterableMap as _, Map, MapData, MapError},
     Pod,
 };
 use overlay_common::{
@@ -20,6 +20,8 @@ use super::{hash_map, ip_key, map_err, MapsError};
 /// is all there is.
 pub struct EndpointMaps {
     kernel: Option<KernelMaps>,
+    /// Endpoints the tables can hold (the kernel maps' max_entries).
+    capacity: usize,
     by_ip: StdHashMap<EndpointIpKey, EndpointInfo>,
     by_mac: StdHashMap<EndpointMacKey, EndpointInfo>,
 }
@@ -80,8 +82,11 @@ impl EndpointMaps {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::ENDPOINTS_BY_MAC))?;
+        let capacity = max_entries(kernel.by_ip.map(), names::ENDPOINTS_BY_IP)?
+            .min(max_entries(kernel.by_mac.map(), names::ENDPOINTS_BY_MAC)?);
         Ok(Self {
             kernel: Some(kernel),
+            capacity,
             by_ip,
             by_mac,
         })
@@ -89,8 +94,13 @@ impl EndpointMaps {
 
     /// The table without a datapath behind it (control-plane-only mode).
     pub fn in_memory() -> Self {
+        Self::in_memory_with_capacity(overlay_common::maps::MAX_ENDPOINTS as usize)
+    }
+
+    pub fn in_memory_with_capacity(capacity: usize) -> Self {
         Self {
             kernel: None,
+            capacity,
             by_ip: StdHashMap::new(),
             by_mac: StdHashMap::new(),
         }
@@ -147,6 +157,11 @@ impl EndpointMaps {
     /// Number of endpoints in the userspace copy.
     pub fn len_installed(&self) -> usize {
         self.by_ip.len()
+    }
+
+    /// How many endpoints the tables can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// The IP that holds (VNI, MAC) now, if any.
@@ -234,6 +249,12 @@ impl EndpointMaps {
             None => self.installed(vni, ip),
         }
     }
+}
+
+fn max_entries(map: &MapData, name: &'static str) -> Result<usize, MapsError> {
+    map.info()
+        .map(|i| i.max_entries() as usize)
+        .map_err(map_err(name))
 }
 
 fn ip_entry_key(vni: u32, ip: Ipv4Addr) -> EndpointIpKey {

@@ -21,11 +21,16 @@ use overlay_common::{
 };
 
 use super::{hash_map, ip_key, map_err, MapsError};
-use crate::maglev;
+use crate::{
+    maglev,
+    tables::{Rejection, Subject},
+};
 
 /// A service as the datapath should hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
+    /// The service's name (for reports only).
+    pub name: String,
     pub vni: u32,
     pub vip: Ipv4Addr,
     pub port: u16,
@@ -55,7 +60,7 @@ pub struct LbSync {
     /// Maglev slots rewritten (a measure of disruption).
     pub slots_changed: usize,
     /// Services that could not be installed, with the reason.
-    pub rejected: Vec<String>,
+    pub rejected: Vec<Rejection>,
 }
 
 pub struct LbMaps {
@@ -157,9 +162,12 @@ impl LbMaps {
                         s
                     }
                     None => {
-                        out.rejected.push(format!(
-                            "service {}:{}: this node balances at most {MAX_SERVICES} services",
-                            svc.vip, svc.port
+                        out.rejected.push(Rejection::new(
+                            Subject::Service(svc.name.clone()),
+                            format!(
+                                "{}:{}: this node balances at most {MAX_SERVICES} services",
+                                svc.vip, svc.port
+                            ),
                         ));
                         continue;
                     }

@@ -46,13 +46,7 @@ pub struct Layout {
 }
 
 /// Names of networks and nodes: what keys can hold unambiguously.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
+pub use overlay_api::labels::valid_name;
 
 impl Layout {
     pub fn new(prefix: &str) -> Self {

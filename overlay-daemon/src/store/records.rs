@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use overlay_api::{Attachment, Endpoint};
+
 use crate::tables::MacAddr;
 
 pub const RECORD_VERSION: u32 = 1;
@@ -74,20 +76,76 @@ pub struct BlockRecord {
     pub node: String,
 }
 
+/// An endpoint (the key names its network and address). On the wire `host_ifname` is empty
+/// for a reserved address, as the first release wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EndpointRecordWire", into = "EndpointRecordWire")]
 pub struct EndpointRecord {
     pub version: u32,
     pub mac: MacAddr,
     pub node: String,
     pub container_id: String,
-    /// Host-side veth on the owning node.
-    pub host_ifname: String,
+    pub attachment: Attachment,
     /// Interface name inside the container.
-    #[serde(default)]
     pub ifname: String,
     /// `NAME:PORT` labels: the endpoint is a backend of these services while it exists.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+}
+
+impl EndpointRecord {
+    /// The record of a local endpoint owned by `node`.
+    pub fn of(ep: &Endpoint, node: &str) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            mac: ep.mac,
+            node: node.to_owned(),
+            container_id: ep.container_id.clone(),
+            attachment: ep.attachment.clone(),
+            ifname: ep.ifname.clone(),
+            services: ep.services.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EndpointRecordWire {
+    version: u32,
+    mac: MacAddr,
+    node: String,
+    container_id: String,
+    host_ifname: String,
+    #[serde(default)]
+    ifname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    services: Vec<String>,
+}
+
+impl From<EndpointRecordWire> for EndpointRecord {
+    fn from(w: EndpointRecordWire) -> Self {
+        Self {
+            version: w.version,
+            mac: w.mac,
+            node: w.node,
+            container_id: w.container_id,
+            attachment: Attachment::from_wire(w.host_ifname),
+            ifname: w.ifname,
+            services: w.services,
+        }
+    }
+}
+
+impl From<EndpointRecord> for EndpointRecordWire {
+    fn from(r: EndpointRecord) -> Self {
+        Self {
+            host_ifname: r.attachment.to_wire(),
+            version: r.version,
+            mac: r.mac,
+            node: r.node,
+            container_id: r.container_id,
+            ifname: r.ifname,
+            services: r.services,
+        }
+    }
 }
 
 /// A service: VIP:port/proto in a network, with explicitly configured backends (endpoints
@@ -158,6 +216,23 @@ mod tests {
             decode::<NodeRecord>(v1).unwrap().vtep_ip,
             Ipv4Addr::new(198, 18, 0, 1)
         );
+    }
+
+    /// Endpoint records as the first release wrote them load unchanged, and are written back
+    /// byte for byte, so both releases read each other's.
+    #[test]
+    fn first_release_endpoint_records_round_trip() {
+        let attached = r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"h1","container_id":"c1","host_ifname":"ovl0123456789","ifname":"eth0","services":["web:80"]}"#;
+        let reserved = r#"{"version":1,"mac":"0a:58:c6:13:01:03","node":"h1","container_id":"docker:red:198.19.1.3","host_ifname":"","ifname":"eth"}"#;
+        let a: EndpointRecord = decode(attached.as_bytes()).unwrap();
+        assert_eq!(a.attachment.host_ifname(), Some("ovl0123456789"));
+        let r: EndpointRecord = decode(reserved.as_bytes()).unwrap();
+        assert_eq!(r.attachment, Attachment::Reserved);
+        assert_eq!(String::from_utf8(encode(&a)).unwrap(), attached);
+        assert_eq!(String::from_utf8(encode(&r)).unwrap(), reserved);
+        let oldest = r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"h1","container_id":"c1","host_ifname":"v"}"#;
+        let o: EndpointRecord = decode(oldest.as_bytes()).unwrap();
+        assert_eq!((o.ifname.as_str(), o.services.len()), ("", 0));
     }
 
     #[test]

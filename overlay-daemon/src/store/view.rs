@@ -15,7 +15,9 @@ use super::{
     keys::{Key, Layout},
     records::{self, BlockRecord, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord},
 };
-use crate::tables::{ClusterTables, EndpointSpec, NetworkSpec, NodeSpec, ServiceSpec, ValidTables};
+use crate::tables::{
+    ClusterTables, EndpointIface, EndpointSpec, NetworkSpec, NodeSpec, ServiceSpec, ValidTables,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -33,8 +35,7 @@ pub enum Entry {
 pub struct ViewEndpoint {
     pub mac: crate::tables::MacAddr,
     pub node: Arc<str>,
-    /// Empty for an address reserved for a runtime that has not made the endpoint yet.
-    pub host_ifname: Box<str>,
+    pub attachment: overlay_api::Attachment,
     pub services: Box<[String]>,
 }
 
@@ -260,7 +261,7 @@ impl ClusterView {
         ViewEndpoint {
             mac: r.mac,
             node,
-            host_ifname: r.host_ifname.into(),
+            attachment: r.attachment,
             services: r.services.into(),
         }
     }
@@ -391,9 +392,8 @@ fn endpoint_spec(network: &str, ip: Ipv4Addr, ep: &ViewEndpoint) -> EndpointSpec
         ip,
         mac: Some(ep.mac),
         node: ep.node.to_string(),
-        host_ifname: (!ep.host_ifname.is_empty()).then(|| ep.host_ifname.to_string()),
+        iface: EndpointIface::from(&ep.attachment),
         services: ep.services.to_vec(),
-        reserved: ep.host_ifname.is_empty(),
     }
 }
 

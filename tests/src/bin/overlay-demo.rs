@@ -181,12 +181,12 @@ fn main() {
         let id = format!("{}-{c}", t.id);
         let resp = t.api(
             host,
-            &overlay_daemon::api::Request::DeleteEndpoint {
+            &overlay_api::Request::DeleteEndpoint {
                 container_id: id,
                 ifname: "eth0".into(),
             },
         );
-        assert!(resp.ok, "{resp:?}");
+        assert!(resp.is_ok(), "{resp:?}");
     }
     println!(
         "  endpoints left in etcd: {}",

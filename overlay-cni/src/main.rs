@@ -3,31 +3,21 @@
 
 use std::{io::Read as _, process::ExitCode};
 
-use overlay_daemon::cni::{self, CniEnv, CniError};
+use overlay_cni::{types::code, CniEnv, CniError, LATEST_VERSION};
 
 fn main() -> ExitCode {
     let env = CniEnv::from_vars(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return fail(
-            "1.1.0",
+            LATEST_VERSION,
             CniError::new(
-                cni::E_DECODE,
+                code::DECODE,
                 format!("reading the configuration from stdin: {e}"),
             ),
         );
     }
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            (
-                "1.1.0".to_owned(),
-                CniError::new(cni::E_ATTACHMENT, e.to_string()),
-            )
-        })
-        .and_then(|rt| rt.block_on(cni::run(&env, &stdin)));
-    match outcome {
+    match overlay_cni::run(&env, &stdin) {
         Ok(Some(result)) => {
             println!("{result}");
             ExitCode::SUCCESS
@@ -39,6 +29,7 @@ fn main() -> ExitCode {
 
 /// Errors go to stdout as the spec's error JSON, with a non-zero exit.
 fn fail(version: &str, e: CniError) -> ExitCode {
-    println!("{}", e.to_json(version));
+    let body = serde_json::to_string(&e.to_result(version)).expect("errors serialize");
+    println!("{body}");
     ExitCode::from(1)
 }

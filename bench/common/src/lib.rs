@@ -1,6 +1,7 @@
 //! Map types of the benchmark's comparison datapath (`bench/ebpf`): a Cilium-style
 //! collect_md vxlan device fed by `bpf_skb_set_tunnel_key`. Not used by the overlay itself.
 //! Both maps are keyed by a container IPv4 in network order (`u32::from_ne_bytes(octets)`).
+#![no_std]
 
 /// `TMD_REMOTE`: where a remote container lives. Read by the encapsulating program.
 #[repr(C)]

@@ -1,0 +1,276 @@
+//! The endpoint model: a container interface on the overlay, who made it, where its
+//! container side lives and how it is attached to the host.
+//!
+//! The JSON form is the flat one every earlier release wrote and read (local state files,
+//! API results): `netns` empty for an interface the runtime moves itself, `host_ifname`
+//! empty for a reserved address, `owner` `"cni"`, `"cnm"` or absent. Those encodings stay
+//! on the wire only; in Rust each state is a variant.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::MacAddr;
+
+/// A local endpoint's identity: the runtime's container id and the interface name in it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointId {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Which front end made an endpoint. Garbage collection only ever touches its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// The CNI plugin (Kubernetes, containerd, podman, Mesos).
+    Cni,
+    /// The Docker (libnetwork) driver.
+    Docker,
+    /// A direct API user (tests, the demo, tools).
+    #[default]
+    Api,
+}
+
+impl Owner {
+    /// The wire name (`"cnm"` for Docker: what the first release wrote).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Cni => "cni",
+            Owner::Docker => "cnm",
+            Owner::Api => "api",
+        }
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            Some("cni") => Ok(Owner::Cni),
+            Some("cnm" | "docker") => Ok(Owner::Docker),
+            Some("api") | None => Ok(Owner::Api),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "owner {other:?}: expected \"cni\", \"cnm\" or \"api\""
+            ))),
+        }
+    }
+}
+
+/// Where the container side of an endpoint lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Sandbox {
+    /// A network namespace the daemon configures the interface in (CNI, the API).
+    Netns(PathBuf),
+    /// The runtime moves the interface into the container itself (Docker's Join).
+    Runtime,
+}
+
+/// How an endpoint is attached to its node: the same in the daemon's local state, the
+/// cluster view and the etcd record.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attachment {
+    /// An address handed out before its interface exists (Docker's IPAM asks first). Other
+    /// nodes already route it to its node; that node installs nothing for it.
+    Reserved,
+    /// A veth pair whose host side (`host_ifname`, on the endpoint's node) carries the
+    /// datapath.
+    Veth { host_ifname: String },
+}
+
+impl Attachment {
+    /// The host-side interface, if there is one.
+    pub fn host_ifname(&self) -> Option<&str> {
+        match self {
+            Attachment::Reserved => None,
+            Attachment::Veth { host_ifname } => Some(host_ifname),
+        }
+    }
+
+    /// The wire form of earlier releases: the interface name, empty when reserved.
+    pub fn from_wire(host_ifname: String) -> Self {
+        if host_ifname.is_empty() {
+            Attachment::Reserved
+        } else {
+            Attachment::Veth { host_ifname }
+        }
+    }
+
+    pub fn to_wire(&self) -> String {
+        self.host_ifname().unwrap_or_default().to_owned()
+    }
+}
+
+/// A local endpoint as the daemon keeps it and answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EndpointWire", into = "EndpointWire")]
+pub struct Endpoint {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub sandbox: Sandbox,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub vni: u32,
+    pub attachment: Attachment,
+    /// MAC of the host side of the veth, when it has one (reported in CNI results).
+    pub host_mac: Option<MacAddr>,
+    pub owner: Owner,
+    /// `NAME:PORT` service labels: the endpoint is a backend of these services.
+    pub services: Vec<String>,
+}
+
+impl Endpoint {
+    pub fn id(&self) -> EndpointId {
+        EndpointId {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+
+    pub fn host_ifname(&self) -> Option<&str> {
+        self.attachment.host_ifname()
+    }
+}
+
+/// The flat JSON form (see the module docs).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EndpointWire {
+    network: String,
+    container_id: String,
+    ifname: String,
+    #[serde(default)]
+    netns: PathBuf,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+    mac: MacAddr,
+    mtu: u32,
+    vni: u32,
+    #[serde(default)]
+    host_ifname: String,
+    #[serde(default)]
+    host_mac: Option<MacAddr>,
+    #[serde(default)]
+    owner: Owner,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    services: Vec<String>,
+}
+
+impl From<EndpointWire> for Endpoint {
+    fn from(w: EndpointWire) -> Self {
+        Self {
+            sandbox: if w.netns.as_os_str().is_empty() {
+                Sandbox::Runtime
+            } else {
+                Sandbox::Netns(w.netns)
+            },
+            attachment: Attachment::from_wire(w.host_ifname),
+            host_mac: w.host_mac,
+            network: w.network,
+            container_id: w.container_id,
+            ifname: w.ifname,
+            ip: w.ip,
+            prefix_len: w.prefix_len,
+            gateway: w.gateway,
+            mac: w.mac,
+            mtu: w.mtu,
+            vni: w.vni,
+            owner: w.owner,
+            services: w.services,
+        }
+    }
+}
+
+impl From<Endpoint> for EndpointWire {
+    fn from(e: Endpoint) -> Self {
+        Self {
+            host_ifname: e.attachment.to_wire(),
+            host_mac: e.host_mac,
+            netns: match e.sandbox {
+                Sandbox::Netns(p) => p,
+                Sandbox::Runtime => PathBuf::new(),
+            },
+            network: e.network,
+            container_id: e.container_id,
+            ifname: e.ifname,
+            ip: e.ip,
+            prefix_len: e.prefix_len,
+            gateway: e.gateway,
+            mac: e.mac,
+            mtu: e.mtu,
+            vni: e.vni,
+            owner: e.owner,
+            services: e.services,
+        }
+    }
+}
+
+/// What a runtime asks for: an interface `ifname` in the namespace `netns` on `network`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRequest {
+    pub network: String,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// A smaller MTU than the overlay's (underlay - 50), if wanted.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub owner: Owner,
+    /// `overlay.service` labels (`NAME:PORT`): make the endpoint a service backend.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the first release wrote to `<run-dir>/endpoints/` and answered on the API.
+    const CNI_V1: &str = r#"{"network":"red","container_id":"c1","ifname":"eth0","netns":"/run/netns/c1","ip":"198.19.1.2","prefix_len":24,"gateway":"198.19.1.1","mac":"0a:58:c6:13:01:02","mtu":1450,"vni":100,"host_ifname":"ovl0123456789","host_mac":"02:00:00:00:00:01","owner":"cni"}"#;
+    const DOCKER_RESERVED_V1: &str = r#"{"network":"red","container_id":"docker:red:198.19.1.3","ifname":"eth","netns":"","ip":"198.19.1.3","prefix_len":24,"gateway":"198.19.1.1","mac":"0a:58:c6:13:01:03","mtu":1450,"vni":100,"host_ifname":"","host_mac":null,"owner":"cnm"}"#;
+    const API_V1: &str = r#"{"network":"red","container_id":"t","ifname":"eth0","netns":"/run/netns/t","ip":"198.19.1.4","prefix_len":24,"gateway":"198.19.1.1","mac":"0a:58:c6:13:01:04","mtu":1450,"vni":100,"host_ifname":"ovlx","services":["web:80"]}"#;
+
+    #[test]
+    fn first_release_records_load_into_the_model() {
+        let cni: Endpoint = serde_json::from_str(CNI_V1).unwrap();
+        assert_eq!(cni.owner, Owner::Cni);
+        assert_eq!(cni.sandbox, Sandbox::Netns("/run/netns/c1".into()));
+        assert_eq!(cni.host_ifname(), Some("ovl0123456789"));
+        let docker: Endpoint = serde_json::from_str(DOCKER_RESERVED_V1).unwrap();
+        assert_eq!(docker.owner, Owner::Docker);
+        assert_eq!(docker.sandbox, Sandbox::Runtime);
+        assert_eq!(docker.attachment, Attachment::Reserved);
+        let api: Endpoint = serde_json::from_str(API_V1).unwrap();
+        assert_eq!(api.owner, Owner::Api);
+        assert_eq!(api.services, vec!["web:80".to_owned()]);
+    }
+
+    #[test]
+    fn the_wire_form_is_what_the_first_release_reads() {
+        for text in [CNI_V1, DOCKER_RESERVED_V1] {
+            let ep: Endpoint = serde_json::from_str(text).unwrap();
+            let again: serde_json::Value = serde_json::to_value(&ep).unwrap();
+            assert_eq!(
+                again,
+                serde_json::from_str::<serde_json::Value>(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_owners_are_refused() {
+        let bad = CNI_V1.replace(r#""owner":"cni""#, r#""owner":"frob""#);
+        assert!(serde_json::from_str::<Endpoint>(&bad).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! MAC addresses, written `02:42:c6:13:01:02`.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The virtual gateway MAC of a network: locally administered, derived from the VNI.
+    pub fn gateway(vni: u32) -> Self {
+        let v = vni.to_be_bytes();
+        Self([0x02, 0x6f, 0x76, v[1], v[2], v[3]])
+    }
+
+    /// A locally administered MAC derived from an IPv4 address (like Kubernetes' 0a:58).
+    pub fn from_ip(ip: Ipv4Addr) -> Self {
+        let o = ip.octets();
+        Self([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    }
+
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("MAC {s:?}: expected 6 octets"))?;
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("MAC {s:?}: {part:?} is not a hex octet"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("MAC {s:?}: expected 6 octets"));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip_and_reject_garbage() {
+        let m: MacAddr = "0a:58:c6:13:01:02".parse().unwrap();
+        assert_eq!(m.to_string(), "0a:58:c6:13:01:02");
+        assert!("0a:58:c6:13:01".parse::<MacAddr>().is_err());
+        assert!("0a:58:c6:13:01:02:03".parse::<MacAddr>().is_err());
+        assert!("zz:58:c6:13:01:02".parse::<MacAddr>().is_err());
+        assert!(!MacAddr([1, 0, 0, 0, 0, 0]).is_unicast());
+    }
+}

@@ -1,0 +1,264 @@
+//! What the runtime hands the plugin: the network configuration on stdin and CNI_* in the
+//! environment.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use overlay_api::labels::{parse_service_labels, SERVICE_LABEL};
+use serde::Deserialize;
+
+use crate::{
+    types::{code, CniError},
+    LATEST_VERSION, SUPPORTED_VERSIONS,
+};
+
+/// The network configuration this plugin reads (its plugin object of a conflist, with the
+/// fields the runtime adds).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Overlay network name (default: the configuration's name).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// overlayd's API socket (default /run/overlay/overlayd.sock).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// A smaller MTU than the overlay's.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Must be absent or have no type: addresses come from the cluster IPAM.
+    #[serde(default)]
+    pub ipam: Option<Ipam>,
+    /// GC: the attachments the runtime still knows.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// Conventional `args` (`{"cni": {"overlay.service": "web:80"}}`).
+    #[serde(default)]
+    pub args: Option<Args>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Ipam {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Args {
+    /// Values of other plugins' keys can be anything; only ours is read.
+    #[serde(default)]
+    pub cni: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl NetConf {
+    pub fn network(&self) -> &str {
+        self.network.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .unwrap_or(Path::new(overlay_api::DEFAULT_SOCKET))
+    }
+}
+
+/// What the runtime passed in the environment.
+#[derive(Clone, Debug, Default)]
+pub struct CniEnv {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: String,
+}
+
+impl CniEnv {
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            command: get("CNI_COMMAND").unwrap_or_default(),
+            container_id: get("CNI_CONTAINERID").unwrap_or_default(),
+            netns: get("CNI_NETNS").unwrap_or_default(),
+            ifname: get("CNI_IFNAME").unwrap_or_default(),
+            args: get("CNI_ARGS").unwrap_or_default(),
+        }
+    }
+
+    /// Fails with the spec's code 4 naming every variable in `names` that is empty.
+    pub fn require(&self, names: &[(&str, &str)]) -> Result<(), CniError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::BAD_ENV,
+                format!(
+                    "missing environment variable(s) {}: the runtime must set them",
+                    missing.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// `K=V;K=V` pairs of CNI_ARGS.
+    pub fn args_map(&self) -> BTreeMap<String, String> {
+        self.args
+            .split(';')
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// `overlay.service=NAME:PORT[,NAME:PORT...]` from CNI_ARGS and the config's `args.cni`.
+pub fn service_labels(conf: &NetConf, env: &CniEnv) -> Result<Vec<String>, CniError> {
+    let mut raw: Vec<String> = env
+        .args_map()
+        .get(SERVICE_LABEL)
+        .cloned()
+        .into_iter()
+        .collect();
+    let invalid = || {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("args.cni.{SERVICE_LABEL} must be \"NAME:PORT\" or a list of them"),
+        )
+    };
+    match conf.args.as_ref().and_then(|a| a.cni.get(SERVICE_LABEL)) {
+        None => {}
+        Some(serde_json::Value::String(s)) => raw.push(s.clone()),
+        Some(serde_json::Value::Array(items)) => {
+            for item in items {
+                raw.push(item.as_str().ok_or_else(invalid)?.to_owned());
+            }
+        }
+        Some(_) => return Err(invalid()),
+    }
+    parse_service_labels(raw.iter().map(String::as_str))
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("{SERVICE_LABEL}: {e}")))
+}
+
+/// Parses and checks the config. On error, the version to answer in comes with it (the
+/// config's own when it could be read).
+pub fn parse(stdin: &[u8]) -> Result<NetConf, (String, CniError)> {
+    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        (
+            LATEST_VERSION.to_owned(),
+            CniError::new(
+                code::DECODE,
+                format!("network configuration is not valid JSON: {e}"),
+            ),
+        )
+    })?;
+    let version = if conf.cni_version.is_empty() {
+        LATEST_VERSION.to_owned()
+    } else {
+        conf.cni_version.clone()
+    };
+    let fail = |code, msg: String| Err((version.clone(), CniError::new(code, msg)));
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return fail(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {:?} is not supported: use one of {}",
+                conf.cni_version,
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        );
+    }
+    if conf.name.is_empty() && conf.network.is_none() {
+        return fail(
+            code::INVALID_CONFIG,
+            "the configuration needs a \"name\" (or a \"network\")".into(),
+        );
+    }
+    if conf
+        .ipam
+        .as_ref()
+        .and_then(|i| i.kind.as_deref())
+        .is_some_and(|t| !t.is_empty())
+    {
+        return fail(
+            code::INVALID_CONFIG,
+            "overlay-cni allocates addresses from the cluster IPAM: remove the \"ipam\" section"
+                .into(),
+        );
+    }
+    if conf.mtu.is_some_and(|m| !(576..=9000).contains(&m)) {
+        return fail(
+            code::INVALID_CONFIG,
+            "\"mtu\" must be between 576 and 9000".into(),
+        );
+    }
+    Ok(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configs_get_the_right_codes() {
+        assert_eq!(parse(b"{").unwrap_err().1.code, code::DECODE);
+        assert_eq!(
+            parse(br#"{"cniVersion":"0.2.0","name":"x"}"#)
+                .unwrap_err()
+                .1
+                .code,
+            code::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(
+            parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().1.code,
+            code::INVALID_CONFIG
+        );
+        let ipam = br#"{"cniVersion":"1.0.0","name":"x","ipam":{"type":"host-local"}}"#;
+        assert_eq!(parse(ipam).unwrap_err().1.code, code::INVALID_CONFIG);
+        let mtu = br#"{"cniVersion":"1.0.0","name":"x","mtu":100}"#;
+        assert_eq!(parse(mtu).unwrap_err().1.code, code::INVALID_CONFIG);
+        assert_eq!(
+            parse(br#"{"cniVersion":"1.0.0","name":"x"}"#)
+                .unwrap()
+                .network(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn labels_come_from_args_and_the_environment() {
+        let conf = parse(
+            br#"{"cniVersion":"1.0.0","name":"x","args":{"cni":{"overlay.service":["a:1","b:2"],"other":{"x":1}}}}"#,
+        )
+        .unwrap();
+        let env = CniEnv {
+            args: "IgnoreUnknown=1;overlay.service=c:3".into(),
+            ..Default::default()
+        };
+        assert_eq!(service_labels(&conf, &env).unwrap(), ["c:3", "a:1", "b:2"]);
+        let bad =
+            parse(br#"{"cniVersion":"1.0.0","name":"x","args":{"cni":{"overlay.service":5}}}"#)
+                .unwrap();
+        assert_eq!(
+            service_labels(&bad, &CniEnv::default()).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The CNI operations, each a call or two of overlayd's API.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use overlay_api::{CallError, Client, Endpoint, EndpointRequest, ErrorKind, Owner, Sandbox};
+use serde::Serialize;
+
+use crate::{
+    conf::{self, service_labels, CniEnv, NetConf},
+    types::{code, CniError, CniResult, Dns, Interface, IpConfig, Route, VersionResult},
+    LATEST_VERSION, SUPPORTED_VERSIONS,
+};
+
+/// What a run prints on stdout: a result object, or nothing.
+pub type Output = Option<serde_json::Value>;
+
+fn json(v: impl Serialize) -> Output {
+    Some(serde_json::to_value(v).expect("results serialize"))
+}
+
+/// The operation a daemon error happened in: the same kind means a different thing to the
+/// runtime in ADD (a network the config names is missing: the config is wrong) and in
+/// CHECK (the attachment is missing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Add,
+    Check,
+    Other,
+}
+
+/// The CNI error for a failed API call.
+fn api_error(op: Op, conf: &NetConf, e: CallError) -> CniError {
+    match e {
+        CallError::Unreachable { ref source, .. } => CniError::new(
+            code::NOT_AVAILABLE,
+            format!(
+                "overlayd is not reachable at {}: start overlayd or fix \"socket\"",
+                conf.socket().display()
+            ),
+        )
+        .details(source.to_string()),
+        e => {
+            let code = match (e.kind(), op) {
+                (ErrorKind::Unavailable, _) => code::TRY_AGAIN,
+                (ErrorKind::Invalid | ErrorKind::NotFound, Op::Add) => code::INVALID_CONFIG,
+                _ => code::ATTACHMENT,
+            };
+            CniError::new(code, e.to_string())
+        }
+    }
+}
+
+/// The ADD result in the shape of `version`.
+pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
+    let host = Interface {
+        name: ep.host_ifname().unwrap_or_default().to_owned(),
+        mac: ep.host_mac.map(|m| m.to_string()),
+        ..Default::default()
+    };
+    let container = Interface {
+        name: ep.ifname.clone(),
+        mac: Some(ep.mac.to_string()),
+        mtu: (version == "1.1.0").then_some(ep.mtu),
+        sandbox: match &ep.sandbox {
+            Sandbox::Netns(p) => Some(p.display().to_string()),
+            Sandbox::Runtime => None,
+        },
+    };
+    CniResult {
+        cni_version: version.to_owned(),
+        interfaces: vec![host, container],
+        ips: vec![IpConfig {
+            version: version.starts_with("0.").then(|| "4".to_owned()),
+            address: format!("{}/{}", ep.ip, ep.prefix_len),
+            gateway: Some(ep.gateway.to_string()),
+            interface: Some(1),
+        }],
+        routes: vec![Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(ep.gateway.to_string()),
+        }],
+        dns: Dns::default(),
+    }
+}
+
+/// Runs one CNI operation. `Ok(Some(json))` is printed on stdout; errors come with the
+/// version to answer in.
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Output, (String, CniError)> {
+    if env.command == "VERSION" {
+        let version = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_owned))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| LATEST_VERSION.into());
+        return Ok(json(VersionResult {
+            cni_version: version,
+            supported_versions: SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
+        }));
+    }
+    let conf = conf::parse(stdin)?;
+    let v = conf.cni_version.clone();
+    let client = Client::new(conf.socket());
+    operation(env, &conf, &client).map_err(|e| (v, e))
+}
+
+fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, CniError> {
+    let v = conf.cni_version.as_str();
+    match env.command.as_str() {
+        "ADD" => {
+            env.require(&[
+                ("CNI_CONTAINERID", &env.container_id),
+                ("CNI_NETNS", &env.netns),
+                ("CNI_IFNAME", &env.ifname),
+            ])?;
+            let req = EndpointRequest {
+                network: conf.network().to_owned(),
+                container_id: env.container_id.clone(),
+                netns: PathBuf::from(&env.netns),
+                ifname: env.ifname.clone(),
+                mac: None,
+                mtu: conf.mtu,
+                owner: Owner::Cni,
+                services: service_labels(conf, env)?,
+            };
+            let ep = client
+                .create_endpoint(req)
+                .map_err(|e| api_error(Op::Add, conf, e))?;
+            Ok(json(add_result(v, &ep)))
+        }
+        "DEL" => {
+            env.require(&[
+                ("CNI_CONTAINERID", &env.container_id),
+                ("CNI_IFNAME", &env.ifname),
+            ])?;
+            // Best effort when the daemon is down: it cannot hold anything to release right
+            // now, and it releases the address of a container that is gone when it starts.
+            match client.delete_endpoint(&env.container_id, &env.ifname) {
+                Ok(_) | Err(CallError::Unreachable { .. }) => Ok(None),
+                Err(e) => Err(api_error(Op::Other, conf, e)),
+            }
+        }
+        "CHECK" => {
+            if v.starts_with("0.3") {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    "CHECK needs cniVersion 0.4.0 or later",
+                ));
+            }
+            env.require(&[
+                ("CNI_CONTAINERID", &env.container_id),
+                ("CNI_NETNS", &env.netns),
+                ("CNI_IFNAME", &env.ifname),
+            ])?;
+            client
+                .check_endpoint(&env.container_id, &env.ifname, env.netns.as_ref())
+                .map_err(|e| api_error(Op::Check, conf, e))?;
+            Ok(None)
+        }
+        "STATUS" => {
+            let status = client.status().map_err(|e| api_error(Op::Other, conf, e))?;
+            match status.lease {
+                Some(_) => Ok(None),
+                None => Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    "overlayd is running but not registered in etcd yet: check its etcd connection",
+                )),
+            }
+        }
+        "GC" => {
+            let valid: BTreeSet<(String, String)> = conf
+                .valid_attachments
+                .iter()
+                .flatten()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            let endpoints = client
+                .list_endpoints()
+                .map_err(|e| api_error(Op::Other, conf, e))?;
+            for ep in endpoints {
+                let ours = ep.network == conf.network() && ep.owner == Owner::Cni;
+                if ours && !valid.contains(&(ep.container_id.clone(), ep.ifname.clone())) {
+                    client
+                        .delete_endpoint(&ep.container_id, &ep.ifname)
+                        .map_err(|e| api_error(Op::Other, conf, e))?;
+                }
+            }
+            Ok(None)
+        }
+        "" => Err(CniError::new(
+            code::BAD_ENV,
+            "CNI_COMMAND is not set: the runtime must set it",
+        )),
+        other => Err(CniError::new(
+            code::BAD_ENV,
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlay_api::{Attachment, MacAddr};
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            network: "red".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            sandbox: Sandbox::Netns("/run/netns/x".into()),
+            ip: "198.19.1.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "198.19.1.1".parse().unwrap(),
+            mac: "0a:58:c6:13:01:02".parse().unwrap(),
+            mtu: 1450,
+            vni: 100,
+            attachment: Attachment::Veth {
+                host_ifname: "ovl1".into(),
+            },
+            host_mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            owner: Owner::Cni,
+            services: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn results_follow_the_requested_version() {
+        let ep = endpoint();
+        let old = serde_json::to_value(add_result("0.3.1", &ep)).unwrap();
+        assert_eq!(old["ips"][0]["version"], "4");
+        assert_eq!(old["cniVersion"], "0.3.1");
+        assert!(old["interfaces"][1].get("mtu").is_none());
+        let new = serde_json::to_value(add_result("1.0.0", &ep)).unwrap();
+        assert!(new["ips"][0].get("version").is_none());
+        assert_eq!(new["interfaces"][1]["sandbox"], "/run/netns/x");
+        assert!(new["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(new["interfaces"][0]["mac"], "02:00:00:00:00:01");
+        assert_eq!(new["routes"][0]["dst"], "0.0.0.0/0");
+        let latest = serde_json::to_value(add_result("1.1.0", &ep)).unwrap();
+        assert_eq!(latest["interfaces"][1]["mtu"], 1450);
+        assert_eq!(latest["dns"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn daemon_errors_map_to_codes_by_kind() {
+        let conf = NetConf::default();
+        let api = |kind| CallError::Api(overlay_api::ApiError::new(kind, "x"));
+        assert_eq!(
+            api_error(Op::Add, &conf, api(ErrorKind::NotFound)).code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            api_error(Op::Check, &conf, api(ErrorKind::NotFound)).code,
+            code::ATTACHMENT
+        );
+        assert_eq!(
+            api_error(Op::Add, &conf, api(ErrorKind::Unavailable)).code,
+            code::TRY_AGAIN
+        );
+        assert_eq!(
+            api_error(Op::Add, &conf, api(ErrorKind::Conflict)).code,
+            code::ATTACHMENT
+        );
+        let gone = CallError::Unreachable {
+            socket: "/x".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(api_error(Op::Add, &conf, gone).code, code::NOT_AVAILABLE);
+        let broke = CallError::Io {
+            socket: "/x".into(),
+            source: std::io::ErrorKind::UnexpectedEof.into(),
+        };
+        assert_eq!(api_error(Op::Add, &conf, broke).code, code::TRY_AGAIN);
+    }
+}

@@ -1,0 +1,229 @@
+//! What overlayctl does to the cluster, as a library: the checks before a change and the
+//! change itself in etcd. The binary only parses flags and prints.
+
+use std::collections::BTreeSet;
+
+use overlay_api::labels::valid_name;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    store::{
+        keys::Key,
+        records::{self, NetworkRecord, ServiceRecord, Versioned, RECORD_VERSION},
+        Store, StoreError,
+    },
+    tables::BackendSpec,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request itself is wrong; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn invalid(msg: impl Into<String>) -> AdminError {
+    AdminError::Invalid(msg.into())
+}
+
+/// The decodable records under `prefix`, with their parsed keys and leases; what does not
+/// decode is left out (the daemons skip it too).
+pub async fn records_under<T: DeserializeOwned + Versioned>(
+    store: &Store,
+    prefix: &str,
+) -> Result<Vec<(Key, T, i64)>, AdminError> {
+    let (kvs, _) = store.list(prefix).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            Some((
+                store.layout.parse(&kv.key)?,
+                records::decode(&kv.value).ok()?,
+                kv.lease,
+            ))
+        })
+        .collect())
+}
+
+/// Creates a network (its name and VNI reserved in one transaction).
+pub async fn create_network(
+    store: &Store,
+    name: &str,
+    record: &NetworkRecord,
+) -> Result<(), AdminError> {
+    record.check(name).map_err(AdminError::Invalid)?;
+    if !store
+        .create_network(name, record.vni, records::encode(record))
+        .await?
+    {
+        return Err(AdminError::Conflict(format!(
+            "network {name:?} or VNI {} already exists: pick another name or VNI",
+            record.vni
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a network that has no endpoints.
+pub async fn remove_network(store: &Store, name: &str) -> Result<(), AdminError> {
+    let (eps, _) = store.list(&store.layout.endpoints(name)).await?;
+    if !eps.is_empty() {
+        return Err(AdminError::Conflict(format!(
+            "network {name:?} still has {} endpoint(s): remove their containers first",
+            eps.len()
+        )));
+    }
+    if !store.delete_network(name).await? {
+        return Err(AdminError::NotFound(format!(
+            "network {name:?} does not exist"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn network_record(store: &Store, network: &str) -> Result<NetworkRecord, AdminError> {
+    let key = store.layout.key(&Key::Network(network.to_owned()));
+    match store.get(&key).await? {
+        Some(kv) => {
+            records::decode(&kv.value).map_err(|e| invalid(format!("network {network:?}: {e}")))
+        }
+        None => Err(AdminError::NotFound(format!(
+            "network {network:?} does not exist: create it with `overlayctl network create`"
+        ))),
+    }
+}
+
+/// Backends given once each, inside the service's network.
+pub fn check_backends(
+    backends: &[BackendSpec],
+    network: &str,
+    net: &NetworkRecord,
+) -> Result<(), AdminError> {
+    let mut seen = BTreeSet::new();
+    for b in backends {
+        if !seen.insert((b.ip, b.port)) {
+            return Err(invalid(format!(
+                "backend {}:{} is given twice: list each backend once",
+                b.ip, b.port
+            )));
+        }
+        if !net.subnet.contains(&b.ip) {
+            return Err(invalid(format!(
+                "backend {} is outside network {network:?}'s subnet {}",
+                b.ip, net.subnet
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a service (its name and VIP:port/proto reserved in one transaction).
+pub async fn add_service(
+    store: &Store,
+    name: &str,
+    record: &ServiceRecord,
+) -> Result<(), AdminError> {
+    if !valid_name(name) {
+        return Err(invalid(format!(
+            "service name {name:?}: use letters, digits, '.', '_' and '-'"
+        )));
+    }
+    if record.port == 0 {
+        return Err(invalid(format!(
+            "--vip {}:0: give the service port, e.g. {}:80",
+            record.vip, record.vip
+        )));
+    }
+    let net = network_record(store, &record.network).await?;
+    check_backends(&record.backends, &record.network, &net)?;
+    if net.subnet.contains(&record.vip) {
+        return Err(invalid(format!(
+            "VIP {} is inside network {:?}'s subnet {}: pick an address outside it",
+            record.vip, record.network, net.subnet
+        )));
+    }
+    if !store.create_service(name, record).await? {
+        return Err(AdminError::Conflict(format!(
+            "service {name:?} or {}:{}/{} in network {:?} already exists: pick another name or VIP",
+            record.vip, record.port, record.proto, record.network
+        )));
+    }
+    Ok(())
+}
+
+pub async fn remove_service(store: &Store, name: &str) -> Result<(), AdminError> {
+    if !store.delete_service(name).await? {
+        return Err(AdminError::NotFound(format!(
+            "service {name:?} does not exist"
+        )));
+    }
+    Ok(())
+}
+
+/// Replaces a service's configured backends (compare-and-swap on the record).
+pub async fn set_backends(
+    store: &Store,
+    name: &str,
+    backends: Vec<BackendSpec>,
+) -> Result<ServiceRecord, AdminError> {
+    let key = store.layout.key(&Key::Service(name.to_owned()));
+    let Some(kv) = store.get(&key).await? else {
+        return Err(AdminError::NotFound(format!(
+            "service {name:?} does not exist: create it with `overlayctl service add`"
+        )));
+    };
+    let mut record: ServiceRecord =
+        records::decode(&kv.value).map_err(|e| invalid(format!("service {name:?}: {e}")))?;
+    let net = network_record(store, &record.network).await?;
+    check_backends(&backends, &record.network, &net)?;
+    record.backends = backends;
+    if !store
+        .replace(&key, kv.value, records::encode(&record), None)
+        .await?
+    {
+        return Err(AdminError::Conflict(format!(
+            "service {name:?} changed while updating it: run the command again"
+        )));
+    }
+    Ok(record)
+}
+
+/// A new service record.
+pub fn service_record(
+    network: String,
+    vip: std::net::SocketAddrV4,
+    proto: crate::tables::Proto,
+    backends: Vec<BackendSpec>,
+) -> ServiceRecord {
+    ServiceRecord {
+        version: RECORD_VERSION,
+        network,
+        vip: *vip.ip(),
+        port: vip.port(),
+        proto,
+        backends,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_checked_against_the_network() {
+        let net: NetworkRecord =
+            records::decode(br#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#).unwrap();
+        let b = |s: &str| s.parse::<BackendSpec>().unwrap();
+        assert!(check_backends(&[b("198.19.1.2:80"), b("198.19.1.2:81")], "red", &net).is_ok());
+        let twice = check_backends(&[b("198.19.1.2:80"), b("198.19.1.2:80@2")], "red", &net);
+        assert!(matches!(twice, Err(AdminError::Invalid(m)) if m.contains("twice")));
+        let outside = check_backends(&[b("198.19.2.2:80")], "red", &net);
+        assert!(matches!(outside, Err(AdminError::Invalid(m)) if m.contains("outside")));
+    }
+}

@@ -1,0 +1,202 @@
+//! Cluster-wide address allocation: addresses come from blocks of the network's subnet that
+//! this node claims; each block claim and each address is one etcd transaction, so no
+//! address is ever handed out twice, whatever other nodes do concurrently.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use overlay_api::{labels::parse_service_label, Attachment, Endpoint, EndpointRequest, Sandbox};
+use tracing::info;
+
+use super::{Cluster, ClusterError};
+use crate::{
+    ipam::{self, IpamError},
+    store::{
+        keys::{valid_name, Key},
+        records::{self, BlockRecord, NetworkRecord, RECORD_VERSION},
+        Store,
+    },
+    tables::MacAddr,
+};
+
+/// How an endpoint's address is chosen and what the endpoint is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Any free address, for an interface made now (CNI, the API).
+    Interface,
+    /// A Docker reservation: the requested address or any free one, named by its address
+    /// until Docker names the endpoint (`cnm::docker_address_id`).
+    Docker { requested: Option<Ipv4Addr> },
+}
+
+impl Cluster {
+    /// Validates the request and allocates its address (one etcd transaction), remembering
+    /// the endpoint locally before anything touches the host, so a crash from then on is
+    /// cleaned up. The caller holds `alloc`.
+    pub(crate) async fn reserve_locked(
+        &self,
+        req: &EndpointRequest,
+        claim: Claim,
+        sandbox: Sandbox,
+        attachment: Attachment,
+    ) -> Result<(Store, i64, Endpoint), ClusterError> {
+        if !valid_name(&req.network) {
+            return Err(ClusterError::Invalid(format!(
+                "network name {:?}",
+                req.network
+            )));
+        }
+        if req.container_id.is_empty() || req.ifname.is_empty() || req.ifname.len() > 15 {
+            return Err(ClusterError::Invalid(
+                "container_id and ifname (at most 15 characters) are required".into(),
+            ));
+        }
+        for label in &req.services {
+            parse_service_label(label).map_err(ClusterError::Invalid)?;
+        }
+        if claim == Claim::Interface && self.local.load(&req.container_id, &req.ifname).is_some() {
+            return Err(ClusterError::Exists {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            });
+        }
+        let store = self.store().await;
+        let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let net = self
+            .view
+            .lock()
+            .await
+            .network(&req.network)
+            .cloned()
+            .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?;
+        let gateway = net.gateway_ip();
+        let mut ep = Endpoint {
+            network: req.network.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            sandbox,
+            ip: Ipv4Addr::UNSPECIFIED,
+            prefix_len: net.subnet.prefix_len(),
+            gateway,
+            mac: MacAddr([0; 6]),
+            mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.cfg.mtu),
+            vni: net.vni,
+            attachment,
+            host_mac: None,
+            owner: req.owner,
+            services: req.services.clone(),
+        };
+        match claim {
+            Claim::Docker {
+                requested: Some(ip),
+            } => {
+                let usable = net.subnet.contains(&ip)
+                    && ip != net.subnet.network()
+                    && ip != net.subnet.broadcast()
+                    && ip != gateway;
+                if !usable {
+                    return Err(ClusterError::Invalid(format!(
+                        "address {ip} is not a usable host address of {} (gateway {gateway})",
+                        net.subnet
+                    )));
+                }
+                ep.ip = ip;
+                ep.mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(ip));
+                ep.container_id = crate::cnm::docker_address_id(&req.network, ip);
+                let (key, value) = self.endpoint_kv(&store, &ep);
+                if !store.create(&key, value, Some(lease)).await? {
+                    return Err(ClusterError::AddressTaken(ip));
+                }
+            }
+            _ => {
+                ep.ip = self
+                    .allocate(&store, lease, &net, &mut ep, req.mac, claim)
+                    .await?;
+            }
+        }
+        self.local.save(&ep)?;
+        Ok((store, lease, ep))
+    }
+
+    /// Finds a free address in a block this node holds, claiming a new block when needed.
+    /// The endpoint key is created in the same step, in one transaction.
+    async fn allocate(
+        &self,
+        store: &Store,
+        lease: i64,
+        net: &NetworkRecord,
+        ep: &mut Endpoint,
+        mac: Option<MacAddr>,
+        claim: Claim,
+    ) -> Result<Ipv4Addr, ClusterError> {
+        let me = self.cfg.node_name.clone();
+        let network = ep.network.clone();
+        let gateway = net.gateway_ip();
+        let all_blocks = ipam::blocks(net.subnet, net.block_len)?;
+        let (mut mine, mut others_blocks, mut taken) = {
+            let view = self.view.lock().await;
+            let mine: Vec<_> = view
+                .blocks()
+                .filter(|(n, _, b)| *n == network && b.node == me)
+                .map(|(_, b, _)| b)
+                .collect();
+            let others: BTreeSet<_> = view
+                .blocks()
+                .filter(|(n, _, b)| *n == network && b.node != me)
+                .map(|(_, b, _)| b)
+                .collect();
+            let taken: BTreeSet<_> = view
+                .endpoints()
+                .filter(|(n, _, _)| *n == network)
+                .map(|(_, ip, _)| ip)
+                .collect();
+            (mine, others, taken)
+        };
+        let block_value = records::encode(&BlockRecord {
+            version: RECORD_VERSION,
+            node: me.clone(),
+        });
+        loop {
+            for block in &mine {
+                while let Some(ip) = ipam::first_free(*block, net.subnet, gateway, &taken) {
+                    ep.ip = ip;
+                    ep.mac = mac.unwrap_or_else(|| MacAddr::from_ip(ip));
+                    if let Claim::Docker { .. } = claim {
+                        ep.container_id = crate::cnm::docker_address_id(&network, ip);
+                    }
+                    let (key, value) = self.endpoint_kv(store, ep);
+                    if store.create(&key, value, Some(lease)).await? {
+                        return Ok(ip);
+                    }
+                    taken.insert(ip);
+                }
+            }
+            // Claim the first block nobody holds.
+            let mut claimed = None;
+            let candidates: Vec<_> = all_blocks
+                .iter()
+                .filter(|b| !mine.contains(b) && !others_blocks.contains(b))
+                .copied()
+                .collect();
+            for block in candidates {
+                let key = store.layout.key(&Key::Block {
+                    network: network.clone(),
+                    block,
+                });
+                if store.create(&key, block_value.clone(), Some(lease)).await? {
+                    info!(%block, network, "claimed address block");
+                    claimed = Some(block);
+                    break;
+                }
+                others_blocks.insert(block);
+            }
+            match claimed {
+                Some(b) => mine = vec![b],
+                None => return Err(IpamError::Exhausted(network).into()),
+            }
+        }
+    }
+}

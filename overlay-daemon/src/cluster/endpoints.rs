@@ -1,0 +1,133 @@
+//! The lifecycle of local endpoints made in a container's namespace (CNI, the API): the
+//! address from the cluster IPAM, the veth pair, and the datapath entries, which a request
+//! waits for. A request that fails part-way leaves nothing behind.
+
+use std::path::Path;
+
+use overlay_api::{Attachment, Endpoint, EndpointRequest, Sandbox};
+use tracing::{info, warn};
+
+use super::{alloc::Claim, host_ifname, membership::delete_host_veth, Cluster, ClusterError};
+use crate::{
+    netlink::{self, ContainerIface},
+    store::{client::Change, Store},
+    tables::MacAddr,
+};
+
+impl Cluster {
+    /// Creates a local endpoint: an address from the cluster IPAM (published in etcd under
+    /// this node's lease), the veth pair, and the datapath entries (waited for).
+    pub async fn create_endpoint(&self, req: EndpointRequest) -> Result<Endpoint, ClusterError> {
+        if req.netns.as_os_str().is_empty() {
+            return Err(ClusterError::Invalid(
+                "netns is required: the path of the container's network namespace".into(),
+            ));
+        }
+        let _guard = self.alloc.lock().await;
+        let host = host_ifname(&req.container_id, &req.ifname);
+        let (store, lease, mut ep) = self
+            .reserve_locked(
+                &req,
+                Claim::Interface,
+                Sandbox::Netns(req.netns.clone()),
+                Attachment::Veth {
+                    host_ifname: host.clone(),
+                },
+            )
+            .await?;
+        let iface = ContainerIface {
+            netns: req.netns.clone(),
+            ifname: ep.ifname.clone(),
+            mac: ep.mac.0,
+            ip: ep.ip,
+            prefix_len: ep.prefix_len,
+            gateway: ep.gateway,
+            mtu: ep.mtu,
+        };
+        let host_mac = match netlink::create_veth(&host, &iface).await {
+            Ok((_, mac)) => mac,
+            Err(e) => {
+                self.release(&store, &ep).await;
+                return Err(e.into());
+            }
+        };
+        ep.host_mac = host_mac.map(MacAddr);
+        let done = match self.local.save(&ep) {
+            Ok(()) => self.install(&store, lease, &ep).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            warn!(container = %ep.container_id, ip = %ep.ip, "endpoint not created, rolled back: {e}");
+            self.roll_back(&store, &ep).await;
+            return Err(e);
+        }
+        info!(container = %ep.container_id, ip = %ep.ip, network = %ep.network, "endpoint created");
+        Ok(ep)
+    }
+
+    /// Undoes a half-made endpoint: veth, address, local state, view entry. The datapath
+    /// follows on its next pass (not waited for: it may be what failed).
+    pub(crate) async fn roll_back(&self, store: &Store, ep: &Endpoint) {
+        delete_host_veth(ep).await;
+        self.release(store, ep).await;
+        let (key, _) = self.endpoint_kv(store, ep);
+        self.view.lock().await.apply(Change::Delete(key));
+        self.applied.bump();
+    }
+
+    /// Frees an endpoint's address in etcd (if it is still ours) and forgets it locally.
+    pub(crate) async fn release(&self, store: &Store, ep: &Endpoint) {
+        let (key, value) = self.endpoint_kv(store, ep);
+        if let Err(e) = store.delete_if(&key, value).await {
+            warn!(%key, "releasing address: {e}");
+        }
+        self.local.remove(&ep.container_id, &ep.ifname);
+    }
+
+    /// Deletes a local endpoint: veth, address, datapath entries. Idempotent.
+    pub async fn delete_endpoint(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, ClusterError> {
+        let _guard = self.alloc.lock().await;
+        let Some(ep) = self.local.load(container_id, ifname) else {
+            return Ok(None);
+        };
+        if let Some(name) = ep.host_ifname() {
+            netlink::delete_veth(name).await?;
+        }
+        let store = self.store().await;
+        let (key, value) = self.endpoint_kv(&store, &ep);
+        store.delete_if(&key, value).await?;
+        self.local.remove(container_id, ifname);
+        self.uninstall(&store, &ep).await?;
+        info!(container = %container_id, ip = %ep.ip, "endpoint deleted");
+        Ok(Some(ep))
+    }
+
+    /// Checks that the container still has the endpoint's interface with its address (CNI
+    /// CHECK).
+    pub async fn check_endpoint(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: &Path,
+    ) -> Result<Endpoint, ClusterError> {
+        let ep = self
+            .local
+            .load(container_id, ifname)
+            .ok_or_else(|| ClusterError::NotFound(format!("{container_id}/{ifname}")))?;
+        match netlink::container_address(netns, ifname).await? {
+            Some((ip, len)) if ip == ep.ip && len == ep.prefix_len => Ok(ep),
+            Some((ip, len)) => Err(ClusterError::Invalid(format!(
+                "{ifname} has {ip}/{len}, expected {}/{}",
+                ep.ip, ep.prefix_len
+            ))),
+            None => Err(ClusterError::Invalid(format!(
+                "{ifname} is missing from {}",
+                netns.display()
+            ))),
+        }
+    }
+}

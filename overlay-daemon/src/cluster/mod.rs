@@ -1,0 +1,256 @@
+//! The node's part in the cluster, through etcd, split by concern:
+//!
+//! - `membership`: the node record under a lease, kept alive, re-published on a new lease;
+//! - `sync`: the cluster view, kept by list + watch;
+//! - `endpoints`: the lifecycle of local endpoints (create, delete, check), each waiting for
+//!   the datapath through the apply handshake (`applied`);
+//! - `alloc`: cluster-wide address allocation from per-node blocks.
+//!
+//! Docker's extra steps (addresses reserved before the interface exists) live next to the
+//! Docker driver, in `cnm::endpoints`.
+
+mod alloc;
+mod applied;
+mod endpoints;
+mod error;
+mod local;
+mod membership;
+mod sync;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use overlay_api::Endpoint;
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub(crate) use alloc::Claim;
+pub use applied::{ApplyHandshake, NotApplied, PassOutcome};
+pub use error::ClusterError;
+pub use local::host_ifname;
+pub(crate) use local::LocalState;
+
+use crate::{
+    store::{
+        client::{Change, Kv},
+        keys::Key,
+        records::{self, EndpointRecord, NetworkRecord},
+        ClusterView, EtcdConfig, Store,
+    },
+    tables::MacAddr,
+};
+
+/// Control-plane settings of the daemon.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub etcd: EtcdConfig,
+    pub node_name: String,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    pub lease_ttl: i64,
+    pub run_dir: PathBuf,
+    /// Container MTU (underlay - 50).
+    pub mtu: u32,
+}
+
+/// How long an endpoint request waits for the datapath to install its change.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shared by the sync and membership tasks, the daemon loop, the API and the Docker driver.
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    store: watch::Receiver<Option<Store>>,
+    pub view: Mutex<ClusterView>,
+    /// Changes of the view and what the datapath made of them.
+    pub applied: ApplyHandshake,
+    lease: watch::Sender<Option<i64>>,
+    pub(crate) local: LocalState,
+    /// One allocation at a time on this node (etcd transactions still arbitrate between nodes).
+    pub(crate) alloc: Mutex<()>,
+    pub started: Instant,
+}
+
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Logs the first of a run of failures as a warning and the rest at debug level, so an etcd
+/// outage does not flood the log; says once when things work again.
+#[derive(Default)]
+struct FailureLog(bool);
+
+impl FailureLog {
+    fn failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if std::mem::replace(&mut self.0, true) {
+            debug!("{what}: {e}");
+        } else {
+            warn!("{what}: {e} (retrying; further failures are logged at debug level)");
+        }
+    }
+    fn recovered(&mut self, what: &str) {
+        if std::mem::take(&mut self.0) {
+            info!("{what}: working again");
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts connecting (in the background: the datapath works without etcd) and returns
+    /// the shared state plus the tasks, which end when `stop` is cancelled.
+    pub fn start(
+        cfg: ClusterConfig,
+        stop: &CancellationToken,
+    ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
+        let (store_tx, store_rx) = watch::channel(None);
+        let layout = crate::store::Layout::new(&cfg.etcd.prefix);
+        let cluster = Arc::new(Self {
+            local: LocalState {
+                dir: cfg.run_dir.join("endpoints"),
+            },
+            cfg,
+            store: store_rx,
+            view: Mutex::new(ClusterView::new(layout)),
+            applied: ApplyHandshake::default(),
+            lease: watch::channel(None).0,
+            alloc: Mutex::new(()),
+            started: Instant::now(),
+        });
+        let c = cluster.clone();
+        let connect = async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match Store::connect(&c.cfg.etcd).await {
+                    Ok(store) => {
+                        info!(endpoints = ?c.cfg.etcd.endpoints, "connected to etcd");
+                        let _ = store_tx.send(Some(store));
+                        return;
+                    }
+                    Err(e) => warn!("{e}; retrying in {backoff:?}"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        };
+        let tasks = vec![
+            until(stop, connect),
+            until(stop, cluster.clone().sync_loop()),
+            until(stop, cluster.clone().membership_loop()),
+        ];
+        (cluster, tasks)
+    }
+
+    pub(crate) async fn store(&self) -> Store {
+        let mut rx = self.store.clone();
+        loop {
+            if let Some(s) = rx.borrow_and_update().clone() {
+                return s;
+            }
+            let _ = rx.changed().await;
+        }
+    }
+
+    pub fn lease(&self) -> Option<i64> {
+        *self.lease.borrow()
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.cfg.run_dir
+    }
+
+    pub async fn network(&self, name: &str) -> Option<NetworkRecord> {
+        self.view.lock().await.network(name).cloned()
+    }
+
+    pub async fn networks(&self) -> Vec<(String, NetworkRecord)> {
+        self.view
+            .lock()
+            .await
+            .networks()
+            .map(|(n, r)| (n.to_owned(), r.clone()))
+            .collect()
+    }
+
+    pub fn local_endpoints(&self) -> Vec<Endpoint> {
+        self.local.all()
+    }
+
+    pub fn local_endpoint(&self, container_id: &str, ifname: &str) -> Option<Endpoint> {
+        self.local.load(container_id, ifname)
+    }
+
+    /// The etcd key and value of a local endpoint: the one place both are made.
+    pub(crate) fn endpoint_kv(&self, store: &Store, ep: &Endpoint) -> (String, Vec<u8>) {
+        let key = store.layout.key(&Key::Endpoint {
+            network: ep.network.clone(),
+            ip: ep.ip,
+        });
+        let value = records::encode(&EndpointRecord::of(ep, &self.cfg.node_name));
+        (key, value)
+    }
+
+    /// Puts a local endpoint into the view now rather than waiting for our own watch event
+    /// to come back, and waits until the datapath installed it.
+    pub(crate) async fn install(
+        &self,
+        store: &Store,
+        lease: i64,
+        ep: &Endpoint,
+    ) -> Result<(), ClusterError> {
+        let (key, value) = self.endpoint_kv(store, ep);
+        self.view
+            .lock()
+            .await
+            .apply(Change::Put(Kv { key, value, lease }));
+        let generation = self.applied.bump();
+        self.wait_installed(generation, Some(ep)).await
+    }
+
+    /// Takes a local endpoint out of the view and waits until the datapath removed it.
+    pub(crate) async fn uninstall(&self, store: &Store, ep: &Endpoint) -> Result<(), ClusterError> {
+        let (key, _) = self.endpoint_kv(store, ep);
+        self.view.lock().await.apply(Change::Delete(key));
+        let generation = self.applied.bump();
+        self.wait_installed(generation, None).await
+    }
+
+    /// Waits until the datapath installed everything up to `generation`.
+    pub(crate) async fn wait_for(&self, generation: u64) -> Result<(), ClusterError> {
+        self.wait_installed(generation, None).await
+    }
+
+    async fn wait_installed(
+        &self,
+        generation: u64,
+        ep: Option<&Endpoint>,
+    ) -> Result<(), ClusterError> {
+        let target = ep.map(|e| (e.network.as_str(), e.ip));
+        match self.applied.wait(generation, target, APPLY_TIMEOUT).await {
+            Ok(()) => Ok(()),
+            Err(NotApplied::NotInstalled(reason)) => Err(ClusterError::NotInstalled {
+                ip: ep.map_or(Ipv4Addr::UNSPECIFIED, |e| e.ip),
+                reason,
+            }),
+            Err(NotApplied::Timeout(last)) => Err(ClusterError::NotApplied(match last {
+                Some(e) => format!("reconciling failed ({e})"),
+                None => format!("nothing was applied within {APPLY_TIMEOUT:?}"),
+            })),
+        }
+    }
+}
+
+/// Runs `task` until it ends or `stop` is cancelled.
+fn until(
+    stop: &CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = task => {}
+        }
+    })
+}

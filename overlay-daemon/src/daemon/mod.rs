@@ -1,0 +1,288 @@
+//! The daemon: loads the datapath, then keeps its tables equal to the cluster's until told to
+//! stop. `run` is a library function so tests can drive the real daemon in-process.
+//!
+//! One loop serves every configuration: a table source (etcd or a file, `source`) feeds a
+//! target (the kernel's maps, or memory in control-plane-only mode, `node`). On shutdown
+//! the front ends stop accepting and finish the requests in flight while the loop still
+//! installs what they wait for; then the background tasks stop and the daemon exits.
+
+mod node;
+mod source;
+mod status;
+
+use std::{future::Future, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{signal::unix::SignalKind, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use source::load_tables;
+use source::{TableSource, TablesFile};
+
+use crate::{
+    api,
+    cluster::{Cluster, ClusterConfig},
+    cnm,
+    datapath::{self, DatapathError, PinLayout, TcMode, XdpSetting},
+    netif::{self, NetifError},
+    reconcile::{NodeIdentity, Reconciler, Target},
+    store::EtcdConfig,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Netif(#[from] NetifError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tables file {path}: {reason}")]
+    Tables { path: PathBuf, reason: String },
+}
+
+/// Everything `overlayd` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub node_name: String,
+    pub mode: NodeMode,
+    pub vxlan_port: u16,
+    pub run_dir: PathBuf,
+    pub bpffs: PathBuf,
+    /// Where the cluster's tables come from.
+    pub source: TablesFrom,
+    /// TTL of this node's etcd lease, seconds.
+    pub lease_ttl: i64,
+    /// Leave the cluster (revoke the lease) and remove programs and pins on exit, instead of
+    /// leaving the datapath forwarding for the next daemon.
+    pub detach_on_exit: bool,
+    /// Where to serve the Docker (CNM) driver, if at all.
+    pub docker_plugin: Option<PathBuf>,
+}
+
+/// What the node runs.
+#[derive(Clone, Debug)]
+pub enum NodeMode {
+    /// The kernel datapath on an underlay interface.
+    Datapath(DatapathMode),
+    /// No datapath: register, sync and reconcile the tables in memory, for simulating many
+    /// nodes on one machine.
+    ControlPlaneOnly { vtep_ip: Ipv4Addr },
+}
+
+#[derive(Clone, Debug)]
+pub struct DatapathMode {
+    pub underlay: String,
+    /// Default: the underlay's first IPv4 address.
+    pub vtep_ip: Option<Ipv4Addr>,
+    pub xdp: XdpSetting,
+    pub tc_mode: TcMode,
+    /// Size of the endpoint tables (default: 1M entries, allocated on demand).
+    pub max_endpoints: Option<u32>,
+}
+
+/// The source of the cluster's tables.
+#[derive(Clone, Debug)]
+pub enum TablesFrom {
+    /// etcd (the normal case).
+    Etcd(EtcdConfig),
+    /// A static JSON file, re-read when it changes and on SIGHUP.
+    File(PathBuf),
+}
+
+/// How often a pass is retried while local endpoints are not installed yet (and how often
+/// a tables file is polled).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the loop keeps running for front-end requests in flight after a stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&cfg.run_dir).map_err(|source| DaemonError::Io {
+        path: cfg.run_dir.clone(),
+        source,
+    })?;
+    // A status from an earlier run would pass for this one's until its first pass.
+    let _ = std::fs::remove_file(cfg.run_dir.join("status.json"));
+    let pins = PinLayout::new(&cfg.bpffs);
+    let node = match &cfg.mode {
+        NodeMode::Datapath(opts) => node::datapath_node(&cfg, opts, &pins)?,
+        NodeMode::ControlPlaneOnly { vtep_ip } => node::control_plane_node(*vtep_ip),
+    };
+    let node::LocalNode {
+        mut target,
+        underlay,
+        vtep_ip,
+        vtep_mac,
+        mtu,
+        mut route_changes,
+    } = node;
+    let control_plane_only = matches!(cfg.mode, NodeMode::ControlPlaneOnly { .. });
+    let log_task = match &mut target {
+        Target::Kernel(dp) => dp
+            .take_logger()
+            .map(|l| tokio::spawn(status::forward_ebpf_logs(l))),
+        Target::Memory(_) => None,
+    };
+    info!(
+        node = %cfg.node_name, underlay = %underlay.as_ref().map_or("-", |u| u.name.as_str()),
+        %vtep_ip, container_mtu = mtu, vxlan_port = cfg.vxlan_port,
+        control_plane_only, "overlayd running"
+    );
+
+    // Background tasks (etcd) end on `stop_tasks`; the front ends stop accepting on
+    // `stop_front`, and the loop runs until they have drained.
+    let stop_tasks = CancellationToken::new();
+    let stop_front = CancellationToken::new();
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut front: Vec<JoinHandle<()>> = Vec::new();
+    let mut cluster = None;
+    let mut source = match &cfg.source {
+        TablesFrom::File(path) => TableSource::File(TablesFile::new(path.clone())),
+        TablesFrom::Etcd(etcd) => {
+            let (c, handles) = Cluster::start(
+                ClusterConfig {
+                    etcd: etcd.clone(),
+                    node_name: cfg.node_name.clone(),
+                    vtep_ip,
+                    vtep_mac,
+                    lease_ttl: cfg.lease_ttl,
+                    run_dir: cfg.run_dir.clone(),
+                    mtu,
+                },
+                &stop_tasks,
+            );
+            tasks = handles;
+            // Runtimes (API, CNI, Docker) need a datapath to attach containers to.
+            if !control_plane_only {
+                let listener = api::bind(&cfg.run_dir).map_err(|source| DaemonError::Io {
+                    path: api::socket_path(&cfg.run_dir),
+                    source,
+                })?;
+                front.push(tokio::spawn(api::serve(
+                    listener,
+                    c.clone(),
+                    pins.maps(),
+                    stop_front.clone(),
+                )));
+            }
+            if let Some(path) = cfg.docker_plugin.clone() {
+                let driver = Arc::new(cnm::Driver::new(c.clone()));
+                let stop = stop_front.clone();
+                front.push(tokio::spawn(async move {
+                    if let Err(e) = cnm::serve(&path, driver, stop).await {
+                        error!("Docker plugin socket {}: {e}", path.display());
+                    }
+                }));
+            }
+            cluster = Some(c.clone());
+            TableSource::Etcd {
+                changes: c.applied.subscribe(),
+                cluster: c,
+            }
+        }
+    };
+
+    // Without a datapath there are no container interfaces to find: this node's endpoints
+    // count as attached, as they would be on a real host.
+    let resolve: fn(&str) -> Option<u32> = if control_plane_only {
+        |_| Some(0)
+    } else {
+        netif::ifindex
+    };
+    let mut reconciler = Reconciler::new(NodeIdentity {
+        name: cfg.node_name.clone(),
+        vtep_ip,
+    });
+    let mut hangup =
+        tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| DaemonError::Io {
+            path: "SIGHUP".into(),
+            source,
+        })?;
+    let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+    let is_file = matches!(source, TableSource::File(_));
+    let mut unresolved = 0;
+    tokio::pin!(shutdown);
+    let mut stopping: Option<tokio::time::Instant> = None;
+    let mut drained = std::pin::pin!(futures::future::join_all(std::mem::take(&mut front)));
+    loop {
+        let retry = tokio::select! {
+            _ = &mut shutdown, if stopping.is_none() => {
+                info!("stopping: finishing requests in flight");
+                stop_front.cancel();
+                stopping = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                continue;
+            }
+            _ = &mut drained, if stopping.is_some() => break,
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+                warn!("front ends did not drain in {DRAIN_TIMEOUT:?}");
+                break;
+            }
+            _ = hangup.recv() => true,
+            changed = source.changed() => if changed { false } else { break },
+            _ = tick.tick() => {
+                // A file is polled; etcd changes come by themselves, so a tick only retries
+                // endpoints still missing.
+                if !is_file && unresolved == 0 {
+                    continue;
+                }
+                unresolved > 0
+            }
+            seen = node::next_route_change(&mut route_changes) => {
+                node::on_route_change(&mut target, &mut route_changes, seen);
+                continue;
+            }
+        };
+        let Some(mut pass) = source
+            .pass(&mut reconciler, &mut target, resolve, retry)
+            .await
+        else {
+            continue;
+        };
+        unresolved = match &mut pass.result {
+            Ok(report) => {
+                report.revision = pass.revision;
+                report.applied_at_us = status::unix_us();
+                status::write_status(&cfg.run_dir, report);
+                report.unresolved.len()
+            }
+            Err(e) => {
+                error!("reconciling: {e}");
+                reconciler.invalidate();
+                1
+            }
+        };
+        source.finished(&pass);
+        if pass.result.as_ref().is_ok_and(|r| !r.incremental) {
+            node::release_freed_memory();
+        }
+    }
+
+    stop_tasks.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(task) = log_task {
+        task.abort();
+    }
+    if cfg.detach_on_exit {
+        if let Some(c) = &cluster {
+            c.leave().await;
+        }
+        if let Target::Kernel(_) = target {
+            drop(target);
+            let errors = datapath::remove(&pins, underlay.as_ref().map(|u| u.name.as_str()));
+            for e in &errors {
+                warn!("cleanup: {e}");
+            }
+            info!("datapath detached and pins removed");
+        }
+    } else if !control_plane_only {
+        info!(bpffs = %pins.root().display(), "stopping; the datapath stays attached (overlayd cleanup removes it)");
+    }
+    Ok(())
+}

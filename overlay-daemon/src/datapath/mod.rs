@@ -1,0 +1,413 @@
+//! Loads the eBPF datapath, attaches it and pins everything under the node's bpffs directory:
+//!
+//! ```text
+//! <bpffs>/maps/OVL_*            the tables (pinned by name, reused on restart)
+//! <bpffs>/links/underlay-tc     TC ingress on the underlay (decapsulation)
+//! <bpffs>/links/underlay-xdp    XDP on the underlay (early VXLAN filter)
+//! <bpffs>/links/ep-<ifindex>    TC ingress on each container's host-side veth
+//! ```
+//!
+//! Links are pinned, so the datapath keeps forwarding while the daemon is down. A restarted
+//! daemon loads the new programs and swaps them into the pinned links with `bpf_link_update`,
+//! which is atomic: no packet sees a missing program.
+
+mod attach;
+mod pins;
+
+use std::{fs, io, net::Ipv4Addr, path::PathBuf};
+
+use aya::{
+    programs::{links::LinkError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use overlay_common::maps::{names, programs};
+use tracing::{info, warn};
+
+pub use pins::{ifname, remove, PinLayout};
+
+use crate::{
+    maps::{DatapathMaps, MapsError},
+    nexthop::NextHops,
+};
+
+/// The eBPF object built by build.rs from overlay-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("eBPF link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: LinkError,
+    },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("interface with index {0} not found")]
+    NoSuchInterface(u32),
+}
+
+/// Where XDP runs on the underlay, if at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum XdpSetting {
+    /// Native on real NICs; none on veth: there a native program makes the kernel strip GSO
+    /// from the peer, and generic XDP only repeats the checks the TC decap program makes
+    /// anyway while costing 10-15 % of throughput (`cargo xtask bench`).
+    #[default]
+    Auto,
+    /// In the driver.
+    Native,
+    /// Generic XDP in the stack: works everywhere, costs more.
+    Skb,
+    /// No XDP program; TC alone checks VXLAN.
+    Off,
+}
+
+impl XdpSetting {
+    /// Turns `Auto` into a concrete mode for an underlay driven by `driver`.
+    pub fn resolve(self, driver: Option<&str>) -> XdpSetting {
+        match (self, driver) {
+            (XdpSetting::Auto, Some("veth")) => XdpSetting::Off,
+            (XdpSetting::Auto, _) => XdpSetting::Native,
+            (other, _) => other,
+        }
+    }
+}
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum TcMode {
+    /// TCX links on Linux 6.6 and later, clsact filters before.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl TcMode {
+    fn resolve(self) -> TcMode {
+        match self {
+            TcMode::Auto => match KernelVersion::current() {
+                Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
+                _ => TcMode::Clsact,
+            },
+            other => other,
+        }
+    }
+}
+
+/// clsact filters of ours use this priority and handle, so a restart can replace them.
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: u32 = 0x0F1;
+
+/// Size of the endpoint tables unless told otherwise (entries are allocated on demand).
+pub const DEFAULT_MAX_ENDPOINTS: u32 = overlay_common::maps::MAX_ENDPOINTS;
+
+/// Options for loading the datapath.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    pub pins: PinLayout,
+    pub underlay_ifindex: u32,
+    pub xdp: XdpSetting,
+    pub tc_mode: TcMode,
+    /// Most verbose aya-log level compiled in (0 = off .. 5 = trace).
+    pub ebpf_log_level: u8,
+    /// Size of the endpoint tables when they are created (pinned ones keep theirs).
+    pub max_endpoints: Option<u32>,
+}
+
+/// What a program did with a test frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (TC action or XDP action).
+    pub verdict: i32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
+/// A loaded, attached datapath.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinLayout,
+    tc_mode: TcMode,
+    pub maps: DatapathMaps,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// Without it (a datapath loaded for tests), the kernel routes each encapsulated packet.
+    next_hops: Option<NextHops>,
+}
+
+impl Datapath {
+    /// Loads the programs and maps and attaches them to the underlay; container links left
+    /// by a previous daemon are re-pointed at the new programs.
+    pub fn load(opts: &DatapathOptions) -> Result<Self, DatapathError> {
+        let mut datapath = Self::load_sized(
+            &opts.pins,
+            opts.tc_mode,
+            opts.ebpf_log_level,
+            opts.max_endpoints,
+        )?;
+        datapath.attach_underlay(opts.underlay_ifindex, opts.xdp)?;
+        datapath.reattach_endpoints();
+        info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp, "datapath loaded");
+        Ok(datapath)
+    }
+
+    /// Loads the programs and (pinned) maps without attaching anything.
+    pub fn load_unattached(
+        pins: &PinLayout,
+        tc_mode: TcMode,
+        ebpf_log_level: u8,
+    ) -> Result<Self, DatapathError> {
+        Self::load_sized(pins, tc_mode, ebpf_log_level, None)
+    }
+
+    fn load_sized(
+        pins: &PinLayout,
+        tc_mode: TcMode,
+        ebpf_log_level: u8,
+        max_endpoints: Option<u32>,
+    ) -> Result<Self, DatapathError> {
+        pins::ensure_bpffs(pins.root())?;
+        for dir in [pins.maps(), pins.links()] {
+            fs::create_dir_all(&dir).map_err(|source| DatapathError::Io { path: dir, source })?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(pins.maps())
+            .override_global(aya_log::LEVEL, &ebpf_log_level, false);
+        if let Some(n) = max_endpoints {
+            loader
+                .map_max_entries(names::ENDPOINTS_BY_IP, n)
+                .map_max_entries(names::ENDPOINTS_BY_MAC, n);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+        for name in [programs::FROM_CONTAINER, programs::FROM_UNDERLAY] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let xdp: &mut Xdp = program(&mut ebpf, programs::UNDERLAY_XDP)?;
+        xdp.load().map_err(|source| DatapathError::Program {
+            name: programs::UNDERLAY_XDP,
+            source,
+        })?;
+        let maps = DatapathMaps::take(&mut ebpf)?;
+        if let Some(n) = max_endpoints {
+            let pinned = maps.endpoints.capacity();
+            if pinned != n as usize {
+                warn!(
+                    pinned,
+                    asked = n,
+                    "the pinned endpoint tables keep their size: run `overlayd cleanup` first to resize them"
+                );
+            }
+        }
+        Ok(Self {
+            ebpf,
+            pins: pins.clone(),
+            tc_mode: tc_mode.resolve(),
+            maps,
+            logger,
+            next_hops: None,
+        })
+    }
+
+    /// Runs one program on a frame with BPF_PROG_TEST_RUN (nothing is sent anywhere).
+    /// `skb_ctx` is an optional `struct __sk_buff` for TC programs (e.g. to set the ifindex).
+    pub fn test_run(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        skb_ctx: Option<&[u8]>,
+    ) -> Result<TestRunOutput, DatapathError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: skb_ctx,
+            ..TestRunOptions::new()
+        };
+        let prog = self.ebpf.program(name).ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        let result = match prog {
+            aya::programs::Program::SchedClassifier(p) => p.test_run(opts),
+            aya::programs::Program::Xdp(p) => p.test_run(opts),
+            _ => Err(aya::programs::ProgramError::NotLoaded),
+        }
+        .map_err(|source| DatapathError::Program { name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: result.return_value as i32,
+            frame: out,
+        })
+    }
+
+    /// The aya-log reader; the daemon polls it so eBPF log lines reach tracing.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    pub fn pins(&self) -> &PinLayout {
+        &self.pins
+    }
+
+    /// Pins each VTEP's underlay next hop from now on (see `nexthop`).
+    pub fn set_next_hops(&mut self, next_hops: NextHops) {
+        self.next_hops = Some(next_hops);
+    }
+
+    /// Stops pinning next hops (route changes can no longer be seen): every VTEP goes back to
+    /// a route lookup per packet.
+    pub fn clear_next_hops(&mut self) -> Result<usize, MapsError> {
+        self.next_hops = None;
+        self.refresh_next_hops_with(|_| None)
+    }
+
+    fn next_hop(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.next_hops.as_mut().and_then(|n| n.resolve(vtep))
+    }
+
+    /// Adds or replaces one remote VTEP, with its next hop.
+    pub fn insert_vtep(&mut self, vtep: Ipv4Addr, node_id: u32) -> Result<(), MapsError> {
+        let nexthop = self.next_hop(vtep);
+        self.maps.vteps.insert(vtep, node_id, nexthop)
+    }
+
+    /// Removes one remote VTEP (absent is fine).
+    pub fn remove_vtep(&mut self, vtep: Ipv4Addr) -> Result<(), MapsError> {
+        if let Some(n) = self.next_hops.as_mut() {
+            n.retain(|v| v != vtep);
+        }
+        self.maps.vteps.remove(vtep)
+    }
+
+    /// Makes the VTEP table equal to `vteps` (address, node id), with their next hops.
+    pub fn sync_vteps(&mut self, vteps: &[(Ipv4Addr, u32)]) -> Result<(usize, usize), MapsError> {
+        if let Some(n) = self.next_hops.as_mut() {
+            let wanted: std::collections::HashSet<Ipv4Addr> =
+                vteps.iter().map(|&(ip, _)| ip).collect();
+            n.retain(|v| wanted.contains(&v));
+        }
+        let desired: Vec<_> = vteps
+            .iter()
+            .map(|&(ip, node_id)| (ip, node_id, self.next_hop(ip)))
+            .collect();
+        self.maps.vteps.sync(desired)
+    }
+
+    /// The routing table changed: asks again for every VTEP's next hop and rewrites the
+    /// entries whose next hop moved. Returns how many.
+    pub fn refresh_next_hops(&mut self) -> Result<usize, MapsError> {
+        let Some(mut next_hops) = self.next_hops.take() else {
+            return Ok(0);
+        };
+        next_hops.invalidate();
+        let changed = self.refresh_next_hops_with(|vtep| next_hops.resolve(vtep));
+        self.next_hops = Some(next_hops);
+        changed
+    }
+
+    fn refresh_next_hops_with(
+        &mut self,
+        mut resolve: impl FnMut(Ipv4Addr) -> Option<Ipv4Addr>,
+    ) -> Result<usize, MapsError> {
+        let mut changed = 0;
+        for (vtep, node_id, old) in self.maps.vteps.entries()? {
+            let new = resolve(vtep);
+            if new != old {
+                info!(%vtep, old = ?old, new = ?new, "underlay next hop changed");
+                self.maps.vteps.insert(vtep, node_id, new)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    program(ebpf, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// docs/architecture.md's map table names exactly the maps the built object defines,
+    /// and every one of them is in `overlay_common::maps::names::ALL`.
+    #[test]
+    fn the_architecture_map_table_lists_every_map() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let defined: BTreeSet<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let doc = include_str!("../../../docs/architecture.md");
+        let start = doc.find("\n## Maps").expect("a Maps section");
+        let section = &doc[start..];
+        let section = &section[..section[4..].find("\n## ").map_or(section.len(), |e| e + 4)];
+        let listed: BTreeSet<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        assert_eq!(listed, defined, "docs/architecture.md's map table");
+        let ours: BTreeSet<&str> = defined
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with("OVL_"))
+            .collect();
+        assert_eq!(ours, names::ALL.iter().copied().collect::<BTreeSet<_>>());
+    }
+}

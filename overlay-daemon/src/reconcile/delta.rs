@@ -1,0 +1,215 @@
+//! The delta pass: writes only the endpoints (and endpoint-less nodes) a change touched, as
+//! a full pass would place them, or gives up so that a full pass runs.
+
+use overlay_common::maps::ENDPOINT_F_LOCAL;
+use tracing::debug;
+
+use super::{node_id, Reconciler, Report, Target};
+use crate::{
+    datapath::DatapathError,
+    maps::{EndpointEntry, LocalIdentity, Location},
+    store::{view::Dirty, ClusterView},
+    tables::{endpoint_problem, EndpointIface, NodeSpec, Rejection},
+};
+
+impl Reconciler {
+    /// Writes just the endpoints in `changed`, as `view` has them now, local ones with their
+    /// container identity and attachment. `None`: a full pass is needed (no full pass yet,
+    /// an invalid entry, a MAC conflict, a local interface not found, or entries rejected
+    /// before that this change may make valid).
+    pub fn delta(
+        &mut self,
+        target: &mut Target,
+        view: &ClusterView,
+        dirty: &Dirty,
+        resolve: impl Fn(&str) -> Option<u32>,
+    ) -> Result<Option<Report>, DatapathError> {
+        if dirty.full {
+            return Ok(None);
+        }
+        let Some(last) = &mut self.last else {
+            return Ok(None);
+        };
+        if last.report.rejected.iter().any(Rejection::blocks_delta)
+            || !last.report.unresolved.is_empty()
+        {
+            return Ok(None);
+        }
+        // Nodes without endpoints that joined, left or moved: only their VTEP changes.
+        for name in &dirty.nodes {
+            if *name == self.me.name {
+                return Ok(None);
+            }
+            let new = view.node(name).map(|r| r.vtep_ip);
+            if let Some(vtep) = new {
+                if last
+                    .nodes
+                    .values()
+                    .any(|n| n.name != *name && n.vtep_ip == vtep)
+                {
+                    return Ok(None); // a VTEP clash: a full pass rejects one of them
+                }
+            }
+            let old = last.nodes.get(name).map(|n| n.vtep_ip);
+            if old == new {
+                continue;
+            }
+            target.set_vtep(old, new, node_id(name))?;
+            match new {
+                Some(vtep_ip) => {
+                    last.nodes.insert(
+                        name.clone(),
+                        NodeSpec {
+                            name: name.clone(),
+                            vtep_ip,
+                        },
+                    );
+                }
+                None => {
+                    last.nodes.remove(name);
+                }
+            }
+            last.report.vteps = last.nodes.keys().filter(|n| **n != self.me.name).count();
+        }
+        let changed = &dirty.endpoints;
+
+        let vtep_ip = self.me.vtep_ip;
+        let mut report = Report {
+            attached: 0,
+            detached: 0,
+            ..last.report.clone()
+        };
+        let (mut written, mut removed) = (0, 0);
+        for (network, ip) in changed {
+            let Some(net) = last.networks.get(network) else {
+                if view.endpoint(network, *ip).is_some() {
+                    return Ok(None); // rejected: no such network
+                }
+                continue;
+            };
+            let spec = view.endpoint(network, *ip);
+            // What the entry should be now, as a full pass would place it.
+            let desired = match &spec {
+                None => None,
+                Some(ep) => {
+                    if endpoint_problem(ep, net, &last.nodes).is_some() {
+                        return Ok(None);
+                    }
+                    let mac = ep.mac().0;
+                    let held_by_reserved = last
+                        .reserved
+                        .iter()
+                        .any(|(&(vni, other), m)| vni == net.vni && *m == mac && other != *ip);
+                    if held_by_reserved
+                        || target
+                            .endpoints()
+                            .ip_of_mac(net.vni, mac)
+                            .is_some_and(|other| other != *ip)
+                    {
+                        return Ok(None);
+                    }
+                    let location = if ep.node == self.me.name {
+                        match &ep.iface {
+                            // Reserved: nothing to install on its own node.
+                            EndpointIface::Reserved => None,
+                            EndpointIface::Veth(ifname) => match resolve(ifname) {
+                                Some(ifindex) => Some(Location::Local { ifindex }),
+                                None => return Ok(None), // a full pass reports it
+                            },
+                            EndpointIface::Unnamed => return Ok(None),
+                        }
+                    } else {
+                        Some(Location::Remote {
+                            vtep: last.nodes[&ep.node].vtep_ip,
+                        })
+                    };
+                    location.map(|location| EndpointEntry {
+                        vni: net.vni,
+                        ip: *ip,
+                        mac,
+                        location,
+                    })
+                }
+            };
+            match &spec {
+                Some(ep) if ep.node == self.me.name && ep.iface == EndpointIface::Reserved => {
+                    last.reserved.insert((net.vni, *ip), ep.mac().0);
+                }
+                _ => {
+                    last.reserved.remove(&(net.vni, *ip));
+                }
+            }
+            let installed = target.endpoints().installed(net.vni, *ip);
+            // A new entry in a full table: a full pass decides which endpoints stay.
+            if installed.is_none()
+                && desired.is_some()
+                && target.endpoints().len_installed() >= target.endpoints().capacity()
+            {
+                return Ok(None);
+            }
+            // A local endpoint that goes or changes: its container identity goes first.
+            if let Some(old) = installed.filter(|e| e.flags & ENDPOINT_F_LOCAL != 0) {
+                let same = desired.is_some_and(|d| {
+                    d.location
+                        == Location::Local {
+                            ifindex: old.ifindex,
+                        }
+                        && d.mac == old.mac
+                });
+                if !same {
+                    report.detached += target.clear_local(old.ifindex)?;
+                    report.local_endpoints = report.local_endpoints.saturating_sub(1);
+                }
+            }
+            match desired {
+                None => {
+                    removed += target
+                        .endpoints()
+                        .remove(net.vni, *ip)
+                        .map_err(DatapathError::from)?;
+                }
+                Some(entry) => {
+                    if let Location::Local { ifindex } = entry.location {
+                        let fresh = installed.is_none_or(|old| {
+                            old.flags & ENDPOINT_F_LOCAL == 0
+                                || old.ifindex != ifindex
+                                || old.mac != entry.mac
+                        });
+                        if fresh {
+                            report.attached += target.set_local(&LocalIdentity {
+                                ifindex,
+                                vni: net.vni,
+                                ip: *ip,
+                                mac: entry.mac,
+                            })?;
+                            report.local_endpoints += 1;
+                        }
+                    }
+                    let (w, r) = target
+                        .endpoints()
+                        .upsert(&entry, vtep_ip)
+                        .map_err(DatapathError::from)?;
+                    written += w;
+                    removed += r;
+                }
+            }
+        }
+        report.endpoints = target.endpoints().len_installed();
+        report.written = written;
+        report.removed = removed;
+        report.maglev_slots_changed = 0;
+        report.incremental = true;
+        if let Some(last) = &mut self.last {
+            last.report.endpoints = report.endpoints;
+            last.report.local_endpoints = report.local_endpoints;
+        }
+
+        debug!(
+            written,
+            removed,
+            changed = changed.len(),
+            "endpoint changes written"
+        );
+        Ok(Some(report))
+    }
+}

@@ -1,0 +1,228 @@
+//! The cluster's tables as the daemon wants them: networks, nodes (VTEPs), endpoints and
+//! services. They come from a source (etcd, or a static JSON file) and are validated entry
+//! by entry (`validate`): a bad entry is skipped with a reason, never allowed to poison the
+//! rest.
+
+mod service;
+mod validate;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use overlay_api::{
+    labels::{parse_service_label, parse_service_labels},
+    Attachment, MacAddr,
+};
+pub use service::{BackendSpec, Proto, ServiceSpec, ValidService, MAX_WEIGHT};
+pub use validate::{endpoint_problem, Rejection, Subject};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// Virtual gateway address; defaults to the subnet's first host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl NetworkSpec {
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.gateway.unwrap_or_else(|| default_gateway(self.subnet))
+    }
+}
+
+/// The gateway of a network that names none: its subnet's first host address.
+pub fn default_gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    subnet.hosts().next().unwrap_or(subnet.network())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub vtep_ip: Ipv4Addr,
+}
+
+/// An endpoint's interface as the tables know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointIface {
+    /// An address reserved for a runtime that has not made the endpoint yet (Docker's IPAM
+    /// asks first): in the tables, not installed on its node, not a service backend.
+    Reserved,
+    /// Attached through this host-side interface (what its own node attaches to).
+    Veth(String),
+    /// Attached on its node, the interface not named: a tables-file entry for another node.
+    Unnamed,
+}
+
+impl From<&Attachment> for EndpointIface {
+    fn from(a: &Attachment) -> Self {
+        match a {
+            Attachment::Reserved => EndpointIface::Reserved,
+            Attachment::Veth { host_ifname } => EndpointIface::Veth(host_ifname.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EndpointSpecFile", into = "EndpointSpecFile")]
+pub struct EndpointSpec {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// Defaults to a MAC derived from the IP.
+    pub mac: Option<MacAddr>,
+    pub node: String,
+    pub iface: EndpointIface,
+    /// Services this endpoint serves, as `NAME:PORT` labels (`overlay.service`).
+    pub services: Vec<String>,
+}
+
+impl EndpointSpec {
+    pub fn mac(&self) -> MacAddr {
+        self.mac.unwrap_or_else(|| MacAddr::from_ip(self.ip))
+    }
+}
+
+/// An endpoint as the tables file writes it: `host_ifname` (needed on the endpoint's own
+/// node), `reserved: true` for an address without an interface yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointSpecFile {
+    network: String,
+    ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<MacAddr>,
+    node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    services: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reserved: bool,
+}
+
+impl From<EndpointSpecFile> for EndpointSpec {
+    fn from(f: EndpointSpecFile) -> Self {
+        Self {
+            iface: match (f.reserved, f.host_ifname) {
+                (true, _) => EndpointIface::Reserved,
+                (false, Some(name)) => EndpointIface::Veth(name),
+                (false, None) => EndpointIface::Unnamed,
+            },
+            network: f.network,
+            ip: f.ip,
+            mac: f.mac,
+            node: f.node,
+            services: f.services,
+        }
+    }
+}
+
+impl From<EndpointSpec> for EndpointSpecFile {
+    fn from(e: EndpointSpec) -> Self {
+        let (reserved, host_ifname) = match e.iface {
+            EndpointIface::Reserved => (true, None),
+            EndpointIface::Veth(name) => (false, Some(name)),
+            EndpointIface::Unnamed => (false, None),
+        };
+        Self {
+            network: e.network,
+            ip: e.ip,
+            mac: e.mac,
+            node: e.node,
+            host_ifname,
+            services: e.services,
+            reserved,
+        }
+    }
+}
+
+/// The whole cluster as one document (the static tables file).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTables {
+    #[serde(default)]
+    pub networks: Vec<NetworkSpec>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+impl ClusterTables {
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// Tables that passed validation, indexed for the reconciler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidTables {
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub nodes: BTreeMap<String, NodeSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub services: Vec<ValidService>,
+    /// Every skipped entry: what is wrong and what to fix.
+    pub rejected: Vec<Rejection>,
+}
+
+impl ValidTables {
+    /// The name of the network with this VNI.
+    pub fn network_of_vni(&self, vni: u32) -> Option<String> {
+        self.networks
+            .values()
+            .find(|n| n.vni == vni)
+            .map(|n| n.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../deploy/tables.example.json");
+        let valid = ClusterTables::from_json(text).unwrap().validate();
+        assert!(valid.rejected.is_empty(), "{:?}", valid.rejected);
+        assert_eq!(valid.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn endpoint_interfaces_round_trip_through_the_file_form() {
+        let text = r#"{"endpoints": [
+            {"network": "red", "ip": "198.19.1.2", "node": "a", "host_ifname": "v2"},
+            {"network": "red", "ip": "198.19.1.3", "node": "b"},
+            {"network": "red", "ip": "198.19.1.4", "node": "a", "reserved": true}
+        ]}"#;
+        let t = ClusterTables::from_json(text).unwrap();
+        let ifaces: Vec<_> = t.endpoints.iter().map(|e| e.iface.clone()).collect();
+        assert_eq!(
+            ifaces,
+            [
+                EndpointIface::Veth("v2".into()),
+                EndpointIface::Unnamed,
+                EndpointIface::Reserved
+            ]
+        );
+        let again = ClusterTables::from_json(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(again, t);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = ClusterTables::from_json(r#"{"networks": [], "nodez": []}"#).unwrap_err();
+        assert!(err.to_string().contains("nodez"), "{err}");
+        let err = ClusterTables::from_json(
+            r#"{"endpoints": [{"network": "r", "ip": "198.19.1.2", "node": "a", "hostifname": "x"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hostifname"), "{err}");
+    }
+}

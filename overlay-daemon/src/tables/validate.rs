@@ -1,0 +1,330 @@
+//! Validation of the tables entry by entry: a bad entry is skipped with a typed reason,
+//! never allowed to poison the rest.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use overlay_api::labels::parse_service_label;
+use overlay_common::wire::VNI_MAX;
+use serde::Serialize;
+
+use super::MacAddr;
+use super::{
+    BackendSpec, ClusterTables, EndpointIface, EndpointSpec, NetworkSpec, NodeSpec, ValidService,
+    ValidTables, MAX_WEIGHT,
+};
+
+/// What a rejection is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    Network(String),
+    Node(String),
+    Endpoint { network: String, ip: Ipv4Addr },
+    Service(String),
+}
+
+/// An entry that was left out, and why (one line, saying what to fix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub subject: Subject,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(subject: Subject, reason: impl Into<String>) -> Self {
+        Self {
+            subject,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the rejection is about an endpoint or a node: a delta pass cannot decide
+    /// those the way a full pass would, so while one stands every pass is full.
+    pub fn blocks_delta(&self) -> bool {
+        matches!(self.subject, Subject::Endpoint { .. } | Subject::Node(_))
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            Subject::Network(n) => write!(f, "network {n:?}: {}", self.reason),
+            Subject::Node(n) => write!(f, "node {n:?}: {}", self.reason),
+            Subject::Endpoint { network, ip } => {
+                write!(f, "endpoint {ip} in {network:?}: {}", self.reason)
+            }
+            Subject::Service(n) => write!(f, "service {n:?}: {}", self.reason),
+        }
+    }
+}
+
+/// Rejections are one line each in status.json.
+impl Serialize for Rejection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What is wrong with one endpoint on its own (uniqueness within the network aside), if
+/// anything.
+pub fn endpoint_problem(
+    ep: &EndpointSpec,
+    net: &NetworkSpec,
+    nodes: &BTreeMap<String, NodeSpec>,
+) -> Option<String> {
+    if !nodes.contains_key(&ep.node) {
+        Some(format!("node {:?} is not known", ep.node))
+    } else if !net.subnet.contains(&ep.ip) || ep.ip == net.gateway_ip() {
+        Some(format!(
+            "{} is not a host address of {} other than the gateway",
+            ep.ip, net.subnet
+        ))
+    } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
+        Some(format!("MAC {} is not a usable unicast address", ep.mac()))
+    } else {
+        None
+    }
+}
+
+impl ClusterTables {
+    /// Checks every entry; the valid ones are kept, the others reported in `rejected`.
+    pub fn validate(mut self) -> ValidTables {
+        let mut out = ValidTables::default();
+        let mut vnis = BTreeSet::new();
+        for n in &self.networks {
+            let problem = if !(1..=VNI_MAX).contains(&n.vni) {
+                Some(format!("VNI {} is outside 1..={VNI_MAX}", n.vni))
+            } else if !vnis.insert(n.vni) {
+                Some(format!("VNI {} is already used by another network", n.vni))
+            } else if out.networks.contains_key(&n.name) {
+                Some("the name is already used".to_owned())
+            } else if !n.subnet.contains(&n.gateway_ip()) {
+                Some(format!(
+                    "gateway {} is outside {}",
+                    n.gateway_ip(),
+                    n.subnet
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => out
+                    .rejected
+                    .push(Rejection::new(Subject::Network(n.name.clone()), p)),
+                None => {
+                    out.networks.insert(n.name.clone(), n.clone());
+                }
+            }
+        }
+        let mut vteps = BTreeSet::new();
+        for n in &self.nodes {
+            let node = || Subject::Node(n.name.clone());
+            if out.nodes.contains_key(&n.name) {
+                out.rejected
+                    .push(Rejection::new(node(), "the name is already used"));
+            } else if !vteps.insert(n.vtep_ip) {
+                out.rejected.push(Rejection::new(
+                    node(),
+                    format!("VTEP {} is already used by another node", n.vtep_ip),
+                ));
+            } else {
+                out.nodes.insert(n.name.clone(), n.clone());
+            }
+        }
+        let mut ips = BTreeSet::new();
+        let mut macs = BTreeSet::new();
+        // Moved, not cloned: at 100k endpoints a second copy is tens of MB.
+        for ep in std::mem::take(&mut self.endpoints) {
+            let subject = || Subject::Endpoint {
+                network: ep.network.clone(),
+                ip: ep.ip,
+            };
+            let Some(net) = out.networks.get(&ep.network) else {
+                out.rejected
+                    .push(Rejection::new(subject(), "no such network"));
+                continue;
+            };
+            let problem = if let Some(p) = endpoint_problem(&ep, net, &out.nodes) {
+                Some(p)
+            } else if !ips.insert((net.vni, ep.ip)) {
+                Some("the IP is already used in this network".to_owned())
+            } else if !macs.insert((net.vni, ep.mac())) {
+                Some(format!("MAC {} is already used in this network", ep.mac()))
+            } else {
+                None
+            };
+            match problem {
+                Some(p) => out.rejected.push(Rejection::new(subject(), p)),
+                None => out.endpoints.push(ep),
+            }
+        }
+        self.validate_services(&mut out);
+        out
+    }
+
+    /// Services whose network exists, with the backends that are running endpoints of it
+    /// now: a backend whose endpoint is gone (its node's lease expired, its container
+    /// deleted) leaves the table; an endpoint labelled `NAME:PORT` joins service NAME.
+    fn validate_services(&self, out: &mut ValidTables) {
+        let mut names = BTreeSet::new();
+        let mut vips = BTreeSet::new();
+        for svc in &self.services {
+            let subject = || Subject::Service(svc.name.clone());
+            let Some(net) = out.networks.get(&svc.network) else {
+                out.rejected.push(Rejection::new(
+                    subject(),
+                    format!("network {:?} does not exist", svc.network),
+                ));
+                continue;
+            };
+            let problem = if !names.insert(svc.name.clone()) {
+                Some("the name is already used".to_owned())
+            } else if net.subnet.contains(&svc.vip) {
+                Some(format!(
+                    "VIP {} is inside the network's subnet {}: pick an address outside it",
+                    svc.vip, net.subnet
+                ))
+            } else if svc.port == 0 {
+                Some("port 0 is not a service port".to_owned())
+            } else if !vips.insert((net.vni, svc.vip, svc.port, svc.proto)) {
+                Some(format!(
+                    "{}:{}/{} is already used by another service",
+                    svc.vip, svc.port, svc.proto
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                out.rejected.push(Rejection::new(subject(), p));
+                continue;
+            }
+            // Running endpoints of the network (reserved addresses have no interface yet).
+            let running: BTreeMap<Ipv4Addr, &EndpointSpec> = out
+                .endpoints
+                .iter()
+                .filter(|e| e.network == svc.network && e.iface != EndpointIface::Reserved)
+                .map(|e| (e.ip, e))
+                .collect();
+            let mut backends: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+            for b in &svc.backends {
+                if b.weight > 0 && running.contains_key(&b.ip) {
+                    backends.insert((b.ip, b.port), b.weight.min(MAX_WEIGHT));
+                }
+            }
+            for ep in running.values() {
+                for label in &ep.services {
+                    if let Ok((name, port)) = parse_service_label(label) {
+                        if name == svc.name {
+                            backends.entry((ep.ip, port)).or_insert(1);
+                        }
+                    }
+                }
+            }
+            out.services.push(ValidService {
+                name: svc.name.clone(),
+                vni: net.vni,
+                vip: svc.vip,
+                port: svc.port,
+                proto: svc.proto,
+                backends: backends
+                    .into_iter()
+                    .map(|((ip, port), weight)| BackendSpec { ip, port, weight })
+                    .collect(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(valid: &ValidTables, text: &str) -> bool {
+        valid.rejected.iter().any(|r| r.to_string().contains(text))
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_with_a_reason() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [
+                {"name": "red", "vni": 100, "subnet": "198.19.1.0/24"},
+                {"name": "dup-vni", "vni": 100, "subnet": "198.19.9.0/24"},
+                {"name": "huge", "vni": 16777216, "subnet": "198.19.8.0/24"},
+                {"name": "bad-gw", "vni": 7, "subnet": "198.19.7.0/24", "gateway": "198.19.6.1"}
+              ],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}, {"name": "b", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "red", "ip": "198.19.1.2", "node": "a"},
+                {"network": "red", "ip": "198.19.1.2", "node": "a", "mac": "02:00:00:00:00:09"},
+                {"network": "red", "ip": "198.19.1.3", "node": "a", "mac": "0a:58:c6:13:01:02"},
+                {"network": "red", "ip": "198.19.2.3", "node": "a"},
+                {"network": "red", "ip": "198.19.1.1", "node": "a"},
+                {"network": "red", "ip": "198.19.1.4", "node": "ghost"},
+                {"network": "blue", "ip": "198.19.1.5", "node": "a"},
+                {"network": "red", "ip": "198.19.1.6", "node": "a", "mac": "ff:ff:ff:ff:ff:ff"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        assert_eq!(valid.networks.keys().collect::<Vec<_>>(), ["red"]);
+        assert_eq!(valid.nodes.len(), 1);
+        assert_eq!(valid.endpoints.len(), 1);
+        assert_eq!(valid.rejected.len(), 3 + 1 + 7, "{:#?}", valid.rejected);
+        assert!(has(&valid, "already used by another network"));
+        assert!(has(&valid, "MAC 0a:58:c6:13:01:02 is already used"));
+        assert_eq!(
+            valid
+                .rejected
+                .iter()
+                .filter(|r| matches!(r.subject, Subject::Endpoint { .. }))
+                .count(),
+            7
+        );
+        assert!(valid.rejected.iter().filter(|r| r.blocks_delta()).count() == 8);
+    }
+
+    #[test]
+    fn services_keep_live_backends_and_labelled_endpoints() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [{"name": "red", "vni": 100, "subnet": "198.19.1.0/24"}],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "red", "ip": "198.19.1.2", "node": "a", "host_ifname": "v2"},
+                {"network": "red", "ip": "198.19.1.3", "node": "a", "host_ifname": "v3", "services": ["web:8080"]},
+                {"network": "red", "ip": "198.19.1.4", "node": "a", "reserved": true, "services": ["web:8080"]},
+                {"network": "red", "ip": "198.19.1.5", "node": "ghost", "host_ifname": "v5"}
+              ],
+              "services": [
+                {"name": "web", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "tcp",
+                 "backends": [{"ip": "198.19.1.2", "port": 8080, "weight": 3}, {"ip": "198.19.1.5", "port": 8080}]},
+                {"name": "inside", "network": "red", "vip": "198.19.1.200", "port": 80, "proto": "tcp"},
+                {"name": "dup", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "tcp"},
+                {"name": "udp-same-vip", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "udp"},
+                {"name": "lost", "network": "blue", "vip": "198.19.250.2", "port": 80, "proto": "tcp"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        let names: Vec<_> = valid.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "udp-same-vip"], "{:#?}", valid.rejected);
+        let web = &valid.services[0];
+        // 198.19.1.5's node is unknown (dead), .4 is only reserved: neither is a backend.
+        assert_eq!(
+            web.backends,
+            vec![
+                "198.19.1.2:8080@3".parse::<BackendSpec>().unwrap(),
+                "198.19.1.3:8080".parse().unwrap()
+            ]
+        );
+        assert!(has(&valid, "inside the network's subnet"));
+        assert!(has(&valid, "already used by another service"));
+        assert!(has(&valid, "\"blue\" does not exist"));
+    }
+}

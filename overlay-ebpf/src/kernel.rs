@@ -1,0 +1,25 @@
+//! Constants of the kernel's BPF interface that aya-ebpf's bindings lack, with names, and
+//! the one check of a redirect helper's result.
+
+use aya_ebpf::bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT};
+use overlay_common::DropReason;
+
+/// TCX_NEXT / TC_ACT_UNSPEC: not ours, let the next program or the stack have it.
+pub const TC_NEXT: i32 = -1;
+/// The new outer L3 after decapsulation is IPv4 (BPF_F_ADJ_ROOM_DECAP_L3_IPV4, 6.3+).
+pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
+/// `bpf_redir_neigh.nh_family` for an IPv4 next hop.
+pub const AF_INET: u32 = 2;
+
+/// A redirect helper's return value as the program's verdict: `TC_ACT_REDIRECT`, or a drop
+/// counted as `redirect_failed` when the helper refused (`TC_ACT_SHOT`).
+#[inline(always)]
+pub fn redirected(ret: i64) -> Result<i32, DropReason> {
+    if ret == TC_ACT_REDIRECT as i64 {
+        Ok(TC_ACT_REDIRECT)
+    } else if ret == TC_ACT_SHOT as i64 {
+        Err(DropReason::RedirectFailed)
+    } else {
+        Ok(ret as i32)
+    }
+}
