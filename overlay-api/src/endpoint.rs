@@ -50,14 +50,13 @@ impl Serialize for Owner {
 
 impl<'de> Deserialize<'de> for Owner {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Option::<String>::deserialize(d)?.as_deref() {
-            Some("cni") => Ok(Owner::Cni),
-            Some("cnm" | "docker") => Ok(Owner::Docker),
-            Some("api") | None => Ok(Owner::Api),
-            Some(other) => Err(serde::de::Error::custom(format!(
-                "owner {other:?}: expected \"cni\", \"cnm\" or \"api\""
-            ))),
-        }
+        // The first release took any owner string over the API: an endpoint it wrote must
+        // still load (GC only ever touches `cni`).
+        Ok(match Option::<String>::deserialize(d)?.as_deref() {
+            Some("cni") => Owner::Cni,
+            Some("cnm" | "docker") => Owner::Docker,
+            _ => Owner::Api,
+        })
     }
 }
 
@@ -269,8 +268,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_owners_are_refused() {
-        let bad = CNI_V1.replace(r#""owner":"cni""#, r#""owner":"frob""#);
-        assert!(serde_json::from_str::<Endpoint>(&bad).is_err());
+    fn unknown_owners_load_as_api_users() {
+        let other = CNI_V1.replace(r#""owner":"cni""#, r#""owner":"frob""#);
+        let ep: Endpoint = serde_json::from_str(&other).unwrap();
+        assert_eq!(ep.owner, Owner::Api);
     }
 }

@@ -151,10 +151,18 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
                 ("CNI_NETNS", &env.netns),
                 ("CNI_IFNAME", &env.ifname),
             ])?;
-            client
-                .check_endpoint(&env.container_id, &env.ifname, env.netns.as_ref())
-                .map_err(|e| api_error(Op::Check, conf, e))?;
-            Ok(None)
+            match client.check_endpoint(&env.container_id, &env.ifname, env.netns.as_ref()) {
+                Ok(_) => Ok(None),
+                // A first-release daemon (being replaced in a rolling upgrade) has no
+                // check_endpoint: the endpoint existing is what it can tell.
+                Err(CallError::Api(e)) if e.kind == ErrorKind::Internal && old_daemon(client) => {
+                    client
+                        .get_endpoint(&env.container_id, &env.ifname)
+                        .map_err(|e| api_error(Op::Check, conf, e))?;
+                    Ok(None)
+                }
+                Err(e) => Err(api_error(Op::Check, conf, e)),
+            }
         }
         "STATUS" => {
             let status = client.status().map_err(|e| api_error(Op::Other, conf, e))?;
@@ -195,6 +203,11 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
             format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
         )),
     }
+}
+
+/// Whether the daemon speaks API version 1 (the first release).
+fn old_daemon(client: &Client) -> bool {
+    client.status().is_ok_and(|s| s.api_version < 2)
 }
 
 #[cfg(test)]

@@ -99,7 +99,8 @@ counted_enum! {
         EncapFailed = 15 => "encap_failed",
         /// bpf_skb_adjust_room refused the decapsulation, or the frame holds more than one packet.
         DecapFailed = 16 => "decap_failed",
-        /// The redirect helper failed.
+        /// A redirect helper refused the packet (a failure later, in the kernel's redirect,
+        /// is not visible to the program).
         RedirectFailed = 17 => "redirect_failed",
         /// The network of the endpoint is not configured.
         UnknownNetwork = 18 => "unknown_network",

@@ -59,6 +59,9 @@ pub const CONFIG_F_READY: u16 = 1;
 /// `Config.flags`: services exist, so replies must be checked for reverse translation
 /// (without services the datapath skips those lookups).
 pub const CONFIG_F_LB: u16 = 2;
+/// `Config.flags`: a kernel vxlan device shares the VXLAN port, so VXLAN with a VNI no
+/// network of the overlay uses goes to the kernel untouched instead of being dropped.
+pub const CONFIG_F_FOREIGN_VNI_PASS: u16 = 4;
 
 /// The node's datapath configuration: the single slot of the `CONFIG` array.
 #[repr(C)]

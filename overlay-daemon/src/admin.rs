@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     store::{
         keys::Key,
-        records::{self, NetworkRecord, ServiceRecord, Versioned, RECORD_VERSION},
+        records::{self, NetworkRecord, NodeRecord, ServiceRecord, Versioned, RECORD_VERSION},
         Store, StoreError,
     },
     tables::BackendSpec,
@@ -58,6 +58,9 @@ pub async fn create_network(
     record: &NetworkRecord,
 ) -> Result<(), AdminError> {
     record.check(name).map_err(AdminError::Invalid)?;
+    if let Some(mtu) = record.mtu {
+        check_mtu(store, mtu).await?;
+    }
     if !store
         .create_network(name, record.vni, records::encode(record))
         .await?
@@ -68,6 +71,25 @@ pub async fn create_network(
         )));
     }
     Ok(())
+}
+
+/// A network MTU no registered node can give its containers is refused: each node's record
+/// says its maximum (underlay - 50).
+async fn check_mtu(store: &Store, mtu: u32) -> Result<(), AdminError> {
+    let nodes = records_under::<NodeRecord>(store, &store.layout.nodes()).await?;
+    let smallest = nodes
+        .iter()
+        .filter_map(|(key, n, _)| match key {
+            Key::Node(name) => Some((n.container_mtu?, name.clone())),
+            _ => None,
+        })
+        .min();
+    match smallest {
+        Some((max, node)) if mtu > max => Err(invalid(format!(
+            "MTU {mtu} is above the overlay's maximum {max} (node {node:?}: its underlay MTU - 50): pass --mtu {max} or less"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Removes a network that has no endpoints.

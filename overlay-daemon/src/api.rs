@@ -162,7 +162,7 @@ async fn dispatch(
             let view = cluster.view.lock().await;
             Ok(json(Status {
                 node: cluster.cfg.node_name.clone(),
-                vtep_ip: cluster.cfg.vtep_ip,
+                vtep_ip: cluster.vtep(),
                 lease: cluster.lease(),
                 networks: view.networks().count(),
                 nodes: view.nodes().count(),

@@ -5,23 +5,17 @@
 //! changes. Where one next hop cannot stand for the route (multipath, nexthop objects, another
 //! device than the underlay, no route), the VTEP gets none and the kernel routes each packet.
 
-use std::{collections::HashMap, io, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, io, net::Ipv4Addr};
 
-use futures::channel::mpsc::UnboundedReceiver;
-use futures::StreamExt as _;
 use rtnetlink::{
-    constants::RTMGRP_IPV4_ROUTE,
     packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
     packet_route::{
         route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
         AddressFamily, RouteNetlinkMessage,
     },
-    sys::{protocols::NETLINK_ROUTE, AsyncSocket as _, Socket, SocketAddr},
+    sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
 };
 use tracing::{debug, warn};
-
-/// A burst of route changes (an interface going down) is answered with one refresh.
-const SETTLE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NextHopError {
@@ -173,38 +167,6 @@ fn next_hop(route: &RouteMessage, vtep: Ipv4Addr, underlay_ifindex: u32) -> Opti
         return None;
     }
     Some(gateway.unwrap_or(vtep))
-}
-
-/// IPv4 route changes of this network namespace, as rtnetlink announces them.
-pub struct RouteChanges {
-    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-}
-
-impl RouteChanges {
-    /// Subscribes before the first next hop is asked, so no change goes unseen.
-    pub fn subscribe() -> Result<Self, NextHopError> {
-        let (mut conn, _handle, messages) =
-            rtnetlink::new_connection().map_err(NextHopError::Socket)?;
-        // Bound, not only subscribed: an unbound socket has port 0, the kernel's own, and
-        // the kernel does not deliver its announcements to it.
-        conn.socket_mut()
-            .socket_mut()
-            .bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE))
-            .map_err(NextHopError::Socket)?;
-        tokio::spawn(conn);
-        Ok(Self { messages })
-    }
-
-    /// Waits for a change and for the burst it belongs to (an interface going down) to
-    /// settle. False: the subscription ended, and changes can no longer be seen.
-    pub async fn next(&mut self) -> bool {
-        if self.messages.next().await.is_none() {
-            return false;
-        }
-        tokio::time::sleep(SETTLE).await;
-        while self.messages.try_recv().is_ok() {}
-        true
-    }
 }
 
 #[cfg(test)]

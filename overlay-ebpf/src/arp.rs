@@ -81,7 +81,9 @@ pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, Dr
         },
     };
     ctx.store(0, &reply, 0).map_err(|_| DropReason::Malformed)?;
-    count(Direction::ArpReply, ctx.len());
     // Back out of the same veth: the container receives the reply.
-    redirected(unsafe { bpf_redirect(ifindex, 0) })
+    let len = ctx.len();
+    let verdict = redirected(unsafe { bpf_redirect(ifindex, 0) })?;
+    count(Direction::ArpReply, len);
+    Ok(verdict)
 }

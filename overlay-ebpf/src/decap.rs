@@ -65,6 +65,9 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
         lb::to_client(ctx, rx.vxlan.vni(), &rx.inner_ip)?;
     }
 
-    count(Direction::DecapRx, ctx.len());
-    redirected(unsafe { bpf_redirect_peer(rx.ifindex, 0) })
+    // Counted once the redirect is taken: a refused one is a redirect_failed drop instead.
+    let len = ctx.len();
+    let verdict = redirected(unsafe { bpf_redirect_peer(rx.ifindex, 0) })?;
+    count(Direction::DecapRx, len);
+    Ok(verdict)
 }

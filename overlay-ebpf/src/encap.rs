@@ -119,7 +119,7 @@ pub fn to_vtep(
         .map_err(|_| DropReason::EncapFailed)?;
     ctx.store(0, &hdr, 0).map_err(|_| DropReason::EncapFailed)?;
 
-    count(Direction::EncapTx, ctx.len());
+    let len = ctx.len();
     let ret = if nexthop != 0 {
         let mut nh = bpf_redir_neigh {
             nh_family: AF_INET,
@@ -130,5 +130,7 @@ pub fn to_vtep(
     } else {
         unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }
     };
-    redirected(ret)
+    let verdict = redirected(ret)?;
+    count(Direction::EncapTx, len);
+    Ok(verdict)
 }

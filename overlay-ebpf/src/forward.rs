@@ -108,8 +108,10 @@ fn forward_ipv4(
         if !translated && cfg.flags & CONFIG_F_LB != 0 {
             lb::to_client(ctx, me.vni, &ip)?;
         }
-        count(Direction::LocalDelivery, ctx.len());
-        return redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) });
+        let len = ctx.len();
+        let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
+        count(Direction::LocalDelivery, len);
+        return Ok(verdict);
     }
     encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, &ip)
 }

@@ -6,6 +6,7 @@ use crate::{
     maps::{ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
 };
 use overlay_common::{
+    maps::CONFIG_F_FOREIGN_VNI_PASS,
     wire::{
         ETH_HLEN, ETH_P_IP, INNER_ETH_OFF, INNER_IP_OFF, IPPROTO_UDP, IPV4_HLEN, VXLAN_FLAG_VNI,
         VXLAN_OFF,
@@ -51,6 +52,11 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
     let vxlan = ctx
         .header::<VxlanHdr>(VXLAN_OFF)
         .ok_or(DropReason::VxlanMalformed)?;
+    // Another user of the port (a kernel vxlan device) owns the VNIs we do not.
+    if cfg.flags & CONFIG_F_FOREIGN_VNI_PASS != 0 && unsafe { NETWORKS.get(vxlan.vni()) }.is_none()
+    {
+        return Ok(None);
+    }
     let inner_eth = ctx
         .header::<EthHdr>(INNER_ETH_OFF)
         .ok_or(DropReason::Malformed)?;

@@ -4,6 +4,7 @@
 //! also when the test panics. Names carry a per-process, per-topology id so tests can run in
 //! parallel.
 
+pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod fixtures;
@@ -12,6 +13,7 @@ pub mod netns;
 pub mod podman;
 pub mod process;
 pub mod services;
+pub mod soak;
 pub mod topology;
 pub mod traffic;
 

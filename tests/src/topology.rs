@@ -21,9 +21,35 @@ use overlay_daemon::{
     tables::{ClusterTables, EndpointIface, EndpointSpec, MacAddr, NetworkSpec, NodeSpec},
 };
 
-use crate::{etcd::Etcd, netns::unique_id, ChildGuard, Netns};
+use crate::{
+    etcd::{Etcd, EtcdCluster},
+    netns::unique_id,
+    ChildGuard, Netns,
+};
 
 pub const UNDERLAY_MTU: u32 = 1500;
+
+/// A veth from `ns` (named `ifname`, address `ip`/24) to the underlay switch (port `peer`).
+fn plug_into_underlay(underlay: &Netns, ns: &Netns, ifname: &str, peer: &str, ip: Ipv4Addr) {
+    let mtu = UNDERLAY_MTU.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        ifname,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        underlay.name(),
+    ]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname]);
+    ns.ip(&["link", "set", ifname, "up"]);
+    underlay.ip(&["link", "set", peer, "master", "br0", "mtu", &mtu, "up"]);
+}
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_OVERHEAD;
 
 /// The overlayd binary under test: `OVERLAYD` (set by `cargo xtask test`), else the workspace's
@@ -48,6 +74,9 @@ pub struct TopologySpec {
     /// Run a real etcd (in the underlay namespace, 198.18.0.254) and have the daemons use it
     /// instead of a tables file; this is the lease TTL they get.
     pub etcd_lease_ttl: Option<u32>,
+    /// Members of the etcd cluster: 1 (in the underlay namespace) or more (each in its own
+    /// namespace on the underlay switch, 198.18.0.251 and up).
+    pub etcd_members: usize,
 }
 
 /// Where etcd listens in etcd topologies.
@@ -59,7 +88,15 @@ impl TopologySpec {
             hosts,
             networks: Vec::new(),
             etcd_lease_ttl: None,
+            etcd_members: 1,
         }
+    }
+
+    /// A three-member etcd cluster instead of one server.
+    pub fn with_etcd_cluster(mut self, lease_ttl: u32) -> Self {
+        self.etcd_lease_ttl = Some(lease_ttl);
+        self.etcd_members = 3;
+        self
     }
 
     pub fn with_etcd(mut self, lease_ttl: u32) -> Self {
@@ -115,6 +152,8 @@ pub struct Topology {
     lease_ttl: Option<u32>,
     /// Dropped before the underlay namespace it runs in.
     pub etcd: Option<Etcd>,
+    /// The multi-member cluster, when the spec asked for one (then `etcd` is `None`).
+    pub etcd_cluster: Option<EtcdCluster>,
     pub underlay: Netns,
 }
 
@@ -138,9 +177,22 @@ impl Topology {
             hosts: Vec::new(),
             lease_ttl: spec.etcd_lease_ttl,
             etcd: None,
+            etcd_cluster: None,
             underlay,
         };
-        if spec.etcd_lease_ttl.is_some() {
+        if spec.etcd_lease_ttl.is_some() && spec.etcd_members > 1 {
+            let mut namespaces = Vec::new();
+            let mut ips = Vec::new();
+            for i in 1..=spec.etcd_members {
+                let ns = Netns::create(&format!("ovt{id}-e{i}"));
+                let ip = Ipv4Addr::new(198, 18, 0, 250 + i as u8);
+                plug_into_underlay(&topo.underlay, &ns, "eth0", &format!("e{i}"), ip);
+                ns.ip(&["link", "set", "lo", "up"]);
+                namespaces.push(ns);
+                ips.push(ip);
+            }
+            topo.etcd_cluster = Some(EtcdCluster::start(namespaces, &ips));
+        } else if spec.etcd_lease_ttl.is_some() {
             topo.underlay
                 .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
             topo.etcd = Some(Etcd::start(&topo.underlay, ETCD_IP));
@@ -149,27 +201,8 @@ impl Topology {
             let name = format!("h{i}");
             let ns = Netns::create(&format!("ovt{id}-{name}"));
             ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
-            let peer = format!("p{i}");
-            let mtu = UNDERLAY_MTU.to_string();
-            ns.ip(&[
-                "link",
-                "add",
-                "ul0",
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer,
-                "netns",
-                topo.underlay.name(),
-            ]);
             let vtep_ip = Ipv4Addr::new(198, 18, 0, i as u8);
-            ns.ip(&["addr", "add", &format!("{vtep_ip}/24"), "dev", "ul0"]);
-            ns.ip(&["link", "set", "ul0", "up"]);
-            topo.underlay
-                .ip(&["link", "set", &peer, "master", "br0", "mtu", &mtu, "up"]);
+            plug_into_underlay(&topo.underlay, &ns, "ul0", &format!("p{i}"), vtep_ip);
             topo.tables.nodes.push(NodeSpec {
                 name: name.clone(),
                 vtep_ip,
@@ -186,7 +219,7 @@ impl Topology {
                 daemon: None,
             });
         }
-        if topo.etcd.is_some() {
+        if topo.has_etcd() {
             for n in spec.networks.clone() {
                 topo.overlayctl_ok(
                     0,
@@ -207,8 +240,17 @@ impl Topology {
         topo
     }
 
-    fn etcd_endpoint(&self) -> String {
-        self.etcd.as_ref().expect("an etcd topology").endpoint()
+    fn has_etcd(&self) -> bool {
+        self.etcd.is_some() || self.etcd_cluster.is_some()
+    }
+
+    /// The etcd client URLs the daemons and overlayctl are given.
+    pub fn etcd_endpoint(&self) -> String {
+        match (&self.etcd, &self.etcd_cluster) {
+            (Some(e), _) => e.endpoint(),
+            (None, Some(c)) => c.endpoints(),
+            (None, None) => panic!("not an etcd topology"),
+        }
     }
 
     /// Runs overlayctl on host `host` against the topology's etcd.
@@ -436,6 +478,7 @@ impl Topology {
     /// Starts overlayd on host `host` with the topology's tables and any extra flags.
     pub fn start_daemon(&mut self, host: usize, extra: &[&str]) {
         let tables = self.tables_path();
+        let etcd = self.has_etcd().then(|| self.etcd_endpoint());
         let h = &mut self.hosts[host];
         assert!(h.daemon.is_none(), "daemon on {} already started", h.name);
         let log = std::fs::OpenOptions::new()
@@ -449,14 +492,9 @@ impl Topology {
             .arg(&h.run_dir)
             .arg("--bpffs")
             .arg(h.pins.root());
-        match (&self.etcd, self.lease_ttl) {
+        match (etcd, self.lease_ttl) {
             (Some(etcd), Some(ttl)) => {
-                cmd.args([
-                    "--etcd-endpoints",
-                    &etcd.endpoint(),
-                    "--lease-ttl",
-                    &ttl.to_string(),
-                ]);
+                cmd.args(["--etcd-endpoints", &etcd, "--lease-ttl", &ttl.to_string()]);
             }
             _ => {
                 cmd.arg("--tables").arg(&tables);
@@ -469,6 +507,55 @@ impl Topology {
             .stderr(log);
         let child = cmd.spawn().expect("spawn overlayd");
         h.daemon = Some(ChildGuard::new(child, format!("overlayd on {}", h.name)));
+    }
+
+    /// Runs another overlayd in host `host`'s namespace with the topology's etcd flags and
+    /// `args` (nothing else), until it exits or `timeout` passes (then it is killed).
+    /// Returns its exit code (None if it had to be killed) and its output.
+    pub fn run_extra_daemon(
+        &self,
+        host: usize,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (Option<i32>, String) {
+        let h = &self.hosts[host];
+        let mut cmd: Command = h.ns.command(overlayd_bin().to_str().expect("path"));
+        if let (true, Some(ttl)) = (self.has_etcd(), self.lease_ttl) {
+            cmd.args([
+                "--etcd-endpoints",
+                &self.etcd_endpoint(),
+                "--lease-ttl",
+                &ttl.to_string(),
+            ]);
+        }
+        let out = self.dir.join(format!("extra-{}.log", unique_id()));
+        let log = std::fs::File::create(&out).expect("extra daemon log");
+        let child = cmd
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn overlayd");
+        let mut guard = ChildGuard::new(child, format!("extra overlayd on {}", h.name));
+        let deadline = Instant::now() + timeout;
+        let mut code = None;
+        while Instant::now() < deadline {
+            if !guard.is_running() {
+                code = guard.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(1));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(guard);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        (code.and_then(|s| s.code()), text)
+    }
+
+    /// Where an extra daemon's pins go: inside the topology's bpffs root (removed with it).
+    pub fn extra_pins(&self, name: &str) -> PinLayout {
+        PinLayout::new(self.pins_root.join(name))
     }
 
     /// Stops the daemon on `host` with `signal`; returns whether it exited by itself.
@@ -491,7 +578,7 @@ impl Topology {
     /// Waits until host `host` reports every endpoint installed (those of the tables file,
     /// or in etcd topologies every container of the topology).
     pub fn wait_converged(&mut self, host: usize) {
-        let (want, want_local) = if self.etcd.is_some() {
+        let (want, want_local) = if self.has_etcd() {
             let all = self.containers.len() as u64;
             (
                 all,
@@ -554,6 +641,14 @@ impl Drop for Topology {
         for h in &self.hosts {
             for e in datapath::remove(&h.pins, None) {
                 eprintln!("cleanup of {}: {e}", h.name);
+            }
+        }
+        // Pins of extra daemons (tests of duplicates).
+        if let Ok(dir) = std::fs::read_dir(&self.pins_root) {
+            for entry in dir.filter_map(Result::ok) {
+                for e in datapath::remove(&PinLayout::new(entry.path()), None) {
+                    eprintln!("cleanup of {}: {e}", entry.path().display());
+                }
             }
         }
         let _ = std::fs::remove_dir(&self.pins_root);

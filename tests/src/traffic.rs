@@ -98,6 +98,26 @@ pub fn tcp_stream(
     port: u16,
     limit: Limit,
 ) -> (Transfer, Transfer) {
+    tcp_stream_seeded(
+        server,
+        client,
+        server_ip,
+        port,
+        limit,
+        0x9e37_79b9_7f4a_7c15,
+    )
+}
+
+/// `tcp_stream` with its own byte pattern: streams with different seeds never carry the
+/// same bytes, so data of one arriving in another changes the checksum.
+pub fn tcp_stream_seeded(
+    server: &Netns,
+    client: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    limit: Limit,
+    seed: u64,
+) -> (Transfer, Transfer) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = server.spawn(move || {
         let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
@@ -133,7 +153,7 @@ pub fn tcp_stream(
             .expect("connect through the overlay");
         conn.set_write_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
-        let mut pattern = Pattern(0x9e37_79b9_7f4a_7c15);
+        let mut pattern = Pattern(seed | 1);
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;

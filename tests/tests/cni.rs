@@ -4,51 +4,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write as _,
-    path::PathBuf,
-    process::{Command, Output, Stdio},
     thread,
 };
 
 use overlay_tests::{
     fixtures::{self, json_subset},
-    topology::overlayd_bin,
     Netns, Topology, TopologySpec,
 };
 use serde_json::Value;
 
-fn plugin() -> PathBuf {
-    overlayd_bin().with_file_name("overlay-cni")
-}
-
-/// What a runtime puts in the environment for `command` on interface eth0.
-fn cni_env(command: &str, container_id: String, netns: String) -> Vec<(&'static str, String)> {
-    vec![
-        ("CNI_COMMAND", command.to_owned()),
-        ("CNI_CONTAINERID", container_id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0".to_owned()),
-    ]
-}
-
-/// Runs the plugin like a runtime does.
-pub fn exec_plugin(env: &[(&str, String)], stdin: &[u8]) -> Output {
-    let mut cmd = Command::new(plugin());
-    cmd.env_clear()
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("overlay-cni");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
+use overlay_tests::cni::{cni_env, exec_plugin};
 
 struct Scenario {
     t: Topology,

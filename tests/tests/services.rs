@@ -463,3 +463,151 @@ fn udp_labels_empty_services_and_dead_nodes() {
     let counts = spread(&t, "client", echo, 200);
     assert_eq!(counts.len(), 2, "{counts:?}");
 }
+
+/// A flood of new flows (more than the conntrack table holds) while an established
+/// connection runs, and then a backend added: the established connection keeps its backend
+/// and its data (its conntrack and reverse entries stay, being in use), the table overflowed.
+#[test]
+fn a_flood_of_new_flows_never_moves_an_established_one() {
+    let mut t = cluster();
+    t.add_pod(0, "b1", "red");
+    t.add_pod(1, "b2", "red");
+    t.add_pod(0, "b3", "red");
+    t.add_pod(2, "client", "red");
+    for h in 0..3 {
+        t.wait_converged(h);
+    }
+    let ip = |t: &Topology, n: &str| t.container(n).ip;
+    let (b1, b2, b3) = (ip(&t, "b1"), ip(&t, "b2"), ip(&t, "b3"));
+    let _servers: Vec<_> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|n| tcp_identity_server(&t.container(n).ns, 8080, n))
+        .collect();
+    let add = |t: &Topology, args: &[&str]| {
+        let mut full = vec!["service", "add"];
+        full.extend_from_slice(args);
+        t.overlayctl_ok(0, &full);
+    };
+    add(
+        &t,
+        &[
+            "web",
+            "--network",
+            "red",
+            "--vip",
+            "198.19.250.10:80",
+            "--backend",
+            &format!("{b1}:8080"),
+            "--backend",
+            &format!("{b2}:8080"),
+        ],
+    );
+    // Four UDP ports of another VIP: 4 x 64512 source ports make 258k distinct flows.
+    for p in 0..4u16 {
+        add(
+            &t,
+            &[
+                &format!("flood{p}"),
+                "--network",
+                "red",
+                "--vip",
+                &format!("198.19.250.11:{}", 5000 + p),
+                "--proto",
+                "udp",
+                "--backend",
+                &format!("{b2}:9"),
+            ],
+        );
+    }
+    wait_table(&t, 2, VIP, 80, TCP, &[b1, b2]);
+    for p in 0..4u16 {
+        wait_table(&t, 2, Ipv4Addr::new(198, 19, 250, 11), 5000 + p, UDP, &[b2]);
+    }
+
+    let vip = SocketAddrV4::new(VIP, 80);
+    let mut session = t
+        .container("client")
+        .ns
+        .enter(move || Session::open(vip).expect("open the established connection"));
+    let backend = session.backend.clone();
+    // The session talks all along: a message every 20 ms from its own thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                session
+                    .roundtrip(format!("message {n}\n").as_bytes())
+                    .unwrap_or_else(|e| {
+                        panic!("the established connection broke after {n} messages: {e}")
+                    });
+                n += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            (session, n)
+        })
+    };
+
+    let c = t.container("client");
+    let gw = overlay_daemon::tables::MacAddr::gateway(VNI);
+    let frames: Vec<String> = (0..4)
+        .map(|p| {
+            format!(
+                "{{ eth(da={gw}, sa={}, type=0x0800), ipv4(saddr={}, daddr=198.19.250.11, ttl=64, df), udp(sp=dinc(1024, 65535), dp={}), fill(0x41, 18) }}",
+                c.mac, c.ip, 5000 + p
+            )
+        })
+        .collect();
+    let out = c.ns.output(
+        "trafgen",
+        &[
+            "-o",
+            "eth0",
+            "-n",
+            "258048",
+            "-P",
+            "1",
+            "--no-sock-mem",
+            "-q",
+            "-C",
+            &frames.join(" "),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "trafgen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows = overlay_daemon::maps::LbMaps::flow_count(&t.hosts[2].pins.maps()).expect("LB_CT");
+    assert!(
+        flows > 100_000,
+        "the flood filled the conntrack table: {flows} flows"
+    );
+
+    // A backend comes: Maglev moves a third of the slots; established flows keep theirs.
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "set-backends",
+            "web",
+            "--backend",
+            &format!("{b1}:8080"),
+            "--backend",
+            &format!("{b2}:8080"),
+            "--backend",
+            &format!("{b3}:8080"),
+        ],
+    );
+    wait_table(&t, 2, VIP, 80, TCP, &[b1, b2, b3]);
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut session, n) = talker.join().expect("the established connection survived");
+    assert!(n > 50, "{n} messages");
+    assert_eq!(session.backend, backend);
+    t.container("client")
+        .ns
+        .enter(move || session.roundtrip(b"after the flood\n").map(|_| session))
+        .expect("still talking to the same backend");
+}

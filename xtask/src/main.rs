@@ -42,6 +42,15 @@ enum Task {
     Lint,
     /// Setup, build, then run a real overlay across namespace hosts and show traffic crossing it.
     Demo,
+    /// The chaos soak: churn, kills, etcd member restarts and link flaps under long-lived
+    /// streams for N minutes; report in target/soak/.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Reproduce an earlier run's choices.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Datapath benchmarks (overlay vs kernel vxlan vs routing), report in target/bench/.
     Bench {
         /// Arguments for overlay-bench (e.g. --rounds 5 --seconds 5 --modes overlay,kernel-vxlan).
@@ -58,6 +67,7 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Demo => demo(),
         Task::Bench { args } => bench(args),
+        Task::Soak { minutes, seed } => soak(minutes, seed),
     }
 }
 
@@ -189,6 +199,27 @@ fn demo() -> Result<()> {
             "overlay-demo",
         ])
         .env("OVERLAYD", overlayd_path(false)))
+}
+
+fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--package",
+        "overlay-tests",
+        "--bin",
+        "overlay-soak",
+        "--",
+    ])
+    .args(["--minutes", &minutes.to_string()])
+    .env("OVERLAYD", overlayd_path(false));
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    run(&mut cmd)
 }
 
 fn bench(args: Vec<String>) -> Result<()> {

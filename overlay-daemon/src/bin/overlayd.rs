@@ -156,6 +156,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Cleanup(args)) => {
             let node = node_name(args.node_name)?;
             let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
+            // Refused while a daemon runs on these pins: it would lose its datapath silently.
+            let _lock = match overlay_daemon::locks::HostLock::bpffs(pins.root()) {
+                Ok(lock) => Some(lock),
+                Err(overlay_daemon::locks::LockError::Io { .. }) => None, // nothing pinned
+                Err(e) => anyhow::bail!("{e}"),
+            };
             let errors = datapath::remove(&pins, args.underlay.as_deref());
             if !errors.is_empty() {
                 anyhow::bail!(

@@ -59,16 +59,30 @@ impl Cluster {
                 ifname: req.ifname.clone(),
             });
         }
-        let store = self.store().await;
         let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
-        let net = self
-            .view
-            .lock()
-            .await
-            .network(&req.network)
-            .cloned()
-            .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?;
+        let store = self.try_store()?;
+        let net = {
+            let view = self.view.lock().await;
+            // Before the first listing every network looks missing: not a reason to refuse.
+            if view.revision == 0 {
+                return Err(ClusterError::NotSynced);
+            }
+            view.network(&req.network)
+                .cloned()
+                .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?
+        };
         let gateway = net.gateway_ip();
+        let max = self.cfg.mtu;
+        if let Some(mtu) = req.mtu.filter(|m| *m > max) {
+            return Err(ClusterError::Invalid(format!(
+                "mtu {mtu} is above this node's maximum {max} (underlay MTU {} - {} for VXLAN): ask for {max} or less",
+                max + overlay_common::wire::VXLAN_OVERHEAD,
+                overlay_common::wire::VXLAN_OVERHEAD
+            )));
+        }
+        if let Some(mtu) = net.mtu.filter(|m| *m > max) {
+            tracing::warn!(network = %req.network, mtu, max, "the network's MTU is above this node's maximum; its containers here get {max}");
+        }
         let mut ep = Endpoint {
             network: req.network.clone(),
             container_id: req.container_id.clone(),

@@ -8,18 +8,12 @@ use tokio::sync::watch;
 
 use crate::reconcile::Report;
 
-/// What the last pass did with everything up to `generation`.
-#[derive(Clone, Debug)]
-pub struct PassOutcome {
-    pub generation: u64,
-    pub result: Result<Arc<Report>, String>,
-}
-
 pub struct ApplyHandshake {
     wanted: watch::Sender<u64>,
-    outcome: watch::Sender<PassOutcome>,
-    /// The last generation a pass installed without error.
-    applied: watch::Sender<u64>,
+    /// The last pass that succeeded (a failed one never hides it from a waiter).
+    success: watch::Sender<(u64, Arc<Report>)>,
+    /// The last failure, for the reason a wait gives up with.
+    failure: watch::Sender<Option<(u64, String)>>,
 }
 
 /// Why a wait ended without the change installed.
@@ -35,12 +29,8 @@ impl Default for ApplyHandshake {
     fn default() -> Self {
         Self {
             wanted: watch::channel(0).0,
-            outcome: watch::channel(PassOutcome {
-                generation: 0,
-                result: Ok(Arc::new(Report::default())),
-            })
-            .0,
-            applied: watch::channel(0).0,
+            success: watch::channel((0, Arc::new(Report::default()))).0,
+            failure: watch::channel(None).0,
         }
     }
 }
@@ -61,7 +51,7 @@ impl ApplyHandshake {
     }
 
     pub fn applied(&self) -> u64 {
-        *self.applied.borrow()
+        self.success.borrow().0
     }
 
     /// The daemon loop's view of the changes.
@@ -71,48 +61,58 @@ impl ApplyHandshake {
 
     /// Publishes the outcome of a pass that covered everything up to `generation`.
     pub fn finished(&self, generation: u64, result: Result<Arc<Report>, String>) {
-        if result.is_ok() {
-            self.applied.send_replace(generation);
+        match result {
+            Ok(report) => {
+                self.success.send_replace((generation, report));
+            }
+            Err(e) => {
+                self.failure.send_replace(Some((generation, e)));
+            }
         }
-        self.outcome
-            .send_replace(PassOutcome { generation, result });
     }
 
     /// Waits until a pass covering `generation` succeeded, and (for `endpoint` = (network,
-    /// IP)) installed that endpoint. Failed passes are waited past: the loop retries them.
+    /// IP)) installed that endpoint. Failed passes and passes that left the endpoint out are
+    /// waited past until `timeout`: the loop retries them.
     pub async fn wait(
         &self,
         generation: u64,
         endpoint: Option<(&str, Ipv4Addr)>,
         timeout: Duration,
     ) -> Result<(), NotApplied> {
-        let mut rx = self.outcome.subscribe();
-        let mut last_error = None;
+        let mut rx = self.success.subscribe();
+        // A pass may leave the endpoint out for a moment (the view replaced by a listing
+        // that started before the node's own writes, until the watch brings them back):
+        // only the last word before the deadline counts.
+        let mut left_out = None;
         let waited = tokio::time::timeout(timeout, async {
             loop {
-                let outcome = rx.borrow_and_update().clone();
-                if outcome.generation >= generation {
-                    match &outcome.result {
-                        Ok(report) => {
-                            let missing = endpoint.and_then(|(n, ip)| report.not_installed(n, ip));
-                            return match missing {
-                                Some(reason) => Err(NotApplied::NotInstalled(reason)),
-                                None => Ok(()),
-                            };
-                        }
-                        Err(e) => last_error = Some(e.clone()),
+                let (applied, report) = rx.borrow_and_update().clone();
+                if applied >= generation {
+                    match endpoint.and_then(|(n, ip)| report.not_installed(n, ip)) {
+                        None => return,
+                        Some(reason) => left_out = Some(reason),
                     }
                 }
                 if rx.changed().await.is_err() {
-                    return Err(NotApplied::Timeout(last_error.clone()));
+                    std::future::pending::<()>().await;
                 }
             }
         })
         .await;
-        match waited {
-            Ok(r) => r,
-            Err(_) => Err(NotApplied::Timeout(last_error)),
+        if waited.is_ok() {
+            return Ok(());
         }
+        if let Some(reason) = left_out {
+            return Err(NotApplied::NotInstalled(reason));
+        }
+        Err(NotApplied::Timeout(
+            self.failure
+                .borrow()
+                .clone()
+                .filter(|(g, _)| *g >= generation)
+                .map(|(_, e)| e),
+        ))
     }
 }
 
@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_timeout_reports_the_last_failure_and_rejections_end_at_once() {
+    async fn a_timeout_reports_the_last_failure_or_why_the_endpoint_was_left_out() {
         let h = ApplyHandshake::default();
         let g = h.bump();
         h.finished(g, Err("attaching: gone".into()));
@@ -158,12 +158,39 @@ mod tests {
         };
         h.finished(g, Ok(Arc::new(report)));
         assert_eq!(
-            h.wait(g, Some(("red", ip)), Duration::from_secs(5)).await,
+            h.wait(g, Some(("red", ip)), Duration::from_millis(50))
+                .await,
             Err(NotApplied::NotInstalled("table full".into()))
         );
         assert_eq!(
             h.wait(g, Some(("blue", ip)), Duration::from_secs(5)).await,
             Ok(())
         );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_left_out_for_a_moment_is_waited_for() {
+        let h = Arc::new(ApplyHandshake::default());
+        let g = h.bump();
+        let ip: Ipv4Addr = "198.19.1.9".parse().unwrap();
+        let left_out = Report {
+            rejected: vec![Rejection::new(
+                Subject::Endpoint {
+                    network: "red".into(),
+                    ip,
+                },
+                "node \"h1\" is not known",
+            )],
+            ..Default::default()
+        };
+        h.finished(g, Ok(Arc::new(left_out)));
+        let h2 = h.clone();
+        let waiter =
+            tokio::spawn(
+                async move { h2.wait(g, Some(("red", ip)), Duration::from_secs(5)).await },
+            );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.finished(g + 1, Ok(Arc::new(Report::default())));
+        assert_eq!(waiter.await.unwrap(), Ok(()));
     }
 }

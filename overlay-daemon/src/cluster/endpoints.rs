@@ -76,12 +76,14 @@ impl Cluster {
     }
 
     /// Frees an endpoint's address in etcd (if it is still ours) and forgets it locally.
+    /// If etcd cannot be told, the local state stays: the endpoint has no interface any more,
+    /// so the reaper releases it once etcd answers.
     pub(crate) async fn release(&self, store: &Store, ep: &Endpoint) {
         let (key, value) = self.endpoint_kv(store, ep);
-        if let Err(e) = store.delete_if(&key, value).await {
-            warn!(%key, "releasing address: {e}");
+        match store.delete_if(&key, value).await {
+            Ok(_) => self.local.remove(&ep.container_id, &ep.ifname),
+            Err(e) => warn!(%key, "releasing address: {e}; retried by the reaper"),
         }
-        self.local.remove(&ep.container_id, &ep.ifname);
     }
 
     /// Deletes a local endpoint: veth, address, datapath entries. Idempotent.
@@ -94,10 +96,10 @@ impl Cluster {
         let Some(ep) = self.local.load(container_id, ifname) else {
             return Ok(None);
         };
+        let store = self.try_store()?;
         if let Some(name) = ep.host_ifname() {
             netlink::delete_veth(name).await?;
         }
-        let store = self.store().await;
         let (key, value) = self.endpoint_kv(&store, &ep);
         store.delete_if(&key, value).await?;
         self.local.remove(container_id, ifname);

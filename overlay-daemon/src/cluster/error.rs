@@ -18,6 +18,8 @@ pub enum ClusterError {
     NoSuchNetwork(String),
     #[error("not registered in etcd yet: try again")]
     NotRegistered,
+    #[error("the cluster state is not listed from etcd yet: try again")]
+    NotSynced,
     #[error("endpoint {container_id}/{ifname} already exists: delete it first")]
     Exists {
         container_id: String,
@@ -63,6 +65,7 @@ impl ClusterError {
             ClusterError::State { .. } => ErrorKind::Internal,
             // A full table frees up as endpoints leave: the runtime retries later.
             ClusterError::NotRegistered
+            | ClusterError::NotSynced
             | ClusterError::NotApplied(_)
             | ClusterError::NotInstalled { .. }
             | ClusterError::Stopping => ErrorKind::Unavailable,

@@ -53,6 +53,14 @@ impl LocalState {
         std::fs::rename(&tmp, &path).map_err(err)
     }
 
+    /// How long ago the endpoint's state last changed.
+    pub(crate) fn age(&self, container_id: &str, ifname: &str) -> Option<std::time::Duration> {
+        std::fs::metadata(self.path(container_id, ifname))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+    }
+
     pub(crate) fn remove(&self, container_id: &str, ifname: &str) {
         let _ = std::fs::remove_file(self.path(container_id, ifname));
     }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::{
     local::{presence, Presence},
-    Cluster, ClusterError, FailureLog,
+    Cluster, ClusterError, FailureLog, Fatal,
 };
 use crate::{
     ipam, netlink,
@@ -24,6 +24,18 @@ use crate::{
         Store,
     },
 };
+
+/// Who holds the node's name.
+enum Holder {
+    Free,
+    /// This daemon (its lease or its instance).
+    Ours,
+    /// Another daemon, under its own lease.
+    Other {
+        record: NodeRecord,
+        lease: i64,
+    },
+}
 
 /// Removes an endpoint's veth pair, if it has one (best effort: it is being dropped).
 pub(crate) async fn delete_host_veth(ep: &Endpoint) {
@@ -39,8 +51,10 @@ impl Cluster {
 
     /// Registers the node under a lease and keeps it alive. A lease that expired (etcd away
     /// for longer than the TTL) is replaced, and everything this node owns is published again.
+    /// The node's name is this daemon's only while the record says so: a name held by another
+    /// live daemon is waited for (a reboot's earlier incarnation expires) and then refused;
+    /// a record that vanishes is written again; one another daemon took over ends this one.
     pub(super) async fn membership_loop(self: Arc<Self>) {
-        let store = self.store().await;
         let ttl = self.cfg.lease_ttl.max(2);
         let mut lease: Option<i64> = std::fs::read_to_string(self.lease_file())
             .ok()
@@ -48,7 +62,12 @@ impl Cluster {
         let mut last_ok = Instant::now();
         let mut published = false;
         let mut failures = FailureLog::default();
+        let mut vtep = self.vtep.subscribe();
+        // While another daemon holds the name: until when it is waited for.
+        let mut held_until: Option<Instant> = None;
         loop {
+            // The current connection (it is replaced when the underlay address moves).
+            let store = self.store().await;
             // Reuse the lease of a previous incarnation if it is still alive.
             if let Some(id) = lease {
                 match store.keep_alive_once(id).await {
@@ -84,12 +103,59 @@ impl Cluster {
                 }
             }
             let id = lease.expect("set above");
+            let holder = match self.holder(&store, id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    failures.failed("reading the node record", &e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match (published, holder) {
+                (_, Holder::Ours) | (false, Holder::Free) => {}
+                (true, Holder::Free) => {
+                    warn!(node = %self.cfg.node_name, "this node's record was removed from etcd; registering again");
+                    published = false;
+                }
+                (true, Holder::Other { record, .. }) => {
+                    self.fail(Fatal::NameTakenOver {
+                        node: self.cfg.node_name.clone(),
+                        vtep: record.vtep_ip,
+                    });
+                    return;
+                }
+                (
+                    false,
+                    Holder::Other {
+                        record,
+                        lease: other,
+                    },
+                ) => {
+                    let left = store.lease_time_left(other).await.unwrap_or(0);
+                    if left > 0 {
+                        let until = *held_until.get_or_insert_with(|| {
+                            warn!(node = %self.cfg.node_name, vtep = %record.vtep_ip, "the node name is held by another overlayd; waiting up to {left} s for its lease to expire (a restart of this host) before refusing");
+                            Instant::now() + Duration::from_secs(left as u64 + 2)
+                        });
+                        if Instant::now() > until {
+                            self.fail(Fatal::NameInUse {
+                                node: self.cfg.node_name.clone(),
+                                vtep: record.vtep_ip,
+                            });
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             if !published {
                 match self.publish(&store, id).await {
                     Ok(()) => {
                         published = true;
+                        held_until = None;
                         self.lease.send_replace(Some(id));
-                        info!(node = %self.cfg.node_name, lease = id, ttl, "registered in etcd");
+                        info!(node = %self.cfg.node_name, lease = id, ttl, vtep = %*self.vtep.borrow(), "registered in etcd");
                     }
                     Err(e) => {
                         failures.failed("registering", &e);
@@ -99,8 +165,33 @@ impl Cluster {
                 }
             }
             failures.recovered("etcd membership");
-            tokio::time::sleep(Duration::from_secs((ttl / 3).max(1) as u64)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs((ttl / 3).max(1) as u64)) => {}
+                // The VTEP moved: publish the node again at once.
+                _ = vtep.changed() => published = false,
+            }
         }
+    }
+
+    /// Who holds this node's name in etcd.
+    async fn holder(&self, store: &Store, lease: i64) -> Result<Holder, ClusterError> {
+        let key = store.layout.key(&Key::Node(self.cfg.node_name.clone()));
+        let Some(kv) = store.get(&key).await? else {
+            return Ok(Holder::Free);
+        };
+        if kv.lease == lease {
+            return Ok(Holder::Ours);
+        }
+        let Ok(record) = records::decode::<NodeRecord>(&kv.value) else {
+            return Ok(Holder::Free); // garbage: ours to overwrite
+        };
+        if record.instance.as_deref() == Some(self.instance.as_str()) || kv.lease == 0 {
+            return Ok(Holder::Ours);
+        }
+        Ok(Holder::Other {
+            record,
+            lease: kv.lease,
+        })
     }
 
     /// Writes the node record and everything the node owns under `lease`; drops local
@@ -109,12 +200,14 @@ impl Cluster {
         let layout = &store.layout;
         let node = NodeRecord {
             version: RECORD_VERSION,
-            vtep_ip: self.cfg.vtep_ip,
+            vtep_ip: *self.vtep.borrow(),
             vtep_mac: self.cfg.vtep_mac,
             registered_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            instance: Some(self.instance.clone()),
+            container_mtu: Some(self.cfg.mtu),
         };
         let key = layout.key(&Key::Node(self.cfg.node_name.clone()));
         let value = records::encode(&node);

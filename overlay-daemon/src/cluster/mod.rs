@@ -15,6 +15,7 @@ mod endpoints;
 mod error;
 mod local;
 mod membership;
+mod reaper;
 mod sync;
 
 use std::{
@@ -30,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub(crate) use alloc::Claim;
-pub use applied::{ApplyHandshake, NotApplied, PassOutcome};
+pub use applied::{ApplyHandshake, NotApplied};
 pub use error::ClusterError;
 pub use local::host_ifname;
 pub(crate) use local::LocalState;
+pub use reaper::VANISHED_GRACE;
 
 use crate::{
     store::{
@@ -58,13 +60,23 @@ pub struct ClusterConfig {
     pub mtu: u32,
 }
 
+/// Why the node cannot go on as a member of the cluster: the daemon stops with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    #[error("node name {node:?} is in use by another overlayd (VTEP {vtep}) that keeps renewing it: give this host another --node-name, or stop the other one")]
+    NameInUse { node: String, vtep: Ipv4Addr },
+    #[error("node name {node:?} was taken over in etcd by another overlayd (VTEP {vtep}): two hosts share the name; give one of them another --node-name")]
+    NameTakenOver { node: String, vtep: Ipv4Addr },
+}
+
 /// How long an endpoint request waits for the datapath to install its change.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Shared by the sync and membership tasks, the daemon loop, the API and the Docker driver.
 pub struct Cluster {
     pub cfg: ClusterConfig,
-    store: watch::Receiver<Option<Store>>,
+    /// The etcd connection, once made; replaced when the underlay address moves.
+    store: watch::Sender<Option<Store>>,
     pub view: Mutex<ClusterView>,
     /// Changes of the view and what the datapath made of them.
     pub applied: ApplyHandshake,
@@ -73,6 +85,13 @@ pub struct Cluster {
     /// One allocation at a time on this node (etcd transactions still arbitrate between nodes).
     pub(crate) alloc: Mutex<()>,
     pub started: Instant,
+    /// This daemon's identity in its node record (kept in `<run-dir>/instance`).
+    instance: String,
+    /// The VTEP address now (it follows the underlay's address).
+    vtep: watch::Sender<Ipv4Addr>,
+    fatal: watch::Sender<Option<Fatal>>,
+    /// Local endpoints whose host interface vanished, since when.
+    vanished: std::sync::Mutex<std::collections::BTreeMap<overlay_api::EndpointId, Instant>>,
 }
 
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -104,46 +123,66 @@ impl Cluster {
         cfg: ClusterConfig,
         stop: &CancellationToken,
     ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
-        let (store_tx, store_rx) = watch::channel(None);
         let layout = crate::store::Layout::new(&cfg.etcd.prefix);
+        let instance = instance_id(&cfg.run_dir);
         let cluster = Arc::new(Self {
+            instance,
+            vtep: watch::channel(cfg.vtep_ip).0,
+            fatal: watch::channel(None).0,
+            vanished: Default::default(),
             local: LocalState {
                 dir: cfg.run_dir.join("endpoints"),
             },
             cfg,
-            store: store_rx,
+            store: watch::channel(None).0,
             view: Mutex::new(ClusterView::new(layout)),
             applied: ApplyHandshake::default(),
             lease: watch::channel(None).0,
             alloc: Mutex::new(()),
             started: Instant::now(),
         });
-        let c = cluster.clone();
-        let connect = async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match Store::connect(&c.cfg.etcd).await {
-                    Ok(store) => {
-                        info!(endpoints = ?c.cfg.etcd.endpoints, "connected to etcd");
-                        let _ = store_tx.send(Some(store));
-                        return;
-                    }
-                    Err(e) => warn!("{e}; retrying in {backoff:?}"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        };
+        let connect = cluster.clone().connect();
         let tasks = vec![
             until(stop, connect),
             until(stop, cluster.clone().sync_loop()),
             until(stop, cluster.clone().membership_loop()),
+            until(stop, cluster.clone().reaper_loop()),
         ];
         (cluster, tasks)
     }
 
+    /// The store if connected; a request never waits for etcd to come up.
+    pub(crate) fn try_store(&self) -> Result<Store, ClusterError> {
+        self.store
+            .borrow()
+            .clone()
+            .ok_or(ClusterError::NotRegistered)
+    }
+
+    /// Changes of the connection (the sync task re-lists on a new one).
+    pub(crate) fn store_changes(&self) -> watch::Receiver<Option<Store>> {
+        self.store.subscribe()
+    }
+
+    /// Connects to etcd (retrying) and publishes the connection.
+    async fn connect(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match Store::connect(&self.cfg.etcd).await {
+                Ok(store) => {
+                    info!(endpoints = ?self.cfg.etcd.endpoints, "connected to etcd");
+                    self.store.send_replace(Some(store));
+                    return;
+                }
+                Err(e) => warn!("{e}; retrying in {backoff:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
     pub(crate) async fn store(&self) -> Store {
-        let mut rx = self.store.clone();
+        let mut rx = self.store.subscribe();
         loop {
             if let Some(s) = rx.borrow_and_update().clone() {
                 return s;
@@ -154,6 +193,46 @@ impl Cluster {
 
     pub fn lease(&self) -> Option<i64> {
         *self.lease.borrow()
+    }
+
+    /// The VTEP address the node is registered with.
+    pub fn vtep(&self) -> Ipv4Addr {
+        *self.vtep.borrow()
+    }
+
+    /// The underlay address moved: publish the node with the new VTEP.
+    ///
+    /// It goes over a new etcd connection: the old one is bound to the address that went,
+    /// and waiting for its keepalive to fail could outlast the lease.
+    pub fn set_vtep(self: &Arc<Self>, vtep: Ipv4Addr) {
+        if *self.vtep.borrow() == vtep {
+            return;
+        }
+        // The new connection first: the membership task republishes over it when it sees
+        // the new VTEP.
+        let c = self.clone();
+        tokio::spawn(async move {
+            c.clone().connect().await;
+            c.vtep.send_replace(vtep);
+        });
+    }
+
+    fn fail(&self, why: Fatal) {
+        tracing::error!("{why}");
+        self.fatal.send_replace(Some(why));
+    }
+
+    /// Resolves once the node cannot go on (a duplicate name), with the reason.
+    pub async fn fatal(&self) -> Fatal {
+        let mut rx = self.fatal.subscribe();
+        loop {
+            if let Some(f) = rx.borrow_and_update().clone() {
+                return f;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -239,6 +318,34 @@ impl Cluster {
             })),
         }
     }
+}
+
+/// This daemon's instance id: kept in the run directory, so a restarted daemon is the same
+/// instance and a rebooted or cloned host (a fresh run directory) is another.
+fn instance_id(run_dir: &Path) -> String {
+    let path = run_dir.join("instance");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return id.to_owned();
+        }
+    }
+    let mut bytes = [0u8; 8];
+    if let Err(e) = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+    {
+        warn!("reading /dev/urandom: {e}; deriving the instance id from the time and pid");
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = (t ^ ((std::process::id() as u64) << 32)).to_ne_bytes();
+    }
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Err(e) = std::fs::write(&path, &id) {
+        warn!(path = %path.display(), "keeping the instance id: {e}");
+    }
+    id
 }
 
 /// Runs `task` until it ends or `stop` is cancelled.

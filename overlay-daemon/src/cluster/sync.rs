@@ -11,11 +11,13 @@ impl Cluster {
     /// List, then watch from the listed revision; re-list after a compaction, a cancelled
     /// watch or a lost connection, so the view always converges to etcd's state.
     pub(super) async fn sync_loop(self: Arc<Self>) {
-        let store = self.store().await;
-        let root = store.layout.root().to_owned();
         let mut backoff = Duration::from_millis(100);
         let mut failures = FailureLog::default();
+        let mut connections = self.store_changes();
         loop {
+            let store = self.store().await;
+            connections.borrow_and_update();
+            let root = store.layout.root().to_owned();
             // Listed into a fresh view, swapped in whole: the reconciler never sees half a
             // listing, and pages are digested as they arrive.
             let mut fresh = ClusterView::new(store.layout.clone());
@@ -45,7 +47,14 @@ impl Cluster {
                 }
             };
             loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    _ = connections.changed() => {
+                        debug!("etcd connection replaced; re-listing");
+                        break;
+                    }
+                };
+                match message {
                     Ok(Some(resp)) => {
                         if resp.compact_revision() > 0 || resp.canceled() {
                             warn!(

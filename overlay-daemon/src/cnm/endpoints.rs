@@ -77,8 +77,8 @@ impl Cluster {
         {
             return Ok(ep);
         }
-        let store = self.store().await;
         let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let store = self.try_store()?;
         let (key, before) = self.endpoint_kv(&store, &ep);
         let host = host_ifname(&id, DOCKER_IFNAME);
         ep.attachment = Attachment::Veth {
@@ -105,11 +105,17 @@ impl Cluster {
                 return Err(e.into());
             }
         }
-        self.local.save(&ep)?;
-        if let Err(e) = self.install(&store, lease, &ep).await {
+        let done = match self.local.save(&ep) {
+            Ok(()) => self.install(&store, lease, &ep).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
             // Back to a plain reservation: Docker releases the address separately.
             let _ = netlink::delete_veth(&host).await;
-            self.back_to_reservation(&store, lease, &mut ep).await?;
+            if let Err(undo) = self.back_to_reservation(&store, lease, &mut ep).await {
+                tracing::warn!(%ip, network, "undoing a failed attach: {undo}");
+            }
+            self.applied.bump();
             return Err(e);
         }
         info!(ip = %ep.ip, network, host = %host, "Docker endpoint attached");
@@ -127,9 +133,9 @@ impl Cluster {
         let Some(host) = ep.host_ifname().map(str::to_owned) else {
             return Ok(());
         };
-        netlink::delete_veth(&host).await?;
-        let store = self.store().await;
         let lease = self.lease().ok_or(ClusterError::NotRegistered)?;
+        let store = self.try_store()?;
+        netlink::delete_veth(&host).await?;
         self.back_to_reservation(&store, lease, &mut ep).await?;
         let generation = self.applied.bump();
         self.wait_for(generation).await?;
@@ -173,7 +179,7 @@ impl Cluster {
         name: &str,
         record: NetworkRecord,
     ) -> Result<bool, ClusterError> {
-        let store = self.store().await;
+        let store = self.try_store()?;
         if !store
             .create_network(name, record.vni, records::encode(&record))
             .await?

@@ -40,7 +40,15 @@ pub async fn serve(
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Transient (EMFILE and the like): requests in flight carry on.
+                    tracing::warn!("Docker plugin socket: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
         };
         let (driver, stop) = (driver.clone(), stop.clone());
         conns.spawn(async move {

@@ -43,6 +43,10 @@ pub enum DaemonError {
     },
     #[error("tables file {path}: {reason}")]
     Tables { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Locked(#[from] crate::locks::LockError),
+    #[error(transparent)]
+    Fatal(#[from] crate::cluster::Fatal),
 }
 
 /// Everything `overlayd` is told on its command line.
@@ -106,6 +110,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         path: cfg.run_dir.clone(),
         source,
     })?;
+    let _run_dir_lock = crate::locks::HostLock::run_dir(&cfg.run_dir)?;
     // A status from an earlier run would pass for this one's until its first pass.
     let _ = std::fs::remove_file(cfg.run_dir.join("status.json"));
     let pins = PinLayout::new(&cfg.bpffs);
@@ -119,8 +124,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         vtep_ip,
         vtep_mac,
         mtu,
-        mut route_changes,
+        mut host,
     } = node;
+    let mut vtep_ip = vtep_ip;
     let control_plane_only = matches!(cfg.mode, NodeMode::ControlPlaneOnly { .. });
     let log_task = match &mut target {
         Target::Kernel(dp) => dp
@@ -159,10 +165,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             tasks = handles;
             // Runtimes (API, CNI, Docker) need a datapath to attach containers to.
             if !control_plane_only {
-                let listener = api::bind(&cfg.run_dir).map_err(|source| DaemonError::Io {
-                    path: api::socket_path(&cfg.run_dir),
-                    source,
-                })?;
+                let listener = match api::bind(&cfg.run_dir) {
+                    Ok(l) => l,
+                    Err(source) => {
+                        stop_tasks.cancel();
+                        return Err(DaemonError::Io {
+                            path: api::socket_path(&cfg.run_dir),
+                            source,
+                        });
+                    }
+                };
                 front.push(tokio::spawn(api::serve(
                     listener,
                     c.clone(),
@@ -198,6 +210,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         name: cfg.node_name.clone(),
         vtep_ip,
     });
+    if let Some(h) = host.as_mut() {
+        h.scan_devices(vtep_ip).await;
+        reconciler.set_foreign_vnis(h.apply_devices(&mut target));
+    }
     let mut hangup =
         tokio::signal::unix::signal(SignalKind::hangup()).map_err(|source| DaemonError::Io {
             path: "SIGHUP".into(),
@@ -209,8 +225,15 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     tokio::pin!(shutdown);
     let mut stopping: Option<tokio::time::Instant> = None;
     let mut drained = std::pin::pin!(futures::future::join_all(std::mem::take(&mut front)));
+    let mut fatal = None;
     loop {
         let retry = tokio::select! {
+            why = cluster_fatal(&cluster), if fatal.is_none() => {
+                fatal = Some(why);
+                stop_front.cancel();
+                stopping.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                continue;
+            }
             _ = &mut shutdown, if stopping.is_none() => {
                 info!("stopping: finishing requests in flight");
                 stop_front.cancel();
@@ -232,9 +255,33 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }
                 unresolved > 0
             }
-            seen = node::next_route_change(&mut route_changes) => {
-                node::on_route_change(&mut target, &mut route_changes, seen);
-                continue;
+            changes = node::HostWatch::next(&mut host) => {
+                let Some(h) = host.as_mut() else { continue };
+                let actions = h.apply(&mut target, changes, vtep_ip).await;
+                let mut replan = false;
+                if let Some(new) = actions.vtep_moved {
+                    h.move_vtep(&mut target, new);
+                    vtep_ip = new;
+                    reconciler.me.vtep_ip = new;
+                    reconciler.invalidate();
+                    if let Some(c) = &cluster {
+                        c.set_vtep(new);
+                    }
+                    replan = true;
+                }
+                if actions.devices_changed {
+                    reconciler.set_foreign_vnis(h.apply_devices(&mut target));
+                    replan = true;
+                }
+                if !actions.links_removed.is_empty() {
+                    if let Some(c) = &cluster {
+                        replan |= c.interfaces_vanished(&actions.links_removed).await;
+                    }
+                }
+                if !replan {
+                    continue;
+                }
+                true
             }
         };
         let Some(mut pass) = source
@@ -269,8 +316,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     if let Some(task) = log_task {
         task.abort();
     }
-    if cfg.detach_on_exit {
-        if let Some(c) = &cluster {
+    // Refused before it ever held the name: the datapath it attached is its own to remove.
+    let refused = matches!(fatal, Some(crate::cluster::Fatal::NameInUse { .. }));
+    if cfg.detach_on_exit || refused {
+        if let (Some(c), false) = (&cluster, refused) {
             c.leave().await;
         }
         if let Target::Kernel(_) = target {
@@ -284,5 +333,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     } else if !control_plane_only {
         info!(bpffs = %pins.root().display(), "stopping; the datapath stays attached (overlayd cleanup removes it)");
     }
-    Ok(())
+    match fatal {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the cluster side cannot go on; never without etcd.
+async fn cluster_fatal(cluster: &Option<Arc<Cluster>>) -> crate::cluster::Fatal {
+    match cluster {
+        Some(c) => c.fatal().await,
+        None => std::future::pending().await,
+    }
 }

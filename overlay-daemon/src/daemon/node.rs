@@ -1,16 +1,20 @@
 //! This host as the daemon runs it: the datapath loaded on the underlay (or, in
-//! control-plane-only mode, tables in memory), and the underlay's route changes.
+//! control-plane-only mode, tables in memory), and what the daemon follows of the host:
+//! route changes (next hops), the underlay's address (the VTEP), vanished links and kernel
+//! vxlan devices on the VXLAN port.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::{status::ebpf_log_level, DaemonConfig, DaemonError, DatapathMode};
 use crate::{
     datapath::{Datapath, DatapathError, DatapathOptions, PinLayout},
+    host_events::{HostChanges, HostEvents},
+    kernel_vxlan::{self, VxlanDevice},
     maps::{EndpointMaps, NodeDatapathConfig},
     netif::Interface,
-    nexthop::{NextHops, RouteChanges},
+    nexthop::NextHops,
     reconcile::Target,
     tables::MacAddr,
 };
@@ -23,8 +27,31 @@ pub(super) struct LocalNode {
     pub(super) vtep_mac: MacAddr,
     /// Container MTU.
     pub(super) mtu: u32,
-    /// Present while the datapath pins underlay next hops.
-    pub(super) route_changes: Option<RouteChanges>,
+    /// What is followed of the host (datapath mode only).
+    pub(super) host: Option<HostWatch>,
+}
+
+/// The host's announcements and what the daemon made of them.
+pub(super) struct HostWatch {
+    /// Present while changes can be seen (next hops are pinned only then).
+    events: Option<HostEvents>,
+    underlay: Interface,
+    /// The VTEP was given with --vtep-ip: it is not moved with the underlay's address.
+    vtep_explicit: bool,
+    vxlan_port: u16,
+    /// Kernel vxlan devices sharing the VXLAN port.
+    pub(super) devices: Vec<VxlanDevice>,
+}
+
+/// What the loop has to do after a burst of host changes.
+#[derive(Default)]
+pub(super) struct HostActions {
+    /// The VTEP address moved to this one.
+    pub(super) vtep_moved: Option<Ipv4Addr>,
+    /// Links that went away (container veths whose namespace vanished).
+    pub(super) links_removed: BTreeSet<String>,
+    /// The kernel vxlan devices on the port changed.
+    pub(super) devices_changed: bool,
 }
 
 /// Loads and attaches the datapath on the underlay.
@@ -54,21 +81,33 @@ pub(super) fn datapath_node(
         })
         .map_err(DatapathError::from)?;
     // Next hops are pinned only while route changes can be seen.
-    let route_changes = match RouteChanges::subscribe()
-        .and_then(|changes| Ok((changes, NextHops::new(underlay.ifindex, vtep_ip)?)))
-    {
-        Ok((changes, next_hops)) => {
+    let events = match HostEvents::subscribe()
+        .map_err(|e| e.to_string())
+        .and_then(|events| {
+            Ok((
+                events,
+                NextHops::new(underlay.ifindex, vtep_ip).map_err(|e| e.to_string())?,
+            ))
+        }) {
+        Ok((events, next_hops)) => {
             datapath.set_next_hops(next_hops);
-            Some(changes)
+            Some(events)
         }
         Err(e) => {
-            warn!("{e}; the kernel routes each encapsulated packet");
+            warn!("host changes cannot be followed ({e}); the kernel routes each encapsulated packet and a moved underlay address is not followed");
             None
         }
     };
+    let host = HostWatch {
+        events,
+        underlay: underlay.clone(),
+        vtep_explicit: opts.vtep_ip.is_some(),
+        vxlan_port: cfg.vxlan_port,
+        devices: Vec::new(),
+    };
     Ok(LocalNode {
         target: Target::Kernel(Box::new(datapath)),
-        route_changes,
+        host: Some(host),
         vtep_ip,
         vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
         mtu: underlay.mtu - overlay_common::wire::VXLAN_OVERHEAD,
@@ -81,7 +120,7 @@ pub(super) fn datapath_node(
 pub(super) fn control_plane_node(vtep_ip: Ipv4Addr) -> LocalNode {
     LocalNode {
         target: Target::Memory(Box::new(EndpointMaps::in_memory())),
-        route_changes: None,
+        host: None,
         underlay: None,
         vtep_ip,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0]),
@@ -99,28 +138,160 @@ pub(super) fn release_freed_memory() {
     }
 }
 
-/// Waits for the next IPv4 route change; forever without a subscription.
-pub(super) async fn next_route_change(changes: &mut Option<RouteChanges>) -> bool {
-    match changes {
-        Some(c) => c.next().await,
-        None => std::future::pending().await,
+impl HostWatch {
+    /// The next burst of host changes; forever without a subscription.
+    pub(super) async fn next(host: &mut Option<HostWatch>) -> Option<HostChanges> {
+        match host.as_mut().and_then(|h| h.events.as_mut()) {
+            Some(events) => events.next().await,
+            None => std::future::pending().await,
+        }
     }
-}
 
-/// Asks again for the VTEPs' next hops after a route change; unpins them all once changes
-/// can no longer be seen (`seen` false), since a pinned next hop could then go stale.
-pub(super) fn on_route_change(target: &mut Target, changes: &mut Option<RouteChanges>, seen: bool) {
-    let Target::Kernel(dp) = target else {
-        return;
-    };
-    let result = if seen {
-        dp.refresh_next_hops()
-    } else {
-        warn!("route change subscription ended; the kernel routes each encapsulated packet");
-        *changes = None;
-        dp.clear_next_hops()
-    };
-    if let Err(e) = result {
-        error!("underlay next hops: {e}");
+    /// Acts on a burst (`None`: the subscription ended): next hops, the VTEP address,
+    /// vxlan devices. What the loop must do follows.
+    pub(super) async fn apply(
+        &mut self,
+        target: &mut Target,
+        changes: Option<HostChanges>,
+        vtep: Ipv4Addr,
+    ) -> HostActions {
+        let mut actions = HostActions::default();
+        let Target::Kernel(dp) = target else {
+            return actions;
+        };
+        let Some(changes) = changes else {
+            warn!("host change subscription ended; the kernel routes each encapsulated packet");
+            self.events = None;
+            if let Err(e) = dp.clear_next_hops() {
+                error!("underlay next hops: {e}");
+            }
+            return actions;
+        };
+        if changes.addresses.contains(&self.underlay.ifindex) {
+            actions.vtep_moved = self.vtep_moved(vtep);
+        }
+        if changes.routes || actions.vtep_moved.is_some() {
+            if let Err(e) = dp.refresh_next_hops() {
+                error!("underlay next hops: {e}");
+            }
+        }
+        if changes.links_changed || !changes.links_removed.is_empty() {
+            actions.devices_changed = self.scan_devices(vtep).await;
+        }
+        actions.links_removed = changes.links_removed;
+        actions
+    }
+
+    /// The new VTEP address if the underlay's moved (and was not fixed with --vtep-ip).
+    fn vtep_moved(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+        let now = match Interface::lookup(&self.underlay.name) {
+            Ok(i) => i,
+            Err(e) => {
+                error!("the underlay changed and cannot be read ({e}); the VTEP stays {vtep}");
+                return None;
+            }
+        };
+        let current = now.ipv4;
+        self.underlay = now;
+        match current {
+            Some(ip) if ip == vtep => None,
+            _ if self.vtep_explicit => {
+                if current.is_none() || !self.has_address(vtep) {
+                    error!(%vtep, underlay = %self.underlay.name, "the VTEP address given with --vtep-ip is no longer on the underlay: peers cannot reach this node until it is back");
+                }
+                None
+            }
+            Some(ip) => {
+                info!(old = %vtep, new = %ip, underlay = %self.underlay.name, "the underlay address moved; the VTEP follows");
+                Some(ip)
+            }
+            None => {
+                error!(%vtep, underlay = %self.underlay.name, "the underlay has no IPv4 address left: peers cannot reach this node until one is assigned");
+                None
+            }
+        }
+    }
+
+    fn has_address(&self, ip: Ipv4Addr) -> bool {
+        nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                a.interface_name == self.underlay.name
+                    && a.address
+                        .and_then(|s| s.as_sockaddr_in().map(|s| s.ip()))
+                        .is_some_and(|a| a == ip)
+            })
+        })
+    }
+
+    /// Moves the datapath to a new VTEP address: the config's outer source and decap
+    /// address, and the next hops' source. The caller re-plans (local entries carry it).
+    pub(super) fn move_vtep(&self, target: &mut Target, vtep: Ipv4Addr) {
+        let Target::Kernel(dp) = target else {
+            return;
+        };
+        let cfg = NodeDatapathConfig {
+            vtep_ip: vtep,
+            underlay_ifindex: self.underlay.ifindex,
+            underlay_mtu: self.underlay.mtu,
+            vxlan_port: self.vxlan_port,
+        };
+        if let Err(e) = dp.maps.config.set(&cfg) {
+            error!("moving the VTEP to {vtep}: {e}");
+        }
+        if self.events.is_some() {
+            match NextHops::new(self.underlay.ifindex, vtep) {
+                Ok(n) => dp.set_next_hops(n),
+                Err(e) => warn!("underlay next hops from {vtep}: {e}"),
+            }
+            if let Err(e) = dp.refresh_next_hops() {
+                error!("underlay next hops: {e}");
+            }
+        }
+    }
+
+    /// Passes foreign VNIs to the kernel while a device shares the port; the VNIs the
+    /// devices hold, for the reconciler to refuse.
+    pub(super) fn apply_devices(
+        &self,
+        target: &mut Target,
+    ) -> std::collections::BTreeMap<u32, String> {
+        if let Target::Kernel(dp) = target {
+            if let Err(e) = dp
+                .maps
+                .config
+                .set_foreign_vni_pass(!self.devices.is_empty())
+            {
+                error!("passing foreign VXLAN to the kernel: {e}");
+            }
+        }
+        self.devices
+            .iter()
+            .filter_map(|d| Some((d.vni?, d.name.clone())))
+            .collect()
+    }
+
+    /// Looks for kernel vxlan devices on the VXLAN port; true if the set changed.
+    pub(super) async fn scan_devices(&mut self, vtep: Ipv4Addr) -> bool {
+        let devices = match kernel_vxlan::sharing_port(self.vxlan_port, vtep).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("listing vxlan devices: {e}");
+                return false;
+            }
+        };
+        if devices == self.devices {
+            return false;
+        }
+        if devices.is_empty() {
+            info!(
+                port = self.vxlan_port,
+                "no kernel vxlan device shares the VXLAN port any more"
+            );
+        } else {
+            let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+            warn!(port = self.vxlan_port, devices = %names.join(", "), "kernel vxlan devices share the VXLAN port: VXLAN with VNIs no overlay network uses goes to them untouched; an overlay network using one of their VNIs is refused on this node");
+        }
+        self.devices = devices;
+        true
     }
 }

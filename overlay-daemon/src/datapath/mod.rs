@@ -69,6 +69,8 @@ pub enum DatapathError {
     Maps(#[from] MapsError),
     #[error("interface with index {0} not found")]
     NoSuchInterface(u32),
+    #[error(transparent)]
+    Locked(#[from] crate::locks::LockError),
 }
 
 /// Where XDP runs on the underlay, if at all.
@@ -151,6 +153,8 @@ pub struct TestRunOutput {
 
 /// A loaded, attached datapath.
 pub struct Datapath {
+    /// Held while the datapath is this process's.
+    _lock: crate::locks::HostLock,
     ebpf: Ebpf,
     pins: PinLayout,
     tc_mode: TcMode,
@@ -195,6 +199,8 @@ impl Datapath {
         for dir in [pins.maps(), pins.links()] {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::Io { path: dir, source })?;
         }
+        // Before touching a pin: a second daemon on these pins would swap its programs in.
+        let lock = crate::locks::HostLock::bpffs(pins.root())?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(pins.maps())
@@ -234,6 +240,7 @@ impl Datapath {
             }
         }
         Ok(Self {
+            _lock: lock,
             ebpf,
             pins: pins.clone(),
             tc_mode: tc_mode.resolve(),

@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, Map, MapData};
 use overlay_common::{
-    maps::{names, CONFIG_F_LB, CONFIG_F_READY},
+    maps::{names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY},
     Config,
 };
 
@@ -26,15 +26,16 @@ impl ConfigMap {
     }
 
     /// Publishes the configuration and marks the datapath ready to forward. Whether
-    /// services exist is kept from the running datapath (a restart must not pause them).
+    /// services exist and whether foreign VNIs pass are kept from the running datapath (a
+    /// restart must not pause either).
     pub fn set(&mut self, cfg: &NodeDatapathConfig) -> Result<(), MapsError> {
-        let lb = self.current().flags & CONFIG_F_LB;
+        let kept = self.current().flags & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS);
         let value = Config {
             vtep_ip: ip_key(cfg.vtep_ip),
             underlay_ifindex: cfg.underlay_ifindex,
             underlay_mtu: cfg.underlay_mtu,
             vxlan_port: cfg.vxlan_port,
-            flags: CONFIG_F_READY | lb,
+            flags: CONFIG_F_READY | kept,
         };
         self.0.set(0, value, 0).map_err(map_err(names::CONFIG))
     }
@@ -42,11 +43,21 @@ impl ConfigMap {
     /// Tells the datapath whether services exist (replies are then checked for reverse
     /// translation; without services that lookup is skipped).
     pub fn set_services(&mut self, present: bool) -> Result<(), MapsError> {
+        self.set_flag(CONFIG_F_LB, present)
+    }
+
+    /// Tells the datapath whether VXLAN with VNIs the overlay does not use goes to the
+    /// kernel (a kernel vxlan device shares the port) or is dropped.
+    pub fn set_foreign_vni_pass(&mut self, pass: bool) -> Result<(), MapsError> {
+        self.set_flag(CONFIG_F_FOREIGN_VNI_PASS, pass)
+    }
+
+    fn set_flag(&mut self, flag: u16, on: bool) -> Result<(), MapsError> {
         let mut value = self.current();
-        let flags = if present {
-            value.flags | CONFIG_F_LB
+        let flags = if on {
+            value.flags | flag
         } else {
-            value.flags & !CONFIG_F_LB
+            value.flags & !flag
         };
         if flags == value.flags {
             return Ok(());

@@ -154,6 +154,29 @@ impl EndpointMaps {
         v
     }
 
+    /// Every endpoint by (VNI, IP): its MAC and where it lives (tools and tests compare
+    /// the tables of nodes with it).
+    pub fn entries(&self) -> Vec<EndpointEntry> {
+        let mut out: Vec<EndpointEntry> = self
+            .by_ip
+            .iter()
+            .map(|(k, v)| EndpointEntry {
+                vni: k.vni,
+                ip: Ipv4Addr::from(k.ip.to_ne_bytes()),
+                mac: v.mac,
+                location: if v.flags & ENDPOINT_F_LOCAL != 0 {
+                    Location::Local { ifindex: v.ifindex }
+                } else {
+                    Location::Remote {
+                        vtep: Ipv4Addr::from(v.vtep_ip.to_ne_bytes()),
+                    }
+                },
+            })
+            .collect();
+        out.sort_by_key(|e| (e.vni, e.ip));
+        out
+    }
+
     /// Number of endpoints in the userspace copy.
     pub fn len_installed(&self) -> usize {
         self.by_ip.len()

@@ -326,6 +326,16 @@ pub fn pinned_table(
     Ok(lb.table(vni, vip, port, proto))
 }
 
+impl LbMaps {
+    /// How many flows the conntrack table holds on a running datapath (tools and tests).
+    pub fn flow_count(dir: &std::path::Path) -> Result<usize, MapsError> {
+        let map = super::open_pinned(dir, names::LB_CT).map(Map::LruHashMap)?;
+        let ct: HashMap<MapData, FlowKey, CtEntry> =
+            HashMap::try_from(map).map_err(map_err(names::LB_CT))?;
+        Ok(ct.keys().filter(Result::is_ok).count())
+    }
+}
+
 fn collect<K: aya::Pod + Ord, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,

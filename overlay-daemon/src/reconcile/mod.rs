@@ -130,6 +130,9 @@ impl Target {
 pub struct Reconciler {
     pub me: NodeIdentity,
     last: Option<LastFull>,
+    /// VNIs kernel vxlan devices on this node's VXLAN port use, with the device: networks
+    /// using them are refused here.
+    foreign_vnis: BTreeMap<u32, String>,
 }
 
 /// What a delta pass needs from the last full pass.
@@ -144,7 +147,46 @@ struct LastFull {
 
 impl Reconciler {
     pub fn new(me: NodeIdentity) -> Self {
-        Self { me, last: None }
+        Self {
+            me,
+            last: None,
+            foreign_vnis: BTreeMap::new(),
+        }
+    }
+
+    /// The VNIs other users of the VXLAN port hold (the next pass is a full one).
+    pub fn set_foreign_vnis(&mut self, vnis: BTreeMap<u32, String>) {
+        self.foreign_vnis = vnis;
+        self.last = None;
+    }
+
+    /// `tables` without the networks whose VNI another user of the port holds (and their
+    /// endpoints and services), each refused with the reason.
+    fn without_foreign(&self, tables: &ValidTables) -> Option<ValidTables> {
+        let clash = |vni: &u32| self.foreign_vnis.contains_key(vni);
+        if !tables.networks.values().any(|n| clash(&n.vni)) {
+            return None;
+        }
+        let mut t = tables.clone();
+        let gone: BTreeMap<String, u32> = t
+            .networks
+            .iter()
+            .filter(|(_, n)| clash(&n.vni))
+            .map(|(name, n)| (name.clone(), n.vni))
+            .collect();
+        for (name, vni) in &gone {
+            t.networks.remove(name);
+            t.rejected.push(Rejection::new(
+                Subject::Network(name.clone()),
+                format!(
+                    "VNI {vni} is used by the kernel vxlan device {} on this node's VXLAN port: give the network another VNI or remove the device",
+                    self.foreign_vnis[vni]
+                ),
+            ));
+        }
+        t.endpoints.retain(|e| !gone.contains_key(&e.network));
+        t.services.retain(|s| !clash(&s.vni));
+        Some(t)
     }
 
     /// Rebuilds every table from `tables`.
@@ -155,6 +197,8 @@ impl Reconciler {
         resolve: impl Fn(&str) -> Option<u32>,
     ) -> Result<Report, DatapathError> {
         self.last = None;
+        let filtered = self.without_foreign(tables);
+        let tables = filtered.as_ref().unwrap_or(tables);
         let mut plan = plan(tables, &self.me, resolve);
         let eps = target.endpoints();
         let capacity = eps.capacity();

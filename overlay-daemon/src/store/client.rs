@@ -72,6 +72,10 @@ pub enum Change {
     Delete(String),
 }
 
+/// Largest etcd response read (gRPC's default is 4 MiB; etcd allows 1.5 MiB per request,
+/// so a page of 5000 keys with a few maximal values needs more).
+const MAX_MESSAGE: usize = 64 << 20;
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -104,6 +108,14 @@ impl Store {
             layout: Layout::new(&cfg.prefix),
             endpoints,
         })
+    }
+
+    /// A KV client that takes responses up to `MAX_MESSAGE`: one page of a listing may hold
+    /// a few oversized values (skipped afterwards), which must not stop the listing.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn err(&self) -> impl Fn(etcd_client::Error) -> StoreError + '_ {
@@ -141,8 +153,7 @@ impl Store {
                 opts = opts.with_revision(revision);
             }
             let resp = self
-                .client
-                .kv_client()
+                .kv()
                 .get(start.clone(), Some(opts))
                 .await
                 .map_err(self.err())?;
@@ -175,7 +186,7 @@ impl Store {
         key: &str,
         opts: Option<GetOptions>,
     ) -> Result<(Vec<Kv>, i64), StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = kv.get(key, opts).await.map_err(self.err())?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = resp.kvs().iter().map(kv_of).collect();
@@ -188,7 +199,7 @@ impl Store {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let resp = kv.put(key, value, opts).await.map_err(self.err())?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
@@ -197,7 +208,7 @@ impl Store {
     /// Writes many keys, in transactions of etcd's default maximum of 128 operations.
     /// Returns the revision of the last one (bulk loads, tools, benchmarks).
     pub async fn put_many(&self, kvs: Vec<(String, Vec<u8>)>) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let mut revision = 0;
         for chunk in kvs.chunks(128) {
             let ops: Vec<TxnOp> = chunk
@@ -217,7 +228,7 @@ impl Store {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let put = match lease {
             Some(l) => TxnOp::put(key, value, Some(PutOptions::new().with_lease(l))),
             None => TxnOp::put(key, value, None),
@@ -236,7 +247,7 @@ impl Store {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(
@@ -248,16 +259,25 @@ impl Store {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         kv.delete(key, None).await.map_err(self.err())?;
         Ok(())
     }
 
     /// Deletes `key` only if its value is still `expected`.
     pub async fn delete_if(&self, key: &str, expected: Vec<u8>) -> Result<bool, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+    }
+
+    /// Deletes `key` if it is still attached to `lease` (an orphan of this node).
+    pub async fn delete_if_lease(&self, key: &str, lease: i64) -> Result<bool, StoreError> {
+        let mut kv = self.kv();
+        let txn = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(key, None)]);
         Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
     }
@@ -272,7 +292,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let net_key = self.layout.key(&Key::Network(name.to_owned()));
         let vni_key = self.layout.key(&Key::Vni(vni));
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let txn = Txn::new()
             .when([
                 Compare::create_revision(net_key.clone(), CompareOp::Equal, 0),
@@ -294,7 +314,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let svc_key = self.layout.key(&Key::Service(name.to_owned()));
         let vip_key = self.layout.key(&Key::ServiceVip(record.vip_id()));
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let txn = Txn::new()
             .when([
                 Compare::create_revision(svc_key.clone(), CompareOp::Equal, 0),
@@ -320,7 +340,7 @@ impl Store {
                 None,
             ));
         }
-        let mut client = self.client.kv_client();
+        let mut client = self.kv();
         let txn = Txn::new()
             .when([Compare::value(svc_key, CompareOp::Equal, kv.value)])
             .and_then(ops);
@@ -343,7 +363,7 @@ impl Store {
         if let Ok(record) = records::decode::<records::NetworkRecord>(&kv.value) {
             ops.push(TxnOp::delete(self.layout.key(&Key::Vni(record.vni)), None));
         }
-        let mut client = self.client.kv_client();
+        let mut client = self.kv();
         let txn = Txn::new()
             .when([Compare::value(net_key, CompareOp::Equal, kv.value)])
             .and_then(ops);
@@ -388,7 +408,10 @@ impl Store {
         prefix: &str,
         revision: i64,
     ) -> Result<(Watcher, WatchStream), StoreError> {
-        let mut watch = self.client.watch_client();
+        let mut watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         watch
             .watch(
                 prefix,

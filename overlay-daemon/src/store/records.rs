@@ -68,6 +68,14 @@ pub struct NodeRecord {
     pub vtep_mac: MacAddr,
     /// Seconds since the epoch when this incarnation registered.
     pub registered_at: u64,
+    /// Which daemon holds the name: random, kept in its run directory across restarts.
+    /// Absent from first-release records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The largest MTU containers can have on this node (underlay - 50). Absent from
+    /// first-release records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

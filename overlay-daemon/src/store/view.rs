@@ -19,6 +19,21 @@ use crate::tables::{
     ClusterTables, EndpointIface, EndpointSpec, NetworkSpec, NodeSpec, ServiceSpec, ValidTables,
 };
 
+/// Longest reason (or key) kept and logged for a skipped entry.
+const MAX_REASON: usize = 200;
+
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
     Network(NetworkRecord),
@@ -267,8 +282,10 @@ impl ClusterView {
     }
 
     fn reject(&mut self, key: String, reason: String) {
+        // A decoder's message may quote the value, which can be a megabyte: one short line.
+        let reason = bounded(reason, MAX_REASON);
         if self.rejected.get(&key) != Some(&reason) {
-            warn!(%key, "skipping etcd entry: {reason}");
+            warn!(key = %bounded(key.clone(), MAX_REASON), "skipping etcd entry: {reason}");
             self.rejected.insert(key, reason);
         }
     }

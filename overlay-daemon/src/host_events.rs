@@ -1,0 +1,87 @@
+//! What the daemon follows of its host through rtnetlink announcements: route changes (the
+//! underlay next hops), address changes (the VTEP address moving), and links coming and
+//! going (a container's veth vanishing with its namespace, a kernel vxlan device appearing
+//! on the VXLAN port). One socket, subscribed before anything is asked, so no change goes
+//! unseen.
+
+use std::{collections::BTreeSet, io, time::Duration};
+
+use futures::{channel::mpsc::UnboundedReceiver, StreamExt as _};
+use rtnetlink::{
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK},
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{link::LinkAttribute, RouteNetlinkMessage},
+    sys::{AsyncSocket as _, SocketAddr},
+};
+
+/// A burst of changes (an interface going down) is answered once.
+const SETTLE: Duration = Duration::from_millis(20);
+
+pub struct HostEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+/// What changed in one burst.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostChanges {
+    pub routes: bool,
+    /// Interfaces whose IPv4 addresses changed.
+    pub addresses: BTreeSet<u32>,
+    /// Names of links that went away.
+    pub links_removed: BTreeSet<String>,
+    /// Links that appeared or changed.
+    pub links_changed: bool,
+}
+
+impl HostChanges {
+    fn add(&mut self, msg: &RouteNetlinkMessage) {
+        match msg {
+            RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
+                self.routes = true
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                self.addresses.insert(a.header.index);
+            }
+            RouteNetlinkMessage::DelLink(l) => {
+                for attr in &l.attributes {
+                    if let LinkAttribute::IfName(name) = attr {
+                        self.links_removed.insert(name.clone());
+                    }
+                }
+            }
+            RouteNetlinkMessage::NewLink(_) => self.links_changed = true,
+            _ => {}
+        }
+    }
+}
+
+impl HostEvents {
+    pub fn subscribe() -> io::Result<Self> {
+        let (mut conn, _handle, messages) = rtnetlink::new_connection()?;
+        // Bound, not only subscribed: an unbound socket has port 0, the kernel's own, and
+        // the kernel does not deliver its announcements to it.
+        conn.socket_mut().socket_mut().bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+        ))?;
+        tokio::spawn(conn);
+        Ok(Self { messages })
+    }
+
+    /// Waits for a change and the burst it belongs to. `None`: the subscription ended and
+    /// changes can no longer be seen.
+    pub async fn next(&mut self) -> Option<HostChanges> {
+        let mut changes = HostChanges::default();
+        let (first, _) = self.messages.next().await?;
+        if let NetlinkPayload::InnerMessage(m) = &first.payload {
+            changes.add(m);
+        }
+        tokio::time::sleep(SETTLE).await;
+        while let Ok((msg, _)) = self.messages.try_recv() {
+            if let NetlinkPayload::InnerMessage(m) = &msg.payload {
+                changes.add(m);
+            }
+        }
+        Some(changes)
+    }
+}
