@@ -129,6 +129,10 @@ pub struct Status {
     pub endpoints: usize,
     pub local_endpoints: usize,
     pub rejected_entries: usize,
+    /// What the last reconciliation left out, and why (one line each). Absent from
+    /// first-release daemons.
+    #[serde(default)]
+    pub rejected: Vec<String>,
     pub generation: u64,
     pub applied_generation: u64,
     pub uptime_secs: u64,

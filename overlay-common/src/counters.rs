@@ -59,6 +59,14 @@ counted_enum! {
         LbRevNat = 9 => "lb_rev_nat",
         /// Packets to a service without backends, answered with a TCP reset or ICMP unreachable.
         LbRejected = 10 => "lb_rejected",
+        /// Sockets connected to a service VIP given a backend at connect time.
+        SockLbConnect = 11 => "sock_lb_connect",
+        /// Unconnected UDP sends to a VIP given a backend (per socket and VIP).
+        SockLbSendmsg = 12 => "sock_lb_sendmsg",
+        /// Socket calls (recvmsg, getpeername) that saw the backend and were shown the VIP.
+        SockLbRevNat = 13 => "sock_lb_rev_nat",
+        /// Per-packet flows whose client is their backend (translated at both ends).
+        LbHairpin = 14 => "lb_hairpin",
     }
 }
 
@@ -112,6 +120,9 @@ counted_enum! {
         LbNoBackend = 21 => "lb_no_backend",
         /// Rewriting addresses or checksums for a service flow failed.
         LbNatFailed = 22 => "lb_nat_failed",
+        /// A new flow whose tuple a live translated flow holds (after translation they would
+        /// be one): refused, not merged.
+        LbTupleConflict = 23 => "lb_tuple_conflict",
     }
 }
 

@@ -2,10 +2,36 @@
 //! a service's VIP:port picks a backend from the service's Maglev table, the flow is pinned
 //! in connection tracking, and replies are translated back to the VIP.
 
-/// Slots of one service's Maglev lookup table (a prime, as Maglev requires).
-pub const MAGLEV_TABLE_SIZE: u32 = 65537;
-/// Services one node can balance (each has `MAGLEV_TABLE_SIZE` slots in `LB_MAGLEV`).
-pub const MAX_SERVICES: u32 = 64;
+/// Sizes a service's Maglev table can have (primes, as Maglev requires), each for up to
+/// `size / 100` backends (Maglev's M >= 100 N keeps the imbalance near 1 %). A table keeps
+/// its size while its backends change within that bound, so a change moves only the share
+/// of the backends that came or went.
+pub const MAGLEV_SIZES: [u32; 5] = [307, 1021, 4093, 16381, 65537];
+/// Slots of every service's table together in `LB_MAGLEV` (the daemon places each table
+/// at an offset of its own): 32 MiB, e.g. 13 000 services of up to 3 backends.
+pub const MAGLEV_SLOTS: u32 = 1 << 22;
+/// Services one node can balance.
+pub const MAX_SERVICES: u32 = 1 << 16;
+
+/// The table size a service with `backends` backends is given: the smallest with at least
+/// 100 slots per backend (the largest past 655 backends).
+pub const fn maglev_size_for(backends: usize) -> u32 {
+    let mut i = 0;
+    while i < MAGLEV_SIZES.len() {
+        if MAGLEV_SIZES[i] as usize >= backends * 100 {
+            return MAGLEV_SIZES[i];
+        }
+        i += 1;
+    }
+    MAGLEV_SIZES[MAGLEV_SIZES.len() - 1]
+}
+
+/// Whether a table of `size` slots still suits `backends` backends: big enough (or the
+/// largest), and not so big that a class two sizes smaller would do (memory is shared).
+pub const fn maglev_size_fits(size: u32, backends: usize) -> bool {
+    let wanted = maglev_size_for(backends);
+    size >= wanted && (size as u64) < (wanted as u64) * 16
+}
 /// Backends of all services together (ids index `LB_BACKENDS`; 0 marks an empty slot).
 pub const MAX_BACKENDS: u32 = 1 << 16;
 /// Flows remembered by connection tracking (LRU: the oldest idle flows are evicted first).
@@ -42,12 +68,14 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// The service's table in `LB_MAGLEV` starts at `slot * MAGLEV_TABLE_SIZE`.
-    pub slot: u32,
+    /// The service's table is `LB_MAGLEV[table_offset .. table_offset + table_size]`.
+    pub table_offset: u32,
+    pub table_size: u32,
     /// Live backends; 0 makes the datapath answer with a TCP reset or ICMP unreachable.
     pub backends: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 
 /// A backend: the value of `LB_BACKENDS`, keyed by backend id (`u32`, never 0).
 #[repr(C)]
@@ -77,6 +105,17 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 
+/// `CtEntry.flags`/`RevNatEntry.flags`: a FIN or RST was seen; the flow ends after
+/// `CT_CLOSE_TIMEOUT_NS`, and a new SYN on its tuple starts a new flow.
+pub const CT_F_CLOSING: u16 = 1;
+/// The client is the backend itself (hairpin): its source is translated to the VIP as well.
+pub const CT_F_HAIRPIN: u16 = 2;
+/// Flows idle this long are over (TCP without a close; UDP and ICMP).
+pub const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const CT_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
+/// How long a closed TCP flow's entries still translate (its last ACKs, retransmitted FINs).
+pub const CT_CLOSE_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+
 /// The backend a flow was given: the value of `LB_CT`. The address is kept with the id so a
 /// recycled id is noticed.
 #[repr(C)]
@@ -84,19 +123,86 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 pub struct CtEntry {
     pub backend_id: u32,
     pub backend: BackendInfo,
+    /// The client's source port on the wire (differs from its own when remapped to keep the
+    /// translated tuple unique).
+    pub src_port: u16,
+    pub flags: u16,
+    /// `bpf_ktime_get_ns` of the flow's last packet.
+    pub last_seen: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 12);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
 
-/// What a reply's source becomes again: the value of `LB_REVNAT`.
+/// How a reply of a translated flow is turned back: the value of `LB_REVNAT`, keyed by the
+/// reply as it arrives (backend -> client, or backend -> VIP for hairpin flows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNatEntry {
+    /// The source it gets: the VIP and service port.
     pub vip: u32,
-    /// Service port, host byte order.
+    pub port: u16,
+    pub flags: u16,
+    /// The destination it gets: the client's address and port (its own, not remapped).
+    pub client_ip: u32,
+    pub client_port: u16,
+    pub _pad: u16,
+    pub last_seen: u64,
+}
+const _: () = assert!(core::mem::size_of::<RevNatEntry>() == 24);
+
+/// Whether an entry last seen at `last_seen` with `flags`, of protocol `proto`, is over at
+/// `now`.
+#[inline(always)]
+pub const fn ct_expired(last_seen: u64, flags: u16, proto: u8, now: u64) -> bool {
+    let timeout = if flags & CT_F_CLOSING != 0 {
+        CT_CLOSE_TIMEOUT_NS
+    } else if proto == crate::wire::IPPROTO_TCP {
+        CT_TCP_TIMEOUT_NS
+    } else {
+        CT_UDP_TIMEOUT_NS
+    };
+    now.saturating_sub(last_seen) > timeout
+}
+
+/// Socket-level balancing (cgroup connect/sendmsg hooks): which networks a container's
+/// network namespace is on, by its netns cookie: the value of `SOCK_NETNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsInfo {
+    /// VNIs of the namespace's endpoints, `count` of them.
+    pub vnis: [u32; 4],
+    pub count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NetnsInfo>() == 24);
+
+/// A socket and an address: the key of `SOCK_FWD` (socket, VIP -> its backend, for
+/// unconnected UDP) and of `SOCK_REV` (socket, backend -> the VIP it stands for).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub ip: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+
+/// An address and port (host byte order): the values of `SOCK_FWD` and `SOCK_REV`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddr {
+    pub ip: u32,
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<RevNatEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<SockAddr>() == 8);
+
+/// Sockets remembered by the socket-level balancer (LRU).
+pub const SOCK_FLOWS: u32 = 1 << 16;
+/// Container network namespaces one node balances sockets for.
+pub const MAX_NETNS: u32 = 1 << 16;
 
 /// The 5-tuple hash Maglev indexes with (a murmur3-style mix: cheap in BPF, well spread).
 #[inline(always)]
@@ -135,4 +241,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for RevNatEntry {}
+    unsafe impl aya::Pod for NetnsInfo {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockAddr {}
 }

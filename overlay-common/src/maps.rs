@@ -16,6 +16,9 @@ pub mod names {
     pub const LB_MAGLEV: &str = "OVL_LB_MAGLEV";
     pub const LB_CT: &str = "OVL_LB_CT";
     pub const LB_REVNAT: &str = "OVL_LB_REVNAT";
+    pub const SOCK_NETNS: &str = "OVL_SOCK_NETNS";
+    pub const SOCK_FWD: &str = "OVL_SOCK_FWD";
+    pub const SOCK_REV: &str = "OVL_SOCK_REV";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -32,6 +35,9 @@ pub mod names {
         LB_MAGLEV,
         LB_CT,
         LB_REVNAT,
+        SOCK_NETNS,
+        SOCK_FWD,
+        SOCK_REV,
     ];
 }
 
@@ -43,6 +49,11 @@ pub mod programs {
     pub const FROM_UNDERLAY: &str = "from_underlay";
     /// XDP on the underlay interface: drops foreign VXLAN early.
     pub const UNDERLAY_XDP: &str = "underlay_xdp";
+    /// cgroup hooks of socket-level balancing.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 }
 
 /// Capacity of the endpoint tables (both keyed views).

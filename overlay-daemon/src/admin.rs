@@ -135,6 +135,12 @@ pub fn check_backends(
                 b.ip, b.port
             )));
         }
+        if b.port == 0 {
+            return Err(invalid(format!(
+                "backend {}:0: give the port the backend listens on, e.g. {}:8080",
+                b.ip, b.ip
+            )));
+        }
         if !net.subnet.contains(&b.ip) {
             return Err(invalid(format!(
                 "backend {} is outside network {network:?}'s subnet {}",
@@ -170,10 +176,52 @@ pub async fn add_service(
             record.vip, record.network, net.subnet
         )));
     }
+    if let Some(p) = crate::tables::vip_problem(record.vip) {
+        return Err(invalid(p));
+    }
+    let nodes: Vec<(Key, NodeRecord, i64)> = records_under(store, &store.layout.nodes()).await?;
+    if let Some((key, _, _)) = nodes.iter().find(|(_, n, _)| n.vtep_ip == record.vip) {
+        let node = match key {
+            Key::Node(n) => n.as_str(),
+            _ => "?",
+        };
+        return Err(invalid(format!(
+            "VIP {} is node {node:?}'s VTEP address: pick an address no host has",
+            record.vip
+        )));
+    }
+    check_capacity(store, record).await?;
     if !store.create_service(name, record).await? {
         return Err(AdminError::Conflict(format!(
             "service {name:?} or {}:{}/{} in network {:?} already exists: pick another name or VIP",
             record.vip, record.port, record.proto, record.network
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a service no node could install: the cluster has as many services as a node's
+/// service table holds, or their Maglev tables (sized for their configured backends) would
+/// not fit a node's shared table.
+async fn check_capacity(store: &Store, record: &ServiceRecord) -> Result<(), AdminError> {
+    use overlay_common::lb::{maglev_size_for, MAGLEV_SLOTS, MAX_SERVICES};
+    let services: Vec<(Key, ServiceRecord, i64)> =
+        records_under(store, &store.layout.services()).await?;
+    if services.len() >= MAX_SERVICES as usize {
+        return Err(invalid(format!(
+            "the cluster has {} services, as many as a node can balance: remove one first",
+            services.len()
+        )));
+    }
+    let slots = |n: usize| u64::from(maglev_size_for(n.max(1)));
+    let used: u64 = services
+        .iter()
+        .map(|(_, s, _)| slots(s.backends.len()))
+        .sum();
+    let wanted = slots(record.backends.len());
+    if used + wanted > u64::from(MAGLEV_SLOTS) {
+        return Err(invalid(format!(
+            "no room for the service's {wanted}-slot Maglev table: the cluster's services use {used} of {MAGLEV_SLOTS} slots; remove services or backends"
         )));
     }
     Ok(())

@@ -160,6 +160,9 @@ async fn dispatch(
         Request::ListEndpoints => Ok(json(cluster.local_endpoints())),
         Request::Status => {
             let view = cluster.view.lock().await;
+            let report = cluster.applied.last_report();
+            // What this node's datapath left out (a superset of what the view refused).
+            let rejected: Vec<String> = report.rejected.iter().map(|r| r.to_string()).collect();
             Ok(json(Status {
                 node: cluster.cfg.node_name.clone(),
                 vtep_ip: cluster.vtep(),
@@ -168,7 +171,8 @@ async fn dispatch(
                 nodes: view.nodes().count(),
                 endpoints: view.endpoints().count(),
                 local_endpoints: cluster.local_endpoints().len(),
-                rejected_entries: view.rejected.len(),
+                rejected_entries: view.rejected.len().max(rejected.len()),
+                rejected,
                 generation: cluster.applied.wanted(),
                 applied_generation: cluster.applied.applied(),
                 uptime_secs: cluster.started.elapsed().as_secs(),

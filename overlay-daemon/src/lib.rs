@@ -20,6 +20,7 @@ pub mod netif;
 pub mod netlink;
 pub mod nexthop;
 pub mod reconcile;
+pub mod sock_lb;
 pub mod store;
 pub mod tables;
 

@@ -104,6 +104,9 @@ fn forward_ipv4(
         unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
+    if !translated && cfg.flags & CONFIG_F_LB != 0 {
+        lb::check_direct(ctx, me.vni, &ip)?;
+    }
     if target.is_local() {
         if !translated && cfg.flags & CONFIG_F_LB != 0 {
             lb::to_client(ctx, me.vni, &ip)?;

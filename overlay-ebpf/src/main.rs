@@ -3,6 +3,7 @@
 //! - `from_container`: TC ingress on the host side of every container veth.
 //! - `from_underlay`: TC ingress on the underlay interface (VXLAN decapsulation).
 //! - `underlay_xdp`: XDP on the underlay interface (drops foreign VXLAN before the stack).
+//! - `sock_*4`: cgroup hooks of socket-level service balancing.
 #![no_std]
 #![no_main]
 
@@ -15,12 +16,13 @@ mod headers;
 mod kernel;
 mod lb;
 mod maps;
+mod sock_lb;
 mod vxlan;
 mod xdp_filter;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 #[classifier]
@@ -36,6 +38,26 @@ pub fn from_underlay(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     xdp_filter::underlay_xdp(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock_lb::connect4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::sendmsg4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::recvmsg4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_lb::getpeername4(&ctx)
 }
 
 #[cfg(not(test))]

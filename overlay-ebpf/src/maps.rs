@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{
-        BackendInfo, CtEntry, FlowKey, MaglevSlot, RevNatEntry, ServiceInfo, ServiceKey, LB_FLOWS,
-        MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+        BackendInfo, CtEntry, FlowKey, MaglevSlot, NetnsInfo, RevNatEntry, ServiceInfo, ServiceKey,
+        SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES,
+        SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
@@ -47,22 +48,35 @@ pub static TRAFFIC: PerCpuArray<PacketCounter> = PerCpuArray::pinned(Direction::
 pub static DROPS: PerCpuArray<PacketCounter> = PerCpuArray::pinned(DropReason::COUNT, 0);
 
 #[map(name = "OVL_LB_SERVICES")]
-pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "OVL_LB_BACKENDS")]
 pub static LB_BACKENDS: HashMap<u32, BackendInfo> =
     HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
-/// Every service's Maglev table back to back: slot -> backend id (0: none).
+/// Every service's Maglev table, each at the offset the daemon gave it: slot -> backend id
+/// (0: none).
 #[map(name = "OVL_LB_MAGLEV")]
-pub static LB_MAGLEV: Array<MaglevSlot> =
-    Array::pinned(MAX_SERVICES * MAGLEV_TABLE_SIZE, BPF_F_MMAPABLE);
+pub static LB_MAGLEV: Array<MaglevSlot> = Array::pinned(MAGLEV_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "OVL_LB_CT")]
 pub static LB_CT: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(LB_FLOWS, 0);
 
 #[map(name = "OVL_LB_REVNAT")]
 pub static LB_REVNAT: LruHashMap<FlowKey, RevNatEntry> = LruHashMap::pinned(LB_FLOWS, 0);
+
+/// Container network namespaces (by netns cookie) and the networks they are on.
+#[map(name = "OVL_SOCK_NETNS")]
+pub static SOCK_NETNS: HashMap<u64, NetnsInfo> = HashMap::pinned(MAX_NETNS, BPF_F_NO_PREALLOC);
+
+/// (socket, VIP:port) -> the backend its unconnected UDP sends go to.
+#[map(name = "OVL_SOCK_FWD")]
+pub static SOCK_FWD: LruHashMap<SockKey, SockAddr> = LruHashMap::pinned(SOCK_FLOWS, 0);
+
+/// (socket, backend) -> the VIP:port the application addressed.
+#[map(name = "OVL_SOCK_REV")]
+pub static SOCK_REV: LruHashMap<SockKey, SockAddr> = LruHashMap::pinned(SOCK_FLOWS, 0);
 
 /// The node configuration, if the daemon has marked it ready.
 #[inline(always)]

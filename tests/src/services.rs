@@ -143,17 +143,8 @@ impl Session {
     pub fn open(addr: SocketAddrV4) -> std::io::Result<Self> {
         let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut name = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte[0] != b'\n' {
-            conn.read_exact(&mut byte)?;
-            name.push(byte[0]);
-        }
-        name.pop();
-        Ok(Self {
-            conn,
-            backend: String::from_utf8_lossy(&name).into_owned(),
-        })
+        let backend = read_name(&mut conn)?;
+        Ok(Self { conn, backend })
     }
 
     /// Sends `msg` and checks it comes back whole.
@@ -180,4 +171,85 @@ pub fn udp_ask(addr: SocketAddrV4, msg: &str) -> std::io::Result<(SocketAddrV4, 
         return Err(std::io::Error::other("IPv6 reply"));
     };
     Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
+/// A TCP connection to `addr` from local port `port` (SO_REUSEADDR, so a port another
+/// connection uses can be given again), failing after `timeout` if no answer comes.
+pub fn connect_from(
+    port: u16,
+    addr: SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = sock.as_raw_fd();
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        ))?;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ))?;
+        let local = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        check(libc::bind(
+            fd,
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+        let remote = sockaddr(addr);
+        check(libc::connect(
+            fd,
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        ))?;
+    }
+    let conn = TcpStream::from(sock);
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(conn)
+}
+
+/// Reads the name line an identity server sends first.
+pub fn read_name(conn: &mut TcpStream) -> std::io::Result<String> {
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        conn.read_exact(&mut byte)?;
+        name.push(byte[0]);
+    }
+    name.pop();
+    Ok(String::from_utf8_lossy(&name).into_owned())
 }

@@ -406,14 +406,29 @@ fn restarting_daemons_keeps_a_running_flow() {
     let (sent, got) = flow.join().expect("the flow survived the restarts");
     assert_eq!(sent, got);
     assert!(got.bytes > 0);
-    // Restarts re-used the pins: one link per container, nothing duplicated.
-    let links: Vec<_> = std::fs::read_dir(t.hosts[0].pins.links())
+    // Restarts re-used the pins: one link per container, nothing duplicated; the socket
+    // hooks' links were moved over the old ones, not added next to them.
+    let mut links: Vec<String> = std::fs::read_dir(t.hosts[0].pins.links())
         .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    links.sort();
+    let (sock, tc): (Vec<&String>, Vec<&String>) =
+        links.iter().partition(|l| l.starts_with("sock-"));
     assert_eq!(
-        links.len(),
+        tc.len(),
         1 + 3,
-        "underlay-tc and one per container (no XDP on a veth underlay by default)"
+        "underlay-tc and one per container (no XDP on a veth underlay by default): {links:?}"
+    );
+    assert_eq!(
+        sock,
+        [
+            "sock-connect4",
+            "sock-getpeername4",
+            "sock-recvmsg4",
+            "sock-sendmsg4"
+        ],
+        "{links:?}"
     );
 }
 

@@ -23,13 +23,18 @@ const UDP: u8 = 17;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 10);
 
 fn cluster() -> Topology {
+    cluster_with(&[])
+}
+
+/// Three nodes with `extra` daemon flags (e.g. `--socket-lb off` for the per-packet path).
+fn cluster_with(extra: &[&str]) -> Topology {
     let mut t = Topology::new(
         TopologySpec::new(3)
             .network("red", VNI, "198.19.1.0/24")
             .with_etcd(TTL),
     );
     for h in 0..3 {
-        t.start_daemon(h, &[]);
+        t.start_daemon(h, extra);
     }
     for h in 0..3 {
         t.wait_status(h, "network installed", |s| {
@@ -469,7 +474,8 @@ fn udp_labels_empty_services_and_dead_nodes() {
 /// and its data (its conntrack and reverse entries stay, being in use), the table overflowed.
 #[test]
 fn a_flood_of_new_flows_never_moves_an_established_one() {
-    let mut t = cluster();
+    // The per-packet path's conntrack is what is flooded: sockets do not use it.
+    let mut t = cluster_with(&["--socket-lb", "off"]);
     t.add_pod(0, "b1", "red");
     t.add_pod(1, "b2", "red");
     t.add_pod(0, "b3", "red");
@@ -502,7 +508,9 @@ fn a_flood_of_new_flows_never_moves_an_established_one() {
             &format!("{b2}:8080"),
         ],
     );
-    // Four UDP ports of another VIP: 4 x 64512 source ports make 258k distinct flows.
+    // Four UDP ports of another VIP, each to its own backend port (translated tuples are
+    // unique, so one backend port holds at most one flow per client source port): 4 x 64512
+    // source ports make 258k distinct flows.
     for p in 0..4u16 {
         add(
             &t,
@@ -515,7 +523,7 @@ fn a_flood_of_new_flows_never_moves_an_established_one() {
                 "--proto",
                 "udp",
                 "--backend",
-                &format!("{b2}:9"),
+                &format!("{b2}:{}", 9 + p),
             ],
         );
     }

@@ -213,16 +213,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.output == Output::Json {
                 print_json(&v);
             } else if matches!(cli.command, Command::Status) {
-                let rows: Vec<Vec<String>> = v
+                let mut rows: Vec<Vec<String>> = v
                     .as_object()
                     .map(|o| {
                         o.iter()
+                            .filter(|(k, _)| k.as_str() != "rejected")
                             .map(|(k, v)| {
                                 vec![k.clone(), v.to_string().trim_matches('"').to_owned()]
                             })
                             .collect()
                     })
                     .unwrap_or_default();
+                // One row per thing this node left out, with why.
+                for r in v["rejected"].as_array().into_iter().flatten() {
+                    rows.push(vec!["rejected".into(), r.as_str().unwrap_or("").to_owned()]);
+                }
                 table(&["FIELD", "VALUE"], &rows);
             } else {
                 let mut rows = Vec::new();
@@ -240,7 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Network(cmd) => network(cli.etcd, cli.output, cmd).await,
-        Command::Service(cmd) => service(cli.etcd, cli.output, cmd).await,
+        Command::Service(cmd) => service(cli.etcd, &cli.socket, cli.output, cmd).await,
         Command::Node(NodeCmd::Ls) => {
             let store = Store::connect(&cli.etcd.config()).await?;
             let nodes = records_under::<NodeRecord>(&store, &store.layout.nodes()).await?;
@@ -392,7 +397,12 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
     }
 }
 
-async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
+async fn service(
+    etcd: EtcdArgs,
+    socket: &std::path::Path,
+    output: Output,
+    cmd: ServiceCmd,
+) -> anyhow::Result<()> {
     let store = Store::connect(&etcd.config()).await?;
     match cmd {
         ServiceCmd::Add {
@@ -427,6 +437,21 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
             let mut view = ClusterView::new(store.layout.clone());
             view.reset(kvs);
             let tables = view.tables();
+            // Refused cluster-wide (bad record), or by this node's datapath (no room), when
+            // its daemon answers.
+            let local: Vec<String> = Client::new(socket)
+                .status()
+                .map(|s| s.rejected)
+                .unwrap_or_default();
+            let why = |name: &str| -> Option<String> {
+                let subject = format!("service {name:?}: ");
+                tables
+                    .rejected
+                    .iter()
+                    .map(|r| r.to_string())
+                    .chain(local.iter().cloned())
+                    .find_map(|r| r.strip_prefix(&subject).map(str::to_owned))
+            };
             let mut out = Vec::new();
             for (name, rec) in view.services() {
                 if network.as_ref().is_some_and(|n| n != &rec.network) {
@@ -440,7 +465,8 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
                     .unwrap_or_default();
                 out.push(
                     json!({"name": name, "network": rec.network, "vip": rec.vip, "port": rec.port,
-                    "proto": rec.proto, "configured": rec.backends, "backends": live}),
+                    "proto": rec.proto, "configured": rec.backends, "backends": live,
+                    "rejected": why(name)}),
                 );
             }
             if output == Output::Json {
@@ -476,10 +502,14 @@ async fn service(etcd: EtcdArgs, output: Output, cmd: ServiceCmd) -> anyhow::Res
                             } else {
                                 backends.join(",")
                             },
+                            match s["rejected"].as_str() {
+                                Some(why) => format!("rejected: {why}"),
+                                None => "ok".into(),
+                            },
                         ]
                     })
                     .collect();
-                table(&["NAME", "NETWORK", "VIP", "LIVE BACKENDS"], &rows);
+                table(&["NAME", "NETWORK", "VIP", "LIVE BACKENDS", "STATE"], &rows);
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use overlay_daemon::{
     cli::EtcdArgs,
     daemon::{self, DaemonConfig, DatapathMode, NodeMode, TablesFrom},
-    datapath::{self, PinLayout, TcMode, XdpSetting},
+    datapath::{self, PinLayout, SocketLb, TcMode, XdpSetting},
     maps::CounterMap,
 };
 use tracing_subscriber::EnvFilter;
@@ -88,6 +88,14 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = datapath::DEFAULT_MAX_ENDPOINTS,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     max_endpoints: u32,
+    /// Balance service connections when a container's socket connects (cgroup hooks), so
+    /// their packets need no per-packet translation. auto: where the hooks can be attached.
+    #[arg(long, value_enum, default_value_t = SocketLb::Auto)]
+    socket_lb: SocketLb,
+    /// cgroup v2 directory the socket hooks are attached to [default: the hierarchy's root,
+    /// which covers every container of the host]
+    #[arg(long, value_name = "DIR")]
+    socket_lb_cgroup: Option<PathBuf>,
     #[command(flatten)]
     etcd: EtcdArgs,
     /// TTL of this node's etcd lease: how long after it dies a node leaves the others' tables.
@@ -210,6 +218,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     xdp: args.xdp,
                     tc_mode: args.tc_mode,
                     max_endpoints: Some(args.max_endpoints),
+                    socket_lb: args.socket_lb,
+                    socket_lb_cgroup: args.socket_lb_cgroup,
                 }),
                 (false, None, _) => anyhow::bail!("--underlay IFACE is required"),
             };

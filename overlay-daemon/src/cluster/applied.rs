@@ -54,6 +54,11 @@ impl ApplyHandshake {
         self.success.borrow().0
     }
 
+    /// The last successful pass's report.
+    pub fn last_report(&self) -> Arc<Report> {
+        self.success.borrow().1.clone()
+    }
+
     /// The daemon loop's view of the changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.wanted.subscribe()

@@ -256,6 +256,35 @@ impl Cluster {
         self.local.all()
     }
 
+    /// The namespaces of this node's containers with the VNI of each endpoint there: the
+    /// endpoints the daemon made in a namespace, and `runtime`'s (network, namespace) pairs
+    /// for interfaces a runtime moved itself (Docker's sandbox keys).
+    pub async fn sandboxes(
+        &self,
+        runtime: Vec<(String, std::path::PathBuf)>,
+    ) -> Vec<crate::sock_lb::Sandbox> {
+        let mut pairs: Vec<(String, std::path::PathBuf)> = self
+            .local
+            .all()
+            .into_iter()
+            .filter(|ep| ep.host_ifname().is_some())
+            .filter_map(|ep| match ep.sandbox {
+                overlay_api::Sandbox::Netns(path) => Some((ep.network, path)),
+                overlay_api::Sandbox::Runtime => None,
+            })
+            .chain(runtime)
+            .collect();
+        pairs.sort();
+        let view = self.view.lock().await;
+        pairs
+            .into_iter()
+            .filter_map(|(network, netns)| {
+                let vni = view.network(&network)?.vni;
+                Some(crate::sock_lb::Sandbox { netns, vni })
+            })
+            .collect()
+    }
+
     pub fn local_endpoint(&self, container_id: &str, ifname: &str) -> Option<Endpoint> {
         self.local.load(container_id, ifname)
     }

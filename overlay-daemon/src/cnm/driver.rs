@@ -167,7 +167,7 @@ impl Driver {
             "/NetworkDriver.EndpointOperInfo" => self.endpoint_info(&req),
             "/NetworkDriver.DeleteEndpoint" => self.delete_endpoint(&req).await,
             "/NetworkDriver.Join" => self.join(&req).await,
-            "/NetworkDriver.Leave" => id_field(&req, "EndpointID").map(|_| json!({})),
+            "/NetworkDriver.Leave" => self.leave(&req),
             "/NetworkDriver.DiscoverNew"
             | "/NetworkDriver.DiscoverDelete"
             | "/NetworkDriver.ProgramExternalConnectivity"
@@ -461,6 +461,7 @@ impl Driver {
             network: net.network,
             ip,
             peer,
+            sandbox: None,
         };
         self.endpoints
             .save(endpoint_id, &binding)
@@ -492,6 +493,29 @@ impl Driver {
         Ok(json!({}))
     }
 
+    /// The endpoint leaves its sandbox: its sockets are no longer this network's to balance.
+    fn leave(&self, req: &Value) -> Outcome {
+        let id = id_field(req, "EndpointID")?;
+        if let Some(b) = self.endpoints.load::<EndpointBinding>(id) {
+            if b.sandbox.is_some() {
+                let b = EndpointBinding { sandbox: None, ..b };
+                self.endpoints
+                    .save(id, &b)
+                    .map_err(|e| Failure::Internal(format!("saving endpoint {id}: {e}")))?;
+            }
+        }
+        Ok(json!({}))
+    }
+
+    /// (overlay network, namespace) of every joined Docker endpoint on this host.
+    pub fn sandboxes(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.endpoints
+            .all::<EndpointBinding>()
+            .into_iter()
+            .filter_map(|b| Some((b.network, b.sandbox?)))
+            .collect()
+    }
+
     async fn join(&self, req: &Value) -> Outcome {
         let (_, net) = self.binding(req)?;
         let id = id_field(req, "EndpointID")?;
@@ -506,6 +530,20 @@ impl Driver {
             .await
             .map(|n| n.gateway_ip())
             .ok_or_else(|| bad(format!("overlay network {:?} is gone", net.network)))?;
+        // Where the container's sockets live, for connect-time balancing.
+        let sandbox = match field(req, "SandboxKey") {
+            "" => None,
+            key => Some(std::path::PathBuf::from(key)),
+        };
+        if sandbox != b.sandbox {
+            let b = EndpointBinding {
+                sandbox,
+                ..b.clone()
+            };
+            self.endpoints
+                .save(id, &b)
+                .map_err(|e| Failure::Internal(format!("saving endpoint {id}: {e}")))?;
+        }
         Ok(json!({
             "InterfaceName": {"SrcName": b.peer, "DstPrefix": "eth"},
             "Gateway": gateway.to_string(),

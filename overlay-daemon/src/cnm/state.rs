@@ -22,6 +22,9 @@ pub struct EndpointBinding {
     pub ip: Ipv4Addr,
     /// The veth side Docker moves into the container.
     pub peer: String,
+    /// The container's network namespace (Join's SandboxKey), once joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<PathBuf>,
 }
 
 /// One JSON file per Docker id under a directory.
@@ -59,6 +62,17 @@ impl JsonDir {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec(value).expect("serializable"))?;
         std::fs::rename(tmp, path)
+    }
+
+    /// Every entry that parses, in no particular order.
+    pub fn all<T: DeserializeOwned>(&self) -> Vec<T> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
     }
 
     pub fn remove(&self, id: &str) {

@@ -23,7 +23,7 @@ use crate::{
     api,
     cluster::{Cluster, ClusterConfig},
     cnm,
-    datapath::{self, DatapathError, PinLayout, TcMode, XdpSetting},
+    datapath::{self, DatapathError, PinLayout, SocketLb, TcMode, XdpSetting},
     netif::{self, NetifError},
     reconcile::{NodeIdentity, Reconciler, Target},
     store::EtcdConfig,
@@ -87,6 +87,9 @@ pub struct DatapathMode {
     pub tc_mode: TcMode,
     /// Size of the endpoint tables (default: 1M entries, allocated on demand).
     pub max_endpoints: Option<u32>,
+    pub socket_lb: SocketLb,
+    /// Default: the root of the cgroup v2 hierarchy.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// The source of the cluster's tables.
@@ -147,6 +150,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut front: Vec<JoinHandle<()>> = Vec::new();
     let mut cluster = None;
+    let mut docker: Option<Arc<cnm::Driver>> = None;
     let mut source = match &cfg.source {
         TablesFrom::File(path) => TableSource::File(TablesFile::new(path.clone())),
         TablesFrom::Etcd(etcd) => {
@@ -184,6 +188,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
             if let Some(path) = cfg.docker_plugin.clone() {
                 let driver = Arc::new(cnm::Driver::new(c.clone()));
+                docker = Some(driver.clone());
                 let stop = stop_front.clone();
                 front.push(tokio::spawn(async move {
                     if let Err(e) = cnm::serve(&path, driver, stop).await {
@@ -304,6 +309,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
         source.finished(&pass);
+        if pass.result.is_ok() {
+            sync_sandboxes(&mut target, &cluster, &docker).await;
+        }
         if pass.result.as_ref().is_ok_and(|r| !r.incremental) {
             node::release_freed_memory();
         }
@@ -344,5 +352,26 @@ async fn cluster_fatal(cluster: &Option<Arc<Cluster>>) -> crate::cluster::Fatal 
     match cluster {
         Some(c) => c.fatal().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Tells the socket hooks which namespaces are this node's containers' (after each pass, so
+/// a container attached by it is balanced from its first connect).
+async fn sync_sandboxes(
+    target: &mut Target,
+    cluster: &Option<Arc<Cluster>>,
+    docker: &Option<Arc<cnm::Driver>>,
+) {
+    let (Target::Kernel(dp), Some(c)) = (target, cluster) else {
+        return;
+    };
+    if !dp.socket_lb() {
+        return;
+    }
+    let runtime = docker.as_ref().map(|d| d.sandboxes()).unwrap_or_default();
+    let sandboxes = c.sandboxes(runtime).await;
+    let dp = &mut **dp;
+    if let Err(e) = dp.sockets.sync(&mut dp.maps.sock, &sandboxes) {
+        warn!("socket balancing namespaces: {e}");
     }
 }

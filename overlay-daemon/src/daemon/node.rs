@@ -69,6 +69,8 @@ pub(super) fn datapath_node(
         tc_mode: opts.tc_mode,
         ebpf_log_level: ebpf_log_level(),
         max_endpoints: opts.max_endpoints,
+        socket_lb: opts.socket_lb,
+        socket_lb_cgroup: opts.socket_lb_cgroup.clone(),
     })?;
     datapath
         .maps

@@ -12,7 +12,9 @@
 //! which is atomic: no packet sees a missing program.
 
 mod attach;
+mod compat;
 mod pins;
+mod sock_attach;
 
 use std::{fs, io, net::Ipv4Addr, path::PathBuf};
 
@@ -26,6 +28,7 @@ use overlay_common::maps::{names, programs};
 use tracing::{info, warn};
 
 pub use pins::{ifname, remove, PinLayout};
+pub use sock_attach::{cgroup2_root, SocketLb};
 
 use crate::{
     maps::{DatapathMaps, MapsError},
@@ -140,6 +143,9 @@ pub struct DatapathOptions {
     pub ebpf_log_level: u8,
     /// Size of the endpoint tables when they are created (pinned ones keep theirs).
     pub max_endpoints: Option<u32>,
+    pub socket_lb: SocketLb,
+    /// Where the socket hooks go (default: the root of the cgroup v2 hierarchy).
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// What a program did with a test frame.
@@ -162,6 +168,10 @@ pub struct Datapath {
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Without it (a datapath loaded for tests), the kernel routes each encapsulated packet.
     next_hops: Option<NextHops>,
+    /// Whether the socket hooks are attached.
+    socket_lb: bool,
+    /// The namespaces the socket hooks balance for, and closing sockets of backends that left.
+    pub sockets: crate::sock_lb::SocketBalancer,
 }
 
 impl Datapath {
@@ -176,7 +186,10 @@ impl Datapath {
         )?;
         datapath.attach_underlay(opts.underlay_ifindex, opts.xdp)?;
         datapath.reattach_endpoints();
-        info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp, "datapath loaded");
+        datapath.socket_lb =
+            datapath.attach_socket_lb(opts.socket_lb, opts.socket_lb_cgroup.as_deref())?;
+        info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp,
+              socket_lb = datapath.socket_lb, "datapath loaded");
         Ok(datapath)
     }
 
@@ -201,6 +214,7 @@ impl Datapath {
         }
         // Before touching a pin: a second daemon on these pins would swap its programs in.
         let lock = crate::locks::HostLock::bpffs(pins.root())?;
+        compat::replace_incompatible(&pins.maps())?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(pins.maps())
@@ -247,6 +261,8 @@ impl Datapath {
             maps,
             logger,
             next_hops: None,
+            socket_lb: false,
+            sockets: Default::default(),
         })
     }
 
@@ -289,6 +305,11 @@ impl Datapath {
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
+    }
+
+    /// Whether container sockets are balanced when they connect.
+    pub fn socket_lb(&self) -> bool {
+        self.socket_lb
     }
 
     /// Pins each VTEP's underlay next hop from now on (see `nexthop`).

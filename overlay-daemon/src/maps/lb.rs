@@ -1,26 +1,28 @@
-//! The load balancer's maps: services (VIP:port -> Maglev slot), backends (id -> address),
-//! the Maglev tables (one shared array, written through a memory mapping), and the flow
-//! tables the datapath fills (connection tracking and reverse translation), which the
-//! daemon only purges of flows that lost their service or backend.
+//! The load balancer's maps: services (VIP:port -> its Maglev table), backends (id ->
+//! address), the Maglev tables (`maglev_space`), and the flow tables the datapath fills
+//! (connection tracking, reverse translation, the backends unconnected UDP sockets were
+//! given), which the daemon only purges of flows that lost their service or backend.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    mem::size_of,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
+    ops::Range,
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use overlay_common::{
     lb::{
-        BackendInfo, CtEntry, FlowKey, MaglevSlot, RevNatEntry, ServiceInfo, ServiceKey,
-        MAGLEV_TABLE_SIZE, MAX_SERVICES,
+        maglev_size_fits, maglev_size_for, BackendInfo, CtEntry, FlowKey, RevNatEntry, ServiceInfo,
+        ServiceKey, SockAddr, SockKey,
     },
     maps::names,
 };
 
-use super::{hash_map, ip_key, map_err, MapsError};
+use super::{
+    hash_map, ip_key,
+    maglev_space::{MaglevArray, Space},
+    map_err, MapsError,
+};
 use crate::{
     maglev,
     tables::{Rejection, Subject},
@@ -61,6 +63,18 @@ pub struct LbSync {
     pub slots_changed: usize,
     /// Services that could not be installed, with the reason.
     pub rejected: Vec<Rejection>,
+    /// (VIP, port, protocol, backend) pairs that ended: sockets balanced to them are
+    /// closed (`sock_lb::terminate`).
+    pub ended: Vec<EndedBackend>,
+}
+
+/// A backend that stopped serving a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EndedBackend {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub backend: (Ipv4Addr, u16),
 }
 
 pub struct LbMaps {
@@ -69,9 +83,14 @@ pub struct LbMaps {
     maglev: MaglevArray,
     ct: HashMap<MapData, FlowKey, CtEntry>,
     revnat: HashMap<MapData, FlowKey, RevNatEntry>,
-    /// The backend list each slot's table was last built from, so unchanged services are
-    /// not rebuilt on every reconciliation.
-    built: BTreeMap<u32, Vec<(Ipv4Addr, u16, u32)>>,
+    sock_fwd: HashMap<MapData, SockKey, SockAddr>,
+    /// The backend list each service's table was last built from, so unchanged services
+    /// are not rebuilt on every reconciliation.
+    built: BTreeMap<ServiceKey, Vec<(Ipv4Addr, u16, u32)>>,
+}
+
+fn range(info: &ServiceInfo) -> Range<u32> {
+    info.table_offset..info.table_offset.saturating_add(info.table_size)
 }
 
 impl LbMaps {
@@ -81,6 +100,7 @@ impl LbMaps {
         maglev: Map,
         ct: Map,
         revnat: Map,
+        sock_fwd: Map,
     ) -> Result<Self, MapsError> {
         Ok(Self {
             services: hash_map(services, names::LB_SERVICES)?,
@@ -88,13 +108,15 @@ impl LbMaps {
             maglev: MaglevArray::new(maglev)?,
             ct: hash_map(ct, names::LB_CT)?,
             revnat: hash_map(revnat, names::LB_REVNAT)?,
+            sock_fwd: hash_map(sock_fwd, names::SOCK_FWD)?,
             built: BTreeMap::new(),
         })
     }
 
     /// Makes the services, backends and Maglev tables equal to `desired`. Backends are added
-    /// before the tables that name them and removed after; a service keeps its slot (and
-    /// so its table) for as long as it exists, including across daemon restarts.
+    /// before the tables that name them and removed after; a table is written before the
+    /// service entry that points at it, and a service keeps its table (and so its flows'
+    /// backends) for as long as it exists, across daemon restarts too.
     pub fn sync(&mut self, desired: &[ServiceEntry]) -> Result<LbSync, MapsError> {
         let mut out = LbSync::default();
         let current: BTreeMap<ServiceKey, ServiceInfo> =
@@ -134,96 +156,101 @@ impl LbMaps {
 
         let desired_keys: BTreeMap<ServiceKey, &ServiceEntry> =
             desired.iter().map(|s| (s.key(), s)).collect();
-        // Services that went give up their slots first, so a new service taking a slot never
-        // shares it with a stale entry that still points there.
+        // Services that went give up their tables first, so a new service taking the space
+        // never shares it with a stale entry that still points there.
         let mut gone_services = Vec::new();
-        for (key, info) in &current {
+        for key in current.keys() {
             if !desired_keys.contains_key(key) {
                 remove(&mut self.services, key, names::LB_SERVICES)?;
-                self.built.remove(&info.slot);
+                self.built.remove(key);
                 gone_services.push(*key);
                 out.removed += 1;
+            }
+        }
+        let mut space = Space::new(self.maglev.len());
+        // Tables the services kept hold (one that overlaps another is rebuilt elsewhere).
+        let mut held: BTreeMap<ServiceKey, Range<u32>> = BTreeMap::new();
+        for (key, info) in &current {
+            if desired_keys.contains_key(key)
+                && info.table_size > 0
+                && space.claim(info.table_offset, info.table_size)
+            {
+                held.insert(*key, range(info));
             }
         }
         // (service, backend) pairs that ended: their flows are forgotten even when the
         // backend still serves another service.
         let mut gone_pairs: BTreeSet<(ServiceKey, (u32, u16))> = BTreeSet::new();
-        let mut used: BTreeSet<u32> = current
-            .iter()
-            .filter(|(k, _)| desired_keys.contains_key(k))
-            .map(|(_, v)| v.slot)
-            .collect();
         for (key, svc) in &desired_keys {
-            let slot = match current.get(key) {
-                Some(info) => info.slot,
-                None => match (0..MAX_SERVICES).find(|s| !used.contains(s)) {
-                    Some(s) => {
-                        used.insert(s);
-                        s
-                    }
-                    None => {
-                        out.rejected.push(Rejection::new(
-                            Subject::Service(svc.name.clone()),
-                            format!(
-                                "{}:{}: this node balances at most {MAX_SERVICES} services",
-                                svc.vip, svc.port
-                            ),
-                        ));
-                        continue;
-                    }
-                },
-            };
             let mut list = svc.backends.clone();
             list.sort();
-            if !current.contains_key(key) || self.built.get(&slot) != Some(&list) {
-                if current.contains_key(key) {
-                    // What the table held (also after a restart, when `built` is empty).
-                    let new: BTreeSet<(u32, u16)> = list
-                        .iter()
-                        .map(|(ip, port, _)| (ip_key(*ip), *port))
-                        .collect();
-                    let old: BTreeSet<(u32, u16)> = self
-                        .maglev
-                        .read(slot)
-                        .iter()
-                        .filter_map(|id| backends.get(id))
-                        .map(|b| (b.ip, b.port))
-                        .collect();
-                    gone_pairs.extend(old.difference(&new).map(|addr| (*key, *addr)));
-                }
-                let names: Vec<String> = list
+            let old = held.get(key).cloned();
+            if let Some(r) = &old {
+                // What the table held (also after a restart, when `built` is empty).
+                let new: BTreeSet<(u32, u16)> = list
                     .iter()
-                    .map(|(ip, port, _)| format!("{ip}:{port}"))
+                    .map(|(ip, port, _)| (ip_key(*ip), *port))
                     .collect();
-                let weighted: Vec<maglev::Weighted<'_>> = names
+                let before: BTreeSet<(u32, u16)> = self
+                    .maglev
+                    .read(r.clone())
                     .iter()
-                    .zip(&list)
-                    .map(|(n, (_, _, w))| maglev::Weighted {
-                        name: n.as_bytes(),
-                        weight: *w,
-                    })
+                    .filter_map(|id| backends.get(id))
+                    .map(|b| (b.ip, b.port))
                     .collect();
-                let table: Vec<u32> = maglev::build(&weighted, MAGLEV_TABLE_SIZE)
-                    .into_iter()
-                    .map(|i| {
-                        let (ip, port, _) = list[i as usize];
-                        ids[&(ip_key(ip), port)]
-                    })
-                    .collect();
-                if !table.is_empty() {
-                    out.slots_changed += self.maglev.write(slot, &table);
-                }
-                self.built.insert(slot, list.clone());
+                gone_pairs.extend(before.difference(&new).map(|addr| (*key, *addr)));
             }
+            let table = match (&old, list.len()) {
+                (_, 0) => None,
+                (Some(r), n) if maglev_size_fits(r.len() as u32, n) => Some(r.clone()),
+                (_, n) => {
+                    let size = maglev_size_for(n);
+                    match space.alloc(size) {
+                        Some(offset) => Some(offset..offset + size),
+                        // No room to grow: the table it has serves, a little less evenly.
+                        None if old.is_some() => old.clone(),
+                        None => {
+                            out.rejected.push(Rejection::new(
+                                Subject::Service(svc.name.clone()),
+                                format!(
+                                    "{}:{}: no room for its {size}-slot Maglev table ({} of {} slots free): remove services or backends",
+                                    svc.vip,
+                                    svc.port,
+                                    space.free_slots(),
+                                    self.maglev.len()
+                                ),
+                            ));
+                            if current.contains_key(key) {
+                                remove(&mut self.services, key, names::LB_SERVICES)?;
+                                gone_services.push(*key);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(r) = &table {
+                if table != old || self.built.get(key) != Some(&list) {
+                    let slots = self.build(&list, &ids, r.len() as u32);
+                    out.slots_changed += self.maglev.write(r.clone(), &slots);
+                }
+            }
+            self.built.insert(*key, list.clone());
             let info = ServiceInfo {
-                slot,
+                table_offset: table.as_ref().map_or(0, |r| r.start),
+                table_size: table.as_ref().map_or(0, |r| r.len() as u32),
                 backends: list.len() as u32,
+                _pad: 0,
             };
             if current.get(key) != Some(&info) {
                 self.services
                     .insert(key, info, 0)
                     .map_err(map_err(names::LB_SERVICES))?;
                 out.written += 1;
+            }
+            // The old table is free once nothing points at it any more.
+            if let Some(r) = old.filter(|r| Some(r) != table.as_ref()) {
+                space.free(r.start);
             }
         }
 
@@ -236,7 +263,44 @@ impl LbMaps {
         if !gone_services.is_empty() || !gone_pairs.is_empty() {
             self.purge_flows(&gone_services, &gone_pairs)?;
         }
+        out.ended = gone_pairs
+            .iter()
+            .map(|(s, (ip, port))| EndedBackend {
+                vip: key_ip(s.vip),
+                port: s.port,
+                proto: s.proto,
+                backend: (key_ip(*ip), *port),
+            })
+            .collect();
         Ok(out)
+    }
+
+    /// A Maglev table of `size` slots over `list`, as backend ids.
+    fn build(
+        &self,
+        list: &[(Ipv4Addr, u16, u32)],
+        ids: &BTreeMap<(u32, u16), u32>,
+        size: u32,
+    ) -> Vec<u32> {
+        let names: Vec<String> = list
+            .iter()
+            .map(|(ip, port, _)| format!("{ip}:{port}"))
+            .collect();
+        let weighted: Vec<maglev::Weighted<'_>> = names
+            .iter()
+            .zip(list)
+            .map(|(n, (_, _, w))| maglev::Weighted {
+                name: n.as_bytes(),
+                weight: *w,
+            })
+            .collect();
+        maglev::build(&weighted, size)
+            .into_iter()
+            .map(|i| {
+                let (ip, port, _) = list[i as usize];
+                ids[&(ip_key(ip), port)]
+            })
+            .collect()
     }
 
     /// Forgets the flows of removed services and of backends removed from a service, in
@@ -274,6 +338,22 @@ impl LbMaps {
                 remove(&mut self.revnat, &k, names::LB_REVNAT)?;
             }
         }
+        // Unconnected UDP sockets stop sending to a backend that left (their next send picks
+        // again). The socket maps carry no VNI: any network's loss of the pair counts.
+        let ended: BTreeSet<(u32, u16, u8, (u32, u16))> = pairs
+            .iter()
+            .map(|(s, b)| (s.vip, s.port, s.proto, *b))
+            .collect();
+        let gone: BTreeSet<(u32, u16, u8)> =
+            services.iter().map(|s| (s.vip, s.port, s.proto)).collect();
+        let fwd: Vec<(SockKey, SockAddr)> = self.sock_fwd.iter().filter_map(Result::ok).collect();
+        for (k, v) in fwd {
+            if gone.contains(&(k.ip, k.port, k.proto))
+                || ended.contains(&(k.ip, k.port, k.proto, (v.ip, v.port)))
+            {
+                remove(&mut self.sock_fwd, &k, names::SOCK_FWD)?;
+            }
+        }
         Ok(())
     }
 
@@ -297,7 +377,7 @@ impl LbMaps {
             collect(&self.backends, names::LB_BACKENDS).ok()?;
         Some(
             self.maglev
-                .read(info.slot)
+                .read(range(&info))
                 .iter()
                 .filter_map(|id| backends.get(id))
                 .map(|b| (Ipv4Addr::from(b.ip.to_ne_bytes()), b.port))
@@ -322,6 +402,7 @@ pub fn pinned_table(
         maglev,
         super::open_pinned(dir, names::LB_CT).map(Map::LruHashMap)?,
         super::open_pinned(dir, names::LB_REVNAT).map(Map::LruHashMap)?,
+        super::open_pinned(dir, names::SOCK_FWD).map(Map::LruHashMap)?,
     )?;
     Ok(lb.table(vni, vip, port, proto))
 }
@@ -334,6 +415,10 @@ impl LbMaps {
             HashMap::try_from(map).map_err(map_err(names::LB_CT))?;
         Ok(ct.keys().filter(Result::is_ok).count())
     }
+}
+
+fn key_ip(key: u32) -> Ipv4Addr {
+    Ipv4Addr::from(key.to_ne_bytes())
 }
 
 fn collect<K: aya::Pod + Ord, V: aya::Pod>(
@@ -382,96 +467,5 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     match map.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
-    }
-}
-
-/// `LB_MAGLEV` mapped into the daemon (BPF_F_MMAPABLE): a table is a plain memory write
-/// instead of 65537 syscalls. Slots change one aligned u32 at a time, so the datapath sees
-/// every slot either old or new, both naming live backends.
-struct MaglevArray {
-    _map: MapData,
-    base: NonNull<MaglevSlot>,
-    entries: usize,
-    bytes: usize,
-}
-
-// The mapping is owned by this value and only written through `&mut self`.
-unsafe impl Send for MaglevArray {}
-unsafe impl Sync for MaglevArray {}
-
-impl MaglevArray {
-    fn new(map: Map) -> Result<Self, MapsError> {
-        let Map::Array(data) = map else {
-            return Err(MapsError::Map {
-                name: names::LB_MAGLEV,
-                source: MapError::InvalidMapType { map_type: 0 },
-            });
-        };
-        let entries = (MAX_SERVICES * MAGLEV_TABLE_SIZE) as usize;
-        let page = 4096;
-        let bytes = (entries * size_of::<MaglevSlot>()).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's own fd, as long as the map; unmapped in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(MapsError::Mmap {
-                name: names::LB_MAGLEV,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Self {
-            _map: data,
-            base: NonNull::new(ptr.cast()).expect("mmap succeeded"),
-            entries,
-            bytes,
-        })
-    }
-
-    fn range(&self, slot: u32) -> std::ops::Range<usize> {
-        let start = slot as usize * MAGLEV_TABLE_SIZE as usize;
-        start..(start + MAGLEV_TABLE_SIZE as usize).min(self.entries)
-    }
-
-    /// Writes a service's table; returns how many slots changed.
-    fn write(&mut self, slot: u32, table: &[u32]) -> usize {
-        let mut changed = 0;
-        for (i, &id) in self.range(slot).zip(table) {
-            // SAFETY: `i` is inside the mapping (range() is clamped to `entries`).
-            unsafe {
-                let p = self.base.as_ptr().add(i);
-                if p.read_volatile().backend_id != id {
-                    p.write_volatile(MaglevSlot {
-                        backend_id: id,
-                        _pad: 0,
-                    });
-                    changed += 1;
-                }
-            }
-        }
-        changed
-    }
-
-    fn read(&self, slot: u32) -> Vec<u32> {
-        // SAFETY: as in `write`.
-        self.range(slot)
-            .map(|i| unsafe { self.base.as_ptr().add(i).read_volatile().backend_id })
-            .collect()
-    }
-}
-
-impl Drop for MaglevArray {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.bytes);
-        }
     }
 }

@@ -6,15 +6,18 @@ mod counters;
 mod endpoints;
 mod lb;
 mod local_ifaces;
+mod maglev_space;
 mod networks;
+mod sock;
 mod vteps;
 
 pub use config::{ConfigMap, NodeDatapathConfig};
 pub use counters::{Count, CounterMap, CounterSnapshot};
 pub use endpoints::{EndpointEntry, EndpointMaps, Location};
-pub use lb::{pinned_table, LbMaps, LbSync, ServiceEntry};
+pub use lb::{pinned_table, EndedBackend, LbMaps, LbSync, ServiceEntry};
 pub use local_ifaces::{LocalIdentity, LocalIfaceMap};
 pub use networks::{NetworkEntry, NetworkMap};
+pub use sock::{BalancedSocket, SockMaps, NETNS_NETWORKS};
 pub use vteps::VtepMap;
 
 use std::{collections::BTreeMap, hash::Hash, net::Ipv4Addr, path::Path};
@@ -56,6 +59,7 @@ pub struct DatapathMaps {
     pub local_ifaces: LocalIfaceMap,
     pub counters: CounterMap,
     pub lb: LbMaps,
+    pub sock: SockMaps,
 }
 
 impl DatapathMaps {
@@ -77,7 +81,9 @@ impl DatapathMaps {
                 take(names::LB_MAGLEV)?,
                 take(names::LB_CT)?,
                 take(names::LB_REVNAT)?,
+                take(names::SOCK_FWD)?,
             )?,
+            sock: SockMaps::new(take(names::SOCK_NETNS)?, take(names::SOCK_REV)?)?,
         })
     }
 }

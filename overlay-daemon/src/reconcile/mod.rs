@@ -295,6 +295,21 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     if plan.services.is_empty() {
         maps.config.set_services(false)?;
     }
+    // Sockets balanced to a backend that left are closed, not left to time out.
+    if datapath.socket_lb() && !lb.ended.is_empty() {
+        let mut sockets = Vec::new();
+        for e in &lb.ended {
+            match datapath
+                .maps
+                .sock
+                .balanced_to((e.vip, e.port), e.proto, e.backend)
+            {
+                Ok(s) => sockets.extend(s),
+                Err(e) => warn!("finding sockets of a removed backend: {e}"),
+            }
+        }
+        datapath.sockets.close(&sockets);
+    }
 
     let wanted: BTreeSet<u32> = plan.local.iter().map(|l| l.ifindex).collect();
     let attached: BTreeSet<u32> = datapath.attached_containers().into_iter().collect();

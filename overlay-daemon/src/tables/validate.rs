@@ -187,8 +187,17 @@ impl ClusterTables {
                     "VIP {} is inside the network's subnet {}: pick an address outside it",
                     svc.vip, net.subnet
                 ))
+            } else if let Some(p) = vip_problem(svc.vip) {
+                Some(p)
+            } else if let Some(node) = out.nodes.values().find(|n| n.vtep_ip == svc.vip) {
+                Some(format!(
+                    "VIP {} is node {:?}'s VTEP address: pick an address no host has",
+                    svc.vip, node.name
+                ))
             } else if svc.port == 0 {
                 Some("port 0 is not a service port".to_owned())
+            } else if let Some(b) = svc.backends.iter().find(|b| b.port == 0) {
+                Some(format!("backend {}:0 has no port", b.ip))
             } else if !vips.insert((net.vni, svc.vip, svc.port, svc.proto)) {
                 Some(format!(
                     "{}:{}/{} is already used by another service",
@@ -236,6 +245,28 @@ impl ClusterTables {
             });
         }
     }
+}
+
+/// Why `vip` cannot be a service address, if it cannot: addresses a host treats as its own or
+/// as not one host's (loopback, unspecified, broadcast, multicast, link-local) would never
+/// reach the balancer, or would reach something else.
+pub fn vip_problem(vip: Ipv4Addr) -> Option<String> {
+    let what = if vip.is_unspecified() {
+        "the unspecified address"
+    } else if vip.is_loopback() {
+        "a loopback address"
+    } else if vip.is_broadcast() {
+        "the broadcast address"
+    } else if vip.is_multicast() {
+        "a multicast address"
+    } else if vip.is_link_local() {
+        "a link-local address"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "VIP {vip} is {what}: pick a unicast address outside every network's subnet"
+    ))
 }
 
 #[cfg(test)]

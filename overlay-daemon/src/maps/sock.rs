@@ -1,0 +1,87 @@
+//! The socket-level balancer's maps: which networks each container network namespace is
+//! on (`SOCK_NETNS`, written by the daemon), and which VIP each balanced socket stands for
+//! (`SOCK_REV`, filled by the cgroup hooks; read to find the sockets of a backend that left).
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use aya::maps::{HashMap, Map, MapData};
+use overlay_common::{
+    lb::{NetnsInfo, SockAddr, SockKey},
+    maps::names,
+};
+
+use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
+
+/// Networks a namespace can be balanced for (a container on more is balanced for the first
+/// four; the per-packet path still serves the rest).
+pub const NETNS_NETWORKS: usize = 4;
+
+pub struct SockMaps {
+    netns: HashMap<MapData, u64, NetnsInfo>,
+    rev: HashMap<MapData, SockKey, SockAddr>,
+}
+
+/// A socket the hooks balanced: its cookie and the backend it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BalancedSocket {
+    pub cookie: u64,
+    pub backend: (Ipv4Addr, u16),
+    pub proto: u8,
+    pub vip: (Ipv4Addr, u16),
+}
+
+impl SockMaps {
+    pub(super) fn new(netns: Map, rev: Map) -> Result<Self, MapsError> {
+        Ok(Self {
+            netns: hash_map(netns, names::SOCK_NETNS)?,
+            rev: hash_map(rev, names::SOCK_REV)?,
+        })
+    }
+
+    /// Makes the namespace table equal to `desired` (netns cookie -> VNIs, in order).
+    /// Returns (written, removed).
+    pub fn sync_netns(
+        &mut self,
+        desired: &BTreeMap<u64, Vec<u32>>,
+    ) -> Result<(usize, usize), MapsError> {
+        let values: BTreeMap<u64, NetnsInfo> = desired
+            .iter()
+            .map(|(cookie, vnis)| {
+                let mut info = NetnsInfo::default();
+                for (slot, vni) in info.vnis.iter_mut().zip(vnis) {
+                    *slot = *vni;
+                }
+                info.count = vnis.len().min(NETNS_NETWORKS) as u32;
+                (*cookie, info)
+            })
+            .collect();
+        sync_hash(&mut self.netns, &values, names::SOCK_NETNS)
+    }
+
+    /// Sockets balanced to `backend` for the service at `vip`.
+    pub fn balanced_to(
+        &self,
+        vip: (Ipv4Addr, u16),
+        proto: u8,
+        backend: (Ipv4Addr, u16),
+    ) -> Result<Vec<BalancedSocket>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.rev.iter() {
+            let (k, v) = entry.map_err(map_err(names::SOCK_REV))?;
+            if k.ip == ip_key(backend.0)
+                && k.port == backend.1
+                && k.proto == proto
+                && v.ip == ip_key(vip.0)
+                && v.port == vip.1
+            {
+                out.push(BalancedSocket {
+                    cookie: k.cookie,
+                    backend,
+                    proto,
+                    vip,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

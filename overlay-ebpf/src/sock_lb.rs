@@ -1,0 +1,201 @@
+//! Socket-level balancing (Cilium's socket LB, Calico's connect-time balancing): cgroup hooks
+//! that give a container's socket a backend when it connects to a service VIP, so the flow's
+//! packets carry the backend's address from the start and need no per-packet translation.
+//! Unconnected UDP gets a backend per socket and VIP on send; replies and `getpeername` show
+//! the VIP. Only sockets of containers on this node (by netns cookie) are touched; every
+//! other socket passes untouched, whatever it does.
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
+use overlay_common::{
+    lb::{flow_hash, NetnsInfo, ServiceKey, SockAddr, SockKey},
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
+    Direction,
+};
+
+use crate::{
+    counters::count,
+    lb,
+    maps::{LB_SERVICES, SOCK_FWD, SOCK_NETNS, SOCK_REV},
+};
+
+/// A cgroup sock_addr hook's verdict: carry on (every path ends here but a refusal).
+const ALLOW: i32 = 1;
+/// The connect of a service without backends is refused, with ECONNREFUSED (set by
+/// `refuse`) as a TCP RST would give, not the EPERM a bare denial means.
+const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[inline(always)]
+fn refuse() -> i32 {
+    count(Direction::LbRejected, 0);
+    unsafe { aya_ebpf::helpers::generated::bpf_set_retval(-ECONNREFUSED) };
+    DENY
+}
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// The socket's address as the hook sees it: (IPv4 key, host-order port, IP protocol).
+#[inline(always)]
+fn user_addr(ctx: &SockAddrContext) -> Option<(u32, u16, u8)> {
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = match sa.type_ {
+        SOCK_STREAM => IPPROTO_TCP,
+        SOCK_DGRAM => IPPROTO_UDP,
+        _ => return None,
+    };
+    Some((sa.user_ip4, u16::from_be(sa.user_port as u16), proto))
+}
+
+#[inline(always)]
+fn set_user_addr(ctx: &SockAddrContext, ip: u32, port: u16) {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    sa.user_ip4 = ip;
+    sa.user_port = port.to_be() as u32;
+}
+
+/// The service at `vip:port/proto` for a container of this node, if any: the networks of
+/// the socket's namespace, tried in order.
+#[inline(always)]
+fn service(
+    ctx: &SockAddrContext,
+    vip: u32,
+    port: u16,
+    proto: u8,
+) -> Option<&'static overlay_common::lb::ServiceInfo> {
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let info: &NetnsInfo = unsafe { SOCK_NETNS.get(netns) }?;
+    let mut i = 0;
+    while i < 4 {
+        if i as u32 >= info.count {
+            break;
+        }
+        let key = ServiceKey {
+            vni: info.vnis[i],
+            vip,
+            port,
+            proto,
+            _pad: 0,
+        };
+        if let Some(svc) = unsafe { LB_SERVICES.get(key) } {
+            return Some(svc);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Picks a backend for the socket (its cookie spreads sockets over the Maglev table) and
+/// remembers which VIP it stands for.
+#[inline(always)]
+fn balance(ctx: &SockAddrContext, vip: u32, port: u16, proto: u8) -> Option<Result<SockAddr, ()>> {
+    let svc = service(ctx, vip, port, proto)?;
+    if svc.backends == 0 {
+        return Some(Err(()));
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let hash = flow_hash(cookie as u32, (cookie >> 32) as u32, port, 0, proto);
+    let Ok((_, backend)) = lb::pick(svc, hash) else {
+        return Some(Err(()));
+    };
+    let to = SockAddr {
+        ip: backend.ip,
+        port: backend.port,
+        _pad: 0,
+    };
+    let rev = SockKey {
+        cookie,
+        ip: backend.ip,
+        port: backend.port,
+        proto,
+        _pad: 0,
+    };
+    let vip_addr = SockAddr {
+        ip: vip,
+        port,
+        _pad: 0,
+    };
+    let _ = SOCK_REV.insert(rev, vip_addr, 0);
+    Some(Ok(to))
+}
+
+pub fn connect4(ctx: &SockAddrContext) -> i32 {
+    let Some((vip, port, proto)) = user_addr(ctx) else {
+        return ALLOW;
+    };
+    match balance(ctx, vip, port, proto) {
+        None => ALLOW,
+        Some(Err(())) => refuse(),
+        Some(Ok(to)) => {
+            set_user_addr(ctx, to.ip, to.port);
+            count(Direction::SockLbConnect, 0);
+            ALLOW
+        }
+    }
+}
+
+/// Unconnected UDP: the backend a socket got for a VIP stays its backend (request/response
+/// protocols such as DNS keep talking to one server).
+pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    let Some((vip, port, proto)) = user_addr(ctx) else {
+        return ALLOW;
+    };
+    if proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockKey {
+        cookie,
+        ip: vip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(to) = unsafe { SOCK_FWD.get(key) } {
+        let to = *to;
+        set_user_addr(ctx, to.ip, to.port);
+        return ALLOW;
+    }
+    match balance(ctx, vip, port, proto) {
+        None => ALLOW,
+        Some(Err(())) => refuse(),
+        Some(Ok(to)) => {
+            let _ = SOCK_FWD.insert(key, to, 0);
+            set_user_addr(ctx, to.ip, to.port);
+            count(Direction::SockLbSendmsg, 0);
+            ALLOW
+        }
+    }
+}
+
+/// The peer the socket sees: the VIP it asked for, not the backend it got.
+#[inline(always)]
+fn show_vip(ctx: &SockAddrContext) -> i32 {
+    let Some((ip, port, proto)) = user_addr(ctx) else {
+        return ALLOW;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockKey {
+        cookie,
+        ip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(vip) = unsafe { SOCK_REV.get(key) } {
+        let vip = *vip;
+        set_user_addr(ctx, vip.ip, vip.port);
+        count(Direction::SockLbRevNat, 0);
+    }
+    ALLOW
+}
+
+pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+    show_vip(ctx)
+}
+
+pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+    show_vip(ctx)
+}
