@@ -31,6 +31,8 @@ pub struct SocketBalancer {
     cookies: HashMap<(u64, u64), u64>,
     /// The namespaces of the last sync: where balanced sockets can be.
     netns: Vec<PathBuf>,
+    /// What the last sync wrote: a pass that changed no namespace writes nothing.
+    written: Option<BTreeMap<u64, Vec<u32>>>,
 }
 
 impl SocketBalancer {
@@ -66,7 +68,10 @@ impl SocketBalancer {
         }
         self.cookies = live;
         self.netns = netns;
-        maps.sync_netns(&desired)?;
+        if self.written.as_ref() != Some(&desired) {
+            maps.sync_netns(&desired)?;
+            self.written = Some(desired);
+        }
         Ok(())
     }
 

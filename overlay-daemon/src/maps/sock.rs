@@ -10,7 +10,7 @@ use overlay_common::{
     maps::names,
 };
 
-use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
+use super::{hash_map, ip_key, map_err, sync_hash, EndedBackend, MapsError};
 
 /// Networks a namespace can be balanced for (a container on more is balanced for the first
 /// four; the per-packet path still serves the rest).
@@ -58,27 +58,28 @@ impl SockMaps {
         sync_hash(&mut self.netns, &values, names::SOCK_NETNS)
     }
 
-    /// Sockets balanced to `backend` for the service at `vip`.
-    pub fn balanced_to(
-        &self,
-        vip: (Ipv4Addr, u16),
-        proto: u8,
-        backend: (Ipv4Addr, u16),
-    ) -> Result<Vec<BalancedSocket>, MapsError> {
+    /// Sockets balanced to any of `ended`'s backends for its service, in one walk of the
+    /// table however many backends left.
+    pub fn balanced_to(&self, ended: &[EndedBackend]) -> Result<Vec<BalancedSocket>, MapsError> {
         let mut out = Vec::new();
+        if ended.is_empty() {
+            return Ok(out);
+        }
         for entry in self.rev.iter() {
             let (k, v) = entry.map_err(map_err(names::SOCK_REV))?;
-            if k.ip == ip_key(backend.0)
-                && k.port == backend.1
-                && k.proto == proto
-                && v.ip == ip_key(vip.0)
-                && v.port == vip.1
-            {
+            let hit = ended.iter().find(|e| {
+                k.ip == ip_key(e.backend.0)
+                    && k.port == e.backend.1
+                    && k.proto == e.proto
+                    && v.ip == ip_key(e.vip)
+                    && v.port == e.port
+            });
+            if let Some(e) = hit {
                 out.push(BalancedSocket {
                     cookie: k.cookie,
-                    backend,
-                    proto,
-                    vip,
+                    backend: e.backend,
+                    proto: e.proto,
+                    vip: (e.vip, e.port),
                 });
             }
         }

@@ -297,18 +297,10 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     }
     // Sockets balanced to a backend that left are closed, not left to time out.
     if datapath.socket_lb() && !lb.ended.is_empty() {
-        let mut sockets = Vec::new();
-        for e in &lb.ended {
-            match datapath
-                .maps
-                .sock
-                .balanced_to((e.vip, e.port), e.proto, e.backend)
-            {
-                Ok(s) => sockets.extend(s),
-                Err(e) => warn!("finding sockets of a removed backend: {e}"),
-            }
+        match datapath.maps.sock.balanced_to(&lb.ended) {
+            Ok(sockets) => datapath.sockets.close(&sockets),
+            Err(e) => warn!("finding sockets of removed backends: {e}"),
         }
-        datapath.sockets.close(&sockets);
     }
 
     let wanted: BTreeSet<u32> = plan.local.iter().map(|l| l.ifindex).collect();
