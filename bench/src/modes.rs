@@ -62,14 +62,6 @@ enum Rest {
 }
 
 impl Pair {
-    /// The overlay topology behind an overlay pair (to add services to its tables).
-    pub fn topology_mut(&mut self) -> Option<&mut Topology> {
-        match &mut self._rest {
-            Rest::Overlay { _topology } => Some(_topology),
-            Rest::Plain { .. } => None,
-        }
-    }
-
     /// Host `i` (0: the client's) of a plain pair.
     pub fn plain_host(&self, i: usize) -> Option<&Netns> {
         match &self._rest {

@@ -17,8 +17,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use overlay_daemon::tables::{BackendSpec, Proto, ServiceSpec};
-use overlay_tests::{ChildGuard, Netns};
+use overlay_common::Direction;
+use overlay_tests::{ChildGuard, Netns, Topology, TopologySpec};
 
 use crate::{
     modes::{Mode, Pair, SERVER_IP},
@@ -35,9 +35,12 @@ const CLIENT_THREADS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {
-    /// The eBPF datapath balancing the VIP (Maglev + conntrack in TC).
-    Vip,
-    /// The eBPF overlay, client picking backends itself: the cost of no balancer.
+    /// The eBPF overlay balancing the VIP at connect time (cgroup socket hooks).
+    VipSocket,
+    /// The eBPF overlay balancing the VIP per packet (Maglev + conntrack in TC).
+    VipPacket,
+    /// The eBPF overlay, client picking backends itself: the cost of no balancer. Measured
+    /// on the socket-LB cluster, so only the addressing differs.
     Direct,
     /// Kernel vxlan + kube-proxy-style iptables DNAT on the client's host.
     Iptables,
@@ -48,7 +51,8 @@ enum Variant {
 impl Variant {
     fn label(self) -> &'static str {
         match self {
-            Variant::Vip => "overlay VIP (eBPF)",
+            Variant::VipSocket => "overlay VIP, socket LB",
+            Variant::VipPacket => "overlay VIP, per-packet",
             Variant::Direct => "overlay direct",
             Variant::Iptables => "kernel vxlan + iptables",
             Variant::Ipvs => "kernel vxlan + IPVS",
@@ -56,37 +60,106 @@ impl Variant {
     }
 }
 
+/// What carries a variant's traffic: an etcd-backed overlay cluster (containers made by the
+/// daemons, so the socket hooks know their namespaces) or a kernel-vxlan pair.
+enum Net {
+    Cluster {
+        client: Netns,
+        server: Netns,
+        // Owns and removes the namespaces above; dropped after them.
+        topology: Box<Topology>,
+    },
+    Pair(Pair),
+}
+
 struct Setup {
     variant: Variant,
-    pair: Pair,
     _servers: Vec<Server>,
     _iperf: ChildGuard,
+    server_ip: Ipv4Addr,
+    net: Net,
+}
+
+impl Setup {
+    fn client(&self) -> &Netns {
+        match &self.net {
+            Net::Cluster { client, .. } => client,
+            Net::Pair(p) => &p.client,
+        }
+    }
 }
 
 pub fn run(rounds: usize, seconds: u32) -> Result<String> {
-    let mut variants = vec![Variant::Vip, Variant::Direct, Variant::Iptables];
+    let mut variants = vec![
+        Variant::VipSocket,
+        Variant::VipPacket,
+        Variant::Direct,
+        Variant::Iptables,
+    ];
     let ipvs = ipvs_available();
     if ipvs {
         variants.push(Variant::Ipvs);
     }
-    let setups: Vec<Setup> = variants.iter().map(|v| setup(*v)).collect::<Result<_>>()?;
+    let setups: Vec<Setup> = variants
+        .iter()
+        .filter(|v| **v != Variant::Direct)
+        .map(|v| setup(*v))
+        .collect::<Result<_>>()?;
+    let of = |v: Variant| {
+        let own = if v == Variant::Direct {
+            Variant::VipSocket
+        } else {
+            v
+        };
+        setups
+            .iter()
+            .find(|s| s.variant == own)
+            .expect("a setup per variant")
+    };
     let mut samples: BTreeMap<(Variant, &'static str), Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        for k in 0..setups.len() {
-            let s = &setups[(round + k) % setups.len()];
-            eprintln!(
-                "service round {}/{rounds}: {}",
-                round + 1,
-                s.variant.label()
-            );
-            let cps = connections_per_second(s, seconds)?;
-            samples.entry((s.variant, "cps")).or_default().push(cps);
-            let gbps = iperf(s, seconds)?;
-            samples.entry((s.variant, "gbps")).or_default().push(gbps);
+        for k in 0..variants.len() {
+            let v = variants[(round + k) % variants.len()];
+            eprintln!("service round {}/{rounds}: {}", round + 1, v.label());
+            let cps = connections_per_second(of(v), v, seconds)?;
+            samples.entry((v, "cps")).or_default().push(cps);
+            let gbps = iperf(of(v), v, seconds)?;
+            samples.entry((v, "gbps")).or_default().push(gbps);
         }
     }
+    let paths = setups
+        .iter()
+        .filter_map(path_taken)
+        .collect::<Result<Vec<String>>>()?;
     drop(setups);
-    Ok(report(&variants, &samples, rounds, seconds, ipvs))
+    Ok(report(&variants, &samples, rounds, seconds, ipvs) + &paths.join(""))
+}
+
+/// Which path balanced an overlay VIP variant, from the client host's counters; an error if
+/// it was not the one the variant stands for (the figures would be mislabelled).
+fn path_taken(s: &Setup) -> Option<Result<String>> {
+    let Net::Cluster { topology, .. } = &s.net else {
+        return None;
+    };
+    let c = topology.counters(0);
+    let socket = c.traffic(Direction::SockLbConnect).packets;
+    let dnat = c.traffic(Direction::LbDnat).packets;
+    let ok = match s.variant {
+        Variant::VipSocket => socket > 0 && dnat == 0,
+        Variant::VipPacket => socket == 0 && dnat > 0,
+        _ => return None,
+    };
+    Some(if ok {
+        Ok(format!(
+            "\n{}: {socket} connections balanced at connect, {dnat} packets translated in TC.",
+            s.variant.label()
+        ))
+    } else {
+        Err(anyhow::anyhow!(
+            "{} took the wrong path: sock_lb_connect {socket}, lb_dnat {dnat}",
+            s.variant.label()
+        ))
+    })
 }
 
 fn ipvs_available() -> bool {
@@ -94,143 +167,174 @@ fn ipvs_available() -> bool {
     ns.output("ipvsadm", &["-Ln"]).status.success()
 }
 
-fn setup(variant: Variant) -> Result<Setup> {
-    let mut pair = match variant {
-        Variant::Vip | Variant::Direct => Pair::build(Mode::Overlay)?,
-        Variant::Iptables | Variant::Ipvs => Pair::build(Mode::KernelVxlan)?,
+/// Two hosts with etcd, a client container on the first and the backends' container on the
+/// second, made through the daemons' API; the VIP services added with overlayctl.
+fn cluster(variant: Variant) -> Result<(Net, Ipv4Addr)> {
+    let mut t = Topology::new(
+        TopologySpec::new(2)
+            .network("bench", 100, "198.19.1.0/24")
+            .with_etcd(10),
+    );
+    let extra: &[&str] = match variant {
+        Variant::VipPacket => &["--socket-lb", "off"],
+        _ => &[],
     };
-    for ns in [&pair.client, &pair.server] {
+    for h in 0..2 {
+        t.start_daemon(h, extra);
+    }
+    for h in 0..2 {
+        t.wait_status(h, "network installed", |s| {
+            s["networks"] == 1 && s["vteps"] == 1
+        });
+    }
+    t.add_pod(0, "a", "bench");
+    t.add_pod(1, "b", "bench");
+    for h in 0..2 {
+        t.wait_converged(h);
+    }
+    let server_ip = t.container("b").ip;
+    for (name, port, ports) in [
+        ("svc", SERVICE_PORT, &BACKEND_PORTS[..]),
+        ("iperf", IPERF_PORT, &[IPERF_PORT][..]),
+    ] {
+        let vip = format!("{VIP}:{port}");
+        let mut args = vec!["service", "add", name, "--network", "bench", "--vip", &vip];
+        let backends: Vec<String> = ports.iter().map(|p| format!("{server_ip}:{p}")).collect();
+        for b in &backends {
+            args.extend(["--backend", b.as_str()]);
+        }
+        t.overlayctl_ok(0, &args);
+    }
+    t.wait_status(0, "services installed", |s| s["services"] == 2);
+    let client = Netns::open(t.container("a").ns.name());
+    let server = Netns::open(t.container("b").ns.name());
+    Ok((
+        Net::Cluster {
+            client,
+            server,
+            topology: Box::new(t),
+        },
+        server_ip,
+    ))
+}
+
+fn setup(variant: Variant) -> Result<Setup> {
+    let (net, server_ip) = match variant {
+        Variant::VipSocket | Variant::VipPacket => cluster(variant)?,
+        Variant::Direct => bail!("direct is measured on the socket-LB cluster"),
+        Variant::Iptables | Variant::Ipvs => {
+            (Net::Pair(Pair::build(Mode::KernelVxlan)?), SERVER_IP)
+        }
+    };
+    let (client, server) = match &net {
+        Net::Cluster { client, server, .. } => (client, server),
+        Net::Pair(p) => (&p.client, &p.server),
+    };
+    for ns in [client, server] {
         ns.sysctl("net/ipv4/ip_local_port_range", "1024 65000");
         ns.sysctl("net/ipv4/tcp_tw_reuse", "1");
     }
-    match variant {
-        Variant::Vip => {
-            let t = pair.topology_mut().context("overlay pair")?;
-            let backends = |ports: &[u16]| {
-                ports
-                    .iter()
-                    .map(|p| BackendSpec {
-                        ip: SERVER_IP,
-                        port: *p,
-                        weight: 1,
-                    })
-                    .collect()
-            };
-            for (name, port, ports) in [
-                ("svc", SERVICE_PORT, &BACKEND_PORTS[..]),
-                ("iperf", IPERF_PORT, &[IPERF_PORT][..]),
-            ] {
-                t.tables.services.push(ServiceSpec {
-                    name: name.into(),
-                    network: "bench".into(),
-                    vip: VIP,
-                    port,
-                    proto: Proto::Tcp,
-                    backends: backends(ports),
-                });
-            }
-            t.write_tables();
-            t.wait_status(0, "services installed", |s| s["services"] == 2);
-        }
-        Variant::Direct => {}
-        Variant::Iptables => {
-            let host = pair.plain_host(0).context("plain pair")?;
-            // kube-proxy's iptables mode: one DNAT rule per backend, chosen with
-            // probabilities 1/3, 1/2, 1 (uniform overall), in PREROUTING of the client's host.
-            let dnat = |dport: &str, probability: Option<f64>, to: &str| {
-                let p = probability.map(|p| format!("{p:.8}"));
-                let mut args = vec![
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-d",
-                    "198.19.250.10",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    dport,
-                ];
-                if let Some(p) = &p {
-                    args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
-                }
-                args.extend(["-j", "DNAT", "--to-destination", to]);
-                host.run("iptables", &args);
-            };
-            let n = BACKEND_PORTS.len();
-            for (i, port) in BACKEND_PORTS.iter().enumerate() {
-                let probability = (i + 1 < n).then(|| 1.0 / (n - i) as f64);
-                dnat("80", probability, &format!("{SERVER_IP}:{port}"));
-            }
-            dnat("5201", None, &format!("{SERVER_IP}:{IPERF_PORT}"));
-        }
-        Variant::Ipvs => {
-            let host = pair.plain_host(0).context("plain pair")?;
-            // As kube-proxy's IPVS mode: the VIP on a dummy device, NAT (masquerade) mode.
-            host.ip(&["link", "add", "ipvs0", "type", "dummy"]);
-            host.ip(&["addr", "add", "198.19.250.10/32", "dev", "ipvs0"]);
-            host.ip(&["link", "set", "ipvs0", "up"]);
-            let sched = if host
-                .output("ipvsadm", &["-A", "-t", "198.19.250.10:80", "-s", "mh"])
-                .status
-                .success()
-            {
-                "mh"
-            } else {
-                host.run("ipvsadm", &["-A", "-t", "198.19.250.10:80", "-s", "rr"]);
-                "rr"
-            };
-            eprintln!("IPVS scheduler: {sched}");
-            for port in BACKEND_PORTS {
-                let to = format!("{SERVER_IP}:{port}");
-                host.run(
-                    "ipvsadm",
-                    &["-a", "-t", "198.19.250.10:80", "-r", &to, "-m"],
-                );
-            }
-            host.run("ipvsadm", &["-A", "-t", "198.19.250.10:5201", "-s", "rr"]);
-            host.run(
-                "ipvsadm",
-                &[
-                    "-a",
-                    "-t",
-                    "198.19.250.10:5201",
-                    "-r",
-                    "198.19.1.21:5201",
-                    "-m",
-                ],
-            );
+    if let Net::Pair(pair) = &net {
+        let host = pair.plain_host(0).context("plain pair")?;
+        match variant {
+            Variant::Iptables => iptables(host),
+            Variant::Ipvs => ipvs(host),
+            _ => {}
         }
     }
     let servers = BACKEND_PORTS
         .iter()
-        .map(|p| Server::start(&pair.server, *p))
+        .map(|p| Server::start(server, *p))
         .collect::<Result<_>>()?;
-    let iperf = crate::measure::iperf_server(&pair.server)?;
+    let iperf = crate::measure::iperf_server(server)?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(Setup {
         variant,
-        pair,
         _servers: servers,
         _iperf: iperf,
+        server_ip,
+        net,
     })
+}
+
+/// kube-proxy's iptables mode: one DNAT rule per backend, chosen with probabilities 1/3,
+/// 1/2, 1 (uniform overall), in PREROUTING of the client's host.
+fn iptables(host: &Netns) {
+    let dnat = |dport: &str, probability: Option<f64>, to: &str| {
+        let p = probability.map(|p| format!("{p:.8}"));
+        let mut args = vec![
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "198.19.250.10",
+            "-p",
+            "tcp",
+            "--dport",
+            dport,
+        ];
+        if let Some(p) = &p {
+            args.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+        }
+        args.extend(["-j", "DNAT", "--to-destination", to]);
+        host.run("iptables", &args);
+    };
+    let n = BACKEND_PORTS.len();
+    for (i, port) in BACKEND_PORTS.iter().enumerate() {
+        let probability = (i + 1 < n).then(|| 1.0 / (n - i) as f64);
+        dnat("80", probability, &format!("{SERVER_IP}:{port}"));
+    }
+    dnat("5201", None, &format!("{SERVER_IP}:{IPERF_PORT}"));
+}
+
+/// As kube-proxy's IPVS mode: the VIP on a dummy device, NAT (masquerade) mode.
+fn ipvs(host: &Netns) {
+    host.ip(&["link", "add", "ipvs0", "type", "dummy"]);
+    host.ip(&["addr", "add", "198.19.250.10/32", "dev", "ipvs0"]);
+    host.ip(&["link", "set", "ipvs0", "up"]);
+    let sched = if host
+        .output("ipvsadm", &["-A", "-t", "198.19.250.10:80", "-s", "mh"])
+        .status
+        .success()
+    {
+        "mh"
+    } else {
+        host.run("ipvsadm", &["-A", "-t", "198.19.250.10:80", "-s", "rr"]);
+        "rr"
+    };
+    eprintln!("IPVS scheduler: {sched}");
+    for port in BACKEND_PORTS {
+        let to = format!("{SERVER_IP}:{port}");
+        host.run(
+            "ipvsadm",
+            &["-a", "-t", "198.19.250.10:80", "-r", &to, "-m"],
+        );
+    }
+    host.run("ipvsadm", &["-A", "-t", "198.19.250.10:5201", "-s", "rr"]);
+    let to = format!("{SERVER_IP}:{IPERF_PORT}");
+    host.run(
+        "ipvsadm",
+        &["-a", "-t", "198.19.250.10:5201", "-r", &to, "-m"],
+    );
 }
 
 /// Short TCP connections (connect, 8 bytes each way, server closes) from several client
 /// threads for `seconds`; completed connections per second.
-fn connections_per_second(s: &Setup, seconds: u32) -> Result<f64> {
+fn connections_per_second(s: &Setup, variant: Variant, seconds: u32) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let direct = s.variant == Variant::Direct;
+    let direct = variant == Variant::Direct;
+    let server_ip = s.server_ip;
     let threads: Vec<_> = (0..CLIENT_THREADS)
         .map(|t| {
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
-            s.pair.client.spawn(move || {
+            s.client().spawn(move || {
                 let mut i = t;
                 while !stop.load(Ordering::Relaxed) {
                     let addr = if direct {
-                        SocketAddrV4::new(SERVER_IP, BACKEND_PORTS[i % BACKEND_PORTS.len()])
+                        SocketAddrV4::new(server_ip, BACKEND_PORTS[i % BACKEND_PORTS.len()])
                     } else {
                         SocketAddrV4::new(VIP, SERVICE_PORT)
                     };
@@ -252,7 +356,7 @@ fn connections_per_second(s: &Setup, seconds: u32) -> Result<f64> {
     let secs = start.elapsed().as_secs_f64();
     let failed = failed.load(Ordering::Relaxed);
     if failed > 0 {
-        bail!("{}: {failed} connections failed", s.variant.label());
+        bail!("{}: {failed} connections failed", variant.label());
     }
     Ok(done.load(Ordering::Relaxed) as f64 / secs)
 }
@@ -275,26 +379,25 @@ fn one_connection(addr: SocketAddrV4) -> std::io::Result<()> {
     }
 }
 
-fn iperf(s: &Setup, seconds: u32) -> Result<f64> {
-    let target = match s.variant {
-        Variant::Direct => SERVER_IP,
+fn iperf(s: &Setup, variant: Variant, seconds: u32) -> Result<f64> {
+    let target = match variant {
+        Variant::Direct => s.server_ip,
         _ => VIP,
     }
     .to_string();
     let t = seconds.to_string();
     let out = s
-        .pair
-        .client
+        .client()
         .output("iperf3", &["-c", &target, "-p", "5201", "-J", "-t", &t]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "iperf3 via {}: {}",
-            s.variant.label(),
+            variant.label(),
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
     if let Some(e) = json["error"].as_str() {
-        bail!("iperf3 via {}: {e}", s.variant.label());
+        bail!("iperf3 via {}: {e}", variant.label());
     }
     Ok(json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -302,31 +405,32 @@ fn iperf(s: &Setup, seconds: u32) -> Result<f64> {
         / 1e9)
 }
 
-/// An 8-byte echo server that closes each connection after answering.
+/// An 8-byte echo server that closes each connection after answering, with one blocking
+/// accept thread per client thread: however the balancer spreads connections over the ports,
+/// none waits for another's (a single polling thread per port made a random spread slower
+/// than a round-robin one, which measured the server, not the balancer).
 struct Server {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    listener: Option<TcpListener>,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     fn start(ns: &Netns, port: u16) -> Result<Self> {
+        let listener = ns
+            .spawn(move || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+            .join()
+            .map_err(|_| anyhow::anyhow!("binding backend port {port}: thread panicked"))?
+            .with_context(|| format!("binding backend port {port}"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handle = ns.spawn(move || {
-            let listener = match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = listener.set_nonblocking(true);
-            let _ = tx.send(Ok(()));
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
+        let handles = (0..CLIENT_THREADS)
+            .map(|_| {
+                let (flag, listener) = (stop.clone(), listener.try_clone()?);
+                Ok(std::thread::spawn(move || {
+                    while !flag.load(Ordering::Relaxed) {
+                        let Ok((mut conn, _)) = listener.accept() else {
+                            continue;
+                        };
                         let _ = conn.set_nodelay(true);
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                         let mut buf = [0u8; 8];
@@ -334,16 +438,14 @@ impl Server {
                             let _ = conn.write_all(&buf);
                         }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .context("backend server start")?
-            .with_context(|| format!("binding backend port {port}"))?;
+                }))
+            })
+            .collect::<std::io::Result<_>>()
+            .context("accept threads")?;
         Ok(Self {
             stop,
-            handle: Some(handle),
+            listener: Some(listener),
+            handles,
         })
     }
 }
@@ -351,7 +453,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
+        // Shutting the listening socket down wakes every blocked accept (with an error).
+        if let Some(l) = self.listener.take() {
+            use std::os::fd::AsRawFd;
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
@@ -368,7 +475,7 @@ fn report(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Service load balancing\n\n{rounds} rounds x {seconds} s, medians; one client container, \
+        "## Service load balancing\n\n{rounds} rounds x {seconds} s, medians (min–max); one client container, \
          three backends (three ports of one container on the other host), {CLIENT_THREADS} client threads.\n"
     );
     let mut header = "| metric |".to_owned();
@@ -377,10 +484,10 @@ fn report(
         let _ = write!(header, " {} |", v.label());
         rule += "---:|";
     }
-    header += " VIP / direct | VIP / iptables |";
-    rule += "---:|---:|";
+    header += " socket VIP / direct | per-packet VIP / direct | socket VIP / iptables |";
+    rule += "---:|---:|---:|";
     if ipvs {
-        header += " VIP / IPVS |";
+        header += " socket VIP / IPVS |";
         rule += "---:|";
     }
     let _ = writeln!(out, "{header}\n{rule}");
@@ -390,17 +497,20 @@ fn report(
     ] {
         let mut row = format!("| {label} |");
         for v in variants {
-            let _ = write!(row, " {:.*} |", digits, med(*v, metric));
+            let (m, lo, hi) = spread(samples.get(&(*v, metric)));
+            let _ = write!(row, " {m:.digits$} ({lo:.digits$}–{hi:.digits$}) |");
         }
-        let vip = med(Variant::Vip, metric);
+        let sock = med(Variant::VipSocket, metric);
+        let direct = med(Variant::Direct, metric);
         let _ = write!(
             row,
-            " {:.2} | {:.2} |",
-            vip / med(Variant::Direct, metric),
-            vip / med(Variant::Iptables, metric)
+            " {:.2} | {:.2} | {:.2} |",
+            sock / direct,
+            med(Variant::VipPacket, metric) / direct,
+            sock / med(Variant::Iptables, metric)
         );
         if ipvs {
-            let _ = write!(row, " {:.2} |", vip / med(Variant::Ipvs, metric));
+            let _ = write!(row, " {:.2} |", sock / med(Variant::Ipvs, metric));
         }
         let _ = writeln!(out, "{row}");
     }
@@ -412,4 +522,16 @@ fn report(
         );
     }
     out
+}
+
+/// Median, min and max of a variant's samples (NaN when it has none).
+fn spread(samples: Option<&Vec<f64>>) -> (f64, f64, f64) {
+    match samples {
+        Some(s) if !s.is_empty() => (
+            median(s),
+            s.iter().copied().fold(f64::INFINITY, f64::min),
+            s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    }
 }

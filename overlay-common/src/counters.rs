@@ -67,6 +67,9 @@ counted_enum! {
         SockLbRevNat = 13 => "sock_lb_rev_nat",
         /// Per-packet flows whose client is their backend (translated at both ends).
         LbHairpin = 14 => "lb_hairpin",
+        /// Direct UDP flows given a source port of their own, their tuple being a live
+        /// translated flow's.
+        LbDirectRemap = 15 => "lb_direct_remap",
     }
 }
 

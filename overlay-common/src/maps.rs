@@ -54,6 +54,8 @@ pub mod programs {
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// cgroup sock hook: a closing socket forgets the VIP it was balanced from.
+    pub const SOCK_RELEASE: &str = "sock_release";
 }
 
 /// Capacity of the endpoint tables (both keyed views).

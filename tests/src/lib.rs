@@ -9,6 +9,7 @@ pub mod docker;
 pub mod etcd;
 pub mod fixtures;
 pub mod image;
+pub mod lb;
 pub mod netns;
 pub mod podman;
 pub mod process;

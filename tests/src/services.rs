@@ -147,6 +147,14 @@ impl Session {
         Ok(Self { conn, backend })
     }
 
+    /// The peer address the kernel reports for the connection (getpeername).
+    pub fn peer(&self) -> std::io::Result<SocketAddrV4> {
+        match self.conn.peer_addr()? {
+            std::net::SocketAddr::V4(a) => Ok(a),
+            other => Err(std::io::Error::other(format!("IPv6 peer {other}"))),
+        }
+    }
+
     /// Sends `msg` and checks it comes back whole.
     pub fn roundtrip(&mut self, msg: &[u8]) -> std::io::Result<()> {
         self.conn.write_all(msg)?;
@@ -252,4 +260,82 @@ pub fn read_name(conn: &mut TcpStream) -> std::io::Result<String> {
     }
     name.pop();
     Ok(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// One UDP datagram from `src` to `dst` sent on a raw socket (no UDP socket sends it, so no
+/// socket hook sees it: the per-packet path must balance it), the reply read from a UDP
+/// socket bound to `src`'s port. Returns (reply source, reply text).
+pub fn raw_udp_ask(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    msg: &str,
+) -> std::io::Result<(SocketAddrV4, String)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let reply_sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, src.port()))?;
+    reply_sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 17) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+    let datagram = udp_datagram(src, dst, msg.as_bytes());
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let sent = unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 2048];
+    let (n, from) = reply_sock.recv_from(&mut buf)?;
+    let std::net::SocketAddr::V4(from) = from else {
+        return Err(std::io::Error::other("IPv6 reply"));
+    };
+    Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+}
+
+/// A UDP header and payload with the checksum over the IPv4 pseudo-header.
+fn udp_datagram(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut d = Vec::with_capacity(len as usize);
+    d.extend_from_slice(&src.port().to_be_bytes());
+    d.extend_from_slice(&dst.port().to_be_bytes());
+    d.extend_from_slice(&len.to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(payload);
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            sum += hi | pair.get(1).map_or(0, |b| u32::from(*b));
+        }
+    };
+    add(&src.ip().octets());
+    add(&dst.ip().octets());
+    add(&[0, 17]);
+    add(&len.to_be_bytes());
+    add(&d);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    d[6..8].copy_from_slice(&csum.to_be_bytes());
+    d
 }

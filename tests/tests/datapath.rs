@@ -426,6 +426,7 @@ fn restarting_daemons_keeps_a_running_flow() {
             "sock-connect4",
             "sock-getpeername4",
             "sock-recvmsg4",
+            "sock-release",
             "sock-sendmsg4"
         ],
         "{links:?}"

@@ -10,16 +10,14 @@ use std::{
 
 use nix::sys::signal::Signal;
 use overlay_common::Direction;
-use overlay_daemon::maps::pinned_table;
 use overlay_tests::{
+    lb::{assert_shares, spread, table, wait_table, Svc},
     services::{tcp_ask, tcp_identity_server, udp_ask, udp_identity_server, Session},
     Topology, TopologySpec,
 };
 
 const TTL: u32 = 3;
 const VNI: u32 = 100;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 10);
 
 fn cluster() -> Topology {
@@ -44,102 +42,23 @@ fn cluster_with(extra: &[&str]) -> Topology {
     t
 }
 
-/// The service's Maglev table on `host`, as backend addresses.
-fn table(t: &Topology, host: usize, vip: Ipv4Addr, port: u16, proto: u8) -> Vec<(Ipv4Addr, u16)> {
-    pinned_table(&t.hosts[host].pins.maps(), VNI, vip, port, proto)
-        .expect("open LB maps")
-        .unwrap_or_default()
-}
-
-/// Waits until `host`'s table for the service is made of exactly `backends`.
-fn wait_table(
-    t: &Topology,
-    host: usize,
-    vip: Ipv4Addr,
-    port: u16,
-    proto: u8,
-    backends: &[Ipv4Addr],
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut want: Vec<Ipv4Addr> = backends.to_vec();
-    want.sort();
-    loop {
-        let full = table(t, host, vip, port, proto);
-        let mut have: Vec<Ipv4Addr> = full.iter().map(|b| b.0).collect();
-        have.sort();
-        have.dedup();
-        if have == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "table on {} has {have:?}, want {want:?}\n{}",
-            t.hosts[host].name,
-            t.daemon_log(host)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `n` short connections to `addr` from `client`; panics on any failure. Counts per backend.
-fn spread(t: &Topology, client: &str, addr: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
-    let result = t.container(client).ns.spawn(move || {
-        let mut counts = BTreeMap::new();
-        for i in 0..n {
-            let token = format!("conn-{i}-{}", i * 7919);
-            let name =
-                tcp_ask(addr, &token).map_err(|e| format!("connection {i} to {addr}: {e}"))?;
-            *counts.entry(name).or_insert(0) += 1;
-        }
-        Ok::<_, String>(counts)
-    });
-    match result.join().expect("client thread") {
-        Ok(counts) => counts,
-        Err(e) => {
-            let counters: Vec<String> = (0..t.hosts.len())
-                .map(|h| format!("{}: {:?}", t.hosts[h].name, t.counters(h)))
-                .collect();
-            panic!("{e}\n{}\n{}", counters.join("\n"), t.daemon_log(2));
-        }
-    }
-}
-
-fn assert_shares(counts: &BTreeMap<String, usize>, weights: &[(&str, u32)]) {
-    let total: usize = counts.values().sum();
-    let weight_sum: u32 = weights.iter().map(|w| w.1).sum();
-    assert_eq!(
-        counts.len(),
-        weights.len(),
-        "backends seen: {counts:?}, expected {weights:?}"
-    );
-    for (name, w) in weights {
-        let expected = total as f64 * *w as f64 / weight_sum as f64;
-        let got = *counts.get(*name).unwrap_or(&0) as f64;
-        let off = (got / expected - 1.0).abs();
-        eprintln!(
-            "{name}: {got} connections, expected {expected:.0} ({:+.1}%)",
-            (got / expected - 1.0) * 100.0
-        );
-        assert!(
-            off <= 0.15,
-            "{name}: {got} of {total}, expected {expected:.0} (±15%): {counts:?}"
-        );
-    }
-}
-
+/// Through the socket path (the default): connections are balanced at connect, by weight;
+/// the application sees the VIP as its peer; a backend that comes moves no connection and a
+/// backend that goes closes exactly its own (ECONNABORTED), by Maglev moving only its share.
 #[test]
 fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
     let mut t = cluster();
     t.add_pod(0, "b1", "red");
     t.add_pod(0, "b2", "red");
     t.add_pod(1, "b3", "red");
+    t.add_pod(1, "b4", "red");
     t.add_pod(2, "client", "red");
     for h in 0..3 {
         t.wait_converged(h);
     }
     let ip = |t: &Topology, n: &str| t.container(n).ip;
-    let (b1, b2, b3) = (ip(&t, "b1"), ip(&t, "b2"), ip(&t, "b3"));
-    let _servers: Vec<_> = ["b1", "b2", "b3"]
+    let (b1, b2, b3, b4) = (ip(&t, "b1"), ip(&t, "b2"), ip(&t, "b3"), ip(&t, "b4"));
+    let _servers: Vec<_> = ["b1", "b2", "b3", "b4"]
         .iter()
         .map(|n| tcp_identity_server(&t.container(n).ns, 8080, n))
         .collect();
@@ -166,7 +85,7 @@ fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
         ],
     );
     for h in 0..3 {
-        wait_table(&t, h, VIP, 80, TCP, &[b1, b2, b3]);
+        wait_table(&t, h, Svc::tcp(VNI, VIP, 80), &[b1, b2, b3]);
     }
     let ls = t.overlayctl_ok(0, &["service", "ls"]);
     assert!(
@@ -175,9 +94,23 @@ fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
     );
 
     // 3000 short connections, each echoing its own token: spread by weight 1:2:3.
+    // Every one balanced by the client's connect, none by translating packets.
     let vip = SocketAddrV4::new(VIP, 80);
+    let before = t.counters(2);
     let counts = spread(&t, "client", vip, 3000);
     assert_shares(&counts, &[("b1", 1), ("b2", 2), ("b3", 3)]);
+    let after = t.counters(2);
+    let delta = |d: Direction| after.traffic(d).packets - before.traffic(d).packets;
+    assert!(
+        delta(Direction::SockLbConnect) >= 3000,
+        "socket-path selections: {}",
+        delta(Direction::SockLbConnect)
+    );
+    assert_eq!(delta(Direction::LbDnat), 0, "no packet translated in TC");
+    // Closed sockets forget their VIP (the release hook), so the table holds live ones only.
+    let held =
+        overlay_daemon::maps::SockMaps::balanced_count(&t.hosts[2].pins.maps()).expect("SOCK_REV");
+    assert!(held <= 10, "{held} closed sockets still in SOCK_REV");
 
     // Long-lived connections, opened until every backend has some.
     let mut sessions: Vec<Session> = Vec::new();
@@ -194,25 +127,44 @@ fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
         on("b1") > 0 && on("b2") > 0 && on("b3") > 0,
         "sessions on every backend"
     );
+    for s in &sessions {
+        assert_eq!(s.peer().expect("getpeername"), vip, "the peer is the VIP");
+    }
+
+    // b4 comes: every open connection stays on its backend; new ones reach b4 too.
+    let set_backends = |t: &Topology, backends: &[(Ipv4Addr, u32)]| {
+        let mut args = vec!["service".to_owned(), "set-backends".into(), "web".into()];
+        for (ip, w) in backends {
+            args.extend(["--backend".to_owned(), backend(*ip, *w)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        t.overlayctl_ok(0, &args);
+    };
+    set_backends(&t, &[(b1, 1), (b2, 2), (b3, 3), (b4, 3)]);
+    for h in 0..3 {
+        wait_table(&t, h, Svc::tcp(VNI, VIP, 80), &[b1, b2, b3, b4]);
+    }
+    let mut sessions = t.container("client").ns.enter(move || {
+        for s in sessions.iter_mut() {
+            let msg = format!("after b4 came, via {}\n", s.backend);
+            s.roundtrip(msg.as_bytes())
+                .unwrap_or_else(|e| panic!("connection to {} broke when b4 came: {e}", s.backend));
+        }
+        sessions
+    });
+    let counts = spread(&t, "client", vip, 300);
+    assert!(
+        counts.contains_key("b4"),
+        "b4 gets new connections: {counts:?}"
+    );
 
     // b3 leaves the configured backends: Maglev moves its slots and (almost) nothing else.
-    let before = table(&t, 2, VIP, 80, TCP);
-    t.overlayctl_ok(
-        0,
-        &[
-            "service",
-            "set-backends",
-            "web",
-            "--backend",
-            &backend(b1, 1),
-            "--backend",
-            &backend(b2, 2),
-        ],
-    );
+    let before = table(&t, 2, Svc::tcp(VNI, VIP, 80));
+    set_backends(&t, &[(b1, 1), (b2, 2), (b4, 3)]);
     for h in 0..3 {
-        wait_table(&t, h, VIP, 80, TCP, &[b1, b2]);
+        wait_table(&t, h, Svc::tcp(VNI, VIP, 80), &[b1, b2, b4]);
     }
-    let after = table(&t, 2, VIP, 80, TCP);
+    let after = table(&t, 2, Svc::tcp(VNI, VIP, 80));
     assert_eq!(before.len(), after.len());
     let of_b3 = before.iter().filter(|b| b.0 == b3).count();
     let moved_others = before
@@ -232,8 +184,22 @@ fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
         share(moved_others)
     );
 
-    // Long-lived connections on the remaining backends carry on.
+    // Connections to b3 are closed at once (not left to hang until TCP gives up); those on
+    // the remaining backends carry on.
     let sessions = t.container("client").ns.enter(move || {
+        for s in sessions.iter_mut().filter(|s| s.backend == "b3") {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match s.roundtrip(b"to b3\n") {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => break,
+                    Err(e) => panic!("connection to b3: {e:?}, not ECONNABORTED"),
+                    Ok(()) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(100))
+                    }
+                    Ok(()) => panic!("a connection to b3 still works 10 s after b3 left"),
+                }
+            }
+        }
         for s in sessions.iter_mut().filter(|s| s.backend != "b3") {
             for round in 0..3 {
                 let msg = format!("still there {round} via {}", s.backend);
@@ -246,9 +212,9 @@ fn tcp_spreads_by_weight_and_a_removed_backend_moves_only_its_share() {
     });
     drop(sessions);
 
-    // New connections now split 1:2 between b1 and b2.
+    // New connections now split 1:2:3 between b1, b2 and b4.
     let counts = spread(&t, "client", vip, 600);
-    assert_shares(&counts, &[("b1", 1), ("b2", 2)]);
+    assert_shares(&counts, &[("b1", 1), ("b2", 2), ("b4", 3)]);
 
     t.overlayctl_ok(0, &["service", "rm", "web"]);
     for h in 0..3 {
@@ -335,8 +301,8 @@ fn udp_labels_empty_services_and_dead_nodes() {
         ],
     );
     for h in 0..3 {
-        wait_table(&t, h, echo_vip, 7, TCP, &[l1, l2]);
-        wait_table(&t, h, dns_vip, 53, UDP, &[l1, l2]);
+        wait_table(&t, h, Svc::tcp(VNI, echo_vip, 7), &[l1, l2]);
+        wait_table(&t, h, Svc::udp(VNI, dns_vip, 53), &[l1, l2]);
         t.wait_status(h, "services installed", |s| s["services"] == 4);
     }
 
@@ -455,15 +421,15 @@ fn udp_labels_empty_services_and_dead_nodes() {
     // The node of l2 dies: after its lease expires l2 leaves every table, by itself.
     t.stop_daemon(1, Signal::SIGKILL);
     for h in [0, 2] {
-        wait_table(&t, h, echo_vip, 7, TCP, &[l1]);
-        wait_table(&t, h, dns_vip, 53, UDP, &[l1]);
+        wait_table(&t, h, Svc::tcp(VNI, echo_vip, 7), &[l1]);
+        wait_table(&t, h, Svc::udp(VNI, dns_vip, 53), &[l1]);
     }
     let counts = spread(&t, "client", echo, 100);
     assert_eq!(counts.keys().collect::<Vec<_>>(), ["l1"], "{counts:?}");
     // It comes back with its endpoint and label.
     t.start_daemon(1, &[]);
     for h in 0..3 {
-        wait_table(&t, h, echo_vip, 7, TCP, &[l1, l2]);
+        wait_table(&t, h, Svc::tcp(VNI, echo_vip, 7), &[l1, l2]);
     }
     let counts = spread(&t, "client", echo, 200);
     assert_eq!(counts.len(), 2, "{counts:?}");
@@ -527,9 +493,14 @@ fn a_flood_of_new_flows_never_moves_an_established_one() {
             ],
         );
     }
-    wait_table(&t, 2, VIP, 80, TCP, &[b1, b2]);
+    wait_table(&t, 2, Svc::tcp(VNI, VIP, 80), &[b1, b2]);
     for p in 0..4u16 {
-        wait_table(&t, 2, Ipv4Addr::new(198, 19, 250, 11), 5000 + p, UDP, &[b2]);
+        wait_table(
+            &t,
+            2,
+            Svc::udp(VNI, Ipv4Addr::new(198, 19, 250, 11), 5000 + p),
+            &[b2],
+        );
     }
 
     let vip = SocketAddrV4::new(VIP, 80);
@@ -608,7 +579,7 @@ fn a_flood_of_new_flows_never_moves_an_established_one() {
             &format!("{b3}:8080"),
         ],
     );
-    wait_table(&t, 2, VIP, 80, TCP, &[b1, b2, b3]);
+    wait_table(&t, 2, Svc::tcp(VNI, VIP, 80), &[b1, b2, b3]);
     thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut session, n) = talker.join().expect("the established connection survived");

@@ -197,8 +197,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }));
             }
             cluster = Some(c.clone());
+            // The cluster's first listing may already have been announced: a receiver made
+            // now would take it as seen, and the node would make no pass until the next
+            // change in etcd (on a quiet cluster, never). The first pass is always made.
+            let mut changes = c.applied.subscribe();
+            changes.mark_changed();
             TableSource::Etcd {
-                changes: c.applied.subscribe(),
+                changes,
                 cluster: c,
             }
         }

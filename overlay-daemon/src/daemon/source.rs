@@ -66,6 +66,11 @@ impl TableSource {
             TableSource::Etcd { cluster, changes } => {
                 let generation = *changes.borrow_and_update();
                 let mut view = cluster.view.lock().await;
+                if view.revision == 0 {
+                    // Not listed yet (the daemon's first wake-up): an empty view would empty
+                    // the datapath. The listing announces itself and brings the first pass.
+                    return None;
+                }
                 let dirty = view.take_dirty();
                 let revision = view.revision;
                 let delta = if retry {

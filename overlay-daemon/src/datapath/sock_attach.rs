@@ -1,6 +1,7 @@
-//! Attaching the socket-level balancer: four cgroup sock_addr hooks on the root of the
-//! cgroup v2 hierarchy (every process of the host runs them; they act only for sockets of
-//! namespaces in `SOCK_NETNS`), each link pinned like the TC ones.
+//! Attaching the socket-level balancer: four cgroup sock_addr hooks and a sock_release hook
+//! on the root of the cgroup v2 hierarchy (every process of the host runs them; they act
+//! only for sockets of namespaces in `SOCK_NETNS`, or sockets they balanced), each link
+//! pinned like the TC ones.
 //!
 //! A cgroup link cannot be re-pointed at a new program, so a restarted daemon attaches its
 //! programs next to the old ones (links always coexist) and then moves its pins over the old pins,
@@ -12,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use overlay_common::maps::programs;
 use tracing::{info, warn};
 
@@ -31,12 +32,14 @@ pub enum SocketLb {
     Off,
 }
 
-const HOOKS: [(&str, &str); 4] = [
+/// sock_addr hooks, by program and link pin name.
+const ADDR_HOOKS: [(&str, &str); 4] = [
     (programs::SOCK_CONNECT4, "sock-connect4"),
     (programs::SOCK_SENDMSG4, "sock-sendmsg4"),
     (programs::SOCK_RECVMSG4, "sock-recvmsg4"),
     (programs::SOCK_GETPEERNAME4, "sock-getpeername4"),
 ];
+const RELEASE_HOOK: (&str, &str) = (programs::SOCK_RELEASE, "sock-release");
 
 /// The root of the cgroup v2 hierarchy this process sees (`/sys/fs/cgroup` on a unified
 /// host, `/sys/fs/cgroup/unified` on a hybrid one).
@@ -98,34 +101,50 @@ impl Datapath {
             path: root.to_owned(),
             source,
         })?;
-        for (name, pin) in HOOKS {
+        // A cgroup link is always one of many (the kernel refuses ALLOW_MULTI flags on
+        // link_create): `Single` passes no flags.
+        for (name, pin) in ADDR_HOOKS {
             let err = |source| DatapathError::Program { name, source };
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             if prog.fd().is_err() {
                 prog.load().map_err(err)?;
             }
-            // A cgroup link is always one of many (the kernel refuses ALLOW_MULTI flags on
-            // link_create): `Single` passes no flags.
             let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
             let link = prog.take_link(id).map_err(err)?;
-            let link =
-                FdLink::try_from(link).map_err(|source| DatapathError::Link { name, source })?;
-            let path = self.pins.links().join(pin);
-            // bpffs refuses names with a dot.
-            let tmp = self.pins.links().join(format!("{pin}-new"));
-            let _ = fs::remove_file(&tmp);
-            link.pin(&tmp).map_err(|source| DatapathError::Pin {
-                path: tmp.clone(),
-                source,
-            })?;
-            // Replaces (and so detaches) the previous daemon's link in one step.
-            fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })?;
+            self.pin_hook(name, pin, FdLink::try_from(link))?;
         }
-        Ok(())
+        let (name, pin) = RELEASE_HOOK;
+        let err = |source| DatapathError::Program { name, source };
+        let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
+        let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        self.pin_hook(name, pin, FdLink::try_from(link))
+    }
+
+    /// Pins a hook's link as `pin`, over (and so detaching) the previous daemon's.
+    fn pin_hook(
+        &self,
+        name: &'static str,
+        pin: &str,
+        link: Result<FdLink, aya::programs::links::LinkError>,
+    ) -> Result<(), DatapathError> {
+        let link = link.map_err(|source| DatapathError::Link { name, source })?;
+        let path = self.pins.links().join(pin);
+        // bpffs refuses names with a dot.
+        let tmp = self.pins.links().join(format!("{pin}-new"));
+        let _ = fs::remove_file(&tmp);
+        link.pin(&tmp).map_err(|source| DatapathError::Pin {
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| DatapathError::Io { path, source })
     }
 
     pub(super) fn detach_socket_lb(&mut self) {
-        for (_, pin) in HOOKS {
+        for (_, pin) in ADDR_HOOKS.into_iter().chain([RELEASE_HOOK]) {
             let path = self.pins.links().join(pin);
             if path.exists() {
                 remove_link_pin(&path);

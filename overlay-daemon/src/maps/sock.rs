@@ -85,4 +85,12 @@ impl SockMaps {
         }
         Ok(out)
     }
+
+    /// How many sockets the pinned `SOCK_REV` in `dir` holds (for tools and tests).
+    pub fn balanced_count(dir: &std::path::Path) -> Result<usize, MapsError> {
+        let map = super::open_pinned(dir, names::SOCK_REV).map(Map::LruHashMap)?;
+        let rev: HashMap<MapData, SockKey, SockAddr> =
+            HashMap::try_from(map).map_err(map_err(names::SOCK_REV))?;
+        Ok(rev.keys().filter(Result::is_ok).count())
+    }
 }

@@ -8,8 +8,9 @@
 //! Flows have a life: a FIN or RST closes them (a new SYN on the tuple starts afresh), idle
 //! ones expire, and expired entries are never used. A translated tuple is unique: one a live
 //! flow holds gets the new flow's source port remapped, and a direct flow that would be the
-//! same tuple as a live translated one is refused (`lb_tuple_conflict`), never merged. A
-//! client that is its own backend (hairpin) is translated at both ends, so it sees the VIP.
+//! same tuple as a live translated one is never merged: a UDP one gets a source port of its
+//! own (`lb_direct_remap`), a TCP SYN is refused (`lb_tuple_conflict`). A client that is its
+//! own backend (hairpin) is translated at both ends, so it sees the VIP.
 
 mod nat;
 mod reject;
@@ -197,18 +198,6 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
         entry_flags |= CT_F_CLOSING;
     }
     let reply = flow(key.vni, backend.ip, dst, backend.port, port, key.proto);
-    let rev = RevNatEntry {
-        vip: key.dst_ip,
-        port: key.dst_port,
-        flags: entry_flags,
-        client_ip: key.src_ip,
-        client_port: key.src_port,
-        _pad: 0,
-        last_seen: now,
-    };
-    LB_REVNAT
-        .insert(reply, rev, 0)
-        .map_err(|_| DropReason::LbNatFailed)?;
     let ct = CtEntry {
         backend_id,
         backend,
@@ -216,14 +205,33 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
         flags: entry_flags,
         last_seen: now,
     };
-    LB_CT
-        .insert(key, ct, 0)
-        .map_err(|_| DropReason::LbNatFailed)?;
+    record(key, reply, ct)?;
     if hairpin {
         count(Direction::LbHairpin, 0);
     }
     count(Direction::LbNewFlow, 0);
     Ok(ct)
+}
+
+/// Records a flow both ways: the reverse entry (under the translated tuple `reply`, back to
+/// `key`'s destination and source port) first, so a flow entry never exists without one.
+#[inline(always)]
+fn record(key: &FlowKey, reply: FlowKey, ct: CtEntry) -> Result<(), DropReason> {
+    let rev = RevNatEntry {
+        vip: key.dst_ip,
+        port: key.dst_port,
+        flags: ct.flags,
+        client_ip: key.src_ip,
+        client_port: key.src_port,
+        _pad: 0,
+        last_seen: ct.last_seen,
+    };
+    LB_REVNAT
+        .insert(reply, rev, 0)
+        .map_err(|_| DropReason::LbNatFailed)?;
+    LB_CT
+        .insert(key, ct, 0)
+        .map_err(|_| DropReason::LbNatFailed)
 }
 
 /// Whether a live flow other than `key`'s own holds the translated tuple `reply`.
@@ -296,7 +304,9 @@ fn hairpin_reply(
 }
 
 /// A packet to an address (not a VIP) whose tuple a live translated flow holds would be taken
-/// for that flow: refused. One whose holder is over (closed or expired) clears it away.
+/// for that flow. A UDP flow gets a source port of its own instead (as netfilter's NAT does
+/// for a clashing flow); a TCP SYN is refused (only SYNs are checked, so a remapped TCP flow
+/// could not be followed). One whose holder is over (closed or expired) clears it away.
 #[inline(always)]
 pub fn check_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReason> {
     let Some((sport, dport, flags)) = ports(ctx, ip) else {
@@ -317,7 +327,60 @@ pub fn check_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropR
         let _ = LB_REVNAT.remove(reply);
         return Ok(());
     }
-    Err(DropReason::LbTupleConflict)
+    if ip.proto != IPPROTO_UDP {
+        return Err(DropReason::LbTupleConflict);
+    }
+    let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
+    let port = match LB_CT.get_ptr_mut(key) {
+        Some(p) if !ct_expired(unsafe { (*p).last_seen }, 0, ip.proto, now) => {
+            let ct = unsafe { &mut *p };
+            ct.last_seen = now;
+            ct.src_port
+        }
+        _ => remap_direct(&key, now)?,
+    };
+    rewrite_src(ctx, ip.proto, key.src_ip, key.src_ip, sport, port)
+}
+
+/// Records a direct UDP flow under a free source port: its reply is translated back to the
+/// client's own port by `to_client` like any translated flow's (the "VIP" being the
+/// destination itself).
+#[inline(always)]
+fn remap_direct(key: &FlowKey, now: u64) -> Result<u16, DropReason> {
+    let mut i = 1;
+    let (port, reply) = loop {
+        let h = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, i as u8);
+        let port = 32768 + (h % 28232) as u16;
+        let reply = flow(
+            key.vni,
+            key.dst_ip,
+            key.src_ip,
+            key.dst_port,
+            port,
+            key.proto,
+        );
+        if port != key.src_port && !held(&reply, key, now) {
+            break (port, reply);
+        }
+        if i == REMAP_TRIES {
+            return Err(DropReason::LbTupleConflict);
+        }
+        i += 1;
+    };
+    let ct = CtEntry {
+        backend_id: 0,
+        backend: overlay_common::lb::BackendInfo {
+            ip: key.dst_ip,
+            port: key.dst_port,
+            _pad: 0,
+        },
+        src_port: port,
+        flags: 0,
+        last_seen: now,
+    };
+    record(key, reply, ct)?;
+    count(Direction::LbDirectRemap, 0);
+    Ok(port)
 }
 
 /// The flow's backend is still in the table with the same address (ids are never reused
