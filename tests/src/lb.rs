@@ -69,6 +69,25 @@ pub fn cluster(hosts: usize, ttl: u32, extra: &[&str]) -> Topology {
     t
 }
 
+/// The daemon flags of a mode: socket-level balancing (the default) or per-packet only.
+pub fn mode(socket_lb: bool) -> &'static [&'static str] {
+    if socket_lb {
+        &[]
+    } else {
+        &["--socket-lb", "off"]
+    }
+}
+
+/// Adds a pod per (host, name) in network "red", then waits until every node has them all.
+pub fn pods(t: &mut Topology, pods: &[(usize, &str)]) {
+    for (host, name) in pods {
+        t.add_pod(*host, name, "red");
+    }
+    for h in 0..t.hosts.len() {
+        t.wait_converged(h);
+    }
+}
+
 /// `overlayctl service add NAME` in network "red" for `vip` (address:port) over `backends`
 /// (address:port[@weight]).
 pub fn add_service(t: &Topology, name: &str, vip: &str, proto: &str, backends: &[String]) {

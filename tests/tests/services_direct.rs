@@ -10,7 +10,7 @@ use std::{
 
 use overlay_common::{Direction, DropReason};
 use overlay_tests::{
-    lb::{add_service, cluster},
+    lb::{add_service, cluster, mode, pods},
     services::{
         connect_from, read_name, tcp_ask, tcp_identity_server, udp_ask, udp_identity_server,
         Session,
@@ -20,20 +20,8 @@ use overlay_tests::{
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 20);
 
 fn vip_and_direct(socket_lb: bool) {
-    let mut t = cluster(
-        2,
-        3,
-        if socket_lb {
-            &[]
-        } else {
-            &["--socket-lb", "off"]
-        },
-    );
-    t.add_pod(0, "b1", "red");
-    t.add_pod(1, "client", "red");
-    for h in 0..2 {
-        t.wait_converged(h);
-    }
+    let mut t = cluster(2, 3, mode(socket_lb));
+    pods(&mut t, &[(0, "b1"), (1, "client")]);
     let b1 = t.container("b1").ip;
     let _servers = [
         tcp_identity_server(&t.container("b1").ns, 8080, "b1"),

@@ -10,7 +10,7 @@ use std::{
 
 use overlay_common::Direction;
 use overlay_tests::{
-    lb::{add_service, assert_shares, cluster, wait_table, Svc},
+    lb::{add_service, assert_shares, cluster, mode, pods, wait_table, Svc},
     services::{raw_udp_ask, tcp_identity_server, udp_ask, udp_identity_server, Session},
     Topology,
 };
@@ -23,20 +23,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 40);
 /// Backend b1 uses the service it serves, TCP and UDP, until it has been given both itself
 /// and the other backend: every reply comes from the VIP, the peer it connected to.
 fn hairpin(socket_lb: bool) {
-    let mut t = cluster(
-        2,
-        3,
-        if socket_lb {
-            &[]
-        } else {
-            &["--socket-lb", "off"]
-        },
-    );
-    t.add_pod(0, "b1", "red");
-    t.add_pod(1, "b2", "red");
-    for h in 0..2 {
-        t.wait_converged(h);
-    }
+    let mut t = cluster(2, 3, mode(socket_lb));
+    pods(&mut t, &[(0, "b1"), (1, "b2")]);
     let (b1, b2) = (t.container("b1").ip, t.container("b2").ip);
     let _servers: Vec<_> = ["b1", "b2"]
         .iter()
@@ -136,14 +124,10 @@ fn a_backend_reaches_its_own_service_per_packet() {
 #[test]
 fn socket_and_raw_traffic_from_one_container_take_their_own_paths_alike() {
     let mut t = cluster(2, 3, &[]);
-    t.add_pod(0, "b1", "red");
-    t.add_pod(0, "b2", "red");
-    t.add_pod(1, "b3", "red");
-    t.add_pod(0, "b4", "red");
-    t.add_pod(1, "client", "red");
-    for h in 0..2 {
-        t.wait_converged(h);
-    }
+    pods(
+        &mut t,
+        &[(0, "b1"), (0, "b2"), (1, "b3"), (0, "b4"), (1, "client")],
+    );
     let ip = |n: &str| t.container(n).ip;
     let (b1, b2, b3, b4, client) = (ip("b1"), ip("b2"), ip("b3"), ip("b4"), ip("client"));
     let _servers: Vec<_> = ["b1", "b2", "b3", "b4"]
