@@ -11,9 +11,9 @@ use std::{
 use nix::sys::signal::Signal;
 use overlay_common::Direction;
 use overlay_tests::{
-    lb::{assert_shares, spread, table, wait_table, Svc},
+    lb::{self, assert_shares, spread, table, wait_table, Svc},
     services::{tcp_ask, tcp_identity_server, udp_ask, udp_identity_server, Session},
-    Topology, TopologySpec,
+    Topology,
 };
 
 const TTL: u32 = 3;
@@ -26,20 +26,7 @@ fn cluster() -> Topology {
 
 /// Three nodes with `extra` daemon flags (e.g. `--socket-lb off` for the per-packet path).
 fn cluster_with(extra: &[&str]) -> Topology {
-    let mut t = Topology::new(
-        TopologySpec::new(3)
-            .network("red", VNI, "198.19.1.0/24")
-            .with_etcd(TTL),
-    );
-    for h in 0..3 {
-        t.start_daemon(h, extra);
-    }
-    for h in 0..3 {
-        t.wait_status(h, "network installed", |s| {
-            s["networks"] == 1 && s["vteps"] == 2
-        });
-    }
-    t
+    lb::cluster(3, TTL, extra)
 }
 
 /// Through the socket path (the default): connections are balanced at connect, by weight;

@@ -6,11 +6,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use overlay_common::lb::{maglev_size_for, MAGLEV_SLOTS};
 use overlay_tests::{
+    lb,
     services::{tcp_ask, tcp_identity_server},
-    Topology, TopologySpec,
 };
 
-const VNI: u32 = 100;
 const SERVICES: u32 = 1000;
 
 /// The VIP of service `i`: 198.19.252.1 onwards.
@@ -20,19 +19,7 @@ fn vip(i: u32) -> Ipv4Addr {
 
 #[test]
 fn a_thousand_services_answer_on_every_node_and_capacity_is_refused_at_add_time() {
-    let mut t = Topology::new(
-        TopologySpec::new(3)
-            .network("red", VNI, "198.19.1.0/24")
-            .with_etcd(5),
-    );
-    for h in 0..3 {
-        t.start_daemon(h, &[]);
-    }
-    for h in 0..3 {
-        t.wait_status(h, "network installed", |s| {
-            s["networks"] == 1 && s["vteps"] == 2
-        });
-    }
+    let mut t = lb::cluster(3, 5, &[]);
     for h in 0..3 {
         t.add_pod(h, &format!("b{h}"), "red");
         t.add_pod(h, &format!("c{h}"), "red");

@@ -190,8 +190,7 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
             return Err(DropReason::LbTupleConflict);
         }
         i += 1;
-        let h = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, i as u8);
-        port = 32768 + (h % 28232) as u16;
+        port = remap_port(key, i);
     }
     let mut entry_flags = if hairpin { CT_F_HAIRPIN } else { 0 };
     if closes(flags) {
@@ -232,6 +231,14 @@ fn record(key: &FlowKey, reply: FlowKey, ct: CtEntry) -> Result<(), DropReason> 
     LB_CT
         .insert(key, ct, 0)
         .map_err(|_| DropReason::LbNatFailed)
+}
+
+/// The `i`th source port a remapped flow tries: spread by the flow's hash over the kernel's
+/// default ephemeral range.
+#[inline(always)]
+fn remap_port(key: &FlowKey, i: u32) -> u16 {
+    let h = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, i as u8);
+    32768 + (h % 28232) as u16
 }
 
 /// Whether a live flow other than `key`'s own holds the translated tuple `reply`.
@@ -349,8 +356,7 @@ pub fn check_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropR
 fn remap_direct(key: &FlowKey, now: u64) -> Result<u16, DropReason> {
     let mut i = 1;
     let (port, reply) = loop {
-        let h = flow_hash(key.src_ip, key.dst_ip, key.src_port, key.dst_port, i as u8);
-        let port = 32768 + (h % 28232) as u16;
+        let port = remap_port(key, i);
         let reply = flow(
             key.vni,
             key.dst_ip,
