@@ -67,8 +67,8 @@ counted_enum! {
         SockLbRevNat = 13 => "sock_lb_rev_nat",
         /// Per-packet flows whose client is their backend (translated at both ends).
         LbHairpin = 14 => "lb_hairpin",
-        /// Direct UDP flows given a source port of their own, their tuple being a live
-        /// translated flow's.
+        /// Direct flows (UDP, or TCP at the SYN) given a source port of their own, their
+        /// tuple being a live translated flow's.
         LbDirectRemap = 15 => "lb_direct_remap",
     }
 }
@@ -123,8 +123,8 @@ counted_enum! {
         LbNoBackend = 21 => "lb_no_backend",
         /// Rewriting addresses or checksums for a service flow failed.
         LbNatFailed = 22 => "lb_nat_failed",
-        /// A new flow whose tuple a live translated flow holds (after translation they would
-        /// be one): refused, not merged.
+        /// A new flow whose own tuple and every remap candidate live flows hold (after
+        /// translation it would share one): refused, not merged.
         LbTupleConflict = 23 => "lb_tuple_conflict",
     }
 }

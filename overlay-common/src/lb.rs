@@ -77,9 +77,10 @@ pub struct ServiceInfo {
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 
-/// A backend: the value of `LB_BACKENDS`, keyed by backend id (`u32`, never 0).
+/// A backend: the value of `LB_BACKENDS`, keyed by backend id (`u32`, never 0), and the key
+/// of `LB_BACKEND_ADDRS` (-> its id).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendInfo {
     /// Backend address (network order key).
     pub ip: u32,
@@ -110,6 +111,9 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 pub const CT_F_CLOSING: u16 = 1;
 /// The client is the backend itself (hairpin): its source is translated to the VIP as well.
 pub const CT_F_HAIRPIN: u16 = 2;
+/// A direct flow (to a backend's own address, not a VIP), recorded because it got a source
+/// port of its own or because the node tracks direct flows (`CONFIG_F_TRACK_DIRECT`).
+pub const CT_F_DIRECT: u16 = 4;
 /// Flows idle this long are over (TCP without a close; UDP and ICMP).
 pub const CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
@@ -148,6 +152,22 @@ pub struct RevNatEntry {
     pub last_seen: u64,
 }
 const _: () = assert!(core::mem::size_of::<RevNatEntry>() == 24);
+
+/// Whether direct flows with a source port of their own may be live, so packets not to a VIP
+/// must be looked up in `LB_CT`: the single slot of `LB_DIRECT`, written by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectRemaps {
+    /// Remapped TCP flows not yet seen closing (one that expires or is evicted keeps it
+    /// high, which only costs lookups).
+    pub tcp_open: u64,
+    /// `bpf_ktime_get_ns` of the last close of one: its entry still translates for
+    /// `CT_CLOSE_TIMEOUT_NS`, and a new flow on its tuple must clear it away meanwhile.
+    pub tcp_closed: u64,
+    /// `bpf_ktime_get_ns` of the last UDP remap (those flows end by expiring).
+    pub udp_last: u64,
+}
+const _: () = assert!(core::mem::size_of::<DirectRemaps>() == 24);
 
 /// Whether an entry last seen at `last_seen` with `flags`, of protocol `proto`, is over at
 /// `now`.
@@ -241,6 +261,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for RevNatEntry {}
+    unsafe impl aya::Pod for DirectRemaps {}
     unsafe impl aya::Pod for NetnsInfo {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockAddr {}

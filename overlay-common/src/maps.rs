@@ -19,6 +19,8 @@ pub mod names {
     pub const SOCK_NETNS: &str = "OVL_SOCK_NETNS";
     pub const SOCK_FWD: &str = "OVL_SOCK_FWD";
     pub const SOCK_REV: &str = "OVL_SOCK_REV";
+    pub const LB_BACKEND_ADDRS: &str = "OVL_LB_BACKEND_ADDRS";
+    pub const LB_DIRECT: &str = "OVL_LB_DIRECT";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -38,6 +40,8 @@ pub mod names {
         SOCK_NETNS,
         SOCK_FWD,
         SOCK_REV,
+        LB_BACKEND_ADDRS,
+        LB_DIRECT,
     ];
 }
 
@@ -75,6 +79,10 @@ pub const CONFIG_F_LB: u16 = 2;
 /// `Config.flags`: a kernel vxlan device shares the VXLAN port, so VXLAN with a VNI no
 /// network of the overlay uses goes to the kernel untouched instead of being dropped.
 pub const CONFIG_F_FOREIGN_VNI_PASS: u16 = 4;
+/// `Config.flags`: the socket hooks are off, so the per-packet path carries every flow and
+/// records direct flows to backends too (a VIP flow then never takes a live direct one's
+/// tuple; with the hooks on, sockets keep their tuples apart themselves).
+pub const CONFIG_F_TRACK_DIRECT: u16 = 8;
 
 /// The node's datapath configuration: the single slot of the `CONFIG` array.
 #[repr(C)]

@@ -105,7 +105,7 @@ fn forward_ipv4(
     };
 
     if !translated && cfg.flags & CONFIG_F_LB != 0 {
-        lb::check_direct(ctx, me.vni, &ip)?;
+        lb::check_direct(ctx, cfg, me.vni, &ip)?;
     }
     if target.is_local() {
         if !translated && cfg.flags & CONFIG_F_LB != 0 {

@@ -6,6 +6,10 @@
 //! - `sock_*4`: cgroup hooks of socket-level service balancing.
 #![no_std]
 #![no_main]
+// BPF has atomic add (the counter of remapped direct flows) but no compare-and-swap, so
+// core's atomic types offer no fetch_add here: the intrinsic is what maps onto it.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod arp;
 mod counters;

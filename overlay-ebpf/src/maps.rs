@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{
-        BackendInfo, CtEntry, FlowKey, MaglevSlot, NetnsInfo, RevNatEntry, ServiceInfo, ServiceKey,
-        SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES,
-        SOCK_FLOWS,
+        BackendInfo, CtEntry, DirectRemaps, FlowKey, MaglevSlot, NetnsInfo, RevNatEntry,
+        ServiceInfo, ServiceKey, SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS,
+        MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
@@ -57,6 +57,16 @@ pub static LB_BACKENDS: HashMap<u32, BackendInfo> =
 
 /// Every service's Maglev table, each at the offset the daemon gave it: slot -> backend id
 /// (0: none).
+/// Backend address -> id: a packet to one that is not through a VIP is a direct flow
+/// (recorded on nodes that track them, `CONFIG_F_TRACK_DIRECT`).
+#[map(name = "OVL_LB_BACKEND_ADDRS")]
+pub static LB_BACKEND_ADDRS: HashMap<BackendInfo, u32> =
+    HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Whether direct flows with a remapped source port may be live (written here only).
+#[map(name = "OVL_LB_DIRECT")]
+pub static LB_DIRECT: Array<DirectRemaps> = Array::pinned(1, 0);
+
 #[map(name = "OVL_LB_MAGLEV")]
 pub static LB_MAGLEV: Array<MaglevSlot> = Array::pinned(MAGLEV_SLOTS, BPF_F_MMAPABLE);
 

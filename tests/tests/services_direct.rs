@@ -12,8 +12,8 @@ use overlay_common::{Direction, DropReason};
 use overlay_tests::{
     lb::{add_service, cluster, mode, pods},
     services::{
-        connect_from, read_name, tcp_ask, tcp_identity_server, udp_ask, udp_identity_server,
-        Session,
+        connect_from, raw_udp_ask, read_name, tcp_ask, tcp_identity_server, udp_ask,
+        udp_identity_server, Session,
     },
 };
 
@@ -52,18 +52,15 @@ fn vip_and_direct(socket_lb: bool) {
     };
     let before = t.counters(1);
 
-    // Rounds of 3 s through the VIP and straight to the backend, then (socket path) both at
-    // once from two threads, the kernel choosing source ports; a VIP session held open all
-    // along. The per-packet path keeps no state for direct flows, so "at once" is not part of
-    // its promise: a VIP flow can take the tuple of a direct one it cannot see
-    // (docs/services.md); alternating is.
+    // Rounds of 3 s through the VIP and straight to the backend, then both at once from two
+    // threads, the kernel choosing source ports; a VIP session held open all along (a direct
+    // connection the kernel gives that session's port must not be refused or merged).
     let c = t.container("client");
     let session = c.ns.enter(move || Session::open(vip.tcp)).expect("session");
     let mut session = Some(session);
     let mut done = Vec::new();
-    let at_once: &[&[Target]] = if socket_lb { &[&[vip, direct]] } else { &[] };
-    let alternating: [&[Target]; 4] = [&[vip], &[direct], &[vip], &[direct]];
-    for round in alternating.iter().chain(at_once) {
+    let rounds: [&[Target]; 5] = [&[vip], &[direct], &[vip], &[direct], &[vip, direct]];
+    for round in rounds {
         let threads: Vec<_> = round
             .iter()
             .map(|to| {
@@ -91,70 +88,78 @@ fn vip_and_direct(socket_lb: bool) {
     }
     eprintln!("socket_lb={socket_lb}: exchanges per round {done:?}");
 
-    // The same source port for both: the VIP connection first, then the direct one. The
-    // socket path sees the same 4-tuple and refuses at connect; the per-packet path refuses
-    // the direct SYN (counted), and the VIP connection goes on either way.
-    let result = c.ns.spawn(move || -> Result<String, String> {
-        let mut first = connect_from(20_000, vip.tcp, Duration::from_secs(3))
-            .map_err(|e| format!("VIP from port 20000: {e}"))?;
-        read_name(&mut first).map_err(|e| format!("VIP name: {e}"))?;
-        let second = connect_from(20_000, direct.tcp, Duration::from_secs(2));
-        let outcome = match second {
-            Ok(mut s) => match read_name(&mut s) {
-                Ok(n) => format!("connected ({n})"),
-                Err(e) => format!("connected, then {:?}", e.kind()),
-            },
-            Err(e) => format!("{:?}", e.kind()),
-        };
-        use std::io::Write;
-        first
-            .write_all(b"x")
-            .map_err(|e| format!("VIP after: {e}"))?;
-        let mut b = [0u8; 1];
-        use std::io::Read;
-        first
-            .read_exact(&mut b)
-            .map_err(|e| format!("VIP echo after: {e}"))?;
-        Ok(outcome)
-    });
-    let outcome = result
-        .join()
-        .expect("client")
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The same source port for both, each order, the first connection kept open. The socket
+    // path sees the same 4-tuple and refuses at connect. The per-packet path gives the later
+    // flow a source port of its own (a direct one remapped, counted; a VIP one remapped
+    // because the direct flow was recorded), so both are answered, and the first goes on.
+    let vip_first = same_port(&c.ns, 20_000, vip.tcp, direct.tcp);
+    let direct_first = same_port(&c.ns, 20_001, direct.tcp, vip.tcp);
     let after = t.counters(1);
     let delta = |d: Direction| after.traffic(d).packets - before.traffic(d).packets;
     let conflicts = after.drops(DropReason::LbTupleConflict).packets
         - before.drops(DropReason::LbTupleConflict).packets;
     eprintln!(
-        "socket_lb={socket_lb}: same-port direct connection: {outcome}; sock_lb_connect {}, lb_dnat {}, conflicts {conflicts}, direct UDP remapped {}",
+        "socket_lb={socket_lb}: same port, VIP first: {vip_first}; direct first: {direct_first}; sock_lb_connect {}, lb_dnat {}, conflicts {conflicts}, direct remapped {}",
         delta(Direction::SockLbConnect),
         delta(Direction::LbDnat),
         delta(Direction::LbDirectRemap)
     );
+    assert_eq!(conflicts, 0, "no flow refused");
     if socket_lb {
-        assert_eq!(
-            outcome, "AddrNotAvailable",
-            "the kernel refuses the duplicate tuple"
-        );
+        for outcome in [&vip_first, &direct_first] {
+            assert_eq!(
+                outcome, "AddrNotAvailable",
+                "the kernel refuses the duplicate tuple"
+            );
+        }
         assert!(
             delta(Direction::SockLbConnect) >= 100,
             "VIP connections balanced at connect"
         );
         assert_eq!(delta(Direction::LbDnat), 0, "no packet needed translating");
     } else {
-        assert!(
-            outcome != "connected (b1)",
-            "a duplicate tuple was merged: {outcome}"
-        );
-        assert!(conflicts >= 1, "the direct SYN refused and counted");
+        for outcome in [&vip_first, &direct_first] {
+            assert_eq!(outcome, "connected (b1)", "both connections answered");
+        }
         assert!(delta(Direction::LbDnat) > 0);
-        // Direct queries from ports a VIP flow had used (within its 60 s) got ports of their
-        // own: with thousands of each in the rounds, some always do.
         assert!(
             delta(Direction::LbDirectRemap) > 0,
-            "direct UDP flows remapped"
+            "direct flows on a VIP flow's tuple remapped"
         );
     }
+}
+
+/// Connects from `port` to `first`, then from the same port to `second` while the first is
+/// open: what became of the second (its name, or the error kind), after checking that the
+/// first still works.
+fn same_port(
+    ns: &overlay_tests::netns::Netns,
+    port: u16,
+    first: SocketAddrV4,
+    second: SocketAddrV4,
+) -> String {
+    use std::io::{Read, Write};
+    ns.spawn(move || -> Result<String, String> {
+        let mut one = connect_from(port, first, Duration::from_secs(3))
+            .map_err(|e| format!("{first} from port {port}: {e}"))?;
+        read_name(&mut one).map_err(|e| format!("{first} name: {e}"))?;
+        let outcome = match connect_from(port, second, Duration::from_secs(2)) {
+            Ok(mut s) => match read_name(&mut s) {
+                Ok(n) => format!("connected ({n})"),
+                Err(e) => format!("connected, then {:?}", e.kind()),
+            },
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        one.write_all(b"x")
+            .map_err(|e| format!("{first} after: {e}"))?;
+        let mut b = [0u8; 1];
+        one.read_exact(&mut b)
+            .map_err(|e| format!("{first} echo after: {e}"))?;
+        Ok(outcome)
+    })
+    .join()
+    .expect("client")
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A service's TCP and UDP addresses, or a backend's.
@@ -194,6 +199,134 @@ fn a_service_and_its_backend_used_directly_with_socket_balancing() {
 #[test]
 fn a_service_and_its_backend_used_directly_per_packet() {
     vip_and_direct(false);
+}
+
+/// Per packet, a direct connection remapped off an open VIP connection's tuple keeps its port
+/// across a daemon restart (the flow tables and the remap counter are pinned), and so does
+/// the VIP connection: both go on, and new direct connections still connect.
+#[test]
+fn a_remapped_direct_connection_survives_a_daemon_restart() {
+    use std::io::{Read, Write};
+    let (mut t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8080);
+    let _server = tcp_identity_server(&t.container("b1").ns, 8080, "b1");
+    let vip = SocketAddrV4::new(VIP, 80);
+    let direct = SocketAddrV4::new(b1, 8080);
+    let before = t.counters(1);
+    let (mut one, n1) = open_from(&t.container("client").ns, 20_010, vip);
+    let (mut two, n2) = open_from(&t.container("client").ns, 20_010, direct);
+    assert_eq!((n1.as_str(), n2.as_str()), ("b1", "b1"));
+    let remapped = t.counters(1).traffic(Direction::LbDirectRemap).packets
+        - before.traffic(Direction::LbDirectRemap).packets;
+    assert_eq!(remapped, 1, "the direct connection got a port of its own");
+
+    assert!(t.stop_daemon(1, nix::sys::signal::Signal::SIGTERM));
+    t.start_daemon(1, mode(false));
+    t.wait_status(1, "service reinstalled", |s| s["services"] == 1);
+    // Sockets work from any thread; only connecting needs the container's namespace.
+    let echo = |s: &mut std::net::TcpStream, what: &str| {
+        s.write_all(b"y")
+            .and_then(|_| s.read_exact(&mut [0u8; 1]))
+            .unwrap_or_else(|e| panic!("{what} after the restart: {e}"));
+    };
+    echo(&mut one, "the VIP connection");
+    echo(&mut two, "the remapped direct connection");
+    drop(two);
+    let (_three, n3) = open_from(&t.container("client").ns, 20_011, direct);
+    assert_eq!(n3, "b1");
+    echo(&mut one, "the VIP connection, at the end");
+    let after = t.counters(1);
+    assert_eq!(
+        after.drops(DropReason::LbTupleConflict).packets,
+        before.drops(DropReason::LbTupleConflict).packets,
+        "nothing refused"
+    );
+}
+
+/// With socket balancing, traffic that bypasses the sockets (a raw socket) is balanced per
+/// packet: a direct UDP flow from the port such a VIP flow holds gets a port of its own at
+/// its first datagram, and its later datagrams follow it (one remap, not one per datagram),
+/// every reply coming from the backend's address.
+#[test]
+fn a_direct_flow_on_a_raw_vip_flows_tuple_keeps_its_own_port() {
+    let (t, b1) = one_service(true, "198.19.250.20:53", "udp", 5353);
+    let client = t.container("client").ip;
+    let _server = udp_identity_server(&t.container("b1").ns, 5353, "b1");
+    let before = t.counters(1);
+    let direct = SocketAddrV4::new(b1, 5353);
+    let replies = t
+        .container("client")
+        .ns
+        .enter(move || -> std::io::Result<Vec<(SocketAddrV4, String)>> {
+            let src = SocketAddrV4::new(client, 20_020);
+            let first = raw_udp_ask(src, SocketAddrV4::new(VIP, 53), "raw")?;
+            let sock = std::net::UdpSocket::bind(src)?;
+            sock.connect(direct)?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = vec![first];
+            for i in 0..3 {
+                sock.send(format!("d{i}").as_bytes())?;
+                let mut buf = [0u8; 256];
+                let (n, from) = sock.recv_from(&mut buf)?;
+                let std::net::SocketAddr::V4(from) = from else {
+                    return Err(std::io::Error::other("IPv6 reply"));
+                };
+                out.push((from, String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+            Ok(out)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", t.counters(1)));
+    assert_eq!(
+        replies[0],
+        (SocketAddrV4::new(VIP, 53), "b1:raw".to_string()),
+        "the raw VIP query answered from the VIP"
+    );
+    for (i, r) in replies[1..].iter().enumerate() {
+        assert_eq!(r, &(direct, format!("b1:d{i}")), "direct query {i}");
+    }
+    let after = t.counters(1);
+    let delta = |d: Direction| after.traffic(d).packets - before.traffic(d).packets;
+    assert_eq!(
+        delta(Direction::LbDnat),
+        1,
+        "the raw query translated per packet"
+    );
+    assert_eq!(
+        delta(Direction::LbDirectRemap),
+        1,
+        "the direct flow remapped once and followed"
+    );
+}
+
+/// A two-node cluster (socket hooks on or off), backend b1 on node 0 and a client on node 1,
+/// and one service of `proto` at `vip` with b1's `port` as its backend, installed on the
+/// client's node. Returns b1's address.
+fn one_service(
+    socket_lb: bool,
+    vip: &str,
+    proto: &str,
+    port: u16,
+) -> (overlay_tests::topology::Topology, Ipv4Addr) {
+    let mut t = cluster(2, 3, mode(socket_lb));
+    pods(&mut t, &[(0, "b1"), (1, "client")]);
+    let b1 = t.container("b1").ip;
+    add_service(&t, "svc", vip, proto, &[format!("{b1}:{port}")]);
+    t.wait_status(1, "service installed", |s| s["services"] == 1);
+    (t, b1)
+}
+
+/// A connection from `port` to `to` in namespace `ns`, and the name its server sent.
+fn open_from(
+    ns: &overlay_tests::netns::Netns,
+    port: u16,
+    to: SocketAddrV4,
+) -> (std::net::TcpStream, String) {
+    ns.spawn(move || {
+        let mut s = connect_from(port, to, Duration::from_secs(3))?;
+        read_name(&mut s).map(|n| (s, n))
+    })
+    .join()
+    .expect("client")
+    .unwrap_or_else(|e| panic!("{to} from port {port}: {e}"))
 }
 
 /// Addresses that cannot be a VIP, and backends without a port, are refused at once with

@@ -188,6 +188,7 @@ impl Datapath {
         datapath.reattach_endpoints();
         datapath.socket_lb =
             datapath.attach_socket_lb(opts.socket_lb, opts.socket_lb_cgroup.as_deref())?;
+        datapath.maps.config.set_track_direct(!datapath.socket_lb)?;
         info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp,
               socket_lb = datapath.socket_lb, "datapath loaded");
         Ok(datapath)

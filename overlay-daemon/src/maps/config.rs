@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, Map, MapData};
 use overlay_common::{
-    maps::{names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY},
+    maps::{names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY, CONFIG_F_TRACK_DIRECT},
     Config,
 };
 
@@ -27,9 +27,10 @@ impl ConfigMap {
 
     /// Publishes the configuration and marks the datapath ready to forward. Whether
     /// services exist and whether foreign VNIs pass are kept from the running datapath (a
-    /// restart must not pause either).
+    /// restart must not pause either), and so is whether direct flows are tracked.
     pub fn set(&mut self, cfg: &NodeDatapathConfig) -> Result<(), MapsError> {
-        let kept = self.current().flags & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS);
+        let kept = self.current().flags
+            & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS | CONFIG_F_TRACK_DIRECT);
         let value = Config {
             vtep_ip: ip_key(cfg.vtep_ip),
             underlay_ifindex: cfg.underlay_ifindex,
@@ -44,6 +45,12 @@ impl ConfigMap {
     /// translation; without services that lookup is skipped).
     pub fn set_services(&mut self, present: bool) -> Result<(), MapsError> {
         self.set_flag(CONFIG_F_LB, present)
+    }
+
+    /// Tells the datapath whether it carries every flow (the socket hooks are off) and so
+    /// must record direct flows to backends, to keep translated tuples apart from them.
+    pub fn set_track_direct(&mut self, track: bool) -> Result<(), MapsError> {
+        self.set_flag(CONFIG_F_TRACK_DIRECT, track)
     }
 
     /// Tells the datapath whether VXLAN with VNIs the overlay does not use goes to the

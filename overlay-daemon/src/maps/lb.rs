@@ -80,6 +80,8 @@ pub struct EndedBackend {
 pub struct LbMaps {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     backends: HashMap<MapData, u32, BackendInfo>,
+    /// Backend address -> id, for the datapath to know a direct flow to a backend.
+    backend_addrs: HashMap<MapData, BackendInfo, u32>,
     maglev: MaglevArray,
     ct: HashMap<MapData, FlowKey, CtEntry>,
     revnat: HashMap<MapData, FlowKey, RevNatEntry>,
@@ -97,6 +99,7 @@ impl LbMaps {
     pub(super) fn new(
         services: Map,
         backends: Map,
+        backend_addrs: Map,
         maglev: Map,
         ct: Map,
         revnat: Map,
@@ -105,6 +108,7 @@ impl LbMaps {
         Ok(Self {
             services: hash_map(services, names::LB_SERVICES)?,
             backends: hash_map(backends, names::LB_BACKENDS)?,
+            backend_addrs: hash_map(backend_addrs, names::LB_BACKEND_ADDRS)?,
             maglev: MaglevArray::new(maglev)?,
             ct: hash_map(ct, names::LB_CT)?,
             revnat: hash_map(revnat, names::LB_REVNAT)?,
@@ -260,6 +264,22 @@ impl LbMaps {
                 out.removed += 1;
             }
         }
+        let addrs: BTreeMap<BackendInfo, u32> = ids
+            .iter()
+            .filter(|(addr, _)| wanted.contains(addr))
+            .map(|((ip, port), id)| {
+                let b = BackendInfo {
+                    ip: *ip,
+                    port: *port,
+                    _pad: 0,
+                };
+                (b, *id)
+            })
+            .collect();
+        let (written, removed) =
+            super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?;
+        out.written += written;
+        out.removed += removed;
         if !gone_services.is_empty() || !gone_pairs.is_empty() {
             self.purge_flows(&gone_services, &gone_pairs)?;
         }
@@ -399,6 +419,7 @@ pub fn pinned_table(
     let lb = LbMaps::new(
         open(names::LB_SERVICES)?,
         open(names::LB_BACKENDS)?,
+        open(names::LB_BACKEND_ADDRS)?,
         maglev,
         super::open_pinned(dir, names::LB_CT).map(Map::LruHashMap)?,
         super::open_pinned(dir, names::LB_REVNAT).map(Map::LruHashMap)?,

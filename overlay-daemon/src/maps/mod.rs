@@ -78,6 +78,7 @@ impl DatapathMaps {
             lb: LbMaps::new(
                 take(names::LB_SERVICES)?,
                 take(names::LB_BACKENDS)?,
+                take(names::LB_BACKEND_ADDRS)?,
                 take(names::LB_MAGLEV)?,
                 take(names::LB_CT)?,
                 take(names::LB_REVNAT)?,

@@ -7,19 +7,21 @@
 //!
 //! Flows have a life: a FIN or RST closes them (a new SYN on the tuple starts afresh), idle
 //! ones expire, and expired entries are never used. A translated tuple is unique: one a live
-//! flow holds gets the new flow's source port remapped, and a direct flow that would be the
-//! same tuple as a live translated one is never merged: a UDP one gets a source port of its
-//! own (`lb_direct_remap`), a TCP SYN is refused (`lb_tuple_conflict`). A client that is its
-//! own backend (hairpin) is translated at both ends, so it sees the VIP.
+//! flow holds gets the new flow's source port remapped, and a direct flow is never merged
+//! with a translated one (`direct`). A client that is its own backend (hairpin) is
+//! translated at both ends, so it sees the VIP.
 
+mod direct;
 mod nat;
 mod reject;
+
+pub use direct::check_direct;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use overlay_common::{
     lb::{
         ct_expired, flow_hash, CtEntry, FlowKey, RevNatEntry, ServiceInfo, ServiceKey,
-        CT_F_CLOSING, CT_F_HAIRPIN,
+        CT_F_CLOSING, CT_F_DIRECT, CT_F_HAIRPIN,
     },
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Direction, DropReason, LocalIface,
@@ -33,9 +35,11 @@ use crate::{
 use nat::{rewrite_dst, rewrite_src};
 
 pub(crate) const L4_OFF: usize = ETH_HLEN + IPV4_HLEN;
-/// Source ports a remapped flow can get (the kernel's default ephemeral range's upper part
-/// is where clients' own ports are; these are tried in turn).
-const REMAP_TRIES: u32 = 4;
+/// Source ports a remapped flow tries in turn, spread over the kernel's default ephemeral
+/// range. UDP flows hold their tuples for a minute, so a busy client can have a good part of
+/// the range held towards one backend: with 16 tries, 40 % held still fails one flow in
+/// ten million.
+const REMAP_TRIES: u32 = 16;
 
 pub enum Verdict {
     /// Not addressed to a service: forward as usual.
@@ -246,14 +250,21 @@ fn remap_port(key: &FlowKey, i: u32) -> u16 {
 fn held(reply: &FlowKey, key: &FlowKey, now: u64) -> bool {
     match unsafe { LB_REVNAT.get(reply) } {
         Some(r) => {
-            let own = r.client_ip == key.src_ip
-                && r.client_port == key.src_port
-                && r.vip == key.dst_ip
-                && r.port == key.dst_port;
-            !own && r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, key.proto, now)
+            !owned_by(r, key)
+                && r.flags & CT_F_CLOSING == 0
+                && !ct_expired(r.last_seen, r.flags, key.proto, now)
         }
         None => false,
     }
+}
+
+/// Whether a reverse entry is the one of `key`'s own flow.
+#[inline(always)]
+fn owned_by(r: &RevNatEntry, key: &FlowKey) -> bool {
+    r.client_ip == key.src_ip
+        && r.client_port == key.src_port
+        && r.vip == key.dst_ip
+        && r.port == key.dst_port
 }
 
 /// A packet about to be delivered to a local container: the reply of a translated flow goes
@@ -279,6 +290,20 @@ pub fn to_client(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReas
         rev.flags |= CT_F_CLOSING;
     }
     let rev = *rev;
+    if rev.flags & CT_F_DIRECT != 0 {
+        // A direct flow: only a remapped port goes back to the client's own.
+        if rev.client_port != dport {
+            rewrite_dst(
+                ctx,
+                ip.proto,
+                ip.dst_key(),
+                ip.dst_key(),
+                dport,
+                rev.client_port,
+            )?;
+        }
+        return Ok(());
+    }
     rewrite_src(ctx, ip.proto, ip.src_key(), rev.vip, sport, rev.port)?;
     let dst = if rev.flags & CT_F_HAIRPIN != 0 {
         rev.client_ip
@@ -308,85 +333,6 @@ fn hairpin_reply(
     }
     to_client(ctx, me.vni, ip)?;
     Ok(Verdict::Translated(me.ip))
-}
-
-/// A packet to an address (not a VIP) whose tuple a live translated flow holds would be taken
-/// for that flow. A UDP flow gets a source port of its own instead (as netfilter's NAT does
-/// for a clashing flow); a TCP SYN is refused (only SYNs are checked, so a remapped TCP flow
-/// could not be followed). One whose holder is over (closed or expired) clears it away.
-#[inline(always)]
-pub fn check_direct(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReason> {
-    let Some((sport, dport, flags)) = ports(ctx, ip) else {
-        return Ok(());
-    };
-    // Established TCP flows were checked at their SYN.
-    if ip.proto == IPPROTO_TCP && !is_syn(flags) {
-        return Ok(());
-    }
-    let reply = flow(vni, ip.dst_key(), ip.src_key(), dport, sport, ip.proto);
-    let Some(r) = (unsafe { LB_REVNAT.get(reply) }) else {
-        return Ok(());
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if r.flags & CT_F_CLOSING != 0 || ct_expired(r.last_seen, r.flags, ip.proto, now) {
-        let ct = flow(vni, r.client_ip, r.vip, r.client_port, r.port, ip.proto);
-        let _ = LB_CT.remove(ct);
-        let _ = LB_REVNAT.remove(reply);
-        return Ok(());
-    }
-    if ip.proto != IPPROTO_UDP {
-        return Err(DropReason::LbTupleConflict);
-    }
-    let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
-    let port = match LB_CT.get_ptr_mut(key) {
-        Some(p) if !ct_expired(unsafe { (*p).last_seen }, 0, ip.proto, now) => {
-            let ct = unsafe { &mut *p };
-            ct.last_seen = now;
-            ct.src_port
-        }
-        _ => remap_direct(&key, now)?,
-    };
-    rewrite_src(ctx, ip.proto, key.src_ip, key.src_ip, sport, port)
-}
-
-/// Records a direct UDP flow under a free source port: its reply is translated back to the
-/// client's own port by `to_client` like any translated flow's (the "VIP" being the
-/// destination itself).
-#[inline(always)]
-fn remap_direct(key: &FlowKey, now: u64) -> Result<u16, DropReason> {
-    let mut i = 1;
-    let (port, reply) = loop {
-        let port = remap_port(key, i);
-        let reply = flow(
-            key.vni,
-            key.dst_ip,
-            key.src_ip,
-            key.dst_port,
-            port,
-            key.proto,
-        );
-        if port != key.src_port && !held(&reply, key, now) {
-            break (port, reply);
-        }
-        if i == REMAP_TRIES {
-            return Err(DropReason::LbTupleConflict);
-        }
-        i += 1;
-    };
-    let ct = CtEntry {
-        backend_id: 0,
-        backend: overlay_common::lb::BackendInfo {
-            ip: key.dst_ip,
-            port: key.dst_port,
-            _pad: 0,
-        },
-        src_port: port,
-        flags: 0,
-        last_seen: now,
-    };
-    record(key, reply, ct)?;
-    count(Direction::LbDirectRemap, 0);
-    Ok(port)
 }
 
 /// The flow's backend is still in the table with the same address (ids are never reused

@@ -1,0 +1,212 @@
+//! Direct flows: packets from a container to an address that is not a service VIP (a
+//! backend used directly, or anything else) on a node with services. A direct flow must never
+//! share its tuple with a translated one:
+//! - one whose tuple a live translated flow holds gets a source port of its own
+//!   (`lb_direct_remap`, as netfilter's NAT does for a clashing flow) and is followed per
+//!   packet; `LB_DIRECT` says whether such flows may be live, so others skip the lookup;
+//! - on nodes without socket hooks (`CONFIG_F_TRACK_DIRECT`) every direct flow to a backend
+//!   is recorded, so a later VIP flow sees its tuple held and remaps instead.
+//!
+//! Replies are turned back to the client's own port by `to_client`, like translated ones.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use overlay_common::{
+    lb::{
+        ct_expired, BackendInfo, CtEntry, DirectRemaps, FlowKey, CT_CLOSE_TIMEOUT_NS, CT_F_CLOSING,
+        CT_F_DIRECT, CT_UDP_TIMEOUT_NS,
+    },
+    maps::CONFIG_F_TRACK_DIRECT,
+    wire::IPPROTO_TCP,
+    Config, Direction, DropReason,
+};
+
+use super::{
+    close_reply, closes, flow, is_syn, nat::rewrite_src, owned_by, ports, record, remap_port,
+    REMAP_TRIES,
+};
+use crate::{
+    counters::count,
+    headers::Ipv4Hdr,
+    maps::{LB_BACKEND_ADDRS, LB_CT, LB_DIRECT, LB_REVNAT},
+};
+
+/// A packet not translated to a backend: kept apart from translated flows (see above).
+#[inline(always)]
+pub fn check_direct(
+    ctx: &TcContext,
+    cfg: &Config,
+    vni: u32,
+    ip: &Ipv4Hdr,
+) -> Result<(), DropReason> {
+    let Some((sport, dport, flags)) = ports(ctx, ip) else {
+        return Ok(());
+    };
+    let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let track = cfg.flags & CONFIG_F_TRACK_DIRECT != 0 && is_backend(&key);
+    if track || remaps_live(ip.proto, now) {
+        if let Some(port) = follow(&key, flags, now) {
+            return with_port(ctx, &key, port);
+        }
+    }
+    // TCP flows not recorded were checked at their SYN.
+    if ip.proto == IPPROTO_TCP && !is_syn(flags) {
+        return Ok(());
+    }
+    let reply = flow(vni, key.dst_ip, key.src_ip, dport, sport, ip.proto);
+    if let Some(r) = unsafe { LB_REVNAT.get(reply) } {
+        let r = *r;
+        if !owned_by(&r, &key) {
+            if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, ip.proto, now) {
+                let port = remap(&key, flags, now)?;
+                return with_port(ctx, &key, port);
+            }
+            // Its holder is over: cleared away, or this flow's replies would be taken for it.
+            let _ = LB_CT.remove(flow(
+                vni,
+                r.client_ip,
+                r.vip,
+                r.client_port,
+                r.port,
+                ip.proto,
+            ));
+            let _ = LB_REVNAT.remove(reply);
+        }
+    }
+    if track {
+        record_direct(&key, reply, sport, flags, now)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn is_backend(key: &FlowKey) -> bool {
+    let addr = BackendInfo {
+        ip: key.dst_ip,
+        port: key.dst_port,
+        _pad: 0,
+    };
+    unsafe { LB_BACKEND_ADDRS.get(addr) }.is_some()
+}
+
+/// Whether remapped direct flows of `proto` may be live.
+#[inline(always)]
+fn remaps_live(proto: u8, now: u64) -> bool {
+    match LB_DIRECT.get(0) {
+        Some(d) if proto == IPPROTO_TCP => {
+            d.tcp_open != 0 || now.saturating_sub(d.tcp_closed) <= CT_CLOSE_TIMEOUT_NS
+        }
+        Some(d) => now.saturating_sub(d.udp_last) <= CT_UDP_TIMEOUT_NS,
+        None => true,
+    }
+}
+
+/// The source port of a recorded direct flow this packet belongs to. A SYN starts a flow
+/// afresh (a retransmitted one finds the same port again), and an entry that is over goes, so
+/// neither ever follows a port a translated flow may have taken since.
+#[inline(always)]
+fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
+    let p = LB_CT.get_ptr_mut(*key)?;
+    let ct = unsafe { &mut *p };
+    if ct.flags & CT_F_DIRECT == 0 {
+        return None;
+    }
+    if is_syn(flags) || ct_expired(ct.last_seen, ct.flags, key.proto, now) {
+        let _ = LB_CT.remove(*key);
+        return None;
+    }
+    ct.last_seen = now;
+    if key.proto != IPPROTO_TCP && ct.src_port != key.src_port {
+        // A remapped UDP flow keeps the lookups on while it lives.
+        if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
+            unsafe { (*d).udp_last = now };
+        }
+    }
+    if closes(flags) && ct.flags & CT_F_CLOSING == 0 {
+        ct.flags |= CT_F_CLOSING;
+        close_reply(key.vni, key, ct);
+        if ct.src_port != key.src_port {
+            if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
+                unsafe { (*d).tcp_closed = now };
+                add_open(d, u64::MAX);
+            }
+        }
+    }
+    Some(ct.src_port)
+}
+
+/// Gives a direct flow a source port no live flow holds, and records it.
+#[inline(always)]
+fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
+    let mut i = 1;
+    let (port, reply) = loop {
+        let port = remap_port(key, i);
+        let reply = flow(
+            key.vni,
+            key.dst_ip,
+            key.src_ip,
+            key.dst_port,
+            port,
+            key.proto,
+        );
+        if port != key.src_port && !super::held(&reply, key, now) {
+            break (port, reply);
+        }
+        if i == REMAP_TRIES {
+            return Err(DropReason::LbTupleConflict);
+        }
+        i += 1;
+    };
+    record_direct(key, reply, port, flags, now)?;
+    if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
+        if key.proto == IPPROTO_TCP {
+            add_open(d, 1);
+        } else {
+            unsafe { (*d).udp_last = now };
+        }
+    }
+    count(Direction::LbDirectRemap, 0);
+    Ok(port)
+}
+
+/// Records a direct flow leaving with source port `port` (its own or a remapped one): its
+/// replies come back through `to_client` (the "VIP" being the destination itself).
+#[inline(always)]
+fn record_direct(
+    key: &FlowKey,
+    reply: FlowKey,
+    port: u16,
+    flags: u8,
+    now: u64,
+) -> Result<(), DropReason> {
+    let closing = if closes(flags) { CT_F_CLOSING } else { 0 };
+    let ct = CtEntry {
+        backend_id: 0,
+        backend: BackendInfo {
+            ip: key.dst_ip,
+            port: key.dst_port,
+            _pad: 0,
+        },
+        src_port: port,
+        flags: CT_F_DIRECT | closing,
+        last_seen: now,
+    };
+    record(key, reply, ct)
+}
+
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to the open remapped TCP flows, atomically
+/// (several CPUs remap and close at once).
+#[inline(always)]
+fn add_open(d: *mut DirectRemaps, n: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*d).tcp_open, n) };
+}
+
+#[inline(always)]
+fn with_port(ctx: &TcContext, key: &FlowKey, port: u16) -> Result<(), DropReason> {
+    if port == key.src_port {
+        return Ok(());
+    }
+    rewrite_src(ctx, key.proto, key.src_ip, key.src_ip, key.src_port, port)
+}
