@@ -55,8 +55,6 @@ pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> =
 pub static LB_BACKENDS: HashMap<u32, BackendInfo> =
     HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
-/// Every service's Maglev table, each at the offset the daemon gave it: slot -> backend id
-/// (0: none).
 /// Backend address -> id: a packet to one that is not through a VIP is a direct flow
 /// (recorded on nodes that track them, `CONFIG_F_TRACK_DIRECT`).
 #[map(name = "OVL_LB_BACKEND_ADDRS")]
@@ -67,6 +65,8 @@ pub static LB_BACKEND_ADDRS: HashMap<BackendInfo, u32> =
 #[map(name = "OVL_LB_DIRECT")]
 pub static LB_DIRECT: Array<DirectRemaps> = Array::pinned(1, 0);
 
+/// Every service's Maglev table, each at the offset the daemon gave it: slot -> backend id
+/// (0: none).
 #[map(name = "OVL_LB_MAGLEV")]
 pub static LB_MAGLEV: Array<MaglevSlot> = Array::pinned(MAGLEV_SLOTS, BPF_F_MMAPABLE);
 

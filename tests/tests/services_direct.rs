@@ -242,6 +242,75 @@ fn a_remapped_direct_connection_survives_a_daemon_restart() {
     );
 }
 
+/// Per packet, a VIP connection the server has half-closed (its FIN sent, the client still
+/// sending) keeps its tuple: a direct connection from the same port then gets a port of its
+/// own instead of landing on the backend's half-closed socket, and the VIP connection's
+/// last bytes still arrive whole.
+#[test]
+fn a_half_closed_vip_connection_keeps_its_tuple() {
+    use std::io::{Read, Write};
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8081);
+    let listener = t
+        .container("b1")
+        .ns
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:8081"))
+        .expect("listen");
+    let server = std::thread::spawn(move || -> std::io::Result<(usize, String)> {
+        let (mut vip_conn, _) = listener.accept()?;
+        vip_conn.write_all(b"x")?;
+        vip_conn.shutdown(std::net::Shutdown::Write)?;
+        let (mut direct_conn, _) = listener.accept()?;
+        direct_conn.write_all(b"y")?;
+        drop(direct_conn);
+        vip_conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut rest = Vec::new();
+        vip_conn.read_to_end(&mut rest)?;
+        Ok((
+            rest.len(),
+            String::from_utf8_lossy(&rest[..rest.len().min(8)]).into(),
+        ))
+    });
+    let before = t.counters(1);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let direct = SocketAddrV4::new(b1, 8081);
+    let (mut first, got_first, got_second) = t
+        .container("client")
+        .ns
+        .enter(
+            move || -> std::io::Result<(std::net::TcpStream, Vec<u8>, Vec<u8>)> {
+                let mut first = connect_from(20_030, vip, Duration::from_secs(3))?;
+                let mut a = Vec::new();
+                first.read_to_end(&mut a)?; // up to the server's FIN
+                let mut second = connect_from(20_030, direct, Duration::from_secs(3))?;
+                let mut b = Vec::new();
+                second.read_to_end(&mut b)?;
+                Ok((first, a, b))
+            },
+        )
+        .unwrap_or_else(|e| panic!("client: {e}\n{:?}", t.counters(1)));
+    assert_eq!(
+        (got_first.as_slice(), got_second.as_slice()),
+        (&b"x"[..], &b"y"[..])
+    );
+    first
+        .write_all(&[b'z'; 1000])
+        .expect("the half-closed connection sends on");
+    first.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let (n, head) = server.join().expect("server").expect("server side");
+    assert_eq!(
+        (n, head.as_str()),
+        (1000, "zzzzzzzz"),
+        "its last bytes arrived whole"
+    );
+    let after = t.counters(1);
+    assert_eq!(
+        after.traffic(Direction::LbDirectRemap).packets
+            - before.traffic(Direction::LbDirectRemap).packets,
+        1,
+        "the direct connection got a port of its own"
+    );
+}
+
 /// With socket balancing, traffic that bypasses the sockets (a raw socket) is balanced per
 /// packet: a direct UDP flow from the port such a VIP flow holds gets a port of its own at
 /// its first datagram, and its later datagrams follow it (one remap, not one per datagram),

@@ -158,6 +158,24 @@ impl LbMaps {
             out.written += 1;
         }
 
+        // Addresses before the services that lead to them, so a direct flow to a new
+        // backend is known as one from its first packet.
+        let addrs: BTreeMap<BackendInfo, u32> = ids
+            .iter()
+            .filter(|(addr, _)| wanted.contains(addr))
+            .map(|((ip, port), id)| {
+                let b = BackendInfo {
+                    ip: *ip,
+                    port: *port,
+                    _pad: 0,
+                };
+                (b, *id)
+            })
+            .collect();
+        let (written, removed) =
+            super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?;
+        out.written += written;
+        out.removed += removed;
         let desired_keys: BTreeMap<ServiceKey, &ServiceEntry> =
             desired.iter().map(|s| (s.key(), s)).collect();
         // Services that went give up their tables first, so a new service taking the space
@@ -264,22 +282,6 @@ impl LbMaps {
                 out.removed += 1;
             }
         }
-        let addrs: BTreeMap<BackendInfo, u32> = ids
-            .iter()
-            .filter(|(addr, _)| wanted.contains(addr))
-            .map(|((ip, port), id)| {
-                let b = BackendInfo {
-                    ip: *ip,
-                    port: *port,
-                    _pad: 0,
-                };
-                (b, *id)
-            })
-            .collect();
-        let (written, removed) =
-            super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?;
-        out.written += written;
-        out.removed += removed;
         if !gone_services.is_empty() || !gone_pairs.is_empty() {
             self.purge_flows(&gone_services, &gone_pairs)?;
         }

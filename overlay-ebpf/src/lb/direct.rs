@@ -51,8 +51,10 @@ pub fn check_direct(
             return with_port(ctx, &key, port);
         }
     }
-    // TCP flows not recorded were checked at their SYN.
-    if ip.proto == IPPROTO_TCP && !is_syn(flags) {
+    // A TCP flow is given its port at the SYN. One not recorded was checked then, unless it
+    // began before its destination was a backend: a tracking node records it now.
+    let starts = ip.proto != IPPROTO_TCP || is_syn(flags);
+    if !starts && !track {
         return Ok(());
     }
     let reply = flow(vni, key.dst_ip, key.src_ip, dport, sport, ip.proto);
@@ -60,6 +62,10 @@ pub fn check_direct(
         let r = *r;
         if !owned_by(&r, &key) {
             if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, ip.proto, now) {
+                if !starts {
+                    // Too late to move it to a port of its own.
+                    return Ok(());
+                }
                 let port = remap(&key, flags, now)?;
                 return with_port(ctx, &key, port);
             }
@@ -103,9 +109,10 @@ fn remaps_live(proto: u8, now: u64) -> bool {
     }
 }
 
-/// The source port of a recorded direct flow this packet belongs to. A SYN starts a flow
-/// afresh (a retransmitted one finds the same port again), and an entry that is over goes, so
-/// neither ever follows a port a translated flow may have taken since.
+/// The source port of a recorded direct flow this packet belongs to. An entry that is over
+/// goes, so it never catches a later flow; so does one a new SYN finds whose reply tuple is
+/// no longer its own live one (the connection on that port ended), while a retransmitted SYN
+/// keeps its port.
 #[inline(always)]
 fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
     let p = LB_CT.get_ptr_mut(*key)?;
@@ -113,12 +120,15 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
     if ct.flags & CT_F_DIRECT == 0 {
         return None;
     }
-    if is_syn(flags) || ct_expired(ct.last_seen, ct.flags, key.proto, now) {
+    let over = ct_expired(ct.last_seen, ct.flags, key.proto, now)
+        || (is_syn(flags) && (ct.flags & CT_F_CLOSING != 0 || !reply_live(key, ct, now)));
+    if over {
         let _ = LB_CT.remove(*key);
         return None;
     }
     ct.last_seen = now;
-    if key.proto != IPPROTO_TCP && ct.src_port != key.src_port {
+    let remapped = ct.src_port != key.src_port;
+    if remapped && key.proto != IPPROTO_TCP {
         // A remapped UDP flow keeps the lookups on while it lives.
         if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
             unsafe { (*d).udp_last = now };
@@ -127,14 +137,41 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
     if closes(flags) && ct.flags & CT_F_CLOSING == 0 {
         ct.flags |= CT_F_CLOSING;
         close_reply(key.vni, key, ct);
-        if ct.src_port != key.src_port {
+        if remapped {
             if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
-                unsafe { (*d).tcp_closed = now };
                 add_open(d, u64::MAX);
             }
         }
     }
+    if remapped && ct.flags & CT_F_CLOSING != 0 {
+        // A closed flow's entry translates until 10 s after its last packet (a half-closed
+        // one may send for long): the lookups stay on as long.
+        if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
+            unsafe { (*d).tcp_closed = now };
+        }
+    }
     Some(ct.src_port)
+}
+
+/// Whether the reverse entry of a recorded direct flow is still its own and live.
+#[inline(always)]
+fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
+    let reply = flow(
+        key.vni,
+        key.dst_ip,
+        key.src_ip,
+        key.dst_port,
+        ct.src_port,
+        key.proto,
+    );
+    match unsafe { LB_REVNAT.get(reply) } {
+        Some(r) => {
+            owned_by(r, key)
+                && r.flags & CT_F_CLOSING == 0
+                && !ct_expired(r.last_seen, r.flags, key.proto, now)
+        }
+        None => false,
+    }
 }
 
 /// Gives a direct flow a source port no live flow holds, and records it.

@@ -286,7 +286,9 @@ pub fn to_client(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReas
         return Ok(());
     }
     rev.last_seen = now;
-    if closes(flags) {
+    // A reset ends the flow; the server's FIN does not: the client may go on sending (half
+    // close), so the tuple stays held until the client's own FIN (`close_reply`).
+    if flags & TCP_RST != 0 {
         rev.flags |= CT_F_CLOSING;
     }
     let rev = *rev;
