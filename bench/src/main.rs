@@ -56,6 +56,16 @@ struct Cli {
     /// Endpoint adds timed per cell of the scale benchmark.
     #[arg(long, default_value_t = 30)]
     scale_samples: usize,
+    /// etcd members of the scale benchmark (1, or a cluster of 3 or more).
+    #[arg(long, default_value_t = 1)]
+    scale_etcd_members: usize,
+    /// Members of that cluster stopped before anything starts (the first ones, which every
+    /// client tries first).
+    #[arg(long, default_value_t = 0)]
+    scale_etcd_down: usize,
+    /// etcd with TLS, client certificates and a role limited to the overlay's prefix.
+    #[arg(long)]
+    scale_etcd_secure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +101,17 @@ fn main() -> Result<()> {
         report += &service::run(cli.rounds, cli.seconds)?;
     }
     if cli.scenario.contains(&Scenario::Scale) {
-        let cells = scale::run(&cli.scale_nodes, &cli.scale_endpoints, cli.scale_samples)?;
+        let etcd = scale::EtcdSetup {
+            members: cli.scale_etcd_members,
+            down: cli.scale_etcd_down,
+            secure: cli.scale_etcd_secure,
+        };
+        let cells = scale::run(
+            &cli.scale_nodes,
+            &cli.scale_endpoints,
+            cli.scale_samples,
+            &etcd,
+        )?;
         std::fs::write(cli.out.join("scale.json"), scale::json(&cells))?;
         charts::scale(&cli.out.join("scale.png"), &cells)?;
         report += "\n";

@@ -22,7 +22,13 @@ use overlay_daemon::{
     },
     tables::MacAddr,
 };
-use overlay_tests::{netns::unique_id, topology::overlayd_bin, ChildGuard, Etcd, Netns};
+use overlay_tests::{
+    etcd::{EtcdCluster, EtcdTls, OVERLAY_USER, STRANGER_USER},
+    netns::unique_id,
+    pki::Pki,
+    topology::overlayd_bin,
+    ChildGuard, Etcd, Netns,
+};
 
 use crate::report::{median, percentile};
 
@@ -31,6 +37,20 @@ const VNI: u32 = 4242;
 /// Room for 100k endpoints plus the probes.
 const SUBNET: &str = "198.18.0.0/15";
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+
+/// The etcd the daemons use: one member, or a cluster (with members down, with TLS and
+/// roles), to show the control plane works the same against what operators run.
+#[derive(Clone, Debug)]
+pub struct EtcdSetup {
+    pub members: usize,
+    pub down: usize,
+    pub secure: bool,
+}
+
+enum EtcdServer {
+    Single(Etcd),
+    Cluster(EtcdCluster, Option<Pki>),
+}
 
 /// One cell of the grid.
 #[derive(Clone, Debug)]
@@ -56,32 +76,114 @@ pub struct Cell {
 }
 
 struct Sim {
+    /// Dropped before the namespace it runs in.
+    etcd: EtcdServer,
     ns: Netns,
-    etcd: Etcd,
     dir: PathBuf,
     daemons: Vec<(String, ChildGuard)>,
 }
 
 impl Sim {
-    fn new() -> Self {
+    fn new(setup: &EtcdSetup) -> Result<Self> {
         let id = unique_id();
         let ns = Netns::create(&format!("ovb-cp-{id}"));
-        ns.ip(&["addr", "add", &format!("{ETCD_IP}/32"), "dev", "lo"]);
-        let etcd = Etcd::start(&ns, ETCD_IP);
         let dir = std::env::temp_dir().join(format!("ovb-cp-{id}"));
-        Self {
+        if setup.members <= 1 && !setup.secure {
+            ns.ip(&["addr", "add", &format!("{ETCD_IP}/32"), "dev", "lo"]);
+            let etcd = EtcdServer::Single(Etcd::start(&ns, ETCD_IP));
+            return Ok(Self {
+                etcd,
+                ns,
+                dir,
+                daemons: Vec::new(),
+            });
+        }
+        if setup.down * 2 >= setup.members {
+            bail!(
+                "{} of {} etcd members down leaves no quorum",
+                setup.down,
+                setup.members
+            );
+        }
+        let ips: Vec<Ipv4Addr> = (0..setup.members)
+            .map(|i| Ipv4Addr::new(198, 19, 255, 250 - i as u8))
+            .collect();
+        for ip in &ips {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        }
+        let pki = setup.secure.then(|| {
+            Pki::new(
+                &dir.join("pki"),
+                &ips,
+                &["root", OVERLAY_USER, STRANGER_USER],
+            )
+        });
+        let namespaces = ips.iter().map(|_| Netns::open(ns.name())).collect();
+        let mut cluster =
+            EtcdCluster::start_with(namespaces, &ips, pki.as_ref().map(EtcdTls::from_pki));
+        if pki.is_some() {
+            cluster.enable_auth("/overlay/");
+        }
+        for m in &mut cluster.members[..setup.down] {
+            m.kill();
+        }
+        Ok(Self {
+            etcd: EtcdServer::Cluster(cluster, pki),
             ns,
-            etcd,
             dir,
             daemons: Vec::new(),
-        }
+        })
     }
 
     fn etcd_config(&self) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: vec![self.etcd.endpoint()],
-            ..EtcdConfig::local("/overlay")
+        match &self.etcd {
+            EtcdServer::Single(e) => EtcdConfig {
+                endpoints: vec![e.endpoint()],
+                ..EtcdConfig::local("/overlay")
+            },
+            EtcdServer::Cluster(c, pki) => {
+                let me = pki.as_ref().map(|p| p.client(OVERLAY_USER));
+                EtcdConfig {
+                    endpoints: c.endpoints().split(',').map(str::to_owned).collect(),
+                    cacert: pki.as_ref().map(Pki::ca),
+                    cert: me.as_ref().map(|c| c.cert.clone()),
+                    key: me.map(|c| c.key),
+                    ..EtcdConfig::local("/overlay")
+                }
+            }
         }
+    }
+
+    /// The daemons' etcd flags for `etcd_config`.
+    fn etcd_args(&self) -> Vec<String> {
+        let cfg = self.etcd_config();
+        let mut args = vec!["--etcd-endpoints".to_owned(), cfg.endpoints.join(",")];
+        for (flag, path) in [
+            ("--etcd-cacert", cfg.cacert),
+            ("--etcd-cert", cfg.cert),
+            ("--etcd-key", cfg.key),
+        ] {
+            if let Some(p) = path {
+                args.extend([flag.to_owned(), p.display().to_string()]);
+            }
+        }
+        args
+    }
+
+    /// Lines of the daemons' logs about trouble with etcd (none expected, also with
+    /// members down).
+    fn etcd_trouble(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (name, _) in &self.daemons {
+            let log = std::fs::read_to_string(self.dir.join(name).join("overlayd.log"))
+                .unwrap_or_default();
+            lines.extend(
+                log.lines()
+                    .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("etcd"))
+                    .map(|l| format!("{name}: {l}")),
+            );
+        }
+        lines
     }
 
     fn status_path(&self, node: &str) -> PathBuf {
@@ -101,7 +203,7 @@ impl Sim {
             .args(["--vtep-ip", &vtep.to_string()])
             .arg("--run-dir")
             .arg(&run_dir)
-            .args(["--etcd-endpoints", &self.etcd.endpoint()])
+            .args(self.etcd_args())
             .args(["--lease-ttl", "60", "--detach-on-exit"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -253,10 +355,15 @@ fn revision_at_least(rev: i64) -> impl Fn(&serde_json::Value) -> bool {
 
 /// Runs the grid: for every node count, a fresh etcd and N daemons, then the endpoint counts
 /// in increasing order (each load adds to the previous one).
-pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> Result<Vec<Cell>> {
+pub fn run(
+    node_counts: &[usize],
+    endpoint_counts: &[usize],
+    samples: usize,
+    etcd: &EtcdSetup,
+) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for &n in node_counts {
-        let mut sim = Sim::new();
+        let mut sim = Sim::new(etcd)?;
         let net = NetworkRecord {
             version: RECORD_VERSION,
             vni: VNI,
@@ -394,6 +501,13 @@ pub fn run(node_counts: &[usize], endpoint_counts: &[usize], samples: usize) -> 
             };
             eprintln!("scale: {cell:?}");
             cells.push(cell);
+        }
+        let trouble = sim.etcd_trouble();
+        if !trouble.is_empty() {
+            bail!(
+                "daemons logged etcd trouble ({etcd:?}):\n{}",
+                trouble.join("\n")
+            );
         }
         drop(sim);
     }

@@ -45,3 +45,36 @@ impl ApiError {
         }
     }
 }
+
+/// `text` on one line: line breaks and other control characters escaped. For messages that
+/// quote input verbatim (serde's "unknown field `...`" and "unknown variant `...`" do), so
+/// that bad input still gets a one-line error and cannot forge log lines.
+pub fn one_line(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    if !text.contains(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        assert_eq!(
+            one_line("unknown field `a\nb\r`"),
+            "unknown field `a\\nb\\r`"
+        );
+        assert_eq!(one_line("fine: ä"), "fine: ä");
+    }
+}

@@ -25,8 +25,9 @@ pub fn parse_service_label(label: &str) -> Result<(String, u16), String> {
     Ok((name.to_owned(), port))
 }
 
-/// Labels from a runtime option: `NAME:PORT[,NAME:PORT...]`, each checked, duplicates
-/// dropped. The error names the bad label and the syntax.
+/// Labels from a runtime option: `NAME:PORT[,NAME:PORT...]`, each checked and written as
+/// `NAME:PORT` (`web:080` is `web:80`), duplicates dropped. The error names the bad label
+/// and the syntax.
 pub fn parse_service_labels<'a>(
     raw: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<String>, String> {
@@ -37,9 +38,10 @@ pub fn parse_service_labels<'a>(
         .map(str::trim)
         .filter(|l| !l.is_empty())
     {
-        parse_service_label(label)?;
-        if !labels.iter().any(|l| l == label) {
-            labels.push(label.to_owned());
+        let (name, port) = parse_service_label(label)?;
+        let label = format!("{name}:{port}");
+        if !labels.contains(&label) {
+            labels.push(label);
         }
     }
     Ok(labels)
@@ -54,6 +56,11 @@ mod tests {
         assert_eq!(
             parse_service_labels(["web:80, web:80,db:5432", ""]).unwrap(),
             vec!["web:80".to_owned(), "db:5432".to_owned()]
+        );
+        // One service port, one label, however the port is written.
+        assert_eq!(
+            parse_service_labels(["web:080,web:+80", "web:80"]).unwrap(),
+            vec!["web:80".to_owned()]
         );
         for bad in ["web", "web:0", "web:x", ":80", "w b:80", "web:70000"] {
             assert!(parse_service_labels([bad]).is_err(), "{bad}");

@@ -10,6 +10,8 @@
 pub mod client;
 pub mod endpoint;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod labels;
 pub mod mac;
 pub mod protocol;

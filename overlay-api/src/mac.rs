@@ -46,6 +46,10 @@ impl FromStr for MacAddr {
             let part = parts
                 .next()
                 .ok_or_else(|| format!("MAC {s:?}: expected 6 octets"))?;
+            // One or two hex digits: `from_str_radix` alone would take "+a" and "00a".
+            if part.is_empty() || part.len() > 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("MAC {s:?}: {part:?} is not a hex octet"));
+            }
             *byte = u8::from_str_radix(part, 16)
                 .map_err(|_| format!("MAC {s:?}: {part:?} is not a hex octet"))?;
         }
@@ -80,6 +84,13 @@ mod tests {
         assert!("0a:58:c6:13:01".parse::<MacAddr>().is_err());
         assert!("0a:58:c6:13:01:02:03".parse::<MacAddr>().is_err());
         assert!("zz:58:c6:13:01:02".parse::<MacAddr>().is_err());
+        for odd in ["+a:58:c6:13:01:02", "0a:58:c6:13:01:072", "0a::c6:13:01:02"] {
+            assert!(odd.parse::<MacAddr>().is_err(), "{odd}");
+        }
+        assert_eq!(
+            "A:58:C6:13:1:2".parse::<MacAddr>().unwrap().to_string(),
+            "0a:58:c6:13:01:02"
+        );
         assert!(!MacAddr([1, 0, 0, 0, 0, 0]).is_unicast());
     }
 }

@@ -6,17 +6,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use overlay_api::labels::{parse_service_labels, SERVICE_LABEL};
+use overlay_api::{
+    error::one_line,
+    labels::{parse_service_labels, SERVICE_LABEL},
+};
 use serde::Deserialize;
 
 use crate::{
-    types::{code, CniError},
+    types::{code, CniError, CniResult},
     LATEST_VERSION, SUPPORTED_VERSIONS,
 };
 
 /// The network configuration this plugin reads (its plugin object of a conflist, with the
 /// fields the runtime adds).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct NetConf {
     #[serde(rename = "cniVersion", default)]
     pub cni_version: String,
@@ -42,15 +45,20 @@ pub struct NetConf {
     /// Conventional `args` (`{"cni": {"overlay.service": "web:80"}}`).
     #[serde(default)]
     pub args: Option<Args>,
+    /// The result the runtime recorded for the attachment (CHECK, and DEL of some
+    /// runtimes), as sent: only CHECK reads it ([`NetConf::prev_result`]), so a DEL never
+    /// fails on it.
+    #[serde(rename = "prevResult", default)]
+    pub prev_result: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Ipam {
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Args {
     /// Values of other plugins' keys can be anything; only ours is read.
     #[serde(default)]
@@ -65,14 +73,28 @@ pub struct Attachment {
 }
 
 impl NetConf {
+    /// The overlay network: `network`, or the configuration's name when that is absent or
+    /// empty.
     pub fn network(&self) -> &str {
-        self.network.as_deref().unwrap_or(&self.name)
+        self.network
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.name)
     }
 
     pub fn socket(&self) -> &Path {
         self.socket
             .as_deref()
             .unwrap_or(Path::new(overlay_api::DEFAULT_SOCKET))
+    }
+
+    /// The recorded result, checked (code 6 when it is not a CNI result); `None` when the
+    /// runtime sent none.
+    pub fn prev_result(&self) -> Result<Option<CniResult>, CniError> {
+        self.prev_result
+            .as_ref()
+            .map(CniResult::from_prev)
+            .transpose()
     }
 }
 
@@ -165,7 +187,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, (String, CniError)> {
             LATEST_VERSION.to_owned(),
             CniError::new(
                 code::DECODE,
-                format!("network configuration is not valid JSON: {e}"),
+                format!("network configuration is not valid JSON: {}", one_line(e)),
             ),
         )
     })?;
@@ -185,7 +207,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, (String, CniError)> {
             ),
         );
     }
-    if conf.name.is_empty() && conf.network.is_none() {
+    if conf.network().is_empty() {
         return fail(
             code::INVALID_CONFIG,
             "the configuration needs a \"name\" (or a \"network\")".into(),
@@ -229,6 +251,20 @@ mod tests {
         assert_eq!(
             parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().1.code,
             code::INVALID_CONFIG
+        );
+        // An empty "network" is no network: the name stands in, and without one it fails.
+        assert_eq!(
+            parse(br#"{"cniVersion":"1.0.0","network":""}"#)
+                .unwrap_err()
+                .1
+                .code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            parse(br#"{"cniVersion":"1.0.0","name":"x","network":""}"#)
+                .unwrap()
+                .network(),
+            "x"
         );
         let ipam = br#"{"cniVersion":"1.0.0","name":"x","ipam":{"type":"host-local"}}"#;
         assert_eq!(parse(ipam).unwrap_err().1.code, code::INVALID_CONFIG);

@@ -6,11 +6,13 @@
 //! results).
 
 pub mod conf;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ops;
 pub mod types;
 
 pub use conf::{CniEnv, NetConf};
-pub use ops::run;
+pub use ops::{decode, run, Invocation, Operation};
 pub use types::{CniError, CniResult};
 
 /// Every cniVersion this plugin reads and answers in.

@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
-use overlay_api::{CallError, Client, Endpoint, EndpointRequest, ErrorKind, Owner, Sandbox};
+use overlay_api::{
+    CallError, Client, Endpoint, EndpointRequest, ErrorKind, MacAddr, Owner, Sandbox,
+};
 use serde::Serialize;
 
 use crate::{
@@ -83,28 +85,61 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
     }
 }
 
-/// Runs one CNI operation. `Ok(Some(json))` is printed on stdout; errors come with the
-/// version to answer in.
-pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Output, (String, CniError)> {
+/// A CNI invocation, decoded and checked: everything that can be refused without asking
+/// the daemon has been refused.
+#[derive(Clone, Debug, PartialEq)]
+#[expect(clippy::large_enum_variant, reason = "one per run of the plugin")]
+pub enum Invocation {
+    /// VERSION, answered by the plugin itself.
+    Version(VersionResult),
+    /// Any other command, with its configuration.
+    Call(NetConf, Operation),
+}
+
+/// What a command asks of the daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operation {
+    Add(EndpointRequest),
+    Del {
+        container_id: String,
+        ifname: String,
+    },
+    Check {
+        container_id: String,
+        ifname: String,
+        netns: PathBuf,
+        /// What the runtime recorded for the attachment.
+        prev: Option<CniResult>,
+    },
+    Status,
+    Gc {
+        /// (container id, interface) of every attachment the runtime still knows.
+        valid: BTreeSet<(String, String)>,
+    },
+}
+
+/// Reads the environment and the configuration of one invocation. Errors come with the
+/// version to answer in (the configuration's own when it could be read).
+pub fn decode(env: &CniEnv, stdin: &[u8]) -> Result<Invocation, (String, CniError)> {
     if env.command == "VERSION" {
         let version = serde_json::from_slice::<serde_json::Value>(stdin)
             .ok()
             .and_then(|v| v["cniVersion"].as_str().map(str::to_owned))
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| LATEST_VERSION.into());
-        return Ok(json(VersionResult {
+        return Ok(Invocation::Version(VersionResult {
             cni_version: version,
             supported_versions: SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
         }));
     }
     let conf = conf::parse(stdin)?;
-    let v = conf.cni_version.clone();
-    let client = Client::new(conf.socket());
-    operation(env, &conf, &client).map_err(|e| (v, e))
+    match operation(env, &conf) {
+        Ok(op) => Ok(Invocation::Call(conf, op)),
+        Err(e) => Err((conf.cni_version, e)),
+    }
 }
 
-fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, CniError> {
-    let v = conf.cni_version.as_str();
+fn operation(env: &CniEnv, conf: &NetConf) -> Result<Operation, CniError> {
     match env.command.as_str() {
         "ADD" => {
             env.require(&[
@@ -112,7 +147,7 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
                 ("CNI_NETNS", &env.netns),
                 ("CNI_IFNAME", &env.ifname),
             ])?;
-            let req = EndpointRequest {
+            Ok(Operation::Add(EndpointRequest {
                 network: conf.network().to_owned(),
                 container_id: env.container_id.clone(),
                 netns: PathBuf::from(&env.netns),
@@ -121,26 +156,20 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
                 mtu: conf.mtu,
                 owner: Owner::Cni,
                 services: service_labels(conf, env)?,
-            };
-            let ep = client
-                .create_endpoint(req)
-                .map_err(|e| api_error(Op::Add, conf, e))?;
-            Ok(json(add_result(v, &ep)))
+            }))
         }
         "DEL" => {
             env.require(&[
                 ("CNI_CONTAINERID", &env.container_id),
                 ("CNI_IFNAME", &env.ifname),
             ])?;
-            // Best effort when the daemon is down: it cannot hold anything to release right
-            // now, and it releases the address of a container that is gone when it starts.
-            match client.delete_endpoint(&env.container_id, &env.ifname) {
-                Ok(_) | Err(CallError::Unreachable { .. }) => Ok(None),
-                Err(e) => Err(api_error(Op::Other, conf, e)),
-            }
+            Ok(Operation::Del {
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+            })
         }
         "CHECK" => {
-            if v.starts_with("0.3") {
+            if conf.cni_version.starts_with("0.3") {
                 return Err(CniError::new(
                     code::INCOMPATIBLE_VERSION,
                     "CHECK needs cniVersion 0.4.0 or later",
@@ -151,20 +180,87 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
                 ("CNI_NETNS", &env.netns),
                 ("CNI_IFNAME", &env.ifname),
             ])?;
-            match client.check_endpoint(&env.container_id, &env.ifname, env.netns.as_ref()) {
-                Ok(_) => Ok(None),
+            Ok(Operation::Check {
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+                netns: PathBuf::from(&env.netns),
+                prev: conf.prev_result()?,
+            })
+        }
+        "STATUS" => Ok(Operation::Status),
+        "GC" => Ok(Operation::Gc {
+            valid: conf
+                .valid_attachments
+                .iter()
+                .flatten()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect(),
+        }),
+        "" => Err(CniError::new(
+            code::BAD_ENV,
+            "CNI_COMMAND is not set: the runtime must set it",
+        )),
+        other => Err(CniError::new(
+            code::BAD_ENV,
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+        )),
+    }
+}
+
+/// Runs one CNI operation. `Ok(Some(json))` is printed on stdout; errors come with the
+/// version to answer in.
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Output, (String, CniError)> {
+    match decode(env, stdin)? {
+        Invocation::Version(v) => Ok(json(v)),
+        Invocation::Call(conf, op) => {
+            let client = Client::new(conf.socket());
+            execute(&conf, op, &client).map_err(|e| (conf.cni_version.clone(), e))
+        }
+    }
+}
+
+fn execute(conf: &NetConf, op: Operation, client: &Client) -> Result<Output, CniError> {
+    match op {
+        Operation::Add(req) => {
+            let ep = client
+                .create_endpoint(req)
+                .map_err(|e| api_error(Op::Add, conf, e))?;
+            Ok(json(add_result(&conf.cni_version, &ep)))
+        }
+        Operation::Del {
+            container_id,
+            ifname,
+        } => {
+            // Best effort when the daemon is down: it cannot hold anything to release right
+            // now, and it releases the address of a container that is gone when it starts.
+            match client.delete_endpoint(&container_id, &ifname) {
+                Ok(_) | Err(CallError::Unreachable { .. }) => Ok(None),
+                Err(e) => Err(api_error(Op::Other, conf, e)),
+            }
+        }
+        Operation::Check {
+            container_id,
+            ifname,
+            netns,
+            prev,
+        } => {
+            let ep = match client.check_endpoint(&container_id, &ifname, &netns) {
+                Ok(ep) => ep,
                 // A first-release daemon (being replaced in a rolling upgrade) has no
                 // check_endpoint: the endpoint existing is what it can tell.
                 Err(CallError::Api(e)) if e.kind == ErrorKind::Internal && old_daemon(client) => {
                     client
-                        .get_endpoint(&env.container_id, &env.ifname)
-                        .map_err(|e| api_error(Op::Check, conf, e))?;
-                    Ok(None)
+                        .get_endpoint(&container_id, &ifname)
+                        .map_err(|e| api_error(Op::Check, conf, e))?
                 }
-                Err(e) => Err(api_error(Op::Check, conf, e)),
+                Err(e) => return Err(api_error(Op::Check, conf, e)),
+            };
+            match prev {
+                Some(prev) => check_recorded(&prev, &ifname, &ep).map(|()| None),
+                None => Ok(None),
             }
         }
-        "STATUS" => {
+        Operation::Status => {
             let status = client.status().map_err(|e| api_error(Op::Other, conf, e))?;
             match status.lease {
                 Some(_) => Ok(None),
@@ -174,13 +270,7 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
                 )),
             }
         }
-        "GC" => {
-            let valid: BTreeSet<(String, String)> = conf
-                .valid_attachments
-                .iter()
-                .flatten()
-                .map(|a| (a.container_id.clone(), a.ifname.clone()))
-                .collect();
+        Operation::Gc { valid } => {
             let endpoints = client
                 .list_endpoints()
                 .map_err(|e| api_error(Op::Other, conf, e))?;
@@ -194,14 +284,35 @@ fn operation(env: &CniEnv, conf: &NetConf, client: &Client) -> Result<Output, Cn
             }
             Ok(None)
         }
-        "" => Err(CniError::new(
-            code::BAD_ENV,
-            "CNI_COMMAND is not set: the runtime must set it",
-        )),
-        other => Err(CniError::new(
-            code::BAD_ENV,
-            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
-        )),
+    }
+}
+
+/// CHECK: the container interface the runtime recorded (its MAC and IPv4 addresses) must be
+/// the one the daemon holds.
+pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(), CniError> {
+    let Some((iface, addresses)) = prev.container_interface(ifname) else {
+        return Ok(());
+    };
+    let differs = |what: String| {
+        CniError::new(
+            code::ATTACHMENT,
+            format!(
+                "interface {ifname:?}: the runtime recorded {what}, the attachment has {}/{} and MAC {}: delete and re-add the container",
+                ep.ip, ep.prefix_len, ep.mac
+            ),
+        )
+    };
+    if let Some(mac) = &iface.mac {
+        if mac.parse::<MacAddr>().ok() != Some(ep.mac) {
+            return Err(differs(format!("MAC {mac:?}")));
+        }
+    }
+    match addresses
+        .iter()
+        .find(|(ip, len)| (*ip, *len) != (ep.ip, ep.prefix_len))
+    {
+        Some((ip, len)) => Err(differs(format!("address {ip}/{len}"))),
+        None => Ok(()),
     }
 }
 
@@ -252,6 +363,62 @@ mod tests {
         let latest = serde_json::to_value(add_result("1.1.0", &ep)).unwrap();
         assert_eq!(latest["interfaces"][1]["mtu"], 1450);
         assert_eq!(latest["dns"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn check_compares_the_recorded_result() {
+        let ep = endpoint();
+        for version in crate::SUPPORTED_VERSIONS {
+            let recorded = serde_json::to_value(add_result(version, &ep)).unwrap();
+            let prev = CniResult::from_prev(&recorded).unwrap();
+            assert!(check_recorded(&prev, "eth0", &ep).is_ok(), "{version}");
+            let moved = Endpoint {
+                ip: "198.19.1.9".parse().unwrap(),
+                ..ep.clone()
+            };
+            let e = check_recorded(&prev, "eth0", &moved).unwrap_err();
+            assert_eq!(e.code, code::ATTACHMENT);
+            assert!(e.msg.contains("198.19.1.2/24"), "{}", e.msg);
+            let remade = Endpoint {
+                mac: "0a:58:c6:13:01:09".parse().unwrap(),
+                ..ep.clone()
+            };
+            assert!(check_recorded(&prev, "eth0", &remade).is_err());
+            // Another interface of the container is not this attachment's business.
+            assert!(check_recorded(&prev, "net1", &moved).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_bad_prev_result_fails_check_but_never_del() {
+        let env = |command: &str| CniEnv {
+            command: command.into(),
+            container_id: "c".into(),
+            netns: "/run/netns/c".into(),
+            ifname: "eth0".into(),
+            args: String::new(),
+        };
+        for prev in [
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"198.19.1.2"}]}"#,
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"198.19.1.2/+24"}]}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[],"ips":[{"address":"198.19.1.2/24","interface":1}]}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"nope"}]}"#,
+            r#"{"interfaces":[]}"#,
+            r#"[1]"#,
+        ] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"red","prevResult":{prev}}}"#);
+            let (version, e) = decode(&env("CHECK"), conf.as_bytes()).unwrap_err();
+            assert_eq!(
+                (version.as_str(), e.code),
+                ("1.0.0", code::DECODE),
+                "{prev}"
+            );
+            assert!(e.msg.starts_with("prevResult: "), "{}", e.msg);
+            assert!(matches!(
+                decode(&env("DEL"), conf.as_bytes()),
+                Ok(Invocation::Call(_, Operation::Del { .. }))
+            ));
+        }
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! CNI results and errors (spec 1.1.0, with the fields older versions need).
 
+use std::net::{IpAddr, Ipv4Addr};
+
+use overlay_api::{error::one_line, MacAddr};
 use serde::{Deserialize, Serialize};
 
 /// Error codes of the spec, and ours (100+).
@@ -78,6 +81,75 @@ pub struct CniResult {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub dns: Dns,
+}
+
+impl CniResult {
+    /// A result the runtime hands back (`prevResult`), checked: every address is
+    /// `ADDRESS/PREFIX`, every gateway an address, every interface index points into
+    /// `interfaces`, every MAC is a MAC. Anything else is code 6 with a one-line reason.
+    pub fn from_prev(value: &serde_json::Value) -> Result<Self, CniError> {
+        let bad = |what: String| CniError::new(code::DECODE, format!("prevResult: {what}"));
+        let r = Self::deserialize(value)
+            .map_err(|e| bad(format!("not a CNI result: {}", one_line(e))))?;
+        for (i, iface) in r.interfaces.iter().enumerate() {
+            if let Some(mac) = &iface.mac {
+                mac.parse::<MacAddr>().map_err(|_| {
+                    bad(format!("interfaces[{i}].mac {mac:?} is not a MAC address"))
+                })?;
+            }
+        }
+        for (i, ip) in r.ips.iter().enumerate() {
+            if parse_cidr(&ip.address).is_none() {
+                return Err(bad(format!(
+                    "ips[{i}].address {:?} is not ADDRESS/PREFIX",
+                    ip.address
+                )));
+            }
+            if let Some(gw) = ip.gateway.as_deref() {
+                gw.parse::<IpAddr>()
+                    .map_err(|_| bad(format!("ips[{i}].gateway {gw:?} is not an address")))?;
+            }
+            if let Some(n) = ip.interface.filter(|n| *n >= r.interfaces.len()) {
+                return Err(bad(format!(
+                    "ips[{i}].interface {n} is not an index of its {} interfaces",
+                    r.interfaces.len()
+                )));
+            }
+        }
+        Ok(r)
+    }
+
+    /// The interface `ifname` inside the container (the one with a `sandbox`), with its
+    /// IPv4 addresses and prefix lengths.
+    pub fn container_interface(&self, ifname: &str) -> Option<(&Interface, Vec<(Ipv4Addr, u8)>)> {
+        let index = self
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.is_some())?;
+        let addresses = self
+            .ips
+            .iter()
+            .filter(|ip| ip.interface == Some(index))
+            .filter_map(|ip| match parse_cidr(&ip.address)? {
+                (IpAddr::V4(a), len) => Some((a, len)),
+                (IpAddr::V6(_), _) => None,
+            })
+            .collect();
+        Some((&self.interfaces[index], addresses))
+    }
+}
+
+/// `ADDRESS/PREFIX` with a prefix the address family allows.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    // Digits only: `u8::from_str` would take "+24".
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let len: u8 = len.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,7 +100,8 @@ counted_enum! {
         UnknownVtep = 10 => "unknown_vtep",
         /// VXLAN with a VNI that no network uses.
         UnknownVni = 11 => "unknown_vni",
-        /// VXLAN header without the I flag, or with reserved bits set.
+        /// VXLAN header cut short, or without the I flag (reserved bits are ignored on
+        /// receipt, RFC 7348).
         VxlanMalformed = 12 => "vxlan_malformed",
         /// Decapsulated frame not addressed to an endpoint on this host.
         DecapNotLocal = 13 => "decap_not_local",

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use overlay_api::{ApiError, ErrorKind, Request, Response, Stats, Status};
+use overlay_api::{error::one_line, ApiError, ErrorKind, Request, Response, Stats, Status};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -100,20 +100,23 @@ async fn handle(
             },
             _ = stop.cancelled() => return Ok(()),
         };
-        let response = match serde_json::from_str::<Request>(&line) {
+        let response = match parse_request(&line) {
             Ok(req) => match dispatch(req, cluster, maps_dir).await {
                 Ok(v) => Response::success(v),
                 Err(e) => Response::failure(&e),
             },
-            Err(e) => Response::failure(&ApiError::new(
-                ErrorKind::Invalid,
-                format!("bad request: {e}"),
-            )),
+            Err(e) => Response::failure(&e),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
         write.write_all(&out).await?;
     }
+}
+
+/// One request line, decoded; what does not decode is `invalid` with the reason.
+pub fn parse_request(line: &str) -> Result<Request, ApiError> {
+    serde_json::from_str(line)
+        .map_err(|e| ApiError::new(ErrorKind::Invalid, format!("bad request: {}", one_line(e))))
 }
 
 fn json(v: impl serde::Serialize) -> serde_json::Value {

@@ -12,12 +12,30 @@ pub enum IpamError {
     BadBlockLen { subnet: Ipv4Net, block_len: u8 },
     #[error("network {0} has no free address block left: use a larger subnet or remove endpoints")]
     Exhausted(String),
+    #[error("subnet {subnet} in /{block_len} blocks makes {count} blocks, more than {MAX_BLOCKS}: use larger blocks (a shorter block length) or a smaller subnet")]
+    TooManyBlocks {
+        subnet: Ipv4Net,
+        block_len: u8,
+        count: u64,
+    },
 }
+
+/// Blocks one network may be cut into: every allocation walks them, and a node's view holds
+/// one claim per block in use (a /8 in /26 blocks is 262 144).
+pub const MAX_BLOCKS: u64 = 1 << 20;
 
 /// Every block of `subnet` with prefix length `block_len`, in address order.
 pub fn blocks(subnet: Ipv4Net, block_len: u8) -> Result<Vec<Ipv4Net>, IpamError> {
     if block_len < subnet.prefix_len() || block_len > 30 {
         return Err(IpamError::BadBlockLen { subnet, block_len });
+    }
+    let count = 1u64 << (block_len - subnet.prefix_len());
+    if count > MAX_BLOCKS {
+        return Err(IpamError::TooManyBlocks {
+            subnet,
+            block_len,
+            count,
+        });
     }
     Ok(subnet
         .subnets(block_len)
@@ -44,6 +62,17 @@ pub fn first_free(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_network_of_too_many_blocks_is_refused_before_they_are_made() {
+        let all: ipnet::Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(matches!(
+            super::blocks(all, 26),
+            Err(super::IpamError::TooManyBlocks { count, .. }) if count == 1 << 26
+        ));
+        let slash8: ipnet::Ipv4Net = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(super::blocks(slash8, 26).unwrap().len(), 1 << 18);
+    }
+
     use super::*;
 
     #[test]

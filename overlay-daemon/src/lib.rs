@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod cnm;
 pub mod daemon;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host_events;
 pub mod ipam;
 pub mod kernel_vxlan;

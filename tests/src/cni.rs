@@ -53,3 +53,53 @@ pub fn conf(version: &str, network: &str, socket: &std::path::Path) -> String {
         socket.display()
     )
 }
+
+/// What the real plugin answered: the container's address, or the CNI error (code, msg).
+pub type CniOutcome = Result<std::net::Ipv4Addr, (u64, String)>;
+
+fn outcome(out: &Output) -> Result<serde_json::Value, (u64, String)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "overlay-cni printed no JSON: stdout {:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if out.status.success() {
+        return Ok(v);
+    }
+    let code = v["code"].as_u64().expect("a CNI error has a code");
+    Err((code, v["msg"].as_str().unwrap_or_default().to_owned()))
+}
+
+/// ADD of `id` (interface eth0 in `netns`) to `network` through the real plugin and the
+/// daemon at `socket`.
+pub fn add(socket: &std::path::Path, network: &str, id: &str, netns: &str) -> CniOutcome {
+    let out = exec_plugin(
+        &cni_env("ADD", id.to_owned(), netns.to_owned()),
+        conf("1.0.0", network, socket).as_bytes(),
+    );
+    let v = outcome(&out)?;
+    let addr = v["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("ADD result without an address: {v}"));
+    Ok(addr)
+}
+
+/// DEL of `id` through the real plugin.
+pub fn del(
+    socket: &std::path::Path,
+    network: &str,
+    id: &str,
+    netns: &str,
+) -> Result<(), (u64, String)> {
+    let out = exec_plugin(
+        &cni_env("DEL", id.to_owned(), netns.to_owned()),
+        conf("1.0.0", network, socket).as_bytes(),
+    );
+    if out.status.success() {
+        return Ok(());
+    }
+    outcome(&out).map(|_| ())
+}

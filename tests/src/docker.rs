@@ -111,6 +111,30 @@ impl Docker {
         crate::fixtures::stdout_ok(&format!("docker {args:?}"), self.run(args))
     }
 
+    /// A Docker network of this driver with our IPAM and `-o` options.
+    pub fn create_network(&self, name: &str, subnet: &str, opts: &[&str]) {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "overlay-ebpf",
+            "--ipam-driver",
+            "overlay-ebpf",
+            "--subnet",
+            subnet,
+        ];
+        for o in opts {
+            args.extend(["-o", o]);
+        }
+        args.push(name);
+        self.run_ok(&args);
+    }
+
+    /// `red` (198.19.1.0/24) adopting the overlay network of that name.
+    pub fn create_red(&self) {
+        self.create_network("red", "198.19.1.0/24", &["network=red"]);
+    }
+
     /// Starts a long-running busybox container on `network`; returns its address there.
     pub fn start_container(&self, name: &str, network: &str) -> String {
         self.run_ok(&[

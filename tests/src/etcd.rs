@@ -1,5 +1,6 @@
 //! A real etcd server for tests, inside a test namespace (the underlay's), stopped and its
-//! data removed on drop.
+//! data removed on drop; optionally with TLS (server, peer and client certificates) and
+//! etcd's authentication with roles limited to the overlay's prefix.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
@@ -10,14 +11,50 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-use crate::{netns::unique_id, ChildGuard, Netns};
+use crate::{
+    netns::unique_id,
+    pki::{ClientCert, Pki},
+    ChildGuard, Netns,
+};
+
+/// TLS for clients and peers: the CA, the members' certificate, and the client certificate
+/// etcdctl uses (CN `root`, etcd's administrator once authentication is on).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: ClientCert,
+    pub admin: ClientCert,
+}
+
+impl EtcdTls {
+    pub fn from_pki(pki: &Pki) -> Self {
+        Self {
+            ca: pki.ca(),
+            server: pki.server(),
+            admin: pki.client("root"),
+        }
+    }
+}
 
 /// etcdctl (v3 API) in `ns` against `endpoints`.
-fn etcdctl(ns: &Netns, endpoints: &str, args: &[&str]) -> std::process::Command {
+fn etcdctl(
+    ns: &Netns,
+    endpoints: &str,
+    tls: Option<&EtcdTls>,
+    args: &[&str],
+) -> std::process::Command {
     let mut cmd = ns.command("etcdctl");
     cmd.env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoints, "--dial-timeout", "2s"])
-        .args(args);
+        .args(["--endpoints", endpoints, "--dial-timeout", "2s"]);
+    if let Some(t) = tls {
+        cmd.arg("--cacert")
+            .arg(&t.ca)
+            .arg("--cert")
+            .arg(&t.admin.cert)
+            .arg("--key")
+            .arg(&t.admin.key);
+    }
+    cmd.args(args);
     cmd
 }
 
@@ -39,19 +76,27 @@ pub struct Etcd {
     /// Member name and `--initial-cluster` (a single member by default).
     name: String,
     initial_cluster: String,
+    tls: Option<EtcdTls>,
 }
 
 impl Etcd {
     /// Starts etcd on `ip` (an address of `ns`) and waits until it answers.
     pub fn start(ns: &Netns, ip: Ipv4Addr) -> Self {
-        let mut etcd = Self::member(ns, ip, "ovt", &format!("ovt=http://{ip}:2380"));
+        let mut etcd = Self::member(ns, ip, "ovt", &format!("ovt=http://{ip}:2380"), None);
         etcd.resume();
         etcd
     }
 
     /// A member of a cluster, not started yet.
-    fn member(ns: &Netns, ip: Ipv4Addr, name: &str, initial_cluster: &str) -> Self {
+    fn member(
+        ns: &Netns,
+        ip: Ipv4Addr,
+        name: &str,
+        initial_cluster: &str,
+        tls: Option<EtcdTls>,
+    ) -> Self {
         Self {
+            tls,
             ns: ns.name().to_owned(),
             ip,
             data_dir: std::env::temp_dir().join(format!("ovt-etcd-{}", unique_id())),
@@ -61,8 +106,20 @@ impl Etcd {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("{}://{}:2379", self.scheme(), self.ip)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("{}://{}:2380", self.scheme(), self.ip)
     }
 
     fn netns(&self) -> Netns {
@@ -77,29 +134,38 @@ impl Etcd {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
-        let ip = self.ip;
-        let child = self
-            .netns()
-            .command("etcd")
-            .args([
-                "--name",
-                &self.name,
-                "--log-level",
-                "error",
-                "--logger",
-                "zap",
-            ])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen-client-urls", &format!("http://{ip}:2379")])
-            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
-            .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://{ip}:2380"),
-            ])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-token", "ovt"])
+        let (client, peer) = (self.endpoint(), self.peer_url());
+        let mut cmd = self.netns().command("etcd");
+        cmd.args([
+            "--name",
+            &self.name,
+            "--log-level",
+            "error",
+            "--logger",
+            "zap",
+        ])
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &self.initial_cluster])
+        .args(["--initial-cluster-token", "ovt"]);
+        if let Some(t) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &t.server.cert),
+                ("--key-file", &t.server.key),
+                ("--trusted-ca-file", &t.ca),
+                ("--peer-cert-file", &t.server.cert),
+                ("--peer-key-file", &t.server.key),
+                ("--peer-trusted-ca-file", &t.ca),
+            ] {
+                cmd.arg(flag).arg(path);
+            }
+            cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -148,7 +214,7 @@ impl Etcd {
 
     /// Runs etcdctl (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        etcdctl(&self.netns(), &self.endpoint(), args)
+        etcdctl(&self.netns(), &self.endpoint(), self.tls.as_ref(), args)
             .output()
             .expect("etcdctl")
     }
@@ -156,23 +222,17 @@ impl Etcd {
     /// `etcdctl put KEY` with the value on stdin (values beyond an argument's size limit).
     pub fn put_large(&self, key: &str, value: &[u8]) {
         use std::io::Write as _;
-        let mut child = self
-            .netns()
-            .command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.endpoint(),
-                "--dial-timeout",
-                "2s",
-                "put",
-                key,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("etcdctl");
+        let mut child = etcdctl(
+            &self.netns(),
+            &self.endpoint(),
+            self.tls.as_ref(),
+            &["put", key],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
         child
             .stdin
             .take()
@@ -213,23 +273,40 @@ pub struct EtcdCluster {
     pub members: Vec<Etcd>,
     /// The members' namespaces (dropped after the members).
     namespaces: Vec<Netns>,
+    tls: Option<EtcdTls>,
 }
+
+/// The users `EtcdCluster::enable_auth` makes: `overlay` may use the overlay's prefix,
+/// `stranger` only another one. Both have this password; their client certificates (CN =
+/// user) come from the same `Pki`.
+pub const OVERLAY_USER: &str = "overlay";
+pub const STRANGER_USER: &str = "stranger";
+pub const USER_PASSWORD: &str = "s3cret-pw";
 
 impl EtcdCluster {
     /// Starts a member in each of `namespaces` at the matching address and waits until the
     /// cluster serves requests.
     pub fn start(namespaces: Vec<Netns>, ips: &[Ipv4Addr]) -> Self {
+        Self::start_with(namespaces, ips, None)
+    }
+
+    /// Like `start`, with TLS between clients and members and between members, and client
+    /// certificates required.
+    pub fn start_with(namespaces: Vec<Netns>, ips: &[Ipv4Addr], tls: Option<EtcdTls>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let initial: Vec<String> = ips
             .iter()
             .enumerate()
-            .map(|(i, ip)| format!("m{}=http://{ip}:2380", i + 1))
+            .map(|(i, ip)| format!("m{}={scheme}://{ip}:2380", i + 1))
             .collect();
         let initial = initial.join(",");
         let mut members: Vec<Etcd> = namespaces
             .iter()
             .zip(ips)
             .enumerate()
-            .map(|(i, (ns, ip))| Etcd::member(ns, *ip, &format!("m{}", i + 1), &initial))
+            .map(|(i, (ns, ip))| {
+                Etcd::member(ns, *ip, &format!("m{}", i + 1), &initial, tls.clone())
+            })
             .collect();
         // All at once: a member alone has no quorum to become healthy with.
         for m in &mut members {
@@ -241,6 +318,45 @@ impl EtcdCluster {
         Self {
             members,
             namespaces,
+            tls,
+        }
+    }
+
+    /// Turns on etcd's authentication: `root` (the admin certificate's CN), and the users
+    /// `OVERLAY_USER` (role `overlay`: readwrite on `prefix`) and `STRANGER_USER` (role
+    /// `elsewhere`: readwrite on another prefix only).
+    pub fn enable_auth(&mut self, prefix: &str) {
+        let root = format!("root:{USER_PASSWORD}");
+        let overlay = format!("{OVERLAY_USER}:{USER_PASSWORD}");
+        let stranger = format!("{STRANGER_USER}:{USER_PASSWORD}");
+        for args in [
+            &["user", "add", &root, "--interactive=false"][..],
+            &["user", "grant-role", "root", "root"],
+            &["role", "add", "overlay"],
+            &[
+                "role",
+                "grant-permission",
+                "overlay",
+                "readwrite",
+                prefix,
+                "--prefix=true",
+            ],
+            &["user", "add", &overlay, "--interactive=false"],
+            &["user", "grant-role", OVERLAY_USER, "overlay"],
+            &["role", "add", "elsewhere"],
+            &[
+                "role",
+                "grant-permission",
+                "elsewhere",
+                "readwrite",
+                "/elsewhere/",
+                "--prefix=true",
+            ],
+            &["user", "add", &stranger, "--interactive=false"],
+            &["user", "grant-role", STRANGER_USER, "elsewhere"],
+            &["auth", "enable"],
+        ] {
+            self.ctl_ok(args);
         }
     }
 
@@ -248,6 +364,10 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> String {
         let urls: Vec<String> = self.members.iter().map(Etcd::endpoint).collect();
         urls.join(",")
+    }
+
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     pub fn netns(&self, i: usize) -> &Netns {
@@ -261,9 +381,14 @@ impl EtcdCluster {
             .iter_mut()
             .filter_map(|m| m.is_running().then(|| m.endpoint()))
             .collect();
-        etcdctl(&self.members[0].netns(), &running.join(","), args)
-            .output()
-            .expect("etcdctl")
+        etcdctl(
+            &self.members[0].netns(),
+            &running.join(","),
+            self.tls.as_ref(),
+            args,
+        )
+        .output()
+        .expect("etcdctl")
     }
 
     pub fn ctl_ok(&mut self, args: &[&str]) -> String {
@@ -274,8 +399,37 @@ impl EtcdCluster {
     pub fn restart(&mut self, i: usize) {
         self.members[i].resume();
     }
-}
 
+    /// The index of the member that is the leader now, asked of every running member.
+    pub fn leader(&mut self) -> Option<usize> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let leader = v.as_array()?.iter().find_map(|s| {
+            let status = &s["Status"];
+            (status["leader"].as_u64()? == status["header"]["member_id"].as_u64()?)
+                .then(|| s["Endpoint"].as_str().map(str::to_owned))?
+        })?;
+        self.members.iter().position(|m| m.endpoint() == leader)
+    }
+
+    /// Member `i`'s view of the store: (revision, its leader's id, raft index), asked of it
+    /// alone.
+    pub fn member_status(&self, i: usize) -> Option<(i64, u64, u64)> {
+        let out = self.members[i].ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = &v[0]["Status"];
+        Some((
+            s["header"]["revision"].as_i64()?,
+            s["leader"].as_u64()?,
+            s["raftIndex"].as_u64()?,
+        ))
+    }
+
+    /// Cuts member `i` off the underlay (its link down) or puts it back.
+    pub fn set_link(&self, i: usize, up: bool) {
+        self.namespaces[i].ip(&["link", "set", "eth0", if up { "up" } else { "down" }]);
+    }
+}
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         self.members.clear();

@@ -11,12 +11,15 @@ pub mod fixtures;
 pub mod image;
 pub mod lb;
 pub mod netns;
+pub mod packet_fuzz;
+pub mod pki;
 pub mod podman;
 pub mod process;
 pub mod services;
 pub mod soak;
 pub mod topology;
 pub mod traffic;
+pub mod workload;
 
 pub use etcd::Etcd;
 pub use netns::Netns;

@@ -19,7 +19,6 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use overlay_daemon::maps::{EndpointMaps, Location};
 use serde_json::{json, Value};
 
 use crate::{
@@ -174,19 +173,7 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
     }
     let docker = cfg.docker.then(|| {
         let d = Docker::start(&t, DOCKER_HOST);
-        d.run_ok(&[
-            "network",
-            "create",
-            "-d",
-            "overlay-ebpf",
-            "--ipam-driver",
-            "overlay-ebpf",
-            "--subnet",
-            "198.19.1.0/24",
-            "-o",
-            "network=red",
-            "red",
-        ]);
+        d.create_red();
         d
     });
 
@@ -609,79 +596,12 @@ impl Soak {
         text
     }
 
-    fn end_state_problems(&mut self, long: &[usize], want: &BTreeSet<String>) -> Vec<String> {
-        let mut problems = Vec::new();
-        let out = self.t.overlayctl(0, &["endpoint", "ls", "-o", "json"]);
-        let records: BTreeSet<String> = serde_json::from_slice::<Vec<Value>>(&out.stdout)
-            .unwrap_or_default()
+    fn end_state_problems(&mut self, long: &[usize], _want: &BTreeSet<String>) -> Vec<String> {
+        let want: Vec<(usize, Ipv4Addr)> = long
             .iter()
-            .filter_map(|e| e["ip"].as_str().map(str::to_owned))
+            .map(|&i| (self.t.containers[i].host, self.t.containers[i].ip))
             .collect();
-        if records != *want {
-            problems.push(format!("etcd endpoint records {records:?}, want {want:?}"));
-        }
-        let mut tables = Vec::new();
-        for h in 0..HOSTS {
-            let host = &self.t.hosts[h];
-            let links = host.ns.run("ip", &["-o", "link", "show"]);
-            let veths = links.matches(": ovl").count();
-            if veths != 1 {
-                problems.push(format!("{}: {veths} ovl veths, want 1", host.name));
-            }
-            let pins = std::fs::read_dir(host.pins.links())
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .filter(|e| e.file_name().to_string_lossy().starts_with("ep-"))
-                        .count()
-                })
-                .unwrap_or(0);
-            if pins != 1 {
-                problems.push(format!("{}: {pins} container link pins, want 1", host.name));
-            }
-            let state = std::fs::read_dir(host.run_dir.join("endpoints"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-            if state != 1 {
-                problems.push(format!(
-                    "{}: {state} local endpoint files, want 1",
-                    host.name
-                ));
-            }
-            match EndpointMaps::open_pinned(&host.pins.maps()) {
-                Ok(maps) => {
-                    // Every node's view of every endpoint: (VNI, IP, MAC, the VTEP it is behind).
-                    let view: Vec<(u32, Ipv4Addr, [u8; 6], Ipv4Addr)> = maps
-                        .entries()
-                        .into_iter()
-                        .map(|e| {
-                            let vtep = match e.location {
-                                Location::Local { .. } => host.vtep_ip,
-                                Location::Remote { vtep } => vtep,
-                            };
-                            (e.vni, e.ip, e.mac, vtep)
-                        })
-                        .collect();
-                    tables.push((host.name.clone(), view));
-                }
-                Err(e) => problems.push(format!("{}: endpoint maps: {e}", host.name)),
-            }
-        }
-        if let Some((first, t0)) = tables.first() {
-            for (name, t) in &tables[1..] {
-                if t != t0 {
-                    problems.push(format!(
-                        "{name}'s endpoint table differs from {first}'s: {t:?} vs {t0:?}"
-                    ));
-                }
-            }
-            if t0.len() != long.len() {
-                problems.push(format!(
-                    "{first} holds {} endpoints, want {}",
-                    t0.len(),
-                    long.len()
-                ));
-            }
-        }
-        problems
+        let hosts: Vec<usize> = (0..HOSTS).collect();
+        crate::workload::end_state_problems(&self.t, &hosts, &want)
     }
 }

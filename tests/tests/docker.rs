@@ -27,30 +27,6 @@ fn topology() -> Topology {
     t
 }
 
-/// A Docker network of this driver with our IPAM and `-o` options.
-fn create_network(d: &Docker, name: &str, subnet: &str, opts: &[&str]) {
-    let mut args = vec![
-        "network",
-        "create",
-        "-d",
-        "overlay-ebpf",
-        "--ipam-driver",
-        "overlay-ebpf",
-        "--subnet",
-        subnet,
-    ];
-    for o in opts {
-        args.extend(["-o", o]);
-    }
-    args.push(name);
-    d.run_ok(&args);
-}
-
-/// `red` adopts the overlay network of that name.
-fn create_red(d: &Docker) {
-    create_network(d, "red", "198.19.1.0/24", &["network=red"]);
-}
-
 fn pings(out: std::process::Output) -> bool {
     out.status.success()
 }
@@ -127,8 +103,8 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
     let t = topology();
     let d1 = Docker::start(&t, 0);
     let d2 = Docker::start(&t, 1);
-    create_red(&d1);
-    create_red(&d2);
+    d1.create_red();
+    d2.create_red();
     let ip1 = d1.start_container("web1", "red");
     let ip2 = d2.start_container("web2", "red");
     assert!(
@@ -166,7 +142,7 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
     );
 
     // A second Docker network with another VNI (created in etcd by the driver) is isolated.
-    create_network(&d1, "blue", "198.19.2.0/24", &["network=blue", "vni=200"]);
+    d1.create_network("blue", "198.19.2.0/24", &["network=blue", "vni=200"]);
     let nets = t.overlayctl_ok(0, &["network", "ls"]);
     assert!(nets.contains("blue") && nets.contains("200"), "{nets}");
     let ip3 = d1.start_container("other", "blue");
@@ -200,7 +176,7 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
 fn sigkilled_containers_and_a_dockerd_restart_leave_nothing_behind() {
     let t = topology();
     let mut d1 = Docker::start(&t, 0);
-    create_red(&d1);
+    d1.create_red();
     d1.start_container("ca", "red");
     d1.start_container("cb", "red");
     wait_endpoints(&t, 2, "two containers");
@@ -232,7 +208,7 @@ fn a_podman_container_and_a_docker_container_share_a_network() {
     let t = topology();
     let mut p = Podman::new(&t, 0, "red");
     let d = Docker::start(&t, 1);
-    create_red(&d);
+    d.create_red();
     let ip_p = p.start("pod", "red");
     let ip_d = d.start_container("ctr", "red");
     assert_ne!(ip_p, ip_d);

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a new machine needs, in one place.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent): Debian packages, nightly rust-src,
-    /// bpf-linker built against the nightly's LLVM, and a mounted bpffs.
+    /// bpf-linker built against the nightly's LLVM, cargo-fuzz, and a mounted bpffs.
     Setup,
     /// Build overlayd and overlayctl (with the embedded eBPF object) and overlay-cni.
     Build {
@@ -51,6 +52,23 @@ enum Task {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Fuzz every parser of untrusted or operator input (cargo-fuzz, libFuzzer; one target per
+    /// parser in fuzz/fuzz_targets/) for N seconds each, or just TARGET; fails naming the
+    /// input of any crash. With --datapath: random packets through the eBPF programs instead.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(conflicts_with = "datapath")]
+        target: Option<String>,
+        /// Fuzz the datapath (overlay-packet-fuzz) instead of the parsers.
+        #[arg(long)]
+        datapath: bool,
+        /// With --datapath: reproduce an earlier run's packets.
+        #[arg(long, requires = "datapath")]
+        seed: Option<u64>,
+    },
     /// Datapath benchmarks (overlay vs kernel vxlan vs routing), report in target/bench/.
     Bench {
         /// Arguments for overlay-bench (e.g. --rounds 5 --seconds 5 --modes overlay,kernel-vxlan).
@@ -68,6 +86,18 @@ fn main() -> Result<()> {
         Task::Demo => demo(),
         Task::Bench { args } => bench(args),
         Task::Soak { minutes, seed } => soak(minutes, seed),
+        Task::Fuzz {
+            seconds,
+            target,
+            datapath: false,
+            ..
+        } => fuzz::parsers(seconds, target.as_deref()),
+        Task::Fuzz {
+            seconds,
+            datapath: true,
+            seed,
+            ..
+        } => fuzz_datapath(seconds, seed),
     }
 }
 
@@ -178,12 +208,19 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     ])
     .env("OVERLAYD", overlayd_path(false));
     cmd.arg("--");
+    let everything = filter.is_none();
     if let Some(f) = filter {
         cmd.arg(f);
     }
     // Each integration test runs three hosts with real traffic: two at a time fit two cores.
     cmd.args(["--test-threads", "2"]);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // Every parser under libFuzzer for a few seconds: enough to catch a regression of a
+    // known input class, bounded for CI. `cargo xtask fuzz` runs them for longer.
+    if everything {
+        fuzz::parsers(fuzz::TEST_SECONDS, None)?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {
@@ -201,25 +238,37 @@ fn demo() -> Result<()> {
         .env("OVERLAYD", overlayd_path(false)))
 }
 
-fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
+/// Runs one of overlay-tests' binaries (`--release` for the fast ones) after setup and a
+/// build of the daemon it drives.
+fn run_test_bin(bin: &str, release: bool, args: &[String]) -> Result<()> {
     setup::run()?;
     build(false)?;
     let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--package",
-        "overlay-tests",
-        "--bin",
-        "overlay-soak",
-        "--",
-    ])
-    .args(["--minutes", &minutes.to_string()])
-    .env("OVERLAYD", overlayd_path(false));
-    if let Some(seed) = seed {
-        cmd.args(["--seed", &seed.to_string()]);
+    cmd.args(["run", "--quiet"]);
+    if release {
+        cmd.arg("--release");
     }
+    cmd.args(["--package", "overlay-tests", "--bin", bin, "--"])
+        .args(args)
+        .env("OVERLAYD", overlayd_path(false));
     run(&mut cmd)
+}
+
+fn soak(minutes: u64, seed: Option<u64>) -> Result<()> {
+    let mut args = vec!["--minutes".to_owned(), minutes.to_string()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_owned(), seed.to_string()]);
+    }
+    run_test_bin("overlay-soak", false, &args)
+}
+
+/// Random and mutated packets through the eBPF programs (`overlay-packet-fuzz`).
+fn fuzz_datapath(seconds: u64, seed: Option<u64>) -> Result<()> {
+    let mut args = vec!["--seconds".to_owned(), seconds.to_string()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_owned(), seed.to_string()]);
+    }
+    run_test_bin("overlay-packet-fuzz", true, &args)
 }
 
 fn bench(args: Vec<String>) -> Result<()> {

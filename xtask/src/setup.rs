@@ -44,6 +44,7 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     kernel_report();
     Ok(())
@@ -174,6 +175,25 @@ fn bpf_linker() -> Result<()> {
                 &format!("llvm-{major}"),
             ])
             .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// cargo-fuzz, for the parser fuzz targets (`cargo xtask fuzz`; they build with the nightly
+/// toolchain, whose x86_64 std ships the sanitizer runtimes, so no component is needed).
+pub fn cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    exec(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .env("PATH", path_with_cargo_bin()),
     )
 }
 

@@ -7,7 +7,13 @@ use std::path::Path;
 use overlay_api::{Attachment, Endpoint, EndpointRequest, Sandbox};
 use tracing::{info, warn};
 
-use super::{alloc::Claim, host_ifname, membership::delete_host_veth, Cluster, ClusterError};
+use super::{
+    alloc::Claim,
+    host_ifname,
+    local::{presence, Presence},
+    membership::delete_host_veth,
+    Cluster, ClusterError,
+};
 use crate::{
     netlink::{self, ContainerIface},
     store::{client::Change, Store},
@@ -24,6 +30,7 @@ impl Cluster {
             ));
         }
         let _guard = self.alloc.lock().await;
+        self.release_leftover(&req).await?;
         let host = host_ifname(&req.container_id, &req.ifname);
         let (store, lease, mut ep) = self
             .reserve_locked(
@@ -63,6 +70,28 @@ impl Cluster {
         }
         info!(container = %ep.container_id, ip = %ep.ip, network = %ep.network, "endpoint created");
         Ok(ep)
+    }
+
+    /// A runtime retries an ADD that answered "try again later" with the same container and
+    /// interface. If that ADD was rolled back while etcd could not be told, its local state
+    /// is still here (the reaper would release it later); with its interface gone from the
+    /// container, it is released now, so the retry is not refused as a duplicate. The
+    /// caller holds `alloc`.
+    async fn release_leftover(&self, req: &EndpointRequest) -> Result<(), ClusterError> {
+        let Some(old) = self.local.load(&req.container_id, &req.ifname) else {
+            return Ok(());
+        };
+        if presence(&old).await != Presence::Gone {
+            return Ok(()); // a live endpoint: reserve_locked refuses the duplicate
+        }
+        let store = self.try_store()?;
+        let (key, value) = self.endpoint_kv(&store, &old);
+        store.delete_if(&key, value).await?;
+        self.local.remove(&old.container_id, &old.ifname);
+        self.forget_vanished(&old.id());
+        self.view.lock().await.apply(Change::Delete(key));
+        info!(container = %old.container_id, ip = %old.ip, "released the leftover of an earlier ADD of this container");
+        Ok(())
     }
 
     /// Undoes a half-made endpoint: veth, address, local state, view entry. The datapath

@@ -51,11 +51,15 @@ impl ClusterError {
     /// The kind a caller (the API, the Docker driver) decides on.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ClusterError::Store(StoreError::Etcd { .. }) => ErrorKind::Unavailable,
             ClusterError::Store(StoreError::Conflict(_)) => ErrorKind::Conflict,
-            ClusterError::Store(StoreError::Tls { .. }) => ErrorKind::Internal,
+            // etcd away or in an election: the runtime retries later (CNI code 11).
+            ClusterError::Store(e) if e.is_transient() => ErrorKind::Unavailable,
+            // Certificates, credentials, roles: nothing changes until the operator acts.
+            ClusterError::Store(_) => ErrorKind::Internal,
             ClusterError::Ipam(IpamError::Exhausted(_)) => ErrorKind::Exhausted,
-            ClusterError::Ipam(IpamError::BadBlockLen { .. }) => ErrorKind::Invalid,
+            ClusterError::Ipam(IpamError::BadBlockLen { .. } | IpamError::TooManyBlocks { .. }) => {
+                ErrorKind::Invalid
+            }
             ClusterError::Netlink(NetlinkError::Exists(_)) => ErrorKind::Conflict,
             ClusterError::Netlink(NetlinkError::Netns { .. }) => ErrorKind::Invalid,
             ClusterError::Netlink(_) => ErrorKind::Internal,

@@ -67,6 +67,7 @@ impl LocalState {
 }
 
 /// Whether what an endpoint stands for still exists on the host.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Presence {
     Present,
     Gone,

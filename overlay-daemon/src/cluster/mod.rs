@@ -164,9 +164,12 @@ impl Cluster {
         self.store.subscribe()
     }
 
-    /// Connects to etcd (retrying) and publishes the connection.
+    /// Connects to etcd (retrying) and publishes the connection. A refusal that only the
+    /// operator can fix (certificates, credentials, role) is logged as an error, once per
+    /// change of its text, and retried: the fix may come without a restart.
     async fn connect(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        let mut last_refusal = None;
         loop {
             match Store::connect(&self.cfg.etcd).await {
                 Ok(store) => {
@@ -174,7 +177,14 @@ impl Cluster {
                     self.store.send_replace(Some(store));
                     return;
                 }
-                Err(e) => warn!("{e}; retrying in {backoff:?}"),
+                Err(e) if e.is_transient() => warn!("{e}; retrying in {backoff:?}"),
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_refusal.as_ref() != Some(&text) {
+                        tracing::error!("{text}");
+                        last_refusal = Some(text);
+                    }
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -45,6 +45,11 @@ impl Cluster {
         any
     }
 
+    /// Forgets that an endpoint's interface vanished (it was released another way).
+    pub(super) fn forget_vanished(&self, id: &EndpointId) {
+        self.vanished.lock().expect("not poisoned").remove(id);
+    }
+
     pub(super) async fn reaper_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_sweep = Instant::now();

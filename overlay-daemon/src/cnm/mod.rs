@@ -4,6 +4,7 @@
 
 mod driver;
 mod endpoints;
+mod protocol;
 mod state;
 
 use std::{convert::Infallible, path::Path, sync::Arc};
@@ -16,8 +17,12 @@ use tokio::{net::UnixListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-pub use driver::{Driver, Reply};
+pub use driver::Driver;
 pub use endpoints::{docker_address_id, DOCKER_IFNAME};
+pub use protocol::{
+    decode, AddressRequest, Call, EndpointCreate, NetworkCreate, PoolId, PoolRequest, Reply,
+};
+pub use state::valid_id;
 
 /// The media type of Docker plugin requests and responses.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";

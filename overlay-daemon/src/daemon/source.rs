@@ -155,9 +155,9 @@ pub fn load_tables(path: &Path) -> Result<ValidTables, DaemonError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let tables = ClusterTables::from_json(&text).map_err(|e| DaemonError::Tables {
+    let tables = ClusterTables::from_json(&text).map_err(|reason| DaemonError::Tables {
         path: path.to_owned(),
-        reason: e.to_string(),
+        reason,
     })?;
     Ok(tables.validate())
 }

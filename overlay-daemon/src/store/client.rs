@@ -1,61 +1,28 @@
 //! A thin typed layer over etcd-client: connection options, leases, create-only
-//! transactions, prefix listing and watching.
+//! transactions, prefix listing and watching, each call failing over between the members
+//! (`members`).
+//!
+//! Every call may be sent twice (its first answer lost with a member), so every write here
+//! is safe to repeat: plain puts and deletes are; a conditional write also reads the key
+//! when its condition fails and, if an earlier attempt of the same call may have been
+//! applied, counts as done when the key already holds what it would have written (or, for
+//! a delete, is gone). Without such an attempt an equal value is somebody else's: two
+//! Docker reservations of one address write the same record, and the second must fail.
 
-use std::{path::PathBuf, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream, Watcher,
+    Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions, WatchStream, Watcher,
 };
 
+pub use super::config::EtcdConfig;
 use super::{
+    error::StoreError,
     keys::{Key, Layout},
+    members::{Members, Retry},
     records,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("etcd at {endpoints}: {source}")]
-    Etcd {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("reading {path}: {source}")]
-    Tls {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Conflict(String),
-}
-
-/// How to reach etcd (the `--etcd-*` flags).
-#[derive(Clone, Debug)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    pub cacert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
-impl EtcdConfig {
-    pub fn local(prefix: &str) -> Self {
-        Self {
-            endpoints: vec!["http://127.0.0.1:2379".into()],
-            prefix: prefix.into(),
-            cacert: None,
-            cert: None,
-            key: None,
-            user: None,
-            password: None,
-        }
-    }
-}
 
 /// One key-value pair as listed or watched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,51 +45,76 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    members: Arc<Members>,
     pub layout: Layout,
-    endpoints: String,
+}
+
+fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
+    c.kv_client().max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// What a failed conditional transaction read in its else branch (`TxnOp::get`s), in order.
+fn read_back_all(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_back(resp: &TxnResponse) -> Option<KeyValue> {
+    read_back_all(resp).into_iter().flatten().next()
+}
+
+/// Whether a failed conditional write finds its own value (and lease) already in place.
+fn holds(resp: &TxnResponse, value: &[u8], lease: Option<i64>) -> bool {
+    read_back(resp).is_some_and(|kv| kv.value() == value && kv.lease() == lease.unwrap_or(0))
+}
+
+fn put_op(key: &str, value: Vec<u8>, lease: Option<i64>) -> TxnOp {
+    TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
 }
 
 impl Store {
+    /// Sets up a client per member and waits until one of them answers a read of the
+    /// overlay's prefix (which also proves the credentials and the role's access).
     pub async fn connect(cfg: &EtcdConfig) -> Result<Self, StoreError> {
-        let endpoints = cfg.endpoints.join(",");
-        let err = |source| StoreError::Etcd {
-            endpoints: endpoints.clone(),
-            source,
-        };
+        cfg.check()?;
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
+            // A watch on a member cut off the network (no RST ever comes) is noticed within
+            // about 4 s and re-made on another member.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from the leader refuses at once (and ends its watches)
+            // instead of serving stale reads: the call moves to another member.
+            .with_require_leader(true);
         if cfg.cacert.is_some() || cfg.cert.is_some() {
-            opts = opts.with_tls(tls_options(cfg)?);
+            opts = opts.with_tls(cfg.tls_options()?);
         }
-        let client = Client::connect(&cfg.endpoints, Some(opts))
-            .await
-            .map_err(err)?;
-        Ok(Self {
-            client,
+        let store = Self {
+            members: Arc::new(Members::new(cfg, opts)),
             layout: Layout::new(&cfg.prefix),
-            endpoints,
-        })
+        };
+        let root = store.layout.root().to_owned();
+        store
+            .members
+            .run(|c| {
+                let (root, end) = (root.clone(), prefix_end(root.as_bytes()));
+                async move {
+                    let opts = GetOptions::new().with_range(end).with_count_only();
+                    kv(&c).get(root, Some(opts)).await.map(|_| ())
+                }
+            })
+            .await?;
+        Ok(store)
     }
 
-    /// A KV client that takes responses up to `MAX_MESSAGE`: one page of a listing may hold
-    /// a few oversized values (skipped afterwards), which must not stop the listing.
-    fn kv(&self) -> etcd_client::KvClient {
-        self.client
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE)
-    }
-
-    fn err(&self) -> impl Fn(etcd_client::Error) -> StoreError + '_ {
-        |source| StoreError::Etcd {
-            endpoints: self.endpoints.clone(),
-            source,
-        }
+    /// The members' client URLs, comma separated.
+    pub fn endpoints(&self) -> String {
+        self.members.endpoints()
     }
 
     /// Every key under `prefix` and the revision the listing is consistent at.
@@ -136,7 +128,8 @@ impl Store {
     }
 
     /// Like `list`, handing each page to `each` as it arrives, so a caller that digests the
-    /// pages never holds the whole listing. Returns the listing's revision.
+    /// pages never holds the whole listing. Returns the listing's revision. A page may come
+    /// from another member than the one before (read at the same revision).
     pub async fn list_pages(
         &self,
         prefix: &str,
@@ -146,17 +139,19 @@ impl Store {
         let mut start = prefix.as_bytes().to_vec();
         let mut revision = 0;
         loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                opts = opts.with_revision(revision);
-            }
             let resp = self
-                .kv()
-                .get(start.clone(), Some(opts))
-                .await
-                .map_err(self.err())?;
+                .members
+                .run(|c| {
+                    let (start, end) = (start.clone(), end.clone());
+                    async move {
+                        let mut opts = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
+                        if revision > 0 {
+                            opts = opts.with_revision(revision);
+                        }
+                        kv(&c).get(start, Some(opts)).await
+                    }
+                })
+                .await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -177,20 +172,14 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
-        let (mut kvs, _) = self.range(key, None).await?;
-        Ok(kvs.pop())
-    }
-
-    async fn range(
-        &self,
-        key: &str,
-        opts: Option<GetOptions>,
-    ) -> Result<(Vec<Kv>, i64), StoreError> {
-        let mut kv = self.kv();
-        let resp = kv.get(key, opts).await.map_err(self.err())?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp.kvs().iter().map(kv_of).collect();
-        Ok((kvs, revision))
+        let resp = self
+            .members
+            .run(|c| {
+                let key = key.to_owned();
+                async move { kv(&c).get(key, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(kv_of))
     }
 
     pub async fn put(
@@ -199,44 +188,65 @@ impl Store {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<i64, StoreError> {
-        let mut kv = self.kv();
-        let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = kv.put(key, value, opts).await.map_err(self.err())?;
+        let resp = self
+            .members
+            .run(|c| {
+                let (key, value) = (key.to_owned(), value.clone());
+                let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                async move { kv(&c).put(key, value, opts).await }
+            })
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// Writes many keys, in transactions of etcd's default maximum of 128 operations.
     /// Returns the revision of the last one (bulk loads, tools, benchmarks).
     pub async fn put_many(&self, kvs: Vec<(String, Vec<u8>)>) -> Result<i64, StoreError> {
-        let mut kv = self.kv();
         let mut revision = 0;
         for chunk in kvs.chunks(128) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None))
                 .collect();
-            let resp = kv.txn(Txn::new().and_then(ops)).await.map_err(self.err())?;
-            revision = resp.header().map(|h| h.revision()).unwrap_or(revision);
+            revision = self
+                .txn(Txn::new().and_then(ops))
+                .await?
+                .header()
+                .map(|h| h.revision())
+                .unwrap_or(revision);
         }
         Ok(revision)
     }
 
-    /// Creates `key` only if it does not exist (one transaction). Returns whether it did.
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        Ok(self.conditional(txn).await?.0)
+    }
+
+    /// A conditional transaction, and whether an earlier attempt of it may have been applied
+    /// (then a failed condition may be its own doing).
+    async fn conditional(&self, txn: Txn) -> Result<(TxnResponse, Retry), StoreError> {
+        self.members
+            .run_within(super::members::ATTEMPT, |c, retry| {
+                let txn = txn.clone();
+                async move { kv(&c).txn(txn).await.map(|r| (r, retry)) }
+            })
+            .await
+    }
+
+    /// Creates `key` only if it does not exist (one transaction). Returns whether the key
+    /// now holds `value` under `lease` because of this call.
     pub async fn create(
         &self,
         key: &str,
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
-        let put = match lease {
-            Some(l) => TxnOp::put(key, value, Some(PutOptions::new().with_lease(l))),
-            None => TxnOp::put(key, value, None),
-        };
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([put]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+            .and_then([put_op(key, value.clone(), lease)])
+            .or_else([TxnOp::get(key, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded() || (retry.maybe_applied && holds(&resp, &value, lease)))
     }
 
     /// Replaces `key` only if its value is still `expected` (one transaction).
@@ -247,39 +257,77 @@ impl Store {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                lease.map(|l| PutOptions::new().with_lease(l)),
-            )]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+            .and_then([put_op(key, value.clone(), lease)])
+            .or_else([TxnOp::get(key, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded() || (retry.maybe_applied && holds(&resp, &value, lease)))
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        kv.delete(key, None).await.map_err(self.err())?;
+        self.members
+            .run(|c| {
+                let key = key.to_owned();
+                async move { kv(&c).delete(key, None).await }
+            })
+            .await?;
         Ok(())
     }
 
-    /// Deletes `key` only if its value is still `expected`.
+    /// Deletes `key` only if its value is still `expected`. True when deleted (or gone after
+    /// an attempt that may have deleted it).
     pub async fn delete_if(&self, key: &str, expected: Vec<u8>) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::delete(key, None)]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
     }
 
-    /// Deletes `key` if it is still attached to `lease` (an orphan of this node).
+    /// Deletes `key` if it is still attached to `lease` (an orphan of this node). True when
+    /// deleted (or gone after an attempt that may have deleted it).
     pub async fn delete_if_lease(&self, key: &str, lease: i64) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
         let txn = Txn::new()
             .when([Compare::lease(key, CompareOp::Equal, lease)])
-            .and_then([TxnOp::delete(key, None)]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
+    }
+
+    /// Creates `key` = `value` and its reservation `reserved` = `owner` in one transaction:
+    /// false if either is taken (by anything but an earlier attempt of this call).
+    async fn create_reserved(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        reserved: String,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(reserved.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), value.clone(), None),
+                TxnOp::put(reserved.clone(), owner, None),
+            ])
+            .or_else([TxnOp::get(key, None), TxnOp::get(reserved, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        if !retry.maybe_applied {
+            return Ok(false);
+        }
+        let got: Vec<Option<Vec<u8>>> = read_back_all(&resp)
+            .into_iter()
+            .map(|kv| kv.map(|kv| kv.value().to_vec()))
+            .collect();
+        Ok(got == [Some(value), Some(owner.as_bytes().to_vec())])
     }
 
     /// Creates a network and reserves its VNI in one transaction: fails (false) if either
@@ -292,17 +340,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let net_key = self.layout.key(&Key::Network(name.to_owned()));
         let vni_key = self.layout.key(&Key::Vni(vni));
-        let mut kv = self.kv();
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(net_key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(vni_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(net_key, value, None),
-                TxnOp::put(vni_key, name, None),
-            ]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+        self.create_reserved(net_key, value, vni_key, name).await
     }
 
     /// Creates a service and reserves its VIP:port/proto in one transaction: false if the
@@ -314,17 +352,25 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let svc_key = self.layout.key(&Key::Service(name.to_owned()));
         let vip_key = self.layout.key(&Key::ServiceVip(record.vip_id()));
-        let mut kv = self.kv();
+        self.create_reserved(svc_key, records::encode(record), vip_key, name)
+            .await
+    }
+
+    /// Deletes `key` (holding `value`) and the other keys of `ops` in one transaction, if
+    /// `key` still holds `value`; true when deleted (or gone after an attempt that may have
+    /// deleted it).
+    async fn delete_with(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool, StoreError> {
         let txn = Txn::new()
-            .when([
-                Compare::create_revision(svc_key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(vip_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(svc_key, records::encode(record), None),
-                TxnOp::put(vip_key, name, None),
-            ]);
-        Ok(kv.txn(txn).await.map_err(self.err())?.succeeded())
+            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+            .and_then(ops)
+            .or_else([TxnOp::get(key, None)]);
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
     }
 
     /// Deletes a service and its VIP reservation. False if it is absent.
@@ -340,11 +386,7 @@ impl Store {
                 None,
             ));
         }
-        let mut client = self.kv();
-        let txn = Txn::new()
-            .when([Compare::value(svc_key, CompareOp::Equal, kv.value)])
-            .and_then(ops);
-        Ok(client.txn(txn).await.map_err(self.err())?.succeeded())
+        self.delete_with(svc_key, kv.value, ops).await
     }
 
     /// Deletes a network, its VNI reservation and its address blocks. False if it is absent.
@@ -363,67 +405,77 @@ impl Store {
         if let Ok(record) = records::decode::<records::NetworkRecord>(&kv.value) {
             ops.push(TxnOp::delete(self.layout.key(&Key::Vni(record.vni)), None));
         }
-        let mut client = self.kv();
-        let txn = Txn::new()
-            .when([Compare::value(net_key, CompareOp::Equal, kv.value)])
-            .and_then(ops);
-        Ok(client.txn(txn).await.map_err(self.err())?.succeeded())
+        self.delete_with(net_key, kv.value, ops).await
     }
 
     /// Seconds left on a lease (-1 if it is gone).
     pub async fn lease_time_left(&self, id: i64) -> Result<i64, StoreError> {
-        let mut lease = self.client.lease_client();
-        Ok(lease
-            .time_to_live(id, None)
-            .await
-            .map_err(self.err())?
-            .ttl())
+        let resp = self
+            .members
+            .run(|c| async move { c.lease_client().time_to_live(id, None).await })
+            .await?;
+        Ok(resp.ttl())
     }
 
+    /// A new lease. Repeated after a lost answer, it grants a second one; the first
+    /// expires unused.
     pub async fn grant_lease(&self, ttl: i64) -> Result<i64, StoreError> {
-        let mut lease = self.client.lease_client();
-        Ok(lease.grant(ttl, None).await.map_err(self.err())?.id())
+        let resp = self
+            .members
+            .run(|c| async move { c.lease_client().grant(ttl, None).await })
+            .await?;
+        Ok(resp.id())
     }
 
     /// Renews a lease once; returns the remaining TTL (0 or less: the lease is gone).
     pub async fn keep_alive_once(&self, id: i64) -> Result<i64, StoreError> {
-        let mut lease = self.client.lease_client();
-        let (mut keeper, mut stream) = lease.keep_alive(id).await.map_err(self.err())?;
-        keeper.keep_alive().await.map_err(self.err())?;
-        match stream.message().await.map_err(self.err())? {
-            Some(resp) => Ok(resp.ttl()),
-            None => Ok(0),
-        }
+        // A healthy member answers in milliseconds; one cut off is left after 2 s, so a
+        // renewal every TTL/3 still lands before the lease runs out.
+        self.members
+            .run_within(Duration::from_secs(2), |c, _| async move {
+                let (mut keeper, mut stream) = c.lease_client().keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+            })
+            .await
     }
 
+    /// Revokes a lease; one that is gone already (an earlier attempt revoked it, or it
+    /// expired) is not an error.
     pub async fn revoke_lease(&self, id: i64) -> Result<(), StoreError> {
-        let mut lease = self.client.lease_client();
-        lease.revoke(id).await.map_err(self.err())?;
-        Ok(())
+        self.members
+            .run(|c| async move {
+                match c.lease_client().revoke(id).await {
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
+            })
+            .await
     }
 
-    /// Watches `prefix` from `revision` (inclusive).
+    /// Watches `prefix` from `revision` (inclusive), on a member that answers.
     pub async fn watch(
         &self,
         prefix: &str,
         revision: i64,
     ) -> Result<(Watcher, WatchStream), StoreError> {
-        let mut watch = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE);
-        watch
-            .watch(
-                prefix,
-                Some(
-                    WatchOptions::new()
+        self.members
+            .run(|c| {
+                let prefix = prefix.to_owned();
+                async move {
+                    let opts = WatchOptions::new()
                         .with_prefix()
                         .with_start_revision(revision)
-                        .with_progress_notify(),
-                ),
-            )
+                        .with_progress_notify();
+                    c.watch_client()
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .watch(prefix, Some(opts))
+                        .await
+                }
+            })
             .await
-            .map_err(self.err())
     }
 }
 
@@ -465,23 +517,6 @@ pub fn changes(resp: &etcd_client::WatchResponse) -> Vec<Change> {
             })
         })
         .collect()
-}
-
-fn tls_options(cfg: &EtcdConfig) -> Result<etcd_client::TlsOptions, StoreError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| StoreError::Tls {
-            path: p.clone(),
-            source,
-        })
-    };
-    let mut tls = etcd_client::TlsOptions::new();
-    if let Some(ca) = &cfg.cacert {
-        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-        tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(tls)
 }
 
 #[cfg(test)]

@@ -2,10 +2,14 @@
 //! cluster view that list + watch keep up to date.
 
 pub mod client;
+mod config;
+pub mod error;
 pub mod keys;
+mod members;
 pub mod records;
 pub mod view;
 
-pub use client::{EtcdConfig, Store, StoreError};
+pub use client::{EtcdConfig, Store};
+pub use error::{Refusal, StoreError};
 pub use keys::{Key, Layout};
 pub use view::ClusterView;

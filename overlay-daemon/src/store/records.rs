@@ -178,8 +178,8 @@ impl ServiceRecord {
 
 /// Decodes a record and checks its version, with a reason on failure.
 pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, String> {
-    let record: T =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a valid record: {e}"))?;
+    let record: T = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not a valid record: {}", overlay_api::error::one_line(e)))?;
     if record.version() != RECORD_VERSION {
         return Err(format!(
             "record version {} (this daemon reads {RECORD_VERSION})",

@@ -156,8 +156,10 @@ pub struct ClusterTables {
 }
 
 impl ClusterTables {
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+    /// Parses the tables file; the reason it does not parse is one line (an unknown field
+    /// is quoted with its control characters escaped).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(overlay_api::error::one_line)
     }
 }
 

@@ -1,0 +1,151 @@
+//! Containers: pods the daemon makes through its API, and hand-made ones for the static
+//! tables file.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use overlay_api::EndpointRequest;
+use overlay_daemon::tables::{EndpointIface, EndpointSpec, MacAddr};
+
+use super::{Container, Topology, CONTAINER_MTU};
+use crate::Netns;
+
+impl Topology {
+    /// Creates an empty container namespace and asks host `host`'s daemon for an endpoint in
+    /// `network` (the daemon allocates the address and makes the veth).
+    pub fn add_pod(&mut self, host: usize, name: &str, network: &str) -> usize {
+        self.add_labelled_pod(host, name, network, &[])
+    }
+
+    /// `add_pod` for a container labelled `overlay.service=NAME:PORT` for each of `services`.
+    pub fn add_labelled_pod(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        services: &[&str],
+    ) -> usize {
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let req = EndpointRequest {
+            network: network.to_owned(),
+            container_id: format!("{}-{name}", self.id),
+            netns: PathBuf::from(ns.path()),
+            ifname: "eth0".into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let ep = self.client(host).create_endpoint(req).unwrap_or_else(|e| {
+            panic!(
+                "creating endpoint {name} on {}: {e}\n{}",
+                self.hosts[host].name,
+                self.daemon_log(host)
+            )
+        });
+        self.containers.push(Container {
+            name: name.to_owned(),
+            ns,
+            host,
+            network: network.to_owned(),
+            ip: ep.ip,
+            mac: ep.mac,
+            host_ifname: ep.host_ifname().unwrap_or_default().to_owned(),
+            gateway: ep.gateway,
+        });
+        self.containers.len() - 1
+    }
+
+    pub fn tables_path(&self) -> PathBuf {
+        self.dir.join("tables.json")
+    }
+
+    /// Writes the tables file every daemon reads (atomically).
+    pub fn write_tables(&self) {
+        let tmp = self.dir.join(".tables.json.tmp");
+        let text = serde_json::to_string_pretty(&self.tables).expect("tables json");
+        std::fs::write(&tmp, text).expect("write tables");
+        std::fs::rename(&tmp, self.tables_path()).expect("rename tables");
+    }
+
+    /// Adds a container on host `host` (0-based) in `network`, with the `index`-th address
+    /// of that host's range in the subnet (.<10*(host+1)+index>).
+    pub fn add_container(&mut self, host: usize, name: &str, network: &str, index: u8) -> usize {
+        let net = self
+            .tables
+            .networks
+            .iter()
+            .find(|n| n.name == network)
+            .unwrap_or_else(|| panic!("no network {network}"))
+            .clone();
+        let base = u32::from(net.subnet.network());
+        let ip = Ipv4Addr::from(base + 10 * (host as u32 + 1) + index as u32);
+        let mac = MacAddr::from_ip(ip);
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let host_ifname = format!("v{name}");
+        let mtu = CONTAINER_MTU.to_string();
+        let h = &self.hosts[host];
+        h.ns.ip(&[
+            "link",
+            "add",
+            &host_ifname,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        h.ns.ip(&["link", "set", &host_ifname, "up"]);
+        let prefix = Ipv4Net::new(ip, net.subnet.prefix_len()).expect("prefix");
+        ns.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &mac.to_string(),
+            "mtu",
+            &mtu,
+            "up",
+        ]);
+        ns.ip(&["addr", "add", &prefix.to_string(), "dev", "eth0"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.gateway_ip().to_string(),
+            "dev",
+            "eth0",
+        ]);
+        self.tables.endpoints.push(EndpointSpec {
+            network: network.to_owned(),
+            ip,
+            mac: Some(mac),
+            node: h.name.clone(),
+            iface: EndpointIface::Veth(host_ifname.clone()),
+            services: Vec::new(),
+        });
+        self.containers.push(Container {
+            name: name.to_owned(),
+            ns,
+            host,
+            network: network.to_owned(),
+            ip,
+            mac,
+            host_ifname,
+            gateway: net.gateway_ip(),
+        });
+        self.containers.len() - 1
+    }
+
+    pub fn container(&self, name: &str) -> &Container {
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+}
