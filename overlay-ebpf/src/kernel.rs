@@ -10,6 +10,10 @@ pub const TC_NEXT: i32 = -1;
 pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
 /// `bpf_redir_neigh.nh_family` for an IPv4 next hop.
 pub const AF_INET: u32 = 2;
+/// `bpf_map_update_elem` flag: only if the key has no entry yet.
+pub const BPF_NOEXIST: u64 = 1;
+/// What a map update with `BPF_NOEXIST` returns (negated) when the key has an entry.
+pub const EEXIST: i32 = 17;
 
 /// A redirect helper's return value as the program's verdict: `TC_ACT_REDIRECT`, or a drop
 /// counted as `redirect_failed` when the helper refused (`TC_ACT_SHOT`).

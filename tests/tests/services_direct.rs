@@ -442,3 +442,46 @@ fn nonsense_services_are_refused() {
     let ls = t.overlayctl_ok(0, &["service", "ls"]);
     assert!(!ls.contains("bad"), "nothing was stored: {ls}");
 }
+
+/// Per packet, a VIP connection and a direct one to its backend opened from the same source
+/// port at the same instant, from two CPUs, hundreds of times: the programs on both CPUs
+/// look for the translated tuple before either has claimed it, and only one may claim it;
+/// the other gets a port of its own. Both connections are answered every time (a claim
+/// that overwrote the other's made the loser's replies come back from the wrong address, and
+/// its connection stalled).
+#[test]
+fn a_vip_and_a_direct_connection_racing_for_one_tuple_both_connect() {
+    use std::sync::{Arc, Barrier};
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8080);
+    let _server = tcp_identity_server(&t.container("b1").ns, 8080, "b1");
+    let targets = [SocketAddrV4::new(VIP, 80), SocketAddrV4::new(b1, 8080)];
+    const ROUNDS: u16 = 400;
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = targets
+        .into_iter()
+        .map(|to| {
+            let barrier = barrier.clone();
+            t.container("client")
+                .ns
+                .spawn(move || -> Result<(), String> {
+                    for i in 0..ROUNDS {
+                        let port = 30_000 + i;
+                        barrier.wait();
+                        let mut s = connect_from(port, to, Duration::from_secs(3))
+                            .map_err(|e| format!("{to} from {port}: {e}"))?;
+                        let name =
+                            read_name(&mut s).map_err(|e| format!("{to} from {port}: {e}"))?;
+                        if name != "b1" {
+                            return Err(format!("{to} from {port} answered as {name}"));
+                        }
+                    }
+                    Ok(())
+                })
+        })
+        .collect();
+    for th in threads {
+        th.join()
+            .expect("client")
+            .unwrap_or_else(|e| panic!("{e}\n{:?}", t.counters(1)));
+    }
+}

@@ -23,7 +23,7 @@ use overlay_common::{
 };
 
 use super::{
-    close_reply, closes, flow, is_syn, nat::rewrite_src, owned_by, ports, record, remap_port,
+    claim, close_reply, closes, flow, is_syn, nat::rewrite_src, owned_by, ports, remap_port,
     REMAP_TRIES,
 };
 use crate::{
@@ -81,8 +81,10 @@ pub fn check_direct(
             let _ = LB_REVNAT.remove(reply);
         }
     }
-    if track {
-        record_direct(&key, reply, sport, flags, now)?;
+    if track && !record_direct(&key, reply, sport, flags, now)? && starts {
+        // A translated flow claimed the tuple on another CPU at this very moment.
+        let port = remap(&key, flags, now)?;
+        return with_port(ctx, &key, port);
     }
     Ok(())
 }
@@ -178,7 +180,7 @@ fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
 #[inline(always)]
 fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
     let mut i = 1;
-    let (port, reply) = loop {
+    let port = loop {
         let port = remap_port(key, i);
         let reply = flow(
             key.vni,
@@ -188,15 +190,14 @@ fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
             port,
             key.proto,
         );
-        if port != key.src_port && !super::held(&reply, key, now) {
-            break (port, reply);
+        if port != key.src_port && record_direct(key, reply, port, flags, now)? {
+            break port;
         }
         if i == REMAP_TRIES {
             return Err(DropReason::LbTupleConflict);
         }
         i += 1;
     };
-    record_direct(key, reply, port, flags, now)?;
     if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
         if key.proto == IPPROTO_TCP {
             add_open(d, 1);
@@ -209,7 +210,8 @@ fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
 }
 
 /// Records a direct flow leaving with source port `port` (its own or a remapped one): its
-/// replies come back through `to_client` (the "VIP" being the destination itself).
+/// replies come back through `to_client` (the "VIP" being the destination itself). False if
+/// another live flow holds the tuple, or claimed it at the same instant (`claim`).
 #[inline(always)]
 fn record_direct(
     key: &FlowKey,
@@ -217,8 +219,12 @@ fn record_direct(
     port: u16,
     flags: u8,
     now: u64,
-) -> Result<(), DropReason> {
+) -> Result<bool, DropReason> {
     let closing = if closes(flags) { CT_F_CLOSING } else { 0 };
+    let flags = CT_F_DIRECT | closing;
+    if !claim(key, &reply, flags, now)? {
+        return Ok(false);
+    }
     let ct = CtEntry {
         backend_id: 0,
         backend: BackendInfo {
@@ -227,10 +233,13 @@ fn record_direct(
             _pad: 0,
         },
         src_port: port,
-        flags: CT_F_DIRECT | closing,
+        flags,
         last_seen: now,
     };
-    record(key, reply, ct)
+    LB_CT
+        .insert(key, ct, 0)
+        .map_err(|_| DropReason::LbNatFailed)?;
+    Ok(true)
 }
 
 /// Adds `n` (wrapping: `u64::MAX` takes one away) to the open remapped TCP flows, atomically

@@ -30,6 +30,7 @@ use overlay_common::{
 use crate::{
     counters::count,
     headers::{EthHdr, Ipv4Hdr, Packet as _, TcpHdr},
+    kernel::{BPF_NOEXIST, EEXIST},
     maps::{LB_BACKENDS, LB_CT, LB_MAGLEV, LB_REVNAT, LB_SERVICES},
 };
 use nat::{rewrite_dst, rewrite_src};
@@ -177,17 +178,21 @@ fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry) {
 
 /// Picks a backend for a new flow and records it: the reverse entry first, so a flow entry
 /// never exists without one. The translated tuple is made unique by remapping the source
-/// port when a live flow holds it.
+/// port when another flow holds it, or claims it on another CPU at the same instant.
 #[inline(always)]
 fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtEntry, DropReason> {
     let (backend_id, backend) = select(svc, key)?;
     let hairpin = backend.ip == key.src_ip;
     let dst = if hairpin { key.dst_ip } else { key.src_ip };
+    let mut entry_flags = if hairpin { CT_F_HAIRPIN } else { 0 };
+    if closes(flags) {
+        entry_flags |= CT_F_CLOSING;
+    }
     let mut port = key.src_port;
     let mut i = 0;
     loop {
         let reply = flow(key.vni, backend.ip, dst, backend.port, port, key.proto);
-        if !held(&reply, key, now) {
+        if claim(key, &reply, entry_flags, now)? {
             break;
         }
         if i == REMAP_TRIES {
@@ -196,11 +201,6 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
         i += 1;
         port = remap_port(key, i);
     }
-    let mut entry_flags = if hairpin { CT_F_HAIRPIN } else { 0 };
-    if closes(flags) {
-        entry_flags |= CT_F_CLOSING;
-    }
-    let reply = flow(key.vni, backend.ip, dst, backend.port, port, key.proto);
     let ct = CtEntry {
         backend_id,
         backend,
@@ -208,7 +208,9 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
         flags: entry_flags,
         last_seen: now,
     };
-    record(key, reply, ct)?;
+    LB_CT
+        .insert(key, ct, 0)
+        .map_err(|_| DropReason::LbNatFailed)?;
     if hairpin {
         count(Direction::LbHairpin, 0);
     }
@@ -216,25 +218,32 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
     Ok(ct)
 }
 
-/// Records a flow both ways: the reverse entry (under the translated tuple `reply`, back to
-/// `key`'s destination and source port) first, so a flow entry never exists without one.
+/// Claims the translated tuple `reply` for `key`'s flow: its reverse entry (back to `key`'s
+/// destination and source port). False if another live flow holds it. A tuple without an
+/// entry is claimed only if still free when the entry goes in (`BPF_NOEXIST`): the program
+/// may run on several CPUs at once, and a flow that looked a moment ago may be claiming the
+/// same tuple now. A stale entry (a closed or expired flow's, or this flow's own) is replaced.
 #[inline(always)]
-fn record(key: &FlowKey, reply: FlowKey, ct: CtEntry) -> Result<(), DropReason> {
+fn claim(key: &FlowKey, reply: &FlowKey, flags: u16, now: u64) -> Result<bool, DropReason> {
+    let free = match unsafe { LB_REVNAT.get(reply) } {
+        Some(r) if held_by_another(r, key, now) => return Ok(false),
+        Some(_) => false,
+        None => true,
+    };
     let rev = RevNatEntry {
         vip: key.dst_ip,
         port: key.dst_port,
-        flags: ct.flags,
+        flags,
         client_ip: key.src_ip,
         client_port: key.src_port,
         _pad: 0,
-        last_seen: ct.last_seen,
+        last_seen: now,
     };
-    LB_REVNAT
-        .insert(reply, rev, 0)
-        .map_err(|_| DropReason::LbNatFailed)?;
-    LB_CT
-        .insert(key, ct, 0)
-        .map_err(|_| DropReason::LbNatFailed)
+    match LB_REVNAT.insert(reply, rev, if free { BPF_NOEXIST } else { 0 }) {
+        Ok(()) => Ok(true),
+        Err(e) if free && e == -EEXIST => Ok(false),
+        Err(_) => Err(DropReason::LbNatFailed),
+    }
 }
 
 /// The `i`th source port a remapped flow tries: spread by the flow's hash over the kernel's
@@ -245,17 +254,12 @@ fn remap_port(key: &FlowKey, i: u32) -> u16 {
     32768 + (h % 28232) as u16
 }
 
-/// Whether a live flow other than `key`'s own holds the translated tuple `reply`.
+/// Whether a reverse entry belongs to a live flow other than `key`'s own.
 #[inline(always)]
-fn held(reply: &FlowKey, key: &FlowKey, now: u64) -> bool {
-    match unsafe { LB_REVNAT.get(reply) } {
-        Some(r) => {
-            !owned_by(r, key)
-                && r.flags & CT_F_CLOSING == 0
-                && !ct_expired(r.last_seen, r.flags, key.proto, now)
-        }
-        None => false,
-    }
+fn held_by_another(r: &RevNatEntry, key: &FlowKey, now: u64) -> bool {
+    !owned_by(r, key)
+        && r.flags & CT_F_CLOSING == 0
+        && !ct_expired(r.last_seen, r.flags, key.proto, now)
 }
 
 /// Whether a reverse entry is the one of `key`'s own flow.
