@@ -10,6 +10,7 @@
 pub mod client;
 pub mod endpoint;
 pub mod error;
+#[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod labels;

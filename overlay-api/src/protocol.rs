@@ -71,7 +71,13 @@ pub struct Response {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent from a first-release daemon; a kind a later release added reads as absent
+    /// too, so the error is then decided by `transient`, never lost to a parse failure.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_kind"
+    )]
     pub kind: Option<ErrorKind>,
     /// Retrying later may succeed (what version 1 clients read instead of `kind`).
     #[serde(default)]
@@ -117,6 +123,11 @@ impl Response {
     }
 }
 
+fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ErrorKind>, D::Error> {
+    let kind = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(kind.and_then(|k| ErrorKind::deserialize(k).ok()))
+}
+
 /// What `status` answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -139,6 +150,13 @@ pub struct Status {
     /// Absent from first-release daemons (version 1).
     #[serde(default = "first_version")]
     pub api_version: u32,
+    /// The daemon's release. Absent from daemons before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The layout of the pinned maps its programs use (`DATAPATH_LAYOUT` in
+    /// overlay-common); absent from daemons before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_layout: Option<u32>,
 }
 
 fn first_version() -> u32 {
@@ -189,6 +207,18 @@ mod tests {
         let old: Response =
             serde_json::from_str(r#"{"ok":false,"error":"network \"x\" does not exist"}"#).unwrap();
         assert_eq!(old.into_result().unwrap_err().kind, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_kind_of_a_later_release_is_read_by_its_transient_flag() {
+        let new: Response = serde_json::from_str(
+            r#"{"ok":false,"error":"x","kind":"rate_limited","transient":true}"#,
+        )
+        .unwrap();
+        assert_eq!(new.into_result().unwrap_err().kind, ErrorKind::Unavailable);
+        let new: Response =
+            serde_json::from_str(r#"{"ok":false,"error":"x","kind":"quota"}"#).unwrap();
+        assert_eq!(new.into_result().unwrap_err().kind, ErrorKind::Internal);
     }
 
     #[test]

@@ -161,8 +161,14 @@ pub fn cni_prev_result(data: &[u8]) {
     assert_result_round_trips(&r);
     let other = endpoint("eth0", Ipv4Addr::new(203, 0, 113, 9), 32, MacAddr([2; 6]));
     for iface in &r.interfaces {
-        let Some((found, addresses)) = r.container_interface(&iface.name) else {
-            continue;
+        let (found, addresses) = match r.container_interface(&iface.name) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                assert_eq!(e.code, code::DECODE, "{e:?}");
+                assert_cni_error("1.1.0", &e);
+                continue;
+            }
         };
         let mac = found
             .mac

@@ -6,6 +6,7 @@
 //! results).
 
 pub mod conf;
+#[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod ops;

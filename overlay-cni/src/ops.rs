@@ -30,9 +30,43 @@ enum Op {
     Other,
 }
 
+/// How long an endpoint operation waits for the daemon's socket to answer.
+const DAEMON_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until something accepts connections on `socket`, or `limit` passed.
+fn wait_for_daemon(socket: &std::path::Path, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::os::unix::net::UnixStream::connect(socket).is_err()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Whether a daemon runs on this host normally: its run directory (the socket's) holds what
+/// every daemon leaves there and keeps (its lock file, its instance id). Then an unreachable
+/// socket is a daemon being replaced, not one never started. (A starting daemon has neither
+/// its socket nor its status yet.)
+fn daemon_installed(socket: &std::path::Path) -> bool {
+    ["overlayd.sock", "overlayd.lock", "instance", "status.json"]
+        .iter()
+        .any(|f| socket.with_file_name(f).exists())
+}
+
 /// The CNI error for a failed API call.
 fn api_error(op: Op, conf: &NetConf, e: CallError) -> CniError {
     match e {
+        CallError::Unreachable { ref source, .. } if daemon_installed(conf.socket()) => {
+            CniError::new(
+                code::TRY_AGAIN,
+                format!(
+                    "overlayd at {} did not answer for {}s (restarting or upgrading?): try again later",
+                    conf.socket().display(),
+                    DAEMON_RESTART_WAIT.as_secs()
+                ),
+            )
+            .details(source.to_string())
+        }
         CallError::Unreachable { ref source, .. } => CniError::new(
             code::NOT_AVAILABLE,
             format!(
@@ -214,6 +248,16 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Output, (String, CniError)> {
         Invocation::Version(v) => Ok(json(v)),
         Invocation::Call(conf, op) => {
             let client = Client::new(conf.socket());
+            // A daemon being replaced (an upgrade, a restart) is back within seconds: an
+            // endpoint operation waits for it rather than fail the container. STATUS and GC
+            // answer at once, and nothing waits for a daemon this host never ran.
+            let endpoint_op = matches!(
+                op,
+                Operation::Add(_) | Operation::Del { .. } | Operation::Check { .. }
+            );
+            if endpoint_op && daemon_installed(conf.socket()) {
+                wait_for_daemon(conf.socket(), DAEMON_RESTART_WAIT);
+            }
             execute(&conf, op, &client).map_err(|e| (conf.cni_version.clone(), e))
         }
     }
@@ -290,7 +334,7 @@ fn execute(conf: &NetConf, op: Operation, client: &Client) -> Result<Output, Cni
 /// CHECK: the container interface the runtime recorded (its MAC and IPv4 addresses) must be
 /// the one the daemon holds.
 pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(), CniError> {
-    let Some((iface, addresses)) = prev.container_interface(ifname) else {
+    let Some((iface, addresses)) = prev.container_interface(ifname)? else {
         return Ok(());
     };
     let differs = |what: String| {
@@ -398,13 +442,11 @@ mod tests {
             ifname: "eth0".into(),
             args: String::new(),
         };
+        // Not a result at all: refused while decoding, but DEL goes on.
         for prev in [
-            r#"{"cniVersion":"1.0.0","ips":[{"address":"198.19.1.2"}]}"#,
-            r#"{"cniVersion":"1.0.0","ips":[{"address":"198.19.1.2/+24"}]}"#,
-            r#"{"cniVersion":"1.0.0","interfaces":[],"ips":[{"address":"198.19.1.2/24","interface":1}]}"#,
-            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"nope"}]}"#,
             r#"{"interfaces":[]}"#,
             r#"[1]"#,
+            r#"{"cniVersion":"1.0.0","ips":[1]}"#,
         ] {
             let conf = format!(r#"{{"cniVersion":"1.0.0","name":"red","prevResult":{prev}}}"#);
             let (version, e) = decode(&env("CHECK"), conf.as_bytes()).unwrap_err();
@@ -418,6 +460,35 @@ mod tests {
                 decode(&env("DEL"), conf.as_bytes()),
                 Ok(Invocation::Call(_, Operation::Del { .. }))
             ));
+        }
+        // A malformed entry of this attachment's interface fails CHECK with code 6; the same
+        // entry on another plugin's interface is theirs and is not judged.
+        let ep = endpoint();
+        for (ours, entry) in [
+            (
+                r#"{"name":"eth0","mac":"nope","sandbox":"/run/netns/c"}"#,
+                r#"{"address":"198.19.1.2/24","interface":0}"#,
+            ),
+            (
+                r#"{"name":"eth0","sandbox":"/run/netns/c"}"#,
+                r#"{"address":"198.19.1.2","interface":0}"#,
+            ),
+            (
+                r#"{"name":"eth0","sandbox":"/run/netns/c"}"#,
+                r#"{"address":"198.19.1.2/+24","interface":0}"#,
+            ),
+        ] {
+            let prev = format!(r#"{{"cniVersion":"1.0.0","interfaces":[{ours}],"ips":[{entry}]}}"#);
+            let prev = CniResult::from_prev(&serde_json::from_str(&prev).unwrap()).unwrap();
+            let e = check_recorded(&prev, "eth0", &ep).unwrap_err();
+            assert_eq!(e.code, code::DECODE, "{ours} {entry}");
+            assert!(e.msg.starts_with("prevResult: "), "{}", e.msg);
+            let theirs = format!(
+                r#"{{"cniVersion":"1.0.0","interfaces":[{}],"ips":[{entry}]}}"#,
+                ours.replace("eth0", "ib0")
+            );
+            let theirs = CniResult::from_prev(&serde_json::from_str(&theirs).unwrap()).unwrap();
+            assert!(check_recorded(&theirs, "eth0", &ep).is_ok(), "{theirs:?}");
         }
     }
 

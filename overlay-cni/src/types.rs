@@ -84,58 +84,60 @@ pub struct CniResult {
 }
 
 impl CniResult {
-    /// A result the runtime hands back (`prevResult`), checked: every address is
-    /// `ADDRESS/PREFIX`, every gateway an address, every interface index points into
-    /// `interfaces`, every MAC is a MAC. Anything else is code 6 with a one-line reason.
+    /// A result the runtime hands back (`prevResult`). Only its structure is checked here:
+    /// in a chain it also holds other plugins' interfaces and addresses, which are theirs to
+    /// judge (an InfiniBand MAC, an address this plugin never gave), so they are kept as
+    /// recorded. What CHECK compares is checked by [`Self::container_interface`].
     pub fn from_prev(value: &serde_json::Value) -> Result<Self, CniError> {
-        let bad = |what: String| CniError::new(code::DECODE, format!("prevResult: {what}"));
-        let r = Self::deserialize(value)
-            .map_err(|e| bad(format!("not a CNI result: {}", one_line(e))))?;
-        for (i, iface) in r.interfaces.iter().enumerate() {
-            if let Some(mac) = &iface.mac {
-                mac.parse::<MacAddr>().map_err(|_| {
-                    bad(format!("interfaces[{i}].mac {mac:?} is not a MAC address"))
-                })?;
-            }
-        }
-        for (i, ip) in r.ips.iter().enumerate() {
-            if parse_cidr(&ip.address).is_none() {
-                return Err(bad(format!(
-                    "ips[{i}].address {:?} is not ADDRESS/PREFIX",
-                    ip.address
-                )));
-            }
-            if let Some(gw) = ip.gateway.as_deref() {
-                gw.parse::<IpAddr>()
-                    .map_err(|_| bad(format!("ips[{i}].gateway {gw:?} is not an address")))?;
-            }
-            if let Some(n) = ip.interface.filter(|n| *n >= r.interfaces.len()) {
-                return Err(bad(format!(
-                    "ips[{i}].interface {n} is not an index of its {} interfaces",
-                    r.interfaces.len()
-                )));
-            }
-        }
-        Ok(r)
+        Self::deserialize(value).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("prevResult: not a CNI result: {}", one_line(e)),
+            )
+        })
     }
 
     /// The interface `ifname` inside the container (the one with a `sandbox`), with its
-    /// IPv4 addresses and prefix lengths.
-    pub fn container_interface(&self, ifname: &str) -> Option<(&Interface, Vec<(Ipv4Addr, u8)>)> {
-        let index = self
+    /// IPv4 addresses and prefix lengths. Its MAC and its addresses must be well formed
+    /// (code 6 with a one-line reason otherwise); nothing else in the result is read.
+    #[allow(clippy::type_complexity)]
+    pub fn container_interface(
+        &self,
+        ifname: &str,
+    ) -> Result<Option<(&Interface, Vec<(Ipv4Addr, u8)>)>, CniError> {
+        let bad = |what: String| CniError::new(code::DECODE, format!("prevResult: {what}"));
+        let Some(index) = self
             .interfaces
             .iter()
-            .position(|i| i.name == ifname && i.sandbox.is_some())?;
-        let addresses = self
-            .ips
-            .iter()
-            .filter(|ip| ip.interface == Some(index))
-            .filter_map(|ip| match parse_cidr(&ip.address)? {
-                (IpAddr::V4(a), len) => Some((a, len)),
-                (IpAddr::V6(_), _) => None,
-            })
-            .collect();
-        Some((&self.interfaces[index], addresses))
+            .position(|i| i.name == ifname && i.sandbox.is_some())
+        else {
+            return Ok(None);
+        };
+        let iface = &self.interfaces[index];
+        if let Some(mac) = &iface.mac {
+            mac.parse::<MacAddr>().map_err(|_| {
+                bad(format!(
+                    "interfaces[{index}].mac {mac:?} is not a MAC address"
+                ))
+            })?;
+        }
+        let mut addresses = Vec::new();
+        for (i, ip) in self.ips.iter().enumerate() {
+            if ip.interface != Some(index) {
+                continue;
+            }
+            match parse_cidr(&ip.address) {
+                Some((IpAddr::V4(a), len)) => addresses.push((a, len)),
+                Some((IpAddr::V6(_), _)) => {}
+                None => {
+                    return Err(bad(format!(
+                        "ips[{i}].address {:?} is not ADDRESS/PREFIX",
+                        ip.address
+                    )))
+                }
+            }
+        }
+        Ok(Some((iface, addresses)))
     }
 }
 

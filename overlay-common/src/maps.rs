@@ -84,6 +84,12 @@ pub const CONFIG_F_FOREIGN_VNI_PASS: u16 = 4;
 /// tuple; with the hooks on, sockets keep their tuples apart themselves).
 pub const CONFIG_F_TRACK_DIRECT: u16 = 8;
 
+/// The layout of the pinned maps this release's programs use, written into `CONFIG`. Layout
+/// 1 (releases up to 0.1) had no version field (a 16-byte `CONFIG`); each layout change
+/// bumps it, and a daemon finding maps of another layout migrates them (see
+/// `overlay-daemon/src/datapath/compat.rs` and docs/upgrades.md).
+pub const DATAPATH_LAYOUT: u32 = 2;
+
 /// The node's datapath configuration: the single slot of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,8 +103,11 @@ pub struct Config {
     /// VXLAN UDP destination port, host byte order.
     pub vxlan_port: u16,
     pub flags: u16,
+    /// `DATAPATH_LAYOUT` of the daemon that wrote it (the programs do not read it).
+    pub layout: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 /// A network (one VNI): the value of `NETWORKS`, keyed by VNI (`u32`, host order).
 #[repr(C)]

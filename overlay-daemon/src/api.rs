@@ -180,6 +180,8 @@ async fn dispatch(
                 applied_generation: cluster.applied.applied(),
                 uptime_secs: cluster.started.elapsed().as_secs(),
                 api_version: overlay_api::API_VERSION,
+                release: Some(crate::RELEASE.to_owned()),
+                datapath_layout: Some(overlay_common::maps::DATAPATH_LAYOUT),
             }))
         }
         Request::Stats => CounterMap::open_pinned(maps_dir)

@@ -26,6 +26,16 @@ pub const MAX_BLOCKS: u64 = 1 << 20;
 
 /// Every block of `subnet` with prefix length `block_len`, in address order.
 pub fn blocks(subnet: Ipv4Net, block_len: u8) -> Result<Vec<Ipv4Net>, IpamError> {
+    check_blocks(subnet, block_len)?;
+    Ok(subnet
+        .subnets(block_len)
+        .map(|s| s.collect())
+        .unwrap_or_default())
+}
+
+/// Whether `subnet` can be cut into blocks of `block_len`, without making them (validation
+/// runs on every network record a daemon reads).
+pub fn check_blocks(subnet: Ipv4Net, block_len: u8) -> Result<(), IpamError> {
     if block_len < subnet.prefix_len() || block_len > 30 {
         return Err(IpamError::BadBlockLen { subnet, block_len });
     }
@@ -37,10 +47,7 @@ pub fn blocks(subnet: Ipv4Net, block_len: u8) -> Result<Vec<Ipv4Net>, IpamError>
             count,
         });
     }
-    Ok(subnet
-        .subnets(block_len)
-        .map(|s| s.collect())
-        .unwrap_or_default())
+    Ok(())
 }
 
 /// The first address of `block` that can be given to an endpoint: not the subnet's network

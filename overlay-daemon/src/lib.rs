@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cnm;
 pub mod daemon;
 pub mod datapath;
+#[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod host_events;
@@ -27,3 +28,6 @@ pub mod store;
 pub mod tables;
 
 pub use overlay_api::MacAddr;
+
+/// This release (the workspace version), as node records and `status` report it.
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");

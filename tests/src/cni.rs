@@ -24,7 +24,12 @@ pub fn cni_env(command: &str, container_id: String, netns: String) -> Vec<(&'sta
 
 /// Runs the plugin like a runtime does: a clean environment, the config on stdin.
 pub fn exec_plugin(env: &[(&str, String)], stdin: &[u8]) -> Output {
-    let mut cmd = Command::new(plugin());
+    exec_plugin_at(&plugin(), env, stdin)
+}
+
+/// `exec_plugin` with the plugin binary at `bin` (another release's).
+pub fn exec_plugin_at(bin: &std::path::Path, env: &[(&str, String)], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("CNI_PATH", "/usr/lib/cni")
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
@@ -75,7 +80,19 @@ fn outcome(out: &Output) -> Result<serde_json::Value, (u64, String)> {
 /// ADD of `id` (interface eth0 in `netns`) to `network` through the real plugin and the
 /// daemon at `socket`.
 pub fn add(socket: &std::path::Path, network: &str, id: &str, netns: &str) -> CniOutcome {
-    let out = exec_plugin(
+    add_using(&plugin(), socket, network, id, netns)
+}
+
+/// `add` through the plugin binary at `bin`.
+pub fn add_using(
+    bin: &std::path::Path,
+    socket: &std::path::Path,
+    network: &str,
+    id: &str,
+    netns: &str,
+) -> CniOutcome {
+    let out = exec_plugin_at(
+        bin,
         &cni_env("ADD", id.to_owned(), netns.to_owned()),
         conf("1.0.0", network, socket).as_bytes(),
     );
@@ -94,7 +111,19 @@ pub fn del(
     id: &str,
     netns: &str,
 ) -> Result<(), (u64, String)> {
-    let out = exec_plugin(
+    del_using(&plugin(), socket, network, id, netns)
+}
+
+/// `del` through the plugin binary at `bin`.
+pub fn del_using(
+    bin: &std::path::Path,
+    socket: &std::path::Path,
+    network: &str,
+    id: &str,
+    netns: &str,
+) -> Result<(), (u64, String)> {
+    let out = exec_plugin_at(
+        bin,
         &cni_env("DEL", id.to_owned(), netns.to_owned()),
         conf("1.0.0", network, socket).as_bytes(),
     );

@@ -412,6 +412,26 @@ impl EtcdCluster {
         self.members.iter().position(|m| m.endpoint() == leader)
     }
 
+    /// Makes member `i` the leader (etcd's leadership transfer) and waits until it is.
+    pub fn move_leader(&mut self, i: usize) {
+        let out = self.members[i].ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        let id = v[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .expect("member id");
+        if self.leader() != Some(i) {
+            self.ctl_ok(&["move-leader", &format!("{id:x}")]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.leader() != Some(i) {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not become the leader"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Member `i`'s view of the store: (revision, its leader's id, raft index), asked of it
     /// alone.
     pub fn member_status(&self, i: usize) -> Option<(i64, u64, u64)> {

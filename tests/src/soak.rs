@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use crate::{
-    cni::{cni_env, conf, exec_plugin},
+    cni,
     docker::{plugin_socket, Docker},
     traffic::{self, Limit},
     Netns, Topology, TopologySpec,
@@ -350,24 +350,22 @@ impl Soak {
         let id = format!("{}-churn{}", self.t.id, self.counter);
         let ns = Netns::create(&format!("ovt{}-c{}", self.t.id, self.counter));
         let socket = overlay_daemon::api::socket_path(&self.t.hosts[host].run_dir);
-        let out = exec_plugin(
-            &cni_env("ADD", id.clone(), ns.path()),
-            conf("1.0.0", "red", &socket).as_bytes(),
-        );
-        if out.status.success() {
-            self.count("cni add");
-            self.churn.push(Churned { host, id, ns });
-        } else {
-            // Refused during a fault (daemon restarting, etcd electing): the runtime's
-            // answer is to retry later, and nothing may be left behind.
-            self.refused("cni add");
-            let inside = ns.run("ip", &["-o", "link", "show"]);
-            if inside.contains("eth0") {
-                self.report.problems.push(format!(
-                    "a refused ADD left eth0 in {}: {}",
-                    ns.name(),
-                    String::from_utf8_lossy(&out.stdout)
-                ));
+        match cni::add(&socket, "red", &id, &ns.path()) {
+            Ok(_) => {
+                self.count("cni add");
+                self.churn.push(Churned { host, id, ns });
+            }
+            Err((code, msg)) => {
+                // Refused during a fault (daemon restarting, etcd electing): the runtime's
+                // answer is to retry later, and nothing may be left behind.
+                self.refused("cni add");
+                let inside = ns.run("ip", &["-o", "link", "show"]);
+                if inside.contains("eth0") {
+                    self.report.problems.push(format!(
+                        "a refused ADD left eth0 in {}: code {code}: {msg}",
+                        ns.name()
+                    ));
+                }
             }
         }
     }
@@ -383,11 +381,7 @@ impl Soak {
         }
         let c = &self.churn[i];
         let socket = overlay_daemon::api::socket_path(&self.t.hosts[host].run_dir);
-        let out = exec_plugin(
-            &cni_env("DEL", c.id.clone(), c.ns.path()),
-            conf("1.0.0", "red", &socket).as_bytes(),
-        );
-        if out.status.success() {
+        if cni::del(&socket, "red", &c.id, &c.ns.path()).is_ok() {
             self.count("cni del");
             self.churn.swap_remove(i);
         } else {
@@ -526,16 +520,10 @@ impl Soak {
     fn clean_up_churn(&mut self) {
         for c in std::mem::take(&mut self.churn) {
             let socket = overlay_daemon::api::socket_path(&self.t.hosts[c.host].run_dir);
-            let out = exec_plugin(
-                &cni_env("DEL", c.id.clone(), c.ns.path()),
-                conf("1.0.0", "red", &socket).as_bytes(),
-            );
-            if !out.status.success() {
-                self.report.problems.push(format!(
-                    "DEL of {} at the end: {}",
-                    c.id,
-                    String::from_utf8_lossy(&out.stdout)
-                ));
+            if let Err((code, msg)) = cni::del(&socket, "red", &c.id, &c.ns.path()) {
+                self.report
+                    .problems
+                    .push(format!("DEL of {} at the end: code {code}: {msg}", c.id));
             }
         }
         if let Some(d) = &self.docker {
@@ -547,22 +535,16 @@ impl Soak {
 
     /// No leak anywhere, the same tables on every node. Waits for the reaper and leases.
     fn check_end_state(&mut self, long: &[usize]) {
-        let want: BTreeSet<String> = long
+        let want: Vec<(usize, Ipv4Addr)> = long
             .iter()
-            .map(|&i| self.t.containers[i].ip.to_string())
+            .map(|&i| (self.t.containers[i].host, self.t.containers[i].ip))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let problems = self.end_state_problems(long, &want);
-            if problems.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.report.problems.extend(problems);
-                self.report.problems.push(self.evidence(&want));
-                return;
-            }
-            thread::sleep(Duration::from_millis(500));
+        let hosts: Vec<usize> = (0..HOSTS).collect();
+        let wait = Duration::from_secs(40);
+        if let Err(problems) = crate::workload::wait_end_state(&self.t, &hosts, &want, wait) {
+            self.report.problems.extend(problems);
+            let ips = want.iter().map(|(_, ip)| ip.to_string()).collect();
+            self.report.problems.push(self.evidence(&ips));
         }
     }
 
@@ -594,14 +576,5 @@ impl Soak {
             }
         }
         text
-    }
-
-    fn end_state_problems(&mut self, long: &[usize], _want: &BTreeSet<String>) -> Vec<String> {
-        let want: Vec<(usize, Ipv4Addr)> = long
-            .iter()
-            .map(|&i| (self.t.containers[i].host, self.t.containers[i].ip))
-            .collect();
-        let hosts: Vec<usize> = (0..HOSTS).collect();
-        crate::workload::end_state_problems(&self.t, &hosts, &want)
     }
 }

@@ -107,12 +107,11 @@ pub struct Added {
 pub struct AddReport {
     pub added: Vec<Added>,
     pub failed: Vec<String>,
-    /// Namespaces of failed ADDs (checked for leftovers by the caller).
-    pub failed_ns: Vec<Netns>,
 }
 
-/// Adds containers on `hosts` (round robin) one after another until stopped, each retried
-/// every 250 ms while the plugin answers code 11, for at most `budget`.
+/// Adds containers on `hosts` (round robin) one after another until stopped. An ADD that
+/// answers code 11 is followed by a DEL and retried every 250 ms, for at most `budget`, as
+/// containerd and podman do.
 pub struct Adder {
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<AddReport>>,
@@ -141,9 +140,9 @@ impl Adder {
                     let mut retries = 0;
                     let result = loop {
                         match cni::add(socket, &network, &id, &ns.path()) {
-                            Err((11, msg)) if started.elapsed() < budget => {
+                            Err((11, _)) if started.elapsed() < budget => {
                                 retries += 1;
-                                let _ = msg;
+                                let _ = cni::del(socket, &network, &id, &ns.path());
                                 std::thread::sleep(Duration::from_millis(250));
                             }
                             other => break other,
@@ -158,12 +157,9 @@ impl Adder {
                             ip,
                             retries,
                         }),
-                        Err((code, msg)) => {
-                            r.failed.push(format!(
-                                "ADD {id} on host {host}: code {code}: {msg} (after {retries} retries)"
-                            ));
-                            r.failed_ns.push(ns);
-                        }
+                        Err((code, msg)) => r.failed.push(format!(
+                            "ADD {id} on host {host}: code {code}: {msg} (after {retries} retries)"
+                        )),
                     }
                     drop(r);
                     std::thread::sleep(Duration::from_millis(100));

@@ -119,6 +119,17 @@ fn every_client_works_with_one_member_down_from_the_start() {
         ],
     );
     t.overlayctl_ok(0, &["network", "rm", "blue"]);
+    // Credentials for a cluster without authentication: refused with what to drop.
+    let mut with_user = t.etcd_args();
+    with_user.extend(["--etcd-user", "ovl", "--etcd-password", "pw"].map(String::from));
+    let out = t.overlayctl_with(0, &with_user, &["network", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("authentication is not enabled")
+            && err.trim().lines().count() == 1,
+        "credentials without auth: {err}"
+    );
 
     let socket = plugin_socket(&t, 0);
     t.start_daemon(0, &["--docker-plugin", socket.to_str().unwrap()]);
@@ -170,7 +181,10 @@ fn a_killed_leader_loses_no_flow_and_no_address() {
 
     std::thread::sleep(Duration::from_secs(3));
     let cluster = t.etcd_cluster.as_mut().unwrap();
-    let leader = cluster.leader().expect("a leader");
+    // The member every client uses (the first of their endpoints) is made the leader, so
+    // its death is both an election and a failover.
+    cluster.move_leader(0);
+    let leader = 0;
     cluster.members[leader].kill();
     let killed_at = Instant::now();
     // A new leader is elected among the two others.
@@ -196,7 +210,7 @@ fn a_killed_leader_loses_no_flow_and_no_address() {
         report.failed
     );
     assert!(
-        report.added.len() >= 10,
+        report.added.len() >= 5,
         "only {} ADDs in 11 s",
         report.added.len()
     );
@@ -271,8 +285,10 @@ fn a_partitioned_member_and_a_restarted_member_catch_up() {
     let pinger = Pinger::start(ping_paths(&t, &[(a, b), (b, a)]));
     let stream = workload::stream(&t, a, b, 7200, Duration::from_secs(40));
 
-    // The leader, so an election happens too.
-    let cut = t.etcd_cluster.as_mut().unwrap().leader().expect("leader");
+    // The member the daemons use, made the leader: a failover from a member that never
+    // answers again (no reset: its link is down) and an election.
+    let cut = 0;
+    t.etcd_cluster.as_mut().unwrap().move_leader(cut);
     t.etcd_cluster.as_ref().unwrap().set_link(cut, false);
     let adder = Adder::start(&t, &[0, 1], "red", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(30));
@@ -303,7 +319,7 @@ fn a_partitioned_member_and_a_restarted_member_catch_up() {
         assert!(r.failed.is_empty(), "ADDs failed: {:#?}", r.failed);
     }
     assert!(
-        during.added.len() >= 10,
+        during.added.len() >= 5,
         "only {} ADDs during the partition",
         during.added.len()
     );
@@ -368,8 +384,10 @@ fn quorum_lost_for_longer_than_the_lease_ttl() {
     }
     let links = ns.run("ip", &["-o", "link", "show"]);
     assert!(!links.contains("eth0"), "a refused ADD left eth0: {links}");
-    let del = cni::del(&socket0, "red", &gone_id, &gone_ns.path());
-    eprintln!("DEL without quorum: {del:?}");
+    match cni::del(&socket0, "red", &gone_id, &gone_ns.path()) {
+        Err((11, msg)) => eprintln!("DEL without quorum: {msg}"),
+        other => panic!("DEL without quorum: {other:?}"),
+    }
 
     let outage = Duration::from_secs(3 * LEASE_TTL as u64);
     std::thread::sleep(outage.saturating_sub(lost_at.elapsed()));

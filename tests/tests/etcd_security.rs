@@ -145,8 +145,18 @@ fn tls_client_certificates_and_roles_end_to_end() {
         .iter()
         .map(|a| a.replace("https://", "http://"))
         .collect();
-    refused(&t, &plain[..2], "plain HTTP to a TLS member", &["etcd"]);
-
+    refused(
+        &t,
+        &plain[..2],
+        "plain HTTP to a TLS member",
+        &["unreachable", "connection lost"],
+    );
+    // TLS files with a plain URL: refused before anything is dialled.
+    let mixed: Vec<String> = flags(&t, &ca, Some(OVERLAY_USER), None)
+        .iter()
+        .map(|a| a.replace("https://", "http://"))
+        .collect();
+    refused(&t, &mixed, "TLS files with http://", &["use https://"]);
     // A daemon with the wrong CA says so in its log, once, and does not register.
     let run_dir = t.dir.join("wrong-ca");
     let pins = t.extra_pins("wrong-ca");

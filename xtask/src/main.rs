@@ -2,6 +2,7 @@
 
 mod fuzz;
 mod setup;
+mod upgrade;
 
 use std::{
     path::{Path, PathBuf},
@@ -69,6 +70,9 @@ enum Task {
         #[arg(long, requires = "datapath")]
         seed: Option<u64>,
     },
+    /// The upgrade test alone: builds the previous release (kept in target/upgrade/), then
+    /// rolls a three-host cluster from it to this one and back on one node, under traffic.
+    UpgradeTest,
     /// Datapath benchmarks (overlay vs kernel vxlan vs routing), report in target/bench/.
     Bench {
         /// Arguments for overlay-bench (e.g. --rounds 5 --seconds 5 --modes overlay,kernel-vxlan).
@@ -86,6 +90,7 @@ fn main() -> Result<()> {
         Task::Demo => demo(),
         Task::Bench { args } => bench(args),
         Task::Soak { minutes, seed } => soak(minutes, seed),
+        Task::UpgradeTest => upgrade_test(),
         Task::Fuzz {
             seconds,
             target,
@@ -207,6 +212,7 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
         "overlay-bench-ebpf",
     ])
     .env("OVERLAYD", overlayd_path(false));
+    previous_release(&mut cmd)?;
     cmd.arg("--");
     let everything = filter.is_none();
     if let Some(f) = filter {
@@ -221,6 +227,42 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
         fuzz::parsers(fuzz::TEST_SECONDS, None)?;
     }
     Ok(())
+}
+
+/// Points the upgrade test at the previous release's binaries (built once), or says why it
+/// cannot run: a clone without that commit (a shallow one) skips it, loudly.
+fn previous_release(cmd: &mut Command) -> Result<()> {
+    if upgrade::available() {
+        let bins = upgrade::build_previous()?;
+        cmd.env("OVERLAYD_PREVIOUS", bins.overlayd);
+    } else {
+        let why = format!(
+            "release {} ({}) is not in this clone (shallow?): the upgrade test is skipped",
+            upgrade::PREVIOUS.version,
+            upgrade::PREVIOUS.commit
+        );
+        eprintln!("WARNING: {why}");
+        cmd.env("OVERLAY_UPGRADE_UNAVAILABLE", why);
+    }
+    Ok(())
+}
+
+fn upgrade_test() -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    let bins = upgrade::build_previous()?;
+    run(cargo()
+        .args([
+            "test",
+            "--package",
+            "overlay-tests",
+            "--test",
+            "upgrade",
+            "--",
+            "--nocapture",
+        ])
+        .env("OVERLAYD", overlayd_path(false))
+        .env("OVERLAYD_PREVIOUS", bins.overlayd))
 }
 
 fn demo() -> Result<()> {

@@ -258,7 +258,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let Key::Node(name) = key else { continue };
                 let ttl = store.lease_time_left(lease).await.unwrap_or(-1);
                 out.push(json!({"name": name, "vtep_ip": n.vtep_ip, "vtep_mac": n.vtep_mac.to_string(),
-                    "registered_secs_ago": now.saturating_sub(n.registered_at), "lease": format!("{lease:x}"), "lease_ttl_left": ttl}));
+                    "registered_secs_ago": now.saturating_sub(n.registered_at), "lease": format!("{lease:x}"), "lease_ttl_left": ttl,
+                    "release": n.release}));
             }
             if cli.output == Output::Json {
                 print_json(&json!(out));
@@ -272,11 +273,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             n["vtep_mac"].as_str().unwrap_or("").into(),
                             format!("{}s", n["registered_secs_ago"]),
                             format!("{}s", n["lease_ttl_left"]),
+                            // Releases before 0.2 did not say.
+                            n["release"].as_str().unwrap_or("<0.2").into(),
                         ]
                     })
                     .collect();
                 table(
-                    &["NAME", "VTEP", "VTEP MAC", "REGISTERED", "LEASE LEFT"],
+                    &[
+                        "NAME",
+                        "VTEP",
+                        "VTEP MAC",
+                        "REGISTERED",
+                        "LEASE LEFT",
+                        "RELEASE",
+                    ],
                     &rows,
                 );
             }

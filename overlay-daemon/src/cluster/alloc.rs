@@ -111,6 +111,12 @@ impl Cluster {
                     && ip != net.subnet.network()
                     && ip != net.subnet.broadcast()
                     && ip != gateway;
+                // One this node holds already is taken, even before etcd's echo reaches the
+                // view: its record would equal the new one, which a repeated write would
+                // take for its own.
+                if self.holds_locally(&req.network, ip) {
+                    return Err(ClusterError::AddressTaken(ip));
+                }
                 if !usable {
                     return Err(ClusterError::Invalid(format!(
                         "address {ip} is not a usable host address of {} (gateway {gateway})",
@@ -133,6 +139,14 @@ impl Cluster {
         }
         self.local.save(&ep)?;
         Ok((store, lease, ep))
+    }
+
+    /// Whether this node has an endpoint (or reservation) with `ip` in `network`.
+    fn holds_locally(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.local
+            .all()
+            .iter()
+            .any(|e| e.network == network && e.ip == ip)
     }
 
     /// Finds a free address in a block this node holds, claiming a new block when needed.
@@ -162,11 +176,19 @@ impl Cluster {
                 .filter(|(n, _, b)| *n == network && b.node != me)
                 .map(|(_, b, _)| b)
                 .collect();
-            let taken: BTreeSet<_> = view
+            let mut taken: BTreeSet<_> = view
                 .endpoints()
                 .filter(|(n, _, _)| *n == network)
                 .map(|(_, ip, _)| ip)
                 .collect();
+            // This node's own, whether or not the view has them yet (see `holds_locally`).
+            taken.extend(
+                self.local
+                    .all()
+                    .into_iter()
+                    .filter(|e| e.network == network)
+                    .map(|e| e.ip),
+            );
             (mine, others, taken)
         };
         let block_value = records::encode(&BlockRecord {

@@ -85,11 +85,16 @@ impl Cluster {
             return Ok(()); // a live endpoint: reserve_locked refuses the duplicate
         }
         let store = self.try_store()?;
+        delete_host_veth(&old).await;
         let (key, value) = self.endpoint_kv(&store, &old);
-        store.delete_if(&key, value).await?;
+        // False: the key is not this endpoint's any more (another node's now): only the
+        // local leftover goes.
+        if store.delete_if(&key, value).await? {
+            self.view.lock().await.apply(Change::Delete(key));
+            self.applied.bump();
+        }
         self.local.remove(&old.container_id, &old.ifname);
         self.forget_vanished(&old.id());
-        self.view.lock().await.apply(Change::Delete(key));
         info!(container = %old.container_id, ip = %old.ip, "released the leftover of an earlier ADD of this container");
         Ok(())
     }

@@ -51,7 +51,6 @@ impl ClusterError {
     /// The kind a caller (the API, the Docker driver) decides on.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ClusterError::Store(StoreError::Conflict(_)) => ErrorKind::Conflict,
             // etcd away or in an election: the runtime retries later (CNI code 11).
             ClusterError::Store(e) if e.is_transient() => ErrorKind::Unavailable,
             // Certificates, credentials, roles: nothing changes until the operator acts.

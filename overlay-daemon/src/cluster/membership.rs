@@ -208,6 +208,7 @@ impl Cluster {
                 .unwrap_or(0),
             instance: Some(self.instance.clone()),
             container_mtu: Some(self.cfg.mtu),
+            release: Some(crate::RELEASE.to_owned()),
         };
         let key = layout.key(&Key::Node(self.cfg.node_name.clone()));
         let value = records::encode(&node);

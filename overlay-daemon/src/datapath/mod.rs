@@ -132,6 +132,15 @@ const CLSACT_HANDLE: u32 = 0x0F1;
 /// Size of the endpoint tables unless told otherwise (entries are allocated on demand).
 pub const DEFAULT_MAX_ENDPOINTS: u32 = overlay_common::maps::MAX_ENDPOINTS;
 
+/// What loading does with pinned maps of another layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Migration {
+    /// Make them anew in place (nothing forwards on them: tests, unattached loads).
+    Replace,
+    /// Make them anew apart, for `commit` (a daemon taking over a forwarding datapath).
+    Staged,
+}
+
 /// Options for loading the datapath.
 #[derive(Clone, Debug)]
 pub struct DatapathOptions {
@@ -157,6 +166,23 @@ pub struct TestRunOutput {
     pub frame: Vec<u8>,
 }
 
+/// Where the programs are attached.
+#[derive(Clone, Debug)]
+struct AttachPlan {
+    underlay_ifindex: u32,
+    xdp: XdpSetting,
+    socket_lb: SocketLb,
+    socket_lb_cgroup: Option<PathBuf>,
+}
+
+/// A migrating datapath: what it attaches once its maps are filled (`Datapath::commit`).
+#[derive(Clone, Debug)]
+struct Staged {
+    /// The maps made anew for the new layout.
+    replaced: Vec<String>,
+    plan: AttachPlan,
+}
+
 /// A loaded, attached datapath.
 pub struct Datapath {
     /// Held while the datapath is this process's.
@@ -172,26 +198,68 @@ pub struct Datapath {
     socket_lb: bool,
     /// The namespaces the socket hooks balance for, and closing sockets of backends that left.
     pub sockets: crate::sock_lb::SocketBalancer,
+    /// Loaded for a pinned datapath of another layout, not attached yet: the old programs
+    /// forward on the old maps until the first reconcile pass has filled the new ones.
+    staged: Option<Staged>,
 }
 
 impl Datapath {
     /// Loads the programs and maps and attaches them to the underlay; container links left
-    /// by a previous daemon are re-pointed at the new programs.
+    /// by a previous daemon are re-pointed at the new programs. If the pinned maps are of
+    /// another layout (another release), the new programs are loaded against new maps and
+    /// nothing is attached yet: `commit` does, after the first reconcile pass filled them.
     pub fn load(opts: &DatapathOptions) -> Result<Self, DatapathError> {
-        let mut datapath = Self::load_sized(
+        let (mut datapath, replaced) = Self::load_sized(
             &opts.pins,
             opts.tc_mode,
             opts.ebpf_log_level,
             opts.max_endpoints,
+            Migration::Staged,
         )?;
-        datapath.attach_underlay(opts.underlay_ifindex, opts.xdp)?;
-        datapath.reattach_endpoints();
-        datapath.socket_lb =
-            datapath.attach_socket_lb(opts.socket_lb, opts.socket_lb_cgroup.as_deref())?;
-        datapath.maps.config.set_track_direct(!datapath.socket_lb)?;
+        let plan = AttachPlan {
+            underlay_ifindex: opts.underlay_ifindex,
+            xdp: opts.xdp,
+            socket_lb: opts.socket_lb,
+            socket_lb_cgroup: opts.socket_lb_cgroup.clone(),
+        };
+        if !replaced.is_empty() {
+            info!(bpffs = %opts.pins.root().display(), ?replaced,
+                  "pinned datapath of another layout: the new programs take over once their maps are filled");
+            datapath.staged = Some(Staged { replaced, plan });
+            return Ok(datapath);
+        }
+        datapath.attach_all(&plan)?;
         info!(bpffs = %opts.pins.root().display(), tc_mode = ?datapath.tc_mode, xdp = ?opts.xdp,
               socket_lb = datapath.socket_lb, "datapath loaded");
         Ok(datapath)
+    }
+
+    fn attach_all(&mut self, plan: &AttachPlan) -> Result<(), DatapathError> {
+        self.attach_underlay(plan.underlay_ifindex, plan.xdp)?;
+        self.reattach_endpoints();
+        self.socket_lb = self.attach_socket_lb(plan.socket_lb, plan.socket_lb_cgroup.as_deref())?;
+        self.maps.config.set_track_direct(!self.socket_lb)?;
+        Ok(())
+    }
+
+    /// Whether the loaded programs still wait for their maps to be filled (`commit`).
+    pub fn is_staged(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// A migrating datapath takes over, its maps filled by a reconcile pass: every link
+    /// switches to the new programs atomically (`bpf_link_update`), then the new maps' pins
+    /// replace the old ones. Nothing to do otherwise.
+    pub fn commit(&mut self) -> Result<(), DatapathError> {
+        let Some(staged) = self.staged.take() else {
+            return Ok(());
+        };
+        self.attach_all(&staged.plan)?;
+        compat::promote(&self.pins.maps(), &self.pins.staged_maps())?;
+        info!(bpffs = %self.pins.root().display(), replaced = ?staged.replaced, tc_mode = ?self.tc_mode,
+              xdp = ?staged.plan.xdp, socket_lb = self.socket_lb,
+              "datapath migrated: the new programs forward on their filled maps");
+        Ok(())
     }
 
     /// Loads the programs and (pinned) maps without attaching anything.
@@ -200,7 +268,7 @@ impl Datapath {
         tc_mode: TcMode,
         ebpf_log_level: u8,
     ) -> Result<Self, DatapathError> {
-        Self::load_sized(pins, tc_mode, ebpf_log_level, None)
+        Ok(Self::load_sized(pins, tc_mode, ebpf_log_level, None, Migration::Replace)?.0)
     }
 
     fn load_sized(
@@ -208,18 +276,35 @@ impl Datapath {
         tc_mode: TcMode,
         ebpf_log_level: u8,
         max_endpoints: Option<u32>,
-    ) -> Result<Self, DatapathError> {
+        migration: Migration,
+    ) -> Result<(Self, Vec<String>), DatapathError> {
         pins::ensure_bpffs(pins.root())?;
         for dir in [pins.maps(), pins.links()] {
             fs::create_dir_all(&dir).map_err(|source| DatapathError::Io { path: dir, source })?;
         }
         // Before touching a pin: a second daemon on these pins would swap its programs in.
         let lock = crate::locks::HostLock::bpffs(pins.root())?;
-        compat::replace_incompatible(&pins.maps())?;
+        // A migration that never took over left maps no program forwarded on.
+        let _ = fs::remove_dir_all(pins.staged_maps());
+        let replaced = match migration {
+            Migration::Replace => {
+                compat::replace_incompatible(&pins.maps())?;
+                Vec::new()
+            }
+            Migration::Staged => compat::incompatible(&pins.maps())?,
+        };
+        let pin_dir = if replaced.is_empty() {
+            pins.maps()
+        } else {
+            compat::stage(&pins.maps(), &pins.staged_maps(), &replaced)?;
+            pins.staged_maps()
+        };
         let mut loader = EbpfLoader::new();
-        loader
-            .default_map_pin_directory(pins.maps())
-            .override_global(aya_log::LEVEL, &ebpf_log_level, false);
+        loader.default_map_pin_directory(pin_dir).override_global(
+            aya_log::LEVEL,
+            &ebpf_log_level,
+            false,
+        );
         if let Some(n) = max_endpoints {
             loader
                 .map_max_entries(names::ENDPOINTS_BY_IP, n)
@@ -254,7 +339,7 @@ impl Datapath {
                 );
             }
         }
-        Ok(Self {
+        let datapath = Self {
             _lock: lock,
             ebpf,
             pins: pins.clone(),
@@ -264,7 +349,9 @@ impl Datapath {
             next_hops: None,
             socket_lb: false,
             sockets: Default::default(),
-        })
+            staged: None,
+        };
+        Ok((datapath, replaced))
     }
 
     /// Runs one program on a frame with BPF_PROG_TEST_RUN (nothing is sent anywhere).

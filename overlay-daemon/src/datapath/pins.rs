@@ -5,6 +5,8 @@
 //! <bpffs>/links/underlay-tc     TC ingress on the underlay (decapsulation)
 //! <bpffs>/links/underlay-xdp    XDP on the underlay (early VXLAN filter)
 //! <bpffs>/links/ep-<ifindex>    TC ingress on each container's host-side veth
+//! <bpffs>/maps-next/OVL_*       during a migration (bpffs refuses dots in names): the maps the new programs use, filled
+//!                               before the links switch to them (see `Datapath::commit`)
 //! ```
 
 use std::{
@@ -40,6 +42,10 @@ impl PinLayout {
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
+    }
+    /// Where the maps of a datapath being migrated to are pinned until it takes over.
+    pub fn staged_maps(&self) -> PathBuf {
+        self.root.join("maps-next")
     }
     pub(super) fn underlay_tc(&self) -> PathBuf {
         self.links().join("underlay-tc")
@@ -83,14 +89,21 @@ pub fn remove(pins: &PinLayout, underlay_ifname: Option<&str>) -> Vec<String> {
             }
         }
     }
-    if let Ok(dir) = fs::read_dir(pins.maps()) {
-        for entry in dir.filter_map(Result::ok) {
-            if let Err(e) = fs::remove_file(entry.path()) {
-                errors.push(format!("{}: {e}", entry.path().display()));
+    for maps in [pins.maps(), pins.staged_maps()] {
+        if let Ok(dir) = fs::read_dir(maps) {
+            for entry in dir.filter_map(Result::ok) {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    errors.push(format!("{}: {e}", entry.path().display()));
+                }
             }
         }
     }
-    for dir in [pins.links(), pins.maps(), pins.root().to_owned()] {
+    for dir in [
+        pins.links(),
+        pins.maps(),
+        pins.staged_maps(),
+        pins.root().to_owned(),
+    ] {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -2,7 +2,10 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, Map, MapData};
 use overlay_common::{
-    maps::{names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY, CONFIG_F_TRACK_DIRECT},
+    maps::{
+        names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY, CONFIG_F_TRACK_DIRECT,
+        DATAPATH_LAYOUT,
+    },
     Config,
 };
 
@@ -37,6 +40,8 @@ impl ConfigMap {
             underlay_mtu: cfg.underlay_mtu,
             vxlan_port: cfg.vxlan_port,
             flags: CONFIG_F_READY | kept,
+            layout: DATAPATH_LAYOUT,
+            _pad: 0,
         };
         self.0.set(0, value, 0).map_err(map_err(names::CONFIG))
     }

@@ -204,6 +204,10 @@ impl Reconciler {
         let capacity = eps.capacity();
         plan.fit(capacity, |vni, ip| eps.installed(vni, ip).is_some(), tables);
         let mut report = apply(target, &plan, self.me.vtep_ip)?;
+        // A datapath migrating from another layout takes over now that its maps are full.
+        if let Target::Kernel(dp) = target {
+            dp.commit()?;
+        }
         // Attachments that failed are retried like a missing interface.
         let failed = std::mem::take(&mut report.attach_failed);
         report

@@ -479,10 +479,10 @@ impl Store {
     }
 }
 
-/// Converts a watch response's events.
 /// Keys per page of a listing: at ~300 bytes per endpoint record, about 1.5 MB.
 const LIST_PAGE: i64 = 5000;
 
+/// One key and value, of a listing or a watch event.
 fn kv_of(kv: &etcd_client::KeyValue) -> Kv {
     Kv {
         key: String::from_utf8_lossy(kv.key()).into_owned(),

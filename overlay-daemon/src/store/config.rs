@@ -39,11 +39,17 @@ impl EtcdConfig {
                 endpoint: String::new(),
             });
         }
-        match self.endpoints.iter().find(|e| !is_client_url(e)) {
-            Some(bad) => Err(StoreError::BadEndpoint {
+        if let Some(bad) = self.endpoints.iter().find(|e| !is_client_url(e)) {
+            return Err(StoreError::BadEndpoint {
                 endpoint: bad.clone(),
+            });
+        }
+        let tls = self.cacert.is_some() || self.cert.is_some();
+        match self.endpoints.iter().find(|e| e.starts_with("http://")) {
+            Some(plain) if tls => Err(StoreError::PlainWithTls {
+                endpoint: plain.clone(),
             }),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 

@@ -14,7 +14,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
     time::{Duration, Instant},
@@ -24,8 +24,9 @@ use etcd_client::{Client, ConnectOptions};
 use tracing::debug;
 
 use super::{
+    classify::{classify, Context, Fault, Transport},
     client::EtcdConfig,
-    error::{classify, ClientCert, Context, Fault, MemberFailure, StoreError, Unanswered},
+    error::{MemberFailure, Refusal, StoreError, Unanswered},
 };
 
 /// How long a call keeps trying the members when all of them fail: an election (a killed
@@ -35,6 +36,8 @@ const RETRY_WINDOW: Duration = Duration::from_secs(6);
 const ROUND_PAUSE: Duration = Duration::from_millis(250);
 /// How long one attempt on one member may take (the channel's own request timeout).
 pub(super) const ATTEMPT: Duration = Duration::from_secs(5);
+/// The least an attempt is given, even at the end of the window.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// What an attempt knows of the attempts of the same call before it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,10 +47,18 @@ pub(super) struct Retry {
     pub maybe_applied: bool,
 }
 
+/// A member's connected (and authenticated) client, and which one it is.
+#[derive(Clone)]
+struct Connected {
+    client: Client,
+    generation: u64,
+}
+
 struct Member {
     url: String,
-    /// Connected (and authenticated) client, made on first use.
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// Made on first use, again after the member refused its auth token.
+    client: tokio::sync::Mutex<Option<Connected>>,
+    generation: AtomicU64,
     /// When it last failed, while it has not answered since.
     failed_at: Mutex<Option<Instant>>,
 }
@@ -59,7 +70,16 @@ pub(super) struct Members {
     options: ConnectOptions,
     user: Option<(String, String)>,
     prefix: String,
-    tls: Option<ClientCert>,
+    transport: Transport,
+}
+
+/// How one attempt on one member ended.
+enum Attempt<T> {
+    Answered(T),
+    /// No client: the request was never sent.
+    NotConnected(Fault, Option<etcd_client::Error>),
+    /// The call failed (the fault) or timed out (None).
+    Failed(Option<(Fault, etcd_client::Error)>),
 }
 
 impl Members {
@@ -71,17 +91,18 @@ impl Members {
                 .map(|url| Member {
                     url: url.clone(),
                     client: tokio::sync::Mutex::new(None),
+                    generation: AtomicU64::new(0),
                     failed_at: Mutex::new(None),
                 })
                 .collect(),
             current: AtomicUsize::new(0),
             options,
             user: cfg.user.clone().zip(cfg.password.clone()),
-            tls: (cfg.cacert.is_some() || cfg.cert.is_some()).then_some(if cfg.cert.is_some() {
-                ClientCert::Given
-            } else {
-                ClientCert::None
-            }),
+            transport: match (&cfg.cacert, &cfg.cert) {
+                (_, Some(_)) => Transport::TlsWithCertificate,
+                (Some(_), None) => Transport::Tls,
+                (None, None) => Transport::Plain,
+            },
             // What a role must be granted: the whole prefix, every layout version under it.
             prefix: format!("{}/", cfg.prefix.trim_end_matches('/')),
         }
@@ -98,12 +119,13 @@ impl Members {
             user: self.user.as_ref().map(|(u, _)| u.as_str()),
             prefix: &self.prefix,
             authenticating,
-            tls: self.tls,
+            transport: self.transport,
         }
     }
 
     /// The order to try members in: the current one, the others that have not failed, then
-    /// those that failed, the longest ago first.
+    /// those that failed, the one whose last failure is oldest first (a member that came back
+    /// is probed before one that just failed again).
     fn order(&self) -> Vec<usize> {
         let n = self.members.len();
         let current = self.current.load(Ordering::Relaxed) % n.max(1);
@@ -120,8 +142,9 @@ impl Members {
         healthy
     }
 
-    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
-        let mut slot = self.members[i].client.lock().await;
+    async fn client(&self, i: usize) -> Result<Connected, etcd_client::Error> {
+        let member = &self.members[i];
+        let mut slot = member.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -129,14 +152,22 @@ impl Members {
         if let Some((user, password)) = &self.user {
             opts = opts.with_user(user.clone(), password.clone());
         }
-        let client = Client::connect([&self.members[i].url], Some(opts)).await?;
-        *slot = Some(client.clone());
-        Ok(client)
+        let client = Client::connect([&member.url], Some(opts)).await?;
+        let connected = Connected {
+            client,
+            generation: member.generation.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        *slot = Some(connected.clone());
+        Ok(connected)
     }
 
-    /// Drops member `i`'s client: the next call connects and authenticates again.
-    async fn forget(&self, i: usize) {
-        *self.members[i].client.lock().await = None;
+    /// Drops member `i`'s client `generation` (not one a concurrent call made since): the
+    /// next call connects and authenticates again.
+    async fn forget(&self, i: usize, generation: u64) {
+        let mut slot = self.members[i].client.lock().await;
+        if slot.as_ref().is_some_and(|c| c.generation == generation) {
+            *slot = None;
+        }
     }
 
     fn answered(&self, i: usize) {
@@ -144,18 +175,53 @@ impl Members {
         self.current.store(i, Ordering::Relaxed);
     }
 
-    /// Member `i` did not answer: noted, and tried last from now on.
-    fn unanswered(&self, i: usize, why: Unanswered, failures: &mut Vec<MemberFailure>) {
-        let endpoint = &self.members[i].url;
-        debug!(%endpoint, "etcd member did not answer: {why}; trying the next");
-        let mut at = self.members[i].failed_at.lock().expect("lock");
-        if at.is_none() {
-            *at = Some(Instant::now());
+    /// Member `i` did not answer (or refused us): noted, and tried last from now on.
+    fn failed(&self, i: usize) {
+        *self.members[i].failed_at.lock().expect("lock") = Some(Instant::now());
+    }
+
+    /// One attempt on member `i`, within `limit`: the client first (a failure there sent
+    /// nothing), then the call.
+    async fn attempt<T, F, Fut>(
+        &self,
+        i: usize,
+        limit: Duration,
+        retry: Retry,
+        call: &mut F,
+    ) -> (Attempt<T>, Option<u64>)
+    where
+        F: FnMut(Client, Retry) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let connected = match tokio::time::timeout(limit, self.client(i)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let fault = classify(&e, &self.context(self.user.is_some()));
+                let fault = match fault {
+                    // Whatever the transport said, nothing was sent.
+                    Fault::Member(why) if why.maybe_applied() => {
+                        Fault::Member(Unanswered::NotConnected(why.to_string()))
+                    }
+                    other => other,
+                };
+                return (Attempt::NotConnected(fault, Some(e)), None);
+            }
+            Err(_) => {
+                let why = Unanswered::NotConnected("connecting timed out".into());
+                return (Attempt::NotConnected(Fault::Member(why), None), None);
+            }
+        };
+        let left = limit.saturating_sub(started.elapsed()).max(MIN_ATTEMPT);
+        let generation = Some(connected.generation);
+        match tokio::time::timeout(left, call(connected.client, retry)).await {
+            Ok(Ok(v)) => (Attempt::Answered(v), generation),
+            Ok(Err(e)) => {
+                let fault = classify(&e, &self.context(false));
+                (Attempt::Failed(Some((fault, e))), generation)
+            }
+            Err(_) => (Attempt::Failed(None), generation),
         }
-        failures.push(MemberFailure {
-            endpoint: endpoint.clone(),
-            why,
-        });
     }
 
     /// Runs `call` against a member that answers, failing over as described above.
@@ -180,62 +246,76 @@ impl Members {
     {
         let started = Instant::now();
         let mut failures: Vec<MemberFailure> = Vec::new();
+        // Refusals of single members (their certificates): reported if nobody answers.
+        let mut refusals: Vec<(String, Refusal)> = Vec::new();
         loop {
-            'members: for i in self.order() {
-                let endpoint = &self.members[i].url;
+            let order = self.order();
+            let mut refused_all = true;
+            for i in order {
+                let endpoint = self.members[i].url.clone();
                 let mut reauthenticated = false;
                 loop {
                     let retry = Retry {
                         maybe_applied: failures.iter().any(|f| f.why.maybe_applied()),
                     };
-                    let answer = tokio::time::timeout(attempt, async {
-                        match self.client(i).await {
-                            Ok(client) => (call(client, retry).await, false),
-                            Err(e) => (Err(e), self.user.is_some()),
-                        }
-                    })
-                    .await;
-                    let (e, fault) = match answer {
-                        Ok((Ok(v), _)) => {
+                    let limit = attempt.min(RETRY_WINDOW.saturating_sub(started.elapsed()));
+                    let (outcome, generation) = self
+                        .attempt(i, limit.max(MIN_ATTEMPT), retry, &mut call)
+                        .await;
+                    let (fault, error) = match outcome {
+                        Attempt::Answered(v) => {
                             self.answered(i);
                             return Ok(v);
                         }
-                        Ok((Err(e), authenticating)) => {
-                            let fault = classify(&e, &self.context(authenticating));
-                            (e, fault)
-                        }
-                        Err(_) => {
-                            self.unanswered(i, Unanswered::TimedOut, &mut failures);
-                            continue 'members;
-                        }
+                        Attempt::NotConnected(fault, e) => (fault, e),
+                        Attempt::Failed(Some((fault, e))) => (fault, Some(e)),
+                        Attempt::Failed(None) => (Fault::Member(Unanswered::TimedOut), None),
                     };
                     match fault {
-                        Fault::Member(why) => self.unanswered(i, why, &mut failures),
-                        Fault::Token if !reauthenticated && self.user.is_some() => {
-                            debug!(%endpoint, "auth token refused; authenticating again");
-                            self.forget(i).await;
-                            reauthenticated = true;
-                            continue;
+                        Fault::Member(why) => {
+                            refused_all = false;
+                            debug!(%endpoint, "etcd member did not answer: {why}; trying the next");
+                            self.failed(i);
+                            failures.push(MemberFailure { endpoint, why });
+                        }
+                        Fault::Refused(refusal) if refusal.per_member() => {
+                            debug!(%endpoint, "etcd member refused this client: {refusal}; trying the next");
+                            self.failed(i);
+                            refusals.push((endpoint, refusal));
                         }
                         Fault::Refused(refusal) => {
-                            return Err(StoreError::Refused {
-                                endpoint: endpoint.clone(),
-                                refusal,
-                            })
+                            return Err(StoreError::Refused { endpoint, refusal })
+                        }
+                        Fault::Token if !reauthenticated && self.user.is_some() => {
+                            debug!(%endpoint, "auth token refused; authenticating again");
+                            if let Some(g) = generation {
+                                self.forget(i, g).await;
+                            }
+                            reauthenticated = true;
+                            continue;
                         }
                         Fault::Token | Fault::Request => {
                             // The member answered: it is healthy.
                             self.answered(i);
-                            return Err(StoreError::Etcd {
-                                endpoint: endpoint.clone(),
-                                source: e,
+                            return Err(match error {
+                                Some(source) => StoreError::Etcd { endpoint, source },
+                                None => StoreError::Unreachable { failures },
                             });
                         }
                     }
                     break;
                 }
             }
+            // Every member refused us: no round will change that.
+            if refused_all {
+                if let Some((endpoint, refusal)) = refusals.first().cloned() {
+                    return Err(StoreError::Refused { endpoint, refusal });
+                }
+            }
             if started.elapsed() + ROUND_PAUSE >= RETRY_WINDOW {
+                if let Some((endpoint, refusal)) = refusals.first().cloned() {
+                    return Err(StoreError::Refused { endpoint, refusal });
+                }
                 // The last failure of each member, in the order they were tried.
                 let mut last: Vec<MemberFailure> = Vec::new();
                 for f in failures.into_iter().rev() {

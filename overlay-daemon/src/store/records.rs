@@ -39,7 +39,7 @@ impl NetworkRecord {
         if !(1..=VNI_MAX).contains(&self.vni) {
             return Err(format!("VNI {} is outside 1..={VNI_MAX}", self.vni));
         }
-        crate::ipam::blocks(self.subnet, self.block_len).map_err(|e| e.to_string())?;
+        crate::ipam::check_blocks(self.subnet, self.block_len).map_err(|e| e.to_string())?;
         if !self.subnet.contains(&self.gateway_ip()) {
             return Err(format!(
                 "gateway {} is outside {}",
@@ -76,6 +76,10 @@ pub struct NodeRecord {
     /// first-release records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_mtu: Option<u32>,
+    /// The release of the daemon that wrote it (so a rollout shows which nodes run which).
+    /// Absent from records of releases before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
-use overlay_api::EndpointRequest;
+use overlay_api::{Endpoint, EndpointRequest};
 use overlay_daemon::tables::{EndpointIface, EndpointSpec, MacAddr};
 
 use super::{Container, Topology, CONTAINER_MTU};
@@ -42,6 +42,18 @@ impl Topology {
                 self.daemon_log(host)
             )
         });
+        self.push_container(name, ns, host, network, &ep)
+    }
+
+    /// Records a container the daemon made an endpoint for.
+    fn push_container(
+        &mut self,
+        name: &str,
+        ns: Netns,
+        host: usize,
+        network: &str,
+        ep: &Endpoint,
+    ) -> usize {
         self.containers.push(Container {
             name: name.to_owned(),
             ns,
@@ -147,5 +159,46 @@ impl Topology {
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// A container added to `network` on host `host` through the CNI plugin `plugin` (a
+    /// real binary, of any release), as a runtime does; its details from the daemon.
+    pub fn add_cni_container(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        plugin: &std::path::Path,
+    ) -> Result<usize, (u64, String)> {
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let id = format!("{}-{name}", self.id);
+        let socket = overlay_daemon::api::socket_path(&self.hosts[host].run_dir);
+        crate::cni::add_using(plugin, &socket, network, &id, &ns.path())?;
+        let ep = self
+            .client(host)
+            .get_endpoint(&id, "eth0")
+            .unwrap_or_else(|e| panic!("endpoint {id} after its ADD: {e}"));
+        Ok(self.push_container(name, ns, host, network, &ep))
+    }
+
+    /// CNI DEL of a container `add_cni_container` made, through `plugin`; it leaves the
+    /// topology's list.
+    pub fn del_cni_container(
+        &mut self,
+        name: &str,
+        plugin: &std::path::Path,
+    ) -> Result<(), (u64, String)> {
+        let i = self
+            .containers
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"));
+        let c = &self.containers[i];
+        let socket = overlay_daemon::api::socket_path(&self.hosts[c.host].run_dir);
+        let id = format!("{}-{name}", self.id);
+        crate::cni::del_using(plugin, &socket, &c.network, &id, &c.ns.path())?;
+        self.containers.remove(i);
+        Ok(())
     }
 }

@@ -27,12 +27,13 @@ impl Topology {
         });
         let h = &mut self.hosts[host];
         assert!(h.daemon.is_none(), "daemon on {} already started", h.name);
+        let bin = h.overlayd.clone().unwrap_or_else(overlayd_bin);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&h.log)
             .expect("daemon log");
-        let mut cmd: Command = h.ns.command(overlayd_bin().to_str().expect("path"));
+        let mut cmd: Command = h.ns.command(bin.to_str().expect("path"));
         cmd.args(["--node-name", &h.name, "--underlay", "ul0"])
             .arg("--run-dir")
             .arg(&h.run_dir)

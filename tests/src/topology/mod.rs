@@ -136,6 +136,8 @@ pub struct Host {
     pub log: PathBuf,
     /// etcd flags for this host's daemon instead of the topology's (other credentials).
     pub etcd_args: Option<Vec<String>>,
+    /// The overlayd binary this host runs instead of the one under test (another release).
+    pub overlayd: Option<PathBuf>,
     daemon: Option<ChildGuard>,
 }
 
@@ -247,6 +249,7 @@ impl Topology {
                 vtep_ip,
                 run_dir,
                 etcd_args: None,
+                overlayd: None,
                 daemon: None,
             });
         }
