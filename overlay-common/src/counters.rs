@@ -70,6 +70,9 @@ counted_enum! {
         /// Direct flows (UDP, or TCP at the SYN) given a source port of their own, their
         /// tuple being a live translated flow's.
         LbDirectRemap = 15 => "lb_direct_remap",
+        /// Packets with DF set too big for the underlay once encapsulated, answered with an
+        /// ICMP "fragmentation needed" from the gateway (path-MTU discovery).
+        IcmpFragNeeded = 16 => "icmp_frag_needed",
     }
 }
 

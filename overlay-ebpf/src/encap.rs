@@ -71,10 +71,9 @@ pub fn to_vtep(
         .nexthop;
     let inner_len = ctx.len();
     let outer_ip_len = inner_len + (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN) as u32;
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
-    // GSO packets are segmented to the container MTU (underlay - 50) later; single packets
-    // must fit the underlay now.
-    if (gso_segs <= 1 && outer_ip_len > cfg.underlay_mtu) || outer_ip_len > u16::MAX as u32 {
+    // What does not fit the underlay was answered before (icmp::too_big); a GSO packet's
+    // outer length must still fit its 16-bit field.
+    if outer_ip_len > u16::MAX as u32 {
         return Err(DropReason::TooBig);
     }
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };

@@ -15,9 +15,10 @@ use crate::{
     counters::{count, count_drop},
     encap,
     headers::{is_multicast, EthHdr, Ipv4Hdr, Packet as _},
+    icmp,
     kernel::redirected,
     lb,
-    maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS},
+    maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS, VTEPS},
 };
 
 pub fn from_container(ctx: &TcContext) -> i32 {
@@ -104,6 +105,24 @@ fn forward_ipv4(
         unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
+    if !target.is_local() && icmp::too_big(ctx, cfg, &ip)? {
+        // Only an untranslated packet can be quoted back: its sender knows these addresses.
+        if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
+            return Err(DropReason::TooBig);
+        }
+        let len = ctx.len();
+        let verdict = icmp::frag_needed(
+            ctx,
+            cfg,
+            ifindex,
+            me.mac,
+            net.gateway_mac,
+            net.gateway_ip,
+            &ip,
+        )?;
+        count(Direction::IcmpFragNeeded, len);
+        return Ok(verdict);
+    }
     if !translated && cfg.flags & CONFIG_F_LB != 0 {
         lb::check_direct(ctx, cfg, me.vni, &ip)?;
     }

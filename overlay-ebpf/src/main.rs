@@ -17,6 +17,7 @@ mod decap;
 mod encap;
 mod forward;
 mod headers;
+mod icmp;
 mod kernel;
 mod lb;
 mod maps;

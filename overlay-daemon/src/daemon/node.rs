@@ -177,11 +177,33 @@ impl HostWatch {
                 error!("underlay next hops: {e}");
             }
         }
+        if changes.links_changed {
+            self.follow_mtu(dp);
+        }
         if changes.links_changed || !changes.links_removed.is_empty() {
             actions.devices_changed = self.scan_devices(vtep).await;
         }
         actions.links_removed = changes.links_removed;
         actions
+    }
+
+    /// An operator changed the underlay's MTU: the datapath checks packets against the new
+    /// one at once (a container above it gets ICMP "fragmentation needed"); containers made
+    /// from now on still get the MTU this daemon registered with until it restarts.
+    fn follow_mtu(&mut self, dp: &mut crate::datapath::Datapath) {
+        let Ok(now) = Interface::lookup(&self.underlay.name) else {
+            return;
+        };
+        if now.ifindex != self.underlay.ifindex || now.mtu == self.underlay.mtu {
+            return;
+        }
+        let fits = now.mtu.saturating_sub(overlay_common::wire::VXLAN_OVERHEAD);
+        warn!(underlay = %self.underlay.name, old = self.underlay.mtu, new = now.mtu,
+              "the underlay MTU changed: packets of containers above {fits} now get ICMP fragmentation needed; restart overlayd to give new containers that MTU");
+        match dp.maps.config.set_underlay_mtu(now.mtu) {
+            Ok(()) => self.underlay.mtu = now.mtu,
+            Err(e) => error!("following the underlay MTU: {e}"),
+        }
     }
 
     /// The new VTEP address if the underlay's moved (and was not fixed with --vtep-ip).

@@ -64,6 +64,17 @@ impl ConfigMap {
         self.set_flag(CONFIG_F_FOREIGN_VNI_PASS, pass)
     }
 
+    /// Follows a changed underlay MTU: the datapath's "too big" checks (and the MTU its ICMP
+    /// "fragmentation needed" advertises) use it from the next packet on.
+    pub fn set_underlay_mtu(&mut self, mtu: u32) -> Result<(), MapsError> {
+        let mut value = self.current();
+        if value.underlay_mtu == mtu {
+            return Ok(());
+        }
+        value.underlay_mtu = mtu;
+        self.0.set(0, value, 0).map_err(map_err(names::CONFIG))
+    }
+
     fn set_flag(&mut self, flag: u16, on: bool) -> Result<(), MapsError> {
         let mut value = self.current();
         let flags = if on {

@@ -2,47 +2,18 @@
 //! the VIP, sent back into the container that asked, so clients fail fast instead of
 //! waiting for a blackhole.
 
-use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use overlay_common::{
-    wire::{
-        ETH_HLEN, ETH_P_IP, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPV4_HLEN, IP_DF, TCP_ACK,
-        TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN,
-    },
+    wire::{ETH_P_IP, IPPROTO_TCP, IPV4_HLEN, TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN},
     DropReason,
 };
 
 use super::L4_OFF;
 use crate::{
-    headers::{
-        csum_add, csum_finish, ipv4_checksum, EthHdr, IcmpHdr, Ipv4Hdr, Packet as _, TcpHdr,
-    },
+    headers::{csum_add, csum_finish, EthHdr, Ipv4Hdr, Packet as _, TcpHdr},
+    icmp::{self, replace_packet, reply_ip},
     kernel::redirected,
 };
-
-/// What an ICMP error quotes of the packet it answers: its IP header and first 8 bytes.
-const ICMP_QUOTE: usize = IPV4_HLEN + 8;
-
-/// An IPv4 header of a reply from the VIP to the client.
-#[inline(always)]
-fn reply_ip(request: &Ipv4Hdr, proto: u8, tot_len: u16) -> Ipv4Hdr {
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        tot_len: tot_len.to_be_bytes(),
-        id: [0; 2],
-        frag_off: IP_DF.to_be_bytes(),
-        ttl: 64,
-        proto,
-        check: [0; 2],
-        src: request.dst,
-        dst: request.src,
-    };
-    ip.check = ipv4_checksum(&ip);
-    ip
-}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -50,16 +21,6 @@ struct ResetFrame {
     eth: EthHdr,
     ip: Ipv4Hdr,
     tcp: TcpHdr,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UnreachableFrame {
-    eth: EthHdr,
-    ip: Ipv4Hdr,
-    icmp: IcmpHdr,
-    /// The offending packet's IPv4 header and first 8 bytes (RFC 792).
-    quoted: [u8; ICMP_QUOTE],
 }
 
 /// Turns the packet into a TCP reset or an ICMP port unreachable from the VIP and sends it
@@ -100,7 +61,7 @@ pub fn reject(
         };
         let mut frame = ResetFrame {
             eth: reply_eth,
-            ip: reply_ip(ip, IPPROTO_TCP, (IPV4_HLEN + TCP_HLEN) as u16),
+            ip: reply_ip(ip.dst, ip, IPPROTO_TCP, (IPV4_HLEN + TCP_HLEN) as u16),
             tcp: TcpHdr {
                 src_port: dport.to_be_bytes(),
                 dst_port: sport.to_be_bytes(),
@@ -120,43 +81,17 @@ pub fn reject(
             &*(&frame.tcp as *const TcpHdr as *const [u8; TCP_HLEN])
         });
         frame.tcp.check = csum_finish(sum);
-        replace_packet(ctx, &frame)?;
+        replace_packet(ctx, &frame, DropReason::LbNatFailed)?;
     } else {
-        let quoted = ctx
-            .header::<[u8; ICMP_QUOTE]>(ETH_HLEN)
-            .ok_or(DropReason::Malformed)?;
-        let mut frame = UnreachableFrame {
-            eth: reply_eth,
-            ip: reply_ip(
-                ip,
-                IPPROTO_ICMP,
-                (IPV4_HLEN + ICMP_HLEN + ICMP_QUOTE) as u16,
-            ),
-            // Destination unreachable, port unreachable.
-            icmp: IcmpHdr {
-                kind: 3,
-                code: 3,
-                check: [0; 2],
-                rest: [0; 4],
-            },
-            quoted,
-        };
-        let mut sum = csum_add(0, unsafe {
-            &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN])
-        });
-        sum = csum_add(sum, &frame.quoted);
-        frame.icmp.check = csum_finish(sum);
-        replace_packet(ctx, &frame)?;
+        return icmp::send_error(
+            ctx,
+            ifindex,
+            reply_eth,
+            ip.dst,
+            ip,
+            icmp::dest_unreachable(icmp::CODE_PORT_UNREACH, [0; 4]),
+            DropReason::LbNatFailed,
+        );
     }
     redirected(unsafe { bpf_redirect(ifindex, 0) })
-}
-
-/// Resizes the packet to `T` and writes `frame` over it.
-#[inline(always)]
-fn replace_packet<T>(ctx: &TcContext, frame: &T) -> Result<(), DropReason> {
-    let len = core::mem::size_of::<T>() as u32;
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) } != 0 {
-        return Err(DropReason::LbNatFailed);
-    }
-    ctx.store(0, frame, 0).map_err(|_| DropReason::LbNatFailed)
 }

@@ -104,6 +104,8 @@ pub(super) fn container_redirect(
     }
     if out.len() == f.len() + 50 {
         encapsulation(w, phase, me, case, out)
+    } else if out.len() == FRAG_NEEDED_LEN && out[23] == PROTO_ICMP && out[34..36] == [3, 4] {
+        frag_needed(w, me, f, out)
     } else if out.len() >= ETH_HLEN && mac_at(out, 6) == me.mac {
         local_delivery(w, phase, me, f, out)
     } else if phase.lb {
@@ -118,6 +120,52 @@ pub(super) fn container_redirect(
             ),
         )
     }
+}
+
+/// Ethernet, IPv4, ICMP headers and the quoted IPv4 header with 8 bytes.
+const FRAG_NEEDED_LEN: usize = 14 + 20 + 8 + 28;
+
+/// An ICMP "fragmentation needed" from the gateway: only for a DF packet too big for the
+/// underlay once encapsulated, advertising the MTU that fits, quoting the packet.
+fn frag_needed(w: &World, me: &Identity, f: &[u8], out: &[u8]) -> Result<(), Violation> {
+    const WHAT: &str = "frag-needed-well-formed";
+    let check = |ok: bool, what: &str| ensure(ok, WHAT, || what.to_string());
+    ensure(
+        f.len() + 36 > UNDERLAY_MTU as usize && f.len() >= 42 && f[14] == 0x45 && f[20] & 0x40 != 0,
+        "frag-needed-only-when-too-big",
+        || {
+            format!(
+                "answered a {}-byte frame (DF {})",
+                f.len(),
+                f.get(20).map_or(0, |b| b & 0x40)
+            )
+        },
+    )?;
+    let Some(net) = w.network(me.vni) else {
+        return fail(WHAT, "answered for a VNI without a network".to_string());
+    };
+    check(mac_at(out, 0) == me.mac, "not sent to the container's MAC")?;
+    check(mac_at(out, 6) == net.gw_mac, "not from the gateway's MAC")?;
+    check(be16(out, 12) == ETH_P_IP, "ethertype is not IPv4")?;
+    check(
+        out[14] == 0x45 && be16(out, 16) == 56,
+        "IPv4 header or length",
+    )?;
+    check(checksum(&out[14..34]) == 0, "IPv4 header checksum is wrong")?;
+    check(
+        ip_at(out, 26) == net.gw_ip,
+        "not from the gateway's address",
+    )?;
+    check(ip_at(out, 30) == me.ip, "not to the container's address")?;
+    check(checksum(&out[34..]) == 0, "ICMP checksum is wrong")?;
+    check(
+        be16(out, 40) as u32 == UNDERLAY_MTU - 50,
+        "advertised MTU is not the underlay's - 50",
+    )?;
+    check(
+        out[42..] == f[14..42],
+        "does not quote the packet's header and 8 bytes",
+    )
 }
 
 fn arp_reply(w: &World, me: &Identity, f: &[u8], out: &[u8]) -> Result<(), Violation> {
