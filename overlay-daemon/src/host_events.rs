@@ -4,7 +4,11 @@
 //! on the VXLAN port). One socket, subscribed before anything is asked, so no change goes
 //! unseen.
 
-use std::{collections::BTreeSet, io, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    time::Duration,
+};
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt as _};
 use rtnetlink::{
@@ -31,6 +35,9 @@ pub struct HostChanges {
     pub links_removed: BTreeSet<String>,
     /// Links that appeared or changed.
     pub links_changed: bool,
+    /// The MTU each announced link has now, by interface index (the last announcement of
+    /// the burst).
+    pub mtus: BTreeMap<u32, u32>,
 }
 
 impl HostChanges {
@@ -49,7 +56,14 @@ impl HostChanges {
                     }
                 }
             }
-            RouteNetlinkMessage::NewLink(_) => self.links_changed = true,
+            RouteNetlinkMessage::NewLink(l) => {
+                self.links_changed = true;
+                for attr in &l.attributes {
+                    if let LinkAttribute::Mtu(mtu) = attr {
+                        self.mtus.insert(l.header.index, *mtu);
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -169,6 +169,10 @@ impl HostWatch {
             }
             return actions;
         };
+        // Before the address: reading it again refreshes the MTU this compares with.
+        if let Some(&mtu) = changes.mtus.get(&self.underlay.ifindex) {
+            self.follow_mtu(dp, mtu);
+        }
         if changes.addresses.contains(&self.underlay.ifindex) {
             actions.vtep_moved = self.vtep_moved(vtep);
         }
@@ -176,9 +180,6 @@ impl HostWatch {
             if let Err(e) = dp.refresh_next_hops() {
                 error!("underlay next hops: {e}");
             }
-        }
-        if changes.links_changed {
-            self.follow_mtu(dp);
         }
         if changes.links_changed || !changes.links_removed.is_empty() {
             actions.devices_changed = self.scan_devices(vtep).await;
@@ -190,18 +191,15 @@ impl HostWatch {
     /// An operator changed the underlay's MTU: the datapath checks packets against the new
     /// one at once (a container above it gets ICMP "fragmentation needed"); containers made
     /// from now on still get the MTU this daemon registered with until it restarts.
-    fn follow_mtu(&mut self, dp: &mut crate::datapath::Datapath) {
-        let Ok(now) = Interface::lookup(&self.underlay.name) else {
-            return;
-        };
-        if now.ifindex != self.underlay.ifindex || now.mtu == self.underlay.mtu {
+    fn follow_mtu(&mut self, dp: &mut crate::datapath::Datapath, mtu: u32) {
+        if mtu == self.underlay.mtu {
             return;
         }
-        let fits = now.mtu.saturating_sub(overlay_common::wire::VXLAN_OVERHEAD);
-        warn!(underlay = %self.underlay.name, old = self.underlay.mtu, new = now.mtu,
+        let fits = mtu.saturating_sub(overlay_common::wire::VXLAN_OVERHEAD);
+        warn!(underlay = %self.underlay.name, old = self.underlay.mtu, new = mtu,
               "the underlay MTU changed: packets of containers above {fits} now get ICMP fragmentation needed; restart overlayd to give new containers that MTU");
-        match dp.maps.config.set_underlay_mtu(now.mtu) {
-            Ok(()) => self.underlay.mtu = now.mtu,
+        match dp.maps.config.set_underlay_mtu(mtu) {
+            Ok(()) => self.underlay.mtu = mtu,
             Err(e) => error!("following the underlay MTU: {e}"),
         }
     }
