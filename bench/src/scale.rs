@@ -365,6 +365,9 @@ pub fn run(
     for &n in node_counts {
         let mut sim = Sim::new(etcd)?;
         let net = NetworkRecord {
+            subnet6: None,
+            gateway6: None,
+            block_len6: None,
             version: RECORD_VERSION,
             vni: VNI,
             subnet: SUBNET.parse()?,

@@ -6,7 +6,10 @@
 //! empty for a reserved address, `owner` `"cni"`, `"cnm"` or absent. Those encodings stay
 //! on the wire only; in Rust each state is a variant.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +107,14 @@ impl Attachment {
     }
 }
 
+/// An endpoint's IPv6 address on a dual-stack network, with what the container routes by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ipv6Assignment {
+    pub ip: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
+}
+
 /// A local endpoint as the daemon keeps it and answers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "EndpointWire", into = "EndpointWire")]
@@ -115,6 +126,8 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address, on a network with an IPv6 subnet.
+    pub ipv6: Option<Ipv6Assignment>,
     pub mac: MacAddr,
     pub mtu: u32,
     pub vni: u32,
@@ -150,6 +163,9 @@ struct EndpointWire {
     ip: Ipv4Addr,
     prefix_len: u8,
     gateway: Ipv4Addr,
+    /// Absent before 0.3 and on networks without IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<Ipv6Assignment>,
     mac: MacAddr,
     mtu: u32,
     vni: u32,
@@ -179,6 +195,7 @@ impl From<EndpointWire> for Endpoint {
             ip: w.ip,
             prefix_len: w.prefix_len,
             gateway: w.gateway,
+            ipv6: w.ipv6,
             mac: w.mac,
             mtu: w.mtu,
             vni: w.vni,
@@ -203,6 +220,7 @@ impl From<Endpoint> for EndpointWire {
             ip: e.ip,
             prefix_len: e.prefix_len,
             gateway: e.gateway,
+            ipv6: e.ipv6,
             mac: e.mac,
             mtu: e.mtu,
             vni: e.vni,

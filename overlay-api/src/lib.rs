@@ -18,7 +18,9 @@ pub mod mac;
 pub mod protocol;
 
 pub use client::{CallError, Client};
-pub use endpoint::{Attachment, Endpoint, EndpointId, EndpointRequest, Owner, Sandbox};
+pub use endpoint::{
+    Attachment, Endpoint, EndpointId, EndpointRequest, Ipv6Assignment, Owner, Sandbox,
+};
 pub use error::{ApiError, ErrorKind};
 pub use mac::MacAddr;
 pub use protocol::{Count, Request, Response, Stats, Status, API_VERSION};

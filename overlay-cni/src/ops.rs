@@ -102,19 +102,33 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
             Sandbox::Runtime => None,
         },
     };
+    let mut ips = vec![IpConfig {
+        version: version.starts_with("0.").then(|| "4".to_owned()),
+        address: format!("{}/{}", ep.ip, ep.prefix_len),
+        gateway: Some(ep.gateway.to_string()),
+        interface: Some(1),
+    }];
+    let mut routes = vec![Route {
+        dst: "0.0.0.0/0".into(),
+        gw: Some(ep.gateway.to_string()),
+    }];
+    if let Some(v6) = ep.ipv6 {
+        ips.push(IpConfig {
+            version: version.starts_with("0.").then(|| "6".to_owned()),
+            address: format!("{}/{}", v6.ip, v6.prefix_len),
+            gateway: Some(v6.gateway.to_string()),
+            interface: Some(1),
+        });
+        routes.push(Route {
+            dst: "::/0".into(),
+            gw: Some(v6.gateway.to_string()),
+        });
+    }
     CniResult {
         cni_version: version.to_owned(),
         interfaces: vec![host, container],
-        ips: vec![IpConfig {
-            version: version.starts_with("0.").then(|| "4".to_owned()),
-            address: format!("{}/{}", ep.ip, ep.prefix_len),
-            gateway: Some(ep.gateway.to_string()),
-            interface: Some(1),
-        }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(ep.gateway.to_string()),
-        }],
+        ips,
+        routes,
         dns: Dns::default(),
     }
 }
@@ -331,18 +345,21 @@ fn execute(conf: &NetConf, op: Operation, client: &Client) -> Result<Output, Cni
     }
 }
 
-/// CHECK: the container interface the runtime recorded (its MAC and IPv4 addresses) must be
-/// the one the daemon holds.
+/// CHECK: the container interface the runtime recorded (its MAC and addresses of both
+/// families) must be the one the daemon holds.
 pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(), CniError> {
     let Some((iface, addresses)) = prev.container_interface(ifname)? else {
         return Ok(());
     };
+    let mut held = vec![(std::net::IpAddr::V4(ep.ip), ep.prefix_len)];
+    held.extend(ep.ipv6.map(|v6| (v6.ip.into(), v6.prefix_len)));
+    let held_text: Vec<String> = held.iter().map(|(a, l)| format!("{a}/{l}")).collect();
     let differs = |what: String| {
         CniError::new(
             code::ATTACHMENT,
             format!(
-                "interface {ifname:?}: the runtime recorded {what}, the attachment has {}/{} and MAC {}: delete and re-add the container",
-                ep.ip, ep.prefix_len, ep.mac
+                "interface {ifname:?}: the runtime recorded {what}, the attachment has {} and MAC {}: delete and re-add the container",
+                held_text.join(" "), ep.mac
             ),
         )
     };
@@ -351,11 +368,15 @@ pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(
             return Err(differs(format!("MAC {mac:?}")));
         }
     }
-    match addresses
+    if let Some((ip, len)) = addresses.iter().find(|a| !held.contains(a)) {
+        return Err(differs(format!("address {ip}/{len}")));
+    }
+    // A recorded result that lacks an address the attachment has is another attachment's.
+    match held
         .iter()
-        .find(|(ip, len)| (*ip, *len) != (ep.ip, ep.prefix_len))
+        .find(|a| !addresses.is_empty() && !addresses.contains(a))
     {
-        Some((ip, len)) => Err(differs(format!("address {ip}/{len}"))),
+        Some((ip, len)) => Err(differs(format!("no {ip}/{len}"))),
         None => Ok(()),
     }
 }
@@ -372,6 +393,7 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         Endpoint {
+            ipv6: None,
             network: "red".into(),
             container_id: "c".into(),
             ifname: "eth0".into(),

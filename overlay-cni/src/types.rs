@@ -1,6 +1,6 @@
 //! CNI results and errors (spec 1.1.0, with the fields older versions need).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use overlay_api::{error::one_line, MacAddr};
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,7 @@ impl CniResult {
     pub fn container_interface(
         &self,
         ifname: &str,
-    ) -> Result<Option<(&Interface, Vec<(Ipv4Addr, u8)>)>, CniError> {
+    ) -> Result<Option<(&Interface, Vec<(IpAddr, u8)>)>, CniError> {
         let bad = |what: String| CniError::new(code::DECODE, format!("prevResult: {what}"));
         let Some(index) = self
             .interfaces
@@ -127,8 +127,7 @@ impl CniResult {
                 continue;
             }
             match parse_cidr(&ip.address) {
-                Some((IpAddr::V4(a), len)) => addresses.push((a, len)),
-                Some((IpAddr::V6(_), _)) => {}
+                Some((a, len)) => addresses.push((a, len)),
                 None => {
                     return Err(bad(format!(
                         "ips[{i}].address {:?} is not ADDRESS/PREFIX",

@@ -73,6 +73,11 @@ counted_enum! {
         /// Packets with DF set too big for the underlay once encapsulated, answered with an
         /// ICMP "fragmentation needed" from the gateway (path-MTU discovery).
         IcmpFragNeeded = 16 => "icmp_frag_needed",
+        /// Neighbour solicitations answered by the datapath (IPv6's ARP).
+        NdpReply = 17 => "ndp_reply",
+        /// IPv6 packets too big for the underlay once encapsulated, answered with an ICMPv6
+        /// "packet too big" from the gateway (path-MTU discovery).
+        Icmp6TooBig = 18 => "icmp6_too_big",
     }
 }
 
@@ -89,7 +94,7 @@ counted_enum! {
         SpoofedIp = 3 => "spoofed_ip",
         /// ARP whose sender MAC/IP is not the endpoint's.
         SpoofedArp = 4 => "spoofed_arp",
-        /// Ethertype the overlay does not carry (the overlay is IPv4 only).
+        /// Ethertype the overlay does not carry (it carries ARP, IPv4 and IPv6).
         UnsupportedEthertype = 5 => "unsupported_ethertype",
         /// ARP request for an address that no endpoint of the network has.
         ArpUnknownTarget = 6 => "arp_unknown_target",
@@ -130,6 +135,21 @@ counted_enum! {
         /// A new flow whose own tuple and every remap candidate live flows hold (after
         /// translation it would share one): refused, not merged.
         LbTupleConflict = 23 => "lb_tuple_conflict",
+        /// IPv6 source that is not the endpoint's (link-local is allowed in neighbour
+        /// discovery only).
+        SpoofedIp6 = 24 => "spoofed_ip6",
+        /// Neighbour discovery whose source, target or link-layer option is not the
+        /// endpoint's own (a forged advertisement, a solicitation in another's name).
+        SpoofedNdp = 25 => "spoofed_ndp",
+        /// Neighbour solicitation for an address no endpoint of the network has, or for the
+        /// container's own (duplicate address detection: no conflict here, no answer).
+        NdpUnknownTarget = 26 => "ndp_unknown_target",
+        /// Neighbour discovery the datapath does not answer: router solicitations (the
+        /// default route comes with the address), advertisements, redirects, a hop limit
+        /// other than 255.
+        NdpUnsupported = 27 => "ndp_unsupported",
+        /// An IPv6 packet on a network without IPv6.
+        Ipv6Disabled = 28 => "ipv6_disabled",
     }
 }
 

@@ -21,6 +21,7 @@ pub mod names {
     pub const SOCK_REV: &str = "OVL_SOCK_REV";
     pub const LB_BACKEND_ADDRS: &str = "OVL_LB_BACKEND_ADDRS";
     pub const LB_DIRECT: &str = "OVL_LB_DIRECT";
+    pub const ENDPOINTS_BY_IP6: &str = "OVL_EP_BY_IP6";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -42,6 +43,7 @@ pub mod names {
         SOCK_REV,
         LB_BACKEND_ADDRS,
         LB_DIRECT,
+        ENDPOINTS_BY_IP6,
     ];
 }
 
@@ -88,7 +90,7 @@ pub const CONFIG_F_TRACK_DIRECT: u16 = 8;
 /// 1 (releases up to 0.1) had no version field (a 16-byte `CONFIG`); each layout change
 /// bumps it, and a daemon finding maps of another layout migrates them (see
 /// `overlay-daemon/src/datapath/compat.rs` and docs/upgrades.md).
-pub const DATAPATH_LAYOUT: u32 = 2;
+pub const DATAPATH_LAYOUT: u32 = 3;
 
 /// The node's datapath configuration: the single slot of the `CONFIG` array.
 #[repr(C)]
@@ -115,11 +117,13 @@ const _: () = assert!(core::mem::size_of::<Config>() == 24);
 pub struct NetworkInfo {
     /// Virtual gateway address that containers route through (network order key).
     pub gateway_ip: u32,
-    /// Virtual gateway MAC the ARP responder answers with.
+    /// Virtual gateway MAC the ARP and neighbour discovery responders answer with.
     pub gateway_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Virtual IPv6 gateway address; all zeros on a network without IPv6.
+    pub gateway_ip6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<NetworkInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<NetworkInfo>() == 28);
 
 /// Key of `ENDPOINTS_BY_IP`.
 #[repr(C)]
@@ -129,6 +133,15 @@ pub struct EndpointIpKey {
     pub ip: u32,
 }
 const _: () = assert!(core::mem::size_of::<EndpointIpKey>() == 8);
+
+/// Key of `ENDPOINTS_BY_IP6`: an endpoint's IPv6 address (octets, network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointIp6Key {
+    pub vni: u32,
+    pub ip6: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<EndpointIp6Key>() == 20);
 
 /// Key of `ENDPOINTS_BY_MAC`.
 #[repr(C)]
@@ -200,8 +213,11 @@ pub struct LocalIface {
     /// The only source MAC the container may use.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The only source IPv6 the container may use (besides its link-local address in
+    /// neighbour discovery); all zeros: none.
+    pub ip6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<LocalIface>() == 16);
+const _: () = assert!(core::mem::size_of::<LocalIface>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -210,6 +226,7 @@ mod pod {
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for EndpointIpKey {}
     unsafe impl aya::Pod for EndpointMacKey {}
+    unsafe impl aya::Pod for EndpointIp6Key {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for VtepInfo {}
     unsafe impl aya::Pod for LocalIface {}

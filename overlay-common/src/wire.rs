@@ -25,7 +25,7 @@ pub const VXLAN_OVERHEAD: u32 = (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN) a
 pub const VXLAN_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
 /// Offset of the inner Ethernet header.
 pub const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_HLEN;
-/// Offset of the inner IPv4 header.
+/// Offset of the inner IP header (IPv4 or IPv6).
 pub const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_HLEN;
 
 /// Offsets of IPv4 header fields, from the start of the IPv4 header.
@@ -47,6 +47,22 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// An IPv6 header (extension headers follow it, each with its own length).
+pub const IPV6_HLEN: usize = 40;
+/// ICMPv6 neighbour solicitation / advertisement body: type, code, checksum, flags and the
+/// target address (RFC 4861 4.3, 4.4), before options.
+pub const NDP_HLEN: usize = 24;
+/// ICMPv6 message types.
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;
+pub const ICMPV6_ROUTER_ADVERT: u8 = 134;
+pub const ICMPV6_NEIGH_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGH_ADVERT: u8 = 136;
+pub const ICMPV6_REDIRECT: u8 = 137;
+/// The smallest MTU IPv6 allows: an ICMPv6 error never makes a packet larger (RFC 4443).
+pub const IPV6_MIN_MTU: usize = 1280;
 
 /// Source ports for the outer UDP header come from this range (RFC 7348 section 5).
 pub const VXLAN_SRC_PORT_MIN: u16 = 49152;

@@ -136,6 +136,7 @@ fn endpoint_table(c: &mut Criterion) {
     let mut group = c.benchmark_group("endpoint_table");
     let entries: Vec<EndpointEntry> = (0..100_000)
         .map(|i| EndpointEntry {
+            ip6: None,
             vni: 4242,
             ip: ip(i),
             mac: [0x0a, 0x58, 0, 0, (i >> 8) as u8, i as u8],

@@ -32,6 +32,55 @@ fn invalid(msg: impl Into<String>) -> AdminError {
     AdminError::Invalid(msg.into())
 }
 
+/// A value of either address family (a subnet, an address), for flags given once per family.
+pub trait ByFamily: Copy + std::fmt::Display {
+    type Four;
+    type Six;
+    fn family(self) -> Result<Self::Four, Self::Six>;
+}
+
+impl ByFamily for ipnet::IpNet {
+    type Four = ipnet::Ipv4Net;
+    type Six = ipnet::Ipv6Net;
+    fn family(self) -> Result<Self::Four, Self::Six> {
+        match self {
+            ipnet::IpNet::V4(n) => Ok(n),
+            ipnet::IpNet::V6(n) => Err(n),
+        }
+    }
+}
+
+impl ByFamily for std::net::IpAddr {
+    type Four = std::net::Ipv4Addr;
+    type Six = std::net::Ipv6Addr;
+    fn family(self) -> Result<Self::Four, Self::Six> {
+        match self {
+            std::net::IpAddr::V4(a) => Ok(a),
+            std::net::IpAddr::V6(a) => Err(a),
+        }
+    }
+}
+
+/// A flag's value of each family, if given.
+pub type PerFamily<T> = (Option<<T as ByFamily>::Four>, Option<<T as ByFamily>::Six>);
+
+/// Splits a repeated flag's values by family: at most one of each.
+pub fn one_per_family<T: ByFamily>(flag: &str, values: &[T]) -> Result<PerFamily<T>, AdminError> {
+    let (mut v4, mut v6) = (None, None);
+    for value in values {
+        let twice = match value.family() {
+            Ok(a) => v4.replace(a).is_some(),
+            Err(a) => v6.replace(a).is_some(),
+        };
+        if twice {
+            return Err(invalid(format!(
+                "{flag} {value}: give at most one IPv4 and one IPv6 {flag}"
+            )));
+        }
+    }
+    Ok((v4, v6))
+}
+
 /// The decodable records under `prefix`, with their parsed keys and leases; what does not
 /// decode is left out (the daemons skip it too).
 pub async fn records_under<T: DeserializeOwned + Versioned>(

@@ -1,9 +1,10 @@
 //! Container interfaces through rtnetlink: the veth pair of an endpoint, its container side
-//! configured inside the container's network namespace (address, MTU, MAC, default route).
+//! configured inside the container's network namespace (addresses, MTU, MAC, default
+//! routes).
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -11,7 +12,7 @@ use std::{
 use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
     },
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -46,6 +47,7 @@ pub struct ContainerIface {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    pub ipv6: Option<overlay_api::Ipv6Assignment>,
     pub mtu: u32,
 }
 
@@ -146,20 +148,44 @@ pub async fn create_veth(
             .execute()
             .await
             .map_err(rt(format!("adding {} to {}", c2.ip, c2.ifname)))?;
+        if let Some(v6) = c2.ipv6 {
+            // No duplicate address detection: the address is the cluster's to give, and
+            // DAD would keep it unusable for a second or more.
+            let mut add = h.address().add(index, IpAddr::V6(v6.ip), v6.prefix_len);
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            add.execute()
+                .await
+                .map_err(rt(format!("adding {} to {}", v6.ip, c2.ifname)))?;
+        }
         h.link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
             .map_err(rt(format!("setting {} up", c2.ifname)))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(c2.gateway)
-            .output_interface(index)
-            .build();
-        h.route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(rt(format!("default route via {}", c2.gateway)))?;
+        // A default route per family, via the network's gateways.
+        let mut routes = vec![(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(c2.gateway)
+                .output_interface(index)
+                .build(),
+            IpAddr::from(c2.gateway),
+        )];
+        if let Some(v6) = c2.ipv6 {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(v6.gateway)
+                .output_interface(index)
+                .build();
+            routes.push((route, v6.gateway.into()));
+        }
+        for (route, gateway) in routes {
+            h.route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(rt(format!("default route via {gateway}")))?;
+        }
         Ok(())
     })
     .await;
@@ -245,30 +271,31 @@ async fn link_mac(handle: &Handle, index: u32) -> Option<[u8; 6]> {
     })
 }
 
-/// The IPv4 address (and prefix length) of `ifname` in the namespace at `netns`, if the
+/// The addresses (with prefix lengths) of `ifname` in the namespace at `netns`, if the
 /// interface exists.
-pub async fn container_address(
+pub async fn container_addresses(
     netns: &Path,
     ifname: &str,
-) -> Result<Option<(Ipv4Addr, u8)>, NetlinkError> {
+) -> Result<Option<Vec<(IpAddr, u8)>>, NetlinkError> {
     let ifname = ifname.to_owned();
     in_netns(netns, move |h| async move {
         let Some(index) = link_index(&h, &ifname).await? else {
             return Ok(None);
         };
         let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        let mut found = Vec::new();
         while let Some(msg) = addrs
             .try_next()
             .await
             .map_err(rt(format!("addresses of {ifname}")))?
         {
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                    return Ok(Some((*ip, msg.header.prefix_len)));
+                if let AddressAttribute::Address(ip) = attr {
+                    found.push((*ip, msg.header.prefix_len));
                 }
             }
         }
-        Ok(Some((Ipv4Addr::UNSPECIFIED, 0)))
+        Ok(Some(found))
     })
     .await
 }

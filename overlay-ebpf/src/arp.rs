@@ -27,7 +27,8 @@ struct ArpFrame {
     arp: ArpHdr,
 }
 
-#[inline(always)]
+/// Not inlined: kept out of `from_container`'s stack frame, which every call chain shares.
+#[inline(never)]
 pub fn respond(ctx: &TcContext, me: &LocalIface, ifindex: u32) -> Result<i32, DropReason> {
     let req = ctx
         .header::<ArpHdr>(ETH_HLEN)

@@ -15,8 +15,9 @@ use overlay_common::{
 
 use crate::{
     counters::{count, count_drop},
-    kernel::{redirected, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_NEXT},
-    lb, maps, vxlan,
+    kernel::{redirected, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
+    lb, maps,
+    vxlan::{self, InnerIp},
 };
 
 pub fn from_underlay(ctx: &TcContext) -> i32 {
@@ -44,7 +45,7 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     // carries the full length in its inner header, while a UDP GRO aggregate of several VXLAN
     // datagrams does not, and stripping only its first outer header would corrupt the rest.
     let inner_room = ctx.len() as usize - INNER_ETH_OFF - ETH_HLEN;
-    let inner_len = rx.inner_ip.tot_len() as usize;
+    let inner_len = rx.inner_len;
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     if inner_len > inner_room || (gso_segs > 1 && inner_len != inner_room) {
         return Err(DropReason::DecapFailed);
@@ -53,16 +54,22 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     // Removes outer IPv4 + UDP + VXLAN + inner Ethernet after the outer Ethernet header; the
     // inner Ethernet header is then written over the outer one. FIXED_GSO: the inner MSS of
     // a GSO packet does not change when outer headers go.
+    let inner_l3 = match rx.inner_ip {
+        InnerIp::V4(_) => BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        InnerIp::V6 => BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
+    };
     ctx.adjust_room(
         -(VXLAN_OVERHEAD as i32),
         BPF_ADJ_ROOM_MAC,
-        (BPF_F_ADJ_ROOM_FIXED_GSO as u64) | BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        (BPF_F_ADJ_ROOM_FIXED_GSO as u64) | inner_l3,
     )
     .map_err(|_| DropReason::DecapFailed)?;
     ctx.store(0, &rx.inner_eth, 0)
         .map_err(|_| DropReason::DecapFailed)?;
     if cfg.flags & CONFIG_F_LB != 0 {
-        lb::to_client(ctx, rx.vxlan.vni(), &rx.inner_ip)?;
+        if let InnerIp::V4(inner) = &rx.inner_ip {
+            lb::to_client(ctx, rx.vxlan.vni(), inner)?;
+        }
     }
 
     // Counted once the redirect is taken: a refused one is a redirect_failed drop instead.

@@ -64,7 +64,8 @@ pub fn to_vtep(
     vni: u32,
     vtep_ip: u32,
     inner_eth: &EthHdr,
-    inner_ip: &Ipv4Hdr,
+    // The inner packet's TOS (IPv4) or traffic class (IPv6): DSCP and ECN go outside too.
+    tos: u8,
 ) -> Result<i32, DropReason> {
     let nexthop = unsafe { VTEPS.get(vtep_ip) }
         .ok_or(DropReason::UnknownVtep)?
@@ -87,7 +88,7 @@ pub fn to_vtep(
         },
         ip: Ipv4Hdr {
             version_ihl: 0x45,
-            tos: inner_ip.tos,
+            tos,
             tot_len: (outer_ip_len as u16).to_be_bytes(),
             id: [0; 2],
             frag_off: IP_DF.to_be_bytes(),

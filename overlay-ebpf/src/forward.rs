@@ -1,19 +1,20 @@
 //! TC ingress on the host side of a container veth: everything a container sends enters here.
-//! Anti-spoofing first, then ARP answered locally, then delivery to a local endpoint or
+//! Anti-spoofing first, then ARP (and IPv6 neighbour discovery, `forward6`) answered
+//! locally, then delivery to a local endpoint or
 //! encapsulation towards the destination's VTEP. Nothing is ever flooded.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcContext};
 use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
-    wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_HLEN},
-    Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
+    wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN},
+    Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
 };
 
 use crate::{
     arp,
     counters::{count, count_drop},
-    encap,
+    encap, forward6,
     headers::{is_multicast, EthHdr, Ipv4Hdr, Packet as _},
     icmp,
     kernel::redirected,
@@ -35,7 +36,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
-    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
+    maps::config().ok_or(DropReason::NotConfigured)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let me = unsafe { LOCAL_IFACES.get(ifindex) }.ok_or(DropReason::UnknownInterface)?;
     count(Direction::FromContainer, ctx.len());
@@ -46,19 +47,20 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match eth.ether_type() {
         ETH_P_ARP => arp::respond(ctx, me, ifindex),
-        ETH_P_IP => forward_ipv4(ctx, cfg, me, ifindex, eth),
+        ETH_P_IP => forward_ipv4(ctx, me),
+        ETH_P_IPV6 => forward6::from_container6(ctx, me),
         _ => Err(DropReason::UnsupportedEthertype),
     }
 }
 
-#[inline(always)]
-fn forward_ipv4(
-    ctx: &TcContext,
-    cfg: &Config,
-    me: &LocalIface,
-    ifindex: u32,
-    mut eth: EthHdr,
-) -> Result<i32, DropReason> {
+/// Not inlined, nor is `forward_ipv6`: each family's path gets a stack frame of its own (the
+/// service path alone takes most of the 512 bytes a program may use). BPF passes at most
+/// five arguments in registers, so what is cheap to find again is found again.
+#[inline(never)]
+fn forward_ipv4(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
+    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv4Hdr>(ETH_HLEN)
         .ok_or(DropReason::Malformed)?;
@@ -105,7 +107,7 @@ fn forward_ipv4(
         unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
-    if !target.is_local() && icmp::too_big(ctx, cfg, &ip)? {
+    if !target.is_local() && icmp::too_big(ctx, cfg, ip.ihl_bytes(), ip.proto)? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
         if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
             return Err(DropReason::TooBig);
@@ -135,5 +137,5 @@ fn forward_ipv4(
         count(Direction::LocalDelivery, len);
         return Ok(verdict);
     }
-    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, &ip)
+    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.tos)
 }

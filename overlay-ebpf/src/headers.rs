@@ -4,7 +4,7 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::size_of;
 use overlay_common::wire::{
-    ARP_HLEN, ETH_HLEN, ICMP_HLEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN, VXLAN_HLEN,
+    ARP_HLEN, ETH_HLEN, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, NDP_HLEN, TCP_HLEN, UDP_HLEN, VXLAN_HLEN,
 };
 
 #[repr(C)]
@@ -63,6 +63,56 @@ impl Ipv4Hdr {
     pub fn dst_key(&self) -> u32 {
         u32::from_ne_bytes(self.dst)
     }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtc_flow[0] >> 4
+    }
+    /// The traffic class (DSCP and ECN), as IPv4's TOS byte carries them.
+    #[inline(always)]
+    pub fn traffic_class(&self) -> u8 {
+        (self.vtc_flow[0] << 4) | (self.vtc_flow[1] >> 4)
+    }
+    #[inline(always)]
+    pub fn payload_len(&self) -> u16 {
+        u16::from_be_bytes(self.payload_len)
+    }
+}
+
+/// ICMPv6 neighbour solicitation or advertisement (RFC 4861), before its options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NdpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    /// Reserved in a solicitation; the R, S, O flags in an advertisement.
+    pub flags: [u8; 4],
+    pub target: [u8; 16],
+}
+
+/// A source or target link-layer address option (RFC 4861 4.6.1) for Ethernet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NdpLinkOpt {
+    pub kind: u8,
+    /// In units of 8 bytes: 1 for an Ethernet address.
+    pub len: u8,
+    pub mac: [u8; 6],
 }
 
 #[repr(C)]
@@ -136,6 +186,9 @@ const _: () = assert!(size_of::<VxlanHdr>() == VXLAN_HLEN);
 const _: () = assert!(size_of::<ArpHdr>() == ARP_HLEN);
 const _: () = assert!(size_of::<TcpHdr>() == TCP_HLEN);
 const _: () = assert!(size_of::<IcmpHdr>() == ICMP_HLEN);
+const _: () = assert!(size_of::<Ipv6Hdr>() == IPV6_HLEN);
+const _: () = assert!(size_of::<NdpHdr>() == NDP_HLEN);
+const _: () = assert!(size_of::<NdpLinkOpt>() == 8);
 
 /// A packet a program can read headers from: TC or XDP, so a parse is written once.
 pub trait Packet {

@@ -1,25 +1,28 @@
 //! ICMP errors the datapath sends back into a container: "port unreachable" from a service
 //! without backends, "fragmentation needed" from the gateway when a packet with DF set would
 //! not fit the underlay once encapsulated (so path-MTU discovery works instead of a
-//! blackhole when a container's MTU is above what the overlay offers).
+//! blackhole when a container's MTU is above what the overlay offers), and its IPv6 twin
+//! "packet too big".
 
 use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use overlay_common::{
     wire::{
-        ETH_HLEN, ETH_P_IP, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IP_DF,
-        VXLAN_OVERHEAD,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMPV6_PKT_TOOBIG, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, IP_DF, VXLAN_OVERHEAD,
     },
-    Config, DropReason,
+    Config, DropReason, LocalIface,
 };
 
 use crate::{
     headers::{
-        csum_add, csum_finish, ipv4_checksum, EthHdr, IcmpHdr, Ipv4Hdr, Packet as _, TcpHdr,
+        csum_add, csum_finish, ipv4_checksum, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet as _,
+        TcpHdr,
     },
     kernel::redirected,
+    ndp::icmp6_checksum,
 };
 
 /// What an ICMP error quotes of the packet it answers: its IP header and first 8 bytes.
@@ -115,17 +118,16 @@ pub fn replace_packet<T>(ctx: &TcContext, frame: &T, fail: DropReason) -> Result
 }
 
 /// Whether the packet, or each segment of a GSO packet, is too big for the underlay once
-/// encapsulated.
+/// encapsulated. `l3` is the length of its IP header, `proto` the protocol after it.
 #[inline(always)]
-pub fn too_big(ctx: &TcContext, cfg: &Config, ip: &Ipv4Hdr) -> Result<bool, DropReason> {
+pub fn too_big(ctx: &TcContext, cfg: &Config, l3: usize, proto: u8) -> Result<bool, DropReason> {
     let skb = ctx.skb.skb;
     let (gso_segs, gso_size) = unsafe { ((*skb).gso_segs, (*skb).gso_size) };
     if gso_segs <= 1 || gso_size == 0 {
         return Ok(ctx.len() - ETH_HLEN as u32 + VXLAN_OVERHEAD > cfg.underlay_mtu);
     }
     // Segments are this packet's headers and `gso_size` bytes of payload each.
-    let l3 = ip.ihl_bytes();
-    let l4 = match ip.proto {
+    let l4 = match proto {
         IPPROTO_TCP => {
             let tcp = ctx
                 .header::<TcpHdr>(ETH_HLEN + l3)
@@ -172,4 +174,74 @@ pub fn frag_needed(
         dest_unreachable(CODE_FRAG_NEEDED, [0, 0, hi, lo]),
         DropReason::TooBig,
     )
+}
+
+/// What an ICMPv6 "packet too big" quotes of the packet it answers: its IPv6 header and the
+/// first 64 bytes after it, enough for the sender to find the flow (RFC 4443 asks for as
+/// much as fits in 1280 bytes; the receiver needs the headers).
+const ICMP6_QUOTE: usize = IPV6_HLEN + 64;
+/// Offset of the source address in the IPv6 header.
+const IPV6_SRC_OFF: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TooBig6Frame {
+    eth: EthHdr,
+    ip: Ipv6Hdr,
+    icmp: IcmpHdr,
+    quoted: [u8; ICMP6_QUOTE],
+}
+
+/// Answers an IPv6 packet too big for the underlay with an ICMPv6 "packet too big" from
+/// the network's gateway advertising the largest MTU that fits (IPv6 routers never
+/// fragment, so every such packet is answered).
+/// Not inlined: a rare path, kept out of the forwarding path's stack frame.
+#[inline(never)]
+pub fn packet_too_big6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
+    let cfg = crate::maps::config().ok_or(DropReason::NotConfigured)?;
+    let net = crate::forward6::network6(me)?;
+    let sender = ctx
+        .header::<[u8; 16]>(ETH_HLEN + IPV6_SRC_OFF)
+        .ok_or(DropReason::Malformed)?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mtu = cfg.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+    let mut frame = TooBig6Frame {
+        eth: EthHdr {
+            dst: me.mac,
+            src: net.gateway_mac,
+            ether_type: ETH_P_IPV6.to_be_bytes(),
+        },
+        ip: Ipv6Hdr {
+            vtc_flow: [0x60, 0, 0, 0],
+            payload_len: ((ICMP_HLEN + ICMP6_QUOTE) as u16).to_be_bytes(),
+            next_header: IPPROTO_ICMPV6,
+            hop_limit: 64,
+            src: net.gateway_ip6,
+            dst: sender,
+        },
+        icmp: IcmpHdr {
+            kind: ICMPV6_PKT_TOOBIG,
+            code: 0,
+            check: [0; 2],
+            rest: mtu.to_be_bytes(),
+        },
+        quoted: [0; ICMP6_QUOTE],
+    };
+    // Straight into the frame: a copy on the way would not fit the stack.
+    // (The raw helper: a constant length, which the verifier needs.)
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ETH_HLEN as u32,
+            frame.quoted.as_mut_ptr() as *mut _,
+            ICMP6_QUOTE as u32,
+        )
+    };
+    if loaded != 0 {
+        return Err(DropReason::TooBig);
+    }
+    let body = unsafe { &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN + ICMP6_QUOTE]) };
+    frame.icmp.check = icmp6_checksum(&frame.ip, body);
+    replace_packet(ctx, &frame, DropReason::TooBig)?;
+    redirected(unsafe { bpf_redirect(ifindex, 0) })
 }

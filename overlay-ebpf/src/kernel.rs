@@ -8,6 +8,8 @@ use overlay_common::DropReason;
 pub const TC_NEXT: i32 = -1;
 /// The new outer L3 after decapsulation is IPv4 (BPF_F_ADJ_ROOM_DECAP_L3_IPV4, 6.3+).
 pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
+/// ... and IPv6 (BPF_F_ADJ_ROOM_DECAP_L3_IPV6).
+pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV6: u64 = 1 << 8;
 /// `bpf_redir_neigh.nh_family` for an IPv4 next hop.
 pub const AF_INET: u32 = 2;
 /// `bpf_map_update_elem` flag: only if the key has no entry yet.

@@ -12,8 +12,8 @@ use overlay_common::{
         MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
-    Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
-    NetworkInfo, PacketCounter, VtepInfo,
+    Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
+    LocalIface, NetworkInfo, PacketCounter, VtepInfo,
 };
 
 /// Large tables allocate entries on demand instead of reserving memory for 1M endpoints.
@@ -29,6 +29,10 @@ pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0
 
 #[map(name = "OVL_EP_BY_IP")]
 pub static ENDPOINTS_BY_IP: HashMap<EndpointIpKey, EndpointInfo> =
+    HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "OVL_EP_BY_IP6")]
+pub static ENDPOINTS_BY_IP6: HashMap<EndpointIp6Key, EndpointInfo> =
     HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "OVL_EP_BY_MAC")]

@@ -2,23 +2,37 @@
 //! delivered? Both hooks call `receive` on their own context type.
 
 use crate::{
-    headers::{EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr},
-    maps::{ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr},
+    maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
 };
 use overlay_common::{
     maps::CONFIG_F_FOREIGN_VNI_PASS,
     wire::{
-        ETH_HLEN, ETH_P_IP, INNER_ETH_OFF, INNER_IP_OFF, IPPROTO_UDP, IPV4_HLEN, VXLAN_FLAG_VNI,
-        VXLAN_OFF,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, INNER_ETH_OFF, INNER_IP_OFF, IPPROTO_UDP, IPV4_HLEN,
+        IPV6_HLEN, VXLAN_FLAG_VNI, VXLAN_OFF,
     },
-    Config, DropReason, EndpointMacKey,
+    Config, DropReason, EndpointIp6Key, EndpointMacKey,
 };
+
+/// The inner packet's IP header.
+pub enum InnerIp {
+    V4(Ipv4Hdr),
+    V6,
+}
+
+/// The inner IP header as read, before it is checked.
+enum Inner {
+    V4(Ipv4Hdr),
+    V6(Ipv6Hdr),
+}
 
 /// A VXLAN packet for a local endpoint that passed every check.
 pub struct Received {
     pub vxlan: VxlanHdr,
     pub inner_eth: EthHdr,
-    pub inner_ip: Ipv4Hdr,
+    pub inner_ip: InnerIp,
+    /// Bytes of the inner IP packet, as its header says.
+    pub inner_len: usize,
     /// Host-side veth of the local destination endpoint.
     pub ifindex: u32,
 }
@@ -60,42 +74,29 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
     let inner_eth = ctx
         .header::<EthHdr>(INNER_ETH_OFF)
         .ok_or(DropReason::Malformed)?;
-    let inner_ip = ctx
-        .header::<Ipv4Hdr>(INNER_IP_OFF)
-        .ok_or(DropReason::Malformed)?;
-    let ifindex = classify(&ip, &vxlan, &inner_eth, &inner_ip)?;
-    Ok(Some(Received {
-        vxlan,
-        inner_eth,
-        inner_ip,
-        ifindex,
-    }))
-}
-
-/// Validates the VXLAN header, the sending VTEP, the VNI and the inner addresses; returns
-/// the local destination's host-side veth.
-#[inline(always)]
-fn classify(
-    outer: &Ipv4Hdr,
-    vxlan: &VxlanHdr,
-    inner_eth: &EthHdr,
-    inner_ip: &Ipv4Hdr,
-) -> Result<u32, DropReason> {
-    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
-        return Err(DropReason::VxlanMalformed);
-    }
-    let vtep = outer.src_key();
-    if unsafe { VTEPS.get(vtep) }.is_none() {
-        return Err(DropReason::UnknownVtep);
-    }
-    let vni = vxlan.vni();
-    if unsafe { NETWORKS.get(vni) }.is_none() {
-        return Err(DropReason::UnknownVni);
-    }
-    if inner_eth.ether_type() != ETH_P_IP {
+    // The inner header is read before anything is looked up: a frame cut short is
+    // malformed whoever sent it.
+    let inner = if inner_eth.ether_type() == ETH_P_IPV6 {
+        Inner::V6(
+            ctx.header::<Ipv6Hdr>(INNER_IP_OFF)
+                .ok_or(DropReason::Malformed)?,
+        )
+    } else {
+        Inner::V4(
+            ctx.header::<Ipv4Hdr>(INNER_IP_OFF)
+                .ok_or(DropReason::Malformed)?,
+        )
+    };
+    let vni = check_sender(&ip, &vxlan)?;
+    let ether_type = inner_eth.ether_type();
+    if ether_type != ETH_P_IP && ether_type != ETH_P_IPV6 {
         return Err(DropReason::UnsupportedEthertype);
     }
-    if inner_ip.ihl_bytes() < IPV4_HLEN {
+    let malformed = match &inner {
+        Inner::V4(h) => h.ihl_bytes() < IPV4_HLEN,
+        Inner::V6(h) => h.version() != 6,
+    };
+    if malformed {
         return Err(DropReason::Malformed);
     }
     let dst = unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.dst)) };
@@ -103,10 +104,56 @@ fn classify(
         Some(ep) if ep.is_local() => ep.ifindex,
         _ => return Err(DropReason::DecapNotLocal),
     };
-    // The inner source must be an endpoint of this VNI that lives behind the sending VTEP.
-    match unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.src)) } {
-        Some(src) if !src.is_local() && src.vtep_ip == vtep && src.ip == inner_ip.src_key() => {}
-        _ => return Err(DropReason::DecapSpoofedSource),
+    let src_ip = sender_endpoint(vni, ip.src_key(), &inner_eth)?;
+    let (inner_ip, inner_len) = match inner {
+        Inner::V4(h) => {
+            if src_ip != h.src_key() {
+                return Err(DropReason::DecapSpoofedSource);
+            }
+            (InnerIp::V4(h), h.tot_len() as usize)
+        }
+        Inner::V6(h) => {
+            // The IPv6 source must be that endpoint's (the MAC names it).
+            let key = EndpointIp6Key { vni, ip6: h.src };
+            match unsafe { ENDPOINTS_BY_IP6.get(key) } {
+                Some(ep) if ep.mac == inner_eth.src => {}
+                _ => return Err(DropReason::DecapSpoofedSource),
+            }
+            (InnerIp::V6, IPV6_HLEN + h.payload_len() as usize)
+        }
+    };
+    Ok(Some(Received {
+        vxlan,
+        inner_eth,
+        inner_ip,
+        inner_len,
+        ifindex,
+    }))
+}
+
+/// Validates the VXLAN header, the sending VTEP and the VNI; returns the VNI.
+#[inline(always)]
+fn check_sender(outer: &Ipv4Hdr, vxlan: &VxlanHdr) -> Result<u32, DropReason> {
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
+        return Err(DropReason::VxlanMalformed);
     }
-    Ok(ifindex)
+    if unsafe { VTEPS.get(outer.src_key()) }.is_none() {
+        return Err(DropReason::UnknownVtep);
+    }
+    let vni = vxlan.vni();
+    if unsafe { NETWORKS.get(vni) }.is_none() {
+        return Err(DropReason::UnknownVni);
+    }
+    Ok(vni)
+}
+
+/// The inner source must be an endpoint of this VNI that lives behind the sending VTEP:
+/// returns its IPv4 address. (A value, not a reference into the map: the compiler would
+/// move the pointer through shifts, which the verifier refuses.)
+#[inline(always)]
+fn sender_endpoint(vni: u32, vtep: u32, inner_eth: &EthHdr) -> Result<u32, DropReason> {
+    match unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, inner_eth.src)) } {
+        Some(src) if !src.is_local() && src.vtep_ip == vtep => Ok(src.ip),
+        _ => Err(DropReason::DecapSpoofedSource),
+    }
 }

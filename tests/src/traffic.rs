@@ -3,7 +3,9 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -13,12 +15,13 @@ use sha2::{Digest, Sha256};
 use crate::Netns;
 
 /// `ping -c count` from inside `ns`; true if every reply came back.
-pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> bool {
+pub fn ping(ns: &Netns, dst: impl Into<IpAddr>, count: u32) -> bool {
     ping_received(ns, dst, count) == count
 }
 
 /// How many of `count` pings came back.
-pub fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
+pub fn ping_received(ns: &Netns, dst: impl Into<IpAddr>, count: u32) -> u32 {
+    let dst: IpAddr = dst.into();
     let out = ns.output(
         "ping",
         &[
@@ -76,7 +79,7 @@ pub struct Transfer {
 pub fn tcp_transfer(
     server: &Netns,
     client: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     port: u16,
     bytes: u64,
 ) -> (Transfer, Transfer) {
@@ -94,7 +97,7 @@ pub enum Limit {
 pub fn tcp_stream(
     server: &Netns,
     client: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     port: u16,
     limit: Limit,
 ) -> (Transfer, Transfer) {
@@ -113,15 +116,19 @@ pub fn tcp_stream(
 pub fn tcp_stream_seeded(
     server: &Netns,
     client: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     port: u16,
     limit: Limit,
     seed: u64,
 ) -> (Transfer, Transfer) {
+    let server_ip: IpAddr = server_ip.into();
+    let any: IpAddr = match server_ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = server.spawn(move || {
-        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .expect("bind TCP listener");
+        let listener = TcpListener::bind(SocketAddr::new(any, port)).expect("bind TCP listener");
         ready_tx.send(()).expect("ready");
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(30)))
@@ -148,7 +155,7 @@ pub fn tcp_stream_seeded(
         .recv_timeout(Duration::from_secs(10))
         .expect("listener ready");
     let sender = client.spawn(move || {
-        let addr = SocketAddrV4::new(server_ip, port).into();
+        let addr = SocketAddr::new(server_ip, port);
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .expect("connect through the overlay");
         conn.set_write_timeout(Some(Duration::from_secs(30)))
@@ -219,6 +226,43 @@ pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16, payload: Vec<u8>) {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
         sock.send_to(&payload, SocketAddrV4::new(dst, port))
             .expect("send UDP");
+    });
+}
+
+/// Sends `frame` as it is out of `ifname` in `ns` (a raw AF_PACKET socket): a container
+/// that forges what its kernel would not send.
+pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) {
+    let ifname = ifname.to_owned();
+    ns.enter(move || {
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).expect("send interface");
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
     });
 }
 

@@ -282,7 +282,11 @@ fn an_add_the_datapath_cannot_install_fails_with_11_and_leaves_nothing() {
     let inside = s.netns["c3"].run("ip", &["-o", "link", "show"]);
     assert!(!inside.contains("eth0"), "nothing left in c3: {inside}");
     assert!(
-        overlay_tests::traffic::ping(&s.netns["c1"], ips["c2"].parse().unwrap(), 2),
+        overlay_tests::traffic::ping(
+            &s.netns["c1"],
+            ips["c2"].parse::<std::net::IpAddr>().unwrap(),
+            2
+        ),
         "the installed endpoints keep working"
     );
 

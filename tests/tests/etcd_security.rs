@@ -194,7 +194,7 @@ fn tls_client_certificates_and_roles_end_to_end() {
     let id2 = format!("{}-cni2", t.id);
     let ip2 = cni::add(&api, "red", &id2, &ns2.path()).expect("CNI ADD after a rolling restart");
     assert!(
-        traffic::ping(&ns2, web.parse().unwrap(), 3),
+        traffic::ping(&ns2, web.parse::<std::net::IpAddr>().unwrap(), 3),
         "new container -> Docker"
     );
     for h in 0..2 {

@@ -101,7 +101,7 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     let new_cni = cni::plugin();
     let mut t = Topology::new(
         TopologySpec::new(3)
-            .network("red", 100, "198.19.1.0/24")
+            .network6("red", 100, "198.19.1.0/24", "2001:2:0:1001::/64")
             .with_etcd(5),
     );
     for h in 0..3 {
@@ -223,9 +223,13 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
         .expect("the new plugin against the new daemon");
     let versions = releases(&t);
     step(&format!("mid-rollout releases: {versions:?}"));
+    let distinct: std::collections::BTreeSet<_> = versions.iter().map(|(_, r)| r).collect();
+    assert_eq!(distinct.len(), 2, "two releases side by side: {versions:?}");
+    // The network is dual-stack: the previous release reads its record (and the endpoint
+    // records with their IPv6 addresses) as IPv4 only; this release's nodes carry IPv6.
     assert!(
-        versions.iter().any(|(_, r)| r == "<0.2") && versions.iter().any(|(_, r)| r != "<0.2"),
-        "two releases side by side: {versions:?}"
+        t.container("a2").ipv6.is_none(),
+        "the previous release gave IPv6"
     );
 
     // h3: both; then back to the previous release (a downgrade by one).
@@ -234,6 +238,11 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     t.add_cni_container(2, "c2", "red", &new_cni)
         .expect("ADD on h3");
     reaches(&t, "c2", "c1");
+    let c1b = t.container("c1b").ipv6.expect("IPv6 from a new daemon").ip;
+    assert!(
+        traffic::ping(&t.container("c2").ns, c1b, 3),
+        "c2 -> c1b over IPv6, across hosts"
+    );
     step("h3: downgraded to the previous release");
     replace_daemon(&mut t, 2, Some(old.clone()));
     t.add_cni_container(2, "c3", "red", &old_cni)

@@ -13,8 +13,8 @@ use crate::{run, setup, workspace_root};
 
 /// The release the upgrade test starts from (CHANGELOG.md): the last one users run.
 pub const PREVIOUS: Release = Release {
-    version: "0.1.0",
-    commit: "15a7cdc4ebb5fc27478481a4b34930701bd48f76",
+    version: "0.2.0",
+    commit: "e1770d1a44305727e5668611b6f9cab4c3d0e2fb",
 };
 
 pub struct Release {

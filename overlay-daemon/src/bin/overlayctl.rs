@@ -2,7 +2,7 @@
 //! daemon's status.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddrV4},
     path::PathBuf,
     process::ExitCode,
     time::{SystemTime, UNIX_EPOCH},
@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use overlay_api::Client;
 use overlay_daemon::{
     admin::{self, records_under},
@@ -72,17 +72,22 @@ enum NetworkCmd {
         name: String,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
         vni: u32,
-        #[arg(long)]
-        subnet: Ipv4Net,
+        /// The network's subnet; repeat with an IPv6 one for a dual-stack network (at most
+        /// one per family; an IPv4 subnet is required).
+        #[arg(long, required = true)]
+        subnet: Vec<IpNet>,
         /// MTU for containers (at most the underlay's minus 50).
         #[arg(long)]
         mtu: Option<u32>,
-        /// Prefix length of the address blocks nodes claim.
+        /// Prefix length of the IPv4 address blocks nodes claim.
         #[arg(long, default_value_t = 26)]
         block_len: u8,
-        /// Gateway address (default: the subnet's first address).
+        /// Prefix length of the IPv6 address blocks nodes claim (default 96).
         #[arg(long)]
-        gateway: Option<Ipv4Addr>,
+        block_len6: Option<u8>,
+        /// Gateway address per family (default: each subnet's first address).
+        #[arg(long)]
+        gateway: Vec<IpAddr>,
     },
     /// List networks.
     Ls,
@@ -345,9 +350,15 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
             subnet,
             mtu,
             block_len,
+            block_len6,
             gateway,
         } => {
-            let subnet = subnet.trunc();
+            let (subnet, subnet6) = admin::one_per_family("--subnet", &subnet)?;
+            let (gateway, gateway6) = admin::one_per_family("--gateway", &gateway)?;
+            let subnet = subnet
+                .ok_or_else(|| anyhow::anyhow!("--subnet: an IPv4 subnet is required"))?
+                .trunc();
+            let subnet6 = subnet6.map(|s| s.trunc());
             let record = NetworkRecord {
                 version: RECORD_VERSION,
                 vni,
@@ -355,12 +366,21 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                 block_len,
                 gateway,
                 mtu,
+                subnet6,
+                gateway6,
+                block_len6,
             };
             admin::create_network(&store, &name, &record).await?;
+            let subnets: Vec<String> = std::iter::once(subnet.to_string())
+                .chain(subnet6.map(|s| s.to_string()))
+                .collect();
             if output == Output::Json {
-                print_json(&json!({"name": name, "vni": vni, "subnet": subnet}));
+                print_json(&json!({"name": name, "vni": vni, "subnets": subnets}));
             } else {
-                println!("network {name} created: VNI {vni}, subnet {subnet}");
+                println!(
+                    "network {name} created: VNI {vni}, subnet {}",
+                    subnets.join(" ")
+                );
             }
             Ok(())
         }
@@ -376,6 +396,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                     .filter(|e| matches!(store.layout.parse(&e.key), Some(Key::Endpoint { network, .. }) if network == name))
                     .count();
                 out.push(json!({"name": name, "vni": n.vni, "subnet": n.subnet.to_string(), "block_len": n.block_len,
+                    "subnet6": n.subnet6.map(|s| s.to_string()), "block_len6": n.ipv6().map(|v| v.block_len),
                     "mtu": n.mtu, "endpoints": count}));
             }
             if output == Output::Json {
@@ -387,8 +408,14 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                         vec![
                             n["name"].as_str().unwrap_or("").into(),
                             n["vni"].to_string(),
-                            n["subnet"].as_str().unwrap_or("").into(),
-                            format!("/{}", n["block_len"]),
+                            match n["subnet6"].as_str() {
+                                Some(s6) => format!("{} {s6}", n["subnet"].as_str().unwrap_or("")),
+                                None => n["subnet"].as_str().unwrap_or("").into(),
+                            },
+                            match n["block_len6"].as_u64() {
+                                Some(b6) => format!("/{} /{b6}", n["block_len"]),
+                                None => format!("/{}", n["block_len"]),
+                            },
                             n["endpoints"].to_string(),
                         ]
                     })

@@ -91,6 +91,7 @@ impl Cluster {
             ip: Ipv4Addr::UNSPECIFIED,
             prefix_len: net.subnet.prefix_len(),
             gateway,
+            ipv6: None,
             mac: MacAddr([0; 6]),
             mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
                 .into_iter()
@@ -103,6 +104,14 @@ impl Cluster {
             owner: req.owner,
             services: req.services.clone(),
         };
+        // Decided before the keys are written: both go in one transaction.
+        if let Some(v6) = net.ipv6() {
+            let none = BTreeSet::new();
+            ep.ipv6 = Some(
+                self.allocate6(&store, lease, &req.network, v6, &none)
+                    .await?,
+            );
+        }
         match claim {
             Claim::Docker {
                 requested: Some(ip),
@@ -126,8 +135,10 @@ impl Cluster {
                 ep.ip = ip;
                 ep.mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(ip));
                 ep.container_id = crate::cnm::docker_address_id(&req.network, ip);
-                let (key, value) = self.endpoint_kv(&store, &ep);
-                if !store.create(&key, value, Some(lease)).await? {
+                if !self
+                    .create_endpoint_keys(&store, lease, &mut ep, net.ipv6())
+                    .await?
+                {
                     return Err(ClusterError::AddressTaken(ip));
                 }
             }
@@ -169,12 +180,12 @@ impl Cluster {
             let mine: Vec<_> = view
                 .blocks()
                 .filter(|(n, _, b)| *n == network && b.node == me)
-                .map(|(_, b, _)| b)
+                .filter_map(|(_, b, _)| v4_block(b))
                 .collect();
             let others: BTreeSet<_> = view
                 .blocks()
                 .filter(|(n, _, b)| *n == network && b.node != me)
-                .map(|(_, b, _)| b)
+                .filter_map(|(_, b, _)| v4_block(b))
                 .collect();
             let mut taken: BTreeSet<_> = view
                 .endpoints()
@@ -203,8 +214,10 @@ impl Cluster {
                     if let Claim::Docker { .. } = claim {
                         ep.container_id = crate::cnm::docker_address_id(&network, ip);
                     }
-                    let (key, value) = self.endpoint_kv(store, ep);
-                    if store.create(&key, value, Some(lease)).await? {
+                    if self
+                        .create_endpoint_keys(store, lease, ep, net.ipv6())
+                        .await?
+                    {
                         return Ok(ip);
                     }
                     taken.insert(ip);
@@ -220,7 +233,7 @@ impl Cluster {
             for block in candidates {
                 let key = store.layout.key(&Key::Block {
                     network: network.clone(),
-                    block,
+                    block: block.into(),
                 });
                 if store.create(&key, block_value.clone(), Some(lease)).await? {
                     info!(%block, network, "claimed address block");
@@ -234,5 +247,12 @@ impl Cluster {
                 None => return Err(IpamError::Exhausted(network).into()),
             }
         }
+    }
+}
+
+fn v4_block(b: ipnet::IpNet) -> Option<ipnet::Ipv4Net> {
+    match b {
+        ipnet::IpNet::V4(b) => Some(b),
+        ipnet::IpNet::V6(_) => None,
     }
 }

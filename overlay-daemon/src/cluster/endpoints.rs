@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     netlink::{self, ContainerIface},
-    store::{client::Change, Store},
+    store::Store,
     tables::MacAddr,
 };
 
@@ -49,6 +49,7 @@ impl Cluster {
             ip: ep.ip,
             prefix_len: ep.prefix_len,
             gateway: ep.gateway,
+            ipv6: ep.ipv6,
             mtu: ep.mtu,
         };
         let host_mac = match netlink::create_veth(&host, &iface).await {
@@ -86,11 +87,10 @@ impl Cluster {
         }
         let store = self.try_store()?;
         delete_host_veth(&old).await;
-        let (key, value) = self.endpoint_kv(&store, &old);
         // False: the key is not this endpoint's any more (another node's now): only the
         // local leftover goes.
-        if store.delete_if(&key, value).await? {
-            self.view.lock().await.apply(Change::Delete(key));
+        if self.delete_endpoint_keys(&store, &old).await? {
+            self.forget_in_view(&store, &old).await;
             self.applied.bump();
         }
         self.local.remove(&old.container_id, &old.ifname);
@@ -104,8 +104,7 @@ impl Cluster {
     pub(crate) async fn roll_back(&self, store: &Store, ep: &Endpoint) {
         delete_host_veth(ep).await;
         self.release(store, ep).await;
-        let (key, _) = self.endpoint_kv(store, ep);
-        self.view.lock().await.apply(Change::Delete(key));
+        self.forget_in_view(store, ep).await;
         self.applied.bump();
     }
 
@@ -113,10 +112,9 @@ impl Cluster {
     /// If etcd cannot be told, the local state stays: the endpoint has no interface any more,
     /// so the reaper releases it once etcd answers.
     pub(crate) async fn release(&self, store: &Store, ep: &Endpoint) {
-        let (key, value) = self.endpoint_kv(store, ep);
-        match store.delete_if(&key, value).await {
+        match self.delete_endpoint_keys(store, ep).await {
             Ok(_) => self.local.remove(&ep.container_id, &ep.ifname),
-            Err(e) => warn!(%key, "releasing address: {e}; retried by the reaper"),
+            Err(e) => warn!(ip = %ep.ip, "releasing address: {e}; retried by the reaper"),
         }
     }
 
@@ -134,8 +132,7 @@ impl Cluster {
         if let Some(name) = ep.host_ifname() {
             netlink::delete_veth(name).await?;
         }
-        let (key, value) = self.endpoint_kv(&store, &ep);
-        store.delete_if(&key, value).await?;
+        self.delete_endpoint_keys(&store, &ep).await?;
         self.local.remove(container_id, ifname);
         self.uninstall(&store, &ep).await?;
         info!(container = %container_id, ip = %ep.ip, "endpoint deleted");
@@ -154,16 +151,40 @@ impl Cluster {
             .local
             .load(container_id, ifname)
             .ok_or_else(|| ClusterError::NotFound(format!("{container_id}/{ifname}")))?;
-        match netlink::container_address(netns, ifname).await? {
-            Some((ip, len)) if ip == ep.ip && len == ep.prefix_len => Ok(ep),
-            Some((ip, len)) => Err(ClusterError::Invalid(format!(
-                "{ifname} has {ip}/{len}, expected {}/{}",
-                ep.ip, ep.prefix_len
-            ))),
-            None => Err(ClusterError::Invalid(format!(
+        let Some(found) = netlink::container_addresses(netns, ifname).await? else {
+            return Err(ClusterError::Invalid(format!(
                 "{ifname} is missing from {}",
                 netns.display()
-            ))),
+            )));
+        };
+        let mut expected = vec![(std::net::IpAddr::V4(ep.ip), ep.prefix_len)];
+        if let Some(v6) = ep.ipv6 {
+            expected.push((v6.ip.into(), v6.prefix_len));
         }
+        match expected.iter().find(|want| !found.contains(want)) {
+            None => Ok(ep),
+            Some((ip, len)) => {
+                let has: Vec<String> = found
+                    .iter()
+                    .filter(|(a, _)| a.is_ipv4() == ip.is_ipv4() && !is_link_local(a))
+                    .map(|(a, l)| format!("{a}/{l}"))
+                    .collect();
+                Err(ClusterError::Invalid(format!(
+                    "{ifname} lacks {ip}/{len} (has {})",
+                    if has.is_empty() {
+                        "none".into()
+                    } else {
+                        has.join(", ")
+                    }
+                )))
+            }
+        }
+    }
+}
+
+fn is_link_local(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        std::net::IpAddr::V4(_) => false,
     }
 }

@@ -56,9 +56,11 @@ impl ClusterError {
             // Certificates, credentials, roles: nothing changes until the operator acts.
             ClusterError::Store(_) => ErrorKind::Internal,
             ClusterError::Ipam(IpamError::Exhausted(_)) => ErrorKind::Exhausted,
-            ClusterError::Ipam(IpamError::BadBlockLen { .. } | IpamError::TooManyBlocks { .. }) => {
-                ErrorKind::Invalid
-            }
+            ClusterError::Ipam(
+                IpamError::BadBlockLen { .. }
+                | IpamError::BadBlockLen6 { .. }
+                | IpamError::TooManyBlocks { .. },
+            ) => ErrorKind::Invalid,
             ClusterError::Netlink(NetlinkError::Exists(_)) => ErrorKind::Conflict,
             ClusterError::Netlink(NetlinkError::Netns { .. }) => ErrorKind::Invalid,
             ClusterError::Netlink(_) => ErrorKind::Internal,

@@ -230,13 +230,17 @@ impl Cluster {
             .filter(|(_, _, b)| &b.node == me)
             .map(|(net, block, _)| (net.to_owned(), block))
             .collect();
-        let mut needed: BTreeSet<(String, ipnet::Ipv4Net)> = blocks.into_iter().collect();
+        let mut needed: BTreeSet<(String, ipnet::IpNet)> = blocks.into_iter().collect();
         for ep in self.local.all() {
             if let Some(net) = self.view.lock().await.network(&ep.network) {
                 if let Ok(all) = ipam::blocks(net.subnet, net.block_len) {
                     if let Some(b) = all.into_iter().find(|b| b.contains(&ep.ip)) {
-                        needed.insert((ep.network.clone(), b));
+                        needed.insert((ep.network.clone(), b.into()));
                     }
+                }
+                let v6 = net.ipv6().zip(ep.ipv6);
+                if let Some(b) = v6.and_then(|(n, a)| ipam::block6_of(a.ip, n.block_len)) {
+                    needed.insert((ep.network.clone(), b.into()));
                 }
             }
         }
@@ -271,7 +275,7 @@ impl Cluster {
                     info!(container = %ep.container_id, ip = %ep.ip, "container gone while away; releasing its address");
                     delete_host_veth(&ep).await;
                     self.local.remove(&ep.container_id, &ep.ifname);
-                    let _ = store.delete_if(&key, value).await;
+                    let _ = self.delete_endpoint_keys(store, &ep).await;
                     continue;
                 }
             }
@@ -283,6 +287,17 @@ impl Cluster {
                 warn!(%key, "address taken by another node while this one was away; removing the local endpoint");
                 delete_host_veth(&ep).await;
                 self.local.remove(&ep.container_id, &ep.ifname);
+                continue;
+            }
+            // The IPv6 claim moves to the new lease the same way.
+            if let Some((key6, value6)) = self.endpoint6_kv(store, &ep) {
+                if !store.create(&key6, value6.clone(), Some(lease)).await?
+                    && !store
+                        .replace(&key6, value6.clone(), value6.clone(), Some(lease))
+                        .await?
+                {
+                    warn!(key = %key6, "IPv6 address taken by another endpoint while this node was away; the container keeps it but other nodes do not reach it: re-create the container");
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@
 //! Docker driver, in `cnm::endpoints`.
 
 mod alloc;
+mod alloc6;
 mod applied;
 mod endpoints;
 mod error;
@@ -41,7 +42,7 @@ use crate::{
     store::{
         client::{Change, Kv},
         keys::Key,
-        records::{self, EndpointRecord, NetworkRecord},
+        records::{self, Endpoint6Record, EndpointRecord, NetworkRecord, RECORD_VERSION},
         ClusterView, EtcdConfig, Store,
     },
     tables::MacAddr,
@@ -309,6 +310,43 @@ impl Cluster {
         (key, value)
     }
 
+    /// The etcd key and value of a dual-stack endpoint's IPv6 claim.
+    pub(crate) fn endpoint6_kv(&self, store: &Store, ep: &Endpoint) -> Option<(String, Vec<u8>)> {
+        let v6 = ep.ipv6?;
+        let key = store.layout.key(&Key::Endpoint6 {
+            network: ep.network.clone(),
+            ip6: v6.ip,
+        });
+        let value = records::encode(&Endpoint6Record {
+            version: RECORD_VERSION,
+            ip: ep.ip,
+            node: self.cfg.node_name.clone(),
+        });
+        Some((key, value))
+    }
+
+    /// Both keys of a local endpoint (the IPv6 claim only on a dual-stack network).
+    pub(crate) fn endpoint_kvs(&self, store: &Store, ep: &Endpoint) -> Vec<(String, Vec<u8>)> {
+        let mut kvs = vec![self.endpoint_kv(store, ep)];
+        kvs.extend(self.endpoint6_kv(store, ep));
+        kvs
+    }
+
+    /// Deletes a local endpoint's keys in etcd, each only if it is still this endpoint's.
+    /// False: the record is not this endpoint's any more (another node's now).
+    pub(crate) async fn delete_endpoint_keys(
+        &self,
+        store: &Store,
+        ep: &Endpoint,
+    ) -> Result<bool, ClusterError> {
+        let (key, value) = self.endpoint_kv(store, ep);
+        let ours = store.delete_if(&key, value).await?;
+        if let Some((key6, value6)) = self.endpoint6_kv(store, ep) {
+            store.delete_if(&key6, value6).await?;
+        }
+        Ok(ours)
+    }
+
     /// Puts a local endpoint into the view now rather than waiting for our own watch event
     /// to come back, and waits until the datapath installed it.
     pub(crate) async fn install(
@@ -317,21 +355,29 @@ impl Cluster {
         lease: i64,
         ep: &Endpoint,
     ) -> Result<(), ClusterError> {
-        let (key, value) = self.endpoint_kv(store, ep);
-        self.view
-            .lock()
-            .await
-            .apply(Change::Put(Kv { key, value, lease }));
+        {
+            let mut view = self.view.lock().await;
+            for (key, value) in self.endpoint_kvs(store, ep) {
+                view.apply(Change::Put(Kv { key, value, lease }));
+            }
+        }
         let generation = self.applied.bump();
         self.wait_installed(generation, Some(ep)).await
     }
 
     /// Takes a local endpoint out of the view and waits until the datapath removed it.
     pub(crate) async fn uninstall(&self, store: &Store, ep: &Endpoint) -> Result<(), ClusterError> {
-        let (key, _) = self.endpoint_kv(store, ep);
-        self.view.lock().await.apply(Change::Delete(key));
+        self.forget_in_view(store, ep).await;
         let generation = self.applied.bump();
         self.wait_installed(generation, None).await
+    }
+
+    /// Takes a local endpoint's keys out of the view (the caller bumps `applied`).
+    pub(crate) async fn forget_in_view(&self, store: &Store, ep: &Endpoint) {
+        let mut view = self.view.lock().await;
+        for (key, _) in self.endpoint_kvs(store, ep) {
+            view.apply(Change::Delete(key));
+        }
     }
 
     /// Waits until the datapath installed everything up to `generation`.

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::store::keys::Key;
 use overlay_api::{EndpointId, Owner};
 use tracing::{info, warn};
 
@@ -125,30 +126,37 @@ impl Cluster {
             return;
         };
         let _guard = self.alloc.lock().await;
-        let local: BTreeSet<(String, std::net::Ipv4Addr)> = self
-            .local
-            .all()
-            .into_iter()
-            .map(|e| (e.network, e.ip))
+        let all = self.local.all();
+        let local: BTreeSet<(String, std::net::Ipv4Addr)> =
+            all.iter().map(|e| (e.network.clone(), e.ip)).collect();
+        let local6: BTreeSet<(String, std::net::Ipv6Addr)> = all
+            .iter()
+            .filter_map(|e| Some((e.network.clone(), e.ipv6?.ip)))
             .collect();
-        let orphans: Vec<(String, std::net::Ipv4Addr)> = {
+        let orphans: Vec<Key> = {
             let view = self.view.lock().await;
             if view.revision == 0 {
                 return; // not listed yet
             }
-            view.endpoints()
-                .filter(|(_, _, ep)| *ep.node == *self.cfg.node_name)
+            let me = &*self.cfg.node_name;
+            let v4 = view
+                .endpoints()
+                .filter(|(_, _, ep)| *ep.node == *me)
                 .map(|(n, ip, _)| (n.to_owned(), ip))
                 .filter(|id| !local.contains(id))
-                .collect()
+                .map(|(network, ip)| Key::Endpoint { network, ip });
+            let v6 = view
+                .endpoints6()
+                .filter(|(_, _, r)| r.node == me)
+                .map(|(n, ip6, _)| (n.to_owned(), ip6))
+                .filter(|id| !local6.contains(id))
+                .map(|(network, ip6)| Key::Endpoint6 { network, ip6 });
+            v4.chain(v6).collect()
         };
-        for (network, ip) in orphans {
-            let key = store.layout.key(&crate::store::keys::Key::Endpoint {
-                network: network.clone(),
-                ip,
-            });
+        for orphan in orphans {
+            let key = store.layout.key(&orphan);
             match store.delete_if_lease(&key, lease).await {
-                Ok(true) => info!(%network, %ip, "released an address no local endpoint holds"),
+                Ok(true) => info!(%key, "released an address no local endpoint holds"),
                 Ok(false) => {}
                 Err(e) => warn!(%key, "releasing an orphaned address: {e}"),
             }

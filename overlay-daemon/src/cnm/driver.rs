@@ -228,6 +228,9 @@ impl Driver {
                     block_len: pool.prefix_len().max(26),
                     gateway: None,
                     mtu: None,
+                    subnet6: None,
+                    gateway6: None,
+                    block_len6: None,
                 };
                 record.check(&name).map_err(bad)?;
                 if !self.cluster.create_network(&name, record).await? {

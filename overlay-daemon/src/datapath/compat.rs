@@ -27,7 +27,9 @@ struct Shape {
 
 /// Maps the operator sizes (`--max-endpoints`): a pinned one keeps its size.
 fn sized_by_operator(name: &str) -> bool {
-    name == names::ENDPOINTS_BY_IP || name == names::ENDPOINTS_BY_MAC
+    name == names::ENDPOINTS_BY_IP
+        || name == names::ENDPOINTS_BY_MAC
+        || name == names::ENDPOINTS_BY_IP6
 }
 
 /// Removes every pin under `dir` whose map does not match the object's definition (a datapath

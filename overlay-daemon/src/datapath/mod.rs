@@ -308,7 +308,8 @@ impl Datapath {
         if let Some(n) = max_endpoints {
             loader
                 .map_max_entries(names::ENDPOINTS_BY_IP, n)
-                .map_max_entries(names::ENDPOINTS_BY_MAC, n);
+                .map_max_entries(names::ENDPOINTS_BY_MAC, n)
+                .map_max_entries(names::ENDPOINTS_BY_IP6, n);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         let logger = match EbpfLogger::init(&mut ebpf) {

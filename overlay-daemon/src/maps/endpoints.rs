@@ -1,4 +1,8 @@
-use std::{collections::HashMap as StdHashMap, hash::Hash, net::Ipv4Addr};
+use std::{
+    collections::HashMap as StdHashMap,
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     maps::{HashMap, IterableMap as _, Map, MapData, MapError},
@@ -6,13 +10,15 @@ use aya::{
 };
 use overlay_common::{
     maps::{names, ENDPOINT_F_LOCAL},
-    EndpointInfo, EndpointIpKey, EndpointMacKey,
+    EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
 };
 
 use super::{hash_map, ip_key, map_err, MapsError};
 
-/// The MAC/IP table, kept as two views with the same values: by (VNI, IP) for the ARP
-/// responder and the gateway path, by (VNI, MAC) for switching and decapsulation.
+/// The MAC/IP table, kept as views with the same values: by (VNI, IP) for the ARP
+/// responder and the gateway path, by (VNI, MAC) for switching and decapsulation, and by
+/// (VNI, IPv6) for neighbour discovery, IPv6's gateway path and its source checks (only
+/// endpoints of dual-stack networks are in it).
 ///
 /// A userspace copy of what was written is the reference for every change, so a change costs
 /// syscalls only for the entries that differ, not a read of the whole table (100k endpoints
@@ -24,11 +30,15 @@ pub struct EndpointMaps {
     capacity: usize,
     by_ip: StdHashMap<EndpointIpKey, EndpointInfo>,
     by_mac: StdHashMap<EndpointMacKey, EndpointInfo>,
+    by_ip6: StdHashMap<EndpointIp6Key, EndpointInfo>,
+    /// (VNI, IPv4) -> its IPv6 entry, so an endpoint's change finds the entry it replaces.
+    ip6_of: StdHashMap<EndpointIpKey, EndpointIp6Key>,
 }
 
 struct KernelMaps {
     by_ip: HashMap<MapData, EndpointIpKey, EndpointInfo>,
     by_mac: HashMap<MapData, EndpointMacKey, EndpointInfo>,
+    by_ip6: HashMap<MapData, EndpointIp6Key, EndpointInfo>,
 }
 
 /// Where an endpoint lives.
@@ -46,6 +56,8 @@ pub struct EndpointEntry {
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
     pub location: Location,
+    /// Its IPv6 address on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl EndpointEntry {
@@ -67,10 +79,11 @@ impl EndpointEntry {
 impl EndpointMaps {
     /// Takes over the kernel maps with what they hold (a restarted daemon finds the previous
     /// one's entries; the next full pass corrects them).
-    pub(super) fn new(by_ip: Map, by_mac: Map) -> Result<Self, MapsError> {
+    pub(super) fn new(by_ip: Map, by_mac: Map, by_ip6: Map) -> Result<Self, MapsError> {
         let kernel = KernelMaps {
             by_ip: hash_map(by_ip, names::ENDPOINTS_BY_IP)?,
             by_mac: hash_map(by_mac, names::ENDPOINTS_BY_MAC)?,
+            by_ip6: hash_map(by_ip6, names::ENDPOINTS_BY_IP6)?,
         };
         let by_ip = kernel
             .by_ip
@@ -82,6 +95,15 @@ impl EndpointMaps {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::ENDPOINTS_BY_MAC))?;
+        let by_ip6: StdHashMap<EndpointIp6Key, EndpointInfo> = kernel
+            .by_ip6
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ENDPOINTS_BY_IP6))?;
+        let ip6_of = by_ip6
+            .iter()
+            .map(|(k, v)| (ip_entry_key(k.vni, Ipv4Addr::from(v.ip.to_ne_bytes())), *k))
+            .collect();
         let capacity = max_entries(kernel.by_ip.map(), names::ENDPOINTS_BY_IP)?
             .min(max_entries(kernel.by_mac.map(), names::ENDPOINTS_BY_MAC)?);
         Ok(Self {
@@ -89,6 +111,8 @@ impl EndpointMaps {
             capacity,
             by_ip,
             by_mac,
+            by_ip6,
+            ip6_of,
         })
     }
 
@@ -103,6 +127,8 @@ impl EndpointMaps {
             capacity,
             by_ip: StdHashMap::new(),
             by_mac: StdHashMap::new(),
+            by_ip6: StdHashMap::new(),
+            ip6_of: StdHashMap::new(),
         }
     }
 
@@ -114,11 +140,18 @@ impl EndpointMaps {
     ) -> Result<(usize, usize), MapsError> {
         let mut by_ip = StdHashMap::new();
         let mut by_mac = StdHashMap::new();
+        let mut by_ip6 = StdHashMap::new();
+        let mut ip6_of = StdHashMap::new();
         for ep in endpoints {
             let value = ep.value(local_vtep);
             by_ip.insert(ip_entry_key(ep.vni, ep.ip), value);
             by_mac.insert(EndpointMacKey::new(ep.vni, ep.mac), value);
+            if let Some(ip6) = ep.ip6 {
+                by_ip6.insert(ip6_entry_key(ep.vni, ip6), value);
+                ip6_of.insert(ip_entry_key(ep.vni, ep.ip), ip6_entry_key(ep.vni, ip6));
+            }
         }
+        self.ip6_of = ip6_of;
         let kernel = self.kernel.as_mut();
         let (w1, r1) = sync_view(
             &mut self.by_ip,
@@ -133,7 +166,14 @@ impl EndpointMaps {
             kernel.map(|k| &mut k.by_mac),
             names::ENDPOINTS_BY_MAC,
         )?;
-        Ok((w1 + w2, r1 + r2))
+        let kernel = self.kernel.as_mut();
+        let (w3, r3) = sync_view(
+            &mut self.by_ip6,
+            &by_ip6,
+            kernel.map(|k| &mut k.by_ip6),
+            names::ENDPOINTS_BY_IP6,
+        )?;
+        Ok((w1 + w2 + w3, r1 + r2 + r3))
     }
 
     /// The installed entry of (VNI, IP), from the userspace copy.
@@ -149,6 +189,7 @@ impl EndpointMaps {
             .iter()
             .map(|(k, v)| format!("ip {k:?} {v:?}"))
             .chain(self.by_mac.iter().map(|(k, v)| format!("mac {k:?} {v:?}")))
+            .chain(self.by_ip6.iter().map(|(k, v)| format!("ip6 {k:?} {v:?}")))
             .collect();
         v.sort();
         v
@@ -161,6 +202,7 @@ impl EndpointMaps {
             .by_ip
             .iter()
             .map(|(k, v)| EndpointEntry {
+                ip6: self.ip6_of.get(k).map(|k6| Ipv6Addr::from(k6.ip6)),
                 vni: k.vni,
                 ip: Ipv4Addr::from(k.ip.to_ne_bytes()),
                 mac: v.mac,
@@ -175,6 +217,20 @@ impl EndpointMaps {
             .collect();
         out.sort_by_key(|e| (e.vni, e.ip));
         out
+    }
+
+    /// The IPv6 address installed for the endpoint (VNI, IP), from the userspace copy.
+    pub fn installed_ip6(&self, vni: u32, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.ip6_of
+            .get(&ip_entry_key(vni, ip))
+            .map(|k| Ipv6Addr::from(k.ip6))
+    }
+
+    /// The (IPv4 of the) endpoint that holds (VNI, IPv6) now, if any.
+    pub fn ip_of_ip6(&self, vni: u32, ip6: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.by_ip6
+            .get(&ip6_entry_key(vni, ip6))
+            .map(|v| Ipv4Addr::from(v.ip.to_ne_bytes()))
     }
 
     /// Number of endpoints in the userspace copy.
@@ -204,10 +260,27 @@ impl EndpointMaps {
         let value = ep.value(local_vtep);
         let ip_key = ip_entry_key(ep.vni, ep.ip);
         let old = self.by_ip.get(&ip_key).copied();
-        if old == Some(value) {
+        let ip6_key = ep.ip6.map(|ip6| ip6_entry_key(ep.vni, ip6));
+        if old == Some(value) && self.ip6_of.get(&ip_key) == ip6_key.as_ref() {
             return Ok((0, 0));
         }
+        // A changed IPv6 address replaces the old entry; an unchanged one is overwritten in
+        // place, never missing in between.
         let mut removed = 0;
+        if self.ip6_of.get(&ip_key) != ip6_key.as_ref() {
+            removed += self.remove_ip6(&ip_key)?;
+        }
+        let mut written = 2;
+        if let Some(key) = ip6_key {
+            if let Some(k) = self.kernel.as_mut() {
+                k.by_ip6
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::ENDPOINTS_BY_IP6))?;
+            }
+            self.by_ip6.insert(key, value);
+            self.ip6_of.insert(ip_key, key);
+            written += 1;
+        }
         if let Some(old) = old.filter(|o| o.mac != ep.mac) {
             removed += self.remove_mac(EndpointMacKey::new(ep.vni, old.mac))?;
         }
@@ -222,7 +295,21 @@ impl EndpointMaps {
         }
         self.by_ip.insert(ip_key, value);
         self.by_mac.insert(mac_key, value);
-        Ok((2, removed))
+        Ok((written, removed))
+    }
+
+    /// Removes the IPv6 entry of the endpoint (VNI, IPv4), if it has one.
+    fn remove_ip6(&mut self, ip_key: &EndpointIpKey) -> Result<usize, MapsError> {
+        let Some(key) = self.ip6_of.remove(ip_key) else {
+            return Ok(0);
+        };
+        if let Some(k) = self.kernel.as_mut() {
+            match k.by_ip6.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP6)(e)),
+            }
+        }
+        Ok(usize::from(self.by_ip6.remove(&key).is_some()))
     }
 
     /// Removes the endpoint (VNI, IP) and its MAC entry. Returns the entries removed.
@@ -240,7 +327,7 @@ impl EndpointMaps {
         self.by_ip.remove(&ip_key);
         // The MAC entry belongs to this IP unless another endpoint took the MAC over.
         let mac_key = EndpointMacKey::new(vni, old.mac);
-        let mut removed = 1;
+        let mut removed = 1 + self.remove_ip6(&ip_key)?;
         if self.by_mac.get(&mac_key).is_some_and(|v| v.ip == old.ip) {
             removed += self.remove_mac(mac_key)?;
         }
@@ -261,7 +348,8 @@ impl EndpointMaps {
     pub fn open_pinned(map_dir: &std::path::Path) -> Result<Self, MapsError> {
         let by_ip = Map::HashMap(super::open_pinned(map_dir, names::ENDPOINTS_BY_IP)?);
         let by_mac = Map::HashMap(super::open_pinned(map_dir, names::ENDPOINTS_BY_MAC)?);
-        Self::new(by_ip, by_mac)
+        let by_ip6 = Map::HashMap(super::open_pinned(map_dir, names::ENDPOINTS_BY_IP6)?);
+        Self::new(by_ip, by_mac, by_ip6)
     }
 
     /// Looks an endpoint up the way the ARP responder does: in the kernel map when there is
@@ -278,6 +366,13 @@ fn max_entries(map: &MapData, name: &'static str) -> Result<usize, MapsError> {
     map.info()
         .map(|i| i.max_entries() as usize)
         .map_err(map_err(name))
+}
+
+fn ip6_entry_key(vni: u32, ip6: Ipv6Addr) -> EndpointIp6Key {
+    EndpointIp6Key {
+        vni,
+        ip6: ip6.octets(),
+    }
 }
 
 fn ip_entry_key(vni: u32, ip: Ipv4Addr) -> EndpointIpKey {

@@ -1,11 +1,14 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use overlay_common::{maps::names, LocalIface};
 
 use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
 
-/// Host-side veth ifindex -> the only (VNI, IP, MAC) its container may send as.
+/// Host-side veth ifindex -> the only (VNI, IP, IPv6, MAC) its container may send as.
 pub struct LocalIfaceMap(HashMap<MapData, u32, LocalIface>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +17,8 @@ pub struct LocalIdentity {
     pub vni: u32,
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
+    /// Its IPv6 address on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl LocalIdentity {
@@ -23,6 +28,7 @@ impl LocalIdentity {
             ip: ip_key(self.ip),
             mac: self.mac,
             _pad: [0; 2],
+            ip6: self.ip6.map_or([0; 16], |ip| ip.octets()),
         }
     }
 }

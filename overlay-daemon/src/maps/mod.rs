@@ -71,6 +71,7 @@ impl DatapathMaps {
             endpoints: EndpointMaps::new(
                 take(names::ENDPOINTS_BY_IP)?,
                 take(names::ENDPOINTS_BY_MAC)?,
+                take(names::ENDPOINTS_BY_IP6)?,
             )?,
             vteps: VtepMap::new(take(names::VTEPS)?)?,
             local_ifaces: LocalIfaceMap::new(take(names::LOCAL_IFACES)?)?,

@@ -1,4 +1,7 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{maps::names, NetworkInfo};
@@ -13,6 +16,8 @@ pub struct NetworkEntry {
     pub vni: u32,
     pub gateway_ip: Ipv4Addr,
     pub gateway_mac: [u8; 6],
+    /// The IPv6 gateway of a dual-stack network.
+    pub gateway_ip6: Option<Ipv6Addr>,
 }
 
 impl NetworkMap {
@@ -31,6 +36,7 @@ impl NetworkMap {
                     gateway_ip: ip_key(n.gateway_ip),
                     gateway_mac: n.gateway_mac,
                     _pad: [0; 2],
+                    gateway_ip6: n.gateway_ip6.map_or([0; 16], |ip| ip.octets()),
                 };
                 (n.vni, info)
             })

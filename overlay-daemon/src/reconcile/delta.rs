@@ -105,6 +105,12 @@ impl Reconciler {
                             .endpoints()
                             .ip_of_mac(net.vni, mac)
                             .is_some_and(|other| other != *ip)
+                        || ep.ip6.is_some_and(|ip6| {
+                            target
+                                .endpoints()
+                                .ip_of_ip6(net.vni, ip6)
+                                .is_some_and(|other| other != *ip)
+                        })
                     {
                         return Ok(None);
                     }
@@ -128,6 +134,7 @@ impl Reconciler {
                         ip: *ip,
                         mac,
                         location,
+                        ip6: ep.ip6,
                     })
                 }
             };
@@ -140,6 +147,7 @@ impl Reconciler {
                 }
             }
             let installed = target.endpoints().installed(net.vni, *ip);
+            let installed_ip6 = target.endpoints().installed_ip6(net.vni, *ip);
             // A new entry in a full table: a full pass decides which endpoints stay.
             if installed.is_none()
                 && desired.is_some()
@@ -155,6 +163,7 @@ impl Reconciler {
                             ifindex: old.ifindex,
                         }
                         && d.mac == old.mac
+                        && d.ip6 == installed_ip6
                 });
                 if !same {
                     report.detached += target.clear_local(old.ifindex)?;
@@ -174,6 +183,7 @@ impl Reconciler {
                             old.flags & ENDPOINT_F_LOCAL == 0
                                 || old.ifindex != ifindex
                                 || old.mac != entry.mac
+                                || installed_ip6 != entry.ip6
                         });
                         if fresh {
                             report.attached += target.set_local(&LocalIdentity {
@@ -181,6 +191,7 @@ impl Reconciler {
                                 vni: net.vni,
                                 ip: *ip,
                                 mac: entry.mac,
+                                ip6: entry.ip6,
                             })?;
                             report.local_endpoints += 1;
                         }

@@ -92,6 +92,7 @@ pub fn plan(
             vni: net.vni,
             gateway_ip: net.gateway_ip(),
             gateway_mac: MacAddr::gateway(net.vni).0,
+            gateway_ip6: net.gateway_ip6(),
         });
     }
     for node in tables.nodes.values() {
@@ -147,6 +148,7 @@ pub fn plan(
                 vni: net.vni,
                 ip: ep.ip,
                 mac: ep.mac().0,
+                ip6: ep.ip6,
             });
             Location::Local { ifindex }
         } else {
@@ -157,6 +159,7 @@ pub fn plan(
             ip: ep.ip,
             mac: ep.mac().0,
             location,
+            ip6: ep.ip6,
         });
     }
     plan

@@ -249,6 +249,50 @@ impl Store {
         Ok(resp.succeeded() || (retry.maybe_applied && holds(&resp, &value, lease)))
     }
 
+    /// Creates every key of `kvs` under `lease` in one transaction, only if none exists.
+    /// `Err` lists (by index) the keys that exist and held the transaction back.
+    pub async fn create_all(
+        &self,
+        kvs: &[(String, Vec<u8>)],
+        lease: Option<i64>,
+    ) -> Result<Result<(), Vec<usize>>, StoreError> {
+        let txn = Txn::new()
+            .when(
+                kvs.iter()
+                    .map(|(k, _)| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                kvs.iter()
+                    .map(|(k, v)| put_op(k, v.clone(), lease))
+                    .collect::<Vec<_>>(),
+            )
+            .or_else(
+                kvs.iter()
+                    .map(|(k, _)| TxnOp::get(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+        let (resp, retry) = self.conditional(txn).await?;
+        if resp.succeeded() {
+            return Ok(Ok(()));
+        }
+        let found = read_back_all(&resp);
+        let ours = |(kv, (_, v)): (&Option<KeyValue>, &(String, Vec<u8>))| {
+            kv.as_ref()
+                .is_some_and(|kv| kv.value() == v.as_slice() && kv.lease() == lease.unwrap_or(0))
+        };
+        // An earlier attempt that may have been applied finds all of its own values there.
+        if retry.maybe_applied && found.iter().zip(kvs).all(ours) {
+            return Ok(Ok(()));
+        }
+        Ok(Err(found
+            .iter()
+            .enumerate()
+            .filter(|(_, kv)| kv.is_some())
+            .map(|(i, _)| i)
+            .collect()))
+    }
+
     /// Replaces `key` only if its value is still `expected` (one transaction).
     pub async fn replace(
         &self,

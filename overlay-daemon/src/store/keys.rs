@@ -3,8 +3,10 @@
 //! ```text
 //! <prefix>/v1/networks/<network>                  NetworkRecord
 //! <prefix>/v1/nodes/<node>                        NodeRecord      (node's lease)
-//! <prefix>/v1/blocks/<network>/<a.b.c.d>-<len>    BlockRecord     (owner's lease)
+//! <prefix>/v1/blocks/<network>/<address>-<len>    BlockRecord     (owner's lease; IPv4 or IPv6)
 //! <prefix>/v1/endpoints/<network>/<a.b.c.d>       EndpointRecord  (owner's lease)
+//! <prefix>/v1/endpoints6/<network>/<ipv6>         Endpoint6Record (owner's lease; which
+//!                                                 endpoint of the network holds the address)
 //! <prefix>/v1/vnis/<vni>                          network name    (keeps VNIs unique)
 //! <prefix>/v1/services/<service>                  ServiceRecord
 //! <prefix>/v1/vips/<network>_<vip>_<port>_<proto> service name    (keeps VIPs unique)
@@ -13,9 +15,9 @@
 //! Everything a node owns is attached to its lease, so it disappears from the cluster when
 //! the node stops renewing. Names are restricted to `[A-Za-z0-9._-]` so keys parse back.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 pub const LAYOUT_VERSION: &str = "v1";
 
@@ -26,11 +28,19 @@ pub enum Key {
     Node(String),
     Block {
         network: String,
-        block: Ipv4Net,
+        block: IpNet,
     },
     Endpoint {
         network: String,
         ip: Ipv4Addr,
+    },
+    /// An IPv6 address of a dual-stack network's endpoint. A key of its own, not a field of
+    /// the endpoint record: the address is claimed like the IPv4 one (created only if
+    /// absent), and the endpoint record stays what the previous release writes, so a node
+    /// downgraded to it re-publishes its endpoints unchanged.
+    Endpoint6 {
+        network: String,
+        ip6: Ipv6Addr,
     },
     /// Reserves a VNI for one network (created in the same transaction as the network).
     Vni(u32),
@@ -93,6 +103,7 @@ impl Layout {
                 )
             }
             Key::Endpoint { network, ip } => format!("{}{ip}", self.endpoints(network)),
+            Key::Endpoint6 { network, ip6 } => format!("{}endpoints6/{network}/{ip6}", self.root),
             Key::Vni(vni) => format!("{}vnis/{vni}", self.root),
             Key::Service(n) => format!("{}{n}", self.services()),
             Key::ServiceVip(id) => format!("{}vips/{id}", self.root),
@@ -117,12 +128,16 @@ impl Layout {
             ("vips", None) => Some(Key::ServiceVip(a.to_owned())),
             ("blocks", Some(b)) => {
                 let (ip, len) = b.split_once('-')?;
-                let block = Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+                let block = IpNet::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
                 (block.network() == block.addr()).then(|| Key::Block {
                     network: a.to_owned(),
                     block,
                 })
             }
+            ("endpoints6", Some(b)) => Some(Key::Endpoint6 {
+                network: a.to_owned(),
+                ip6: b.parse().ok()?,
+            }),
             ("endpoints", Some(b)) => Some(Key::Endpoint {
                 network: a.to_owned(),
                 ip: b.parse().ok()?,
@@ -146,9 +161,17 @@ mod tests {
                 network: "red".into(),
                 block: "198.19.1.64/26".parse().unwrap(),
             },
+            Key::Block {
+                network: "red".into(),
+                block: "2001:2:0:1080::/96".parse().unwrap(),
+            },
             Key::Endpoint {
                 network: "red".into(),
                 ip: "198.19.1.70".parse().unwrap(),
+            },
+            Key::Endpoint6 {
+                network: "red".into(),
+                ip6: "2001:2:0:1080::70".parse().unwrap(),
             },
             Key::Vni(100),
             Key::Service("web".into()),

@@ -1,9 +1,9 @@
 //! Values stored in etcd: JSON, each with `"version": 1`. Anything else under the prefix
 //! (garbage, another version, a record that does not validate) is skipped with a reason.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use overlay_api::{Attachment, Endpoint};
@@ -24,6 +24,14 @@ pub struct NetworkRecord {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The IPv6 subnet of a dual-stack network. Absent before 0.3 and on IPv4 networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    /// Prefix length of the IPv6 blocks nodes claim (default 96).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_len6: Option<u8>,
 }
 
 impl NetworkRecord {
@@ -47,7 +55,30 @@ impl NetworkRecord {
                 self.subnet
             ));
         }
+        if let Some(v6) = self.ipv6() {
+            crate::ipam::check_blocks6(v6.subnet, v6.block_len).map_err(|e| e.to_string())?;
+            if !v6.subnet.contains(&v6.gateway) || v6.gateway == v6.subnet.network() {
+                return Err(format!(
+                    "IPv6 gateway {} is not a host address of {}",
+                    v6.gateway, v6.subnet
+                ));
+            }
+        } else if self.gateway6.is_some() || self.block_len6.is_some() {
+            return Err("an IPv6 gateway or block length needs an IPv6 subnet".into());
+        }
         Ok(())
+    }
+
+    /// The network's IPv6 side, if it is dual-stack.
+    pub fn ipv6(&self) -> Option<Net6> {
+        let subnet = self.subnet6?;
+        Some(Net6 {
+            subnet,
+            gateway: self
+                .gateway6
+                .unwrap_or_else(|| crate::tables::default_gateway6(subnet)),
+            block_len: self.block_len6.unwrap_or(DEFAULT_BLOCK_LEN6),
+        })
     }
 
     /// The gateway containers route through: configured, or the subnet's first host.
@@ -59,6 +90,17 @@ impl NetworkRecord {
 
 fn default_block_len() -> u8 {
     26
+}
+
+/// IPv6 blocks a node claims: a /96 holds 2^32 addresses, and a /64 has 2^32 of them.
+pub const DEFAULT_BLOCK_LEN6: u8 = 96;
+
+/// A dual-stack network's IPv6 subnet, gateway and block length, defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    pub block_len: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +144,16 @@ pub struct EndpointRecord {
     pub ifname: String,
     /// `NAME:PORT` labels: the endpoint is a backend of these services while it exists.
     pub services: Vec<String>,
+}
+
+/// An endpoint's IPv6 address (the key names it and the network): which endpoint holds it.
+/// The value never changes while the endpoint lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint6Record {
+    pub version: u32,
+    /// The endpoint's IPv4 address: the key of its endpoint record.
+    pub ip: Ipv4Addr,
+    pub node: String,
 }
 
 impl EndpointRecord {
@@ -209,6 +261,7 @@ versioned!(
     NodeRecord,
     BlockRecord,
     EndpointRecord,
+    Endpoint6Record,
     ServiceRecord
 );
 

@@ -13,7 +13,10 @@ use tracing::warn;
 use super::{
     client::{Change, Kv},
     keys::{Key, Layout},
-    records::{self, BlockRecord, EndpointRecord, NetworkRecord, NodeRecord, ServiceRecord},
+    records::{
+        self, BlockRecord, Endpoint6Record, EndpointRecord, NetworkRecord, NodeRecord,
+        ServiceRecord,
+    },
 };
 use crate::tables::{
     ClusterTables, EndpointIface, EndpointSpec, NetworkSpec, NodeSpec, ServiceSpec, ValidTables,
@@ -40,6 +43,7 @@ pub enum Entry {
     Node { record: NodeRecord, lease: i64 },
     Block(BlockRecord),
     Endpoint(ViewEndpoint),
+    Endpoint6(Endpoint6Record),
     Service(ServiceRecord),
 }
 
@@ -83,6 +87,8 @@ pub struct ClusterView {
     pub revision: i64,
     /// Endpoints per node; its keys are the node names the endpoints share.
     per_node: HashMap<Arc<str>, usize>,
+    /// (network, IPv4) -> the endpoint's IPv6 address, from the `endpoints6` keys.
+    ip6_of: HashMap<(String, Ipv4Addr), std::net::Ipv6Addr>,
 }
 
 impl ClusterView {
@@ -96,6 +102,7 @@ impl ClusterView {
             bulk: false,
             revision: 0,
             per_node: HashMap::new(),
+            ip6_of: HashMap::new(),
         }
     }
 
@@ -111,6 +118,7 @@ impl ClusterView {
         self.entries.clear();
         self.rejected.clear();
         self.per_node.clear();
+        self.ip6_of.clear();
         self.bulk = true;
     }
 
@@ -159,6 +167,10 @@ impl ClusterView {
 
     /// Records what a change of `key` from `old` to `new` means for the tables.
     fn mark(&mut self, key: &Key, old: Option<&Entry>, new: Option<&Entry>) {
+        if let Key::Endpoint6 { network, ip6 } = key {
+            self.mark6(network, *ip6, old, new);
+            return;
+        }
         if let Some(Entry::Endpoint(ep)) = new {
             *self.per_node.entry(ep.node.clone()).or_default() += 1;
         }
@@ -178,7 +190,7 @@ impl ClusterView {
         let labelled =
             |e: Option<&Entry>| matches!(e, Some(Entry::Endpoint(ep)) if !ep.services.is_empty());
         match key {
-            Key::Vni(_) | Key::ServiceVip(_) | Key::Block { .. } => {}
+            Key::Vni(_) | Key::ServiceVip(_) | Key::Block { .. } | Key::Endpoint6 { .. } => {}
             Key::Endpoint { network, ip } => {
                 let id = (network.clone(), *ip);
                 if labelled(old) || labelled(new) || self.service_backends.contains(&id) {
@@ -204,13 +216,43 @@ impl ClusterView {
             }
             Key::Network(_) => {
                 let used = |e: Option<&Entry>| match e {
-                    Some(Entry::Network(n)) => Some((n.vni, n.subnet, n.gateway)),
+                    Some(Entry::Network(n)) => Some((n.vni, n.subnet, n.gateway, n.ipv6())),
                     _ => None,
                 };
                 if used(old) != used(new) {
                     self.dirty.full = true;
                 }
             }
+        }
+    }
+
+    /// An endpoint's IPv6 address came or went: the index follows, and so does the endpoint.
+    fn mark6(
+        &mut self,
+        network: &str,
+        ip6: std::net::Ipv6Addr,
+        old: Option<&Entry>,
+        new: Option<&Entry>,
+    ) {
+        let owner = |e: Option<&Entry>| match e {
+            Some(Entry::Endpoint6(r)) => Some(r.ip),
+            _ => None,
+        };
+        let (old, new) = (owner(old), owner(new));
+        if let Some(ip) = old {
+            let id = (network.to_owned(), ip);
+            if self.ip6_of.get(&id) == Some(&ip6) {
+                self.ip6_of.remove(&id);
+            }
+        }
+        if let Some(ip) = new {
+            self.ip6_of.insert((network.to_owned(), ip), ip6);
+        }
+        if self.bulk || old == new {
+            return;
+        }
+        for ip in old.into_iter().chain(new) {
+            self.dirty.endpoints.insert((network.to_owned(), ip));
         }
     }
 
@@ -228,7 +270,7 @@ impl ClusterView {
             network: network.to_owned(),
             ip,
         }) {
-            Some(Entry::Endpoint(ep)) => Some(endpoint_spec(network, ip, ep)),
+            Some(Entry::Endpoint(ep)) => Some(self.endpoint_spec(network, ip, ep)),
             _ => None,
         }
     }
@@ -250,6 +292,7 @@ impl ClusterView {
             Key::Block { .. } => records::decode(&kv.value).map(Entry::Block),
             Key::Endpoint { .. } => records::decode::<EndpointRecord>(&kv.value)
                 .map(|r| Entry::Endpoint(self.compact(r))),
+            Key::Endpoint6 { .. } => records::decode(&kv.value).map(Entry::Endpoint6),
         };
         match decoded {
             Ok(entry) => {
@@ -331,10 +374,10 @@ impl ClusterView {
             })
     }
 
-    pub fn blocks(&self) -> impl Iterator<Item = (&str, ipnet::Ipv4Net, &BlockRecord)> {
+    pub fn blocks(&self) -> impl Iterator<Item = (&str, ipnet::IpNet, &BlockRecord)> {
         self.of_kind(Key::Block {
             network: String::new(),
-            block: ipnet::Ipv4Net::default(),
+            block: ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
         })
         .filter_map(|(k, e)| match (k, e) {
             (Key::Block { network, block }, Entry::Block(b)) => Some((network.as_str(), *block, b)),
@@ -363,6 +406,42 @@ impl ClusterView {
             })
     }
 
+    fn endpoint_spec(&self, network: &str, ip: Ipv4Addr, ep: &ViewEndpoint) -> EndpointSpec {
+        EndpointSpec {
+            network: network.into(),
+            ip,
+            mac: Some(ep.mac),
+            node: ep.node.to_string(),
+            iface: EndpointIface::from(&ep.attachment),
+            services: ep.services.to_vec(),
+            ip6: self.ip6_of.get(&(network.to_owned(), ip)).copied(),
+        }
+    }
+
+    /// Every IPv6 address claimed in `network` (allocation skips them).
+    pub fn ipv6_in<'a>(
+        &'a self,
+        network: &'a str,
+    ) -> impl Iterator<Item = std::net::Ipv6Addr> + 'a {
+        self.endpoints6()
+            .filter(move |(n, _, _)| *n == network)
+            .map(|(_, ip6, _)| ip6)
+    }
+
+    /// Every claimed IPv6 address: (network, address, record).
+    pub fn endpoints6(&self) -> impl Iterator<Item = (&str, std::net::Ipv6Addr, &Endpoint6Record)> {
+        self.of_kind(Key::Endpoint6 {
+            network: String::new(),
+            ip6: std::net::Ipv6Addr::UNSPECIFIED,
+        })
+        .filter_map(|(k, e)| match (k, e) {
+            (Key::Endpoint6 { network, ip6 }, Entry::Endpoint6(r)) => {
+                Some((network.as_str(), *ip6, r))
+            }
+            _ => None,
+        })
+    }
+
     /// The tables the datapath should hold: networks, live nodes, and the endpoints of live
     /// nodes (an endpoint whose node is gone is not installed, even before its lease expires).
     pub fn tables(&self) -> ValidTables {
@@ -378,6 +457,8 @@ impl ClusterView {
                 vni: n.vni,
                 subnet: n.subnet,
                 gateway: n.gateway,
+                subnet6: n.subnet6,
+                gateway6: n.ipv6().map(|v6| v6.gateway),
             });
         }
         for (name, n, _) in self.nodes() {
@@ -387,7 +468,7 @@ impl ClusterView {
             });
         }
         for (network, ip, ep) in self.endpoints() {
-            t.endpoints.push(endpoint_spec(network, ip, ep));
+            t.endpoints.push(self.endpoint_spec(network, ip, ep));
         }
         for (name, s) in self.services() {
             t.services.push(ServiceSpec {
@@ -400,17 +481,6 @@ impl ClusterView {
             });
         }
         t
-    }
-}
-
-fn endpoint_spec(network: &str, ip: Ipv4Addr, ep: &ViewEndpoint) -> EndpointSpec {
-    EndpointSpec {
-        network: network.into(),
-        ip,
-        mac: Some(ep.mac),
-        node: ep.node.to_string(),
-        iface: EndpointIface::from(&ep.attachment),
-        services: ep.services.to_vec(),
     }
 }
 

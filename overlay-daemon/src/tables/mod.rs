@@ -6,9 +6,12 @@
 mod service;
 mod validate;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use overlay_api::{
@@ -27,17 +30,35 @@ pub struct NetworkSpec {
     /// Virtual gateway address; defaults to the subnet's first host address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 subnet of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// Virtual IPv6 gateway; defaults to the IPv6 subnet's first address after the
+    /// network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl NetworkSpec {
     pub fn gateway_ip(&self) -> Ipv4Addr {
         self.gateway.unwrap_or_else(|| default_gateway(self.subnet))
     }
+
+    /// The IPv6 gateway of a dual-stack network.
+    pub fn gateway_ip6(&self) -> Option<Ipv6Addr> {
+        let subnet = self.subnet6?;
+        Some(self.gateway6.unwrap_or_else(|| default_gateway6(subnet)))
+    }
 }
 
 /// The gateway of a network that names none: its subnet's first host address.
 pub fn default_gateway(subnet: Ipv4Net) -> Ipv4Addr {
     subnet.hosts().next().unwrap_or(subnet.network())
+}
+
+/// The IPv6 gateway of a network that names none: the subnet's `::1`.
+pub fn default_gateway6(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) | 1)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +100,8 @@ pub struct EndpointSpec {
     pub iface: EndpointIface,
     /// Services this endpoint serves, as `NAME:PORT` labels (`overlay.service`).
     pub services: Vec<String>,
+    /// Its IPv6 address on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl EndpointSpec {
@@ -103,6 +126,8 @@ struct EndpointSpecFile {
     services: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     reserved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<Ipv6Addr>,
 }
 
 impl From<EndpointSpecFile> for EndpointSpec {
@@ -118,6 +143,7 @@ impl From<EndpointSpecFile> for EndpointSpec {
             mac: f.mac,
             node: f.node,
             services: f.services,
+            ip6: f.ip6,
         }
     }
 }
@@ -137,6 +163,7 @@ impl From<EndpointSpec> for EndpointSpecFile {
             host_ifname,
             services: e.services,
             reserved,
+            ip6: e.ip6,
         }
     }
 }

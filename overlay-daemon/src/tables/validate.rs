@@ -85,8 +85,19 @@ pub fn endpoint_problem(
     } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
         Some(format!("MAC {} is not a usable unicast address", ep.mac()))
     } else {
-        None
+        ipv6_problem(ep, net)
     }
+}
+
+/// What is wrong with an endpoint's IPv6 address, if anything: it must be a host address of
+/// the network's IPv6 subnet other than the gateway, and only a dual-stack network has one.
+fn ipv6_problem(ep: &EndpointSpec, net: &NetworkSpec) -> Option<String> {
+    let ip6 = ep.ip6?;
+    let (Some(subnet), Some(gateway)) = (net.subnet6, net.gateway_ip6()) else {
+        return Some(format!("{ip6}: the network has no IPv6 subnet"));
+    };
+    (!subnet.contains(&ip6) || ip6 == gateway || ip6 == subnet.network())
+        .then(|| format!("{ip6} is not a host address of {subnet} other than the gateway"))
 }
 
 impl ClusterTables {
@@ -107,6 +118,14 @@ impl ClusterTables {
                     n.gateway_ip(),
                     n.subnet
                 ))
+            } else if n.subnet6.is_none() && n.gateway6.is_some() {
+                Some("an IPv6 gateway needs an IPv6 subnet (subnet6)".to_owned())
+            } else if let Some((s6, g6)) = n
+                .subnet6
+                .zip(n.gateway_ip6())
+                .filter(|(s6, g6)| !s6.contains(g6) || *g6 == s6.network())
+            {
+                Some(format!("IPv6 gateway {g6} is not a host address of {s6}"))
             } else {
                 None
             };
@@ -135,6 +154,7 @@ impl ClusterTables {
             }
         }
         let mut ips = BTreeSet::new();
+        let mut ip6s = BTreeSet::new();
         let mut macs = BTreeSet::new();
         // Moved, not cloned: at 100k endpoints a second copy is tens of MB.
         for ep in std::mem::take(&mut self.endpoints) {
@@ -151,6 +171,8 @@ impl ClusterTables {
                 Some(p)
             } else if !ips.insert((net.vni, ep.ip)) {
                 Some("the IP is already used in this network".to_owned())
+            } else if ep.ip6.is_some_and(|ip6| !ip6s.insert((net.vni, ip6))) {
+                Some("the IPv6 address is already used in this network".to_owned())
             } else if !macs.insert((net.vni, ep.mac())) {
                 Some(format!("MAC {} is already used in this network", ep.mac()))
             } else {

@@ -185,6 +185,7 @@ impl Fixture {
             .networks
             .iter()
             .map(|n| NetworkEntry {
+                gateway_ip6: None,
                 vni: n.vni,
                 gateway_ip: n.gw_ip,
                 gateway_mac: n.gw_mac,
@@ -201,6 +202,7 @@ impl Fixture {
             .endpoints
             .iter()
             .map(|e| EndpointEntry {
+                ip6: None,
                 vni: e.vni,
                 ip: e.ip,
                 mac: e.mac,
@@ -215,6 +217,7 @@ impl Fixture {
             .identities
             .iter()
             .map(|i| LocalIdentity {
+                ip6: None,
                 ifindex: i.ifindex,
                 vni: i.vni,
                 ip: i.ip,

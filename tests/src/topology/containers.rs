@@ -25,8 +25,7 @@ impl Topology {
         network: &str,
         services: &[&str],
     ) -> usize {
-        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
-        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let ns = self.container_ns(name, network);
         let req = EndpointRequest {
             network: network.to_owned(),
             container_id: format!("{}-{name}", self.id),
@@ -43,6 +42,21 @@ impl Topology {
             )
         });
         self.push_container(name, ns, host, network, &ep)
+    }
+
+    /// A new container namespace; IPv6 is off in it unless `network` is dual-stack (so the
+    /// container's kernel sends nothing of IPv6 where nothing of IPv6 is expected).
+    fn container_ns(&self, name: &str, network: &str) -> Netns {
+        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
+        let dual_stack = self
+            .tables
+            .networks
+            .iter()
+            .any(|n| n.name == network && n.subnet6.is_some());
+        if !dual_stack {
+            ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        }
+        ns
     }
 
     /// Records a container the daemon made an endpoint for.
@@ -63,6 +77,7 @@ impl Topology {
             mac: ep.mac,
             host_ifname: ep.host_ifname().unwrap_or_default().to_owned(),
             gateway: ep.gateway,
+            ipv6: ep.ipv6,
         });
         self.containers.len() - 1
     }
@@ -134,6 +149,7 @@ impl Topology {
             "eth0",
         ]);
         self.tables.endpoints.push(EndpointSpec {
+            ip6: None,
             network: network.to_owned(),
             ip,
             mac: Some(mac),
@@ -150,6 +166,7 @@ impl Topology {
             mac,
             host_ifname,
             gateway: net.gateway_ip(),
+            ipv6: None,
         });
         self.containers.len() - 1
     }
@@ -170,8 +187,7 @@ impl Topology {
         network: &str,
         plugin: &std::path::Path,
     ) -> Result<usize, (u64, String)> {
-        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
-        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let ns = self.container_ns(name, network);
         let id = format!("{}-{name}", self.id);
         let socket = overlay_daemon::api::socket_path(&self.hosts[host].run_dir);
         crate::cni::add_using(plugin, &socket, network, &id, &ns.path())?;

@@ -118,11 +118,21 @@ impl TopologySpec {
 
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
         self.networks.push(NetworkSpec {
+            subnet6: None,
+            gateway6: None,
             name: name.to_owned(),
             vni,
             subnet: subnet.parse().expect("subnet"),
             gateway: None,
         });
+        self
+    }
+
+    /// A dual-stack network: an IPv4 and an IPv6 subnet.
+    pub fn network6(mut self, name: &str, vni: u32, subnet: &str, subnet6: &str) -> Self {
+        self = self.network(name, vni, subnet);
+        let net = self.networks.last_mut().expect("just added");
+        net.subnet6 = Some(subnet6.parse().expect("IPv6 subnet"));
         self
     }
 }
@@ -156,6 +166,17 @@ pub struct Container {
     pub mac: MacAddr,
     pub host_ifname: String,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address and gateway on a dual-stack network.
+    pub ipv6: Option<overlay_api::Ipv6Assignment>,
+}
+
+impl Container {
+    /// The container's IPv6 address (panics on an IPv4-only network).
+    pub fn ip6(&self) -> std::net::Ipv6Addr {
+        self.ipv6
+            .unwrap_or_else(|| panic!("{} has no IPv6 address", self.name))
+            .ip
+    }
 }
 
 pub struct Topology {
@@ -255,18 +276,14 @@ impl Topology {
         }
         if topo.has_etcd() {
             for n in spec.networks.clone() {
-                topo.overlayctl_ok(
-                    0,
-                    &[
-                        "network",
-                        "create",
-                        &n.name,
-                        "--vni",
-                        &n.vni.to_string(),
-                        "--subnet",
-                        &n.subnet.to_string(),
-                    ],
-                );
+                let (vni, subnet) = (n.vni.to_string(), n.subnet.to_string());
+                let mut args = vec!["network", "create", &n.name, "--vni", &vni];
+                args.extend(["--subnet", &subnet]);
+                let subnet6 = n.subnet6.map(|s| s.to_string());
+                if let Some(s6) = &subnet6 {
+                    args.extend(["--subnet", s6]);
+                }
+                topo.overlayctl_ok(0, &args);
             }
         } else {
             topo.write_tables();

@@ -1,0 +1,139 @@
+//! IPv6 addresses of dual-stack networks: from IPv6 blocks this node claims, exactly as
+//! IPv4 blocks are claimed (one etcd transaction each, so no two nodes hold a block). The
+//! address is claimed with a key of its own (`endpoints6/`), created only if absent in the
+//! same transaction as the endpoint's record (`Cluster::create_endpoint_keys`).
+
+use std::{collections::BTreeSet, net::Ipv6Addr};
+
+use ipnet::{IpNet, Ipv6Net};
+use overlay_api::{Endpoint, Ipv6Assignment};
+use tracing::info;
+
+use super::{Cluster, ClusterError};
+use crate::{
+    ipam::{self, IpamError},
+    store::{
+        keys::Key,
+        records::{self, BlockRecord, Net6, RECORD_VERSION},
+        Store,
+    },
+};
+
+impl Cluster {
+    /// Picks a free IPv6 address of `network` in a block this node holds, claiming one
+    /// when needed. The caller holds `alloc` and writes the address in the endpoint record.
+    pub(crate) async fn allocate6(
+        &self,
+        store: &Store,
+        lease: i64,
+        network: &str,
+        v6: Net6,
+        also_taken: &BTreeSet<Ipv6Addr>,
+    ) -> Result<Ipv6Assignment, ClusterError> {
+        let me = self.cfg.node_name.clone();
+        let (mut mine, mut others, taken) = {
+            let view = self.view.lock().await;
+            let mut mine = Vec::new();
+            let mut others = BTreeSet::new();
+            for (n, block, b) in view.blocks() {
+                let IpNet::V6(block) = block else { continue };
+                if n != network || block.prefix_len() != v6.block_len {
+                    continue;
+                }
+                if b.node == me {
+                    mine.push(block);
+                } else {
+                    others.insert(block);
+                }
+            }
+            let mut taken: BTreeSet<Ipv6Addr> = view.ipv6_in(network).collect();
+            taken.extend(also_taken);
+            // This node's own, whether or not the view has them yet.
+            taken.extend(
+                self.local
+                    .all()
+                    .into_iter()
+                    .filter(|e| e.network == network)
+                    .filter_map(|e| e.ipv6.map(|a| a.ip)),
+            );
+            (mine, others, taken)
+        };
+        let assignment = |ip| Ipv6Assignment {
+            ip,
+            prefix_len: v6.subnet.prefix_len(),
+            gateway: v6.gateway,
+        };
+        for block in &mine {
+            if let Some(ip) = ipam::first_free6(*block, v6.subnet, v6.gateway, &taken) {
+                return Ok(assignment(ip));
+            }
+        }
+        let block = self
+            .claim_block6(store, lease, network, v6, &mine, &mut others)
+            .await?;
+        mine.push(block);
+        ipam::first_free6(block, v6.subnet, v6.gateway, &taken)
+            .map(assignment)
+            .ok_or_else(|| IpamError::Exhausted(network.to_owned()).into())
+    }
+
+    /// Creates the endpoint's record and, on a dual-stack network, its IPv6 claim, in one
+    /// transaction. An IPv6 address someone holds (the view did not show it yet) is
+    /// replaced by the next free one; false: the IPv4 address is taken.
+    pub(crate) async fn create_endpoint_keys(
+        &self,
+        store: &Store,
+        lease: i64,
+        ep: &mut Endpoint,
+        v6: Option<Net6>,
+    ) -> Result<bool, ClusterError> {
+        let mut skip = BTreeSet::new();
+        loop {
+            let kvs = self.endpoint_kvs(store, ep);
+            match store.create_all(&kvs, Some(lease)).await? {
+                Ok(()) => return Ok(true),
+                Err(taken) if taken.contains(&0) => return Ok(false),
+                Err(_) => {
+                    let (Some(v6), Some(held)) = (v6, ep.ipv6) else {
+                        return Ok(false);
+                    };
+                    skip.insert(held.ip);
+                    ep.ipv6 = Some(self.allocate6(store, lease, &ep.network, v6, &skip).await?);
+                }
+            }
+        }
+    }
+
+    /// Claims the first IPv6 block nobody holds.
+    async fn claim_block6(
+        &self,
+        store: &Store,
+        lease: i64,
+        network: &str,
+        v6: Net6,
+        mine: &[Ipv6Net],
+        others: &mut BTreeSet<Ipv6Net>,
+    ) -> Result<Ipv6Net, ClusterError> {
+        let value = records::encode(&BlockRecord {
+            version: RECORD_VERSION,
+            node: self.cfg.node_name.clone(),
+        });
+        let mut index = 0u128;
+        while let Some(block) = ipam::block6(v6.subnet, v6.block_len, index) {
+            index += 1;
+            if mine.contains(&block) || others.contains(&block) {
+                continue;
+            }
+            let key = store.layout.key(&Key::Block {
+                network: network.to_owned(),
+                block: IpNet::V6(block),
+            });
+            if store.create(&key, value.clone(), Some(lease)).await? {
+                info!(%block, network, "claimed IPv6 address block");
+                return Ok(block);
+            }
+            others.insert(block);
+        }
+        Err(IpamError::Exhausted(network.to_owned()).into())
+    }
+}

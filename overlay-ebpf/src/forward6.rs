@@ -1,0 +1,119 @@
+//! A container's IPv6 packets, after the checks every frame gets (`forward`): neighbour
+//! discovery answered locally, then the IPv6 source checked and the packet delivered to a
+//! local endpoint or encapsulated towards the destination's VTEP, as for IPv4. Extension
+//! headers and fragments are carried as they are: switching never reads past the IPv6
+//! header (only the MTU check of a GSO packet looks for its TCP header).
+
+use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
+use overlay_common::{
+    wire::{ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN},
+    Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface, NetworkInfo,
+};
+
+use crate::{
+    counters::count,
+    encap,
+    headers::{is_multicast, EthHdr, Ipv6Hdr, Packet as _},
+    icmp,
+    kernel::redirected,
+    maps::{self, ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
+    ndp,
+};
+
+/// What the forwarding path decided, for what it leaves to its caller.
+enum Forwarded {
+    Verdict(i32),
+    /// Too big for the underlay: answered by the caller (`icmp::packet_too_big6`).
+    TooBig,
+}
+
+/// A container's IPv6 frame. The rare answers (neighbour discovery, packet too big) are
+/// subprograms called from here, not from the forwarding path: BPF allows 512 bytes of
+/// stack for a whole call chain, and each of these paths needs most of that on its own.
+#[inline(always)]
+pub fn from_container6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
+    let next_header = ctx
+        .header::<u8>(ETH_HLEN + IPV6_NEXT_HEADER_OFF)
+        .ok_or(DropReason::Malformed)?;
+    if next_header == IPPROTO_ICMPV6 {
+        let kind = ctx
+            .header::<u8>(ETH_HLEN + IPV6_HLEN)
+            .ok_or(DropReason::Malformed)?;
+        if (ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&kind) {
+            return ndp::handle(ctx, me, kind);
+        }
+    }
+    match forward_ipv6(ctx, me)? {
+        Forwarded::Verdict(verdict) => Ok(verdict),
+        Forwarded::TooBig => {
+            let len = ctx.len();
+            let verdict = icmp::packet_too_big6(ctx, me)?;
+            count(Direction::Icmp6TooBig, len);
+            Ok(verdict)
+        }
+    }
+}
+
+/// Offset of the next header field in the IPv6 header.
+const IPV6_NEXT_HEADER_OFF: usize = 6;
+
+/// The network of `me`, if it carries IPv6 and `me` has an IPv6 address.
+#[inline(always)]
+pub fn network6(me: &LocalIface) -> Result<&'static NetworkInfo, DropReason> {
+    let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+    if me.ip6 == [0; 16] || net.gateway_ip6 == [0; 16] {
+        return Err(DropReason::Ipv6Disabled);
+    }
+    Ok(net)
+}
+
+/// Not inlined: a stack frame of its own, apart from IPv4's (see `forward::forward_ipv4`).
+#[inline(never)]
+fn forward_ipv6(ctx: &TcContext, me: &LocalIface) -> Result<Forwarded, DropReason> {
+    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
+    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+    let ip = ctx
+        .header::<Ipv6Hdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
+    if ip.version() != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let net = network6(me)?;
+    // Multicast first: a container's MLD reports (sent from :: or its link-local address)
+    // are flooding that never happens here, not spoofing.
+    if is_multicast(&eth.dst) {
+        return Err(DropReason::Broadcast);
+    }
+    if ip.src != me.ip6 {
+        return Err(DropReason::SpoofedIp6);
+    }
+
+    let target: &EndpointInfo = if eth.dst == net.gateway_mac {
+        let key = EndpointIp6Key {
+            vni: me.vni,
+            ip6: ip.dst,
+        };
+        let ep = unsafe { ENDPOINTS_BY_IP6.get(key) }.ok_or(DropReason::UnknownDestination)?;
+        eth.dst = ep.mac;
+        ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
+        ep
+    } else {
+        let key = EndpointMacKey::new(me.vni, eth.dst);
+        unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
+    };
+
+    if target.is_local() {
+        let len = ctx.len();
+        let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
+        count(Direction::LocalDelivery, len);
+        return Ok(Forwarded::Verdict(verdict));
+    }
+    if icmp::too_big(ctx, cfg, IPV6_HLEN, ip.next_header)? {
+        if unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
+            return Err(DropReason::TooBig);
+        }
+        return Ok(Forwarded::TooBig);
+    }
+    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.traffic_class())
+        .map(Forwarded::Verdict)
+}

@@ -1,0 +1,221 @@
+//! Dual-stack networks across three namespace hosts with real etcd and real daemons: every
+//! container gets an IPv4 and an IPv6 address from per-node blocks, IPv6 crosses hosts
+//! (ping6, 128 MiB both ways with equal SHA-256), neighbour discovery never leaves a host,
+//! networks stay apart, forged sources and advertisements are dropped with their reasons,
+//! forged VXLAN carrying IPv6 reaches nobody, and path-MTU discovery works over IPv6.
+
+use std::{collections::BTreeSet, net::Ipv6Addr, time::Duration};
+
+use ipnet::Ipv6Net;
+use overlay_common::{Direction, DropReason};
+use overlay_tests::{frames6, traffic, Topology, TopologySpec};
+
+const RED6: &str = "2001:2:0:1080::/64";
+const BLUE6: &str = "2001:2:0:1081::/64";
+
+fn dual_stack_cluster() -> Topology {
+    let spec = TopologySpec::new(3)
+        .with_etcd(10)
+        .network6("red", 100, "198.19.80.0/24", RED6)
+        .network6("blue", 200, "198.19.81.0/24", BLUE6);
+    let mut t = Topology::new(spec);
+    t.start_all(&[]);
+    t.add_pod(0, "a", "red");
+    t.add_pod(1, "b", "red");
+    t.add_pod(2, "c", "red");
+    t.add_pod(1, "d", "blue");
+    for host in 0..3 {
+        t.wait_converged(host);
+    }
+    t
+}
+
+/// VXLAN frames whose inner frame is IPv6, and those of them that are neighbour discovery.
+fn inner_ipv6(frames: &[Vec<u8>]) -> (usize, usize) {
+    let mut ipv6 = 0;
+    let mut ndp = 0;
+    for f in frames {
+        let Some(vx) = traffic::parse_vxlan(f, 4789) else {
+            continue;
+        };
+        let inner = &vx.inner;
+        if inner.len() < 55 || inner[12..14] != [0x86, 0xdd] {
+            continue;
+        }
+        ipv6 += 1;
+        if inner[20] == frames6::NH_ICMPV6 && (133..=137).contains(&inner[54]) {
+            ndp += 1;
+        }
+    }
+    (ipv6, ndp)
+}
+
+#[test]
+fn dual_stack_containers_talk_over_ipv6_across_hosts() {
+    let t = dual_stack_cluster();
+    let (a, b, c, d) = (
+        t.container("a"),
+        t.container("b"),
+        t.container("c"),
+        t.container("d"),
+    );
+    // Both families, from the network's subnets, one IPv6 block per node.
+    let red: Ipv6Net = RED6.parse().unwrap();
+    for x in [a, b, c] {
+        let v6 = x.ipv6.expect("a dual-stack endpoint has an IPv6 address");
+        assert!(red.contains(&v6.ip), "{} not in {red}", v6.ip);
+        assert_eq!(v6.gateway, "2001:2:0:1080::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.prefix_len, 64);
+    }
+    let blocks: BTreeSet<_> = [a, b, c]
+        .iter()
+        .map(|x| Ipv6Net::new(x.ip6(), 96).unwrap().trunc())
+        .collect();
+    assert_eq!(blocks.len(), 3, "each node allocates from its own block");
+    let listed = t.overlayctl_ok(0, &["network", "ls"]);
+    assert!(listed.contains(RED6), "{listed}");
+
+    let capture = traffic::capture(&t.hosts[0].ns, "ul0", Duration::from_secs(12));
+    assert!(traffic::ping(&a.ns, b.ip6(), 3), "ping6 a -> b");
+    assert!(traffic::ping(&a.ns, c.ip6(), 3), "ping6 a -> c");
+    assert!(traffic::ping(&c.ns, a.ip6(), 3), "ping6 c -> a");
+    // IPv4 still works beside it.
+    assert!(traffic::ping(&a.ns, b.ip, 2), "ping a -> b over IPv4");
+    for (from, to) in [(a, b), (b, a)] {
+        let (sent, received) = traffic::tcp_transfer(&to.ns, &from.ns, to.ip6(), 5201, 128 << 20);
+        assert_eq!(
+            sent, received,
+            "128 MiB over IPv6 {} -> {}",
+            from.name, to.name
+        );
+        assert_eq!(sent.bytes, 128 << 20);
+    }
+    let frames = capture.join().unwrap();
+    let (ipv6, ndp) = inner_ipv6(&frames);
+    assert!(
+        ipv6 > 1000,
+        "IPv6 crossed the underlay in VXLAN ({ipv6} frames)"
+    );
+    assert_eq!(ndp, 0, "neighbour discovery crossed the underlay");
+    assert!(t.counters(0).traffic(Direction::NdpReply).packets > 0);
+
+    // Networks stay apart: red's a cannot reach blue's d, over either family.
+    assert!(
+        !traffic::ping(&a.ns, d.ip6(), 2),
+        "red reached blue over IPv6"
+    );
+    assert!(!traffic::ping(&a.ns, d.ip, 1), "red reached blue over IPv4");
+}
+
+#[test]
+fn forged_ipv6_sources_advertisements_and_vxlan_are_dropped() {
+    let t = dual_stack_cluster();
+    let (a, b) = (t.container("a"), t.container("b"));
+    let before = t.counters(0);
+
+    // The container takes another address and sends from it (b's neighbour entry learnt
+    // first: a solicitation from that address would itself be dropped as spoofed_ndp).
+    assert!(traffic::ping(&a.ns, b.ip6(), 1));
+    let forged: Ipv6Addr = "2001:2:0:1080::dead".parse().unwrap();
+    a.ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{forged}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let out = a.ns.output(
+        "ping",
+        &[
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            &forged.to_string(),
+            &b.ip6().to_string(),
+        ],
+    );
+    assert!(!out.status.success(), "a spoofed IPv6 source got through");
+    a.ns.ip(&["-6", "addr", "del", &format!("{forged}/64"), "dev", "eth0"]);
+    let spoofed_ip6 = t.counters(0).drops(DropReason::SpoofedIp6).packets
+        - before.drops(DropReason::SpoofedIp6).packets;
+    // (Its solicitations from that address were dropped as spoofed_ndp too.)
+    let before = t.counters(0);
+    // An advertisement claiming b's address for a's MAC (a hijack attempt).
+    let gw = t.containers[0].ipv6.unwrap().gateway;
+    let na = frames6::neighbour_advert(
+        a.mac.0,
+        b.ip6(),
+        overlay_daemon::tables::MacAddr::gateway(100).0,
+        gw,
+        0x20,
+    );
+    traffic::send_frame(&a.ns, "eth0", na);
+    // b is still b: the advertisement reached nobody.
+    assert!(traffic::ping(&a.ns, b.ip6(), 2));
+    let after = t.counters(0);
+    let delta = |r: DropReason| after.drops(r).packets - before.drops(r).packets;
+    assert!(spoofed_ip6 >= 2, "spoofed_ip6 {spoofed_ip6}");
+    assert_eq!(delta(DropReason::SpoofedNdp), 1);
+
+    // VXLAN carrying IPv6 from an underlay address that is no VTEP, and from a real VTEP
+    // with a source that is not the endpoint's: nothing reaches b.
+    let sniff = traffic::capture(&b.ns, "eth0", Duration::from_secs(3));
+    let h2_before = t.counters(1);
+    let inner = frames6::udp6_frame(a.mac.0, b.mac.0, a.ip6(), b.ip6(), 7001, b"forged");
+    let spoofed = frames6::udp6_frame(a.mac.0, b.mac.0, forged, b.ip6(), 7001, b"forged");
+    t.underlay
+        .run("ip", &["addr", "add", "198.18.0.250/24", "dev", "br0"]);
+    traffic::udp_send(
+        &t.underlay,
+        t.hosts[1].vtep_ip,
+        4789,
+        traffic::vxlan_payload(100, 0x08, &inner),
+    );
+    traffic::udp_send(
+        &t.hosts[0].ns,
+        t.hosts[1].vtep_ip,
+        4789,
+        traffic::vxlan_payload(100, 0x08, &spoofed),
+    );
+    let got = sniff.join().unwrap();
+    assert!(
+        !got.iter().any(|f| f.windows(6).any(|w| w == b"forged")),
+        "forged VXLAN reached b"
+    );
+    let h2_after = t.counters(1);
+    let delta = |r: DropReason| h2_after.drops(r).packets - h2_before.drops(r).packets;
+    assert_eq!(delta(DropReason::UnknownVtep), 1);
+    assert_eq!(delta(DropReason::DecapSpoofedSource), 1);
+}
+
+#[test]
+fn a_packet_too_big_gets_packet_too_big_and_the_ipv6_transfer_completes() {
+    let t = dual_stack_cluster();
+    let (a, b) = (t.container("a"), t.container("b"));
+    // The containers' MTUs are raised above what the overlay carries (1450 on a 1500
+    // underlay), at both ends, so TCP's MSS does not keep segments small.
+    for x in [a, b] {
+        x.ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
+        t.hosts[x.host]
+            .ns
+            .ip(&["link", "set", &x.host_ifname, "mtu", "1500"]);
+    }
+    let before = t.counters(0).traffic(Direction::Icmp6TooBig).packets;
+    let (sent, received) = traffic::tcp_transfer(&b.ns, &a.ns, b.ip6(), 5202, 16 << 20);
+    assert_eq!(
+        sent, received,
+        "16 MiB over IPv6 with the container MTU too large"
+    );
+    assert!(
+        t.counters(0).traffic(Direction::Icmp6TooBig).packets > before,
+        "the transfer never met the overlay's MTU"
+    );
+    let route =
+        a.ns.output("ip", &["-6", "route", "get", &b.ip6().to_string()]);
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("mtu 1450"), "path MTU not learnt: {route}");
+}
