@@ -35,11 +35,12 @@ pub struct PingCount {
 }
 
 impl Pinger {
-    pub fn start(paths: Vec<(String, Netns, Ipv4Addr)>) -> Self {
+    pub fn start<A: Into<std::net::IpAddr>>(paths: Vec<(String, Netns, A)>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = paths
             .into_iter()
             .map(|(name, ns, ip)| {
+                let ip: std::net::IpAddr = ip.into();
                 let stop = stop.clone();
                 let handle = std::thread::spawn(move || {
                     let (mut sent, mut lost) = (0, 0);

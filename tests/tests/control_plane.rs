@@ -313,6 +313,72 @@ fn overlayctl_manages_networks() {
         ],
     );
     assert!(!bad.status.success());
+    // Dual-stack networks, and an operator's mistakes with them: one line each, naming what
+    // to change, and nothing created.
+    let create = |extra: &[&str]| {
+        let mut args = vec!["network", "create", "ds", "--vni", "400"];
+        args.extend_from_slice(extra);
+        t.overlayctl(0, &args)
+    };
+    for (extra, needle) in [
+        (
+            &["--subnet", "2001:2:0:1090::/64"][..],
+            "IPv4 subnet is required",
+        ),
+        (
+            &["--subnet", "198.19.5.0/24", "--subnet", "198.19.6.0/24"][..],
+            "at most one IPv4 and one IPv6",
+        ),
+        (
+            &[
+                "--subnet",
+                "198.19.5.0/24",
+                "--subnet",
+                "2001:2:0:1090::/64",
+                "--gateway",
+                "2001:2:0:1091::1",
+            ][..],
+            "2001:2:0:1091::1",
+        ),
+        (
+            &[
+                "--subnet",
+                "198.19.5.0/24",
+                "--subnet",
+                "2001:2:0:1090::/64",
+                "--block-len6",
+                "40",
+            ][..],
+            "IPv6 block length",
+        ),
+        (
+            &["--subnet", "198.19.5.0/24", "--gateway", "2001:2:0:1090::1"][..],
+            "IPv6 subnet",
+        ),
+    ] {
+        let out = create(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+    let made = create(&[
+        "--subnet",
+        "198.19.5.0/24",
+        "--subnet",
+        "2001:2:0:1090::/64",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let ls = t.overlayctl_ok(0, &["network", "ls"]);
+    assert!(
+        ls.contains("2001:2:0:1090::/64") && ls.contains("/96"),
+        "{ls}"
+    );
+    t.overlayctl_ok(0, &["network", "rm", "ds"]);
     let stats = t.overlayctl_ok(0, &["stats"]);
     assert!(stats.contains("drop:spoofed_ip"), "{stats}");
 }

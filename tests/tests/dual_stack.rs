@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, net::Ipv6Addr, time::Duration};
 
 use ipnet::Ipv6Net;
 use overlay_common::{Direction, DropReason};
-use overlay_tests::{frames6, traffic, Topology, TopologySpec};
+use overlay_tests::{frames6, traffic, workload::Pinger, Netns, Topology, TopologySpec};
 
 const RED6: &str = "2001:2:0:1080::/64";
 const BLUE6: &str = "2001:2:0:1081::/64";
@@ -218,4 +218,40 @@ fn a_packet_too_big_gets_packet_too_big_and_the_ipv6_transfer_completes() {
         a.ns.output("ip", &["-6", "route", "get", &b.ip6().to_string()]);
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("mtu 1450"), "path MTU not learnt: {route}");
+}
+
+#[test]
+fn ipv6_keeps_flowing_across_daemon_restarts_and_the_claims_stay() {
+    let mut t = dual_stack_cluster();
+    let (a, b, c) = (t.container("a"), t.container("b"), t.container("c"));
+    let paths = vec![
+        ("a -> b".to_owned(), Netns::open(a.ns.name()), b.ip6()),
+        ("c -> a".to_owned(), Netns::open(c.ns.name()), a.ip6()),
+    ];
+    let claims = |t: &Topology| {
+        t.etcd
+            .as_ref()
+            .unwrap()
+            .ctl_ok(&["get", "--prefix", "--keys-only", "/overlay/v1/endpoints6/"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    assert_eq!(claims(&t), 4);
+    let pinger = Pinger::start(paths);
+    for host in [0, 2] {
+        assert!(t.stop_daemon(host, nix::sys::signal::Signal::SIGTERM));
+        std::thread::sleep(Duration::from_secs(1));
+        t.start_daemon(host, &[]);
+        t.wait_converged(host);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for p in pinger.stop() {
+        assert!(p.sent >= 10, "{p:?}");
+        assert_eq!(p.lost, 0, "IPv6 lost across restarts: {p:?}");
+    }
+    assert_eq!(claims(&t), 4, "the IPv6 claims stay with their endpoints");
+    let (a, b) = (t.container("a"), t.container("b"));
+    let (sent, received) = traffic::tcp_transfer(&b.ns, &a.ns, b.ip6(), 5203, 8 << 20);
+    assert_eq!(sent, received);
 }

@@ -3,18 +3,20 @@
 
 use overlay_tests::{podman::Podman, Topology, TopologySpec};
 
-#[test]
-fn podman_containers_on_two_hosts_talk_over_the_overlay() {
-    let mut t = Topology::new(
-        TopologySpec::new(2)
-            .network("red", 100, "198.19.1.0/24")
-            .with_etcd(5),
-    );
+/// Two hosts with etcd and their daemons, each with its network and the other's VTEP.
+fn two_hosts(spec: TopologySpec) -> Topology {
+    let mut t = Topology::new(spec.with_etcd(5));
     t.start_daemon(0, &[]);
     t.start_daemon(1, &[]);
     for h in 0..2 {
         t.wait_status(h, "ready", |s| s["networks"] == 1 && s["vteps"] == 1);
     }
+    t
+}
+
+#[test]
+fn podman_containers_on_two_hosts_talk_over_the_overlay() {
+    let t = two_hosts(TopologySpec::new(2).network("red", 100, "198.19.1.0/24"));
     let mut p1 = Podman::new(&t, 0, "red");
     let mut p2 = Podman::new(&t, 1, "red");
     let ip1 = p1.start("web1", "red");
@@ -95,6 +97,47 @@ fn podman_containers_on_two_hosts_talk_over_the_overlay() {
     assert!(qdisc.contains("tbf"), "bandwidth plugin applied: {qdisc}");
 
     // podman rm releases the addresses.
+    p1.remove("web1");
+    p2.remove("web2");
+    let eps = t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);
+    assert_eq!(eps.trim(), "[]", "addresses released");
+}
+
+#[test]
+fn podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
+    let t =
+        two_hosts(TopologySpec::new(2).network6("red", 100, "198.19.1.0/24", "2001:2:0:1001::/64"));
+    let mut p1 = Podman::new(&t, 0, "red");
+    let mut p2 = Podman::new(&t, 1, "red");
+    p1.start("web1", "red");
+    p2.start("web2", "red");
+    // podman takes both addresses from the plugin's result.
+    let ip6 = |p: &Podman, name: &str| {
+        p.run_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.red.GlobalIPv6Address}}",
+            name,
+        ])
+        .trim()
+        .to_owned()
+    };
+    let (a6, b6) = (ip6(&p1, "web1"), ip6(&p2, "web2"));
+    assert!(
+        a6.starts_with("2001:2:0:1001:") && b6.starts_with("2001:2:0:1001:"),
+        "{a6:?} {b6:?}"
+    );
+    for (p, name, dst) in [(&p1, "web1", &b6), (&p2, "web2", &a6)] {
+        let ping = p.exec(name, &["ping", "-6", "-c", "3", "-W", "2", dst]);
+        assert!(
+            ping.status.success(),
+            "{name} -> {dst}: {}{}",
+            String::from_utf8_lossy(&ping.stdout),
+            String::from_utf8_lossy(&ping.stderr)
+        );
+    }
+    let eps = t.overlayctl_ok(0, &["endpoint", "ls"]);
+    assert!(eps.contains(&a6) && eps.contains(&b6), "{eps}");
     p1.remove("web1");
     p2.remove("web2");
     let eps = t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);

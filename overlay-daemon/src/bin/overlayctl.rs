@@ -17,7 +17,7 @@ use overlay_daemon::{
     cli::EtcdArgs,
     store::{
         keys::Key,
-        records::{EndpointRecord, NetworkRecord, NodeRecord, RECORD_VERSION},
+        records::{Endpoint6Record, EndpointRecord, NetworkRecord, NodeRecord, RECORD_VERSION},
         ClusterView, Store,
     },
     tables::{BackendSpec, Proto},
@@ -303,13 +303,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(n) => store.layout.endpoints(n),
                 None => store.layout.all_endpoints(),
             };
+            // IPv6 claims name their endpoint by network and IPv4 address.
+            let mut ip6_of = std::collections::BTreeMap::new();
+            let all6 = store.layout.root().to_owned() + "endpoints6/";
+            for (key, r, _) in records_under::<Endpoint6Record>(&store, &all6).await? {
+                if let Key::Endpoint6 { network, ip6 } = key {
+                    ip6_of.insert((network, r.ip), ip6);
+                }
+            }
             let mut out = Vec::new();
             for (key, ep, _) in records_under::<EndpointRecord>(&store, &prefix).await? {
                 let Key::Endpoint { network, ip } = key else {
                     continue;
                 };
-                out.push(json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
-                    "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.attachment.to_wire()}));
+                let ip6 = ip6_of.get(&(network.clone(), ip)).copied();
+                let mut row = json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
+                    "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.attachment.to_wire()});
+                if let Some(ip6) = ip6 {
+                    row["ip6"] = json!(ip6);
+                }
+                out.push(row);
             }
             if cli.output == Output::Json {
                 print_json(&json!(out));
@@ -320,7 +333,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|e| {
                         vec![
                             s(&e["network"]),
-                            s(&e["ip"]),
+                            match e["ip6"].as_str() {
+                                Some(ip6) => format!("{} {ip6}", s(&e["ip"])),
+                                None => s(&e["ip"]),
+                            },
                             s(&e["mac"]),
                             s(&e["node"]),
                             s(&e["container_id"]),

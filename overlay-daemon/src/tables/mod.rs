@@ -245,6 +245,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_ipv6_address_costs_the_endpoint_its_ipv6_only() {
+        let text = r#"{"networks": [
+            {"name": "red", "vni": 100, "subnet": "198.19.1.0/24", "subnet6": "2001:2:0:1080::/64"},
+            {"name": "blue", "vni": 200, "subnet": "198.19.2.0/24"}
+        ], "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}],
+        "endpoints": [
+            {"network": "red", "ip": "198.19.1.2", "node": "a", "ip6": "2001:2:0:1080::2"},
+            {"network": "red", "ip": "198.19.1.3", "node": "a", "ip6": "2001:2:0:9999::3"},
+            {"network": "red", "ip": "198.19.1.4", "node": "a", "ip6": "2001:2:0:1080::1"},
+            {"network": "blue", "ip": "198.19.2.2", "node": "a", "ip6": "2001:2:0:1080::5"}
+        ]}"#;
+        let valid = ClusterTables::from_json(text).unwrap().validate();
+        let ip6: Vec<_> = valid.endpoints.iter().map(|e| e.ip6).collect();
+        assert_eq!(
+            ip6,
+            [Some("2001:2:0:1080::2".parse().unwrap()), None, None, None],
+            "every endpoint kept, the unusable IPv6 addresses left out"
+        );
+        assert_eq!(valid.rejected.len(), 3, "{:?}", valid.rejected);
+        assert!(valid
+            .rejected
+            .iter()
+            .all(|r| r.reason.starts_with("IPv6 left out")));
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let err = ClusterTables::from_json(r#"{"networks": [], "nodez": []}"#).unwrap_err();
         assert!(err.to_string().contains("nodez"), "{err}");

@@ -84,14 +84,17 @@ pub fn endpoint_problem(
         ))
     } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
         Some(format!("MAC {} is not a usable unicast address", ep.mac()))
+    } else if ipv6_problem(ep, net).is_some() {
+        // A full pass keeps the endpoint without the address (see `validate`).
+        Some("its IPv6 address is not usable".to_owned())
     } else {
-        ipv6_problem(ep, net)
+        None
     }
 }
 
 /// What is wrong with an endpoint's IPv6 address, if anything: it must be a host address of
 /// the network's IPv6 subnet other than the gateway, and only a dual-stack network has one.
-fn ipv6_problem(ep: &EndpointSpec, net: &NetworkSpec) -> Option<String> {
+pub fn ipv6_problem(ep: &EndpointSpec, net: &NetworkSpec) -> Option<String> {
     let ip6 = ep.ip6?;
     let (Some(subnet), Some(gateway)) = (net.subnet6, net.gateway_ip6()) else {
         return Some(format!("{ip6}: the network has no IPv6 subnet"));
@@ -157,7 +160,7 @@ impl ClusterTables {
         let mut ip6s = BTreeSet::new();
         let mut macs = BTreeSet::new();
         // Moved, not cloned: at 100k endpoints a second copy is tens of MB.
-        for ep in std::mem::take(&mut self.endpoints) {
+        for mut ep in std::mem::take(&mut self.endpoints) {
             let subject = || Subject::Endpoint {
                 network: ep.network.clone(),
                 ip: ep.ip,
@@ -167,6 +170,13 @@ impl ClusterTables {
                     .push(Rejection::new(subject(), "no such network"));
                 continue;
             };
+            // A bad IPv6 claim (its network lost its IPv6 subnet, say) costs the endpoint its
+            // IPv6 address, never its IPv4 traffic.
+            if let Some(p) = ipv6_problem(&ep, net) {
+                out.rejected
+                    .push(Rejection::new(subject(), format!("IPv6 left out: {p}")));
+                ep.ip6 = None;
+            }
             let problem = if let Some(p) = endpoint_problem(&ep, net, &out.nodes) {
                 Some(p)
             } else if !ips.insert((net.vni, ep.ip)) {
