@@ -371,11 +371,13 @@ pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(
     if let Some((ip, len)) = addresses.iter().find(|a| !held.contains(a)) {
         return Err(differs(format!("address {ip}/{len}")));
     }
-    // A recorded result that lacks an address the attachment has is another attachment's.
-    match held
-        .iter()
-        .find(|a| !addresses.is_empty() && !addresses.contains(a))
-    {
+    // A recorded result that lacks an address of a family it records is another
+    // attachment's. (A family it does not record at all: a plugin of the previous release
+    // made the result, IPv4 only, while the daemon gave both; the daemon's own check looks
+    // at the container's addresses.)
+    let recorded =
+        |a: &&(std::net::IpAddr, u8)| addresses.iter().any(|r| r.0.is_ipv4() == a.0.is_ipv4());
+    match held.iter().find(|a| recorded(a) && !addresses.contains(a)) {
         Some((ip, len)) => Err(differs(format!("no {ip}/{len}"))),
         None => Ok(()),
     }
@@ -429,6 +431,40 @@ mod tests {
         let latest = serde_json::to_value(add_result("1.1.0", &ep)).unwrap();
         assert_eq!(latest["interfaces"][1]["mtu"], 1450);
         assert_eq!(latest["dns"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn dual_stack_results_and_checks_cover_both_families() {
+        let v4 = endpoint();
+        let ep = Endpoint {
+            ipv6: Some(overlay_api::Ipv6Assignment {
+                ip: "2001:2:0:1080::2".parse().unwrap(),
+                prefix_len: 64,
+                gateway: "2001:2:0:1080::1".parse().unwrap(),
+            }),
+            ..v4.clone()
+        };
+        let old = serde_json::to_value(add_result("0.4.0", &ep)).unwrap();
+        assert_eq!(old["ips"][1]["version"], "6");
+        assert_eq!(old["ips"][1]["address"], "2001:2:0:1080::2/64");
+        assert_eq!(old["routes"][1]["dst"], "::/0");
+        let prev = CniResult::from_prev(&old).unwrap();
+        assert!(check_recorded(&prev, "eth0", &ep).is_ok());
+        // Another IPv6 address than the recorded one: another attachment.
+        let moved = Endpoint {
+            ipv6: ep.ipv6.map(|a| overlay_api::Ipv6Assignment {
+                ip: "2001:2:0:1080::9".parse().unwrap(),
+                ..a
+            }),
+            ..ep.clone()
+        };
+        let e = check_recorded(&prev, "eth0", &moved).unwrap_err();
+        assert!(e.msg.contains("2001:2:0:1080::9/64"), "{}", e.msg);
+        // A result the previous release's plugin recorded (IPv4 only) for a dual-stack
+        // attachment: the family it does not record is not judged.
+        let ipv4_only = serde_json::to_value(add_result("1.0.0", &v4)).unwrap();
+        let prev = CniResult::from_prev(&ipv4_only).unwrap();
+        assert!(check_recorded(&prev, "eth0", &ep).is_ok());
     }
 
     #[test]

@@ -150,6 +150,11 @@ counted_enum! {
         NdpUnsupported = 27 => "ndp_unsupported",
         /// An IPv6 packet on a network without IPv6.
         Ipv6Disabled = 28 => "ipv6_disabled",
+        /// Neighbour discovery or a redirect behind IPv6 extension headers (a receiving
+        /// kernel would still process it: forwarded, a forged advertisement would poison
+        /// another container's neighbour cache), or a chain of more extension headers than
+        /// the datapath looks through.
+        Ipv6HiddenNdp = 29 => "ipv6_hidden_ndp",
     }
 }
 

@@ -69,6 +69,7 @@ pub fn check_blocks6(subnet: Ipv6Net, block_len: u8) -> Result<(), IpamError> {
 
 /// The `index`th block of `subnet` of length `block_len`, if there is one.
 pub fn block6(subnet: Ipv6Net, block_len: u8, index: u128) -> Option<Ipv6Net> {
+    check_blocks6(subnet, block_len).ok()?;
     let bits = u32::from(block_len - subnet.prefix_len());
     if bits < 128 && index >> bits != 0 {
         return None;

@@ -1,10 +1,14 @@
 //! A container's IPv6 packets, after the checks every frame gets (`forward`): neighbour
 //! discovery answered locally, then the IPv6 source checked and the packet delivered to a
 //! local endpoint or encapsulated towards the destination's VTEP, as for IPv4. Extension
-//! headers and fragments are carried as they are: switching never reads past the IPv6
-//! header (only the MTU check of a GSO packet looks for its TCP header).
+//! headers and fragments are carried as they are (switching never reads past the IPv6
+//! header; only the MTU check of a GSO packet looks for its TCP header), except that
+//! neighbour discovery behind them is dropped (`hides_ndp`).
 
-use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_redirect_peer, bpf_skb_load_bytes},
+    programs::TcContext,
+};
 use overlay_common::{
     wire::{ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN},
     Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface, NetworkInfo,
@@ -57,6 +61,80 @@ pub fn from_container6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReas
 /// Offset of the next header field in the IPv6 header.
 const IPV6_NEXT_HEADER_OFF: usize = 6;
 
+/// Extension headers the walk in `hides_ndp` steps over.
+const EXT_HOP_BY_HOP: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_DEST_OPTS: u8 = 60;
+/// Longer chains are dropped (`ipv6_hidden_ndp`): real traffic carries one or two.
+const MAX_EXT_HEADERS: usize = 4;
+
+#[inline(always)]
+fn is_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_DEST_OPTS
+    )
+}
+
+/// Whether neighbour discovery (or a redirect) hides behind the extension headers starting
+/// with `first`, or the chain is too long to tell. A receiving kernel processes discovery
+/// behind hop-by-hop or destination options (it refuses only fragmented discovery), so such
+/// a message must never be forwarded: an advertisement from the container's own address
+/// naming another endpoint would pass every source check and poison the receiver's
+/// neighbour cache. Not inlined: walked only for packets with extension headers.
+#[inline(never)]
+fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
+    let mut next = first;
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        // The first bytes of any extension header: next header, then its length (in 8-byte
+        // units beyond the first 8) or, in a fragment header, the offset at bytes 2-3.
+        let mut hdr = [0u8; 4];
+        load(ctx, off, &mut hdr)?;
+        match next {
+            EXT_FRAGMENT => {
+                // Only a first fragment carries the upper-layer header.
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
+                    return Ok(false);
+                }
+                off += 8;
+            }
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS => off += (hdr[1] as usize + 1) * 8,
+            _ => return Ok(false),
+        }
+        next = hdr[0];
+        if next == IPPROTO_ICMPV6 {
+            let mut kind = [0u8; 1];
+            load(ctx, off, &mut kind)?;
+            return Ok((ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&kind[0]));
+        }
+        if !is_extension(next) {
+            return Ok(false);
+        }
+        i += 1;
+    }
+    Ok(true)
+}
+
+/// Copies `buf.len()` bytes at `off` (a variable offset, so through the helper).
+#[inline(always)]
+fn load<const N: usize>(ctx: &TcContext, off: usize, buf: &mut [u8; N]) -> Result<(), DropReason> {
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(DropReason::Malformed);
+    }
+    Ok(())
+}
+
 /// The network of `me`, if it carries IPv6 and `me` has an IPv6 address.
 #[inline(always)]
 pub fn network6(me: &LocalIface) -> Result<&'static NetworkInfo, DropReason> {
@@ -79,6 +157,9 @@ fn forward_ipv6(ctx: &TcContext, me: &LocalIface) -> Result<Forwarded, DropReaso
         return Err(DropReason::Malformed);
     }
     let net = network6(me)?;
+    if is_extension(ip.next_header) && hides_ndp(ctx, ip.next_header)? {
+        return Err(DropReason::Ipv6HiddenNdp);
+    }
     // Multicast first: a container's MLD reports (sent from :: or its link-local address)
     // are flooding that never happens here, not spoofing.
     if is_multicast(&eth.dst) {

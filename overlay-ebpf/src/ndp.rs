@@ -96,7 +96,10 @@ pub fn handle(ctx: &TcContext, me: &LocalIface, kind: u8) -> Result<i32, DropRea
         .ok_or(DropReason::Malformed)?;
     let own_ll = link_local(&me.mac);
     let unspecified = ip.src == [0; 16];
-    if !unspecified && ip.src != me.ip6 && ip.src != own_ll {
+    // Any link-local source: a kernel with stable-privacy or random addresses does not
+    // derive it from the MAC, and the answer only ever goes back to this container.
+    let link_local_src = ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80;
+    if !unspecified && ip.src != me.ip6 && !link_local_src {
         return Err(DropReason::SpoofedNdp);
     }
     check_options(ctx, me, &ip)?;

@@ -144,22 +144,52 @@ fn forged_ipv6_sources_advertisements_and_vxlan_are_dropped() {
         - before.drops(DropReason::SpoofedIp6).packets;
     // (Its solicitations from that address were dropped as spoofed_ndp too.)
     let before = t.counters(0);
-    // An advertisement claiming b's address for a's MAC (a hijack attempt).
-    let gw = t.containers[0].ipv6.unwrap().gateway;
-    let na = frames6::neighbour_advert(
+    // A hijack attempt: advertisements naming b's address with a's MAC, sent to c (on
+    // another host) from a's own address, plainly and hidden behind a hop-by-hop header
+    // (which c's kernel would process). c keeps b's real MAC.
+    let c = t.container("c");
+    assert!(traffic::ping(&c.ns, b.ip6(), 1), "c learns b");
+    let mut rest = vec![0x20, 0, 0, 0];
+    rest.extend_from_slice(&b.ip6().octets());
+    rest.extend_from_slice(&[2, 1]);
+    rest.extend_from_slice(&a.mac.0);
+    let na = frames6::icmp6(a.ip6(), c.ip6(), frames6::ND_NEIGHBOR_ADVERT, 0, &rest);
+    let plain = frames6::ipv6_frame(
         a.mac.0,
-        b.ip6(),
-        overlay_daemon::tables::MacAddr::gateway(100).0,
-        gw,
-        0x20,
+        c.mac.0,
+        a.ip6(),
+        c.ip6(),
+        frames6::NH_ICMPV6,
+        255,
+        &na,
     );
-    traffic::send_frame(&a.ns, "eth0", na);
-    // b is still b: the advertisement reached nobody.
-    assert!(traffic::ping(&a.ns, b.ip6(), 2));
+    let mut hidden = vec![frames6::NH_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+    hidden.extend_from_slice(&na);
+    let hidden = frames6::ipv6_frame(
+        a.mac.0,
+        c.mac.0,
+        a.ip6(),
+        c.ip6(),
+        frames6::NH_HOP_BY_HOP,
+        255,
+        &hidden,
+    );
+    traffic::send_frame(&a.ns, "eth0", plain);
+    traffic::send_frame(&a.ns, "eth0", hidden);
+    std::thread::sleep(Duration::from_millis(300));
+    let neigh =
+        c.ns.output("ip", &["-6", "neigh", "show", &b.ip6().to_string()]);
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    assert!(
+        neigh.contains(&b.mac.to_string().to_lowercase()),
+        "c's neighbour entry for b: {neigh}"
+    );
+    assert!(traffic::ping(&c.ns, b.ip6(), 2), "c still reaches b");
     let after = t.counters(0);
     let delta = |r: DropReason| after.drops(r).packets - before.drops(r).packets;
     assert!(spoofed_ip6 >= 2, "spoofed_ip6 {spoofed_ip6}");
-    assert_eq!(delta(DropReason::SpoofedNdp), 1);
+    assert_eq!(delta(DropReason::SpoofedNdp), 1, "the plain advertisement");
+    assert_eq!(delta(DropReason::Ipv6HiddenNdp), 1, "the hidden one");
 
     // VXLAN carrying IPv6 from an underlay address that is no VTEP, and from a real VTEP
     // with a source that is not the endpoint's: nothing reaches b.

@@ -69,15 +69,38 @@ fn forged_discovery_is_dropped_as_spoofed() {
     // A solicitation in another endpoint's name.
     let ns = neighbour_solicit(me, ip6(REMOTE6), ip6(GATEWAY6), Some(me));
     assert_eq!(f.run_from_container(&ns).verdict, TC_ACT_SHOT);
-    // A link-local source that is not the container's.
-    let ns = neighbour_solicit(me, link_local(other), ip6(GATEWAY6), None);
-    assert_eq!(f.run_from_container(&ns).verdict, TC_ACT_SHOT);
-    // An advertisement claiming another endpoint's address for this container's MAC.
-    let na = neighbour_advert(me, ip6(REMOTE6), gateway_mac(), ip6(GATEWAY6), 0x20);
-    let mut na = na;
+    // An advertisement claiming another endpoint's address for this container's MAC, from
+    // that endpoint's address and from the container's own.
+    let mut na = neighbour_advert(me, ip6(REMOTE6), gateway_mac(), ip6(GATEWAY6), 0x20);
     na[6..12].copy_from_slice(&me);
     assert_eq!(f.run_from_container(&na).verdict, TC_ACT_SHOT);
+    let mut rest = vec![0x20, 0, 0, 0];
+    rest.extend_from_slice(&ip6(REMOTE6).octets());
+    rest.extend_from_slice(&[2, 1]);
+    rest.extend_from_slice(&me);
+    let msg = icmp6(ip6(ME6), ip6(GATEWAY6), ND_NEIGHBOR_ADVERT, 0, &rest);
+    let own_src = ipv6_frame(
+        me,
+        gateway_mac(),
+        ip6(ME6),
+        ip6(GATEWAY6),
+        NH_ICMPV6,
+        255,
+        &msg,
+    );
+    assert_eq!(f.run_from_container(&own_src).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::SpoofedNdp), 4);
+    // A link-local source that is not derived from the MAC (stable-privacy addresses) is
+    // answered: the answer only goes back to this container.
+    let ll = "fe80::1234:5678:9abc:def0".parse().unwrap();
+    let ns = neighbour_solicit(me, ll, ip6(GATEWAY6), Some(me));
+    let out = f.run_from_container(&ns);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out.frame,
+        neighbour_advert(gateway_mac(), ip6(GATEWAY6), me, ll, 0xe0)
+    );
+    assert_eq!(f.traffic(Direction::NdpReply), 1);
     // Its own address: nothing forged, but nobody to tell either.
     let na = neighbour_advert(me, ip6(ME6), gateway_mac(), ip6(GATEWAY6), 0x20);
     assert_eq!(f.run_from_container(&na).verdict, TC_ACT_SHOT);
@@ -103,7 +126,69 @@ fn forged_discovery_is_dropped_as_spoofed() {
     ns[21] = 64;
     assert_eq!(f.run_from_container(&ns).verdict, TC_ACT_SHOT);
     assert_eq!(f.drops(DropReason::NdpUnsupported), 3);
-    assert_eq!(f.traffic(Direction::NdpReply), 0);
+}
+
+/// Neighbour discovery hidden behind extension headers: a receiving kernel would process
+/// it, so it is never forwarded (an advertisement from the container's own address naming
+/// another endpoint would poison the receiver's cache).
+#[test]
+fn discovery_behind_extension_headers_is_never_forwarded() {
+    let f = fixture();
+    let me = f.me.1 .0;
+    let remote = f.remote.1 .0;
+    let (src, dst) = (ip6(ME6), ip6(REMOTE6));
+    let mut rest = vec![0x20, 0, 0, 0];
+    rest.extend_from_slice(&ip6(GATEWAY6).octets());
+    rest.extend_from_slice(&[2, 1]);
+    rest.extend_from_slice(&me);
+    let na = icmp6(src, dst, ND_NEIGHBOR_ADVERT, 0, &rest);
+    let behind = |chain: &[(u8, Vec<u8>)]| {
+        // Each (type, header with next-header byte first); the last points at ICMPv6.
+        let mut payload = Vec::new();
+        for (i, (_, hdr)) in chain.iter().enumerate() {
+            let mut hdr = hdr.clone();
+            hdr[0] = chain.get(i + 1).map_or(NH_ICMPV6, |(t, _)| *t);
+            payload.extend_from_slice(&hdr);
+        }
+        payload.extend_from_slice(&na);
+        ipv6_frame(me, remote, src, dst, chain[0].0, 255, &payload)
+    };
+    let hbh = (NH_HOP_BY_HOP, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+    let dest_opts = (60u8, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let first_fragment = (NH_FRAGMENT, vec![0, 0, 0, 0, 0, 0, 0, 9]);
+    for chain in [
+        vec![hbh.clone()],
+        vec![dest_opts.clone()],
+        vec![hbh.clone(), dest_opts.clone()],
+        vec![first_fragment.clone()],
+        // Longer than the datapath looks through: dropped whatever follows.
+        vec![
+            hbh.clone(),
+            hbh.clone(),
+            hbh.clone(),
+            hbh.clone(),
+            hbh.clone(),
+        ],
+    ] {
+        let frame = behind(&chain);
+        assert_eq!(
+            f.run_from_container(&frame).verdict,
+            TC_ACT_SHOT,
+            "{chain:?}"
+        );
+    }
+    assert_eq!(f.drops(DropReason::Ipv6HiddenNdp), 5);
+    // A later fragment of anything, and UDP behind two headers, are carried.
+    let later = (NH_FRAGMENT, vec![0, 0, 0x05, 0x00, 0, 0, 0, 9]);
+    assert_eq!(
+        f.run_from_container(&behind(&[later])).verdict,
+        TC_ACT_REDIRECT
+    );
+    let mut two = vec![60u8, 0, 1, 4, 0, 0, 0, 0, NH_UDP, 0, 1, 4, 0, 0, 0, 0];
+    two.extend_from_slice(&udp6(src, dst, 9000, b"x"));
+    let frame = ipv6_frame(me, remote, src, dst, NH_HOP_BY_HOP, 64, &two);
+    assert_eq!(f.run_from_container(&frame).verdict, TC_ACT_REDIRECT);
+    assert_eq!(f.traffic(Direction::EncapTx), 2);
 }
 
 #[test]

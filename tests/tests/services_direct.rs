@@ -60,7 +60,7 @@ fn vip_and_direct(socket_lb: bool) {
     let mut session = Some(session);
     let mut done = Vec::new();
     let rounds: [&[Target]; 5] = [&[vip], &[direct], &[vip], &[direct], &[vip, direct]];
-    for round in rounds {
+    for (i, round) in rounds.iter().enumerate() {
         let threads: Vec<_> = round
             .iter()
             .map(|to| {
@@ -69,10 +69,15 @@ fn vip_and_direct(socket_lb: bool) {
             })
             .collect();
         for (to, th) in round.iter().zip(threads) {
-            let n = th
-                .join()
-                .expect("client")
-                .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", t.counters(1), t.daemon_log(1)));
+            let n = th.join().expect("client").unwrap_or_else(|e| {
+                panic!(
+                    "round {i} ({} targets): {e}\nclient host {:?}\nbackend host {:?}\n{}",
+                    round.len(),
+                    t.counters(1),
+                    t.counters(0),
+                    t.daemon_log(1)
+                )
+            });
             done.push(format!("{}:{n}", to.tcp));
         }
         let mut s = session.take().expect("session");

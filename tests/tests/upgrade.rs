@@ -293,4 +293,24 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     {
         panic!("after the rollout: {problems:#?}");
     }
+    // Every IPv6 claim names a container that is still there (DELs of either release took
+    // theirs along; the downgraded node's container keeps its claim).
+    let claims = t
+        .etcd
+        .as_ref()
+        .unwrap()
+        .ctl_ok(&["get", "--prefix", "/overlay/v1/endpoints6/"]);
+    let live: Vec<String> = t.containers.iter().map(|c| c.ip.to_string()).collect();
+    let named: Vec<String> = claims
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["ip"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!named.is_empty(), "no IPv6 claims at all: {claims}");
+    for ip in &named {
+        assert!(
+            live.contains(ip),
+            "a claim for {ip}, which no container has: {claims}"
+        );
+    }
 }

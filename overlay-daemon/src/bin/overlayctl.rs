@@ -391,7 +391,9 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                 .chain(subnet6.map(|s| s.to_string()))
                 .collect();
             if output == Output::Json {
-                print_json(&json!({"name": name, "vni": vni, "subnets": subnets}));
+                print_json(
+                    &json!({"name": name, "vni": vni, "subnet": subnet, "subnet6": subnet6}),
+                );
             } else {
                 println!(
                     "network {name} created: VNI {vni}, subnet {}",

@@ -104,6 +104,15 @@ impl Cluster {
             owner: req.owner,
             services: req.services.clone(),
         };
+        // IPv6 needs 1280 bytes (RFC 8200): below that the kernel turns it off on the
+        // interface, and the address could not be configured.
+        let min6 = overlay_common::wire::IPV6_MIN_MTU as u32;
+        if net.ipv6().is_some() && ep.mtu < min6 {
+            return Err(ClusterError::Invalid(format!(
+                "network {} is dual-stack and IPv6 needs an MTU of at least {min6}, this endpoint would get {}: ask for a larger mtu, or raise the network's or the underlay's",
+                req.network, ep.mtu
+            )));
+        }
         // Decided before the keys are written: both go in one transaction.
         if let Some(v6) = net.ipv6() {
             let none = BTreeSet::new();

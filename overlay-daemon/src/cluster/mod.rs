@@ -340,10 +340,17 @@ impl Cluster {
         ep: &Endpoint,
     ) -> Result<bool, ClusterError> {
         let (key, value) = self.endpoint_kv(store, ep);
-        let ours = store.delete_if(&key, value).await?;
-        if let Some((key6, value6)) = self.endpoint6_kv(store, ep) {
-            store.delete_if(&key6, value6).await?;
+        let Some((key6, value6)) = self.endpoint6_kv(store, ep) else {
+            return Ok(store.delete_if(&key, value).await?);
+        };
+        // Both in one transaction when both are ours (a crash between two deletes would
+        // leave a claim naming an address the next endpoint may get); else each on its own.
+        let kvs = [(key.clone(), value.clone()), (key6.clone(), value6.clone())];
+        if store.delete_all_if(&kvs).await? {
+            return Ok(true);
         }
+        let ours = store.delete_if(&key, value).await?;
+        store.delete_if(&key6, value6).await?;
         Ok(ours)
     }
 

@@ -105,7 +105,8 @@ impl EndpointMaps {
             .map(|(k, v)| (ip_entry_key(k.vni, Ipv4Addr::from(v.ip.to_ne_bytes())), *k))
             .collect();
         let capacity = max_entries(kernel.by_ip.map(), names::ENDPOINTS_BY_IP)?
-            .min(max_entries(kernel.by_mac.map(), names::ENDPOINTS_BY_MAC)?);
+            .min(max_entries(kernel.by_mac.map(), names::ENDPOINTS_BY_MAC)?)
+            .min(max_entries(kernel.by_ip6.map(), names::ENDPOINTS_BY_IP6)?);
         Ok(Self {
             kernel: Some(kernel),
             capacity,

@@ -330,6 +330,30 @@ impl Store {
         Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
     }
 
+    /// Deletes every key of `kvs` in one transaction if each still holds its value. True when
+    /// deleted (or all gone after an attempt that may have deleted them).
+    pub async fn delete_all_if(&self, kvs: &[(String, Vec<u8>)]) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when(
+                kvs.iter()
+                    .map(|(k, v)| Compare::value(k.clone(), CompareOp::Equal, v.clone()))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                kvs.iter()
+                    .map(|(k, _)| TxnOp::delete(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            )
+            .or_else(
+                kvs.iter()
+                    .map(|(k, _)| TxnOp::get(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+        let (resp, retry) = self.conditional(txn).await?;
+        Ok(resp.succeeded()
+            || (retry.maybe_applied && read_back_all(&resp).iter().all(Option::is_none)))
+    }
+
     /// Deletes `key` if it is still attached to `lease` (an orphan of this node). True when
     /// deleted (or gone after an attempt that may have deleted it).
     pub async fn delete_if_lease(&self, key: &str, lease: i64) -> Result<bool, StoreError> {
@@ -443,6 +467,11 @@ impl Store {
             TxnOp::delete(net_key.clone(), None),
             TxnOp::delete(
                 self.layout.blocks(name),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+            // IPv6 claims a 0.2 node left behind (it does not know them).
+            TxnOp::delete(
+                self.layout.endpoints6(name),
                 Some(etcd_client::DeleteOptions::new().with_prefix()),
             ),
         ];

@@ -83,6 +83,9 @@ impl Layout {
     pub fn endpoints(&self, network: &str) -> String {
         format!("{}endpoints/{network}/", self.root)
     }
+    pub fn endpoints6(&self, network: &str) -> String {
+        format!("{}endpoints6/{network}/", self.root)
+    }
     pub fn all_endpoints(&self) -> String {
         format!("{}endpoints/", self.root)
     }
@@ -103,7 +106,7 @@ impl Layout {
                 )
             }
             Key::Endpoint { network, ip } => format!("{}{ip}", self.endpoints(network)),
-            Key::Endpoint6 { network, ip6 } => format!("{}endpoints6/{network}/{ip6}", self.root),
+            Key::Endpoint6 { network, ip6 } => format!("{}{ip6}", self.endpoints6(network)),
             Key::Vni(vni) => format!("{}vnis/{vni}", self.root),
             Key::Service(n) => format!("{}{n}", self.services()),
             Key::ServiceVip(id) => format!("{}vips/{id}", self.root),

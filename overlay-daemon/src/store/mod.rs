@@ -1,6 +1,7 @@
 //! The cluster's shared state in etcd: the key layout, the records, the client, and the
 //! cluster view that list + watch keep up to date.
 
+mod claims6;
 mod classify;
 pub mod client;
 mod config;

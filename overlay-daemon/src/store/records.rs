@@ -55,6 +55,12 @@ impl NetworkRecord {
                 self.subnet
             ));
         }
+        self.check_ipv6()
+    }
+
+    /// The IPv6 side alone (daemons reading a record whose IPv6 side is wrong keep the
+    /// network as IPv4 only).
+    pub fn check_ipv6(&self) -> Result<(), String> {
         if let Some(v6) = self.ipv6() {
             crate::ipam::check_blocks6(v6.subnet, v6.block_len).map_err(|e| e.to_string())?;
             if !v6.subnet.contains(&v6.gateway) || v6.gateway == v6.subnet.network() {

@@ -10,6 +10,8 @@ use std::{
 
 use tracing::warn;
 
+use super::claims6::{carries_ipv6, Claims6};
+
 use super::{
     client::{Change, Kv},
     keys::{Key, Layout},
@@ -87,8 +89,8 @@ pub struct ClusterView {
     pub revision: i64,
     /// Endpoints per node; its keys are the node names the endpoints share.
     per_node: HashMap<Arc<str>, usize>,
-    /// (network, IPv4) -> the endpoint's IPv6 address, from the `endpoints6` keys.
-    ip6_of: HashMap<(String, Ipv4Addr), std::net::Ipv6Addr>,
+    /// The `endpoints6` keys by the endpoint they name.
+    ip6_of: Claims6,
 }
 
 impl ClusterView {
@@ -102,7 +104,7 @@ impl ClusterView {
             bulk: false,
             revision: 0,
             per_node: HashMap::new(),
-            ip6_of: HashMap::new(),
+            ip6_of: Claims6::default(),
         }
     }
 
@@ -213,6 +215,14 @@ impl ClusterView {
                 if vtep(old) != vtep(new) {
                     self.dirty.nodes.insert(name.clone());
                 }
+                // A node's IPv6 claims count only once it runs a release that carries IPv6.
+                let ipv6 = |e: Option<&Entry>| match e {
+                    Some(Entry::Node { record, .. }) => carries_ipv6(record),
+                    _ => false,
+                };
+                if ipv6(old) != ipv6(new) {
+                    self.dirty.full = true;
+                }
             }
             Key::Network(_) => {
                 let used = |e: Option<&Entry>| match e {
@@ -235,23 +245,20 @@ impl ClusterView {
         new: Option<&Entry>,
     ) {
         let owner = |e: Option<&Entry>| match e {
-            Some(Entry::Endpoint6(r)) => Some(r.ip),
+            Some(Entry::Endpoint6(r)) => Some((r.ip, r.node.clone())),
             _ => None,
         };
         let (old, new) = (owner(old), owner(new));
-        if let Some(ip) = old {
-            let id = (network.to_owned(), ip);
-            if self.ip6_of.get(&id) == Some(&ip6) {
-                self.ip6_of.remove(&id);
-            }
+        if let Some((ip, _)) = &old {
+            self.ip6_of.remove(network, *ip, ip6);
         }
-        if let Some(ip) = new {
-            self.ip6_of.insert((network.to_owned(), ip), ip6);
+        if let Some((ip, node)) = &new {
+            self.ip6_of.add(network, *ip, ip6, node);
         }
         if self.bulk || old == new {
             return;
         }
-        for ip in old.into_iter().chain(new) {
+        for (ip, _) in old.into_iter().chain(new) {
             self.dirty.endpoints.insert((network.to_owned(), ip));
         }
     }
@@ -284,7 +291,13 @@ impl ClusterView {
             // Only there to keep VNIs unique; the network record carries the VNI.
             Key::Vni(_) | Key::ServiceVip(_) => return,
             Key::Service(_) => records::decode(&kv.value).map(Entry::Service),
-            Key::Network(_) => records::decode(&kv.value).map(Entry::Network),
+            Key::Network(_) => records::decode::<NetworkRecord>(&kv.value).map(|mut n| {
+                if let Err(e) = n.check_ipv6() {
+                    warn!(key = %kv.key, "network without IPv6: {e}");
+                    (n.subnet6, n.gateway6, n.block_len6) = (None, None, None);
+                }
+                Entry::Network(n)
+            }),
             Key::Node(_) => records::decode(&kv.value).map(|record| Entry::Node {
                 record,
                 lease: kv.lease,
@@ -414,8 +427,23 @@ impl ClusterView {
             node: ep.node.to_string(),
             iface: EndpointIface::from(&ep.attachment),
             services: ep.services.to_vec(),
-            ip6: self.ip6_of.get(&(network.to_owned(), ip)).copied(),
+            ip6: self.ip6_for(network, ip, ep),
         }
+    }
+
+    /// The endpoint's IPv6 address: the one claim naming it that its own node made, if that
+    /// node runs a release that carries IPv6 (a node downgraded to 0.2 neither uses nor
+    /// deletes its claims).
+    fn ip6_for(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        ep: &ViewEndpoint,
+    ) -> Option<std::net::Ipv6Addr> {
+        if !self.node(&ep.node).is_some_and(carries_ipv6) {
+            return None;
+        }
+        self.ip6_of.own(network, ip, &ep.node)
     }
 
     /// Every IPv6 address claimed in `network` (allocation skips them).
