@@ -106,6 +106,14 @@ where
     .unwrap_or_else(|p| std::panic::resume_unwind(p.into_panic()))
 }
 
+/// The errno a netlink request failed with, if the kernel answered with one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
 /// Creates the veth pair: `host_ifname` here, `c.ifname` in the container, configured.
 /// Returns the host side's ifindex and MAC. Fails if the container already has `c.ifname`.
 pub async fn create_veth(
@@ -180,11 +188,16 @@ pub async fn create_veth(
             routes.push((route, v6.gateway.into()));
         }
         for (route, gateway) in routes {
-            h.route()
-                .add(route)
-                .execute()
-                .await
-                .map_err(rt(format!("default route via {gateway}")))?;
+            match h.route().add(route).execute().await {
+                Ok(()) => {}
+                // The container is on another network already, whose interface has the
+                // default route of this family: it keeps it (as Docker gives a container
+                // one gateway); this network's subnet is reached on-link.
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                    tracing::info!(ifname = %c2.ifname, %gateway, "the container has a default route already; this interface gets none");
+                }
+                Err(e) => return Err(rt(format!("default route via {gateway}"))(e)),
+            }
         }
         Ok(())
     })

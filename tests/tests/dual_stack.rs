@@ -285,3 +285,47 @@ fn ipv6_keeps_flowing_across_daemon_restarts_and_the_claims_stay() {
     let (sent, received) = traffic::tcp_transfer(&b.ns, &a.ns, b.ip6(), 5203, 8 << 20);
     assert_eq!(sent, received);
 }
+
+/// A container on two networks (a dual-stack one and an IPv4-only one): both interfaces
+/// come up, each family reaches its peers, and the second network's default route does not
+/// fail the ADD.
+#[test]
+fn a_container_on_a_dual_stack_and_an_ipv4_network() {
+    let spec = TopologySpec::new(2)
+        .with_etcd(10)
+        .network6("red", 100, "198.19.80.0/24", RED6)
+        .network("green", 300, "198.19.82.0/24");
+    let mut t = Topology::new(spec);
+    t.start_all(&[]);
+    t.add_pod(1, "peer6", "red");
+    t.add_pod(1, "peer4", "green");
+    let ns = Netns::create(&format!("ovt{}-multi", t.id));
+    let mut ips = Vec::new();
+    for (network, ifname) in [("red", "eth0"), ("green", "eth1")] {
+        let req = overlay_api::EndpointRequest {
+            network: network.into(),
+            container_id: format!("{}-multi", t.id),
+            netns: ns.path().into(),
+            ifname: ifname.into(),
+            ..Default::default()
+        };
+        let ep = t
+            .client(0)
+            .create_endpoint(req)
+            .unwrap_or_else(|e| panic!("{network}/{ifname}: {e}\n{}", t.daemon_log(0)));
+        assert_eq!(ep.ipv6.is_some(), network == "red", "{ep:?}");
+        ips.push(ep);
+    }
+    for host in 0..2 {
+        t.wait_status(host, "4 endpoints", |s| s["endpoints"] == 4);
+    }
+    let (peer6, peer4) = (t.container("peer6"), t.container("peer4"));
+    assert!(traffic::ping(&ns, peer6.ip6(), 2), "IPv6 over eth0");
+    assert!(traffic::ping(&ns, peer6.ip, 2), "IPv4 over eth0");
+    assert!(traffic::ping(&ns, peer4.ip, 2), "IPv4 over eth1");
+    for ep in &ips {
+        t.client(0)
+            .delete_endpoint(&ep.container_id, &ep.ifname)
+            .expect("delete");
+    }
+}
