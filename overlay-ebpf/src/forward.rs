@@ -8,7 +8,7 @@ use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
     wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN},
-    Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
+    Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
 };
 
 use crate::{
@@ -36,7 +36,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
-    maps::config().ok_or(DropReason::NotConfigured)?;
+    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let me = unsafe { LOCAL_IFACES.get(ifindex) }.ok_or(DropReason::UnknownInterface)?;
     count(Direction::FromContainer, ctx.len());
@@ -47,19 +47,22 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match eth.ether_type() {
         ETH_P_ARP => arp::respond(ctx, me, ifindex),
-        ETH_P_IP => forward_ipv4(ctx, me),
-        ETH_P_IPV6 => forward6::from_container6(ctx, me),
+        ETH_P_IP => forward_ipv4(ctx, cfg, me, ifindex),
+        ETH_P_IPV6 => forward6::from_container6(ctx, cfg, me),
         _ => Err(DropReason::UnsupportedEthertype),
     }
 }
 
 /// Not inlined, nor is `forward_ipv6`: each family's path gets a stack frame of its own (the
 /// service path alone takes most of the 512 bytes a program may use). BPF passes at most
-/// five arguments in registers, so what is cheap to find again is found again.
+/// five arguments in registers (the result takes one), so the Ethernet header is read again.
 #[inline(never)]
-fn forward_ipv4(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
-    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+fn forward_ipv4(
+    ctx: &TcContext,
+    cfg: &Config,
+    me: &LocalIface,
+    ifindex: u32,
+) -> Result<i32, DropReason> {
     let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv4Hdr>(ETH_HLEN)

@@ -5,22 +5,20 @@
 //! header; only the MTU check of a GSO packet looks for its TCP header), except that
 //! neighbour discovery behind them is dropped (`hides_ndp`).
 
-use aya_ebpf::{
-    helpers::{bpf_redirect_peer, bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use overlay_common::{
     wire::{ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN},
-    Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface, NetworkInfo,
+    Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface,
+    NetworkInfo,
 };
 
 use crate::{
     counters::count,
     encap,
-    headers::{is_multicast, EthHdr, Ipv6Hdr, Packet as _},
+    headers::{is_multicast, load, EthHdr, Ipv6Hdr, Packet as _},
     icmp,
     kernel::redirected,
-    maps::{self, ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
+    maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
     ndp,
 };
 
@@ -35,7 +33,7 @@ enum Forwarded {
 /// subprograms called from here, not from the forwarding path: BPF allows 512 bytes of
 /// stack for a whole call chain, and each of these paths needs most of that on its own.
 #[inline(always)]
-pub fn from_container6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
+pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, DropReason> {
     let next_header = ctx
         .header::<u8>(ETH_HLEN + IPV6_NEXT_HEADER_OFF)
         .ok_or(DropReason::Malformed)?;
@@ -47,7 +45,7 @@ pub fn from_container6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReas
             return ndp::handle(ctx, me, kind);
         }
     }
-    match forward_ipv6(ctx, me)? {
+    match forward_ipv6(ctx, cfg, me)? {
         Forwarded::Verdict(verdict) => Ok(verdict),
         Forwarded::TooBig => {
             let len = ctx.len();
@@ -92,7 +90,7 @@ fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
         // The first bytes of any extension header: next header, then its length (in 8-byte
         // units beyond the first 8) or, in a fragment header, the offset at bytes 2-3.
         let mut hdr = [0u8; 4];
-        load(ctx, off, &mut hdr)?;
+        load(ctx, off, &mut hdr, DropReason::Malformed)?;
         match next {
             EXT_FRAGMENT => {
                 // Only a first fragment carries the upper-layer header.
@@ -107,7 +105,7 @@ fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
         next = hdr[0];
         if next == IPPROTO_ICMPV6 {
             let mut kind = [0u8; 1];
-            load(ctx, off, &mut kind)?;
+            load(ctx, off, &mut kind, DropReason::Malformed)?;
             return Ok((ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&kind[0]));
         }
         if !is_extension(next) {
@@ -116,23 +114,6 @@ fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
         i += 1;
     }
     Ok(true)
-}
-
-/// Copies `buf.len()` bytes at `off` (a variable offset, so through the helper).
-#[inline(always)]
-fn load<const N: usize>(ctx: &TcContext, off: usize, buf: &mut [u8; N]) -> Result<(), DropReason> {
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            off as u32,
-            buf.as_mut_ptr() as *mut _,
-            N as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(DropReason::Malformed);
-    }
-    Ok(())
 }
 
 /// The network of `me`, if it carries IPv6 and `me` has an IPv6 address.
@@ -147,8 +128,7 @@ pub fn network6(me: &LocalIface) -> Result<&'static NetworkInfo, DropReason> {
 
 /// Not inlined: a stack frame of its own, apart from IPv4's (see `forward::forward_ipv4`).
 #[inline(never)]
-fn forward_ipv6(ctx: &TcContext, me: &LocalIface) -> Result<Forwarded, DropReason> {
-    let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
+fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwarded, DropReason> {
     let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv6Hdr>(ETH_HLEN)

@@ -268,6 +268,29 @@ pub fn is_multicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
 }
 
+/// Copies `N` bytes at `off` out of a TC packet through the helper: a variable offset into
+/// packet data confuses the verifier, and the helper's length must be a constant.
+#[inline(always)]
+pub fn load<const N: usize>(
+    ctx: &TcContext,
+    off: usize,
+    buf: &mut [u8; N],
+    fail: overlay_common::DropReason,
+) -> Result<(), overlay_common::DropReason> {
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut _,
+            N as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(fail);
+    }
+    Ok(())
+}
+
 /// RFC 1071 checksum of an IPv4 header whose `check` field is zero.
 #[inline(always)]
 pub fn ipv4_checksum(hdr: &Ipv4Hdr) -> [u8; 2] {

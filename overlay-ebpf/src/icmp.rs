@@ -5,7 +5,7 @@
 //! "packet too big".
 
 use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use overlay_common::{
@@ -18,7 +18,7 @@ use overlay_common::{
 
 use crate::{
     headers::{
-        csum_add, csum_finish, ipv4_checksum, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet as _,
+        csum_add, csum_finish, ipv4_checksum, load, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet as _,
         TcpHdr,
     },
     kernel::redirected,
@@ -228,18 +228,7 @@ pub fn packet_too_big6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReas
         quoted: [0; ICMP6_QUOTE],
     };
     // Straight into the frame: a copy on the way would not fit the stack.
-    // (The raw helper: a constant length, which the verifier needs.)
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            ETH_HLEN as u32,
-            frame.quoted.as_mut_ptr() as *mut _,
-            ICMP6_QUOTE as u32,
-        )
-    };
-    if loaded != 0 {
-        return Err(DropReason::TooBig);
-    }
+    load(ctx, ETH_HLEN, &mut frame.quoted, DropReason::TooBig)?;
     let body = unsafe { &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN + ICMP6_QUOTE]) };
     frame.icmp.check = icmp6_checksum(&frame.ip, body);
     replace_packet(ctx, &frame, DropReason::TooBig)?;

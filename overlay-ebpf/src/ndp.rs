@@ -6,10 +6,7 @@
 //! solicitations are not answered either: the default route comes with the address (the
 //! daemon or the runtime configures it from the CNI/CNM result).
 
-use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use overlay_common::{
     wire::{
         ETH_HLEN, ETH_P_IPV6, ICMPV6_NEIGH_ADVERT, ICMPV6_NEIGH_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN,
@@ -20,7 +17,7 @@ use overlay_common::{
 
 use crate::{
     counters::count,
-    headers::{csum_add, csum_finish, EthHdr, Ipv6Hdr, NdpHdr, NdpLinkOpt, Packet as _},
+    headers::{csum_add, csum_finish, load, EthHdr, Ipv6Hdr, NdpHdr, NdpLinkOpt, Packet as _},
     icmp::replace_packet,
     kernel::redirected,
     maps::ENDPOINTS_BY_IP6,
@@ -175,31 +172,18 @@ fn check_options(ctx: &TcContext, me: &LocalIface, ip: &Ipv6Hdr) -> Result<(), D
         if off + 8 > end {
             return Ok(());
         }
-        // Copied by the helper: a variable offset into packet data confuses the verifier.
-        let mut opt = NdpLinkOpt {
-            kind: 0,
-            len: 0,
-            mac: [0; 6],
-        };
-        let loaded = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                (ETH_HLEN + off) as u32,
-                &mut opt as *mut NdpLinkOpt as *mut _,
-                8,
-            )
-        };
-        if loaded != 0 {
-            return Err(DropReason::Malformed);
-        }
-        if opt.len == 0 {
+        // Bytes: type, length (in 8-byte units), then the address.
+        let mut opt = [0u8; 8];
+        load(ctx, ETH_HLEN + off, &mut opt, DropReason::Malformed)?;
+        let (kind, len) = (opt[0], opt[1]);
+        if len == 0 {
             // RFC 4861 4.6: a zero length is invalid and must be discarded.
             return Err(DropReason::Malformed);
         }
-        if (opt.kind == OPT_SOURCE_LL || opt.kind == OPT_TARGET_LL) && opt.mac != me.mac {
+        if (kind == OPT_SOURCE_LL || kind == OPT_TARGET_LL) && opt[2..8] != me.mac {
             return Err(DropReason::SpoofedNdp);
         }
-        off += opt.len as usize * 8;
+        off += len as usize * 8;
         i += 1;
     }
     Ok(())
