@@ -113,6 +113,20 @@ impl Docker {
 
     /// A Docker network of this driver with our IPAM and `-o` options.
     pub fn create_network(&self, name: &str, subnet: &str, opts: &[&str]) {
+        self.create(name, &["--subnet", subnet], opts);
+    }
+
+    /// `docker network create --ipv6` adopting the dual-stack overlay network `name`.
+    pub fn create_dual_stack(&self, name: &str, subnet: &str, subnet6: &str) {
+        let opt = format!("network={name}");
+        self.create(
+            name,
+            &["--ipv6", "--subnet", subnet, "--subnet", subnet6],
+            &[&opt],
+        );
+    }
+
+    fn create(&self, name: &str, flags: &[&str], opts: &[&str]) {
         let mut args = vec![
             "network",
             "create",
@@ -120,14 +134,25 @@ impl Docker {
             "overlay-ebpf",
             "--ipam-driver",
             "overlay-ebpf",
-            "--subnet",
-            subnet,
         ];
+        args.extend_from_slice(flags);
         for o in opts {
             args.extend(["-o", o]);
         }
         args.push(name);
         self.run_ok(&args);
+    }
+
+    /// A container's IPv6 address on `network`.
+    pub fn ipv6_of(&self, name: &str, network: &str) -> String {
+        self.run_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.{network}.GlobalIPv6Address}}}}"),
+            name,
+        ])
+        .trim()
+        .to_owned()
     }
 
     /// `red` (198.19.1.0/24) adopting the overlay network of that name.

@@ -251,6 +251,15 @@ impl Etcd {
         stdout_of(args, self.ctl(args))
     }
 
+    /// The keys under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctl_ok(&["get", "--prefix", "--keys-only", prefix])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The current revision of the store.
     pub fn revision(&self) -> i64 {
         let out = self.ctl_ok(&["endpoint", "status", "-w", "json"]);

@@ -12,11 +12,11 @@ use overlay_tests::{
 use serde_json::Value;
 
 fn topology() -> Topology {
-    let mut t = Topology::new(
-        TopologySpec::new(2)
-            .network("red", 100, "198.19.1.0/24")
-            .with_etcd(5),
-    );
+    topology_of(TopologySpec::new(2).network("red", 100, "198.19.1.0/24"))
+}
+
+fn topology_of(spec: TopologySpec) -> Topology {
+    let mut t = Topology::new(spec.with_etcd(5));
     for h in 0..2 {
         let socket = plugin_socket(&t, h);
         t.start_daemon(h, &["--docker-plugin", socket.to_str().unwrap()]);
@@ -223,4 +223,79 @@ fn a_podman_container_and_a_docker_container_share_a_network() {
     p.remove("pod");
     d.run_ok(&["rm", "-f", "ctr"]);
     wait_endpoints(&t, 0, "after removing both");
+}
+
+#[test]
+fn docker_and_podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
+    let t = topology_of(TopologySpec::new(2).network6(
+        "red",
+        100,
+        "198.19.1.0/24",
+        "2001:2:0:1001::/64",
+    ));
+    let d1 = Docker::start(&t, 0);
+    let d2 = Docker::start(&t, 1);
+    for d in [&d1, &d2] {
+        d.create_dual_stack("red", "198.19.1.0/24", "2001:2:0:1001::/64");
+    }
+    d1.start_container("web1", "red");
+    d2.start_container("web2", "red");
+    let (a6, b6) = (d1.ipv6_of("web1", "red"), d2.ipv6_of("web2", "red"));
+    assert!(
+        a6.starts_with("2001:2:0:1001:") && b6.starts_with("2001:2:0:1001:") && a6 != b6,
+        "Docker took the IPv6 addresses from our IPAM: {a6:?} {b6:?}"
+    );
+    // The default IPv6 route Docker set from Join's GatewayIPv6.
+    let routes = d1.exec("web1", &["ip", "-6", "route"]);
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.contains("default via 2001:2:0:1001::1"),
+        "IPv6 default route: {routes}"
+    );
+    for (d, c, dst) in [(&d1, "web1", &b6), (&d2, "web2", &a6)] {
+        assert!(
+            pings(d.exec(c, &["ping", "-6", "-c", "3", "-W", "2", dst])),
+            "{c} -> {dst} over IPv6"
+        );
+    }
+    let (sent, got) = transfer(&d1, "web1", &d2, "web2", &b6);
+    assert!(
+        !sent.is_empty() && sent == got,
+        "data over IPv6 intact: {sent} vs {got}"
+    );
+
+    // A podman (CNI) container on the same network, on the first host, and the Docker
+    // container on the other host reach each other over IPv6.
+    let mut p = Podman::new(&t, 0, "red");
+    p.start("pod", "red");
+    let p6 = p
+        .run_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.red.GlobalIPv6Address}}",
+            "pod",
+        ])
+        .trim()
+        .to_owned();
+    assert!(p6.starts_with("2001:2:0:1001:"), "{p6:?}");
+    assert!(
+        pings(p.exec("pod", &["ping", "-6", "-c", "3", "-W", "2", &b6])),
+        "podman -> docker over IPv6"
+    );
+    assert!(
+        pings(d2.exec("web2", &["ping", "-6", "-c", "3", "-W", "2", &p6])),
+        "docker -> podman over IPv6"
+    );
+    let eps = t.overlayctl_ok(0, &["endpoint", "ls"]);
+    assert!(
+        [&a6, &b6, &p6].iter().all(|a| eps.contains(a.as_str())),
+        "{eps}"
+    );
+
+    p.remove("pod");
+    d1.run_ok(&["rm", "-f", "web1"]);
+    d2.run_ok(&["rm", "-f", "web2"]);
+    wait_endpoints(&t, 0, "after removing all three");
+    let claims = t.etcd.as_ref().unwrap().keys("/overlay/v1/endpoints6/");
+    assert!(claims.is_empty(), "IPv6 claims released: {claims:?}");
 }

@@ -262,10 +262,8 @@ fn ipv6_keeps_flowing_across_daemon_restarts_and_the_claims_stay() {
         t.etcd
             .as_ref()
             .unwrap()
-            .ctl_ok(&["get", "--prefix", "--keys-only", "/overlay/v1/endpoints6/"])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count()
+            .keys("/overlay/v1/endpoints6/")
+            .len()
     };
     assert_eq!(claims(&t), 4);
     let pinger = Pinger::start(paths);

@@ -142,11 +142,6 @@ fn podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
     p2.remove("web2");
     let eps = t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);
     assert_eq!(eps.trim(), "[]", "addresses released");
-    let claims = t.etcd.as_ref().unwrap().ctl_ok(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        "/overlay/v1/endpoints6/",
-    ]);
-    assert_eq!(claims.trim(), "", "IPv6 claims released");
+    let claims = t.etcd.as_ref().unwrap().keys("/overlay/v1/endpoints6/");
+    assert!(claims.is_empty(), "IPv6 claims released: {claims:?}");
 }

@@ -5,7 +5,13 @@
 //! whose far side Join hands to Docker to move into the container. DeleteEndpoint removes the
 //! veth; ReleaseAddress frees the address.
 
-use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use ipnet::IpNet;
 
 use serde_json::{json, Value};
 use tracing::{debug, warn};
@@ -16,7 +22,7 @@ use super::{docker_address_id, DOCKER_IFNAME};
 use crate::{
     cluster::{host_ifname, Cluster, ClusterError},
     store::records::{NetworkRecord, RECORD_VERSION},
-    tables::default_gateway,
+    tables::{default_gateway, default_gateway6},
 };
 
 pub struct Driver {
@@ -96,7 +102,7 @@ impl Driver {
             .networks()
             .await
             .into_iter()
-            .filter(|(_, n)| n.subnet == subnet)
+            .filter(|(_, n)| pool_of(n, matches!(subnet, IpNet::V6(_))) == Some(subnet))
             .collect();
         match found.len() {
             1 => Ok(found.remove(0)),
@@ -117,13 +123,17 @@ impl Driver {
                         "overlay network {name:?} does not exist: create it with `overlayctl network create` or drop --ipam-opt network"
                     ))
                 })?;
-                if requested.is_some_and(|r| r != net.subnet) {
+                let ours = pool_of(&net, req.v6).ok_or_else(|| {
+                    bad(format!(
+                        "overlay network {name:?} has no IPv6 subnet: drop --ipv6, or use a dual-stack network (`overlayctl network create --subnet <IPv4> --subnet <IPv6>`)"
+                    ))
+                })?;
+                if requested.is_some_and(|r| r != ours) {
                     return Err(bad(format!(
-                        "overlay network {name:?} has subnet {}: pass --subnet {}",
-                        net.subnet, net.subnet
+                        "overlay network {name:?} has subnet {ours}: pass --subnet {ours}"
                     )));
                 }
-                net.subnet
+                ours
             }
             (None, Some(subnet)) => subnet,
             (None, None) => {
@@ -141,14 +151,25 @@ impl Driver {
 
     async fn request_address(&self, req: AddressRequest) -> Outcome {
         let len = req.pool.subnet.prefix_len();
+        if let IpNet::V6(subnet6) = req.pool.subnet {
+            return self.request_address6(req, subnet6).await;
+        }
+        let requested = match req.address {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let subnet = match req.pool.subnet {
+            IpNet::V4(s) => s,
+            IpNet::V6(_) => unreachable!("handled above"),
+        };
         if req.gateway {
             // The network may not exist yet (`-o vni=N` creates it after IPAM is asked).
             let net = match &req.pool.network {
                 Some(n) => self.cluster.network(n).await,
                 None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
             };
-            let gateway = net.map_or(default_gateway(req.pool.subnet), |n| n.gateway_ip());
-            if req.address.is_some_and(|r| r != gateway) {
+            let gateway = net.map_or(default_gateway(subnet), |n| n.gateway_ip());
+            if requested.is_some_and(|r| r != gateway) {
                 return Err(bad(format!(
                     "the overlay network's gateway is {gateway}: drop --gateway or pass --gateway {gateway}"
                 )));
@@ -158,18 +179,81 @@ impl Driver {
         let (network, _) = self.pool_network(&req.pool).await?;
         let ep = self
             .cluster
-            .reserve_address(&network, req.address, None)
+            .reserve_address(&network, requested, req.mac)
             .await?;
         Ok(json!({"Address": format!("{}/{}", ep.ip, ep.prefix_len), "Data": {}}))
     }
 
-    async fn release_address(&self, pool: PoolId, ip: Ipv4Addr) -> Outcome {
+    /// An IPv6 address is reserved with the endpoint's IPv4 one, which Docker asks for
+    /// first: this hands it out, found by the MAC both requests carry.
+    async fn request_address6(&self, req: AddressRequest, subnet: ipnet::Ipv6Net) -> Outcome {
+        let len = subnet.prefix_len();
+        if req.gateway {
+            let net = match &req.pool.network {
+                Some(n) => self.cluster.network(n).await,
+                None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
+            };
+            let gateway = net
+                .and_then(|n| n.ipv6())
+                .map_or(default_gateway6(subnet), |v6| v6.gateway);
+            if req.address.is_some_and(|r| r != IpAddr::V6(gateway)) {
+                return Err(bad(format!(
+                    "the overlay network's IPv6 gateway is {gateway}: drop the IPv6 --gateway or pass --gateway {gateway}"
+                )));
+            }
+            return Ok(json!({"Address": format!("{gateway}/{len}"), "Data": {}}));
+        }
+        let (network, _) = self.pool_network(&req.pool).await?;
+        let Some(mac) = req.mac else {
+            return Err(bad(format!(
+                "the request has no {MAC_OPTION}, which ties an IPv6 address to its endpoint: upgrade Docker (17.06 or later sends it)"
+            )));
+        };
+        let mut mine: Vec<_> = self
+            .cluster
+            .local_endpoints()
+            .into_iter()
+            .filter(|e| e.ifname == DOCKER_IFNAME && e.network == network && e.mac == mac)
+            .collect();
+        let ep = match mine.len() {
+            1 => mine.remove(0),
+            0 => {
+                return Err(bad(format!(
+                    "no IPv4 address of {network} was reserved for MAC {mac}: endpoints need an IPv4 address too (IPv6-only Docker networks are not supported)"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "several endpoints of {network} have MAC {mac}: give each container its own --mac-address"
+                )))
+            }
+        };
+        let v6 = ep.ipv6.ok_or_else(|| {
+            bad(format!(
+                "overlay network {network:?} has no IPv6 subnet: drop --ipv6"
+            ))
+        })?;
+        if req.address.is_some_and(|a| a != IpAddr::V6(v6.ip)) {
+            return Err(bad(format!(
+                "an IPv6 address cannot be chosen (--ip6): the cluster IPAM reserved {} with {}; drop --ip6",
+                v6.ip, ep.ip
+            )));
+        }
+        Ok(json!({"Address": format!("{}/{}", v6.ip, v6.prefix_len), "Data": {}}))
+    }
+
+    async fn release_address(&self, pool: PoolId, ip: IpAddr) -> Outcome {
+        // An IPv6 address goes with its endpoint's IPv4 one, which Docker releases too.
+        let IpAddr::V4(ip) = ip else {
+            return Ok(json!({}));
+        };
         // Whatever the pool's network is called now, the reservation says which it was.
         let candidates: Vec<String> = self
             .cluster
             .local_endpoints()
             .into_iter()
-            .filter(|e| e.ifname == DOCKER_IFNAME && e.ip == ip && pool.subnet.contains(&e.ip))
+            .filter(|e| e.ifname == DOCKER_IFNAME && e.ip == ip)
+            .filter(|e| pool.subnet.contains(&IpAddr::V4(e.ip)))
             .filter(|e| pool.network.as_ref().is_none_or(|n| *n == e.network))
             .map(|e| e.network)
             .collect();
@@ -184,6 +268,7 @@ impl Driver {
         let NetworkCreate {
             network_id,
             pool,
+            pool6,
             network,
             vni,
         } = req;
@@ -193,7 +278,7 @@ impl Driver {
             (None, None) => {
                 let by_subnet = PoolId {
                     network: None,
-                    subnet: pool,
+                    subnet: pool.into(),
                 };
                 self.pool_network(&by_subnet).await.map_err(|_| {
                     bad("pass -o network=NAME (an existing overlay network) or -o vni=N to create one")
@@ -214,6 +299,15 @@ impl Driver {
                         net.subnet, net.subnet
                     )));
                 }
+                let ours6 = net.ipv6().map(|v6| v6.subnet);
+                if pool6.is_some_and(|p| Some(p) != ours6) {
+                    return Err(bad(match ours6 {
+                        Some(s) => format!(
+                            "overlay network {name:?} has IPv6 subnet {s}: pass --subnet {s}"
+                        ),
+                        None => format!("overlay network {name:?} has no IPv6 subnet: drop --ipv6"),
+                    }));
+                }
             }
             None => {
                 let Some(vni) = vni else {
@@ -228,18 +322,17 @@ impl Driver {
                     block_len: pool.prefix_len().max(26),
                     gateway: None,
                     mtu: None,
-                    subnet6: None,
+                    subnet6: pool6,
                     gateway6: None,
-                    block_len6: None,
+                    block_len6: pool6.map(|p| p.prefix_len().max(96)),
                 };
                 record.check(&name).map_err(bad)?;
                 if !self.cluster.create_network(&name, record).await? {
                     // Someone else may have created the same network meanwhile.
-                    let same = self
-                        .cluster
-                        .network(&name)
-                        .await
-                        .is_some_and(|n| n.vni == vni && n.subnet == pool);
+                    let same =
+                        self.cluster.network(&name).await.is_some_and(|n| {
+                            n.vni == vni && n.subnet == pool && n.subnet6 == pool6
+                        });
                     if !same {
                         return Err(bad(format!(
                             "network {name:?} or VNI {vni} is already in use: pick another"
@@ -276,10 +369,18 @@ impl Driver {
                 )),
                 e => e.into(),
             })?;
+        let ours6 = ep.ipv6.map(|v6| v6.ip);
+        if req.ip6.is_some_and(|a| Some(a) != ours6) {
+            return Err(bad(format!(
+                "IPv6 address {} was not handed out by the overlay-ebpf IPAM for {ip}: create the network with --ipam-driver overlay-ebpf",
+                req.ip6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+            )));
+        }
         let binding = EndpointBinding {
             network_id: req.network_id,
             network: net.network,
             ip,
+            ip6: req.ip6,
             peer,
             sandbox: None,
         };
@@ -296,7 +397,12 @@ impl Driver {
 
     fn endpoint_info(&self, id: &str) -> Value {
         let value = match self.endpoints.load::<EndpointBinding>(id) {
-            Some(b) => json!({"network": b.network, "ip": b.ip.to_string(), "interface": b.peer}),
+            Some(b) => json!({
+                "network": b.network,
+                "ip": b.ip.to_string(),
+                "ip6": b.ip6.map(|a| a.to_string()),
+                "interface": b.peer,
+            }),
             None => json!({}),
         };
         json!({"Value": value})
@@ -341,11 +447,10 @@ impl Driver {
                 "endpoint {id} does not exist on this host: CreateEndpoint first"
             ))
         })?;
-        let gateway = self
+        let overlay = self
             .cluster
             .network(&net.network)
             .await
-            .map(|n| n.gateway_ip())
             .ok_or_else(|| bad(format!("overlay network {:?} is gone", net.network)))?;
         if sandbox != b.sandbox {
             let b = EndpointBinding {
@@ -356,12 +461,26 @@ impl Driver {
                 .save(id, &b)
                 .map_err(|e| Failure::Internal(format!("saving endpoint {id}: {e}")))?;
         }
-        Ok(json!({
+        let mut reply = json!({
             "InterfaceName": {"SrcName": b.peer, "DstPrefix": "eth"},
-            "Gateway": gateway.to_string(),
+            "Gateway": overlay.gateway_ip().to_string(),
             "StaticRoutes": [],
             "DisableGatewayService": true,
-        }))
+        });
+        // Only with an IPv6 address in the container: the route needs one on the link.
+        if let (Some(_), Some(v6)) = (b.ip6, overlay.ipv6()) {
+            reply["GatewayIPv6"] = json!(v6.gateway.to_string());
+        }
+        Ok(reply)
+    }
+}
+
+/// The network's pool of one family.
+fn pool_of(net: &NetworkRecord, v6: bool) -> Option<IpNet> {
+    if v6 {
+        net.ipv6().map(|v6| IpNet::V6(v6.subnet))
+    } else {
+        Some(IpNet::V4(net.subnet))
     }
 }
 

@@ -2,9 +2,12 @@
 //! into a typed `Call` before anything is done (`decode`), and the replies. Executing a call
 //! is the driver's (`driver.rs`).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 use super::state::valid_id;
@@ -16,6 +19,9 @@ use overlay_api::ErrorKind;
 pub(super) const ADDRESS_SPACE: &str = "overlay-ebpf";
 /// Docker's option marking the gateway's address request.
 pub(super) const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
+/// The option carrying the endpoint's MAC address in RequestAddress (sent because we require
+/// it): what ties an endpoint's IPv6 request to its IPv4 one.
+pub(super) const MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
 /// Where `docker network create -o k=v` options arrive.
 pub(super) const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 
@@ -92,7 +98,7 @@ pub enum Call {
     RequestAddress(AddressRequest),
     ReleaseAddress {
         pool: PoolId,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     CreateNetwork(NetworkCreate),
     DeleteNetwork {
@@ -117,18 +123,20 @@ pub enum Call {
 }
 
 /// IPAM RequestPool: an overlay network by name (`--ipam-opt network=NAME`), a subnet
-/// (`--subnet`), or both; never neither.
+/// (`--subnet`), or both; never neither. `v6`: the network's IPv6 pool (`--ipv6`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolRequest {
     pub network: Option<String>,
-    pub subnet: Option<Ipv4Net>,
+    pub subnet: Option<IpNet>,
+    pub v6: bool,
 }
 
-/// The pool ids this driver issues: `<network>@<subnet>`, the network's name when known.
+/// The pool ids this driver issues: `<network>@<subnet>`, the network's name when known;
+/// the subnet's family is the pool's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolId {
     pub network: Option<String>,
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
 }
 
 impl PoolId {
@@ -154,9 +162,12 @@ impl std::fmt::Display for PoolId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressRequest {
     pub pool: PoolId,
-    pub address: Option<Ipv4Addr>,
+    /// Of the pool's family.
+    pub address: Option<IpAddr>,
     /// Docker asks for the gateway's address when it creates the network.
     pub gateway: bool,
+    /// The endpoint's MAC (MAC_OPTION), the same in its IPv4 and IPv6 requests.
+    pub mac: Option<MacAddr>,
 }
 
 /// NetworkDriver CreateNetwork: a Docker network standing for an overlay network, named
@@ -165,6 +176,8 @@ pub struct AddressRequest {
 pub struct NetworkCreate {
     pub network_id: String,
     pub pool: Ipv4Net,
+    /// `--ipv6`: the IPv6 pool.
+    pub pool6: Option<Ipv6Net>,
     pub network: Option<String>,
     pub vni: Option<u32>,
 }
@@ -175,7 +188,9 @@ pub struct EndpointCreate {
     pub network_id: String,
     pub endpoint_id: String,
     pub ip: Ipv4Addr,
-    /// Docker chose the MAC (`--mac-address`).
+    /// On an `--ipv6` network.
+    pub ip6: Option<Ipv6Addr>,
+    /// Docker chose the MAC (`--mac-address`, or for IPAM: MAC_OPTION).
     pub mac: Option<MacAddr>,
     pub services: Vec<String>,
 }
@@ -234,7 +249,7 @@ pub fn decode(method: &str, body: &[u8]) -> Result<Call, Reply> {
         | "/NetworkDriver.ProgramExternalConnectivity"
         | "/NetworkDriver.RevokeExternalConnectivity" => Ok(Call::Constant(json!({}))),
         "/IpamDriver.GetCapabilities" => Ok(Call::Constant(
-            json!({"RequiresMACAddress": false, "RequiresRequestReplay": false}),
+            json!({"RequiresMACAddress": true, "RequiresRequestReplay": false}),
         )),
         "/IpamDriver.GetDefaultAddressSpaces" => Ok(Call::Constant(json!({
             "LocalDefaultAddressSpace": ADDRESS_SPACE,
@@ -257,11 +272,7 @@ pub fn decode(method: &str, body: &[u8]) -> Result<Call, Reply> {
 }
 
 pub(super) fn decode_request_pool(req: &Value) -> Result<Call, Failure> {
-    if req["V6"].as_bool() == Some(true) {
-        return Err(bad(
-            "IPv6 is not supported: create the network without --ipv6",
-        ));
-    }
+    let v6 = req["V6"].as_bool() == Some(true);
     if !field(req, "SubPool").is_empty() {
         return Err(bad(
             "--ip-range is not supported: the cluster IPAM hands out addresses from the whole subnet",
@@ -273,47 +284,73 @@ pub(super) fn decode_request_pool(req: &Value) -> Result<Call, Failure> {
         .map(str::to_owned);
     let subnet = match field(req, "Pool") {
         "" => None,
-        p => Some(
-            p.parse::<Ipv4Net>()
-                .map_err(|_| bad(format!("pool {p:?} is not an IPv4 CIDR")))?
-                .trunc(),
-        ),
+        p => {
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let net = p
+                .parse::<IpNet>()
+                .ok()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .ok_or_else(|| bad(format!("pool {p:?} is not an {family} CIDR")))?;
+            Some(net.trunc())
+        }
     };
     if network.is_none() && subnet.is_none() {
         return Err(bad(
             "pass --subnet (the overlay network's subnet) or --ipam-opt network=NAME",
         ));
     }
-    Ok(Call::RequestPool(PoolRequest { network, subnet }))
+    Ok(Call::RequestPool(PoolRequest {
+        network,
+        subnet,
+        v6,
+    }))
 }
 
 pub(super) fn decode_request_address(req: &Value) -> Result<Call, Failure> {
     let pool = PoolId::parse(field(req, "PoolID")).map_err(bad)?;
     let address = match field(req, "Address") {
         "" => None,
-        a => Some(parse_address(a)?),
+        a => Some(parse_address_in(a, &pool)?),
     };
     let gateway = req["Options"]["RequestAddressType"].as_str() == Some(GATEWAY_REQUEST);
+    let mac = match field(&req["Options"], MAC_OPTION) {
+        "" => None,
+        m => Some(
+            m.parse::<MacAddr>()
+                .map_err(|_| bad(format!("{MAC_OPTION} {m:?} is not a MAC address")))?,
+        ),
+    };
     Ok(Call::RequestAddress(AddressRequest {
         pool,
         address,
         gateway,
+        mac,
     }))
 }
 
 pub(super) fn decode_release_address(req: &Value) -> Result<Call, Failure> {
     let pool = PoolId::parse(field(req, "PoolID")).map_err(bad)?;
-    let ip = parse_address(field(req, "Address"))?;
+    let ip = parse_address_in(field(req, "Address"), &pool)?;
     Ok(Call::ReleaseAddress { pool, ip })
 }
 
 pub(super) fn decode_create_network(req: &Value) -> Result<Call, Failure> {
     let network_id = id_field(req, "NetworkID")?.to_owned();
-    if req["IPv6Data"].as_array().is_some_and(|a| !a.is_empty()) {
-        return Err(bad(
-            "IPv6 is not supported: create the network without --ipv6",
-        ));
-    }
+    let pool6 = match req["IPv6Data"].get(0) {
+        None | Some(Value::Null) => None,
+        Some(v6) => {
+            if field(v6, "AddressSpace") != ADDRESS_SPACE {
+                return Err(bad(
+                    "IPv6 addresses must come from the cluster IPAM too: create the network with --ipam-driver overlay-ebpf",
+                ));
+            }
+            let p = field(v6, "Pool");
+            Some(
+                p.parse::<Ipv6Net>()
+                    .map_err(|_| bad(format!("IPv6Data pool {p:?} is not an IPv6 CIDR")))?,
+            )
+        }
+    };
     let v4 = req["IPv4Data"].get(0).cloned().unwrap_or_default();
     if field(&v4, "AddressSpace") != ADDRESS_SPACE {
         return Err(bad(
@@ -334,6 +371,7 @@ pub(super) fn decode_create_network(req: &Value) -> Result<Call, Failure> {
     Ok(Call::CreateNetwork(NetworkCreate {
         network_id,
         pool,
+        pool6,
         network: opt("network").map(str::to_owned),
         vni,
     }))
@@ -350,6 +388,10 @@ pub(super) fn decode_create_endpoint(req: &Value) -> Result<Call, Failure> {
         ));
     }
     let ip = parse_address(address)?;
+    let ip6 = match field(iface, "AddressIPv6") {
+        "" => None,
+        a => Some(parse_address6(a)?),
+    };
     let mac = match field(iface, "MacAddress") {
         "" => None,
         m => Some(
@@ -361,6 +403,7 @@ pub(super) fn decode_create_endpoint(req: &Value) -> Result<Call, Failure> {
         network_id,
         endpoint_id,
         ip,
+        ip6,
         mac,
         services: service_labels(&req["Options"])?,
     }))
@@ -398,6 +441,20 @@ pub(super) fn parse_address(s: &str) -> Result<Ipv4Addr, Failure> {
         .map_err(|_| bad(format!("{s:?} is not an IPv4 address")))
 }
 
+pub(super) fn parse_address6(s: &str) -> Result<Ipv6Addr, Failure> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    addr.parse()
+        .map_err(|_| bad(format!("{s:?} is not an IPv6 address")))
+}
+
+/// An address of the pool's family.
+fn parse_address_in(s: &str, pool: &PoolId) -> Result<IpAddr, Failure> {
+    Ok(match pool.subnet {
+        IpNet::V4(_) => IpAddr::V4(parse_address(s)?),
+        IpNet::V6(_) => IpAddr::V6(parse_address6(s)?),
+    })
+}
+
 /// ReleasePool carries only a pool id, which may be anything we issued.
 pub(super) fn id_field_any<'a>(body: &'a Value, name: &str) -> Result<&'a str, Failure> {
     match field(body, name) {
@@ -412,10 +469,12 @@ mod tests {
 
     #[test]
     fn pool_ids_round_trip() {
-        let subnet: Ipv4Net = "198.19.1.0/24".parse().unwrap();
-        for network in [Some("red".to_owned()), None] {
-            let id = PoolId { network, subnet };
-            assert_eq!(PoolId::parse(&id.to_string()), Ok(id));
+        for subnet in ["198.19.1.0/24", "2001:2:0:1001::/64"] {
+            let subnet: IpNet = subnet.parse().unwrap();
+            for network in [Some("red".to_owned()), None] {
+                let id = PoolId { network, subnet };
+                assert_eq!(PoolId::parse(&id.to_string()), Ok(id));
+            }
         }
         assert!(PoolId::parse("LocalDefault/198.19.200.0/24").is_err());
     }
@@ -432,6 +491,20 @@ mod tests {
         assert_eq!(
             status("/IpamDriver.RequestPool", r#"{"Pool": "198.19.1.0/24"}"#),
             200
+        );
+        assert_eq!(
+            status(
+                "/IpamDriver.RequestPool",
+                r#"{"Pool": "198.19.1.0/24", "V6": true}"#
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                "/IpamDriver.RequestAddress",
+                r#"{"PoolID": "red@2001:2:0:1001::/64", "Address": "198.19.1.9"}"#
+            ),
+            400
         );
         assert_eq!(
             status(

@@ -3,7 +3,7 @@
 //! not call CreateNetwork again after a restart, so this lives in `<run-dir>/docker/`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -20,6 +20,9 @@ pub struct EndpointBinding {
     pub network_id: String,
     pub network: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on an `--ipv6` network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The veth side Docker moves into the container.
     pub peer: String,
     /// The container's network namespace (Join's SandboxKey), once joined.
