@@ -54,6 +54,8 @@ fn short(metric: Metric) -> &'static str {
         Metric::RttP50Halt => "p50 halt",
         Metric::RttP99Halt => "p99 halt",
         Metric::CpuPerGbit => "CPU/Gbit",
+        Metric::PingPongP50 => "pp p50",
+        Metric::PingPongP99 => "pp p99",
     }
 }
 
@@ -65,7 +67,7 @@ pub fn datapath(path: &Path, modes: &[Mode], samples: &Samples) -> Result<()> {
     load_font()?;
     let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v));
     let ratio = |m: Mode, k: Metric| -> Option<f64> {
-        let (a, b) = (med(m, k)?, med(Mode::KernelVxlan, k)?);
+        let (a, b) = (med(m, k)?, med(m.baseline(Mode::KernelVxlan), k)?);
         Some(if k.higher_is_better() { a / b } else { b / a })
     };
     let top = Metric::ALL

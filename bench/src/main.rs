@@ -4,6 +4,7 @@
 mod charts;
 mod measure;
 mod modes;
+mod pingpong;
 mod propagation;
 mod report;
 mod scale;
@@ -134,6 +135,9 @@ fn datapath(cli: &Cli) -> Result<String> {
             Mode::Overlay,
             Mode::OverlayXdpNative,
             Mode::OverlayXdpSkb,
+            Mode::Routed6,
+            Mode::KernelVxlan6,
+            Mode::Overlay6,
         ]
     } else {
         cli.modes.clone()

@@ -6,7 +6,7 @@ use std::{process::Stdio, time::Duration};
 use anyhow::{bail, Context as _, Result};
 use overlay_tests::ChildGuard;
 
-use crate::modes::{Pair, CLIENT_IP, SERVER_IP};
+use crate::{modes::Pair, pingpong};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Metric {
@@ -41,10 +41,15 @@ pub enum Metric {
     RttP99Halt,
     /// CPU time (all cores, softirq + system + user) per Gbit transferred in Tcp1, ms.
     CpuPerGbit,
+    /// The bench's own TCP ping-pong (`pingpong.rs`), one CPU, round trip p50 (µs): what
+    /// RttP50 measures, for both families (the packaged sockperf 3.7 has no IPv6).
+    PingPongP50,
+    /// The same, p99.
+    PingPongP99,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Tcp1,
         Metric::Tcp4,
         Metric::Udp64,
@@ -58,6 +63,8 @@ impl Metric {
         Metric::RttP50Halt,
         Metric::RttP99Halt,
         Metric::CpuPerGbit,
+        Metric::PingPongP50,
+        Metric::PingPongP99,
     ];
 
     pub fn label(self) -> &'static str {
@@ -75,6 +82,8 @@ impl Metric {
             Metric::RttP50Halt => "RTT p50, two CPUs, idle halts (µs)",
             Metric::RttP99Halt => "RTT p99, two CPUs, idle halts (µs)",
             Metric::CpuPerGbit => "CPU per Gbit, TCP 1 stream (ms)",
+            Metric::PingPongP50 => "RTT p50, one CPU, bench ping-pong (µs)",
+            Metric::PingPongP99 => "RTT p99, one CPU, bench ping-pong (µs)",
         }
     }
 
@@ -96,7 +105,8 @@ pub enum Test {
     Udp,
     /// trafgen UDP 64-byte flood, and the CPU per packet of the same at 50 kpps on average.
     Flood,
-    /// sockperf TCP ping-pong: on one CPU, and on two with idle CPUs polling and halting.
+    /// sockperf TCP ping-pong (IPv4): on one CPU, and on two with idle CPUs polling and
+    /// halting; the bench's own ping-pong on one CPU (both families).
     Rtt,
 }
 
@@ -121,7 +131,8 @@ fn allowed_cpus() -> Result<(usize, Option<usize>)> {
 /// Servers running in the server container for the whole benchmark.
 pub struct Servers {
     _iperf: ChildGuard,
-    _sockperf: ChildGuard,
+    /// IPv4 only: sockperf 3.7 has no IPv6.
+    _sockperf: Option<ChildGuard>,
 }
 
 /// An iperf3 server on port 5201 in `ns`, stopped on drop.
@@ -138,6 +149,12 @@ pub fn iperf_server(ns: &overlay_tests::Netns) -> Result<ChildGuard> {
 
 pub fn start_servers(pair: &Pair) -> Result<Servers> {
     let iperf = iperf_server(&pair.server)?;
+    if pair.mode.ipv6() {
+        return Ok(Servers {
+            _iperf: iperf,
+            _sockperf: None,
+        });
+    }
     let (server_cpu, _) = allowed_cpus()?;
     let sockperf = pair
         .server
@@ -148,7 +165,7 @@ pub fn start_servers(pair: &Pair) -> Result<Servers> {
             "sockperf",
             "server",
             "-i",
-            &SERVER_IP.to_string(),
+            &pair.server_ip.to_string(),
             "-p",
             "11111",
             "--tcp",
@@ -160,7 +177,7 @@ pub fn start_servers(pair: &Pair) -> Result<Servers> {
     std::thread::sleep(Duration::from_millis(300));
     Ok(Servers {
         _iperf: iperf,
-        _sockperf: ChildGuard::new(sockperf, "sockperf server"),
+        _sockperf: Some(ChildGuard::new(sockperf, "sockperf server")),
     })
 }
 
@@ -182,7 +199,8 @@ fn busy_jiffies() -> u64 {
 }
 
 fn iperf(pair: &Pair, args: &[&str]) -> Result<serde_json::Value> {
-    let mut full = vec!["-c", "198.19.1.21", "-p", "5201", "-J"];
+    let server = pair.server_ip.to_string();
+    let mut full = vec!["-c", server.as_str(), "-p", "5201", "-J"];
     full.extend_from_slice(args);
     let out = pair.client.output("iperf3", &full);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -256,6 +274,12 @@ fn udp(pair: &Pair, seconds: u32, out: &mut Vec<(Metric, f64)>) -> Result<()> {
 
 fn rtt(pair: &Pair, seconds: u32, out: &mut Vec<(Metric, f64)>) -> Result<()> {
     let (server_cpu, other_cpu) = allowed_cpus()?;
+    let (p50, p99) = pingpong::run(pair, seconds, server_cpu)?;
+    out.push((Metric::PingPongP50, p50));
+    out.push((Metric::PingPongP99, p99));
+    if pair.mode.ipv6() {
+        return Ok(());
+    }
     let (p50, p99) = sockperf(pair, seconds, server_cpu)?;
     out.push((Metric::RttP50, p50));
     out.push((Metric::RttP99, p99));
@@ -308,7 +332,7 @@ fn sockperf(pair: &Pair, seconds: u32, cpu: usize) -> Result<(f64, f64)> {
             "sockperf",
             "ping-pong",
             "-i",
-            &SERVER_IP.to_string(),
+            &pair.server_ip.to_string(),
             "-p",
             "11111",
             "--tcp",
@@ -348,6 +372,12 @@ const CPU_RATE_PPS: u32 = 50_000;
 /// error counters of its namespace (a full receive buffer, memory, checksum). Queued ones are
 /// counted when the sink is drained.
 fn server_udp_errors(pair: &Pair) -> Result<u64> {
+    if pair.mode.ipv6() {
+        return pair
+            .server
+            .snmp6("Udp6InErrors")
+            .context("no Udp6InErrors in the server's /proc/net/snmp6");
+    }
     pair.server
         .snmp("Udp", "InErrors")
         .context("no Udp InErrors in the server's /proc/net/snmp")
@@ -361,9 +391,10 @@ struct Sink(std::net::UdpSocket);
 
 impl Sink {
     fn bind(pair: &Pair) -> Result<Self> {
+        let ip = pair.server_ip;
         let socket = pair
             .server
-            .enter(|| std::net::UdpSocket::bind((SERVER_IP, FLOOD_PORT)))
+            .enter(move || std::net::UdpSocket::bind((ip, FLOOD_PORT)))
             .context("UDP sink in the server container")?;
         socket.set_nonblocking(true)?;
         Ok(Self(socket))
@@ -384,7 +415,7 @@ impl Sink {
 /// next hop's MAC as its neighbour table has it (the gateway, or the server on one subnet).
 fn flood_frame(pair: &Pair) -> Result<String> {
     let c = &pair.client;
-    let server = SERVER_IP.to_string();
+    let server = pair.server_ip.to_string();
     // Only to resolve the next hop; a lost reply is not an error here.
     c.output("ping", &["-c", "1", "-W", "1", &server]);
     let json =
@@ -400,10 +431,16 @@ fn flood_frame(pair: &Pair) -> Result<String> {
         .to_owned();
     let link = json(&["-j", "link", "show", "dev", "eth0"])?;
     let sa = link[0]["address"].as_str().context("client eth0 MAC")?;
+    let client = pair.client_ip;
+    let ip = if pair.mode.ipv6() {
+        format!("eth(da={da}, sa={sa}, type=0x86dd), ipv6(saddr={client}, daddr={server}, hl=64)")
+    } else {
+        format!(
+            "eth(da={da}, sa={sa}, type=0x0800), ipv4(saddr={client}, daddr={server}, ttl=64, df)"
+        )
+    };
     Ok(format!(
-        "{{ eth(da={da}, sa={sa}, type=0x0800), \
-         ipv4(saddr={CLIENT_IP}, daddr={server}, ttl=64, df), \
-         udp(sp=40000, dp={FLOOD_PORT}), fill(0x41, 64) }}"
+        "{{ {ip}, udp(sp=40000, dp={FLOOD_PORT}), fill(0x41, 64) }}"
     ))
 }
 

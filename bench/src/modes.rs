@@ -1,7 +1,9 @@
 //! The datapaths under comparison, each as two hosts with one container each, identical
-//! addressing (198.19.1.11 <-> 198.19.1.21) and container MTU (underlay 1500 - 50).
+//! addressing (198.19.1.11 <-> 198.19.1.21, or 2001:2:0:1001::b <-> ::15 for the IPv6 modes)
+//! and container MTU (underlay 1500 - 50). The underlay is IPv4, except that `routed-ipv6`
+//! routes IPv6 between the hosts.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 
@@ -22,6 +24,15 @@ pub enum Mode {
     OverlayXdpNative,
     /// This project with the XDP filter in generic (skb) mode.
     OverlayXdpSkb,
+    /// `routed` with IPv6 in the containers and between the hosts.
+    #[value(name = "routed-ipv6")]
+    Routed6,
+    /// `kernel-vxlan` with IPv6 in the containers (the underlay stays IPv4).
+    #[value(name = "kernel-vxlan-ipv6")]
+    KernelVxlan6,
+    /// `overlay` with IPv6 in the containers (a dual-stack network).
+    #[value(name = "overlay-ipv6")]
+    Overlay6,
 }
 
 impl Mode {
@@ -33,18 +44,45 @@ impl Mode {
             Mode::Overlay => "overlay",
             Mode::OverlayXdpNative => "overlay-xdp-native",
             Mode::OverlayXdpSkb => "overlay-xdp-skb",
+            Mode::Routed6 => "routed-ipv6",
+            Mode::KernelVxlan6 => "kernel-vxlan-ipv6",
+            Mode::Overlay6 => "overlay-ipv6",
+        }
+    }
+
+    /// Whether the containers talk IPv6.
+    pub fn ipv6(self) -> bool {
+        matches!(self, Mode::Routed6 | Mode::KernelVxlan6 | Mode::Overlay6)
+    }
+
+    /// The mode of this family a mode is compared with: `base` (an IPv4 mode) or its IPv6
+    /// counterpart.
+    pub fn baseline(self, base: Mode) -> Mode {
+        match (self.ipv6(), base) {
+            (true, Mode::Routed) => Mode::Routed6,
+            (true, Mode::KernelVxlan) => Mode::KernelVxlan6,
+            (true, Mode::Overlay) => Mode::Overlay6,
+            _ => base,
         }
     }
 }
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 11);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 21);
+const SUBNET6: &str = "2001:2:0:1001::/64";
+/// The same offsets in the IPv6 subnet (11 and 21).
+const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1001, 0, 0, 0, 0xb);
+const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1001, 0, 0, 0, 0x15);
+const GATEWAY6: &str = "2001:2:0:1001::1";
 
 /// A client and a server container on two hosts, whatever connects them.
 pub struct Pair {
     pub mode: Mode,
     pub client: Netns,
     pub server: Netns,
+    /// The containers' addresses, of the mode's family.
+    pub client_ip: IpAddr,
+    pub server_ip: IpAddr,
     // Keeps the rest of the topology alive (dropped after the containers).
     _rest: Rest,
 }
@@ -75,14 +113,26 @@ impl Pair {
     /// (the eBPF programs of kernel-vxlan-bpf) is an error that says so.
     pub fn build(mode: Mode) -> Result<Self> {
         match mode {
-            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb => Ok(overlay(mode)),
-            Mode::Routed | Mode::KernelVxlan | Mode::KernelVxlanBpf => plain(mode),
+            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb | Mode::Overlay6 => {
+                Ok(overlay(mode))
+            }
+            Mode::Routed
+            | Mode::KernelVxlan
+            | Mode::KernelVxlanBpf
+            | Mode::Routed6
+            | Mode::KernelVxlan6 => plain(mode),
         }
     }
 }
 
 fn overlay(mode: Mode) -> Pair {
-    let mut t = Topology::new(TopologySpec::new(2).network("bench", 100, "198.19.1.0/24"));
+    let spec = TopologySpec::new(2);
+    let spec = if mode.ipv6() {
+        spec.network6("bench", 100, "198.19.1.0/24", SUBNET6)
+    } else {
+        spec.network("bench", 100, "198.19.1.0/24")
+    };
+    let mut t = Topology::new(spec);
     t.add_container(0, "a", "bench", 1);
     t.add_container(1, "b", "bench", 1);
     t.write_tables();
@@ -97,26 +147,99 @@ fn overlay(mode: Mode) -> Pair {
     let server = Netns::open(t.container("b").ns.name());
     assert_eq!(t.container("a").ip, CLIENT_IP);
     assert_eq!(t.container("b").ip, SERVER_IP);
+    let (client_ip, server_ip) = if mode.ipv6() {
+        assert_eq!(t.container("a").ip6(), CLIENT_IP6);
+        assert_eq!(t.container("b").ip6(), SERVER_IP6);
+        (CLIENT_IP6.into(), SERVER_IP6.into())
+    } else {
+        (CLIENT_IP.into(), SERVER_IP.into())
+    };
     Pair {
         mode,
         client,
         server,
+        client_ip,
+        server_ip,
         _rest: Rest::Overlay {
             _topology: Box::new(t),
         },
     }
 }
 
+/// The addresses of a plain pair's family: container `i` (1: client, 2: server), the
+/// gateway on each host's container veth, a host's address on the vxlan device or (routed)
+/// the underlay, and the prefix length of a single address.
+struct Plan {
+    v6: bool,
+}
+
+impl Plan {
+    fn container(&self, i: usize) -> IpAddr {
+        match (self.v6, i) {
+            (false, 1) => CLIENT_IP.into(),
+            (false, _) => SERVER_IP.into(),
+            (true, 1) => CLIENT_IP6.into(),
+            (true, _) => SERVER_IP6.into(),
+        }
+    }
+    fn gateway(&self) -> &'static str {
+        if self.v6 {
+            GATEWAY6
+        } else {
+            "198.19.1.1"
+        }
+    }
+    fn vxlan_host(&self, i: usize) -> String {
+        if self.v6 {
+            format!("2001:2:0:1000::{i}")
+        } else {
+            format!("198.19.0.{i}")
+        }
+    }
+    fn underlay_host(&self, i: usize) -> String {
+        if self.v6 {
+            format!("2001:2:0:ff::{i}")
+        } else {
+            format!("198.18.0.{i}")
+        }
+    }
+    fn single(&self, addr: impl std::fmt::Display) -> String {
+        format!("{addr}/{}", if self.v6 { 128 } else { 32 })
+    }
+    /// `ip` arguments before a command: the family, and for IPv6 addresses no DAD wait.
+    fn family(&self) -> &'static str {
+        if self.v6 {
+            "-6"
+        } else {
+            "-4"
+        }
+    }
+    fn addr_add(&self, ns: &Netns, addr: &str, dev: &str) {
+        let mut args = vec![self.family(), "addr", "add", addr, "dev", dev];
+        if self.v6 {
+            args.push("nodad");
+        }
+        ns.ip(&args);
+    }
+}
+
 fn plain(mode: Mode) -> Result<Pair> {
     let id = unique_id();
+    let plan = Plan { v6: mode.ipv6() };
+    let f = plan.family();
     let underlay = Netns::create(&format!("ovb{id}-ul"));
     underlay.add_switch();
     let mut hosts = Vec::new();
     let mut containers = Vec::new();
     let mtu = CONTAINER_MTU.to_string();
-    for (i, ip) in [(1u8, CLIENT_IP), (2u8, SERVER_IP)] {
+    for i in [1usize, 2] {
+        let ip = plan.container(i);
         let h = Netns::create(&format!("ovb{id}-h{i}"));
-        h.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        if plan.v6 {
+            h.sysctl("net/ipv6/conf/all/forwarding", "1");
+        } else {
+            h.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        }
         h.sysctl("net/ipv4/ip_forward", "1");
         h.ip(&[
             "link",
@@ -133,11 +256,17 @@ fn plain(mode: Mode) -> Result<Pair> {
             underlay.name(),
         ]);
         h.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "ul0"]);
+        if mode == Mode::Routed6 {
+            plan.addr_add(&h, &format!("{}/64", plan.underlay_host(i)), "ul0");
+        }
         h.ip(&["link", "set", "ul0", "up"]);
         underlay.ip(&["link", "set", &format!("p{i}"), "master", "br0", "up"]);
-        // Container: a /32 behind the host, default route via 198.19.1.1 on the host's veth.
+        // Container: a /32 (/128) behind the host, default route via the gateway address on
+        // the host's veth.
         let c = Netns::create(&format!("ovb{id}-c{i}"));
-        c.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        if !plan.v6 {
+            c.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        }
         h.ip(&[
             "link",
             "add",
@@ -152,28 +281,29 @@ fn plain(mode: Mode) -> Result<Pair> {
             "netns",
             c.name(),
         ]);
-        h.ip(&["addr", "add", "198.19.1.1/32", "dev", "vc"]);
+        plan.addr_add(&h, &plan.single(plan.gateway()), "vc");
         h.ip(&["link", "set", "vc", "up"]);
-        h.ip(&["route", "add", &format!("{ip}/32"), "dev", "vc"]);
+        h.ip(&[f, "route", "add", &plan.single(ip), "dev", "vc"]);
         c.ip(&["link", "set", "eth0", "mtu", &mtu, "up"]);
-        c.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        c.ip(&["route", "add", "198.19.1.1", "dev", "eth0"]);
-        c.ip(&["route", "add", "default", "via", "198.19.1.1"]);
+        plan.addr_add(&c, &plan.single(ip), "eth0");
+        c.ip(&[f, "route", "add", plan.gateway(), "dev", "eth0"]);
+        c.ip(&[f, "route", "add", "default", "via", plan.gateway()]);
         hosts.push(h);
         containers.push(c);
     }
     for (i, h) in hosts.iter().enumerate() {
         let me = i + 1;
         let peer = 3 - me;
-        let peer_ip = if peer == 1 { CLIENT_IP } else { SERVER_IP };
+        let peer_ip = plan.single(plan.container(peer));
         match mode {
-            Mode::Routed => {
+            Mode::Routed | Mode::Routed6 => {
                 h.ip(&[
+                    f,
                     "route",
                     "add",
-                    &format!("{peer_ip}/32"),
+                    &peer_ip,
                     "via",
-                    &format!("198.18.0.{peer}"),
+                    &plan.underlay_host(peer),
                 ]);
             }
             Mode::KernelVxlanBpf => {
@@ -215,22 +345,17 @@ fn plain(mode: Mode) -> Result<Pair> {
                     "ul0",
                     "nolearning",
                 ]);
-                h.ip(&["addr", "add", &format!("198.19.0.{me}/32"), "dev", "vx0"]);
+                plan.addr_add(h, &plan.single(plan.vxlan_host(me)), "vx0");
                 h.ip(&["link", "set", "vx0", "up"]);
+                let hop = plan.vxlan_host(peer);
                 h.ip(&[
-                    "route",
-                    "add",
-                    &format!("{peer_ip}/32"),
-                    "via",
-                    &format!("198.19.0.{peer}"),
-                    "dev",
-                    "vx0",
-                    "onlink",
+                    f, "route", "add", &peer_ip, "via", &hop, "dev", "vx0", "onlink",
                 ]);
                 h.ip(&[
+                    f,
                     "neigh",
                     "add",
-                    &format!("198.19.0.{peer}"),
+                    &hop,
                     "lladdr",
                     &mac(peer),
                     "dev",
@@ -277,6 +402,8 @@ fn plain(mode: Mode) -> Result<Pair> {
         mode,
         client,
         server,
+        client_ip: plan.container(1),
+        server_ip: plan.container(2),
         _rest: Rest::Plain {
             _programs: programs,
             _hosts: hosts,

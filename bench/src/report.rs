@@ -76,7 +76,6 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
          every figure is the median with [min-max]. Sender and receiver share the machine's cores.\n",
         machine()
     );
-    let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v)).unwrap_or(f64::NAN);
     // Only what was measured (`--tests` may have chosen a subset).
     let metrics: Vec<Metric> = Metric::ALL
         .into_iter()
@@ -107,27 +106,101 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
         }
         let _ = writeln!(
             s,
-            "\nRatio of medians to `{name}` (>1 is better for every row):\n"
+            "\nRatio of medians to `{name}` (`{name}-ipv6` for the IPv6 modes; >1 is better for every row):\n"
         );
         header(&mut s, modes);
         for &k in &metrics {
             let _ = write!(s, "| {} |", k.label());
             for m in modes {
-                let (a, b) = (med(*m, k), med(base, k));
-                let ratio = if k.higher_is_better() { a / b } else { b / a };
-                let _ = write!(s, " {ratio:.2} |");
+                cell(&mut s, ratio(samples, *m, m.baseline(base), k));
             }
             let _ = writeln!(s);
         }
     }
+    ipv6_cost(&mut s, modes, samples, &metrics);
     let _ = writeln!(
         s,
         "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
          `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `kernel-vxlan-bpf` Cilium's tunnel mode (collect_md vxlan device, a TC program on the container veth sets the tunnel key and redirects to it, one on the device's ingress redirects to the container's veth peer); `overlay` this project with its defaults (on a veth underlay: TC programs only, no XDP); `overlay-xdp-native` with the \
-         XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-xdp-skb` with the XDP filter in generic mode.\n\n\
+         XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-xdp-skb` with the XDP filter in generic mode; \
+         `routed-ipv6`, `kernel-vxlan-ipv6` and `overlay-ipv6` the same with IPv6 in the containers (routed: IPv6 between the hosts too; \
+         the VXLAN underlay stays IPv4). sockperf 3.7 has no IPv6: the IPv6 modes' latency is the bench's own ping-pong, measured for every mode.\n\n\
          Produced by `cargo xtask bench`."
     );
     s
+}
+
+/// A ratio's table cell: "-" where a mode did not measure the metric.
+fn cell(s: &mut String, ratio: f64) {
+    if ratio.is_nan() {
+        let _ = write!(s, " - |");
+    } else {
+        let _ = write!(s, " {ratio:.2} |");
+    }
+}
+
+/// How `m` compares with `base` on `k`, as a ratio of medians (>1: `m` is better).
+fn ratio(samples: &Samples, m: Mode, base: Mode, k: Metric) -> f64 {
+    let med = |m: Mode| samples.get(&(m, k)).map(|v| median(v)).unwrap_or(f64::NAN);
+    let (a, b) = (med(m), med(base));
+    if k.higher_is_better() {
+        a / b
+    } else {
+        b / a
+    }
+}
+
+/// Whether IPv6 costs the overlay more than it costs the alternatives: the overlay's IPv6
+/// ratio to each alternative divided by its IPv4 ratio (1: the same standing in both
+/// families; below 1: IPv6 loses ground).
+fn ipv6_cost(s: &mut String, modes: &[Mode], samples: &Samples, metrics: &[Metric]) {
+    let bases: Vec<(Mode, &str)> = [
+        (Mode::KernelVxlan, "kernel-vxlan"),
+        (Mode::Routed, "routed"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| {
+        [
+            *b,
+            Mode::Overlay6.baseline(*b),
+            Mode::Overlay,
+            Mode::Overlay6,
+        ]
+        .iter()
+        .all(|m| modes.contains(m))
+    })
+    .collect();
+    if bases.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nIPv6 against IPv4: the overlay's IPv6 ratio to each alternative divided by its IPv4 ratio \
+         (1.00: IPv6 costs the overlay exactly what it costs the alternative):\n"
+    );
+    let _ = write!(s, "| metric |");
+    for (_, name) in &bases {
+        let _ = write!(s, " vs {name} |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|{}", "---|".repeat(bases.len()));
+    for &k in metrics {
+        let cells: Vec<f64> = bases
+            .iter()
+            .map(|(b, _)| {
+                ratio(samples, Mode::Overlay6, Mode::Overlay6.baseline(*b), k)
+                    / ratio(samples, Mode::Overlay, *b, k)
+            })
+            .collect();
+        if cells.iter().all(|c| c.is_nan()) {
+            continue;
+        }
+        let _ = write!(s, "| {} |", k.label());
+        for c in cells {
+            cell(s, c);
+        }
+        let _ = writeln!(s);
+    }
 }
 
 pub fn json(samples: &Samples) -> String {

@@ -154,6 +154,16 @@ impl Netns {
             .and_then(|(_, v)| v.parse().ok())
     }
 
+    /// A counter of this namespace's /proc/net/snmp6, e.g. "Udp6InErrors".
+    pub fn snmp6(&self, field: &str) -> Option<u64> {
+        let out = self.output("cat", &["/proc/net/snmp6"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(name, _)| *name == field)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     /// Writes a sysctl of this namespace (e.g. `net/ipv6/conf/all/disable_ipv6`).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{key}");

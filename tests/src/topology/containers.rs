@@ -1,10 +1,13 @@
 //! Containers: pods the daemon makes through its API, and hand-made ones for the static
 //! tables file.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use ipnet::Ipv4Net;
-use overlay_api::{Endpoint, EndpointRequest};
+use overlay_api::{Endpoint, EndpointRequest, Ipv6Assignment};
 use overlay_daemon::tables::{EndpointIface, EndpointSpec, MacAddr};
 
 use super::{Container, Topology, CONTAINER_MTU};
@@ -95,7 +98,8 @@ impl Topology {
     }
 
     /// Adds a container on host `host` (0-based) in `network`, with the `index`-th address
-    /// of that host's range in the subnet (.<10*(host+1)+index>).
+    /// of that host's range in the subnet (.<10*(host+1)+index>), and on a dual-stack network
+    /// the same offset in the IPv6 subnet.
     pub fn add_container(&mut self, host: usize, name: &str, network: &str, index: u8) -> usize {
         let net = self
             .tables
@@ -104,11 +108,15 @@ impl Topology {
             .find(|n| n.name == network)
             .unwrap_or_else(|| panic!("no network {network}"))
             .clone();
-        let base = u32::from(net.subnet.network());
-        let ip = Ipv4Addr::from(base + 10 * (host as u32 + 1) + index as u32);
+        let offset = 10 * (host as u32 + 1) + index as u32;
+        let ip = Ipv4Addr::from(u32::from(net.subnet.network()) + offset);
+        let ipv6 = net.subnet6.map(|s6| Ipv6Assignment {
+            ip: Ipv6Addr::from(u128::from(s6.network()) + offset as u128),
+            prefix_len: s6.prefix_len(),
+            gateway: net.gateway_ip6().expect("dual-stack"),
+        });
         let mac = MacAddr::from_ip(ip);
-        let ns = Netns::create(&format!("ovt{}-{name}", self.id));
-        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+        let ns = self.container_ns(name, network);
         let host_ifname = format!("v{name}");
         let mtu = CONTAINER_MTU.to_string();
         let h = &self.hosts[host];
@@ -148,8 +156,14 @@ impl Topology {
             "dev",
             "eth0",
         ]);
+        if let Some(v6) = ipv6 {
+            let addr = format!("{}/{}", v6.ip, v6.prefix_len);
+            ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+            let gw = v6.gateway.to_string();
+            ns.ip(&["-6", "route", "add", "default", "via", &gw, "dev", "eth0"]);
+        }
         self.tables.endpoints.push(EndpointSpec {
-            ip6: None,
+            ip6: ipv6.map(|v6| v6.ip),
             network: network.to_owned(),
             ip,
             mac: Some(mac),
@@ -166,7 +180,7 @@ impl Topology {
             mac,
             host_ifname,
             gateway: net.gateway_ip(),
-            ipv6: None,
+            ipv6,
         });
         self.containers.len() - 1
     }
