@@ -106,9 +106,34 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 
-/// `CtEntry.flags`/`RevNatEntry.flags`: a FIN or RST was seen; the flow ends after
-/// `CT_CLOSE_TIMEOUT_NS`, and a new SYN on its tuple starts a new flow.
+/// `CtEntry.flags`/`RevNatEntry.flags`: the flow is closing and ends after
+/// `CT_CLOSE_TIMEOUT_NS`; a new SYN on its tuple starts a new flow. On a flow entry: the
+/// client sent a FIN or RST. On a reverse entry, which decides whether the translated tuple
+/// is still held: a RST, or FINs both ways (a half-closed connection still holds its tuple,
+/// whichever side closed first).
 pub const CT_F_CLOSING: u16 = 1;
+/// `RevNatEntry.flags`: the client's FIN was seen.
+pub const CT_F_FIN_CLIENT: u16 = 8;
+/// `RevNatEntry.flags`: the server's FIN was seen.
+pub const CT_F_FIN_SERVER: u16 = 16;
+
+/// The flags a reverse entry gets from a packet with TCP `flags` (`TCP_FIN`/`TCP_RST` bits)
+/// going the direction whose FIN is `fin`: closing at a RST, or once both FINs were seen.
+#[inline(always)]
+pub const fn rev_close_flags(rev_flags: u16, tcp_flags: u8, fin: u16) -> u16 {
+    if tcp_flags & crate::wire::TCP_RST != 0 {
+        return rev_flags | CT_F_CLOSING;
+    }
+    if tcp_flags & crate::wire::TCP_FIN == 0 {
+        return rev_flags;
+    }
+    let flags = rev_flags | fin;
+    if flags & (CT_F_FIN_CLIENT | CT_F_FIN_SERVER) == CT_F_FIN_CLIENT | CT_F_FIN_SERVER {
+        flags | CT_F_CLOSING
+    } else {
+        flags
+    }
+}
 /// The client is the backend itself (hairpin): its source is translated to the VIP as well.
 pub const CT_F_HAIRPIN: u16 = 2;
 /// A direct flow (to a backend's own address, not a VIP), recorded because it got a source
@@ -265,4 +290,33 @@ mod pod {
     unsafe impl aya::Pod for NetnsInfo {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockAddr {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{TCP_ACK, TCP_FIN, TCP_RST};
+
+    #[test]
+    fn a_tuple_is_released_after_fins_both_ways_or_a_reset() {
+        let fin = TCP_FIN | TCP_ACK;
+        let client = rev_close_flags(0, fin, CT_F_FIN_CLIENT);
+        assert_eq!(client & CT_F_CLOSING, 0, "half-closed by the client");
+        let server = rev_close_flags(0, fin, CT_F_FIN_SERVER);
+        assert_eq!(server & CT_F_CLOSING, 0, "half-closed by the server");
+        for both in [
+            rev_close_flags(client, fin, CT_F_FIN_SERVER),
+            rev_close_flags(server, fin, CT_F_FIN_CLIENT),
+        ] {
+            assert_ne!(both & CT_F_CLOSING, 0);
+        }
+        assert_ne!(
+            rev_close_flags(CT_F_DIRECT, TCP_RST, CT_F_FIN_SERVER) & CT_F_CLOSING,
+            0
+        );
+        assert_eq!(
+            rev_close_flags(CT_F_HAIRPIN, TCP_ACK, CT_F_FIN_CLIENT),
+            CT_F_HAIRPIN
+        );
+    }
 }

@@ -316,6 +316,65 @@ fn a_half_closed_vip_connection_keeps_its_tuple() {
     );
 }
 
+/// Per packet, the other half-close: a VIP connection whose client sent its FIN first (as
+/// `shutdown(SHUT_WR)` after a request does) still holds its tuple while the server answers,
+/// so a direct connection the kernel gives the same port gets a port of its own, and the
+/// server's answer to the VIP connection still arrives, from the VIP.
+#[test]
+fn a_vip_connection_the_client_half_closed_keeps_its_tuple() {
+    use std::io::{Read, Write};
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8082);
+    let listener = t
+        .container("b1")
+        .ns
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:8082"))
+        .expect("listen");
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut vip_conn, _) = listener.accept()?;
+        let mut request = Vec::new();
+        vip_conn.read_to_end(&mut request)?; // up to the client's FIN
+        let (mut direct_conn, _) = listener.accept()?;
+        direct_conn.write_all(b"y")?;
+        drop(direct_conn);
+        vip_conn.write_all(b"answer")?;
+        Ok(request)
+    });
+    let before = t.counters(1);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let direct = SocketAddrV4::new(b1, 8082);
+    let (got_direct, got_vip) = t
+        .container("client")
+        .ns
+        .enter(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+            let mut first = connect_from(20_040, vip, Duration::from_secs(3))?;
+            first.write_all(b"request")?;
+            first.shutdown(std::net::Shutdown::Write)?;
+            // The FIN has reached the datapath before the next SYN leaves.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut second = connect_from(20_040, direct, Duration::from_secs(3))?;
+            let mut b = Vec::new();
+            second.read_to_end(&mut b)?;
+            let mut a = Vec::new();
+            first.read_to_end(&mut a)?;
+            Ok((b, a))
+        })
+        .unwrap_or_else(|e| panic!("client: {e}\n{:?}", t.counters(1)));
+    let request = server.join().expect("server").expect("server side");
+    assert_eq!(request, b"request");
+    assert_eq!(
+        (got_direct.as_slice(), got_vip.as_slice()),
+        (&b"y"[..], &b"answer"[..]),
+        "both connections answered"
+    );
+    let after = t.counters(1);
+    assert_eq!(
+        after.traffic(Direction::LbDirectRemap).packets
+            - before.traffic(Direction::LbDirectRemap).packets,
+        1,
+        "the direct connection got a port of its own"
+    );
+}
+
 /// With socket balancing, traffic that bypasses the sockets (a raw socket) is balanced per
 /// packet: a direct UDP flow from the port such a VIP flow holds gets a port of its own at
 /// its first datagram, and its later datagrams follow it (one remap, not one per datagram),

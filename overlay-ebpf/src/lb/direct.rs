@@ -14,8 +14,8 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use overlay_common::{
     lb::{
-        ct_expired, BackendInfo, CtEntry, DirectRemaps, FlowKey, CT_CLOSE_TIMEOUT_NS, CT_F_CLOSING,
-        CT_F_DIRECT, CT_UDP_TIMEOUT_NS,
+        ct_expired, rev_close_flags, BackendInfo, CtEntry, DirectRemaps, FlowKey,
+        CT_CLOSE_TIMEOUT_NS, CT_F_CLOSING, CT_F_DIRECT, CT_F_FIN_CLIENT, CT_UDP_TIMEOUT_NS,
     },
     maps::CONFIG_F_TRACK_DIRECT,
     wire::IPPROTO_TCP,
@@ -136,10 +136,11 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
             unsafe { (*d).udp_last = now };
         }
     }
-    if closes(flags) && ct.flags & CT_F_CLOSING == 0 {
+    if closes(flags) {
+        let first = ct.flags & CT_F_CLOSING == 0;
         ct.flags |= CT_F_CLOSING;
-        close_reply(key.vni, key, ct);
-        if remapped {
+        close_reply(key.vni, key, ct, flags);
+        if remapped && first {
             if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
                 add_open(d, u64::MAX);
             }
@@ -220,9 +221,10 @@ fn record_direct(
     flags: u8,
     now: u64,
 ) -> Result<bool, DropReason> {
+    let rev_flags = rev_close_flags(CT_F_DIRECT, flags, CT_F_FIN_CLIENT);
     let closing = if closes(flags) { CT_F_CLOSING } else { 0 };
     let flags = CT_F_DIRECT | closing;
-    if !claim(key, &reply, flags, now)? {
+    if !claim(key, &reply, rev_flags, now)? {
         return Ok(false);
     }
     let ct = CtEntry {

@@ -20,8 +20,8 @@ pub use direct::check_direct;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use overlay_common::{
     lb::{
-        ct_expired, flow_hash, CtEntry, FlowKey, RevNatEntry, ServiceInfo, ServiceKey,
-        CT_F_CLOSING, CT_F_DIRECT, CT_F_HAIRPIN,
+        ct_expired, flow_hash, rev_close_flags, CtEntry, FlowKey, RevNatEntry, ServiceInfo,
+        ServiceKey, CT_F_CLOSING, CT_F_DIRECT, CT_F_FIN_CLIENT, CT_F_FIN_SERVER, CT_F_HAIRPIN,
     },
     wire::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Direction, DropReason, LocalIface,
@@ -129,9 +129,9 @@ pub fn to_service(
         Some(p) if current(unsafe { &*p }, ip.proto, flags, now) => {
             let ct = unsafe { &mut *p };
             ct.last_seen = now;
-            if closes(flags) && ct.flags & CT_F_CLOSING == 0 {
+            if closes(flags) {
                 ct.flags |= CT_F_CLOSING;
-                close_reply(me.vni, &key, ct);
+                close_reply(me.vni, &key, ct, flags);
             }
             *ct
         }
@@ -155,9 +155,10 @@ fn current(ct: &CtEntry, proto: u8, flags: u8, now: u64) -> bool {
         && !(is_syn(flags) && ct.flags & CT_F_CLOSING != 0)
 }
 
-/// Marks the reverse entry of a closing flow too, so a direct flow may take its tuple.
+/// Records the client's FIN or RST on the reverse entry too: once the connection is closed
+/// both ways (or reset) a direct flow may take its tuple.
 #[inline(always)]
-fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry) {
+fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry, tcp_flags: u8) {
     let dst = if ct.flags & CT_F_HAIRPIN != 0 {
         key.dst_ip
     } else {
@@ -172,7 +173,7 @@ fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry) {
         key.proto,
     );
     if let Some(r) = LB_REVNAT.get_ptr_mut(reply) {
-        unsafe { (*r).flags |= CT_F_CLOSING };
+        unsafe { (*r).flags = rev_close_flags((*r).flags, tcp_flags, CT_F_FIN_CLIENT) };
     }
 }
 
@@ -185,6 +186,7 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
     let hairpin = backend.ip == key.src_ip;
     let dst = if hairpin { key.dst_ip } else { key.src_ip };
     let mut entry_flags = if hairpin { CT_F_HAIRPIN } else { 0 };
+    let rev_flags = rev_close_flags(entry_flags, flags, CT_F_FIN_CLIENT);
     if closes(flags) {
         entry_flags |= CT_F_CLOSING;
     }
@@ -192,7 +194,7 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
     let mut i = 0;
     loop {
         let reply = flow(key.vni, backend.ip, dst, backend.port, port, key.proto);
-        if claim(key, &reply, entry_flags, now)? {
+        if claim(key, &reply, rev_flags, now)? {
             break;
         }
         if i == REMAP_TRIES {
@@ -290,11 +292,9 @@ pub fn to_client(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReas
         return Ok(());
     }
     rev.last_seen = now;
-    // A reset ends the flow; the server's FIN does not: the client may go on sending (half
-    // close), so the tuple stays held until the client's own FIN (`close_reply`).
-    if flags & TCP_RST != 0 {
-        rev.flags |= CT_F_CLOSING;
-    }
+    // A reset ends the flow; a FIN alone does not: the other side may go on sending (half
+    // close), so the tuple stays held until the client's FIN too (`close_reply`).
+    rev.flags = rev_close_flags(rev.flags, flags, CT_F_FIN_SERVER);
     let rev = *rev;
     if rev.flags & CT_F_DIRECT != 0 {
         // A direct flow: only a remapped port goes back to the client's own.
