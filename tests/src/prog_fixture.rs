@@ -30,18 +30,22 @@ pub fn ip(s: &str) -> Ipv4Addr {
 /// A loaded, unattached datapath with a small table, removed (pins included) on drop.
 pub struct Fixture {
     pub dp: Datapath,
-    pins: PinLayout,
+    _pins: Pins,
     pub me: (Ipv4Addr, MacAddr),
     pub remote: (Ipv4Addr, MacAddr),
     pub other_net: (Ipv4Addr, MacAddr),
 }
 
-impl Drop for Fixture {
+/// A fixture's pin directory, removed on drop: made before the datapath is loaded, so a
+/// load or a setup step that fails leaves nothing in /sys/fs/bpf either.
+struct Pins(PinLayout);
+
+impl Drop for Pins {
     fn drop(&mut self) {
-        for e in datapath::remove(&self.pins, None) {
+        for e in datapath::remove(&self.0, None) {
             eprintln!("cleanup: {e}");
         }
-        let _ = std::fs::remove_dir(self.pins.root().parent().unwrap());
+        let _ = std::fs::remove_dir(self.0.root().parent().unwrap());
     }
 }
 
@@ -58,8 +62,11 @@ pub const LOCAL_VTEP: &str = "198.18.0.1";
 pub const REMOTE_VTEP: &str = "198.18.0.2";
 
 pub fn fixture() -> Fixture {
-    let pins = PinLayout::new(format!("/sys/fs/bpf/ovt-unit-{}/node", unique_id()));
-    let mut dp = Datapath::load_unattached(&pins, TcMode::Auto, 0).expect("load datapath");
+    let pins = Pins(PinLayout::new(format!(
+        "/sys/fs/bpf/ovt-unit-{}/node",
+        unique_id()
+    )));
+    let mut dp = Datapath::load_unattached(&pins.0, TcMode::Auto, 0).expect("load datapath");
     let me = (ip("198.19.1.11"), MacAddr::from_ip(ip("198.19.1.11")));
     let remote = (ip("198.19.1.21"), MacAddr::from_ip(ip("198.19.1.21")));
     let other_net = (ip("198.19.2.21"), MacAddr::from_ip(ip("198.19.2.21")));
@@ -129,7 +136,7 @@ pub fn fixture() -> Fixture {
         .unwrap();
     Fixture {
         dp,
-        pins,
+        _pins: pins,
         me,
         remote,
         other_net,

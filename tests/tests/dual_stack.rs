@@ -284,6 +284,50 @@ fn ipv6_keeps_flowing_across_daemon_restarts_and_the_claims_stay() {
     assert_eq!(sent, received);
 }
 
+/// A node whose etcd lease is revoked (as when etcd expired it during an outage) registers
+/// again and publishes its endpoints with their IPv6 claims under the new lease: the same
+/// addresses, no claim lost or doubled, and IPv6 reaches its container again.
+#[test]
+fn ipv6_claims_come_back_under_a_new_lease() {
+    let t = dual_stack_cluster();
+    let etcd = t.etcd.as_ref().unwrap();
+    let (a, b) = (t.container("a"), t.container("b"));
+    let b6 = b.ip6();
+    let key = format!("/overlay/v1/endpoints6/red/{b6}");
+    let lease_of = |key: &str| -> Option<i64> {
+        let out = etcd.ctl_ok(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl json");
+        v["kvs"][0]["lease"].as_i64()
+    };
+    let old = lease_of(&key).expect("b's IPv6 claim has a lease");
+    let before = etcd.keys("/overlay/v1/endpoints6/");
+    assert_eq!(before.len(), 4, "{before:?}");
+    etcd.ctl_ok(&["lease", "revoke", &format!("{old:x}")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = lease_of(&key);
+        if now.is_some_and(|l| l != old) && etcd.keys("/overlay/v1/endpoints6/") == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claims after the revoke: {:?}, lease {now:?}\n{}",
+            etcd.keys("/overlay/v1/endpoints6/"),
+            t.daemon_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let eps = t.overlayctl_ok(0, &["endpoint", "ls"]);
+    assert!(eps.contains(&b6.to_string()), "{eps}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !traffic::ping(&a.ns, b6, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a cannot reach b over IPv6 after b's node registered again"
+        );
+    }
+}
+
 /// A container on two networks (a dual-stack one and an IPv4-only one): both interfaces
 /// come up, each family reaches its peers, and the second network's default route does not
 /// fail the ADD.
