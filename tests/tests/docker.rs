@@ -240,6 +240,26 @@ fn docker_and_podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
     }
     d1.start_container("web1", "red");
     d2.start_container("web2", "red");
+    // An IPv6 address cannot be chosen: Docker shows the driver's one-line reason.
+    let chosen = d1.run(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed6",
+        "--network",
+        "red",
+        "--ip6",
+        "2001:2:0:1001::99",
+        "bbox:latest",
+        "sleep",
+        "600",
+    ]);
+    let err = String::from_utf8_lossy(&chosen.stderr);
+    assert!(
+        !chosen.status.success() && err.contains("drop --ip6"),
+        "docker run --ip6: {err}"
+    );
+    let _ = d1.run(&["rm", "-f", "fixed6"]);
     let (a6, b6) = (d1.ipv6_of("web1", "red"), d2.ipv6_of("web2", "red"));
     assert!(
         a6.starts_with("2001:2:0:1001:") && b6.starts_with("2001:2:0:1001:") && a6 != b6,
@@ -291,6 +311,7 @@ fn docker_and_podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
         [&a6, &b6, &p6].iter().all(|a| eps.contains(a.as_str())),
         "{eps}"
     );
+    wait_endpoints(&t, 3, "the refused --ip6 container left no reservation");
 
     p.remove("pod");
     d1.run_ok(&["rm", "-f", "web1"]);
