@@ -76,9 +76,14 @@ pub fn run(pair: &Pair, seconds: u32, cpu: usize) -> Result<(f64, f64)> {
     rx.recv()
         .context("ping-pong server thread")?
         .with_context(|| format!("ping-pong server on {}", pair.mode.label()))?;
-    let result = pair
-        .client
-        .enter(move || ping(SocketAddr::new(ip, PORT), cpu, seconds));
+    let server_addr = SocketAddr::new(ip, PORT);
+    let result = pair.client.enter(move || ping(server_addr, cpu, seconds));
+    if result.is_err() {
+        // The client may never have connected: wake the server's accept (it then sees EOF).
+        let _ = pair.client.enter(move || {
+            TcpStream::connect_timeout(&server_addr, Duration::from_secs(1)).map(drop)
+        });
+    }
     // The client's socket is closed: the server sees EOF and returns.
     match server.join() {
         Ok(r) => r?,

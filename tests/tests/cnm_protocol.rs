@@ -111,6 +111,15 @@ impl Scenario {
                         self.links()
                     );
                 }
+                "expect_claims6" => {
+                    let etcd = self.t.etcd.as_ref().expect("etcd");
+                    let claims = etcd.keys("/overlay/v1/endpoints6/");
+                    assert_eq!(
+                        claims.len(),
+                        step["count"].as_u64().unwrap() as usize,
+                        "{what}: {claims:?}"
+                    );
+                }
                 "expect_network" => {
                     let nets = self.t.overlayctl_ok(0, &["network", "ls", "-o", "json"]);
                     let name = step["name"].as_str().unwrap();

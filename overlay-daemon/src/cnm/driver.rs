@@ -19,6 +19,8 @@ use tracing::{debug, warn};
 use super::protocol::*;
 use super::state::{EndpointBinding, JsonDir, NetworkBinding};
 use super::{docker_address_id, DOCKER_IFNAME};
+use overlay_api::Attachment;
+
 use crate::{
     cluster::{host_ifname, Cluster, ClusterError},
     store::records::{NetworkRecord, RECORD_VERSION},
@@ -206,7 +208,7 @@ impl Driver {
         let (network, _) = self.pool_network(&req.pool).await?;
         let Some(mac) = req.mac else {
             return Err(bad(format!(
-                "the request has no {MAC_OPTION}, which ties an IPv6 address to its endpoint: upgrade Docker (17.06 or later sends it)"
+                "the request has no {MAC_OPTION}, which ties an IPv6 address to its endpoint: restart dockerd (it reads a driver's capabilities once, when it first loads it)"
             )));
         };
         let mut mine: Vec<_> = self
@@ -228,24 +230,49 @@ impl Driver {
                 )))
             }
         };
-        let v6 = ep.ipv6.ok_or_else(|| {
-            bad(format!(
+        let refused = match ep.ipv6 {
+            None => Some(format!(
                 "overlay network {network:?} has no IPv6 subnet: drop --ipv6"
-            ))
-        })?;
-        if req.address.is_some_and(|a| a != IpAddr::V6(v6.ip)) {
-            return Err(bad(format!(
+            )),
+            Some(v6) if req.address.is_some_and(|a| a != IpAddr::V6(v6.ip)) => Some(format!(
                 "an IPv6 address cannot be chosen (--ip6): the cluster IPAM reserved {} with {}; drop --ip6",
                 v6.ip, ep.ip
-            )));
+            )),
+            Some(_) => None,
+        };
+        if let Some(msg) = refused {
+            // Docker releases nothing when its second address request fails: the IPv4
+            // reservation goes now, not when the reaper finds it unused.
+            if ep.attachment == Attachment::Reserved {
+                let id = docker_address_id(&network, ep.ip);
+                if let Err(e) = self.cluster.delete_endpoint(&id, DOCKER_IFNAME).await {
+                    warn!(ip = %ep.ip, network, "releasing a refused endpoint's IPv4 address: {e}");
+                }
+            }
+            return Err(bad(msg));
         }
+        let v6 = ep.ipv6.expect("checked above");
         Ok(json!({"Address": format!("{}/{}", v6.ip, v6.prefix_len), "Data": {}}))
     }
 
     async fn release_address(&self, pool: PoolId, ip: IpAddr) -> Outcome {
-        // An IPv6 address goes with its endpoint's IPv4 one, which Docker releases too.
-        let IpAddr::V4(ip) = ip else {
-            return Ok(json!({}));
+        let ip = match ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip6) => {
+                // Normally released with its IPv4 address (already gone by now); alone, for a
+                // reservation whose container will not have it. An attached endpoint keeps
+                // its claim until its IPv4 address goes: never handed out twice.
+                let holders: Vec<_> = self
+                    .cluster
+                    .local_endpoints()
+                    .into_iter()
+                    .filter(|e| e.ifname == DOCKER_IFNAME && e.ipv6.is_some_and(|v| v.ip == ip6))
+                    .collect();
+                for e in holders {
+                    self.cluster.drop_docker_ipv6(&e.network, e.ip).await?;
+                }
+                return Ok(json!({}));
+            }
         };
         // Whatever the pool's network is called now, the reservation says which it was.
         let candidates: Vec<String> = self
@@ -358,6 +385,10 @@ impl Driver {
     async fn create_endpoint(&self, req: EndpointCreate) -> Outcome {
         let net = self.binding(&req.network_id)?;
         let ip = req.ip;
+        if req.ip6.is_none() {
+            // A Docker network without --ipv6 (or IPv6 off in the container).
+            self.cluster.drop_docker_ipv6(&net.network, ip).await?;
+        }
         let peer = peer_ifname(&net.network, ip);
         let ep = self
             .cluster

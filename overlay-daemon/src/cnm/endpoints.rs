@@ -54,6 +54,32 @@ impl Cluster {
         Ok(ep)
     }
 
+    /// Gives up a Docker reservation's IPv6 address, which Docker will not configure (a
+    /// network without `--ipv6`, IPv6 off in the container), so that no node answers for it.
+    /// Only before the endpoint is attached; idempotent.
+    pub async fn drop_docker_ipv6(&self, network: &str, ip: Ipv4Addr) -> Result<(), ClusterError> {
+        let _guard = self.alloc.lock().await;
+        let id = docker_address_id(network, ip);
+        let Some(mut ep) = self.local.load(&id, DOCKER_IFNAME) else {
+            return Ok(());
+        };
+        if ep.attachment != Attachment::Reserved {
+            return Ok(());
+        }
+        let store = self.try_store()?;
+        let Some((key6, value6)) = self.endpoint6_kv(&store, &ep) else {
+            return Ok(());
+        };
+        // Forgotten locally first: a crash before the delete leaves an orphan claim, which
+        // the reaper removes; the other order could leave an address claimed by nobody's
+        // record yet handed out again.
+        ep.ipv6 = None;
+        self.local.save(&ep)?;
+        store.delete_if(&key6, value6).await?;
+        info!(%ip, network, "IPv6 address of a Docker endpoint given up: Docker does not configure it");
+        Ok(())
+    }
+
     /// Gives a reserved Docker address its veth pair: the host side gets the datapath, the
     /// other side (`peer`, left in this namespace with MAC and MTU set) is for Docker to move
     /// into the container. Idempotent.

@@ -352,6 +352,11 @@ pub(super) fn decode_create_network(req: &Value) -> Result<Call, Failure> {
         }
     };
     let v4 = req["IPv4Data"].get(0).cloned().unwrap_or_default();
+    if v4.is_null() && pool6.is_some() {
+        return Err(bad(
+            "IPv6-only networks are not supported: create the network with an IPv4 --subnet too (drop --ipv4=false)",
+        ));
+    }
     if field(&v4, "AddressSpace") != ADDRESS_SPACE {
         return Err(bad(
             "addresses must come from the cluster IPAM: create the network with --ipam-driver overlay-ebpf",

@@ -173,7 +173,11 @@ fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry, tcp_flags: u8) {
         key.proto,
     );
     if let Some(r) = LB_REVNAT.get_ptr_mut(reply) {
-        unsafe { (*r).flags = rev_close_flags((*r).flags, tcp_flags, CT_F_FIN_CLIENT) };
+        // Only this flow's own: a retransmitted FIN of a finished flow must not close the
+        // flow that holds the tuple now.
+        if owned_by(unsafe { &*r }, key) {
+            unsafe { (*r).flags = rev_close_flags((*r).flags, tcp_flags, CT_F_FIN_CLIENT) };
+        }
     }
 }
 
