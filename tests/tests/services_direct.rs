@@ -375,6 +375,68 @@ fn a_vip_connection_the_client_half_closed_keeps_its_tuple() {
     );
 }
 
+/// Per packet, a long half-close on a remapped tuple: a VIP connection given a port of its
+/// own (a direct connection held its port), half-closed by the client, whose server answers
+/// only after 12 s (longer than a closed flow's 10 s), while the direct connection has
+/// ended meanwhile: the client's ACKs keep the remapped port (its flow entry stays open
+/// until FINs went both ways), so the server sees them and its 4 MiB answer arrives whole.
+#[test]
+fn a_remapped_vip_connection_half_closed_for_long_gets_its_answer() {
+    use std::io::{Read, Write};
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8083);
+    let listener = t
+        .container("b1")
+        .ns
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:8083"))
+        .expect("listen");
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut direct_conn, _) = listener.accept()?;
+        direct_conn.write_all(b"d")?;
+        let (mut vip_conn, _) = listener.accept()?;
+        let mut byte = [0u8; 1];
+        direct_conn.read_exact(&mut byte)?;
+        drop(direct_conn);
+        let mut request = Vec::new();
+        vip_conn.read_to_end(&mut request)?; // up to the client's FIN
+        std::thread::sleep(Duration::from_secs(12));
+        // More than the socket buffers hold: it is sent only as the client's ACKs arrive.
+        vip_conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+        vip_conn.write_all(&vec![b'a'; 4 << 20])?;
+        Ok(request)
+    });
+    let before = t.counters(1);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let direct = SocketAddrV4::new(b1, 8083);
+    let answer = t
+        .container("client")
+        .ns
+        .enter(move || -> std::io::Result<Vec<u8>> {
+            let mut first = connect_from(20_050, direct, Duration::from_secs(3))?;
+            first.read_exact(&mut [0u8; 1])?;
+            let mut second = connect_from(20_050, vip, Duration::from_secs(3))?;
+            second.set_read_timeout(Some(Duration::from_secs(20)))?;
+            first.write_all(b"x")?;
+            first.read_to_end(&mut Vec::new())?; // the direct connection ends
+            drop(first);
+            second.write_all(b"request")?;
+            second.shutdown(std::net::Shutdown::Write)?;
+            let mut answer = Vec::new();
+            second.read_to_end(&mut answer)?;
+            Ok(answer)
+        })
+        .unwrap_or_else(|e| panic!("client: {e}\n{:?}", t.counters(1)));
+    assert_eq!(
+        server.join().expect("server").expect("server side"),
+        b"request"
+    );
+    assert_eq!(answer.len(), 4 << 20, "the answer after 12 s arrived whole");
+    let after = t.counters(1);
+    assert_eq!(
+        after.drops(DropReason::LbTupleConflict).packets,
+        before.drops(DropReason::LbTupleConflict).packets
+    );
+}
+
 /// With socket balancing, traffic that bypasses the sockets (a raw socket) is balanced per
 /// packet: a direct UDP flow from the port such a VIP flow holds gets a port of its own at
 /// its first datagram, and its later datagrams follow it (one remap, not one per datagram),

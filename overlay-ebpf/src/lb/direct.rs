@@ -136,11 +136,9 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
             unsafe { (*d).udp_last = now };
         }
     }
-    if closes(flags) {
-        let first = ct.flags & CT_F_CLOSING == 0;
+    if closes(flags) && ct.flags & CT_F_CLOSING == 0 && close_reply(key.vni, key, ct, flags) {
         ct.flags |= CT_F_CLOSING;
-        close_reply(key.vni, key, ct, flags);
-        if remapped && first {
+        if remapped {
             if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
                 add_open(d, u64::MAX);
             }
@@ -222,11 +220,10 @@ fn record_direct(
     now: u64,
 ) -> Result<bool, DropReason> {
     let rev_flags = rev_close_flags(CT_F_DIRECT, flags, CT_F_FIN_CLIENT);
-    let closing = if closes(flags) { CT_F_CLOSING } else { 0 };
-    let flags = CT_F_DIRECT | closing;
-    if !claim(key, &reply, rev_flags, now)? {
+    let Some(written) = claim(key, &reply, rev_flags, flags, now)? else {
         return Ok(false);
-    }
+    };
+    let flags = CT_F_DIRECT | (written & CT_F_CLOSING);
     let ct = CtEntry {
         backend_id: 0,
         backend: BackendInfo {
@@ -247,7 +244,7 @@ fn record_direct(
 /// Adds `n` (wrapping: `u64::MAX` takes one away) to the open remapped TCP flows, atomically
 /// (several CPUs remap and close at once).
 #[inline(always)]
-fn add_open(d: *mut DirectRemaps, n: u64) {
+pub(super) fn add_open(d: *mut DirectRemaps, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*d).tcp_open, n) };
 }
 

@@ -31,7 +31,7 @@ use crate::{
     counters::count,
     headers::{EthHdr, Ipv4Hdr, Packet as _, TcpHdr},
     kernel::{BPF_NOEXIST, EEXIST},
-    maps::{LB_BACKENDS, LB_CT, LB_MAGLEV, LB_REVNAT, LB_SERVICES},
+    maps::{LB_BACKENDS, LB_CT, LB_DIRECT, LB_MAGLEV, LB_REVNAT, LB_SERVICES},
 };
 use nat::{rewrite_dst, rewrite_src};
 
@@ -129,9 +129,8 @@ pub fn to_service(
         Some(p) if current(unsafe { &*p }, ip.proto, flags, now) => {
             let ct = unsafe { &mut *p };
             ct.last_seen = now;
-            if closes(flags) {
+            if closes(flags) && close_reply(me.vni, &key, ct, flags) {
                 ct.flags |= CT_F_CLOSING;
-                close_reply(me.vni, &key, ct, flags);
             }
             *ct
         }
@@ -155,10 +154,11 @@ fn current(ct: &CtEntry, proto: u8, flags: u8, now: u64) -> bool {
         && !(is_syn(flags) && ct.flags & CT_F_CLOSING != 0)
 }
 
-/// Records the client's FIN or RST on the reverse entry too: once the connection is closed
-/// both ways (or reset) a direct flow may take its tuple.
+/// Records the client's FIN or RST on the reverse entry: once the connection is closed both
+/// ways (or reset) a direct flow may take its tuple. Whether the flow is closed now (its
+/// flow entry then closes too; without a reverse entry of its own, at this packet).
 #[inline(always)]
-fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry, tcp_flags: u8) {
+fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry, tcp_flags: u8) -> bool {
     let dst = if ct.flags & CT_F_HAIRPIN != 0 {
         key.dst_ip
     } else {
@@ -172,11 +172,42 @@ fn close_reply(vni: u32, key: &FlowKey, ct: &CtEntry, tcp_flags: u8) {
         ct.src_port,
         key.proto,
     );
-    if let Some(r) = LB_REVNAT.get_ptr_mut(reply) {
+    match LB_REVNAT.get_ptr_mut(reply) {
         // Only this flow's own: a retransmitted FIN of a finished flow must not close the
         // flow that holds the tuple now.
-        if owned_by(unsafe { &*r }, key) {
-            unsafe { (*r).flags = rev_close_flags((*r).flags, tcp_flags, CT_F_FIN_CLIENT) };
+        Some(r) if owned_by(unsafe { &*r }, key) => {
+            let flags = rev_close_flags(unsafe { (*r).flags }, tcp_flags, CT_F_FIN_CLIENT);
+            unsafe { (*r).flags = flags };
+            flags & CT_F_CLOSING != 0
+        }
+        _ => true,
+    }
+}
+
+/// The server's FIN (or RST) closed a flow: its flow entry closes too (and a remapped direct
+/// flow stops counting as open).
+#[inline(always)]
+fn close_flow(vni: u32, rev: &RevNatEntry, proto: u8, now: u64) {
+    let key = flow(
+        vni,
+        rev.client_ip,
+        rev.vip,
+        rev.client_port,
+        rev.port,
+        proto,
+    );
+    let Some(p) = LB_CT.get_ptr_mut(key) else {
+        return;
+    };
+    let ct = unsafe { &mut *p };
+    if ct.flags & CT_F_CLOSING != 0 {
+        return;
+    }
+    ct.flags |= CT_F_CLOSING;
+    if ct.flags & CT_F_DIRECT != 0 && ct.src_port != rev.client_port {
+        if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
+            direct::add_open(d, u64::MAX);
+            unsafe { (*d).tcp_closed = now };
         }
     }
 }
@@ -191,14 +222,12 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
     let dst = if hairpin { key.dst_ip } else { key.src_ip };
     let mut entry_flags = if hairpin { CT_F_HAIRPIN } else { 0 };
     let rev_flags = rev_close_flags(entry_flags, flags, CT_F_FIN_CLIENT);
-    if closes(flags) {
-        entry_flags |= CT_F_CLOSING;
-    }
     let mut port = key.src_port;
     let mut i = 0;
     loop {
         let reply = flow(key.vni, backend.ip, dst, backend.port, port, key.proto);
-        if claim(key, &reply, rev_flags, now)? {
+        if let Some(written) = claim(key, &reply, rev_flags, flags, now)? {
+            entry_flags |= written & CT_F_CLOSING;
             break;
         }
         if i == REMAP_TRIES {
@@ -228,13 +257,30 @@ fn new_flow(svc: &ServiceInfo, key: &FlowKey, flags: u8, now: u64) -> Result<CtE
 /// destination and source port). False if another live flow holds it. A tuple without an
 /// entry is claimed only if still free when the entry goes in (`BPF_NOEXIST`): the program
 /// may run on several CPUs at once, and a flow that looked a moment ago may be claiming the
-/// same tuple now. A stale entry (a closed or expired flow's, or this flow's own) is replaced.
+/// same tuple now. A stale entry (a closed or expired flow's, or this flow's own) is replaced;
+/// this flow's own open one keeps the FINs it saw (the flow entry expired or was evicted
+/// while the connection was half-closed). The flags written, or None if the tuple is held.
 #[inline(always)]
-fn claim(key: &FlowKey, reply: &FlowKey, flags: u16, now: u64) -> Result<bool, DropReason> {
-    let free = match unsafe { LB_REVNAT.get(reply) } {
-        Some(r) if held_by_another(r, key, now) => return Ok(false),
-        Some(_) => false,
-        None => true,
+fn claim(
+    key: &FlowKey,
+    reply: &FlowKey,
+    flags: u16,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<Option<u16>, DropReason> {
+    let (free, flags) = match unsafe { LB_REVNAT.get(reply) } {
+        Some(r) if held_by_another(r, key, now) => return Ok(None),
+        Some(r) if owned_by(r, key) && r.flags & CT_F_CLOSING == 0 && !is_syn(tcp_flags) => {
+            let fins = r.flags & (CT_F_FIN_CLIENT | CT_F_FIN_SERVER);
+            let both = if fins == CT_F_FIN_CLIENT | CT_F_FIN_SERVER {
+                CT_F_CLOSING
+            } else {
+                0
+            };
+            (false, flags | fins | both)
+        }
+        Some(_) => (false, flags),
+        None => (true, flags),
     };
     let rev = RevNatEntry {
         vip: key.dst_ip,
@@ -246,8 +292,8 @@ fn claim(key: &FlowKey, reply: &FlowKey, flags: u16, now: u64) -> Result<bool, D
         last_seen: now,
     };
     match LB_REVNAT.insert(reply, rev, if free { BPF_NOEXIST } else { 0 }) {
-        Ok(()) => Ok(true),
-        Err(e) if free && e == -EEXIST => Ok(false),
+        Ok(()) => Ok(Some(flags)),
+        Err(e) if free && e == -EEXIST => Ok(None),
         Err(_) => Err(DropReason::LbNatFailed),
     }
 }
@@ -298,8 +344,12 @@ pub fn to_client(ctx: &TcContext, vni: u32, ip: &Ipv4Hdr) -> Result<(), DropReas
     rev.last_seen = now;
     // A reset ends the flow; a FIN alone does not: the other side may go on sending (half
     // close), so the tuple stays held until the client's FIN too (`close_reply`).
+    let was_open = rev.flags & CT_F_CLOSING == 0;
     rev.flags = rev_close_flags(rev.flags, flags, CT_F_FIN_SERVER);
     let rev = *rev;
+    if was_open && rev.flags & CT_F_CLOSING != 0 {
+        close_flow(vni, &rev, ip.proto, now);
+    }
     if rev.flags & CT_F_DIRECT != 0 {
         // A direct flow: only a remapped port goes back to the client's own.
         if rev.client_port != dport {
