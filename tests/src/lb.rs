@@ -190,3 +190,15 @@ pub fn assert_shares(counts: &BTreeMap<String, usize>, weights: &[(&str, u32)]) 
         );
     }
 }
+
+/// A two-node cluster (socket hooks on or off), backend b1 on node 0 and a client on node 1,
+/// and one service of `proto` at `vip` with b1's `port` as its backend, installed on the
+/// client's node. Returns b1's address.
+pub fn one_service(socket_lb: bool, vip: &str, proto: &str, port: u16) -> (Topology, Ipv4Addr) {
+    let mut t = cluster(2, 3, mode(socket_lb));
+    pods(&mut t, &[(0, "b1"), (1, "client")]);
+    let b1 = t.container("b1").ip;
+    add_service(&t, "svc", vip, proto, &[format!("{b1}:{port}")]);
+    t.wait_status(1, "service installed", |s| s["services"] == 1);
+    (t, b1)
+}
