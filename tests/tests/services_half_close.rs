@@ -9,7 +9,8 @@ use std::{
 };
 
 use overlay_common::{Direction, DropReason};
-use overlay_tests::{lb::one_service, services::connect_from};
+use overlay_daemon::maps::CounterSnapshot;
+use overlay_tests::{lb::one_service, services::connect_from, topology::Topology};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 20);
 
@@ -20,12 +21,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 20);
 #[test]
 fn a_half_closed_vip_connection_keeps_its_tuple() {
     use std::io::{Read, Write};
-    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8081);
-    let listener = t
-        .container("b1")
-        .ns
-        .enter(|| std::net::TcpListener::bind("0.0.0.0:8081"))
-        .expect("listen");
+    let (t, b1, listener) = backend_listening(8081);
     let server = std::thread::spawn(move || -> std::io::Result<(usize, String)> {
         let (mut vip_conn, _) = listener.accept()?;
         vip_conn.write_all(b"x")?;
@@ -73,10 +69,8 @@ fn a_half_closed_vip_connection_keeps_its_tuple() {
         (1000, "zzzzzzzz"),
         "its last bytes arrived whole"
     );
-    let after = t.counters(1);
     assert_eq!(
-        after.traffic(Direction::LbDirectRemap).packets
-            - before.traffic(Direction::LbDirectRemap).packets,
+        remaps_since(&t, &before),
         1,
         "the direct connection got a port of its own"
     );
@@ -89,12 +83,7 @@ fn a_half_closed_vip_connection_keeps_its_tuple() {
 #[test]
 fn a_vip_connection_the_client_half_closed_keeps_its_tuple() {
     use std::io::{Read, Write};
-    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8082);
-    let listener = t
-        .container("b1")
-        .ns
-        .enter(|| std::net::TcpListener::bind("0.0.0.0:8082"))
-        .expect("listen");
+    let (t, b1, listener) = backend_listening(8082);
     let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         let (mut vip_conn, _) = listener.accept()?;
         let mut request = Vec::new();
@@ -132,10 +121,8 @@ fn a_vip_connection_the_client_half_closed_keeps_its_tuple() {
         (&b"y"[..], &b"answer"[..]),
         "both connections answered"
     );
-    let after = t.counters(1);
     assert_eq!(
-        after.traffic(Direction::LbDirectRemap).packets
-            - before.traffic(Direction::LbDirectRemap).packets,
+        remaps_since(&t, &before),
         1,
         "the direct connection got a port of its own"
     );
@@ -149,12 +136,7 @@ fn a_vip_connection_the_client_half_closed_keeps_its_tuple() {
 #[test]
 fn a_remapped_vip_connection_half_closed_for_long_gets_its_answer() {
     use std::io::{Read, Write};
-    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8083);
-    let listener = t
-        .container("b1")
-        .ns
-        .enter(|| std::net::TcpListener::bind("0.0.0.0:8083"))
-        .expect("listen");
+    let (t, b1, listener) = backend_listening(8083);
     let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         let (mut direct_conn, _) = listener.accept()?;
         direct_conn.write_all(b"d")?;
@@ -201,4 +183,21 @@ fn a_remapped_vip_connection_half_closed_for_long_gets_its_answer() {
         after.drops(DropReason::LbTupleConflict).packets,
         before.drops(DropReason::LbTupleConflict).packets
     );
+}
+
+/// The per-packet service of `one_service` on `port`, and a listener there in b1.
+fn backend_listening(port: u16) -> (Topology, Ipv4Addr, std::net::TcpListener) {
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", port);
+    let listener = t
+        .container("b1")
+        .ns
+        .enter(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+        .expect("listen");
+    (t, b1, listener)
+}
+
+/// Direct flows given a port of their own on the client's node since `before`.
+fn remaps_since(t: &Topology, before: &CounterSnapshot) -> u64 {
+    let now = t.counters(1).traffic(Direction::LbDirectRemap).packets;
+    now - before.traffic(Direction::LbDirectRemap).packets
 }
