@@ -152,32 +152,16 @@ impl Driver {
     }
 
     async fn request_address(&self, req: AddressRequest) -> Outcome {
-        let len = req.pool.subnet.prefix_len();
-        if let IpNet::V6(subnet6) = req.pool.subnet {
-            return self.request_address6(req, subnet6).await;
+        if req.gateway {
+            return self.gateway_address(&req).await;
+        }
+        if let IpNet::V6(_) = req.pool.subnet {
+            return self.request_address6(req).await;
         }
         let requested = match req.address {
             Some(IpAddr::V4(a)) => Some(a),
             _ => None,
         };
-        let subnet = match req.pool.subnet {
-            IpNet::V4(s) => s,
-            IpNet::V6(_) => unreachable!("handled above"),
-        };
-        if req.gateway {
-            // The network may not exist yet (`-o vni=N` creates it after IPAM is asked).
-            let net = match &req.pool.network {
-                Some(n) => self.cluster.network(n).await,
-                None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
-            };
-            let gateway = net.map_or(default_gateway(subnet), |n| n.gateway_ip());
-            if requested.is_some_and(|r| r != gateway) {
-                return Err(bad(format!(
-                    "the overlay network's gateway is {gateway}: drop --gateway or pass --gateway {gateway}"
-                )));
-            }
-            return Ok(json!({"Address": format!("{gateway}/{len}"), "Data": {}}));
-        }
         let (network, _) = self.pool_network(&req.pool).await?;
         let ep = self
             .cluster
@@ -186,25 +170,32 @@ impl Driver {
         Ok(json!({"Address": format!("{}/{}", ep.ip, ep.prefix_len), "Data": {}}))
     }
 
+    /// The gateway of the pool's family, which Docker asks for when it creates the network.
+    /// The network may not exist yet (`-o vni=N` creates it after IPAM is asked).
+    async fn gateway_address(&self, req: &AddressRequest) -> Outcome {
+        let net = match &req.pool.network {
+            Some(n) => self.cluster.network(n).await,
+            None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
+        };
+        let gateway = match req.pool.subnet {
+            IpNet::V4(s) => IpAddr::V4(net.map_or(default_gateway(s), |n| n.gateway_ip())),
+            IpNet::V6(s) => IpAddr::V6(
+                net.and_then(|n| n.ipv6())
+                    .map_or(default_gateway6(s), |v6| v6.gateway),
+            ),
+        };
+        if req.address.is_some_and(|r| r != gateway) {
+            return Err(bad(format!(
+                "the overlay network's gateway is {gateway}: drop --gateway or pass --gateway {gateway}"
+            )));
+        }
+        let len = req.pool.subnet.prefix_len();
+        Ok(json!({"Address": format!("{gateway}/{len}"), "Data": {}}))
+    }
+
     /// An IPv6 address is reserved with the endpoint's IPv4 one, which Docker asks for
     /// first: this hands it out, found by the MAC both requests carry.
-    async fn request_address6(&self, req: AddressRequest, subnet: ipnet::Ipv6Net) -> Outcome {
-        let len = subnet.prefix_len();
-        if req.gateway {
-            let net = match &req.pool.network {
-                Some(n) => self.cluster.network(n).await,
-                None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
-            };
-            let gateway = net
-                .and_then(|n| n.ipv6())
-                .map_or(default_gateway6(subnet), |v6| v6.gateway);
-            if req.address.is_some_and(|r| r != IpAddr::V6(gateway)) {
-                return Err(bad(format!(
-                    "the overlay network's IPv6 gateway is {gateway}: drop the IPv6 --gateway or pass --gateway {gateway}"
-                )));
-            }
-            return Ok(json!({"Address": format!("{gateway}/{len}"), "Data": {}}));
-        }
+    async fn request_address6(&self, req: AddressRequest) -> Outcome {
         let (network, _) = self.pool_network(&req.pool).await?;
         let Some(mac) = req.mac else {
             return Err(bad(format!(
