@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -26,6 +26,8 @@ use crate::{
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 10);
+/// The IPv6 VIP of the same services on the dual-stack cluster.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1250, 0, 0, 0, 0x10);
 /// The balanced service: VIP:80 over three backends (three ports of the server container).
 const SERVICE_PORT: u16 = 80;
 const BACKEND_PORTS: [u16; 3] = [8080, 8081, 8082];
@@ -46,6 +48,9 @@ enum Variant {
     Iptables,
     /// Kernel vxlan + IPVS (NAT mode, Maglev scheduler) on the client's host.
     Ipvs,
+    /// `VipSocket` and `Direct` over IPv6 (IPv6 VIP and backends), on the same cluster.
+    VipSocket6,
+    Direct6,
 }
 
 impl Variant {
@@ -56,7 +61,21 @@ impl Variant {
             Variant::Direct => "overlay direct",
             Variant::Iptables => "kernel vxlan + iptables",
             Variant::Ipvs => "kernel vxlan + IPVS",
+            Variant::VipSocket6 => "overlay IPv6 VIP, socket LB",
+            Variant::Direct6 => "overlay IPv6 direct",
         }
+    }
+
+    fn ipv6(self) -> bool {
+        matches!(self, Variant::VipSocket6 | Variant::Direct6)
+    }
+
+    /// Whether the variant is measured on another's setup (the socket-LB cluster).
+    fn shares_setup(self) -> bool {
+        matches!(
+            self,
+            Variant::Direct | Variant::VipSocket6 | Variant::Direct6
+        )
     }
 }
 
@@ -77,6 +96,8 @@ struct Setup {
     _servers: Vec<Server>,
     _iperf: ChildGuard,
     server_ip: Ipv4Addr,
+    /// The backends' IPv6 address (the overlay clusters are dual-stack).
+    server_ip6: Option<Ipv6Addr>,
     net: Net,
 }
 
@@ -95,6 +116,8 @@ pub fn run(rounds: usize, seconds: u32) -> Result<String> {
         Variant::VipPacket,
         Variant::Direct,
         Variant::Iptables,
+        Variant::VipSocket6,
+        Variant::Direct6,
     ];
     let ipvs = ipvs_available();
     if ipvs {
@@ -102,11 +125,11 @@ pub fn run(rounds: usize, seconds: u32) -> Result<String> {
     }
     let setups: Vec<Setup> = variants
         .iter()
-        .filter(|v| **v != Variant::Direct)
+        .filter(|v| !v.shares_setup())
         .map(|v| setup(*v))
         .collect::<Result<_>>()?;
     let of = |v: Variant| {
-        let own = if v == Variant::Direct {
+        let own = if v.shares_setup() {
             Variant::VipSocket
         } else {
             v
@@ -169,10 +192,10 @@ fn ipvs_available() -> bool {
 
 /// Two hosts with etcd, a client container on the first and the backends' container on the
 /// second, made through the daemons' API; the VIP services added with overlayctl.
-fn cluster(variant: Variant) -> Result<(Net, Ipv4Addr)> {
+fn cluster(variant: Variant) -> Result<(Net, Ipv4Addr, Option<Ipv6Addr>)> {
     let mut t = Topology::new(
         TopologySpec::new(2)
-            .network("bench", 100, "198.19.1.0/24")
+            .network6("bench", 100, "198.19.1.0/24", "2001:2:0:1001::/64")
             .with_etcd(10),
     );
     let extra: &[&str] = match variant {
@@ -193,19 +216,35 @@ fn cluster(variant: Variant) -> Result<(Net, Ipv4Addr)> {
         t.wait_converged(h);
     }
     let server_ip = t.container("b").ip;
-    for (name, port, ports) in [
-        ("svc", SERVICE_PORT, &BACKEND_PORTS[..]),
-        ("iperf", IPERF_PORT, &[IPERF_PORT][..]),
+    let server_ip6 = t.container("b").ip6();
+    let mut services = 0;
+    for (name, vip, server) in [
+        ("", IpAddr::V4(VIP), IpAddr::V4(server_ip)),
+        ("6", IpAddr::V6(VIP6), IpAddr::V6(server_ip6)),
     ] {
-        let vip = format!("{VIP}:{port}");
-        let mut args = vec!["service", "add", name, "--network", "bench", "--vip", &vip];
-        let backends: Vec<String> = ports.iter().map(|p| format!("{server_ip}:{p}")).collect();
-        for b in &backends {
-            args.extend(["--backend", b.as_str()]);
+        // IPv6 services only where the socket hooks run (there is no per-packet IPv6 path).
+        if vip.is_ipv6() && variant != Variant::VipSocket {
+            continue;
         }
-        t.overlayctl_ok(0, &args);
+        for (svc, port, ports) in [
+            ("svc", SERVICE_PORT, &BACKEND_PORTS[..]),
+            ("iperf", IPERF_PORT, &[IPERF_PORT][..]),
+        ] {
+            let name = format!("{svc}{name}");
+            let vip = SocketAddr::new(vip, port).to_string();
+            let mut args = vec!["service", "add", &name, "--network", "bench", "--vip", &vip];
+            let backends: Vec<String> = ports
+                .iter()
+                .map(|p| SocketAddr::new(server, *p).to_string())
+                .collect();
+            for b in &backends {
+                args.extend(["--backend", b.as_str()]);
+            }
+            t.overlayctl_ok(0, &args);
+            services += 1;
+        }
     }
-    t.wait_status(0, "services installed", |s| s["services"] == 2);
+    t.wait_status(0, "services installed", |s| s["services"] == services);
     let client = Netns::open(t.container("a").ns.name());
     let server = Netns::open(t.container("b").ns.name());
     Ok((
@@ -215,15 +254,18 @@ fn cluster(variant: Variant) -> Result<(Net, Ipv4Addr)> {
             topology: Box::new(t),
         },
         server_ip,
+        Some(server_ip6),
     ))
 }
 
 fn setup(variant: Variant) -> Result<Setup> {
-    let (net, server_ip) = match variant {
+    let (net, server_ip, server_ip6) = match variant {
         Variant::VipSocket | Variant::VipPacket => cluster(variant)?,
-        Variant::Direct => bail!("direct is measured on the socket-LB cluster"),
+        Variant::Direct | Variant::VipSocket6 | Variant::Direct6 => {
+            bail!("measured on the socket-LB cluster")
+        }
         Variant::Iptables | Variant::Ipvs => {
-            (Net::Pair(Pair::build(Mode::KernelVxlan)?), SERVER_IP)
+            (Net::Pair(Pair::build(Mode::KernelVxlan)?), SERVER_IP, None)
         }
     };
     let (client, server) = match &net {
@@ -244,7 +286,7 @@ fn setup(variant: Variant) -> Result<Setup> {
     }
     let servers = BACKEND_PORTS
         .iter()
-        .map(|p| Server::start(server, *p))
+        .map(|p| Server::start(server, *p, server_ip6.is_some()))
         .collect::<Result<_>>()?;
     let iperf = crate::measure::iperf_server(server)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -253,6 +295,7 @@ fn setup(variant: Variant) -> Result<Setup> {
         _servers: servers,
         _iperf: iperf,
         server_ip,
+        server_ip6,
         net,
     })
 }
@@ -325,8 +368,12 @@ fn connections_per_second(s: &Setup, variant: Variant, seconds: u32) -> Result<f
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let direct = variant == Variant::Direct;
-    let server_ip = s.server_ip;
+    let direct = matches!(variant, Variant::Direct | Variant::Direct6);
+    let (server_ip, vip) = match (variant.ipv6(), s.server_ip6) {
+        (true, Some(ip6)) => (IpAddr::V6(ip6), IpAddr::V6(VIP6)),
+        (true, None) => bail!("{}: the setup has no IPv6", variant.label()),
+        (false, _) => (IpAddr::V4(s.server_ip), IpAddr::V4(VIP)),
+    };
     let threads: Vec<_> = (0..CLIENT_THREADS)
         .map(|t| {
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
@@ -334,9 +381,9 @@ fn connections_per_second(s: &Setup, variant: Variant, seconds: u32) -> Result<f
                 let mut i = t;
                 while !stop.load(Ordering::Relaxed) {
                     let addr = if direct {
-                        SocketAddrV4::new(server_ip, BACKEND_PORTS[i % BACKEND_PORTS.len()])
+                        SocketAddr::new(server_ip, BACKEND_PORTS[i % BACKEND_PORTS.len()])
                     } else {
-                        SocketAddrV4::new(VIP, SERVICE_PORT)
+                        SocketAddr::new(vip, SERVICE_PORT)
                     };
                     i += 1;
                     match one_connection(addr) {
@@ -361,8 +408,8 @@ fn connections_per_second(s: &Setup, variant: Variant, seconds: u32) -> Result<f
     Ok(done.load(Ordering::Relaxed) as f64 / secs)
 }
 
-fn one_connection(addr: SocketAddrV4) -> std::io::Result<()> {
-    let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
+fn one_connection(addr: SocketAddr) -> std::io::Result<()> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_nodelay(true)?;
     conn.write_all(b"01234567")?;
@@ -381,10 +428,11 @@ fn one_connection(addr: SocketAddrV4) -> std::io::Result<()> {
 
 fn iperf(s: &Setup, variant: Variant, seconds: u32) -> Result<f64> {
     let target = match variant {
-        Variant::Direct => s.server_ip,
-        _ => VIP,
-    }
-    .to_string();
+        Variant::Direct => s.server_ip.to_string(),
+        Variant::Direct6 => s.server_ip6.context("no IPv6")?.to_string(),
+        Variant::VipSocket6 => VIP6.to_string(),
+        _ => VIP.to_string(),
+    };
     let t = seconds.to_string();
     let out = s
         .client()
@@ -416,9 +464,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(ns: &Netns, port: u16) -> Result<Self> {
+    /// Listens on `port` of both families (`[::]`) when `ipv6`, else on IPv4 only.
+    fn start(ns: &Netns, port: u16, ipv6: bool) -> Result<Self> {
+        let any = if ipv6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
         let listener = ns
-            .spawn(move || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+            .spawn(move || TcpListener::bind(SocketAddr::new(any, port)))
             .join()
             .map_err(|_| anyhow::anyhow!("binding backend port {port}: thread panicked"))?
             .with_context(|| format!("binding backend port {port}"))?;
@@ -484,8 +538,8 @@ fn report(
         let _ = write!(header, " {} |", v.label());
         rule += "---:|";
     }
-    header += " socket VIP / direct | per-packet VIP / direct | socket VIP / iptables |";
-    rule += "---:|---:|---:|";
+    header += " socket VIP / direct | per-packet VIP / direct | socket VIP / iptables | IPv6 socket VIP / IPv6 direct |";
+    rule += "---:|---:|---:|---:|";
     if ipvs {
         header += " socket VIP / IPVS |";
         rule += "---:|";
@@ -504,10 +558,11 @@ fn report(
         let direct = med(Variant::Direct, metric);
         let _ = write!(
             row,
-            " {:.2} | {:.2} | {:.2} |",
+            " {:.2} | {:.2} | {:.2} | {:.2} |",
             sock / direct,
             med(Variant::VipPacket, metric) / direct,
-            sock / med(Variant::Iptables, metric)
+            sock / med(Variant::Iptables, metric),
+            med(Variant::VipSocket6, metric) / med(Variant::Direct6, metric)
         );
         if ipvs {
             let _ = write!(row, " {:.2} |", sock / med(Variant::Ipvs, metric));

@@ -244,6 +244,59 @@ pub struct SockAddr {
 }
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 8);
 
+/// Key of `LB6_SERVICES`: an IPv6 VIP:port in one network. IPv6 services are balanced by
+/// the socket hooks (connect6/sendmsg6); their tables share `LB_MAGLEV` with IPv4 ones, and
+/// their slots name `LB6_BACKENDS` ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service6Key {
+    pub vni: u32,
+    /// Virtual IPv6 address, as the socket hooks see it (`user_ip6`: four network-order
+    /// words in memory order).
+    pub vip: [u32; 4],
+    /// Port, host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Service6Key>() == 24);
+
+/// An IPv6 backend: the value of `LB6_BACKENDS`, keyed by backend id (`u32`, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend6Info {
+    /// Backend address (as `Service6Key::vip`).
+    pub ip: [u32; 4],
+    /// Backend port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Backend6Info>() == 20);
+
+/// A socket and an IPv6 address: the key of `SOCK6_FWD` and `SOCK6_REV` (as `SockKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Sock6Key {
+    pub cookie: u64,
+    pub ip: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<Sock6Key>() == 32);
+
+/// An IPv6 address and port (host byte order): the values of `SOCK6_FWD` and `SOCK6_REV`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sock6Addr {
+    pub ip: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Sock6Addr>() == 20);
+
 /// Sockets remembered by the socket-level balancer (LRU).
 pub const SOCK_FLOWS: u32 = 1 << 16;
 /// Container network namespaces one node balances sockets for.
@@ -290,6 +343,10 @@ mod pod {
     unsafe impl aya::Pod for NetnsInfo {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for Service6Key {}
+    unsafe impl aya::Pod for Backend6Info {}
+    unsafe impl aya::Pod for Sock6Key {}
+    unsafe impl aya::Pod for Sock6Addr {}
 }
 
 #[cfg(test)]

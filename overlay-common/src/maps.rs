@@ -22,6 +22,10 @@ pub mod names {
     pub const LB_BACKEND_ADDRS: &str = "OVL_LB_BACKEND_ADDRS";
     pub const LB_DIRECT: &str = "OVL_LB_DIRECT";
     pub const ENDPOINTS_BY_IP6: &str = "OVL_EP_BY_IP6";
+    pub const LB6_SERVICES: &str = "OVL_LB6_SERVICES";
+    pub const LB6_BACKENDS: &str = "OVL_LB6_BACKENDS";
+    pub const SOCK6_FWD: &str = "OVL_SOCK6_FWD";
+    pub const SOCK6_REV: &str = "OVL_SOCK6_REV";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -44,6 +48,10 @@ pub mod names {
         LB_BACKEND_ADDRS,
         LB_DIRECT,
         ENDPOINTS_BY_IP6,
+        LB6_SERVICES,
+        LB6_BACKENDS,
+        SOCK6_FWD,
+        SOCK6_REV,
     ];
 }
 
@@ -60,6 +68,10 @@ pub mod programs {
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
     /// cgroup sock hook: a closing socket forgets the VIP it was balanced from.
     pub const SOCK_RELEASE: &str = "sock_release";
 }

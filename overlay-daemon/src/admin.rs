@@ -1,7 +1,7 @@
 //! What overlayctl does to the cluster, as a library: the checks before a change and the
 //! change itself in etcd. The binary only parses flags and prints.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use overlay_api::labels::valid_name;
 use serde::de::DeserializeOwned;
@@ -170,31 +170,55 @@ pub async fn network_record(store: &Store, network: &str) -> Result<NetworkRecor
     }
 }
 
-/// Backends given once each, inside the service's network.
+/// Backends given once each, of the VIP's family, inside the service's network.
 pub fn check_backends(
     backends: &[BackendSpec],
+    vip: std::net::IpAddr,
     network: &str,
     net: &NetworkRecord,
 ) -> Result<(), AdminError> {
     let mut seen = BTreeSet::new();
     for b in backends {
+        if b.ip.is_ipv6() != vip.is_ipv6() {
+            return Err(invalid(format!(
+                "backend {} is not of VIP {vip}'s address family: give {} backends",
+                b.ip,
+                if vip.is_ipv6() { "IPv6" } else { "IPv4" }
+            )));
+        }
         if !seen.insert((b.ip, b.port)) {
             return Err(invalid(format!(
-                "backend {}:{} is given twice: list each backend once",
-                b.ip, b.port
+                "backend {} is given twice: list each backend once",
+                SocketAddr::new(b.ip, b.port)
             )));
         }
         if b.port == 0 {
             return Err(invalid(format!(
-                "backend {}:0: give the port the backend listens on, e.g. {}:8080",
-                b.ip, b.ip
+                "backend {}: give the port the backend listens on, e.g. {}",
+                SocketAddr::new(b.ip, 0),
+                SocketAddr::new(b.ip, 8080)
             )));
         }
-        if !net.subnet.contains(&b.ip) {
-            return Err(invalid(format!(
-                "backend {} is outside network {network:?}'s subnet {}",
-                b.ip, net.subnet
-            )));
+        match (b.ip, net.subnet6) {
+            (std::net::IpAddr::V4(ip), _) if !net.subnet.contains(&ip) => {
+                return Err(invalid(format!(
+                    "backend {} is outside network {network:?}'s subnet {}",
+                    b.ip, net.subnet
+                )));
+            }
+            (std::net::IpAddr::V6(_), None) => {
+                return Err(invalid(format!(
+                    "backend {} is IPv6 but network {network:?} has no IPv6 subnet",
+                    b.ip
+                )));
+            }
+            (std::net::IpAddr::V6(ip), Some(s)) if !s.contains(&ip) => {
+                return Err(invalid(format!(
+                    "backend {} is outside network {network:?}'s subnet {s}",
+                    b.ip
+                )));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -213,23 +237,27 @@ pub async fn add_service(
     }
     if record.port == 0 {
         return Err(invalid(format!(
-            "--vip {}:0: give the service port, e.g. {}:80",
-            record.vip, record.vip
+            "--vip {}: give the service port, e.g. {}",
+            SocketAddr::new(record.vip, 0),
+            SocketAddr::new(record.vip, 80)
         )));
     }
     let net = network_record(store, &record.network).await?;
-    check_backends(&record.backends, &record.network, &net)?;
-    if net.subnet.contains(&record.vip) {
-        return Err(invalid(format!(
-            "VIP {} is inside network {:?}'s subnet {}: pick an address outside it",
-            record.vip, record.network, net.subnet
-        )));
+    check_backends(&record.backends, record.vip, &record.network, &net)?;
+    if let Some(p) =
+        crate::tables::vip_in_network(record.vip, &record.network, net.subnet, net.subnet6)
+    {
+        return Err(invalid(p));
     }
     if let Some(p) = crate::tables::vip_problem(record.vip) {
         return Err(invalid(p));
     }
+
     let nodes: Vec<(Key, NodeRecord, i64)> = records_under(store, &store.layout.nodes()).await?;
-    if let Some((key, _, _)) = nodes.iter().find(|(_, n, _)| n.vtep_ip == record.vip) {
+    if let Some((key, _, _)) = nodes
+        .iter()
+        .find(|(_, n, _)| std::net::IpAddr::V4(n.vtep_ip) == record.vip)
+    {
         let node = match key {
             Key::Node(n) => n.as_str(),
             _ => "?",
@@ -242,8 +270,10 @@ pub async fn add_service(
     check_capacity(store, record).await?;
     if !store.create_service(name, record).await? {
         return Err(AdminError::Conflict(format!(
-            "service {name:?} or {}:{}/{} in network {:?} already exists: pick another name or VIP",
-            record.vip, record.port, record.proto, record.network
+            "service {name:?} or {}/{} in network {:?} already exists: pick another name or VIP",
+            SocketAddr::new(record.vip, record.port),
+            record.proto,
+            record.network
         )));
     }
     Ok(())
@@ -300,7 +330,7 @@ pub async fn set_backends(
     let mut record: ServiceRecord =
         records::decode(&kv.value).map_err(|e| invalid(format!("service {name:?}: {e}")))?;
     let net = network_record(store, &record.network).await?;
-    check_backends(&backends, &record.network, &net)?;
+    check_backends(&backends, record.vip, &record.network, &net)?;
     record.backends = backends;
     if !store
         .replace(&key, kv.value, records::encode(&record), None)
@@ -316,14 +346,14 @@ pub async fn set_backends(
 /// A new service record.
 pub fn service_record(
     network: String,
-    vip: std::net::SocketAddrV4,
+    vip: std::net::SocketAddr,
     proto: crate::tables::Proto,
     backends: Vec<BackendSpec>,
 ) -> ServiceRecord {
     ServiceRecord {
         version: RECORD_VERSION,
         network,
-        vip: *vip.ip(),
+        vip: vip.ip(),
         port: vip.port(),
         proto,
         backends,
@@ -336,13 +366,29 @@ mod tests {
 
     #[test]
     fn backends_are_checked_against_the_network() {
-        let net: NetworkRecord =
-            records::decode(br#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#).unwrap();
+        let net: NetworkRecord = records::decode(
+            br#"{"version":1,"vni":100,"subnet":"198.19.1.0/24","subnet6":"2001:2:0:1001::/64"}"#,
+        )
+        .unwrap();
+        let v4: std::net::IpAddr = "198.19.200.1".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:2:0:1200::1".parse().unwrap();
         let b = |s: &str| s.parse::<BackendSpec>().unwrap();
-        assert!(check_backends(&[b("198.19.1.2:80"), b("198.19.1.2:81")], "red", &net).is_ok());
-        let twice = check_backends(&[b("198.19.1.2:80"), b("198.19.1.2:80@2")], "red", &net);
-        assert!(matches!(twice, Err(AdminError::Invalid(m)) if m.contains("twice")));
-        let outside = check_backends(&[b("198.19.2.2:80")], "red", &net);
-        assert!(matches!(outside, Err(AdminError::Invalid(m)) if m.contains("outside")));
+        let check = |list: &[BackendSpec], vip| check_backends(list, vip, "red", &net);
+        assert!(check(&[b("198.19.1.2:80"), b("198.19.1.2:81")], v4).is_ok());
+        assert!(check(&[b("[2001:2:0:1001::2]:80")], v6).is_ok());
+        let invalid = |r: Result<(), AdminError>, what: &str| {
+            assert!(
+                matches!(&r, Err(AdminError::Invalid(m)) if m.contains(what)),
+                "{r:?}"
+            );
+        };
+        invalid(
+            check(&[b("198.19.1.2:80"), b("198.19.1.2:80@2")], v4),
+            "twice",
+        );
+        invalid(check(&[b("198.19.2.2:80")], v4), "outside");
+        invalid(check(&[b("[2001:2:0:1002::2]:80")], v6), "outside");
+        invalid(check(&[b("[2001:2:0:1001::2]:80")], v4), "address family");
+        invalid(check(&[b("198.19.1.2:80")], v6), "give IPv6 backends");
     }
 }

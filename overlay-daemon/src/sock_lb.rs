@@ -9,6 +9,7 @@ use std::{
     fs::File,
     io,
     mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -261,56 +262,87 @@ fn diag_socket() -> io::Result<OwnedFd> {
 fn destroy(sockets: &[BalancedSocket]) -> io::Result<usize> {
     let fd = diag_socket()?;
     let mut closed = 0;
-    for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
-        let mut found = Vec::new();
+    // IPv6 sockets too for IPv4 backends: one that connected to an IPv4 VIP's mapped form
+    // (`::ffff:a.b.c.d`) has the backend's mapped address as its peer.
+    let v4 = sockets.iter().any(|s| s.backend.0.is_ipv4());
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        if family == libc::AF_INET as u8 && !v4 {
+            continue;
+        }
+        for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
+            closed += destroy_of(&fd, family, proto, sockets)?;
+        }
+    }
+    Ok(closed)
+}
+
+/// The peer of a dumped socket of `family` (an IPv4-mapped one as the IPv4 address).
+fn peer(family: u8, id: &SockId) -> (IpAddr, u16) {
+    let ip: IpAddr = if family == libc::AF_INET6 as u8 {
+        let mut o = [0u8; 16];
+        for (i, w) in id.dst.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let ip = Ipv6Addr::from(o);
+        ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4)
+    } else {
+        Ipv4Addr::from(id.dst[0].to_ne_bytes()).into()
+    };
+    (ip, u16::from_be(id.dport))
+}
+
+fn destroy_of(
+    fd: &OwnedFd,
+    family: u8,
+    proto: u8,
+    sockets: &[BalancedSocket],
+) -> io::Result<usize> {
+    let mut closed = 0;
+    let mut found = Vec::new();
+    send(
+        fd,
+        SOCK_DIAG_BY_FAMILY,
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        DiagReq {
+            family,
+            protocol: proto,
+            states: u32::MAX,
+            ..Default::default()
+        },
+    )?;
+    receive(fd, |body| {
+        if body.len() < size_of::<DiagMsg>() {
+            return;
+        }
+        let msg: DiagMsg = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
+        let cookie = msg.id.cookie[0] as u64 | (msg.id.cookie[1] as u64) << 32;
+        let peer = peer(family, &msg.id);
+        if sockets
+            .iter()
+            .any(|s| s.cookie == cookie && s.proto == proto && s.backend == peer)
+        {
+            found.push(msg.id);
+        }
+    })?;
+    for id in found {
+        let req = DiagReq {
+            family,
+            protocol: proto,
+            states: u32::MAX,
+            id,
+            ..Default::default()
+        };
         send(
-            &fd,
-            SOCK_DIAG_BY_FAMILY,
-            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-            DiagReq {
-                family: libc::AF_INET as u8,
-                protocol: proto,
-                states: u32::MAX,
-                ..Default::default()
-            },
+            fd,
+            SOCK_DESTROY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            req,
         )?;
-        receive(&fd, |body| {
-            if body.len() < size_of::<DiagMsg>() {
-                return;
-            }
-            let msg: DiagMsg = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
-            let cookie = msg.id.cookie[0] as u64 | (msg.id.cookie[1] as u64) << 32;
-            let peer = (
-                std::net::Ipv4Addr::from(msg.id.dst[0].to_ne_bytes()),
-                u16::from_be(msg.id.dport),
-            );
-            if sockets
-                .iter()
-                .any(|s| s.cookie == cookie && s.proto == proto && s.backend == peer)
-            {
-                found.push(msg.id);
-            }
-        })?;
-        for id in found {
-            let req = DiagReq {
-                family: libc::AF_INET as u8,
-                protocol: proto,
-                states: u32::MAX,
-                id,
-                ..Default::default()
-            };
-            send(
-                &fd,
-                SOCK_DESTROY,
-                (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-                req,
-            )?;
-            match receive(&fd, |_| {}) {
-                Ok(()) => closed += 1,
-                // Gone in between.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
+        match receive(fd, |_| {}) {
+            Ok(()) => closed += 1,
+            // Gone in between.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(closed)

@@ -24,6 +24,7 @@ mod lb;
 mod maps;
 mod ndp;
 mod sock_lb;
+mod sock_lb6;
 mod vxlan;
 mod xdp_filter;
 
@@ -65,6 +66,26 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_lb::getpeername4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock_lb6::connect6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb6::sendmsg6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb6::recvmsg6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_lb6::getpeername6(&ctx)
 }
 
 #[cgroup_sock(sock_release)]

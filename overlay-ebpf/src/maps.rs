@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{
-        BackendInfo, CtEntry, DirectRemaps, FlowKey, MaglevSlot, NetnsInfo, RevNatEntry,
-        ServiceInfo, ServiceKey, SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS,
-        MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
+        Backend6Info, BackendInfo, CtEntry, DirectRemaps, FlowKey, MaglevSlot, NetnsInfo,
+        RevNatEntry, Service6Key, ServiceInfo, ServiceKey, Sock6Addr, Sock6Key, SockAddr, SockKey,
+        LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
@@ -91,6 +91,22 @@ pub static SOCK_FWD: LruHashMap<SockKey, SockAddr> = LruHashMap::pinned(SOCK_FLO
 /// (socket, backend) -> the VIP:port the application addressed.
 #[map(name = "OVL_SOCK_REV")]
 pub static SOCK_REV: LruHashMap<SockKey, SockAddr> = LruHashMap::pinned(SOCK_FLOWS, 0);
+
+#[map(name = "OVL_LB6_SERVICES")]
+pub static LB6_SERVICES: HashMap<Service6Key, ServiceInfo> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "OVL_LB6_BACKENDS")]
+pub static LB6_BACKENDS: HashMap<u32, Backend6Info> =
+    HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// (socket, IPv6 VIP:port) -> the backend its unconnected UDP sends go to.
+#[map(name = "OVL_SOCK6_FWD")]
+pub static SOCK6_FWD: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_FLOWS, 0);
+
+/// (socket, IPv6 backend) -> the VIP:port the application addressed.
+#[map(name = "OVL_SOCK6_REV")]
+pub static SOCK6_REV: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_FLOWS, 0);
 
 /// The node configuration, if the daemon has marked it ready.
 #[inline(always)]

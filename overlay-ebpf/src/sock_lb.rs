@@ -22,14 +22,14 @@ use crate::{
 };
 
 /// A cgroup sock_addr hook's verdict: carry on (every path ends here but a refusal).
-const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 /// The connect of a service without backends is refused, with ECONNREFUSED (set by
 /// `refuse`) as a TCP RST would give, not the EPERM a bare denial means.
 const DENY: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
 #[inline(always)]
-fn refuse() -> i32 {
+pub(crate) fn refuse() -> i32 {
     count(Direction::LbRejected, 0);
     unsafe { aya_ebpf::helpers::generated::bpf_set_retval(-ECONNREFUSED) };
     DENY
@@ -37,17 +37,31 @@ fn refuse() -> i32 {
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const AF_INET: u32 = 2;
+pub(crate) const AF_INET6: u32 = 10;
+
+/// The IP protocol of a socket type that can be balanced.
+#[inline(always)]
+pub(crate) fn proto_of(sock_type: u32) -> Option<u8> {
+    match sock_type {
+        SOCK_STREAM => Some(IPPROTO_TCP),
+        SOCK_DGRAM => Some(IPPROTO_UDP),
+        _ => None,
+    }
+}
 
 /// The socket's address as the hook sees it: (IPv4 key, host-order port, IP protocol).
 #[inline(always)]
 fn user_addr(ctx: &SockAddrContext) -> Option<(u32, u16, u8)> {
     let sa = unsafe { &*ctx.sock_addr };
-    let proto = match sa.type_ {
-        SOCK_STREAM => IPPROTO_TCP,
-        SOCK_DGRAM => IPPROTO_UDP,
-        _ => return None,
-    };
+    let proto = proto_of(sa.type_)?;
     Some((sa.user_ip4, u16::from_be(sa.user_port as u16), proto))
+}
+
+/// The networks of the socket's namespace, if it is a container's on this node.
+#[inline(always)]
+pub(crate) fn netns_info(ctx: &SockAddrContext) -> Option<&'static NetnsInfo> {
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    unsafe { SOCK_NETNS.get(netns) }
 }
 
 #[inline(always)]
@@ -66,8 +80,7 @@ fn service(
     port: u16,
     proto: u8,
 ) -> Option<&'static overlay_common::lb::ServiceInfo> {
-    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let info: &NetnsInfo = unsafe { SOCK_NETNS.get(netns) }?;
+    let info = netns_info(ctx)?;
     let mut i = 0;
     while i < 4 {
         if i as u32 >= info.count {
@@ -91,7 +104,12 @@ fn service(
 /// Picks a backend for the socket (its cookie spreads sockets over the Maglev table) and
 /// remembers which VIP it stands for.
 #[inline(always)]
-fn balance(ctx: &SockAddrContext, vip: u32, port: u16, proto: u8) -> Option<Result<SockAddr, ()>> {
+pub(crate) fn balance(
+    ctx: &SockAddrContext,
+    vip: u32,
+    port: u16,
+    proto: u8,
+) -> Option<Result<SockAddr, ()>> {
     let svc = service(ctx, vip, port, proto)?;
     if svc.backends == 0 {
         return Some(Err(()));
@@ -198,11 +216,12 @@ fn show_vip(ctx: &SockAddrContext) -> i32 {
 /// as 4 % of a short connection). Unconnected UDP (no peer) is left to the LRU.
 pub fn release(ctx: &SockContext) -> i32 {
     let sk = unsafe { &*ctx.sock };
-    let proto = match sk.type_ {
-        SOCK_STREAM => IPPROTO_TCP,
-        SOCK_DGRAM => IPPROTO_UDP,
-        _ => return ALLOW,
+    let Some(proto) = proto_of(sk.type_) else {
+        return ALLOW;
     };
+    if sk.family == AF_INET6 {
+        return crate::sock_lb6::release6(ctx, proto);
+    }
     if sk.family != AF_INET || sk.dst_ip4 == 0 {
         return ALLOW;
     }

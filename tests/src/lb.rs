@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
@@ -43,8 +43,8 @@ impl Svc {
         }
     }
 
-    pub fn addr(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.vip, self.port)
+    pub fn addr(&self) -> std::net::SocketAddrV4 {
+        std::net::SocketAddrV4::new(self.vip, self.port)
     }
 }
 
@@ -110,15 +110,27 @@ pub fn add_service(t: &Topology, name: &str, vip: &str, proto: &str, backends: &
 
 /// The service's Maglev table on `host`, as backend addresses (empty if not installed).
 pub fn table(t: &Topology, host: usize, svc: Svc) -> Vec<(Ipv4Addr, u16)> {
-    pinned_table(
-        &t.hosts[host].pins.maps(),
-        svc.vni,
-        svc.vip,
-        svc.port,
-        svc.proto,
-    )
-    .expect("open LB maps")
-    .unwrap_or_default()
+    table_of(t, host, svc.vni, svc.vip.into(), svc.port, svc.proto)
+        .into_iter()
+        .filter_map(|(ip, port)| match ip {
+            IpAddr::V4(ip) => Some((ip, port)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The Maglev table on `host` of the service at `vip` (either family), as backend addresses.
+pub fn table_of(
+    t: &Topology,
+    host: usize,
+    vni: u32,
+    vip: IpAddr,
+    port: u16,
+    proto: u8,
+) -> Vec<(IpAddr, u16)> {
+    pinned_table(&t.hosts[host].pins.maps(), vni, vip, port, proto)
+        .expect("open LB maps")
+        .unwrap_or_default()
 }
 
 /// Waits until `host`'s table for the service is made of exactly `backends`.
@@ -145,7 +157,13 @@ pub fn wait_table(t: &Topology, host: usize, svc: Svc, backends: &[Ipv4Addr]) {
 
 /// `n` short TCP connections to `addr` from container `client`; panics on any failure with
 /// every node's counters. Counts per backend name.
-pub fn spread(t: &Topology, client: &str, addr: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+pub fn spread(
+    t: &Topology,
+    client: &str,
+    addr: impl Into<SocketAddr>,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let addr: SocketAddr = addr.into();
     let result = t.container(client).ns.spawn(move || {
         let mut counts = BTreeMap::new();
         for i in 0..n {

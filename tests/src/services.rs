@@ -4,7 +4,9 @@
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -33,13 +35,21 @@ impl Drop for Server {
 /// A TCP server on `port` in `ns`: every connection gets `name` and a newline, then an echo
 /// of everything it sends until it closes its side.
 pub fn tcp_identity_server(ns: &Netns, port: u16, name: &str) -> Server {
+    tcp_identity_server_at(ns, (Ipv4Addr::UNSPECIFIED, port).into(), name)
+}
+
+/// `tcp_identity_server` on IPv6 only (`[::]:port`, IPV6_V6ONLY as Linux leaves it: IPv4 too).
+pub fn tcp_identity_server6(ns: &Netns, port: u16, name: &str) -> Server {
+    tcp_identity_server_at(ns, (Ipv6Addr::UNSPECIFIED, port).into(), name)
+}
+
+fn tcp_identity_server_at(ns: &Netns, at: SocketAddr, name: &str) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let name = name.to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = ns.spawn(move || {
-        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .expect("bind backend listener");
+        let listener = TcpListener::bind(at).expect("bind backend listener");
         listener.set_nonblocking(true).expect("nonblocking");
         ready_tx.send(()).expect("ready");
         while !flag.load(Ordering::Relaxed) {
@@ -85,13 +95,21 @@ fn echo(mut conn: TcpStream, name: &str) {
 
 /// A UDP server on `port` in `ns` answering every datagram with `name:` and the datagram.
 pub fn udp_identity_server(ns: &Netns, port: u16, name: &str) -> Server {
+    udp_identity_server_at(ns, (Ipv4Addr::UNSPECIFIED, port).into(), name)
+}
+
+/// `udp_identity_server` on `[::]:port`.
+pub fn udp_identity_server6(ns: &Netns, port: u16, name: &str) -> Server {
+    udp_identity_server_at(ns, (Ipv6Addr::UNSPECIFIED, port).into(), name)
+}
+
+fn udp_identity_server_at(ns: &Netns, at: SocketAddr, name: &str) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let name = name.to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = ns.spawn(move || {
-        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .expect("bind UDP backend");
+        let sock = UdpSocket::bind(at).expect("bind UDP backend");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         ready_tx.send(()).expect("ready");
@@ -115,7 +133,7 @@ pub fn udp_identity_server(ns: &Netns, port: u16, name: &str) -> Server {
 
 /// One short connection: sends `token`, half-closes, and checks the echo. Returns the name of
 /// the backend that answered.
-pub fn tcp_ask(addr: SocketAddrV4, token: &str) -> std::io::Result<String> {
+pub fn tcp_ask(addr: impl Into<SocketAddr>, token: &str) -> std::io::Result<String> {
     let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.write_all(token.as_bytes())?;
@@ -140,11 +158,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(addr: SocketAddrV4) -> std::io::Result<Self> {
+    pub fn open(addr: impl Into<SocketAddr>) -> std::io::Result<Self> {
         let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         let backend = read_name(&mut conn)?;
         Ok(Self { conn, backend })
+    }
+
+    /// The peer address the kernel reports for the connection (getpeername), of either
+    /// family.
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.conn.peer_addr()
     }
 
     /// The peer address the kernel reports for the connection (getpeername).
@@ -165,6 +189,17 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// One datagram to an IPv6 address from a fresh unconnected socket (`sendto`, `recvfrom`);
+/// returns (reply source, reply text).
+pub fn udp_ask6(addr: SocketAddr, msg: &str) -> std::io::Result<(SocketAddr, String)> {
+    let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(msg.as_bytes(), addr)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
 }
 
 /// One datagram from a fresh socket; returns (reply source, reply text).

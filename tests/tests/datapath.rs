@@ -424,10 +424,14 @@ fn restarting_daemons_keeps_a_running_flow() {
         sock,
         [
             "sock-connect4",
+            "sock-connect6",
             "sock-getpeername4",
+            "sock-getpeername6",
             "sock-recvmsg4",
+            "sock-recvmsg6",
             "sock-release",
-            "sock-sendmsg4"
+            "sock-sendmsg4",
+            "sock-sendmsg6"
         ],
         "{links:?}"
     );

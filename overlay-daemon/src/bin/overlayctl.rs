@@ -2,7 +2,7 @@
 //! daemon's status.
 
 use std::{
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     time::{SystemTime, UNIX_EPOCH},
@@ -117,13 +117,15 @@ enum ServiceCmd {
         name: String,
         #[arg(long)]
         network: String,
-        /// Virtual IP and port, outside the network's subnet.
+        /// Virtual IP and port, outside the network's subnet: 198.19.200.1:80, or
+        /// [2001:2:0:1200::1]:80 on a network with IPv6 (balanced where the socket hooks run).
         #[arg(long)]
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         #[arg(long, default_value = "tcp")]
         proto: Proto,
-        /// A backend IP:PORT[@WEIGHT] (repeat); endpoints labelled overlay.service=NAME:PORT
-        /// join as well.
+        /// A backend IP:PORT[@WEIGHT] ([IPv6]:PORT[@WEIGHT]), of the VIP's family (repeat);
+        /// endpoints labelled overlay.service=NAME:PORT join as well, by their address of the
+        /// VIP's family.
         #[arg(long = "backend")]
         backends: Vec<BackendSpec>,
     },
@@ -476,9 +478,8 @@ async fn service(
                 );
             } else {
                 println!(
-                    "service {name} created: {}:{}/{} in {} with {} configured backend(s)",
-                    record.vip,
-                    record.port,
+                    "service {name} created: {}/{} in {} with {} configured backend(s)",
+                    SocketAddr::new(record.vip, record.port),
                     record.proto,
                     record.network,
                     record.backends.len()
@@ -536,9 +537,8 @@ async fn service(
                             .flatten()
                             .map(|b| {
                                 format!(
-                                    "{}:{}@{}",
-                                    b["ip"].as_str().unwrap_or(""),
-                                    b["port"],
+                                    "{}@{}",
+                                    host_port(b["ip"].as_str().unwrap_or(""), &b["port"]),
                                     b["weight"]
                                 )
                             })
@@ -547,9 +547,8 @@ async fn service(
                             s["name"].as_str().unwrap_or("").into(),
                             s["network"].as_str().unwrap_or("").into(),
                             format!(
-                                "{}:{}/{}",
-                                s["vip"].as_str().unwrap_or(""),
-                                s["port"],
+                                "{}/{}",
+                                host_port(s["vip"].as_str().unwrap_or(""), &s["port"]),
                                 s["proto"].as_str().unwrap_or("")
                             ),
                             if backends.is_empty() {
@@ -585,5 +584,14 @@ async fn service(
             }
             Ok(())
         }
+    }
+}
+
+/// `IP:PORT`, with an IPv6 address in brackets.
+fn host_port(ip: &str, port: &serde_json::Value) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
     }
 }

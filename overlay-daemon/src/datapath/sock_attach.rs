@@ -1,4 +1,4 @@
-//! Attaching the socket-level balancer: four cgroup sock_addr hooks and a sock_release hook
+//! Attaching the socket-level balancer: eight cgroup sock_addr hooks (four per family) and a sock_release hook
 //! on the root of the cgroup v2 hierarchy (every process of the host runs them; they act
 //! only for sockets of namespaces in `SOCK_NETNS`, or sockets they balanced), each link
 //! pinned like the TC ones.
@@ -33,11 +33,15 @@ pub enum SocketLb {
 }
 
 /// sock_addr hooks, by program and link pin name.
-const ADDR_HOOKS: [(&str, &str); 4] = [
+const ADDR_HOOKS: [(&str, &str); 8] = [
     (programs::SOCK_CONNECT4, "sock-connect4"),
     (programs::SOCK_SENDMSG4, "sock-sendmsg4"),
     (programs::SOCK_RECVMSG4, "sock-recvmsg4"),
     (programs::SOCK_GETPEERNAME4, "sock-getpeername4"),
+    (programs::SOCK_CONNECT6, "sock-connect6"),
+    (programs::SOCK_SENDMSG6, "sock-sendmsg6"),
+    (programs::SOCK_RECVMSG6, "sock-recvmsg6"),
+    (programs::SOCK_GETPEERNAME6, "sock-getpeername6"),
 ];
 const RELEASE_HOOK: (&str, &str) = (programs::SOCK_RELEASE, "sock-release");
 

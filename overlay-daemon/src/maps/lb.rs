@@ -5,21 +5,22 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     ops::Range,
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{
     lb::{
-        maglev_size_fits, maglev_size_for, BackendInfo, CtEntry, FlowKey, RevNatEntry, ServiceInfo,
-        ServiceKey, SockAddr, SockKey,
+        maglev_size_fits, maglev_size_for, CtEntry, FlowKey, RevNatEntry, ServiceInfo, Sock6Addr,
+        Sock6Key, SockAddr, SockKey,
     },
     maps::names,
 };
 
 use super::{
     hash_map, ip_key,
+    lb_family::{key_ip, key_ip6, remove, Addr, FamilyMaps, SvcKey},
     maglev_space::{MaglevArray, Space},
     map_err, MapsError,
 };
@@ -34,23 +35,19 @@ pub struct ServiceEntry {
     /// The service's name (for reports only).
     pub name: String,
     pub vni: u32,
-    pub vip: Ipv4Addr,
+    /// An IPv4 VIP (balanced per packet and by the socket hooks) or an IPv6 one (by the
+    /// socket hooks); its backends are of the same family.
+    pub vip: IpAddr,
     pub port: u16,
     /// IPPROTO_TCP or IPPROTO_UDP.
     pub proto: u8,
     /// (address, port, weight), live backends only.
-    pub backends: Vec<(Ipv4Addr, u16, u32)>,
+    pub backends: Vec<(IpAddr, u16, u32)>,
 }
 
 impl ServiceEntry {
-    fn key(&self) -> ServiceKey {
-        ServiceKey {
-            vni: self.vni,
-            vip: ip_key(self.vip),
-            port: self.port,
-            proto: self.proto,
-            _pad: 0,
-        }
+    fn key(&self) -> SvcKey {
+        SvcKey::new(self.vni, self.vip, self.port, self.proto)
     }
 }
 
@@ -71,24 +68,24 @@ pub struct LbSync {
 /// A backend that stopped serving a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EndedBackend {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: u8,
-    pub backend: (Ipv4Addr, u16),
+    pub backend: Addr,
 }
 
 pub struct LbMaps {
-    services: HashMap<MapData, ServiceKey, ServiceInfo>,
-    backends: HashMap<MapData, u32, BackendInfo>,
-    /// Backend address -> id, for the datapath to know a direct flow to a backend.
-    backend_addrs: HashMap<MapData, BackendInfo, u32>,
+    family: FamilyMaps,
+    /// IPv4 backend address -> id, for the datapath to know a direct flow to a backend.
+    backend_addrs: HashMap<MapData, overlay_common::lb::BackendInfo, u32>,
     maglev: MaglevArray,
     ct: HashMap<MapData, FlowKey, CtEntry>,
     revnat: HashMap<MapData, FlowKey, RevNatEntry>,
     sock_fwd: HashMap<MapData, SockKey, SockAddr>,
+    sock6_fwd: HashMap<MapData, Sock6Key, Sock6Addr>,
     /// The backend list each service's table was last built from, so unchanged services
     /// are not rebuilt on every reconciliation.
-    built: BTreeMap<ServiceKey, Vec<(Ipv4Addr, u16, u32)>>,
+    built: BTreeMap<SvcKey, Vec<(IpAddr, u16, u32)>>,
 }
 
 fn range(info: &ServiceInfo) -> Range<u32> {
@@ -96,23 +93,23 @@ fn range(info: &ServiceInfo) -> Range<u32> {
 }
 
 impl LbMaps {
+    /// The maps by name from `take` (the loaded object's, or pins).
     pub(super) fn new(
-        services: Map,
-        backends: Map,
-        backend_addrs: Map,
-        maglev: Map,
-        ct: Map,
-        revnat: Map,
-        sock_fwd: Map,
+        mut take: impl FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<Self, MapsError> {
         Ok(Self {
-            services: hash_map(services, names::LB_SERVICES)?,
-            backends: hash_map(backends, names::LB_BACKENDS)?,
-            backend_addrs: hash_map(backend_addrs, names::LB_BACKEND_ADDRS)?,
-            maglev: MaglevArray::new(maglev)?,
-            ct: hash_map(ct, names::LB_CT)?,
-            revnat: hash_map(revnat, names::LB_REVNAT)?,
-            sock_fwd: hash_map(sock_fwd, names::SOCK_FWD)?,
+            family: FamilyMaps::new(
+                take(names::LB_SERVICES)?,
+                take(names::LB6_SERVICES)?,
+                take(names::LB_BACKENDS)?,
+                take(names::LB6_BACKENDS)?,
+            )?,
+            backend_addrs: hash_map(take(names::LB_BACKEND_ADDRS)?, names::LB_BACKEND_ADDRS)?,
+            maglev: MaglevArray::new(take(names::LB_MAGLEV)?)?,
+            ct: hash_map(take(names::LB_CT)?, names::LB_CT)?,
+            revnat: hash_map(take(names::LB_REVNAT)?, names::LB_REVNAT)?,
+            sock_fwd: hash_map(take(names::SOCK_FWD)?, names::SOCK_FWD)?,
+            sock6_fwd: hash_map(take(names::SOCK6_FWD)?, names::SOCK6_FWD)?,
             built: BTreeMap::new(),
         })
     }
@@ -123,19 +120,15 @@ impl LbMaps {
     /// backends) for as long as it exists, across daemon restarts too.
     pub fn sync(&mut self, desired: &[ServiceEntry]) -> Result<LbSync, MapsError> {
         let mut out = LbSync::default();
-        let current: BTreeMap<ServiceKey, ServiceInfo> =
-            collect(&self.services, names::LB_SERVICES)?;
-        let backends: BTreeMap<u32, BackendInfo> = collect(&self.backends, names::LB_BACKENDS)?;
-        let mut ids: BTreeMap<(u32, u16), u32> = backends
-            .iter()
-            .map(|(id, b)| ((b.ip, b.port), *id))
-            .collect();
+        let current: BTreeMap<SvcKey, ServiceInfo> = self.family.services()?;
+        let backends: BTreeMap<u32, Addr> = self.family.backends()?;
+        let mut ids: BTreeMap<Addr, u32> = backends.iter().map(|(id, b)| (*b, *id)).collect();
 
         // Backend ids: kept while the address is a backend anywhere, new ones after the
         // highest in use (a recycled id is caught by the address check in the datapath).
-        let wanted: BTreeSet<(u32, u16)> = desired
+        let wanted: BTreeSet<Addr> = desired
             .iter()
-            .flat_map(|s| s.backends.iter().map(|(ip, port, _)| (ip_key(*ip), *port)))
+            .flat_map(|s| s.backends.iter().map(|(ip, port, _)| (*ip, *port)))
             .collect();
         let mut next_id = backends.keys().max().copied().unwrap_or(0);
         for addr in &wanted {
@@ -146,44 +139,40 @@ impl LbMaps {
             while backends.contains_key(&next_id) {
                 next_id += 1;
             }
-            let info = BackendInfo {
-                ip: addr.0,
-                port: addr.1,
-                _pad: 0,
-            };
-            self.backends
-                .insert(next_id, info, 0)
-                .map_err(map_err(names::LB_BACKENDS))?;
+            self.family.set_backend(next_id, *addr)?;
             ids.insert(*addr, next_id);
             out.written += 1;
         }
 
         // Addresses before the services that lead to them, so a direct flow to a new
-        // backend is known as one from its first packet.
-        let addrs: BTreeMap<BackendInfo, u32> = ids
+        // backend is known as one from its first packet (IPv4: the per-packet path).
+        let addrs: BTreeMap<overlay_common::lb::BackendInfo, u32> = ids
             .iter()
             .filter(|(addr, _)| wanted.contains(addr))
-            .map(|((ip, port), id)| {
-                let b = BackendInfo {
-                    ip: *ip,
-                    port: *port,
-                    _pad: 0,
-                };
-                (b, *id)
+            .filter_map(|((ip, port), id)| match ip {
+                IpAddr::V4(ip) => Some((
+                    overlay_common::lb::BackendInfo {
+                        ip: ip_key(*ip),
+                        port: *port,
+                        _pad: 0,
+                    },
+                    *id,
+                )),
+                IpAddr::V6(_) => None,
             })
             .collect();
         let (written, removed) =
             super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?;
         out.written += written;
         out.removed += removed;
-        let desired_keys: BTreeMap<ServiceKey, &ServiceEntry> =
+        let desired_keys: BTreeMap<SvcKey, &ServiceEntry> =
             desired.iter().map(|s| (s.key(), s)).collect();
         // Services that went give up their tables first, so a new service taking the space
         // never shares it with a stale entry that still points there.
         let mut gone_services = Vec::new();
         for key in current.keys() {
             if !desired_keys.contains_key(key) {
-                remove(&mut self.services, key, names::LB_SERVICES)?;
+                self.family.remove_service(key)?;
                 self.built.remove(key);
                 gone_services.push(*key);
                 out.removed += 1;
@@ -191,7 +180,7 @@ impl LbMaps {
         }
         let mut space = Space::new(self.maglev.len());
         // Tables the services kept hold (one that overlaps another is rebuilt elsewhere).
-        let mut held: BTreeMap<ServiceKey, Range<u32>> = BTreeMap::new();
+        let mut held: BTreeMap<SvcKey, Range<u32>> = BTreeMap::new();
         for (key, info) in &current {
             if desired_keys.contains_key(key)
                 && info.table_size > 0
@@ -202,23 +191,19 @@ impl LbMaps {
         }
         // (service, backend) pairs that ended: their flows are forgotten even when the
         // backend still serves another service.
-        let mut gone_pairs: BTreeSet<(ServiceKey, (u32, u16))> = BTreeSet::new();
+        let mut gone_pairs: BTreeSet<(SvcKey, Addr)> = BTreeSet::new();
         for (key, svc) in &desired_keys {
             let mut list = svc.backends.clone();
             list.sort();
             let old = held.get(key).cloned();
             if let Some(r) = &old {
                 // What the table held (also after a restart, when `built` is empty).
-                let new: BTreeSet<(u32, u16)> = list
-                    .iter()
-                    .map(|(ip, port, _)| (ip_key(*ip), *port))
-                    .collect();
-                let before: BTreeSet<(u32, u16)> = self
+                let new: BTreeSet<Addr> = list.iter().map(|(ip, port, _)| (*ip, *port)).collect();
+                let before: BTreeSet<Addr> = self
                     .maglev
                     .read(r.clone())
                     .iter()
-                    .filter_map(|id| backends.get(id))
-                    .map(|b| (b.ip, b.port))
+                    .filter_map(|id| backends.get(id).copied())
                     .collect();
                 gone_pairs.extend(before.difference(&new).map(|addr| (*key, *addr)));
             }
@@ -235,15 +220,14 @@ impl LbMaps {
                             out.rejected.push(Rejection::new(
                                 Subject::Service(svc.name.clone()),
                                 format!(
-                                    "{}:{}: no room for its {size}-slot Maglev table ({} of {} slots free): remove services or backends",
-                                    svc.vip,
-                                    svc.port,
+                                    "{}: no room for its {size}-slot Maglev table ({} of {} slots free): remove services or backends",
+                                    std::net::SocketAddr::new(svc.vip, svc.port),
                                     space.free_slots(),
                                     self.maglev.len()
                                 ),
                             ));
                             if current.contains_key(key) {
-                                remove(&mut self.services, key, names::LB_SERVICES)?;
+                                self.family.remove_service(key)?;
                                 gone_services.push(*key);
                             }
                             continue;
@@ -265,9 +249,7 @@ impl LbMaps {
                 _pad: 0,
             };
             if current.get(key) != Some(&info) {
-                self.services
-                    .insert(key, info, 0)
-                    .map_err(map_err(names::LB_SERVICES))?;
+                self.family.set_service(key, info)?;
                 out.written += 1;
             }
             // The old table is free once nothing points at it any more.
@@ -277,8 +259,8 @@ impl LbMaps {
         }
 
         for (id, b) in &backends {
-            if !wanted.contains(&(b.ip, b.port)) {
-                remove(&mut self.backends, id, names::LB_BACKENDS)?;
+            if !wanted.contains(b) {
+                self.family.remove_backend(*id, b.0)?;
                 out.removed += 1;
             }
         }
@@ -287,26 +269,21 @@ impl LbMaps {
         }
         out.ended = gone_pairs
             .iter()
-            .map(|(s, (ip, port))| EndedBackend {
-                vip: key_ip(s.vip),
-                port: s.port,
-                proto: s.proto,
-                backend: (key_ip(*ip), *port),
+            .map(|(s, backend)| EndedBackend {
+                vip: s.vip(),
+                port: s.port(),
+                proto: s.proto(),
+                backend: *backend,
             })
             .collect();
         Ok(out)
     }
 
     /// A Maglev table of `size` slots over `list`, as backend ids.
-    fn build(
-        &self,
-        list: &[(Ipv4Addr, u16, u32)],
-        ids: &BTreeMap<(u32, u16), u32>,
-        size: u32,
-    ) -> Vec<u32> {
+    fn build(&self, list: &[(IpAddr, u16, u32)], ids: &BTreeMap<Addr, u32>, size: u32) -> Vec<u32> {
         let names: Vec<String> = list
             .iter()
-            .map(|(ip, port, _)| format!("{ip}:{port}"))
+            .map(|(ip, port, _)| std::net::SocketAddr::new(*ip, *port).to_string())
             .collect();
         let weighted: Vec<maglev::Weighted<'_>> = names
             .iter()
@@ -320,7 +297,7 @@ impl LbMaps {
             .into_iter()
             .map(|i| {
                 let (ip, port, _) = list[i as usize];
-                ids[&(ip_key(ip), port)]
+                ids[&(ip, port)]
             })
             .collect()
     }
@@ -329,17 +306,12 @@ impl LbMaps {
     /// both directions, so nothing stale is balanced or translated later.
     fn purge_flows(
         &mut self,
-        services: &[ServiceKey],
-        pairs: &BTreeSet<(ServiceKey, (u32, u16))>,
+        services: &[SvcKey],
+        pairs: &BTreeSet<(SvcKey, Addr)>,
     ) -> Result<(), MapsError> {
         let stale = |vni: u32, vip: u32, port: u16, proto: u8, backend: (u32, u16)| {
-            let svc = ServiceKey {
-                vni,
-                vip,
-                port,
-                proto,
-                _pad: 0,
-            };
+            let svc = SvcKey::new(vni, key_ip(vip).into(), port, proto);
+            let backend = (key_ip(backend.0).into(), backend.1);
             services.contains(&svc) || pairs.contains(&(svc, backend))
         };
         let ct: BTreeMap<_, _> = collect_flows(&self.ct, names::LB_CT)?;
@@ -362,47 +334,49 @@ impl LbMaps {
         }
         // Unconnected UDP sockets stop sending to a backend that left (their next send picks
         // again). The socket maps carry no VNI: any network's loss of the pair counts.
-        let ended: BTreeSet<(u32, u16, u8, (u32, u16))> = pairs
+        let ended: BTreeSet<(IpAddr, u16, u8, Addr)> = pairs
             .iter()
-            .map(|(s, b)| (s.vip, s.port, s.proto, *b))
+            .map(|(s, b)| (s.vip(), s.port(), s.proto(), *b))
             .collect();
-        let gone: BTreeSet<(u32, u16, u8)> =
-            services.iter().map(|s| (s.vip, s.port, s.proto)).collect();
+        let gone: BTreeSet<(IpAddr, u16, u8)> = services
+            .iter()
+            .map(|s| (s.vip(), s.port(), s.proto()))
+            .collect();
+        let stale_send = |vip: IpAddr, port: u16, proto: u8, to: Addr| {
+            gone.contains(&(vip, port, proto)) || ended.contains(&(vip, port, proto, to))
+        };
         let fwd: Vec<(SockKey, SockAddr)> = self.sock_fwd.iter().filter_map(Result::ok).collect();
         for (k, v) in fwd {
-            if gone.contains(&(k.ip, k.port, k.proto))
-                || ended.contains(&(k.ip, k.port, k.proto, (v.ip, v.port)))
-            {
+            if stale_send(
+                key_ip(k.ip).into(),
+                k.port,
+                k.proto,
+                (key_ip(v.ip).into(), v.port),
+            ) {
                 remove(&mut self.sock_fwd, &k, names::SOCK_FWD)?;
+            }
+        }
+        let fwd6: Vec<(Sock6Key, Sock6Addr)> =
+            self.sock6_fwd.iter().filter_map(Result::ok).collect();
+        for (k, v) in fwd6 {
+            let vip = key_ip6(k.ip).into();
+            if stale_send(vip, k.port, k.proto, (key_ip6(v.ip).into(), v.port)) {
+                remove(&mut self.sock6_fwd, &k, names::SOCK6_FWD)?;
             }
         }
         Ok(())
     }
 
-    /// Backend ids of one service's Maglev table as the datapath sees it (for tools/tests).
-    pub fn table(
-        &self,
-        vni: u32,
-        vip: Ipv4Addr,
-        port: u16,
-        proto: u8,
-    ) -> Option<Vec<(Ipv4Addr, u16)>> {
-        let key = ServiceKey {
-            vni,
-            vip: ip_key(vip),
-            port,
-            proto,
-            _pad: 0,
-        };
-        let info = self.services.get(&key, 0).ok()?;
-        let backends: BTreeMap<u32, BackendInfo> =
-            collect(&self.backends, names::LB_BACKENDS).ok()?;
+    /// Backend addresses of one service's Maglev table as the datapath sees it (for
+    /// tools/tests).
+    pub fn table(&self, vni: u32, vip: IpAddr, port: u16, proto: u8) -> Option<Vec<Addr>> {
+        let info = self.family.service(&SvcKey::new(vni, vip, port, proto))?;
+        let (backends, _) = self.family.read_backends().ok()?;
         Some(
             self.maglev
                 .read(range(&info))
                 .iter()
-                .filter_map(|id| backends.get(id))
-                .map(|b| (Ipv4Addr::from(b.ip.to_ne_bytes()), b.port))
+                .filter_map(|id| backends.get(id).copied())
                 .collect(),
         )
     }
@@ -412,22 +386,21 @@ impl LbMaps {
 pub fn pinned_table(
     dir: &std::path::Path,
     vni: u32,
-    vip: Ipv4Addr,
+    vip: impl Into<IpAddr>,
     port: u16,
     proto: u8,
-) -> Result<Option<Vec<(Ipv4Addr, u16)>>, MapsError> {
-    let open = |name: &'static str| super::open_pinned(dir, name).map(Map::HashMap);
-    let maglev = super::open_pinned(dir, names::LB_MAGLEV).map(Map::Array)?;
-    let lb = LbMaps::new(
-        open(names::LB_SERVICES)?,
-        open(names::LB_BACKENDS)?,
-        open(names::LB_BACKEND_ADDRS)?,
-        maglev,
-        super::open_pinned(dir, names::LB_CT).map(Map::LruHashMap)?,
-        super::open_pinned(dir, names::LB_REVNAT).map(Map::LruHashMap)?,
-        super::open_pinned(dir, names::SOCK_FWD).map(Map::LruHashMap)?,
-    )?;
-    Ok(lb.table(vni, vip, port, proto))
+) -> Result<Option<Vec<Addr>>, MapsError> {
+    let lb = LbMaps::new(|name| {
+        let data = super::open_pinned(dir, name)?;
+        Ok(match name {
+            names::LB_MAGLEV => Map::Array(data),
+            names::LB_CT | names::LB_REVNAT | names::SOCK_FWD | names::SOCK6_FWD => {
+                Map::LruHashMap(data)
+            }
+            _ => Map::HashMap(data),
+        })
+    })?;
+    Ok(lb.table(vni, vip.into(), port, proto))
 }
 
 impl LbMaps {
@@ -438,17 +411,6 @@ impl LbMaps {
             HashMap::try_from(map).map_err(map_err(names::LB_CT))?;
         Ok(ct.keys().filter(Result::is_ok).count())
     }
-}
-
-fn key_ip(key: u32) -> Ipv4Addr {
-    Ipv4Addr::from(key.to_ne_bytes())
-}
-
-fn collect<K: aya::Pod + Ord, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-) -> Result<BTreeMap<K, V>, MapsError> {
-    map.iter().collect::<Result<_, _>>().map_err(map_err(name))
 }
 
 /// Flow keys are not `Ord`; order them by their bytes.
@@ -479,16 +441,5 @@ impl Ord for FlowOrd {
 impl PartialOrd for FlowOrd {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
-    }
-}
-
-fn remove<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    key: &K,
-    name: &'static str,
-) -> Result<(), MapsError> {
-    match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(map_err(name)(e)),
     }
 }

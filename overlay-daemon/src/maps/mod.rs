@@ -5,6 +5,7 @@ mod config;
 mod counters;
 mod endpoints;
 mod lb;
+mod lb_family;
 mod local_ifaces;
 mod maglev_space;
 mod networks;
@@ -76,16 +77,12 @@ impl DatapathMaps {
             vteps: VtepMap::new(take(names::VTEPS)?)?,
             local_ifaces: LocalIfaceMap::new(take(names::LOCAL_IFACES)?)?,
             counters: CounterMap::new(take(names::TRAFFIC)?, take(names::DROPS)?)?,
-            lb: LbMaps::new(
-                take(names::LB_SERVICES)?,
-                take(names::LB_BACKENDS)?,
-                take(names::LB_BACKEND_ADDRS)?,
-                take(names::LB_MAGLEV)?,
-                take(names::LB_CT)?,
-                take(names::LB_REVNAT)?,
-                take(names::SOCK_FWD)?,
+            lb: LbMaps::new(&mut take)?,
+            sock: SockMaps::new(
+                take(names::SOCK_NETNS)?,
+                take(names::SOCK_REV)?,
+                take(names::SOCK6_REV)?,
             )?,
-            sock: SockMaps::new(take(names::SOCK_NETNS)?, take(names::SOCK_REV)?)?,
         })
     }
 }

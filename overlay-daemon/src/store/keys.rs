@@ -179,6 +179,7 @@ mod tests {
             Key::Vni(100),
             Key::Service("web".into()),
             Key::ServiceVip("red_198.18.250.1_80_tcp".into()),
+            Key::ServiceVip("red_2001-2-0-1200--80_80_tcp".into()),
         ] {
             let text = l.key(&key);
             assert!(text.starts_with("/overlay/v1/"), "{text}");

@@ -224,7 +224,7 @@ impl From<EndpointRecord> for EndpointRecordWire {
 pub struct ServiceRecord {
     pub version: u32,
     pub network: String,
-    pub vip: Ipv4Addr,
+    pub vip: std::net::IpAddr,
     pub port: u16,
     pub proto: crate::tables::Proto,
     #[serde(default)]
@@ -232,9 +232,11 @@ pub struct ServiceRecord {
 }
 
 impl ServiceRecord {
-    /// The key that keeps VIP:port/proto unique within a network.
+    /// The key that keeps VIP:port/proto unique within a network (an IPv6 VIP with `-` for
+    /// `:`, which key names do not hold; IPv6 addresses have no `-`, so it stays unique).
     pub fn vip_id(&self) -> String {
-        format!("{}_{}_{}_{}", self.network, self.vip, self.port, self.proto)
+        let vip = self.vip.to_string().replace(':', "-");
+        format!("{}_{vip}_{}_{}", self.network, self.port, self.proto)
     }
 }
 

@@ -83,6 +83,9 @@ pub struct ClusterView {
     /// (network, IP) of every backend a service names explicitly, so an endpoint change can
     /// tell whether it touches a service without scanning all entries.
     service_backends: BTreeSet<(String, Ipv4Addr)>,
+    /// Networks where a service names an IPv6 backend: any endpoint change there (its IPv6
+    /// claim names it by its IPv4 address) recomputes the services.
+    v6_backend_networks: BTreeSet<String>,
     /// Inside `reset`: everything is dirty anyway.
     bulk: bool,
     /// The etcd revision the view is current to.
@@ -101,6 +104,7 @@ impl ClusterView {
             rejected: BTreeMap::new(),
             dirty: Dirty::default(),
             service_backends: BTreeSet::new(),
+            v6_backend_networks: BTreeSet::new(),
             bulk: false,
             revision: 0,
             per_node: HashMap::new(),
@@ -195,7 +199,11 @@ impl ClusterView {
             Key::Vni(_) | Key::ServiceVip(_) | Key::Block { .. } | Key::Endpoint6 { .. } => {}
             Key::Endpoint { network, ip } => {
                 let id = (network.clone(), *ip);
-                if labelled(old) || labelled(new) || self.service_backends.contains(&id) {
+                if labelled(old)
+                    || labelled(new)
+                    || self.service_backends.contains(&id)
+                    || self.v6_backend_networks.contains(network)
+                {
                     self.dirty.full = true;
                 } else if old != new {
                     self.dirty.endpoints.insert(id);
@@ -258,17 +266,41 @@ impl ClusterView {
         if self.bulk || old == new {
             return;
         }
+        // A service backend by IPv6 address or by label may have come or gone.
+        let labelled = |ip: &Ipv4Addr| {
+            let key = Key::Endpoint {
+                network: network.to_owned(),
+                ip: *ip,
+            };
+            matches!(self.entries.get(&key), Some(Entry::Endpoint(ep)) if !ep.services.is_empty())
+        };
+        if self.v6_backend_networks.contains(network)
+            || old.iter().chain(&new).any(|(ip, _)| labelled(ip))
+        {
+            self.dirty.full = true;
+        }
         for (ip, _) in old.into_iter().chain(new) {
             self.dirty.endpoints.insert((network.to_owned(), ip));
         }
     }
 
     fn refresh_service_backends(&mut self) {
-        let backends = self
-            .services()
-            .flat_map(|(_, s)| s.backends.iter().map(|b| (s.network.clone(), b.ip)))
-            .collect();
-        self.service_backends = backends;
+        let mut v4 = BTreeSet::new();
+        let mut v6 = BTreeSet::new();
+        for (_, s) in self.services() {
+            for b in &s.backends {
+                match b.ip {
+                    std::net::IpAddr::V4(ip) => {
+                        v4.insert((s.network.clone(), ip));
+                    }
+                    std::net::IpAddr::V6(_) => {
+                        v6.insert(s.network.clone());
+                    }
+                }
+            }
+        }
+        self.service_backends = v4;
+        self.v6_backend_networks = v6;
     }
 
     /// One endpoint as the tables describe it, if the view holds it.

@@ -1,7 +1,7 @@
 //! Services in the tables: a VIP:port in one network balanced over backends
 //! (Minuteman-style).
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,8 @@ impl FromStr for Proto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
-    pub ip: Ipv4Addr,
+    /// Of the service VIP's family.
+    pub ip: IpAddr,
     pub port: u16,
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -61,19 +62,20 @@ pub const MAX_WEIGHT: u32 = 1000;
 
 impl FromStr for BackendSpec {
     type Err = String;
-    /// `IP:PORT` or `IP:PORT@WEIGHT`.
+    /// `IP:PORT` or `IP:PORT@WEIGHT` (`[IPv6]:PORT` for IPv6).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("backend {s:?}: write IP:PORT or IP:PORT@WEIGHT");
+        let bad =
+            || format!("backend {s:?}: write IP:PORT or IP:PORT@WEIGHT ([IPv6]:PORT for IPv6)");
         let (addr, weight) = match s.split_once('@') {
             Some((a, w)) => (a, w.parse::<u32>().map_err(|_| bad())?),
             None => (s, 1),
         };
-        let addr: std::net::SocketAddrV4 = addr.parse().map_err(|_| bad())?;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| bad())?;
         if weight == 0 || weight > MAX_WEIGHT {
             return Err(format!("backend {s:?}: weight must be 1..={MAX_WEIGHT}"));
         }
         Ok(Self {
-            ip: *addr.ip(),
+            ip: addr.ip(),
             port: addr.port(),
             weight,
         })
@@ -86,7 +88,8 @@ impl FromStr for BackendSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub network: String,
-    pub vip: Ipv4Addr,
+    /// IPv4, or IPv6 on a network with an IPv6 subnet.
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: Proto,
     #[serde(default)]
@@ -98,7 +101,7 @@ pub struct ServiceSpec {
 pub struct ValidService {
     pub name: String,
     pub vni: u32,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: Proto,
     /// Live backends, sorted; configured ones and those joined by label.
@@ -114,12 +117,18 @@ mod tests {
         let b: BackendSpec = "198.19.1.2:80@5".parse().unwrap();
         assert_eq!((b.port, b.weight), (80, 5));
         assert_eq!("198.19.1.2:80".parse::<BackendSpec>().unwrap().weight, 1);
+        let b: BackendSpec = "[2001:2:0:1001::5]:8080@2".parse().unwrap();
+        assert_eq!(
+            (b.ip.to_string().as_str(), b.port, b.weight),
+            ("2001:2:0:1001::5", 8080, 2)
+        );
         for bad in [
             "198.19.1.2",
             "198.19.1.2:80@0",
             "198.19.1.2:80@x",
             "host:80",
             "198.19.1.2:80@1001",
+            "2001:2::5:80",
         ] {
             assert!(bad.parse::<BackendSpec>().is_err(), "{bad}");
         }

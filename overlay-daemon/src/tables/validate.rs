@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use overlay_api::labels::parse_service_label;
@@ -214,14 +214,15 @@ impl ClusterTables {
             };
             let problem = if !names.insert(svc.name.clone()) {
                 Some("the name is already used".to_owned())
-            } else if net.subnet.contains(&svc.vip) {
-                Some(format!(
-                    "VIP {} is inside the network's subnet {}: pick an address outside it",
-                    svc.vip, net.subnet
-                ))
+            } else if let Some(p) = vip_in_network(svc.vip, &net.name, net.subnet, net.subnet6) {
+                Some(p)
             } else if let Some(p) = vip_problem(svc.vip) {
                 Some(p)
-            } else if let Some(node) = out.nodes.values().find(|n| n.vtep_ip == svc.vip) {
+            } else if let Some(node) = out
+                .nodes
+                .values()
+                .find(|n| IpAddr::V4(n.vtep_ip) == svc.vip)
+            {
                 Some(format!(
                     "VIP {} is node {:?}'s VTEP address: pick an address no host has",
                     svc.vip, node.name
@@ -229,11 +230,26 @@ impl ClusterTables {
             } else if svc.port == 0 {
                 Some("port 0 is not a service port".to_owned())
             } else if let Some(b) = svc.backends.iter().find(|b| b.port == 0) {
-                Some(format!("backend {}:0 has no port", b.ip))
+                Some(format!(
+                    "backend {} has no port",
+                    std::net::SocketAddr::new(b.ip, 0)
+                ))
+            } else if let Some(b) = svc
+                .backends
+                .iter()
+                .find(|b| b.ip.is_ipv6() != svc.vip.is_ipv6())
+            {
+                Some(format!(
+                    "backend {} is not of VIP {}'s address family: give {} backends",
+                    b.ip,
+                    svc.vip,
+                    if svc.vip.is_ipv6() { "IPv6" } else { "IPv4" }
+                ))
             } else if !vips.insert((net.vni, svc.vip, svc.port, svc.proto)) {
                 Some(format!(
-                    "{}:{}/{} is already used by another service",
-                    svc.vip, svc.port, svc.proto
+                    "{}/{} is already used by another service",
+                    std::net::SocketAddr::new(svc.vip, svc.port),
+                    svc.proto
                 ))
             } else {
                 None
@@ -242,24 +258,28 @@ impl ClusterTables {
                 out.rejected.push(Rejection::new(subject(), p));
                 continue;
             }
-            // Running endpoints of the network (reserved addresses have no interface yet).
-            let running: BTreeMap<Ipv4Addr, &EndpointSpec> = out
+            // Running endpoints of the network (reserved addresses have no interface yet), by
+            // their address of the VIP's family.
+            let running: BTreeMap<IpAddr, &EndpointSpec> = out
                 .endpoints
                 .iter()
                 .filter(|e| e.network == svc.network && e.iface != EndpointIface::Reserved)
-                .map(|e| (e.ip, e))
+                .filter_map(|e| match svc.vip {
+                    IpAddr::V4(_) => Some((IpAddr::V4(e.ip), e)),
+                    IpAddr::V6(_) => e.ip6.map(|ip6| (IpAddr::V6(ip6), e)),
+                })
                 .collect();
-            let mut backends: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+            let mut backends: BTreeMap<(IpAddr, u16), u32> = BTreeMap::new();
             for b in &svc.backends {
                 if b.weight > 0 && running.contains_key(&b.ip) {
                     backends.insert((b.ip, b.port), b.weight.min(MAX_WEIGHT));
                 }
             }
-            for ep in running.values() {
+            for (ip, ep) in &running {
                 for label in &ep.services {
                     if let Ok((name, port)) = parse_service_label(label) {
                         if name == svc.name {
-                            backends.entry((ep.ip, port)).or_insert(1);
+                            backends.entry((*ip, port)).or_insert(1);
                         }
                     }
                 }
@@ -279,22 +299,46 @@ impl ClusterTables {
     }
 }
 
+/// Why `vip` cannot be a VIP of `net`, if it cannot: inside the network's subnet of its
+/// family, or IPv6 on a network without IPv6.
+pub fn vip_in_network(
+    vip: IpAddr,
+    network: &str,
+    subnet: ipnet::Ipv4Net,
+    subnet6: Option<ipnet::Ipv6Net>,
+) -> Option<String> {
+    match vip {
+        IpAddr::V4(ip) if subnet.contains(&ip) => Some(format!(
+            "VIP {vip} is inside network {network:?}'s subnet {subnet}: pick an address outside it"
+        )),
+        IpAddr::V6(ip) => match subnet6 {
+            None => Some(format!(
+                "VIP {vip} is IPv6 but network {network:?} has no IPv6 subnet: add one or use an IPv4 VIP"
+            )),
+            Some(s) if s.contains(&ip) => Some(format!(
+                "VIP {vip} is inside network {network:?}'s subnet {s}: pick an address outside it"
+            )),
+            Some(_) => None,
+        },
+        IpAddr::V4(_) => None,
+    }
+}
+
 /// Why `vip` cannot be a service address, if it cannot: addresses a host treats as its own or
 /// as not one host's (loopback, unspecified, broadcast, multicast, link-local) would never
 /// reach the balancer, or would reach something else.
-pub fn vip_problem(vip: Ipv4Addr) -> Option<String> {
-    let what = if vip.is_unspecified() {
-        "the unspecified address"
-    } else if vip.is_loopback() {
-        "a loopback address"
-    } else if vip.is_broadcast() {
-        "the broadcast address"
-    } else if vip.is_multicast() {
-        "a multicast address"
-    } else if vip.is_link_local() {
-        "a link-local address"
-    } else {
-        return None;
+pub fn vip_problem(vip: IpAddr) -> Option<String> {
+    let what = match vip {
+        _ if vip.is_unspecified() => "the unspecified address",
+        _ if vip.is_loopback() => "a loopback address",
+        _ if vip.is_multicast() => "a multicast address",
+        IpAddr::V4(ip) if ip.is_broadcast() => "the broadcast address",
+        IpAddr::V4(ip) if ip.is_link_local() => "a link-local address",
+        IpAddr::V6(ip) if ip.is_unicast_link_local() => "a link-local address",
+        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some() => {
+            "an IPv4-mapped address (give the IPv4 address itself)"
+        }
+        _ => return None,
     };
     Some(format!(
         "VIP {vip} is {what}: pick a unicast address outside every network's subnet"
@@ -386,8 +430,59 @@ mod tests {
                 "198.19.1.3:8080".parse().unwrap()
             ]
         );
-        assert!(has(&valid, "inside the network's subnet"));
+        assert!(has(&valid, "inside network \"red\"'s subnet"));
         assert!(has(&valid, "already used by another service"));
         assert!(has(&valid, "\"blue\" does not exist"));
+    }
+
+    /// An IPv6 service's backends are the endpoints' IPv6 addresses (by label too); an IPv6
+    /// VIP needs a network with IPv6, and backends of its own family.
+    #[test]
+    fn ipv6_services_take_ipv6_backends() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [
+                {"name": "red", "vni": 100, "subnet": "198.19.1.0/24", "subnet6": "2001:2:0:1001::/64"},
+                {"name": "blue", "vni": 200, "subnet": "198.19.2.0/24"}
+              ],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "red", "ip": "198.19.1.2", "ip6": "2001:2:0:1001::2", "node": "a", "host_ifname": "v2"},
+                {"network": "red", "ip": "198.19.1.3", "ip6": "2001:2:0:1001::3", "node": "a", "host_ifname": "v3", "services": ["web6:8080", "web4:8080"]},
+                {"network": "red", "ip": "198.19.1.4", "node": "a", "host_ifname": "v4", "services": ["web6:8080"]}
+              ],
+              "services": [
+                {"name": "web6", "network": "red", "vip": "2001:2:0:1200::1", "port": 80, "proto": "tcp",
+                 "backends": [{"ip": "2001:2:0:1001::2", "port": 8080, "weight": 2}]},
+                {"name": "web4", "network": "red", "vip": "198.19.250.1", "port": 80, "proto": "tcp"},
+                {"name": "no-v6", "network": "blue", "vip": "2001:2:0:1200::2", "port": 80, "proto": "tcp"},
+                {"name": "mixed", "network": "red", "vip": "2001:2:0:1200::3", "port": 80, "proto": "tcp",
+                 "backends": [{"ip": "198.19.1.2", "port": 8080}]},
+                {"name": "inside6", "network": "red", "vip": "2001:2:0:1001::99", "port": 80, "proto": "tcp"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        let names: Vec<_> = valid.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web6", "web4"], "{:#?}", valid.rejected);
+        // .4 has no IPv6 address: labelled, but not a backend of an IPv6 service.
+        assert_eq!(
+            valid.services[0].backends,
+            vec![
+                "[2001:2:0:1001::2]:8080@2".parse::<BackendSpec>().unwrap(),
+                "[2001:2:0:1001::3]:8080".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            valid.services[1].backends,
+            vec!["198.19.1.3:8080".parse::<BackendSpec>().unwrap()]
+        );
+        assert!(has(&valid, "network \"blue\" has no IPv6 subnet"));
+        assert!(has(&valid, "not of VIP 2001:2:0:1200::3's address family"));
+        assert!(has(
+            &valid,
+            "inside network \"red\"'s subnet 2001:2:0:1001::/64"
+        ));
     }
 }

@@ -411,16 +411,23 @@ pub fn pick(
     svc: &ServiceInfo,
     hash: u32,
 ) -> Result<(u32, overlay_common::lb::BackendInfo), DropReason> {
+    let id = pick_id(svc, hash)?;
+    let backend = unsafe { LB_BACKENDS.get(id) }.ok_or(DropReason::LbNoBackend)?;
+    Ok((id, *backend))
+}
+
+/// The backend id of `hash` in a service's Maglev table (of either family: the id names an
+/// `LB_BACKENDS` entry for an IPv4 service, an `LB6_BACKENDS` one for an IPv6 service).
+#[inline(always)]
+pub fn pick_id(svc: &ServiceInfo, hash: u32) -> Result<u32, DropReason> {
     if svc.table_size == 0 {
         return Err(DropReason::LbNoBackend);
     }
     let index = svc.table_offset.wrapping_add(hash % svc.table_size);
-    let id = LB_MAGLEV
+    Ok(LB_MAGLEV
         .get(index)
         .ok_or(DropReason::LbNoBackend)?
-        .backend_id;
-    let backend = unsafe { LB_BACKENDS.get(id) }.ok_or(DropReason::LbNoBackend)?;
-    Ok((id, *backend))
+        .backend_id)
 }
 
 #[inline(always)]

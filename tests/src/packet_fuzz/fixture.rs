@@ -232,10 +232,14 @@ impl Fixture {
             .map(|(i, s)| ServiceEntry {
                 name: format!("svc{i}"),
                 vni: s.vni,
-                vip: s.vip,
+                vip: s.vip.into(),
                 port: s.port,
                 proto: s.proto,
-                backends: s.backends.iter().map(|(a, p)| (*a, *p, 1)).collect(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|(a, p)| ((*a).into(), *p, 1))
+                    .collect(),
             })
             .collect();
         let sync = maps.lb.sync(&services)?;
