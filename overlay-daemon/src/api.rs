@@ -100,16 +100,39 @@ async fn handle(
             },
             _ = stop.cancelled() => return Ok(()),
         };
-        let response = match parse_request(&line) {
-            Ok(req) => match dispatch(req, cluster, maps_dir).await {
-                Ok(v) => Response::success(v),
-                Err(e) => Response::failure(&e),
-            },
+        let started = std::time::Instant::now();
+        let (op, result) = match parse_request(&line) {
+            Ok(req) => {
+                let op = req.op();
+                (op, dispatch(req, cluster, maps_dir).await)
+            }
+            Err(e) => ("bad_request", Err(e)),
+        };
+        let outcome = result
+            .as_ref()
+            .map_or_else(|e| kind_label(e.kind), |_| "ok");
+        cluster
+            .metrics
+            .api_request(op, outcome, started.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(v) => Response::success(v),
             Err(e) => Response::failure(&e),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
         write.write_all(&out).await?;
+    }
+}
+
+/// A metrics label for an error kind.
+fn kind_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Exhausted => "exhausted",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Internal => "internal",
     }
 }
 

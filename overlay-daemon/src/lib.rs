@@ -19,6 +19,7 @@ pub mod kernel_vxlan;
 pub mod locks;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod netif;
 pub mod netlink;
 pub mod nexthop;

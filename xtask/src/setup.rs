@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "runc",
     "docker.io",
     "curl",
+    // The metrics test's scraper (a real Prometheus server in a namespace).
+    "prometheus",
     // The benchmark charts' font (read at run time; no font libraries needed).
     "fonts-dejavu-core",
 ];
@@ -83,7 +85,16 @@ fn apt_packages() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    // Debian starts the packaged Prometheus as a host service; the tests run their own
+    // inside a namespace, and nothing of theirs listens in the host's.
+    if missing.contains(&"prometheus") && Path::new("/run/systemd/system").exists() {
+        eprintln!("setup: stopping the host's prometheus service (the tests start their own)");
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus"])
+            .status();
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

@@ -112,6 +112,10 @@ struct RunArgs {
     /// /run/docker/plugins/overlay-ebpf.sock). Needs etcd (not --tables).
     #[arg(long, value_name = "PATH", conflicts_with = "tables")]
     docker_plugin: Option<PathBuf>,
+    /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`, `/readyz`) over
+    /// HTTP on this address, e.g. 0.0.0.0:9462 (default: not served).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Run without a datapath: register, sync and reconcile the tables in memory only (no
     /// underlay, no containers). For simulating many nodes on one machine; needs --vtep-ip.
     #[arg(long, requires = "vtep_ip", conflicts_with_all = ["docker_plugin", "underlay", "tables"])]
@@ -236,6 +240,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 lease_ttl: args.lease_ttl,
                 detach_on_exit: args.detach_on_exit,
                 docker_plugin: args.docker_plugin,
+                metrics_listen: args.metrics_listen,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

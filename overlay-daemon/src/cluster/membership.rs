@@ -71,17 +71,24 @@ impl Cluster {
             // Reuse the lease of a previous incarnation if it is still alive.
             if let Some(id) = lease {
                 match store.keep_alive_once(id).await {
-                    Ok(left) if left > 0 => last_ok = Instant::now(),
+                    Ok(left) if left > 0 => {
+                        last_ok = Instant::now();
+                        self.metrics.lease_renewed(true);
+                    }
                     Ok(_) => {
                         warn!(lease = id, "lease expired; registering again");
+                        self.metrics.lease_renewed(false);
                         lease = None;
                         published = false;
+                        self.registered.send_replace(false);
                     }
                     Err(e) => {
                         failures.failed("renewing lease", &e);
+                        self.metrics.lease_renewed(false);
                         if last_ok.elapsed() > Duration::from_secs(ttl as u64) {
                             lease = None;
                             published = false;
+                            self.registered.send_replace(false);
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
@@ -116,6 +123,7 @@ impl Cluster {
                 (true, Holder::Free) => {
                     warn!(node = %self.cfg.node_name, "this node's record was removed from etcd; registering again");
                     published = false;
+                    self.registered.send_replace(false);
                 }
                 (true, Holder::Other { record, .. }) => {
                     self.fail(Fatal::NameTakenOver {
@@ -155,6 +163,7 @@ impl Cluster {
                         published = true;
                         held_until = None;
                         self.lease.send_replace(Some(id));
+                        self.registered.send_replace(true);
                         info!(node = %self.cfg.node_name, lease = id, ttl, vtep = %*self.vtep.borrow(), "registered in etcd");
                     }
                     Err(e) => {

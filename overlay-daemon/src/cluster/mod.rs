@@ -93,6 +93,10 @@ pub struct Cluster {
     fatal: watch::Sender<Option<Fatal>>,
     /// Local endpoints whose host interface vanished, since when.
     vanished: std::sync::Mutex<std::collections::BTreeMap<overlay_api::EndpointId, Instant>>,
+    /// Whether the node record is published under a live lease (false from when the lease
+    /// is given up as lost until the node is registered again).
+    registered: watch::Sender<bool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -122,6 +126,7 @@ impl Cluster {
     /// the shared state plus the tasks, which end when `stop` is cancelled.
     pub fn start(
         cfg: ClusterConfig,
+        metrics: Arc<crate::metrics::Metrics>,
         stop: &CancellationToken,
     ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let layout = crate::store::Layout::new(&cfg.etcd.prefix);
@@ -131,6 +136,8 @@ impl Cluster {
             vtep: watch::channel(cfg.vtep_ip).0,
             fatal: watch::channel(None).0,
             vanished: Default::default(),
+            registered: watch::channel(false).0,
+            metrics,
             local: LocalState {
                 dir: cfg.run_dir.join("endpoints"),
             },
@@ -204,6 +211,11 @@ impl Cluster {
 
     pub fn lease(&self) -> Option<i64> {
         *self.lease.borrow()
+    }
+
+    /// Whether the node is registered in etcd under a live lease now.
+    pub fn registered(&self) -> bool {
+        *self.registered.borrow()
     }
 
     /// The VTEP address the node is registered with.

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tracing::{debug, warn};
 
 use super::{Cluster, FailureLog, BACKOFF_MAX};
+use crate::metrics::Relist;
 use crate::store::{client::changes, ClusterView};
 
 impl Cluster {
@@ -25,6 +26,7 @@ impl Cluster {
             let revision = match store.list_pages(&root, |page| fresh.add_listed(page)).await {
                 Ok(r) => r,
                 Err(e) => {
+                    self.metrics.set_etcd_up(false);
                     failures.failed("listing cluster state", &e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -39,8 +41,13 @@ impl Cluster {
             self.applied.bump();
             debug!(revision, "cluster state listed");
             let (_watcher, mut stream) = match store.watch(&root, revision + 1).await {
-                Ok(w) => w,
+                Ok(w) => {
+                    self.metrics.set_etcd_up(true);
+                    w
+                }
                 Err(e) => {
+                    self.metrics.set_etcd_up(false);
+                    self.metrics.relisted(Relist::WatchLost);
                     warn!("watching cluster state: {e}; re-listing");
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -51,6 +58,7 @@ impl Cluster {
                     m = stream.message() => m,
                     _ = connections.changed() => {
                         debug!("etcd connection replaced; re-listing");
+                        self.metrics.relisted(Relist::Reconnected);
                         break;
                     }
                 };
@@ -62,6 +70,7 @@ impl Cluster {
                                 reason = resp.cancel_reason(),
                                 "watch cancelled; re-listing"
                             );
+                            self.metrics.relisted(Relist::Compacted);
                             break;
                         }
                         let events = changes(&resp);
@@ -80,10 +89,14 @@ impl Cluster {
                     }
                     Ok(None) => {
                         warn!("watch stream ended; re-listing");
+                        self.metrics.set_etcd_up(false);
+                        self.metrics.relisted(Relist::WatchLost);
                         break;
                     }
                     Err(e) => {
                         warn!("watch: {e}; re-listing");
+                        self.metrics.set_etcd_up(false);
+                        self.metrics.relisted(Relist::WatchLost);
                         tokio::time::sleep(backoff).await;
                         break;
                     }

@@ -24,6 +24,7 @@ use crate::{
     cluster::{Cluster, ClusterConfig},
     cnm,
     datapath::{self, DatapathError, PinLayout, SocketLb, TcMode, XdpSetting},
+    metrics::{self, Metrics},
     netif::{self, NetifError},
     reconcile::{NodeIdentity, Reconciler, Target},
     store::EtcdConfig,
@@ -66,6 +67,8 @@ pub struct DaemonConfig {
     pub detach_on_exit: bool,
     /// Where to serve the Docker (CNM) driver, if at all.
     pub docker_plugin: Option<PathBuf>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What the node runs.
@@ -116,6 +119,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let _run_dir_lock = crate::locks::HostLock::run_dir(&cfg.run_dir)?;
     // A status from an earlier run would pass for this one's until its first pass.
     let _ = std::fs::remove_file(cfg.run_dir.join("status.json"));
+    // Bound before the datapath is touched, so a taken port stops the daemon at once.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Io {
+                    path: format!("--metrics-listen {addr}").into(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let pins = PinLayout::new(&cfg.bpffs);
     let node = match &cfg.mode {
         NodeMode::Datapath(opts) => node::datapath_node(&cfg, opts, &pins)?,
@@ -131,6 +146,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     } = node;
     let mut vtep_ip = vtep_ip;
     let control_plane_only = matches!(cfg.mode, NodeMode::ControlPlaneOnly { .. });
+    let maps_dir = (!control_plane_only).then(|| pins.maps());
+    let metrics = Arc::new(Metrics::new(maps_dir.clone()));
+
     let log_task = match &mut target {
         Target::Kernel(dp) => dp
             .take_logger()
@@ -164,6 +182,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     run_dir: cfg.run_dir.clone(),
                     mtu,
                 },
+                metrics.clone(),
                 &stop_tasks,
             );
             tasks = handles;
@@ -208,6 +227,20 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
     };
+
+    if let Some(listener) = metrics_listener {
+        let health = metrics::Health {
+            cluster: cluster.clone(),
+            underlay_link: maps_dir.as_ref().map(|_| pins.underlay_tc()),
+            maps_dir: maps_dir.clone(),
+        };
+        tasks.push(tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            health,
+            stop_tasks.clone(),
+        )));
+    }
 
     // Without a datapath there are no container interfaces to find: this node's endpoints
     // count as attached, as they would be on a real host.
@@ -294,12 +327,17 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 true
             }
         };
+        let woke = std::time::Instant::now();
         let Some(mut pass) = source
             .pass(&mut reconciler, &mut target, resolve, retry)
             .await
         else {
             continue;
         };
+        match &pass.result {
+            Ok(_) => metrics.reconciled(woke.elapsed().as_secs_f64()),
+            Err(_) => metrics.reconcile_failed(),
+        }
         unresolved = match &mut pass.result {
             Ok(report) => {
                 report.revision = pass.revision;

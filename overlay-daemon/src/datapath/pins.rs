@@ -47,7 +47,7 @@ impl PinLayout {
     pub fn staged_maps(&self) -> PathBuf {
         self.root.join("maps-next")
     }
-    pub(super) fn underlay_tc(&self) -> PathBuf {
+    pub fn underlay_tc(&self) -> PathBuf {
         self.links().join("underlay-tc")
     }
     pub(super) fn underlay_xdp(&self) -> PathBuf {
