@@ -46,6 +46,9 @@ pub enum Request {
     Status,
     /// The datapath's counters ([`Stats`]).
     Stats,
+    /// Streams the datapath's drop events: a response line, then one JSON object per line
+    /// (`{"type":"drop",...}` or `{"type":"lost","count":N}`) until the client closes.
+    Monitor,
 }
 
 impl Request {
@@ -59,6 +62,7 @@ impl Request {
             Request::ListEndpoints => "list_endpoints",
             Request::Status => "status",
             Request::Stats => "stats",
+            Request::Monitor => "monitor",
         }
     }
 }

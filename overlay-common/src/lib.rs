@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod lb;
 pub mod maps;
+pub mod monitor;
 pub mod wire;
 
 pub use counters::{Direction, DropReason, PacketCounter};

@@ -26,6 +26,10 @@ pub mod names {
     pub const LB6_BACKENDS: &str = "OVL_LB6_BACKENDS";
     pub const SOCK6_FWD: &str = "OVL_SOCK6_FWD";
     pub const SOCK6_REV: &str = "OVL_SOCK6_REV";
+    pub const MONITOR: &str = "OVL_MONITOR";
+    pub const MONITOR_BUCKET: &str = "OVL_MONITOR_BUCKET";
+    pub const MONITOR_LOST: &str = "OVL_MONITOR_LOST";
+    pub const EVENTS: &str = "OVL_EVENTS";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -52,6 +56,10 @@ pub mod names {
         LB6_BACKENDS,
         SOCK6_FWD,
         SOCK6_REV,
+        MONITOR,
+        MONITOR_BUCKET,
+        MONITOR_LOST,
+        EVENTS,
     ];
 }
 

@@ -44,6 +44,7 @@ pub async fn serve(
     listener: UnixListener,
     cluster: Arc<Cluster>,
     maps_dir: PathBuf,
+    monitor: Option<Arc<crate::monitor::Hub>>,
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -53,8 +54,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
                     let (cluster, maps_dir, stop) = (cluster.clone(), maps_dir.clone(), stop.clone());
+                    let monitor = monitor.clone();
                     conns.spawn(async move {
-                        if let Err(e) = handle(conn, &cluster, &maps_dir, &stop).await {
+                        if let Err(e) = handle(conn, &cluster, &maps_dir, monitor.as_ref(), &stop).await {
                             debug!("API connection: {e}");
                         }
                     });
@@ -86,6 +88,7 @@ async fn handle(
     conn: UnixStream,
     cluster: &Cluster,
     maps_dir: &Path,
+    monitor: Option<&Arc<crate::monitor::Hub>>,
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
@@ -101,7 +104,12 @@ async fn handle(
             _ = stop.cancelled() => return Ok(()),
         };
         let started = std::time::Instant::now();
-        let (op, result) = match parse_request(&line) {
+        let parsed = parse_request(&line);
+        if let Ok(Request::Monitor) = parsed {
+            // The connection becomes the event stream, until the client closes it.
+            return stream_monitor(monitor, &mut lines, &mut write, stop).await;
+        }
+        let (op, result) = match parsed {
             Ok(req) => {
                 let op = req.op();
                 (op, dispatch(req, cluster, maps_dir).await)
@@ -121,6 +129,62 @@ async fn handle(
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
         write.write_all(&out).await?;
+    }
+}
+
+/// Writes the monitor's lines to the client until it closes the connection (or sends
+/// anything more) or the daemon stops.
+async fn stream_monitor(
+    monitor: Option<&Arc<crate::monitor::Hub>>,
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    let send = |v: &serde_json::Value| {
+        let mut out = serde_json::to_vec(v).unwrap_or_default();
+        out.push(b'\n');
+        out
+    };
+    let attached = match monitor {
+        Some(hub) => hub
+            .attach()
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("attaching the monitor: {e}"))),
+        None => Err(ApiError::new(
+            ErrorKind::Invalid,
+            "this node has no datapath to monitor (control-plane-only)",
+        )),
+    };
+    let mut attached = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            let r = serde_json::to_value(Response::failure(&e)).unwrap_or_default();
+            return write.write_all(&send(&r)).await;
+        }
+    };
+    let ok = Response::success(serde_json::json!({"monitoring": "drop"}));
+    write
+        .write_all(&send(&serde_json::to_value(ok).unwrap_or_default()))
+        .await?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            more = lines.next_line() => {
+                // The client closed (or broke the protocol): the stream ends.
+                let _ = more;
+                return Ok(());
+            }
+            line = attached.rx.recv() => match line {
+                Ok(line) => {
+                    write.write_all(line.as_bytes()).await?;
+                    write.write_all(b"\n").await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let lost = serde_json::json!({"type": "lost", "count": n, "where": "daemon"});
+                    write.write_all(&send(&lost)).await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
     }
 }
 
@@ -207,6 +271,11 @@ async fn dispatch(
                 datapath_layout: Some(overlay_common::maps::DATAPATH_LAYOUT),
             }))
         }
+        // Served as a stream by `handle`.
+        Request::Monitor => Err(ApiError::new(
+            ErrorKind::Invalid,
+            "monitor is a stream: send it alone on its connection",
+        )),
         Request::Stats => CounterMap::open_pinned(maps_dir)
             .and_then(|c| c.snapshot())
             .map(|s| json(Stats::from(s)))

@@ -20,6 +20,7 @@ pub mod locks;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
+pub mod monitor;
 pub mod netif;
 pub mod netlink;
 pub mod nexthop;

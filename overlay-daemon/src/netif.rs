@@ -92,6 +92,17 @@ fn mtu(name: &str) -> Result<u32, NetifError> {
 }
 
 /// ifindex of an interface in this namespace, if it exists.
+/// The name of interface `ifindex` in this namespace, if it exists.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 pub fn ifindex(name: &str) -> Option<u32> {
     if_nametoindex(name).ok()
 }

@@ -25,6 +25,7 @@ pub fn from_underlay(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             count_drop(reason, ctx.len());
+            crate::monitor::drop_tc(ctx, overlay_common::monitor::HOOK_FROM_UNDERLAY, reason);
             debug!(ctx, "decap drop: {}", reason.label());
             TC_ACT_SHOT
         }

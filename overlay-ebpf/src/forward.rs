@@ -28,6 +28,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             count_drop(reason, len);
+            crate::monitor::drop_tc(ctx, overlay_common::monitor::HOOK_FROM_CONTAINER, reason);
             debug!(ctx, "container drop: {}", reason.label());
             TC_ACT_SHOT
         }

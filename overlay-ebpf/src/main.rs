@@ -22,6 +22,7 @@ mod icmp;
 mod kernel;
 mod lb;
 mod maps;
+mod monitor;
 mod ndp;
 mod sock_lb;
 mod sock_lb6;

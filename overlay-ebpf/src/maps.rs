@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
     lb::{
@@ -12,6 +12,7 @@ use overlay_common::{
         LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
+    monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
     LocalIface, NetworkInfo, PacketCounter, VtepInfo,
 };
@@ -107,6 +108,22 @@ pub static SOCK6_FWD: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_
 /// (socket, IPv6 backend) -> the VIP:port the application addressed.
 #[map(name = "OVL_SOCK6_REV")]
 pub static SOCK6_REV: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_FLOWS, 0);
+
+/// The drop monitor's settings (flags 0: no monitor attached, no event work).
+#[map(name = "OVL_MONITOR")]
+pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+
+/// Each CPU's token bucket for monitor events.
+#[map(name = "OVL_MONITOR_BUCKET")]
+pub static MONITOR_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
+
+/// Events not sent (over the rate, or the ring buffer full), per CPU.
+#[map(name = "OVL_MONITOR_LOST")]
+pub static MONITOR_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// Monitor events for the daemon.
+#[map(name = "OVL_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 /// The node configuration, if the daemon has marked it ready.
 #[inline(always)]

@@ -24,6 +24,7 @@ pub fn underlay_xdp(ctx: &XdpContext) -> u32 {
         Ok(None) => xdp_action::XDP_PASS,
         Err(reason) => {
             count_drop(reason, len);
+            crate::monitor::drop_xdp(ctx, overlay_common::monitor::HOOK_UNDERLAY_XDP, reason);
             debug!(ctx, "xdp drop: {}", reason.label());
             xdp_action::XDP_DROP
         }

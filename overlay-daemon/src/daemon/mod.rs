@@ -198,10 +198,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                         });
                     }
                 };
+                let monitor = crate::monitor::Hub::new(pins.maps(), cfg.vxlan_port);
                 front.push(tokio::spawn(api::serve(
                     listener,
                     c.clone(),
                     pins.maps(),
+                    Some(monitor),
                     stop_front.clone(),
                 )));
             }

@@ -155,6 +155,19 @@ impl Host {
     pub fn daemon_running(&mut self) -> bool {
         self.daemon.as_mut().is_some_and(|d| d.is_running())
     }
+
+    /// The running daemon's resident memory, KiB (from /proc).
+    pub fn daemon_rss_kib(&self) -> Option<u64> {
+        let pid = self.daemon.as_ref()?.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
 }
 
 pub struct Container {
