@@ -91,7 +91,6 @@ fn mtu(name: &str) -> Result<u32, NetifError> {
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
-/// ifindex of an interface in this namespace, if it exists.
 /// The name of interface `ifindex` in this namespace, if it exists.
 pub fn ifname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
@@ -103,6 +102,7 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// ifindex of an interface in this namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
     if_nametoindex(name).ok()
 }

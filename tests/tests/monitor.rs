@@ -201,14 +201,50 @@ fn drops_show_with_their_reason_source_and_interface() {
             .expect("monitor maps")
     };
     // 5000 back to back: far over the bucket's burst, so with events on most would be lost.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = lost();
-        forge(5000, Duration::ZERO);
-        if lost() == before {
-            break;
+    let events_off = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = lost();
+            forge(5000, Duration::ZERO);
+            if lost() == before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "events still on {what}");
+            thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "events still on with no monitor");
-        thread::sleep(Duration::from_millis(200));
+    };
+    events_off("with no monitor");
+
+    // A daemon killed while a monitor is attached leaves the pinned flag on; the next one
+    // turns it off at start.
+    let (attached, _rx) = monitor(&t, 0);
+    let before = lost();
+    forge(5000, Duration::ZERO);
+    assert!(lost() > before, "events are on while attached");
+    t.stop_daemon(0, nix::sys::signal::Signal::SIGKILL);
+    drop(attached);
+    t.start_daemon(0, &[]);
+    // Until the new daemon runs (the killed one's status file would pass for its own).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.daemon_log(0).matches("overlayd running").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", t.daemon_log(0));
+        thread::sleep(Duration::from_millis(50));
     }
+    t.wait_converged(0);
+    let forge = |n: usize| {
+        let payload = traffic::vxlan_payload(100, 0x08, &frame);
+        t.underlay.enter(move || {
+            let sock = UdpSocket::bind("198.18.0.250:0").expect("bind");
+            for _ in 0..n {
+                let _ = sock.send_to(&payload, SocketAddrV4::new(vtep, 4789));
+            }
+        });
+    };
+    let before = lost();
+    forge(5000);
+    assert_eq!(
+        lost(),
+        before,
+        "events still on after a killed daemon's successor started"
+    );
 }

@@ -147,6 +147,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut vtep_ip = vtep_ip;
     let control_plane_only = matches!(cfg.mode, NodeMode::ControlPlaneOnly { .. });
     let maps_dir = (!control_plane_only).then(|| pins.maps());
+    if let Some(dir) = &maps_dir {
+        crate::monitor::reset(dir);
+    }
     let metrics = Arc::new(Metrics::new(maps_dir.clone()));
 
     let log_task = match &mut target {
@@ -235,6 +238,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             cluster: cluster.clone(),
             underlay_link: maps_dir.as_ref().map(|_| pins.underlay_tc()),
             maps_dir: maps_dir.clone(),
+            run_dir: cfg.run_dir.clone(),
         };
         tasks.push(tokio::spawn(metrics::serve(
             listener,

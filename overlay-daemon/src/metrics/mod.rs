@@ -261,7 +261,15 @@ struct DatapathCounters {
 impl Collector for DatapathCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Opened per scrape: a migration replaces the pins.
-        let Ok(snap) = CounterMap::open_pinned(&self.dir).and_then(|c| c.snapshot()) else {
+        let snap = CounterMap::open_pinned(&self.dir).and_then(|c| c.snapshot());
+        let mut up = encoder.encode_descriptor(
+            "overlay_datapath_up",
+            "1 when the datapath's counters could be read, 0 when not",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(snap.is_ok() as i64).encode(up.encode_family(&[("maps", "pinned")])?)?;
+        let Ok(snap) = snap else {
             return Ok(());
         };
         let families: [CounterFamily; 4] = [
@@ -305,13 +313,6 @@ impl Collector for DatapathCounters {
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut up = encoder.encode_descriptor(
-            "overlay_datapath_up",
-            "1 when the datapath's counters could be read",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1i64).encode(up.encode_family(&[("maps", "pinned")])?)?;
         Ok(())
     }
 }

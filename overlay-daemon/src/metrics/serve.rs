@@ -24,11 +24,18 @@ pub struct Health {
     /// control-plane-only node).
     pub underlay_link: Option<PathBuf>,
     pub maps_dir: Option<PathBuf>,
+    /// Where the daemon writes `status.json` after each successful pass.
+    pub run_dir: PathBuf,
 }
 
 pub const METRICS: &str = "/metrics";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
+
+/// Connections served at once (more are closed at once: a scraper and two probes need three),
+/// and how long one may last, so no client can hold the daemon's descriptors.
+const MAX_CONNECTIONS: usize = 32;
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long `/readyz` waits for a change in flight to be installed before calling the node
 /// not ready (every change makes the installed generation lag for a moment).
@@ -49,6 +56,7 @@ pub async fn serve(
         info!(%addr, "serving /metrics, /healthz and /readyz");
     }
     let mut conns = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -62,8 +70,13 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("metrics listener: {MAX_CONNECTIONS} connections open, closing a new one");
+            continue;
+        };
         let (metrics, health) = (metrics.clone(), health.clone());
         conns.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let (metrics, health) = (metrics.clone(), health.clone());
                 async move { Ok::<_, Infallible>(handle(&metrics, &health, req).await) }
@@ -72,8 +85,10 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!("metrics connection: {e}");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(e)) => debug!("metrics connection: {e}"),
+                Err(_) => debug!("metrics connection: closed after {CONNECTION_TIMEOUT:?}"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -134,8 +149,11 @@ fn healthy(health: &Health) -> Result<(), String> {
 async fn ready(health: &Health) -> Result<(), String> {
     healthy(health)?;
     let Some(c) = &health.cluster else {
-        // A tables file: ready once its first pass was made.
-        return Ok(());
+        // A tables file: ready once a pass succeeded (it writes the status; none at start).
+        return match health.run_dir.join("status.json").exists() {
+            true => Ok(()),
+            false => Err("the tables file has not been installed yet; see the daemon's log".into()),
+        };
     };
     if !c.registered() {
         return Err("not registered in etcd: etcd unreachable for longer than the lease TTL, or registering".into());
