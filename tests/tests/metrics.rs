@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_tests::{traffic, ChildGuard, Netns, Topology, TopologySpec};
+use overlay_tests::{lb, traffic, ChildGuard, Netns, Topology, TopologySpec};
 
 const PORT: u16 = 9462;
 const PROMETHEUS: &str = "198.18.0.254:9090";
@@ -126,23 +126,10 @@ fn get(t: &Topology, h: usize, path: &str) -> (u16, String) {
 
 #[test]
 fn prometheus_sees_drops_traffic_and_both_targets() {
-    let mut t = Topology::new(
-        TopologySpec::new(2)
-            .network("red", 100, "198.19.1.0/24")
-            .with_etcd(3),
-    );
-    for h in 0..2 {
-        let listen = target(&t, h);
-        t.start_daemon(h, &["--metrics-listen", &listen]);
-    }
-    for h in 0..2 {
-        t.wait_status(h, "network installed", |s| s["networks"] == 1);
-    }
-    t.add_pod(0, "a", "red");
-    t.add_pod(1, "b", "red");
-    for h in 0..2 {
-        t.wait_converged(h);
-    }
+    // Each daemon in its own host namespace: the same address on every host.
+    let listen = format!("0.0.0.0:{PORT}");
+    let mut t = lb::cluster(2, 3, &["--metrics-listen", &listen]);
+    lb::pods(&mut t, &[(0, "a"), (1, "b")]);
     let _prometheus = prometheus(&t);
     let (i0, i1) = (target(&t, 0), target(&t, 1));
     for i in [&i0, &i1] {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use overlay_daemon::api;
-use overlay_tests::{topology::overlayd_bin, traffic, ChildGuard, Topology, TopologySpec};
+use overlay_tests::{lb, topology::overlayd_bin, traffic, ChildGuard, Topology};
 use serde_json::Value;
 
 /// `overlayctl monitor` on host `h`, its JSON lines arriving on the channel.
@@ -67,21 +67,8 @@ fn collect(
 
 #[test]
 fn drops_show_with_their_reason_source_and_interface() {
-    let mut t = Topology::new(
-        TopologySpec::new(2)
-            .network("red", 100, "198.19.1.0/24")
-            .with_etcd(3),
-    );
-    t.start_daemon(0, &[]);
-    t.start_daemon(1, &[]);
-    for h in 0..2 {
-        t.wait_status(h, "network installed", |s| s["networks"] == 1);
-    }
-    t.add_pod(0, "a", "red");
-    t.add_pod(1, "b", "red");
-    for h in 0..2 {
-        t.wait_converged(h);
-    }
+    let mut t = lb::cluster(2, 3, &[]);
+    lb::pods(&mut t, &[(0, "a"), (1, "b")]);
     let (_monitor, rx) = monitor(&t, 0);
 
     // N forged VXLAN packets from an underlay address that is no VTEP.
