@@ -4,10 +4,12 @@
 mod charts;
 mod measure;
 mod modes;
+mod monitor;
 mod pingpong;
 mod propagation;
 mod report;
 mod scale;
+mod scrape;
 mod service;
 mod tunnel_md;
 
@@ -43,7 +45,7 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Which benchmarks to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Scale])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Monitor, Scenario::Scale])]
     scenario: Vec<Scenario>,
     /// Samples for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
@@ -77,8 +79,11 @@ enum Scenario {
     Propagation,
     /// Connections/s and throughput through a service VIP: eBPF vs direct vs iptables/IPVS.
     Service,
-    /// Control plane at N nodes x M endpoints: sync time, propagation, memory, CPU.
+    /// Control plane at N nodes x M endpoints: sync time, propagation, memory, CPU, and the
+    /// time to serve /metrics.
     Scale,
+    /// The datapath with no monitor, a drop monitor and a trace monitor attached.
+    Monitor,
 }
 
 /// Samples per (mode, metric).
@@ -100,6 +105,10 @@ fn main() -> Result<()> {
     if cli.scenario.contains(&Scenario::Service) {
         report += "\n";
         report += &service::run(cli.rounds, cli.seconds)?;
+    }
+    if cli.scenario.contains(&Scenario::Monitor) {
+        report += "\n";
+        report += &monitor::run(cli.rounds, cli.seconds)?;
     }
     if cli.scenario.contains(&Scenario::Scale) {
         let etcd = scale::EtcdSetup {

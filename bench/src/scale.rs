@@ -73,6 +73,11 @@ pub struct Cell {
     pub cpu_ms_per_change: f64,
     /// Propagation samples (each measured on every node).
     pub samples: usize,
+    /// The joined node's `GET /metrics`, request to last byte: median and max (ms), and the
+    /// body's size (bytes).
+    pub scrape_p50_ms: f64,
+    pub scrape_max_ms: f64,
+    pub scrape_bytes: usize,
 }
 
 struct Sim {
@@ -191,6 +196,10 @@ impl Sim {
     }
 
     fn spawn(&self, index: usize) -> Result<(String, ChildGuard)> {
+        self.spawn_with(index, &[])
+    }
+
+    fn spawn_with(&self, index: usize, extra: &[String]) -> Result<(String, ChildGuard)> {
         let name = format!("sim-{index:03}");
         let run_dir = self.dir.join(&name);
         std::fs::create_dir_all(&run_dir)?;
@@ -205,6 +214,7 @@ impl Sim {
             .arg(&run_dir)
             .args(self.etcd_args())
             .args(["--lease-ttl", "60", "--detach-on-exit"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -454,7 +464,11 @@ pub fn run(
             let t0 = unix_us();
             // Each step's joiner is a new node with a run directory of its own (no status
             // left from an earlier one), watched for crashes like the others.
-            let joiner = sim.spawn(900 + n + step)?;
+            let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], 9462));
+            let joiner = sim.spawn_with(
+                900 + n + step,
+                &["--metrics-listen".into(), metrics.to_string()],
+            )?;
             let late_name = joiner.0.clone();
             sim.daemons.push(joiner);
             let want = (m + probe) as u64;
@@ -474,6 +488,8 @@ pub fn run(
                 / 1e6;
             // Steady state after the sync (the pass's temporaries released), and the peak.
             std::thread::sleep(Duration::from_millis(500));
+            let (scrape_p50_ms, scrape_max_ms, scrape_bytes) =
+                sim.ns.enter(move || crate::scrape::time(metrics, 20))?;
             let (_, mut late) = sim.daemons.pop().expect("the joiner");
             let (late_rss, _) = proc_usage(late.pid());
             let late_peak = status_mb(late.pid(), "VmHWM:");
@@ -501,6 +517,9 @@ pub fn run(
                 rss_max_mb: rss.iter().copied().fold(0.0, f64::max),
                 cpu_ms_per_change: (cpu_after - cpu_before) * 1e3 / samples as f64 / n as f64,
                 samples,
+                scrape_p50_ms,
+                scrape_max_ms,
+                scrape_bytes,
             };
             eprintln!("scale: {cell:?}");
             cells.push(cell);
@@ -527,19 +546,20 @@ pub fn markdown(cells: &[Cell]) -> String {
          with M endpoints in the cluster spread over the nodes. Propagation: an endpoint written to \
          etcd until every node has applied it (from each node's own timestamp), over every node and \
          sample. Full sync: a node joining the loaded cluster, from process start to complete tables; \
-         its RSS half a second later and its peak RSS. \
+         its RSS half a second later and its peak RSS, and the time it then takes to serve `GET /metrics` \
+         (20 scrapes, one connection each, connect to last byte). \
          CPU: all daemons' CPU time while the propagation samples ran, per change and per node. All N \
          daemons and etcd share the machine's cores.\n"
     );
     let _ = writeln!(
         s,
-        "| nodes | endpoints | propagation p50 (ms) | p99 (ms) | max (ms) | full sync (s) | joiner RSS / peak (MB) | RSS median / max (MB) | CPU per change per node (ms) | bulk load applied everywhere (s) |"
+        "| nodes | endpoints | propagation p50 (ms) | p99 (ms) | max (ms) | full sync (s) | joiner RSS / peak (MB) | RSS median / max (MB) | CPU per change per node (ms) | bulk load applied everywhere (s) | /metrics p50 / max (ms) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cells {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} | {:.1} | {:.2} / {:.2} |",
             c.nodes,
             c.endpoints,
             c.prop_p50_ms,
@@ -551,13 +571,15 @@ pub fn markdown(cells: &[Cell]) -> String {
             c.rss_median_mb,
             c.rss_max_mb,
             c.cpu_ms_per_change,
-            c.load_s
+            c.load_s,
+            c.scrape_p50_ms,
+            c.scrape_max_ms
         );
     }
     let _ = writeln!(
         s,
         "\nTargets: propagation p99 ≤ 100 ms at 100 nodes; full sync of 100k endpoints ≤ 2 s; RSS ≤ 50 MB \
-         at 100k endpoints.\n\nProduced by `cargo xtask bench --scenario scale`."
+         at 100k endpoints; /metrics ≤ 50 ms at 100k endpoints.\n\nProduced by `cargo xtask bench --scenario scale`."
     );
     s
 }
@@ -572,7 +594,8 @@ pub fn json(cells: &[Cell]) -> String {
                 "prop_p50_ms": c.prop_p50_ms, "prop_p99_ms": c.prop_p99_ms,
                 "prop_max_ms": c.prop_max_ms, "rss_median_mb": c.rss_median_mb,
                 "rss_max_mb": c.rss_max_mb, "cpu_ms_per_change": c.cpu_ms_per_change,
-                "samples": c.samples,
+                "samples": c.samples, "scrape_p50_ms": c.scrape_p50_ms,
+                "scrape_max_ms": c.scrape_max_ms, "scrape_bytes": c.scrape_bytes,
             })
         })
         .collect();

@@ -23,7 +23,9 @@ pub use endpoint::{
 };
 pub use error::{ApiError, ErrorKind};
 pub use mac::MacAddr;
-pub use protocol::{Count, Request, Response, Stats, Status, API_VERSION};
+pub use protocol::{
+    Count, EventType, MonitorRequest, Request, Response, Stats, Status, API_VERSION,
+};
 
 /// Where overlayd serves its API by default (`--run-dir /run/overlay`).
 pub const DEFAULT_SOCKET: &str = "/run/overlay/overlayd.sock";

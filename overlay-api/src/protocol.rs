@@ -46,9 +46,47 @@ pub enum Request {
     Status,
     /// The datapath's counters ([`Stats`]).
     Stats,
-    /// Streams the datapath's drop events: a response line, then one JSON object per line
-    /// (`{"type":"drop",...}` or `{"type":"lost","count":N}`) until the client closes.
-    Monitor,
+    /// Streams the datapath's events: a response line, then one JSON object per line
+    /// (`{"type":"drop",...}`, `{"type":"trace",...}` or `{"type":"lost","count":N,...}`)
+    /// until the client closes.
+    Monitor(MonitorRequest),
+}
+
+/// What a monitor wants. `{"op":"monitor"}` alone (the first monitor clients) is drops only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorRequest {
+    #[serde(default = "drops_only")]
+    pub events: Vec<EventType>,
+    /// Traces: one forwarded packet in `sample`, per CPU (at least 1).
+    #[serde(default = "every_packet")]
+    pub sample: u32,
+}
+
+impl Default for MonitorRequest {
+    fn default() -> Self {
+        Self {
+            events: drops_only(),
+            sample: every_packet(),
+        }
+    }
+}
+
+fn drops_only() -> Vec<EventType> {
+    vec![EventType::Drop]
+}
+
+fn every_packet() -> u32 {
+    1
+}
+
+/// The kinds of monitor events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// Every dropped packet, with its reason.
+    Drop,
+    /// A sample of forwarded packets, with the decision taken.
+    Trace,
 }
 
 impl Request {
@@ -62,7 +100,7 @@ impl Request {
             Request::ListEndpoints => "list_endpoints",
             Request::Status => "status",
             Request::Stats => "stats",
-            Request::Monitor => "monitor",
+            Request::Monitor(_) => "monitor",
         }
     }
 }
@@ -201,6 +239,18 @@ fn find(list: &[(String, Count)], label: &str) -> Count {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_monitor_request_asks_for_drops() {
+        let old: Request = serde_json::from_str(r#"{"op":"monitor"}"#).unwrap();
+        assert_eq!(old, Request::Monitor(MonitorRequest::default()));
+        let traces: Request =
+            serde_json::from_str(r#"{"op":"monitor","events":["trace"],"sample":10}"#).unwrap();
+        let Request::Monitor(req) = traces else {
+            panic!("{traces:?}")
+        };
+        assert_eq!((req.events, req.sample), (vec![EventType::Trace], 10));
+    }
 
     #[test]
     fn first_release_errors_still_have_a_kind() {

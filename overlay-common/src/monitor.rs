@@ -1,10 +1,17 @@
-//! The drop monitor (`overlayctl monitor`): events the programs put in a ring buffer while a
-//! monitor is attached, rate-limited per CPU so a flood of bad packets can neither slow the
-//! forwarding path nor fill userspace. With no monitor attached a program checks one flag
-//! and does nothing else.
+//! The monitor (`overlayctl monitor`): events the programs put in a ring buffer while a
+//! monitor is attached (every drop, and a sample of forwarding decisions), rate-limited per
+//! CPU so a flood can neither slow the forwarding path nor fill userspace. With no monitor
+//! attached a program checks one flag and does nothing else.
 
 /// `MonitorConfig.flags`: send an event for every dropped packet.
 pub const MONITOR_F_DROP: u32 = 1;
+/// `MonitorConfig.flags`: send an event for (a sample of) forwarded packets.
+pub const MONITOR_F_TRACE: u32 = 2;
+
+/// `MonitorEvent.kind`, also the index of its kind's token bucket and lost count.
+pub const EVENT_DROP: u8 = 0;
+pub const EVENT_TRACE: u8 = 1;
+pub const EVENT_KINDS: u32 = 2;
 
 /// Bytes of each packet an event carries (from its first byte: Ethernet, IP, L4, and for
 /// VXLAN on the underlay the inner headers too).
@@ -17,6 +24,44 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const HOOK_FROM_CONTAINER: u8 = 0;
 pub const HOOK_FROM_UNDERLAY: u8 = 1;
 pub const HOOK_UNDERLAY_XDP: u8 = 2;
+/// A container's socket (connect/sendmsg): no packet yet.
+pub const HOOK_SOCKET: u8 = 3;
+
+/// What the datapath did with a traced packet (`MonitorEvent.code` of a trace).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceVerdict {
+    /// Handed to a container on this node.
+    Local = 1,
+    /// Encapsulated towards another node's VTEP.
+    Encap = 2,
+    /// Decapsulated and handed to a container on this node.
+    Decap = 3,
+    /// Answered in place (ARP).
+    Answered = 4,
+    /// A socket's service VIP given a backend at connect or send.
+    SocketLb = 5,
+}
+
+impl TraceVerdict {
+    pub const ALL: [TraceVerdict; 5] = [
+        Self::Local,
+        Self::Encap,
+        Self::Decap,
+        Self::Answered,
+        Self::SocketLb,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Encap => "encap",
+            Self::Decap => "decap",
+            Self::Answered => "answered",
+            Self::SocketLb => "socket_lb",
+        }
+    }
+}
 
 /// The monitor's settings: the single slot of `MONITOR`, written by the daemon.
 #[repr(C)]
@@ -27,7 +72,8 @@ pub struct MonitorConfig {
     /// Events per second each CPU may send, and how many it may send at once.
     pub rate: u32,
     pub burst: u32,
-    pub _pad: u32,
+    /// Traces: one forwarded packet in `sample` (0 and 1: every one), before the bucket.
+    pub sample: u32,
 }
 const _: () = assert!(core::mem::size_of::<MonitorConfig>() == 16);
 
@@ -49,28 +95,54 @@ pub struct MonitorEvent {
     pub time_ns: u64,
     /// `HOOK_*`.
     pub hook: u8,
-    pub _pad: u8,
-    /// The `DropReason`.
-    pub reason: u16,
-    /// The interface the packet came in on.
+    /// `EVENT_DROP` or `EVENT_TRACE`.
+    pub kind: u8,
+    /// A drop's `DropReason`, a trace's `TraceVerdict`.
+    pub code: u16,
+    /// The interface the packet came in on (0 for a socket).
     pub ifindex: u32,
     /// The packet's length, and how much of it `head` holds.
     pub len: u32,
     pub caplen: u32,
+    /// Traces: the interface the packet leaves by, its network, and the VTEP (IPv4,
+    /// network order) it was sent to or came from.
+    pub out_ifindex: u32,
+    pub vni: u32,
+    pub vtep: u32,
+    /// Traces of a balanced service: 4 or 6 (0: none), the IP protocol, and the VIP and
+    /// backend with their ports (an IPv4 address in the first four bytes). A per-packet
+    /// translation leaves the backend to the packet itself (backend port 0).
+    pub family: u8,
+    pub proto: u8,
+    pub vip_port: u16,
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+    pub vip: [u8; 16],
+    pub backend: [u8; 16],
     pub head: [u8; EVENT_HEAD],
 }
-const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 24 + EVENT_HEAD);
+const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 80 + EVENT_HEAD);
 
 impl Default for MonitorEvent {
     fn default() -> Self {
         Self {
             time_ns: 0,
             hook: 0,
-            _pad: 0,
-            reason: 0,
+            kind: EVENT_DROP,
+            code: 0,
             ifindex: 0,
             len: 0,
             caplen: 0,
+            out_ifindex: 0,
+            vni: 0,
+            vtep: 0,
+            family: 0,
+            proto: 0,
+            vip_port: 0,
+            backend_port: 0,
+            _pad: [0; 6],
+            vip: [0; 16],
+            backend: [0; 16],
             head: [0; EVENT_HEAD],
         }
     }

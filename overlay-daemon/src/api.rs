@@ -105,9 +105,9 @@ async fn handle(
         };
         let started = std::time::Instant::now();
         let parsed = parse_request(&line);
-        if let Ok(Request::Monitor) = parsed {
+        if let Ok(Request::Monitor(req)) = parsed {
             // The connection becomes the event stream, until the client closes it.
-            return stream_monitor(monitor, &mut lines, &mut write, stop).await;
+            return stream_monitor(monitor, req, &mut lines, &mut write, stop).await;
         }
         let (op, result) = match parsed {
             Ok(req) => {
@@ -136,6 +136,7 @@ async fn handle(
 /// anything more) or the daemon stops.
 async fn stream_monitor(
     monitor: Option<&Arc<crate::monitor::Hub>>,
+    req: overlay_api::MonitorRequest,
     lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     write: &mut tokio::net::unix::OwnedWriteHalf,
     stop: &CancellationToken,
@@ -146,9 +147,14 @@ async fn stream_monitor(
         out
     };
     let attached = match monitor {
-        Some(hub) => hub
-            .attach()
-            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("attaching the monitor: {e}"))),
+        Some(hub) => hub.attach(req.clone()).map_err(|e| {
+            use crate::monitor::AttachError;
+            let kind = match e {
+                AttachError::NoEvents | AttachError::BadSample => ErrorKind::Invalid,
+                AttachError::Maps(_) | AttachError::Ring(_) => ErrorKind::Internal,
+            };
+            ApiError::new(kind, format!("attaching the monitor: {e}"))
+        }),
         None => Err(ApiError::new(
             ErrorKind::Invalid,
             "this node has no datapath to monitor (control-plane-only)",
@@ -161,7 +167,10 @@ async fn stream_monitor(
             return write.write_all(&send(&r)).await;
         }
     };
-    let ok = Response::success(serde_json::json!({"monitoring": "drop"}));
+    let ok = Response::success(serde_json::json!({
+        "monitoring": req.events,
+        "sample": req.sample,
+    }));
     write
         .write_all(&send(&serde_json::to_value(ok).unwrap_or_default()))
         .await?;
@@ -175,8 +184,10 @@ async fn stream_monitor(
             }
             line = attached.rx.recv() => match line {
                 Ok(line) => {
-                    write.write_all(line.as_bytes()).await?;
-                    write.write_all(b"\n").await?;
+                    if attached.wants(line.kind) {
+                        write.write_all(line.text.as_bytes()).await?;
+                        write.write_all(b"\n").await?;
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let lost = serde_json::json!({"type": "lost", "count": n, "where": "daemon"});
@@ -272,7 +283,7 @@ async fn dispatch(
             }))
         }
         // Served as a stream by `handle`.
-        Request::Monitor => Err(ApiError::new(
+        Request::Monitor(_) => Err(ApiError::new(
             ErrorKind::Invalid,
             "monitor is a stream: send it alone on its connection",
         )),

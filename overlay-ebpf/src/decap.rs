@@ -9,6 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
+    monitor::{TraceVerdict, HOOK_FROM_UNDERLAY},
     wire::{ETH_HLEN, INNER_ETH_OFF, VXLAN_OVERHEAD},
     Direction, DropReason,
 };
@@ -17,6 +18,7 @@ use crate::{
     counters::{count, count_drop},
     kernel::{redirected, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
     lb, maps,
+    monitor::{self, Trace},
     vxlan::{self, InnerIp},
 };
 
@@ -25,7 +27,7 @@ pub fn from_underlay(ctx: &TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(reason) => {
             count_drop(reason, ctx.len());
-            crate::monitor::drop_tc(ctx, overlay_common::monitor::HOOK_FROM_UNDERLAY, reason);
+            monitor::drop_tc(ctx, HOOK_FROM_UNDERLAY, reason);
             debug!(ctx, "decap drop: {}", reason.label());
             TC_ACT_SHOT
         }
@@ -77,5 +79,17 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     let len = ctx.len();
     let verdict = redirected(unsafe { bpf_redirect_peer(rx.ifindex, 0) })?;
     count(Direction::DecapRx, len);
+    if monitor::tracing() {
+        let t = Trace {
+            verdict: TraceVerdict::Decap,
+            out_ifindex: rx.ifindex,
+            vni: rx.vxlan.vni(),
+            vtep: rx.vtep,
+            vip: 0,
+            vip_port: 0,
+        };
+        monitor::note(ctx, &t);
+        monitor::trace_noted(ctx, HOOK_FROM_UNDERLAY);
+    }
     Ok(verdict)
 }

@@ -7,6 +7,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcCo
 use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
+    monitor::{TraceVerdict, HOOK_FROM_CONTAINER},
     wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN},
     Config, Direction, DropReason, EndpointInfo, EndpointIpKey, EndpointMacKey, LocalIface,
 };
@@ -20,15 +21,25 @@ use crate::{
     kernel::redirected,
     lb,
     maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS, VTEPS},
+    monitor::{self, Trace},
 };
 
 pub fn from_container(ctx: &TcContext) -> i32 {
     let len = ctx.len();
-    match try_forward(ctx) {
-        Ok(verdict) => verdict,
+    let tracing = monitor::tracing();
+    if tracing {
+        monitor::clear_note(ctx);
+    }
+    match try_forward(ctx, tracing) {
+        Ok(verdict) => {
+            if tracing {
+                monitor::trace_noted(ctx, HOOK_FROM_CONTAINER);
+            }
+            verdict
+        }
         Err(reason) => {
             count_drop(reason, len);
-            crate::monitor::drop_tc(ctx, overlay_common::monitor::HOOK_FROM_CONTAINER, reason);
+            monitor::drop_tc(ctx, HOOK_FROM_CONTAINER, reason);
             debug!(ctx, "container drop: {}", reason.label());
             TC_ACT_SHOT
         }
@@ -36,7 +47,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_forward(ctx: &TcContext, tracing: bool) -> Result<i32, DropReason> {
     let cfg = maps::config().ok_or(DropReason::NotConfigured)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let me = unsafe { LOCAL_IFACES.get(ifindex) }.ok_or(DropReason::UnknownInterface)?;
@@ -47,8 +58,22 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::SpoofedMac);
     }
     match eth.ether_type() {
-        ETH_P_ARP => arp::respond(ctx, me, ifindex),
-        ETH_P_IP => forward_ipv4(ctx, cfg, me, ifindex),
+        ETH_P_ARP => {
+            let verdict = arp::respond(ctx, me, ifindex)?;
+            if tracing {
+                let t = Trace {
+                    verdict: TraceVerdict::Answered,
+                    out_ifindex: ifindex,
+                    vni: me.vni,
+                    vtep: 0,
+                    vip: 0,
+                    vip_port: 0,
+                };
+                monitor::note(ctx, &t);
+            }
+            Ok(verdict)
+        }
+        ETH_P_IP => forward_ipv4(ctx, cfg, me),
         ETH_P_IPV6 => forward6::from_container6(ctx, cfg, me),
         _ => Err(DropReason::UnsupportedEthertype),
     }
@@ -56,14 +81,11 @@ fn try_forward(ctx: &TcContext) -> Result<i32, DropReason> {
 
 /// Not inlined, nor is `forward_ipv6`: each family's path gets a stack frame of its own (the
 /// service path alone takes most of the 512 bytes a program may use). BPF passes at most
-/// five arguments in registers (the result takes one), so the Ethernet header is read again.
+/// five arguments in registers (the result takes one), so the Ethernet header and the
+/// interface are read again.
 #[inline(never)]
-fn forward_ipv4(
-    ctx: &TcContext,
-    cfg: &Config,
-    me: &LocalIface,
-    ifindex: u32,
-) -> Result<i32, DropReason> {
+fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, DropReason> {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv4Hdr>(ETH_HLEN)
@@ -87,9 +109,10 @@ fn forward_ipv4(
         // Without services on this node, not even the lookup.
         match lb::to_service(ctx, me, ifindex, &eth, &ip)? {
             lb::Verdict::NotService => {}
-            lb::Verdict::Translated(backend) => {
-                dst_ip = backend;
+            lb::Verdict::Translated { to, vip_port } => {
+                dst_ip = to;
                 translated = true;
+                monitor::note_service(ctx, vip_port);
             }
             lb::Verdict::Answered(verdict) => return Ok(verdict),
         }
@@ -139,7 +162,28 @@ fn forward_ipv4(
         let len = ctx.len();
         let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
         count(Direction::LocalDelivery, len);
+        let (vni, vip) = (me.vni, ip.dst_key());
+        monitor::note4(
+            ctx,
+            TraceVerdict::Local,
+            target.ifindex,
+            vni,
+            0,
+            translated,
+            vip,
+        );
         return Ok(verdict);
     }
-    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.tos)
+    let verdict = encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.tos)?;
+    let (out, vip) = (cfg.underlay_ifindex, ip.dst_key());
+    monitor::note4(
+        ctx,
+        TraceVerdict::Encap,
+        out,
+        me.vni,
+        target.vtep_ip,
+        translated,
+        vip,
+    );
+    Ok(verdict)
 }

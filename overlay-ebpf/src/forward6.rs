@@ -7,6 +7,7 @@
 
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use overlay_common::{
+    monitor::TraceVerdict,
     wire::{ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface,
     NetworkInfo,
@@ -19,6 +20,7 @@ use crate::{
     icmp,
     kernel::redirected,
     maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
+    monitor::{self, Trace},
     ndp,
 };
 
@@ -167,6 +169,9 @@ fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwar
         let len = ctx.len();
         let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
         count(Direction::LocalDelivery, len);
+        if monitor::tracing() {
+            note6(ctx, TraceVerdict::Local, target.ifindex, me.vni, 0);
+        }
         return Ok(Forwarded::Verdict(verdict));
     }
     if icmp::too_big(ctx, cfg, IPV6_HLEN, ip.next_header)? {
@@ -175,6 +180,24 @@ fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwar
         }
         return Ok(Forwarded::TooBig);
     }
-    encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.traffic_class())
-        .map(Forwarded::Verdict)
+    let verdict = encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.traffic_class())?;
+    // Checked again rather than passed: `me` takes the registers an argument would need.
+    if monitor::tracing() {
+        let out = cfg.underlay_ifindex;
+        note6(ctx, TraceVerdict::Encap, out, me.vni, target.vtep_ip);
+    }
+    Ok(Forwarded::Verdict(verdict))
+}
+
+#[inline(always)]
+fn note6(ctx: &TcContext, verdict: TraceVerdict, out_ifindex: u32, vni: u32, vtep: u32) {
+    let t = Trace {
+        verdict,
+        out_ifindex,
+        vni,
+        vtep,
+        vip: 0,
+        vip_port: 0,
+    };
+    monitor::note(ctx, &t);
 }

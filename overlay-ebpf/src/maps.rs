@@ -12,7 +12,7 @@ use overlay_common::{
         LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
-    monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES},
+    monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES, EVENT_KINDS},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
     LocalIface, NetworkInfo, PacketCounter, VtepInfo,
 };
@@ -109,17 +109,18 @@ pub static SOCK6_FWD: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_
 #[map(name = "OVL_SOCK6_REV")]
 pub static SOCK6_REV: LruHashMap<Sock6Key, Sock6Addr> = LruHashMap::pinned(SOCK_FLOWS, 0);
 
-/// The drop monitor's settings (flags 0: no monitor attached, no event work).
+/// The monitor's settings (flags 0: no monitor attached, no event work).
 #[map(name = "OVL_MONITOR")]
 pub static MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
 
-/// Each CPU's token bucket for monitor events.
+/// Each CPU's token bucket for monitor events, one per kind (drops, traces): a flood of
+/// traces never takes the drops' share.
 #[map(name = "OVL_MONITOR_BUCKET")]
-pub static MONITOR_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
+pub static MONITOR_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::pinned(EVENT_KINDS, 0);
 
-/// Events not sent (over the rate, or the ring buffer full), per CPU.
+/// Events not sent (over the rate, or the ring buffer full), per CPU and kind.
 #[map(name = "OVL_MONITOR_LOST")]
-pub static MONITOR_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+pub static MONITOR_LOST: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_KINDS, 0);
 
 /// Monitor events for the daemon.
 #[map(name = "OVL_EVENTS")]

@@ -137,7 +137,16 @@ pub(crate) fn balance(
         _pad: 0,
     };
     let _ = SOCK_REV.insert(rev, vip_addr, 0);
+    crate::monitor::trace_socket(4, proto, v4(vip), port, v4(backend.ip), backend.port);
     Some(Ok(to))
+}
+
+/// An IPv4 key as the 16 bytes of an event's address.
+#[inline(always)]
+fn v4(ip: u32) -> [u8; 16] {
+    let mut a = [0; 16];
+    a[..4].copy_from_slice(&ip.to_ne_bytes());
+    a
 }
 
 pub fn connect4(ctx: &SockAddrContext) -> i32 {

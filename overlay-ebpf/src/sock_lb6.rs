@@ -153,6 +153,9 @@ fn balance(
         _pad: 0,
     };
     let _ = SOCK6_REV.insert(key(cookie, to.ip, to.port, proto), vip_addr, 0);
+    // Network-order words: their bytes in memory are the address's.
+    let bytes = |a: [u32; 4]| unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(a) };
+    crate::monitor::trace_socket(6, proto, bytes(vip), port, bytes(to.ip), to.port);
     Some(Ok(to))
 }
 

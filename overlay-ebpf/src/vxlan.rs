@@ -35,6 +35,8 @@ pub struct Received {
     pub inner_len: usize,
     /// Host-side veth of the local destination endpoint.
     pub ifindex: u32,
+    /// The sending VTEP (network order key).
+    pub vtep: u32,
 }
 
 /// Parses an underlay packet. `Ok(None)`: not VXLAN for this node (or not parseable as
@@ -128,6 +130,7 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
         inner_ip,
         inner_len,
         ifindex,
+        vtep: ip.src_key(),
     }))
 }
 

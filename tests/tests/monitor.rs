@@ -1,8 +1,10 @@
-//! `overlayctl monitor --type drop --output json` against a running node: forged VXLAN from
-//! an underlay address that is no VTEP shows as `unknown_vtep` with the forged source, a
-//! spoofed container source as `spoofed_ip` on the container's interface; under a flood of
-//! a million bad packets the monitor reports lost events, the daemon's memory stays bounded
-//! and good traffic keeps flowing.
+//! `overlayctl monitor --output json` against running nodes. Drops: forged VXLAN from an
+//! underlay address that is no VTEP shows as `unknown_vtep` with the forged source, a spoofed
+//! container source as `spoofed_ip` on the container's interface; under a flood of a million
+//! bad packets the monitor reports lost events, the daemon's memory stays bounded and good
+//! traffic keeps flowing. Traces: each forwarding decision (ARP answered, local delivery,
+//! encapsulation to the peer's VTEP, decapsulation, the backend a service got, per socket
+//! and per packet) with where the packet went, sampled as asked.
 
 use std::{
     io::{BufRead, BufReader},
@@ -14,16 +16,23 @@ use std::{
 };
 
 use overlay_daemon::api;
-use overlay_tests::{lb, topology::overlayd_bin, traffic, ChildGuard, Topology};
+use overlay_tests::{lb, services, topology::overlayd_bin, traffic, ChildGuard, Topology};
 use serde_json::Value;
 
-/// `overlayctl monitor` on host `h`, its JSON lines arriving on the channel.
+/// `overlayctl monitor --type drop` on host `h`, its JSON lines arriving on the channel.
 fn monitor(t: &Topology, h: usize) -> (ChildGuard, mpsc::Receiver<Value>) {
+    monitor_with(t, h, &["--type", "drop"])
+}
+
+/// `overlayctl monitor ARGS` on host `h`.
+fn monitor_with(t: &Topology, h: usize, args: &[&str]) -> (ChildGuard, mpsc::Receiver<Value>) {
     let bin = overlayd_bin().with_file_name("overlayctl");
     let mut child = std::process::Command::new(bin)
         .arg("--socket")
         .arg(api::socket_path(&t.hosts[h].run_dir))
-        .args(["monitor", "--type", "drop", "--output", "json"])
+        .arg("monitor")
+        .args(args)
+        .args(["--output", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -184,7 +193,7 @@ fn drops_show_with_their_reason_source_and_interface() {
     let maps = t.hosts[0].pins.maps();
     let lost = || {
         overlay_daemon::maps::MonitorMaps::open_pinned(&maps)
-            .and_then(|m| m.lost())
+            .and_then(|m| m.lost(overlay_common::monitor::EVENT_DROP))
             .expect("monitor maps")
     };
     // 5000 back to back: far over the bucket's burst, so with events on most would be lost.
@@ -233,5 +242,160 @@ fn drops_show_with_their_reason_source_and_interface() {
         lost(),
         before,
         "events still on after a killed daemon's successor started"
+    );
+}
+
+/// The first line `got` holds that satisfies `f`, or a failure listing them all.
+fn find<'a>(got: &'a [Value], what: &str, f: impl Fn(&Value) -> bool) -> &'a Value {
+    got.iter()
+        .find(|v| f(v))
+        .unwrap_or_else(|| panic!("no {what} among {got:#?}"))
+}
+
+/// One TCP exchange from `client` with the service at 198.19.200.1:80 (backend b1).
+fn ask_vip(client: &overlay_tests::Container) {
+    let vip = std::net::SocketAddrV4::new("198.19.200.1".parse().unwrap(), 80);
+    let name = client
+        .ns
+        .enter(move || services::tcp_ask(vip, "hello"))
+        .expect("the VIP answers");
+    assert_eq!(name, "b1");
+}
+
+#[test]
+fn traces_show_each_forwarding_decision() {
+    let (mut t, b1) = lb::one_service(true, "198.19.200.1:80", "tcp", 8080);
+    t.add_pod(1, "c", "red");
+    for h in 0..2 {
+        t.wait_converged(h);
+    }
+    let (client, c) = (t.container("client"), t.container("c"));
+    let b1_if = t.container("b1").host_ifname.clone();
+    let _server = services::tcp_identity_server(&t.container("b1").ns, 8080, "b1");
+    let (_m1, rx1) = monitor_with(&t, 1, &["--type", "trace"]);
+    let (_m0, rx0) = monitor_with(&t, 0, &["--type", "trace", "--type", "drop"]);
+    let (_drops, rx_drops) = monitor(&t, 1);
+
+    // ARP for the peer answered on the client's node, then the ping encapsulated to node 0's
+    // VTEP and decapsulated there to b1's interface.
+    client.ns.run("ip", &["neigh", "flush", "all"]);
+    assert!(traffic::ping(&client.ns, b1, 3));
+    // A container on the same node: delivered locally.
+    assert!(traffic::ping(&client.ns, c.ip, 3));
+    // A service VIP from a socket: the backend chosen at connect.
+    ask_vip(client);
+
+    let is = |verdict: &'static str| move |v: &Value| v["verdict"] == verdict;
+    let got1 = collect(&rx1, Duration::from_secs(15), |got| {
+        ["answered", "encap", "local", "socket_lb"]
+            .iter()
+            .all(|w| got.iter().any(is(w)))
+    });
+    let arp = find(&got1, "ARP answered", |v| {
+        is("answered")(v) && v["proto"] == "arp"
+    });
+    assert_eq!(arp["ifname"], client.host_ifname.as_str(), "{arp}");
+    let encap = find(&got1, "encapsulation of the ping", |v| {
+        is("encap")(v) && v["inner_proto"] == "icmp"
+    });
+    assert_eq!(encap["hook"], "from_container", "{encap}");
+    assert_eq!(encap["vtep"], t.hosts[0].vtep_ip.to_string(), "{encap}");
+    assert_eq!(encap["dst"], t.hosts[0].vtep_ip.to_string(), "{encap}");
+    assert_eq!(encap["inner_src"], client.ip.to_string(), "{encap}");
+    assert_eq!(encap["inner_dst"], b1.to_string(), "{encap}");
+    assert_eq!(encap["vni"], 100, "{encap}");
+    assert_eq!(encap["ifname"], client.host_ifname.as_str(), "{encap}");
+    let local = find(&got1, "local delivery", |v| {
+        is("local")(v) && v["dst"] == c.ip.to_string()
+    });
+    assert_eq!(local["out_ifname"], c.host_ifname.as_str(), "{local}");
+    let lb = find(&got1, "socket balancing", is("socket_lb"));
+    assert_eq!(lb["hook"], "socket", "{lb}");
+    assert_eq!(lb["service"]["vip"], "198.19.200.1:80", "{lb}");
+    assert_eq!(lb["service"]["backend"], format!("{b1}:8080"), "{lb}");
+    assert_eq!(lb["service"]["proto"], "tcp", "{lb}");
+
+    let got0 = collect(&rx0, Duration::from_secs(10), |got| {
+        got.iter().any(|v| is("decap")(v) && v["proto"] == "icmp")
+    });
+    let decap = find(&got0, "decapsulation of the ping", |v| {
+        is("decap")(v) && v["proto"] == "icmp"
+    });
+    assert_eq!(decap["hook"], "from_underlay", "{decap}");
+    assert_eq!(decap["vtep"], t.hosts[1].vtep_ip.to_string(), "{decap}");
+    assert_eq!(decap["src"], client.ip.to_string(), "{decap}");
+    assert_eq!(decap["out_ifname"], b1_if.as_str(), "{decap}");
+    assert_eq!(decap["network_vni"], 100, "{decap}");
+
+    // A monitor of drops sees none of it.
+    let drops = collect(&rx_drops, Duration::from_secs(1), |_| false);
+    assert!(
+        drops.iter().all(|v| v["type"] != "trace"),
+        "traces reached a drop monitor: {drops:#?}"
+    );
+    drop((_m0, _m1, _drops));
+    // The last trace client gone: traces off before the sampled one attaches.
+    thread::sleep(Duration::from_millis(200));
+
+    // One packet in 100: 2000 datagrams give about 20 traces (none lost to the rate).
+    let (_sampled, rx) = monitor_with(&t, 1, &["--type", "trace", "--sample", "100"]);
+    let dst = b1;
+    client.ns.enter(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..2000 {
+            let _ = sock.send_to(b"sampled", SocketAddrV4::new(dst, 9));
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    let got = collect(&rx, Duration::from_secs(3), |_| false);
+    let traced = got
+        .iter()
+        .filter(|v| is("encap")(v) && v["inner_dport"] == 9)
+        .count();
+    assert!(
+        (3..=60).contains(&traced),
+        "{traced} of 2000 datagrams traced at one in 100"
+    );
+    assert!(got.iter().all(|v| v["type"] != "lost"), "{got:#?}");
+
+    // Requests that ask for nothing, or for one packet in zero, are refused as invalid.
+    for req in [
+        r#"{"op":"monitor","events":[]}"#,
+        r#"{"op":"monitor","events":["trace"],"sample":0}"#,
+    ] {
+        let mut conn =
+            std::os::unix::net::UnixStream::connect(api::socket_path(&t.hosts[1].run_dir))
+                .expect("connect to the API");
+        use std::io::Write as _;
+        writeln!(conn, "{req}").expect("send");
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line).expect("answer");
+        let v: Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(
+            (v["ok"].clone(), v["kind"].clone()),
+            (false.into(), "invalid".into()),
+            "{req}: {v}"
+        );
+    }
+}
+
+#[test]
+fn per_packet_translation_shows_its_service() {
+    let (t, b1) = lb::one_service(false, "198.19.200.1:80", "tcp", 8080);
+    let client = t.container("client");
+    let _server = services::tcp_identity_server(&t.container("b1").ns, 8080, "b1");
+    let (_m, rx) = monitor_with(&t, 1, &["--type", "trace"]);
+    ask_vip(client);
+    let got = collect(&rx, Duration::from_secs(10), |got| {
+        got.iter().any(|v| !v["service"].is_null())
+    });
+    let v = find(&got, "a translated packet", |v| !v["service"].is_null());
+    assert_eq!(v["verdict"], "encap", "{v}");
+    assert_eq!(v["service"]["vip"], "198.19.200.1:80", "{v}");
+    assert_eq!(v["service"]["backend"], format!("{b1}:8080"), "{v}");
+    assert_eq!(v["inner_dst"], b1.to_string(), "{v}");
+    assert!(
+        got.iter().all(|v| v["verdict"] != "socket_lb"),
+        "no socket hooks on this node: {got:#?}"
     );
 }

@@ -1,4 +1,4 @@
-//! The drop monitor's maps, opened from the pins while a monitor is attached: its settings
+//! The monitor's maps, opened from the pins while a monitor is attached: its settings
 //! (`MONITOR`: the flag the programs check), the per-CPU count of events not sent, and the
 //! events ring buffer.
 
@@ -24,24 +24,24 @@ impl MonitorMaps {
         })
     }
 
-    /// Turns drop events on (`rate` per second and CPU, `burst` at once) or off.
-    pub fn set(&mut self, on: bool, rate: u32, burst: u32) -> Result<(), MapsError> {
+    /// Sets which events the programs send (`MONITOR_F_*`; 0: none), at `rate` per second
+    /// and CPU and kind (`burst` at once), traces for one packet in `sample`.
+    pub fn set(&mut self, flags: u32, rate: u32, burst: u32, sample: u32) -> Result<(), MapsError> {
         let cfg = MonitorConfig {
-            flags: if on {
-                overlay_common::monitor::MONITOR_F_DROP
-            } else {
-                0
-            },
+            flags,
             rate,
             burst,
-            _pad: 0,
+            sample,
         };
         self.config.set(0, cfg, 0).map_err(map_err(names::MONITOR))
     }
 
-    /// Events not sent since the datapath was loaded, over all CPUs.
-    pub fn lost(&self) -> Result<u64, MapsError> {
-        let per_cpu = self.lost.get(&0, 0).map_err(map_err(names::MONITOR_LOST))?;
+    /// Events of `kind` (`EVENT_*`) not sent since the datapath was loaded, over all CPUs.
+    pub fn lost(&self, kind: u8) -> Result<u64, MapsError> {
+        let per_cpu = self
+            .lost
+            .get(&(kind as u32), 0)
+            .map_err(map_err(names::MONITOR_LOST))?;
         Ok(per_cpu.iter().sum())
     }
 }

@@ -9,14 +9,14 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use overlay_api::{Request, Response};
+use overlay_api::{MonitorRequest, Request, Response};
 use serde_json::Value;
 
 /// Streams events from the daemon at `socket` to stdout; returns when the daemon stops.
-pub fn watch(socket: &Path, json: bool) -> anyhow::Result<()> {
+pub fn watch(socket: &Path, req: MonitorRequest, json: bool) -> anyhow::Result<()> {
     let mut conn = UnixStream::connect(socket)
         .with_context(|| format!("connecting to overlayd at {}", socket.display()))?;
-    let mut req = serde_json::to_vec(&Request::Monitor)?;
+    let mut req = serde_json::to_vec(&Request::Monitor(req))?;
     req.push(b'\n');
     conn.write_all(&req)?;
     let mut lines = BufReader::new(conn).lines();
@@ -37,7 +37,7 @@ pub fn watch(socket: &Path, json: bool) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<14} {:<15} {:<22} {:<16} {:<42} LEN",
-            "TIME", "HOOK", "REASON", "IFACE", "PACKET"
+            "TIME", "HOOK", "REASON/VERDICT", "IFACE", "PACKET"
         )?;
     }
     out.flush()?;
@@ -58,8 +58,9 @@ fn row(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
     if v["type"] == "lost" {
         return format!(
-            "lost {} event(s) in the {} (rate limit or full buffer)",
+            "lost {} {} event(s) in the {} (rate limit or full buffer)",
             v["count"],
+            v["of"].as_str().unwrap_or(""),
             s("where")
         );
     }
@@ -80,16 +81,42 @@ fn row(v: &Value) -> String {
             v["inner_proto"].as_str().unwrap_or("")
         );
     }
+    // Where a traced packet went.
+    let svc = &v["service"];
+    if !svc.is_null() {
+        let backend = svc["backend"].as_str().unwrap_or("?");
+        packet = if v["hook"] == "socket" {
+            format!(
+                "{} -> {backend} {}",
+                svc["vip"].as_str().unwrap_or("?"),
+                svc["proto"].as_str().unwrap_or("")
+            )
+        } else {
+            format!("{packet} (service {})", svc["vip"].as_str().unwrap_or("?"))
+        };
+    }
+    match v["verdict"].as_str() {
+        Some("encap") => packet += &format!(" -> vtep {}", s("vtep")),
+        Some("decap") => packet += &format!(" <- vtep {} -> {}", s("vtep"), s("out_ifname")),
+        Some("local") | Some("answered") => {
+            packet += &format!(" -> {}", v["out_ifname"].as_str().unwrap_or("?"))
+        }
+        _ => {}
+    }
     let secs = v["time_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
     format!(
         "{:<14.6} {:<15} {:<22} {:<16} {:<42} {}",
         secs,
         s("hook"),
-        s("reason"),
+        v["reason"]
+            .as_str()
+            .or(v["verdict"].as_str())
+            .unwrap_or("-"),
         v["ifname"]
             .as_str()
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("#{}", v["ifindex"])),
+            .or_else(|| v["ifindex"].as_u64().map(|i| format!("#{i}")))
+            .unwrap_or_else(|| "-".into()),
         packet,
         v["len"]
     )

@@ -1,12 +1,16 @@
-//! A monitor event as one JSON object: what the datapath sent (hook, reason, interface,
-//! length) and what its first bytes say (Ethernet, IPv4/IPv6 or ARP addresses, protocol
+//! A monitor event as one JSON object: what the datapath sent (hook, drop reason or trace
+//! verdict, interfaces, VTEP, the service balanced, length) and what its first bytes say (Ethernet, IPv4/IPv6 or ARP addresses, protocol
 //! and ports; for VXLAN, the VNI and the inner frame's addresses too), plus those bytes in
 //! hex for anything else.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use overlay_api::EventType;
 use overlay_common::{
-    monitor::{MonitorEvent, HOOK_FROM_CONTAINER, HOOK_FROM_UNDERLAY, HOOK_UNDERLAY_XDP},
+    monitor::{
+        MonitorEvent, TraceVerdict, EVENT_TRACE, HOOK_FROM_CONTAINER, HOOK_FROM_UNDERLAY,
+        HOOK_SOCKET, HOOK_UNDERLAY_XDP,
+    },
     DropReason,
 };
 use serde_json::{json, Map, Value};
@@ -16,6 +20,7 @@ pub fn hook_label(hook: u8) -> &'static str {
         HOOK_FROM_CONTAINER => "from_container",
         HOOK_FROM_UNDERLAY => "from_underlay",
         HOOK_UNDERLAY_XDP => "underlay_xdp",
+        HOOK_SOCKET => "socket",
         _ => "unknown",
     }
 }
@@ -27,24 +32,122 @@ fn reason_label(reason: u16) -> &'static str {
         .map_or("unknown", |r| r.label())
 }
 
-/// The event as JSON; `ifname` names its interface if it still exists; UDP to `vxlan_port`
-/// is decoded as VXLAN.
-pub fn event_json(e: &MonitorEvent, ifname: Option<String>, vxlan_port: u16) -> Value {
+pub fn kind_label(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Drop => "drop",
+        EventType::Trace => "trace",
+    }
+}
+
+fn verdict_label(code: u16) -> &'static str {
+    TraceVerdict::ALL
+        .iter()
+        .find(|v| **v as u16 == code)
+        .map_or("unknown", |v| v.label())
+}
+
+/// An address of an event (`family` 4: the first four bytes).
+fn addr(family: u8, b: &[u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+/// The event as JSON; `ifnames` name its interfaces (in, out) if they still exist; UDP to
+/// `vxlan_port` is decoded as VXLAN.
+pub fn event_json(
+    e: &MonitorEvent,
+    ifnames: (Option<String>, Option<String>),
+    vxlan_port: u16,
+) -> Value {
     let head = &e.head[..(e.caplen as usize).min(e.head.len())];
     let mut o = Map::new();
-    o.insert("type".into(), json!("drop"));
+    let trace = e.kind == EVENT_TRACE;
+    o.insert("type".into(), json!(if trace { "trace" } else { "drop" }));
     o.insert("time_ns".into(), json!(e.time_ns));
     o.insert("hook".into(), json!(hook_label(e.hook)));
-    o.insert("reason".into(), json!(reason_label(e.reason)));
-    o.insert("ifindex".into(), json!(e.ifindex));
-    o.insert("ifname".into(), json!(ifname));
-    o.insert("len".into(), json!(e.len));
-    frame(head, &mut o, "", vxlan_port);
-    o.insert(
-        "head".into(),
-        json!(head.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-    );
+    if trace {
+        o.insert("verdict".into(), json!(verdict_label(e.code)));
+    } else {
+        o.insert("reason".into(), json!(reason_label(e.code)));
+    }
+    if e.hook != HOOK_SOCKET {
+        o.insert("ifindex".into(), json!(e.ifindex));
+        o.insert("ifname".into(), json!(ifnames.0));
+        o.insert("len".into(), json!(e.len));
+    }
+    if trace && e.out_ifindex != 0 {
+        o.insert("out_ifindex".into(), json!(e.out_ifindex));
+        o.insert("out_ifname".into(), json!(ifnames.1));
+    }
+    if trace && e.vni != 0 {
+        o.insert("network_vni".into(), json!(e.vni));
+    }
+    if trace && e.vtep != 0 {
+        o.insert(
+            "vtep".into(),
+            json!(Ipv4Addr::from(e.vtep.to_ne_bytes()).to_string()),
+        );
+    }
+    if trace && (e.family == 4 || e.family == 6) {
+        let vip = SocketAddr::new(addr(e.family, &e.vip), e.vip_port);
+        let mut svc = Map::new();
+        svc.insert("vip".into(), json!(vip.to_string()));
+        if e.backend_port != 0 {
+            let backend = SocketAddr::new(addr(e.family, &e.backend), e.backend_port);
+            svc.insert("backend".into(), json!(backend.to_string()));
+        }
+        if e.proto != 0 {
+            svc.insert("proto".into(), json!(proto_name(e.proto)));
+        }
+        o.insert("service".into(), Value::Object(svc));
+    }
+    if !head.is_empty() {
+        frame(head, &mut o, "", vxlan_port);
+        o.insert(
+            "head".into(),
+            json!(head.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        );
+    }
+    if let Some(Value::Object(svc)) = o.get("service") {
+        // A per-packet translation: the packet, rewritten, names the backend (inside the
+        // VXLAN headers once encapsulated).
+        if !svc.contains_key("backend") {
+            let p = if o.contains_key("inner_dst") {
+                "inner_"
+            } else {
+                ""
+            };
+            let field = |k: &str| o.get(&format!("{p}{k}")).cloned();
+            if let (Some(ip), Some(port)) = (field("dst"), field("dport")) {
+                let backend = format!(
+                    "{}:{}",
+                    ip.as_str().unwrap_or_default(),
+                    port.as_u64().unwrap_or_default()
+                );
+                let proto = field("proto");
+                if let Some(Value::Object(svc)) = o.get_mut("service") {
+                    svc.insert("backend".into(), json!(backend));
+                    if let Some(p) = proto {
+                        svc.insert("proto".into(), p);
+                    }
+                }
+            }
+        }
+    }
     Value::Object(o)
+}
+
+fn proto_name(proto: u8) -> Value {
+    match proto {
+        1 => json!("icmp"),
+        6 => json!("tcp"),
+        17 => json!("udp"),
+        58 => json!("icmpv6"),
+        p => json!(p),
+    }
 }
 
 fn mac(b: &[u8]) -> String {
@@ -105,21 +208,7 @@ fn frame(b: &[u8], o: &mut Map<String, Value>, prefix: &str, vxlan_port: u16) {
             return;
         }
     };
-    let name = match proto {
-        1 => "icmp",
-        6 => "tcp",
-        17 => "udp",
-        58 => "icmpv6",
-        _ => "",
-    };
-    put(
-        "proto",
-        if name.is_empty() {
-            json!(proto)
-        } else {
-            json!(name)
-        },
-    );
+    put("proto", proto_name(proto));
     if (proto == 6 || proto == 17) && l4.len() >= 4 {
         let (sport, dport) = (
             u16::from_be_bytes([l4[0], l4[1]]),
@@ -156,13 +245,13 @@ mod tests {
         head.extend([0, 80, 0x1f, 0x90]);
         let mut e = MonitorEvent {
             hook: HOOK_FROM_UNDERLAY,
-            reason: DropReason::UnknownVtep as u16,
+            code: DropReason::UnknownVtep as u16,
             len: 200,
             caplen: head.len() as u32,
             ..Default::default()
         };
         e.head[..head.len()].copy_from_slice(&head);
-        let v = event_json(&e, Some("ul0".into()), 4789);
+        let v = event_json(&e, (Some("ul0".into()), None), 4789);
         assert_eq!(v["reason"], "unknown_vtep");
         assert_eq!(v["hook"], "from_underlay");
         assert_eq!(v["src"], "198.18.0.250");
@@ -179,13 +268,59 @@ mod tests {
             caplen: 3,
             ..Default::default()
         };
-        let v = event_json(&e, None, 4789);
+        let v = event_json(&e, (None, None), 4789);
         assert_eq!(v["head"], "000000");
         assert!(v.get("src").is_none());
         e.caplen = 500; // never more than the buffer
         assert_eq!(
-            event_json(&e, None, 4789)["head"].as_str().unwrap().len(),
+            event_json(&e, (None, None), 4789)["head"]
+                .as_str()
+                .unwrap()
+                .len(),
             256
         );
+    }
+
+    #[test]
+    fn traces_name_the_decision_and_the_service() {
+        let mut vip = [0u8; 16];
+        vip[..4].copy_from_slice(&[198, 19, 200, 1]);
+        let mut backend = [0u8; 16];
+        backend[..4].copy_from_slice(&[198, 19, 1, 5]);
+        let e = MonitorEvent {
+            kind: EVENT_TRACE,
+            hook: HOOK_SOCKET,
+            code: TraceVerdict::SocketLb as u16,
+            family: 4,
+            proto: 6,
+            vip,
+            vip_port: 80,
+            backend,
+            backend_port: 8080,
+            ..Default::default()
+        };
+        let v = event_json(&e, (None, None), 4789);
+        assert_eq!(v["type"], "trace");
+        assert_eq!(v["verdict"], "socket_lb");
+        assert_eq!(v["hook"], "socket");
+        assert_eq!(v["service"]["vip"], "198.19.200.1:80");
+        assert_eq!(v["service"]["backend"], "198.19.1.5:8080");
+        assert_eq!(v["service"]["proto"], "tcp");
+        assert!(v.get("head").is_none() && v.get("ifindex").is_none());
+
+        let e = MonitorEvent {
+            kind: EVENT_TRACE,
+            hook: HOOK_FROM_CONTAINER,
+            code: TraceVerdict::Encap as u16,
+            out_ifindex: 3,
+            vni: 100,
+            vtep: u32::from_ne_bytes([198, 18, 0, 2]),
+            ..Default::default()
+        };
+        let v = event_json(&e, (Some("ov1".into()), Some("ul0".into())), 4789);
+        assert_eq!(v["verdict"], "encap");
+        assert_eq!(v["vtep"], "198.18.0.2");
+        assert_eq!(v["out_ifname"], "ul0");
+        assert_eq!(v["network_vni"], 100);
     }
 }

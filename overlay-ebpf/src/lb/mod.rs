@@ -45,8 +45,9 @@ const REMAP_TRIES: u32 = 16;
 pub enum Verdict {
     /// Not addressed to a service: forward as usual.
     NotService,
-    /// Rewritten: deliver to this address (network order key).
-    Translated(u32),
+    /// Rewritten: deliver to `to` (network order key); `vip_port` is the service port the
+    /// client addressed (0: a hairpin reply translated back, not a service).
+    Translated { to: u32, vip_port: u16 },
     /// Answered in place (reset / unreachable); return this verdict.
     Answered(i32),
 }
@@ -143,7 +144,10 @@ pub fn to_service(
     let src = if hairpin { vip } else { key.src_ip };
     rewrite_src(ctx, ip.proto, key.src_ip, src, sport, ct.src_port)?;
     count(Direction::LbDnat, ctx.len());
-    Ok(Verdict::Translated(ct.backend.ip))
+    Ok(Verdict::Translated {
+        to: ct.backend.ip,
+        vip_port: dport,
+    })
 }
 
 /// Whether a flow's entry still applies to a packet with `flags`.
@@ -392,7 +396,10 @@ fn hairpin_reply(
         return Ok(Verdict::NotService);
     }
     to_client(ctx, me.vni, ip)?;
-    Ok(Verdict::Translated(me.ip))
+    Ok(Verdict::Translated {
+        to: me.ip,
+        vip_port: 0,
+    })
 }
 
 /// The flow's backend is still in the table with the same address (ids are never reused

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use overlay_api::Client;
+use overlay_api::{Client, EventType, MonitorRequest};
 use overlay_daemon::{
     admin::{self, records_under},
     cli::EtcdArgs,
@@ -67,19 +67,26 @@ enum Command {
     /// One daemon's datapath counters (through --socket).
     Stats,
     /// Stream one daemon's datapath events until interrupted (through --socket): every
-    /// dropped packet with its reason, hook, interface and addresses (rate-limited per CPU;
-    /// what was not sent is reported as lost).
+    /// dropped packet with its reason, hook, interface and addresses, and (--type trace) a
+    /// sample of forwarded packets with the decision taken. Rate-limited per CPU; what was
+    /// not sent is reported as lost.
     Monitor {
-        /// Which events.
-        #[arg(long = "type", value_enum, default_value_t = MonitorType::Drop)]
-        kind: MonitorType,
+        /// Which events (repeat for both).
+        #[arg(long = "type", value_enum, default_values_t = [MonitorType::Drop])]
+        kinds: Vec<MonitorType>,
+        /// Traces: show one forwarded packet in N.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        sample: u32,
     },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum MonitorType {
-    /// Dropped packets.
+    /// Dropped packets, with the reason.
     Drop,
+    /// Forwarded packets (sampled), with the decision: local, encap to a VTEP, decap, ARP
+    /// answered, service backend chosen.
+    Trace,
 }
 
 #[derive(Subcommand)]
@@ -268,15 +275,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Monitor {
-            kind: MonitorType::Drop,
-        } => overlay_daemon::monitor::client::watch(&cli.socket, cli.output == Output::Json)
-            .with_context(|| {
-                format!(
-                    "is overlayd running with --run-dir {}?",
-                    run_dir_of(&cli.socket)
-                )
-            }),
+        Command::Monitor { kinds, sample } => {
+            let mut events = Vec::new();
+            for k in kinds {
+                let kind = match k {
+                    MonitorType::Drop => EventType::Drop,
+                    MonitorType::Trace => EventType::Trace,
+                };
+                if !events.contains(&kind) {
+                    events.push(kind);
+                }
+            }
+            let req = MonitorRequest { events, sample };
+            overlay_daemon::monitor::client::watch(&cli.socket, req, cli.output == Output::Json)
+                .with_context(|| {
+                    format!(
+                        "is overlayd running with --run-dir {}?",
+                        run_dir_of(&cli.socket)
+                    )
+                })
+        }
         Command::Network(cmd) => network(cli.etcd, cli.output, cmd).await,
         Command::Service(cmd) => service(cli.etcd, &cli.socket, cli.output, cmd).await,
         Command::Node(NodeCmd::Ls) => {
