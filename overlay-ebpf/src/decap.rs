@@ -85,8 +85,6 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
             out_ifindex: rx.ifindex,
             vni: rx.vxlan.vni(),
             vtep: rx.vtep,
-            vip: 0,
-            vip_port: 0,
         };
         monitor::note(ctx, &t);
         monitor::trace_noted(ctx, HOOK_FROM_UNDERLAY);

@@ -66,8 +66,6 @@ fn try_forward(ctx: &TcContext, tracing: bool) -> Result<i32, DropReason> {
                     out_ifindex: ifindex,
                     vni: me.vni,
                     vtep: 0,
-                    vip: 0,
-                    vip_port: 0,
                 };
                 monitor::note(ctx, &t);
             }

@@ -196,8 +196,6 @@ fn note6(ctx: &TcContext, verdict: TraceVerdict, out_ifindex: u32, vni: u32, vte
         out_ifindex,
         vni,
         vtep,
-        vip: 0,
-        vip_port: 0,
     };
     monitor::note(ctx, &t);
 }

@@ -172,23 +172,20 @@ pub struct Trace {
     pub vni: u32,
     /// The peer VTEP (network order), 0 for none.
     pub vtep: u32,
-    /// A service the packet was translated for: its VIP (network order key) and port.
-    pub vip: u32,
-    pub vip_port: u16,
 }
 
-/// Notes a forwarding decision of a TC program in the packet's control block, for
-/// `trace_noted` once the forwarding path has returned: the IPv4 path's stack has no room
-/// for the event work, and the control block takes none.
+/// Notes a forwarding decision (no service: only the IPv4 path translates, `note4`) in the
+/// packet's control block, for `trace_noted` once the forwarding path has returned: the
+/// IPv4 path's stack has no room for the event work, and the control block takes none.
 #[inline(always)]
 pub fn note(ctx: &TcContext, t: &Trace) {
     let skb = ctx.skb.skb;
     unsafe {
-        (*skb).cb[0] = t.verdict as u32 | (t.vip_port as u32) << 16;
+        (*skb).cb[0] = t.verdict as u32;
         (*skb).cb[1] = t.out_ifindex;
         (*skb).cb[2] = t.vni;
         (*skb).cb[3] = t.vtep;
-        (*skb).cb[4] = t.vip;
+        (*skb).cb[4] = 0;
     }
 }
 
@@ -268,9 +265,6 @@ pub fn trace_socket(
     backend: [u8; 16],
     backend_port: u16,
 ) {
-    if !tracing() {
-        return;
-    }
     let Some(mut entry) = reserve(EVENT_TRACE) else {
         return;
     };

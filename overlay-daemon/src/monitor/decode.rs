@@ -91,19 +91,6 @@ pub fn event_json(
             json!(Ipv4Addr::from(e.vtep.to_ne_bytes()).to_string()),
         );
     }
-    if trace && (e.family == 4 || e.family == 6) {
-        let vip = SocketAddr::new(addr(e.family, &e.vip), e.vip_port);
-        let mut svc = Map::new();
-        svc.insert("vip".into(), json!(vip.to_string()));
-        if e.backend_port != 0 {
-            let backend = SocketAddr::new(addr(e.family, &e.backend), e.backend_port);
-            svc.insert("backend".into(), json!(backend.to_string()));
-        }
-        if e.proto != 0 {
-            svc.insert("proto".into(), json!(proto_name(e.proto)));
-        }
-        o.insert("service".into(), Value::Object(svc));
-    }
     if !head.is_empty() {
         frame(head, &mut o, "", vxlan_port);
         o.insert(
@@ -111,33 +98,40 @@ pub fn event_json(
             json!(head.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         );
     }
-    if let Some(Value::Object(svc)) = o.get("service") {
-        // A per-packet translation: the packet, rewritten, names the backend (inside the
-        // VXLAN headers once encapsulated).
-        if !svc.contains_key("backend") {
-            let p = if o.contains_key("inner_dst") {
-                "inner_"
-            } else {
-                ""
-            };
-            let field = |k: &str| o.get(&format!("{p}{k}")).cloned();
-            if let (Some(ip), Some(port)) = (field("dst"), field("dport")) {
-                let backend = format!(
-                    "{}:{}",
-                    ip.as_str().unwrap_or_default(),
-                    port.as_u64().unwrap_or_default()
-                );
-                let proto = field("proto");
-                if let Some(Value::Object(svc)) = o.get_mut("service") {
-                    svc.insert("backend".into(), json!(backend));
-                    if let Some(p) = proto {
-                        svc.insert("proto".into(), p);
-                    }
-                }
-            }
-        }
+    if trace && (e.family == 4 || e.family == 6) {
+        let service = service(e, &o);
+        o.insert("service".into(), service);
     }
     Value::Object(o)
+}
+
+/// A traced service: the VIP, and the backend the hook chose or, for a per-packet
+/// translation (backend port 0), the one the rewritten packet names (inside the VXLAN
+/// headers once encapsulated).
+fn service(e: &MonitorEvent, packet: &Map<String, Value>) -> Value {
+    let mut svc = Map::new();
+    let vip = SocketAddr::new(addr(e.family, &e.vip), e.vip_port);
+    svc.insert("vip".into(), json!(vip.to_string()));
+    if e.backend_port != 0 {
+        let backend = SocketAddr::new(addr(e.family, &e.backend), e.backend_port);
+        svc.insert("backend".into(), json!(backend.to_string()));
+        svc.insert("proto".into(), proto_name(e.proto));
+        return Value::Object(svc);
+    }
+    let p = if packet.contains_key("inner_dst") {
+        "inner_"
+    } else {
+        ""
+    };
+    let field = |k: &str| packet.get(&format!("{p}{k}"));
+    if let (Some(ip), Some(port)) = (field("dst"), field("dport")) {
+        let backend = format!("{}:{port}", ip.as_str().unwrap_or_default());
+        svc.insert("backend".into(), json!(backend));
+    }
+    if let Some(proto) = field("proto") {
+        svc.insert("proto".into(), proto.clone());
+    }
+    Value::Object(svc)
 }
 
 fn proto_name(proto: u8) -> Value {

@@ -37,6 +37,13 @@ impl Topology {
             services: services.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
+        // The daemon writes its first status before it binds the API socket: a pod added
+        // right after `start_all` could find no socket yet.
+        let socket = overlay_daemon::api::socket_path(&self.hosts[host].run_dir);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let ep = self.client(host).create_endpoint(req).unwrap_or_else(|e| {
             panic!(
                 "creating endpoint {name} on {}: {e}\n{}",
