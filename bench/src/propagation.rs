@@ -78,7 +78,7 @@ pub fn run(samples: usize) -> Result<String> {
             let ip = Ipv4Addr::new(198, 19, 1, 100 + (i % 100) as u8);
             let key = store.layout.key(&Key::Endpoint {
                 network: "bench".into(),
-                ip,
+                ip: std::net::IpAddr::V4(ip),
             });
             let record = EndpointRecord {
                 version: RECORD_VERSION,

@@ -302,7 +302,7 @@ fn endpoint_kv(store: &Store, i: usize, node: &str) -> (String, Vec<u8>) {
     let ip = endpoint_ip(i);
     let key = store.layout.key(&Key::Endpoint {
         network: NETWORK.into(),
-        ip,
+        ip: std::net::IpAddr::V4(ip),
     });
     let record = EndpointRecord {
         version: RECORD_VERSION,
@@ -380,7 +380,7 @@ pub fn run(
             block_len6: None,
             version: RECORD_VERSION,
             vni: VNI,
-            subnet: SUBNET.parse()?,
+            subnet: Some(SUBNET.parse()?),
             block_len: 26,
             gateway: None,
             mtu: None,

@@ -7,7 +7,7 @@
 //! on the wire only; in Rust each state is a variant.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -107,7 +107,15 @@ impl Attachment {
     }
 }
 
-/// An endpoint's IPv6 address on a dual-stack network, with what the container routes by.
+/// An endpoint's IPv4 address, with what the container routes by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ipv4Assignment {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// An endpoint's IPv6 address, with what the container routes by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Ipv6Assignment {
     pub ip: Ipv6Addr,
@@ -117,15 +125,14 @@ pub struct Ipv6Assignment {
 
 /// A local endpoint as the daemon keeps it and answers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "EndpointWire", into = "EndpointWire")]
+#[serde(try_from = "EndpointWire", into = "EndpointWire")]
 pub struct Endpoint {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
     pub sandbox: Sandbox,
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 address, on a network with an IPv4 subnet (all but IPv6-only ones).
+    pub ipv4: Option<Ipv4Assignment>,
     /// The IPv6 address, on a network with an IPv6 subnet.
     pub ipv6: Option<Ipv6Assignment>,
     pub mac: MacAddr,
@@ -150,6 +157,27 @@ impl Endpoint {
     pub fn host_ifname(&self) -> Option<&str> {
         self.attachment.host_ifname()
     }
+
+    /// Its IPv4 address, if it has one.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.ipv4.map(|a| a.ip)
+    }
+
+    /// Its IPv6 address, if it has one.
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.map(|a| a.ip)
+    }
+
+    /// The address that names it in its network (its etcd key): the IPv4 one when it has
+    /// one, else the IPv6 one. Every endpoint has at least one.
+    pub fn key_ip(&self) -> IpAddr {
+        match (self.ipv4, self.ipv6) {
+            (Some(a), _) => IpAddr::V4(a.ip),
+            (None, Some(a)) => IpAddr::V6(a.ip),
+            // Only while `reserve` has not picked its addresses yet.
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
 }
 
 /// The flat JSON form (see the module docs).
@@ -160,9 +188,13 @@ struct EndpointWire {
     ifname: String,
     #[serde(default)]
     netns: PathBuf,
-    ip: Ipv4Addr,
-    prefix_len: u8,
-    gateway: Ipv4Addr,
+    /// The three absent on IPv6-only networks (0.4 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix_len: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<Ipv4Addr>,
     /// Absent before 0.3 and on networks without IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ipv6: Option<Ipv6Assignment>,
@@ -179,9 +211,14 @@ struct EndpointWire {
     services: Vec<String>,
 }
 
-impl From<EndpointWire> for Endpoint {
-    fn from(w: EndpointWire) -> Self {
-        Self {
+impl TryFrom<EndpointWire> for Endpoint {
+    type Error = &'static str;
+
+    fn try_from(w: EndpointWire) -> Result<Self, Self::Error> {
+        if w.ip.is_none() && w.ipv6.is_none() {
+            return Err("an endpoint needs an IPv4 address (ip, prefix_len, gateway) or ipv6");
+        }
+        Ok(Self {
             sandbox: if w.netns.as_os_str().is_empty() {
                 Sandbox::Runtime
             } else {
@@ -192,16 +229,21 @@ impl From<EndpointWire> for Endpoint {
             network: w.network,
             container_id: w.container_id,
             ifname: w.ifname,
-            ip: w.ip,
-            prefix_len: w.prefix_len,
-            gateway: w.gateway,
+            ipv4: match (w.ip, w.prefix_len, w.gateway) {
+                (Some(ip), Some(prefix_len), Some(gateway)) => Some(Ipv4Assignment {
+                    ip,
+                    prefix_len,
+                    gateway,
+                }),
+                _ => None,
+            },
             ipv6: w.ipv6,
             mac: w.mac,
             mtu: w.mtu,
             vni: w.vni,
             owner: w.owner,
             services: w.services,
-        }
+        })
     }
 }
 
@@ -217,9 +259,9 @@ impl From<Endpoint> for EndpointWire {
             network: e.network,
             container_id: e.container_id,
             ifname: e.ifname,
-            ip: e.ip,
-            prefix_len: e.prefix_len,
-            gateway: e.gateway,
+            ip: e.ipv4.map(|a| a.ip),
+            prefix_len: e.ipv4.map(|a| a.prefix_len),
+            gateway: e.ipv4.map(|a| a.gateway),
             ipv6: e.ipv6,
             mac: e.mac,
             mtu: e.mtu,
@@ -283,6 +325,26 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(text).unwrap()
             );
         }
+    }
+
+    /// An IPv6-only network's endpoint has no IPv4 fields on the wire; one with no address
+    /// of either family does not load.
+    #[test]
+    fn ipv6_only_endpoints_carry_no_ipv4_fields() {
+        let v6 = r#"{"network":"six","container_id":"c","ifname":"eth0","netns":"/run/netns/c","ipv6":{"ip":"2001:2:0:1090::2","prefix_len":64,"gateway":"2001:2:0:1090::1"},"mac":"0e:58:01:02:03:04","mtu":1450,"vni":300,"host_ifname":"ovlx","host_mac":null,"owner":"cni"}"#;
+        let ep: Endpoint = serde_json::from_str(v6).unwrap();
+        assert_eq!(ep.ipv4, None);
+        assert_eq!(ep.key_ip(), "2001:2:0:1090::2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            serde_json::to_value(&ep).unwrap(),
+            serde_json::from_str::<serde_json::Value>(v6).unwrap()
+        );
+        let none = v6.replace(
+            r#""ipv6":{"ip":"2001:2:0:1090::2","prefix_len":64,"gateway":"2001:2:0:1090::1"},"#,
+            "",
+        );
+        let e = serde_json::from_str::<Endpoint>(&none).unwrap_err();
+        assert!(e.to_string().contains("needs an IPv4 address"), "{e}");
     }
 
     #[test]

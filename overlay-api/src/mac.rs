@@ -21,6 +21,19 @@ impl MacAddr {
         Self([0x0a, 0x58, o[0], o[1], o[2], o[3]])
     }
 
+    /// A locally administered MAC for an endpoint without an IPv4 address: 0e:58 and 32
+    /// bits of a hash of its IPv6 address and `attempt` (an allocator that finds the MAC
+    /// taken in the network tries the next attempt).
+    pub fn from_ip6(ip: std::net::Ipv6Addr, attempt: u8) -> Self {
+        // FNV-1a: stable across releases and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in ip.octets().into_iter().chain([attempt]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let h = ((h >> 32) as u32 ^ h as u32).to_be_bytes();
+        Self([0x0e, 0x58, h[0], h[1], h[2], h[3]])
+    }
+
     pub fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
     }
@@ -92,5 +105,16 @@ mod tests {
             "0a:58:c6:13:01:02"
         );
         assert!(!MacAddr([1, 0, 0, 0, 0, 0]).is_unicast());
+    }
+
+    #[test]
+    fn ipv6_derived_macs_are_stable_local_unicast_and_differ_by_attempt() {
+        let ip: std::net::Ipv6Addr = "2001:2:0:1090::2".parse().unwrap();
+        let m = MacAddr::from_ip6(ip, 0);
+        assert_eq!(m, MacAddr::from_ip6(ip, 0));
+        assert!(m.is_unicast() && m.0[0] & 2 != 0 && m.0[..2] == [0x0e, 0x58]);
+        assert_ne!(m, MacAddr::from_ip6(ip, 1));
+        let next: std::net::Ipv6Addr = "2001:2:0:1090::3".parse().unwrap();
+        assert_ne!(m, MacAddr::from_ip6(next, 0));
     }
 }

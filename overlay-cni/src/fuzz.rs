@@ -129,9 +129,11 @@ fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoin
         container_id: "c".into(),
         ifname: ifname.into(),
         sandbox: Sandbox::Netns(PathBuf::from("/run/netns/c")),
-        ip,
-        prefix_len,
-        gateway: Ipv4Addr::new(198, 19, 1, 1),
+        ipv4: Some(overlay_api::Ipv4Assignment {
+            ip,
+            prefix_len,
+            gateway: Ipv4Addr::new(198, 19, 1, 1),
+        }),
         mac,
         mtu: 1450,
         vni: 100,
@@ -205,7 +207,12 @@ pub fn cni_prev_result(data: &[u8]) {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        let (ip, len) = v4.first().copied().unwrap_or((other.ip, other.prefix_len));
+        let held = other.ipv4.map(|a| (a.ip, a.prefix_len));
+        let (ip, len) = v4
+            .first()
+            .copied()
+            .or(held)
+            .unwrap_or((Ipv4Addr::LOCALHOST, 8));
         let mut same = endpoint(&iface.name, ip, len, mac.unwrap_or(other.mac));
         same.ipv6 = v6
             .first()

@@ -102,16 +102,19 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
             Sandbox::Runtime => None,
         },
     };
-    let mut ips = vec![IpConfig {
-        version: version.starts_with("0.").then(|| "4".to_owned()),
-        address: format!("{}/{}", ep.ip, ep.prefix_len),
-        gateway: Some(ep.gateway.to_string()),
-        interface: Some(1),
-    }];
-    let mut routes = vec![Route {
-        dst: "0.0.0.0/0".into(),
-        gw: Some(ep.gateway.to_string()),
-    }];
+    let (mut ips, mut routes) = (Vec::new(), Vec::new());
+    if let Some(v4) = ep.ipv4 {
+        ips.push(IpConfig {
+            version: version.starts_with("0.").then(|| "4".to_owned()),
+            address: format!("{}/{}", v4.ip, v4.prefix_len),
+            gateway: Some(v4.gateway.to_string()),
+            interface: Some(1),
+        });
+        routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(v4.gateway.to_string()),
+        });
+    }
     if let Some(v6) = ep.ipv6 {
         ips.push(IpConfig {
             version: version.starts_with("0.").then(|| "6".to_owned()),
@@ -351,7 +354,11 @@ pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(
     let Some((iface, addresses)) = prev.container_interface(ifname)? else {
         return Ok(());
     };
-    let mut held = vec![(std::net::IpAddr::V4(ep.ip), ep.prefix_len)];
+    let mut held: Vec<(std::net::IpAddr, u8)> = ep
+        .ipv4
+        .map(|v4| (v4.ip.into(), v4.prefix_len))
+        .into_iter()
+        .collect();
     held.extend(ep.ipv6.map(|v6| (v6.ip.into(), v6.prefix_len)));
     let held_text: Vec<String> = held.iter().map(|(a, l)| format!("{a}/{l}")).collect();
     let differs = |what: String| {
@@ -400,9 +407,11 @@ mod tests {
             container_id: "c".into(),
             ifname: "eth0".into(),
             sandbox: Sandbox::Netns("/run/netns/x".into()),
-            ip: "198.19.1.2".parse().unwrap(),
-            prefix_len: 24,
-            gateway: "198.19.1.1".parse().unwrap(),
+            ipv4: Some(overlay_api::Ipv4Assignment {
+                ip: "198.19.1.2".parse().unwrap(),
+                prefix_len: 24,
+                gateway: "198.19.1.1".parse().unwrap(),
+            }),
             mac: "0a:58:c6:13:01:02".parse().unwrap(),
             mtu: 1450,
             vni: 100,
@@ -475,7 +484,10 @@ mod tests {
             let prev = CniResult::from_prev(&recorded).unwrap();
             assert!(check_recorded(&prev, "eth0", &ep).is_ok(), "{version}");
             let moved = Endpoint {
-                ip: "198.19.1.9".parse().unwrap(),
+                ipv4: ep.ipv4.map(|a| overlay_api::Ipv4Assignment {
+                    ip: "198.19.1.9".parse().unwrap(),
+                    ..a
+                }),
                 ..ep.clone()
             };
             let e = check_recorded(&prev, "eth0", &moved).unwrap_err();

@@ -155,6 +155,9 @@ counted_enum! {
         /// another container's neighbour cache), or a chain of more extension headers than
         /// the datapath looks through.
         Ipv6HiddenNdp = 29 => "ipv6_hidden_ndp",
+        /// IPv4 or ARP from a container without an IPv4 address (on an IPv6-only network), or
+        /// an inner IPv4 packet claiming to come from one.
+        Ipv4Disabled = 30 => "ipv4_disabled",
     }
 }
 

@@ -138,7 +138,7 @@ fn endpoint_table(c: &mut Criterion) {
         .map(|i| EndpointEntry {
             ip6: None,
             vni: 4242,
-            ip: ip(i),
+            ip: Some(ip(i)),
             mac: [0x0a, 0x58, 0, 0, (i >> 8) as u8, i as u8],
             location: Location::Remote {
                 vtep: Ipv4Addr::new(198, 18, 0, 2 + (i % 100) as u8),

@@ -110,6 +110,9 @@ pub async fn create_network(
     if let Some(mtu) = record.mtu {
         check_mtu(store, mtu).await?;
     }
+    if record.subnet.is_none() {
+        check_ipv6_only(store, name).await?;
+    }
     if !store
         .create_network(name, record.vni, records::encode(record))
         .await?
@@ -138,6 +141,24 @@ async fn check_mtu(store: &Store, mtu: u32) -> Result<(), AdminError> {
             "MTU {mtu} is above the overlay's maximum {max} (node {node:?}: its underlay MTU - 50): pass --mtu {max} or less"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// An IPv6-only network is refused while a registered node runs a release before 0.3: such
+/// a node would skip the network's record and its endpoints, and its containers could not
+/// reach them.
+async fn check_ipv6_only(store: &Store, name: &str) -> Result<(), AdminError> {
+    let nodes = records_under::<NodeRecord>(store, &store.layout.nodes()).await?;
+    let old = nodes.iter().find_map(|(key, n, _)| match key {
+        Key::Node(node) if !crate::store::carries_ipv6(n) => Some((node.clone(), n)),
+        _ => None,
+    });
+    match old {
+        Some((node, n)) => Err(invalid(format!(
+            "network {name:?} would be IPv6-only, which node {node:?} (release {}) cannot carry: upgrade it to 0.3 or later first, or add an IPv4 subnet",
+            n.release.as_deref().unwrap_or("before 0.2")
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -200,11 +221,11 @@ pub fn check_backends(
             )));
         }
         match (b.ip, net.subnet6) {
-            (std::net::IpAddr::V4(ip), _) if !net.subnet.contains(&ip) => {
-                return Err(invalid(format!(
-                    "backend {} is outside network {network:?}'s subnet {}",
-                    b.ip, net.subnet
-                )));
+            (std::net::IpAddr::V4(ip), _) if !net.subnet.is_some_and(|s| s.contains(&ip)) => {
+                return Err(invalid(match net.subnet {
+                    Some(s) => format!("backend {ip} is outside network {network:?}'s subnet {s}"),
+                    None => format!("backend {ip} is IPv4 but network {network:?} is IPv6-only"),
+                }));
             }
             (std::net::IpAddr::V6(_), None) => {
                 return Err(invalid(format!(

@@ -220,7 +220,10 @@ fn assert_valid(t: &ValidTables) {
         assert_eq!(*name, n.name);
         assert!((1..=overlay_common::wire::VNI_MAX).contains(&n.vni));
         assert!(vnis.insert(n.vni), "VNI {} twice", n.vni);
-        assert!(n.subnet.contains(&n.gateway_ip()));
+        assert!(n.subnet.is_some() || n.subnet6.is_some());
+        if let Some((subnet, gateway)) = n.subnet.zip(n.gateway_ip()) {
+            assert!(subnet.contains(&gateway));
+        }
     }
     let vteps: BTreeSet<_> = t.nodes.values().map(|n| n.vtep_ip).collect();
     assert_eq!(vteps.len(), t.nodes.len(), "a VTEP twice");
@@ -229,9 +232,13 @@ fn assert_valid(t: &ValidTables) {
     for ep in &t.endpoints {
         let net = &t.networks[&ep.network];
         assert!(t.nodes.contains_key(&ep.node));
-        assert!(net.subnet.contains(&ep.ip) && ep.ip != net.gateway_ip());
+        match (ep.ip, net.subnet.zip(net.gateway_ip())) {
+            (Some(ip), Some((subnet, gateway))) => assert!(subnet.contains(&ip) && ip != gateway),
+            (None, None) => assert!(ep.ip6.is_some()),
+            other => panic!("endpoint and network of different families: {other:?}"),
+        }
         assert!(ep.mac().is_unicast());
-        assert!(ips.insert((net.vni, ep.ip)) && macs.insert((net.vni, ep.mac())));
+        assert!(ips.insert((net.vni, ep.key_ip())) && macs.insert((net.vni, ep.mac())));
     }
     let mut names = BTreeSet::new();
     for s in &t.services {
@@ -245,7 +252,9 @@ fn assert_valid(t: &ValidTables) {
             assert!(t
                 .endpoints
                 .iter()
-                .any(|e| e.ip == b.ip && e.iface != EndpointIface::Reserved));
+                .any(|e| (e.ip.map(std::net::IpAddr::V4) == Some(b.ip)
+                    || e.ip6.map(std::net::IpAddr::V6) == Some(b.ip))
+                    && e.iface != EndpointIface::Reserved));
         }
     }
 }

@@ -44,9 +44,7 @@ pub struct ContainerIface {
     pub netns: PathBuf,
     pub ifname: String,
     pub mac: [u8; 6],
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    pub ipv4: Option<overlay_api::Ipv4Assignment>,
     pub ipv6: Option<overlay_api::Ipv6Assignment>,
     pub mtu: u32,
 }
@@ -151,11 +149,13 @@ pub async fn create_veth(
         let index = link_index(&h, &c2.ifname)
             .await?
             .ok_or_else(|| NetlinkError::Exists(c2.ifname.clone()))?;
-        h.address()
-            .add(index, IpAddr::V4(c2.ip), c2.prefix_len)
-            .execute()
-            .await
-            .map_err(rt(format!("adding {} to {}", c2.ip, c2.ifname)))?;
+        if let Some(v4) = c2.ipv4 {
+            h.address()
+                .add(index, IpAddr::V4(v4.ip), v4.prefix_len)
+                .execute()
+                .await
+                .map_err(rt(format!("adding {} to {}", v4.ip, c2.ifname)))?;
+        }
         if let Some(v6) = c2.ipv6 {
             // No duplicate address detection: the address is the cluster's to give, and
             // DAD would keep it unusable for a second or more.
@@ -173,13 +173,14 @@ pub async fn create_veth(
             .await
             .map_err(rt(format!("setting {} up", c2.ifname)))?;
         // A default route per family, via the network's gateways.
-        let mut routes = vec![(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(c2.gateway)
+        let mut routes = Vec::new();
+        if let Some(v4) = c2.ipv4 {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(v4.gateway)
                 .output_interface(index)
-                .build(),
-            IpAddr::from(c2.gateway),
-        )];
+                .build();
+            routes.push((route, IpAddr::from(v4.gateway)));
+        }
         if let Some(v6) = c2.ipv6 {
             let route = RouteMessageBuilder::<Ipv6Addr>::new()
                 .gateway(v6.gateway)

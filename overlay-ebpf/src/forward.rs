@@ -57,6 +57,11 @@ fn try_forward(ctx: &TcContext, tracing: bool) -> Result<i32, DropReason> {
     if eth.src != me.mac {
         return Err(DropReason::SpoofedMac);
     }
+    // An endpoint of an IPv6-only network has no IPv4 address (0 in its identity): its
+    // IPv4 and ARP would otherwise pass as an address probe's 0.0.0.0.
+    if me.ip == 0 && matches!(eth.ether_type(), ETH_P_ARP | ETH_P_IP) {
+        return Err(DropReason::Ipv4Disabled);
+    }
     match eth.ether_type() {
         ETH_P_ARP => {
             let verdict = arp::respond(ctx, me, ifindex)?;

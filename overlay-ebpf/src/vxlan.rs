@@ -109,6 +109,10 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
     let src_ip = sender_endpoint(vni, ip.src_key(), &inner_eth)?;
     let (inner_ip, inner_len) = match inner {
         Inner::V4(h) => {
+            // The sender has no IPv4 address (an IPv6-only network's endpoint).
+            if src_ip == 0 {
+                return Err(DropReason::Ipv4Disabled);
+            }
             if src_ip != h.src_key() {
                 return Err(DropReason::DecapSpoofedSource);
             }

@@ -80,17 +80,21 @@ fn outcome(out: &Output) -> Result<serde_json::Value, (u64, String)> {
 /// ADD of `id` (interface eth0 in `netns`) to `network` through the real plugin and the
 /// daemon at `socket`.
 pub fn add(socket: &std::path::Path, network: &str, id: &str, netns: &str) -> CniOutcome {
-    add_using(&plugin(), socket, network, id, netns)
+    add_using(&plugin(), socket, network, id, netns).map(|ip| match ip {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(ip) => panic!("{network} gave IPv6 {ip} first: not an IPv4 network"),
+    })
 }
 
-/// `add` through the plugin binary at `bin`.
+/// `add` through the plugin binary at `bin`: the first address of the result (IPv6 on an
+/// IPv6-only network).
 pub fn add_using(
     bin: &std::path::Path,
     socket: &std::path::Path,
     network: &str,
     id: &str,
     netns: &str,
-) -> CniOutcome {
+) -> Result<std::net::IpAddr, (u64, String)> {
     let out = exec_plugin_at(
         bin,
         &cni_env("ADD", id.to_owned(), netns.to_owned()),
@@ -131,4 +135,22 @@ pub fn del_using(
         return Ok(());
     }
     outcome(&out).map(|_| ())
+}
+
+/// Runs the real plugin's `command` for container `id` in `ns` with `config`: whether it
+/// succeeded, and what it printed (null for nothing).
+pub fn run(command: &str, id: &str, ns: &crate::Netns, config: &str) -> (bool, serde_json::Value) {
+    let env = cni_env(command, id.to_owned(), ns.path());
+    let out = exec_plugin(&env, config.as_bytes());
+    let value = if out.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{command}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    (out.status.success(), value)
 }

@@ -156,3 +156,24 @@ pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8>
     u[6..8].copy_from_slice(&c.to_be_bytes());
     u
 }
+
+/// Of captured underlay frames: the VXLAN ones whose inner frame is IPv6, and those of them
+/// that are neighbour discovery (which must never cross the underlay).
+pub fn inner_ipv6(frames: &[Vec<u8>]) -> (usize, usize) {
+    let mut ipv6 = 0;
+    let mut ndp = 0;
+    for f in frames {
+        let Some(vx) = crate::traffic::parse_vxlan(f, 4789) else {
+            continue;
+        };
+        let inner = &vx.inner;
+        if inner.len() < 55 || inner[12..14] != [0x86, 0xdd] {
+            continue;
+        }
+        ipv6 += 1;
+        if inner[20] == NH_ICMPV6 && (133..=137).contains(&inner[54]) {
+            ndp += 1;
+        }
+    }
+    (ipv6, ndp)
+}

@@ -83,13 +83,13 @@ pub fn fixture() -> Fixture {
         NetworkEntry {
             gateway_ip6: Some(ip6(GATEWAY6)),
             vni: VNI,
-            gateway_ip: ip("198.19.1.1"),
+            gateway_ip: Some(ip("198.19.1.1")),
             gateway_mac: MacAddr::gateway(VNI).0,
         },
         NetworkEntry {
             gateway_ip6: None,
             vni: OTHER_VNI,
-            gateway_ip: ip("198.19.2.1"),
+            gateway_ip: Some(ip("198.19.2.1")),
             gateway_mac: MacAddr::gateway(OTHER_VNI).0,
         },
     ];
@@ -99,7 +99,7 @@ pub fn fixture() -> Fixture {
         EndpointEntry {
             ip6: Some(ip6(ME6)),
             vni: VNI,
-            ip: me.0,
+            ip: Some(me.0),
             mac: me.1 .0,
             location: Location::Local {
                 ifindex: CONTAINER_IFINDEX,
@@ -108,7 +108,7 @@ pub fn fixture() -> Fixture {
         EndpointEntry {
             ip6: Some(ip6(REMOTE6)),
             vni: VNI,
-            ip: remote.0,
+            ip: Some(remote.0),
             mac: remote.1 .0,
             location: Location::Remote {
                 vtep: ip(REMOTE_VTEP),
@@ -117,7 +117,7 @@ pub fn fixture() -> Fixture {
         EndpointEntry {
             ip6: None,
             vni: OTHER_VNI,
-            ip: other_net.0,
+            ip: Some(other_net.0),
             mac: other_net.1 .0,
             location: Location::Remote {
                 vtep: ip(REMOTE_VTEP),
@@ -130,7 +130,7 @@ pub fn fixture() -> Fixture {
             ip6: Some(ip6(ME6)),
             ifindex: CONTAINER_IFINDEX,
             vni: VNI,
-            ip: me.0,
+            ip: Some(me.0),
             mac: me.1 .0,
         }])
         .unwrap();

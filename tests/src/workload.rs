@@ -3,7 +3,7 @@
 //! way a runtime does (retrying an ADD that answered "try again later").
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -243,7 +243,7 @@ pub fn end_state_problems(
         match EndpointMaps::open_pinned(&host.pins.maps()) {
             Ok(maps) => {
                 // Every node's view of every endpoint: (VNI, IP, MAC, the VTEP it is behind).
-                let view: Vec<(u32, Ipv4Addr, [u8; 6], Ipv4Addr)> = maps
+                let view: Vec<(u32, IpAddr, [u8; 6], Ipv4Addr)> = maps
                     .entries()
                     .into_iter()
                     .map(|e| {
@@ -251,7 +251,7 @@ pub fn end_state_problems(
                             Location::Local { .. } => host.vtep_ip,
                             Location::Remote { vtep } => vtep,
                         };
-                        (e.vni, e.ip, e.mac, vtep)
+                        (e.vni, e.key_ip(), e.mac, vtep)
                     })
                     .collect();
                 tables.push((host.name.clone(), view));

@@ -3,29 +3,13 @@
 //! default route per family, CHECK of both, DEL freeing both (no IPv6 claim left in etcd).
 
 use overlay_tests::{
-    cni::{cni_env, conf, exec_plugin},
+    cni::{self, conf},
     traffic, Netns, Topology, TopologySpec,
 };
 use serde_json::Value;
 
 const RED6: &str = "2001:2:0:1080::/64";
 const GATEWAY6: &str = "2001:2:0:1080::1";
-
-fn plugin(command: &str, id: &str, ns: &Netns, config: &str) -> (bool, Value) {
-    let env = cni_env(command, id.to_owned(), ns.path());
-    let out = exec_plugin(&env, config.as_bytes());
-    let value = if out.stdout.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{command}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    };
-    (out.status.success(), value)
-}
 
 fn endpoints6(t: &Topology) -> String {
     let etcd = t.etcd.as_ref().expect("etcd topology");
@@ -51,7 +35,7 @@ fn cni_results_checks_and_deletes_carry_both_families() {
         let id = format!("{}-cni-{version}", t.id);
         let ns = Netns::create(&format!("ovt{}-c{}", t.id, version.replace('.', "")));
         let config = conf(version, "red", &socket);
-        let (ok, result) = plugin("ADD", &id, &ns, &config);
+        let (ok, result) = cni::run("ADD", &id, &ns, &config);
         assert!(ok, "{version} ADD: {result}");
         let ips = result["ips"].as_array().expect("ips");
         assert_eq!(ips.len(), 2, "{version}: one address per family: {result}");
@@ -96,10 +80,10 @@ fn cni_results_checks_and_deletes_carry_both_families() {
         let mut checked: Value = serde_json::from_str(&config).unwrap();
         checked["prevResult"] = result.clone();
         let checked = checked.to_string();
-        let (ok, out) = plugin("CHECK", &id, &ns, &checked);
+        let (ok, out) = cni::run("CHECK", &id, &ns, &checked);
         assert!(ok, "{version} CHECK: {out}");
         ns.ip(&["-6", "addr", "del", address, "dev", "eth0"]);
-        let (ok, out) = plugin("CHECK", &id, &ns, &checked);
+        let (ok, out) = cni::run("CHECK", &id, &ns, &checked);
         assert!(!ok, "{version}: CHECK passed without the IPv6 address");
         assert!(
             out["msg"].as_str().unwrap_or_default().contains(address),
@@ -107,7 +91,7 @@ fn cni_results_checks_and_deletes_carry_both_families() {
         );
 
         // DEL frees both families.
-        let (ok, out) = plugin("DEL", &id, &ns, &config);
+        let (ok, out) = cni::run("DEL", &id, &ns, &config);
         assert!(ok, "{version} DEL: {out}");
         let left = endpoints6(&t);
         assert!(

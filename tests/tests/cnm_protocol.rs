@@ -56,11 +56,12 @@ impl Scenario {
             TopologySpec::new(1)
                 .network("red", 100, "198.19.1.0/24")
                 .network6("blue", 200, "198.19.2.0/24", "2001:2:0:1002::/64")
+                .network6_only("six", 301, "2001:2:0:1003::/64")
                 .with_etcd(5),
         );
         let socket = plugin_socket(&t, 0);
         t.start_daemon(0, &["--docker-plugin", socket.to_str().unwrap()]);
-        t.wait_status(0, "networks installed", |s| s["networks"] == 2);
+        t.wait_status(0, "networks installed", |s| s["networks"] == 3);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !t.overlayctl_ok(0, &["node", "ls"]).contains("h1") || !socket.exists() {
             assert!(std::time::Instant::now() < deadline, "h1 did not register");
@@ -168,7 +169,7 @@ impl Scenario {
 
 #[test]
 fn recorded_requests() {
-    for (file, fixture) in fixtures::load("cnm", 5) {
+    for (file, fixture) in fixtures::load("cnm", 6) {
         eprintln!("fixture {file}: {}", fixture["about"]);
         let mut s = Scenario::new();
         for (i, step) in fixture["steps"].as_array().unwrap().iter().enumerate() {

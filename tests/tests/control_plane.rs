@@ -183,7 +183,7 @@ fn concurrent_endpoint_creation_never_duplicates_an_address() {
                 };
                 overlay_api::Client::new(socket)
                     .create_endpoint(req)
-                    .map(|e| e.ip)
+                    .map(|e| e.ip().expect("an IPv4 network"))
             })
         })
         .collect();
@@ -313,7 +313,7 @@ fn overlayctl_manages_networks() {
         ],
     );
     assert!(!bad.status.success());
-    // Dual-stack networks, and an operator's mistakes with them: one line each, naming what
+    // Dual-stack and IPv6-only networks, and an operator's mistakes with them: one line each, naming what
     // to change, and nothing created.
     let create = |extra: &[&str]| {
         let mut args = vec!["network", "create", "ds", "--vni", "400"];
@@ -322,8 +322,8 @@ fn overlayctl_manages_networks() {
     };
     for (extra, needle) in [
         (
-            &["--subnet", "2001:2:0:1090::/64"][..],
-            "IPv4 subnet is required",
+            &["--subnet", "2001:2:0:1090::/64", "--gateway", "198.19.5.1"][..],
+            "IPv4 gateway needs an IPv4 subnet",
         ),
         (
             &["--subnet", "198.19.5.0/24", "--subnet", "198.19.6.0/24"][..],

@@ -30,26 +30,6 @@ fn dual_stack_cluster() -> Topology {
     t
 }
 
-/// VXLAN frames whose inner frame is IPv6, and those of them that are neighbour discovery.
-fn inner_ipv6(frames: &[Vec<u8>]) -> (usize, usize) {
-    let mut ipv6 = 0;
-    let mut ndp = 0;
-    for f in frames {
-        let Some(vx) = traffic::parse_vxlan(f, 4789) else {
-            continue;
-        };
-        let inner = &vx.inner;
-        if inner.len() < 55 || inner[12..14] != [0x86, 0xdd] {
-            continue;
-        }
-        ipv6 += 1;
-        if inner[20] == frames6::NH_ICMPV6 && (133..=137).contains(&inner[54]) {
-            ndp += 1;
-        }
-    }
-    (ipv6, ndp)
-}
-
 #[test]
 fn dual_stack_containers_talk_over_ipv6_across_hosts() {
     let t = dual_stack_cluster();
@@ -91,7 +71,7 @@ fn dual_stack_containers_talk_over_ipv6_across_hosts() {
         assert_eq!(sent.bytes, 128 << 20);
     }
     let frames = capture.join().unwrap();
-    let (ipv6, ndp) = inner_ipv6(&frames);
+    let (ipv6, ndp) = frames6::inner_ipv6(&frames);
     assert!(
         ipv6 > 1000,
         "IPv6 crossed the underlay in VXLAN ({ipv6} frames)"

@@ -127,15 +127,7 @@ fn podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
         a6.starts_with("2001:2:0:1001:") && b6.starts_with("2001:2:0:1001:"),
         "{a6:?} {b6:?}"
     );
-    for (p, name, dst) in [(&p1, "web1", &b6), (&p2, "web2", &a6)] {
-        let ping = p.exec(name, &["ping", "-6", "-c", "3", "-W", "2", dst]);
-        assert!(
-            ping.status.success(),
-            "{name} -> {dst}: {}{}",
-            String::from_utf8_lossy(&ping.stdout),
-            String::from_utf8_lossy(&ping.stderr)
-        );
-    }
+    ping6_both_ways(&p1, &a6, &p2, &b6);
     let eps = t.overlayctl_ok(0, &["endpoint", "ls"]);
     assert!(eps.contains(&a6) && eps.contains(&b6), "{eps}");
     p1.remove("web1");
@@ -144,4 +136,66 @@ fn podman_containers_on_a_dual_stack_network_talk_over_ipv6() {
     assert_eq!(eps.trim(), "[]", "addresses released");
     let claims = t.etcd.as_ref().unwrap().keys("/overlay/v1/endpoints6/");
     assert!(claims.is_empty(), "IPv6 claims released: {claims:?}");
+}
+
+/// An IPv6-only network: podman gets an IPv6 address and route only from the plugin, and
+/// its containers on two hosts talk over IPv6.
+#[test]
+fn podman_containers_on_an_ipv6_only_network_talk() {
+    let t = two_hosts(TopologySpec::new(2).network6_only("six", 100, "2001:2:0:1002::/64"));
+    let mut p1 = Podman::new(&t, 0, "six");
+    let mut p2 = Podman::new(&t, 1, "six");
+    p1.start("web1", "six");
+    p2.start("web2", "six");
+    let addr = |p: &Podman, name: &str, field: &str| {
+        p.run_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.six.{field}}}}}"),
+            name,
+        ])
+        .trim()
+        .to_owned()
+    };
+    let (a6, b6) = (
+        addr(&p1, "web1", "GlobalIPv6Address"),
+        addr(&p2, "web2", "GlobalIPv6Address"),
+    );
+    assert!(
+        a6.starts_with("2001:2:0:1002:") && b6.starts_with("2001:2:0:1002:"),
+        "{a6:?} {b6:?}"
+    );
+    assert_eq!(addr(&p1, "web1", "IPAddress"), "", "no IPv4 address");
+    let v4 = p1.exec("web1", &["ip", "addr", "show", "dev", "eth0"]);
+    assert!(
+        v4.status.success(),
+        "{}",
+        String::from_utf8_lossy(&v4.stderr)
+    );
+    let shown = String::from_utf8_lossy(&v4.stdout);
+    assert!(
+        shown.contains("inet6 2001:2:0:1002:") && !shown.contains("inet "),
+        "{}",
+        String::from_utf8_lossy(&v4.stdout)
+    );
+    ping6_both_ways(&p1, &a6, &p2, &b6);
+    p1.remove("web1");
+    p2.remove("web2");
+    let eps = t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);
+    assert_eq!(eps.trim(), "[]", "addresses released");
+    let keys = t.etcd.as_ref().unwrap().keys("/overlay/v1/endpoints/");
+    assert!(keys.is_empty(), "endpoint keys released: {keys:?}");
+}
+
+/// web1 (on `p1`, address `a6`) and web2 (on `p2`, `b6`) ping each other over IPv6.
+fn ping6_both_ways(p1: &Podman, a6: &str, p2: &Podman, b6: &str) {
+    for (p, name, dst) in [(p1, "web1", b6), (p2, "web2", a6)] {
+        let ping = p.exec(name, &["ping", "-6", "-c", "3", "-W", "2", dst]);
+        assert!(
+            ping.status.success(),
+            "{name} -> {dst}: {}{}",
+            String::from_utf8_lossy(&ping.stdout),
+            String::from_utf8_lossy(&ping.stderr)
+        );
+    }
 }

@@ -211,7 +211,7 @@ fn a_spoofed_ipv6_source_is_dropped() {
             ip6: None,
             ifindex: CONTAINER_IFINDEX,
             vni: VNI,
-            ip: dp.me.0,
+            ip: Some(dp.me.0),
             mac: me,
         }])
         .unwrap();

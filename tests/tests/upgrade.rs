@@ -27,6 +27,7 @@ use overlay_tests::{
 };
 use serde_json::Value;
 
+const SIX: &str = "2001:2:0:1009::/64";
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 250, 10), 80);
 
 /// The previous release's overlayd, or `None` (with the reason printed) where xtask could
@@ -225,6 +226,15 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     step(&format!("mid-rollout releases: {versions:?}"));
     let distinct: std::collections::BTreeSet<_> = versions.iter().map(|(_, r)| r).collect();
     assert_eq!(distinct.len(), 2, "two releases side by side: {versions:?}");
+    // An IPv6-only network is refused while a node runs the previous release, which would
+    // skip its record and its endpoints.
+    let six = ["network", "create", "six", "--vni", "300", "--subnet", SIX];
+    let refused = t.overlayctl(0, &six);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("upgrade it"),
+        "an IPv6-only network mid-rollout: {why}"
+    );
     // The network is dual-stack: the previous release reads its record (and the endpoint
     // records with their IPv6 addresses) as IPv4 only; this release's nodes carry IPv6.
     assert!(
@@ -243,6 +253,24 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
         traffic::ping(&t.container("c2").ns, c1b, 3),
         "c2 -> c1b over IPv6, across hosts"
     );
+    // Every node carries IPv6 now: an IPv6-only network, its containers on two nodes.
+    t.overlayctl_ok(0, &six);
+    let mut spec = t.tables.networks[0].clone();
+    (spec.name, spec.vni, spec.subnet) = ("six".into(), 300, None);
+    spec.subnet6 = Some(SIX.parse().unwrap());
+    t.tables.networks.push(spec);
+    for (h, name) in [(0, "s0"), (2, "s2")] {
+        t.add_cni_container(h, name, "six", &new_cni)
+            .unwrap_or_else(|e| panic!("{name} on the IPv6-only network: {e:?}"));
+    }
+    let s2 = t.container("s2").ip6();
+    assert!(
+        traffic::ping(&t.container("s0").ns, s2, 3),
+        "s0 -> s2 on the IPv6-only network"
+    );
+    t.del_cni_container("s2", &new_cni).expect("DEL");
+    // s0 stays while h3 runs the previous release, which skips the IPv6-only network's
+    // record and s0's key (named by its IPv6 address) and carries on.
     step("h3: downgraded to the previous release");
     replace_daemon(&mut t, 2, Some(old.clone()));
     t.add_cni_container(2, "c3", "red", &old_cni)
@@ -251,6 +279,12 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     reaches(&t, "c1b", "c3");
     t.del_cni_container("c1b", &old_cni)
         .expect("DEL with the previous plugin against the new daemon");
+    let skipped = t.daemon_log(2);
+    assert!(
+        skipped.contains("endpoints/six/"),
+        "the previous release did not see the IPv6-only endpoint's key"
+    );
+    t.del_cni_container("s0", &new_cni).expect("DEL");
     step("rollout done");
 
     for (name, handle) in streams {

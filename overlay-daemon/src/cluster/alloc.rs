@@ -2,9 +2,14 @@
 //! this node claims; each block claim and each address is one etcd transaction, so no
 //! address is ever handed out twice, whatever other nodes do concurrently.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use overlay_api::{labels::parse_service_label, Attachment, Endpoint, EndpointRequest, Sandbox};
+use overlay_api::{
+    labels::parse_service_label, Attachment, Endpoint, EndpointRequest, Ipv4Assignment, Sandbox,
+};
 use tracing::info;
 
 use super::{Cluster, ClusterError};
@@ -71,7 +76,7 @@ impl Cluster {
                 .cloned()
                 .ok_or_else(|| ClusterError::NoSuchNetwork(req.network.clone()))?
         };
-        let gateway = net.gateway_ip();
+        let v4 = net.subnet.zip(net.gateway_ip());
         let max = self.cfg.mtu;
         if let Some(mtu) = req.mtu.filter(|m| *m > max) {
             return Err(ClusterError::Invalid(format!(
@@ -88,9 +93,7 @@ impl Cluster {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
             sandbox,
-            ip: Ipv4Addr::UNSPECIFIED,
-            prefix_len: net.subnet.prefix_len(),
-            gateway,
+            ipv4: None,
             ipv6: None,
             mac: MacAddr([0; 6]),
             mtu: [Some(self.cfg.mtu), net.mtu, req.mtu]
@@ -113,6 +116,12 @@ impl Cluster {
                 req.network, ep.mtu
             )));
         }
+        if v4.is_none() && matches!(claim, Claim::Docker { .. }) {
+            return Err(ClusterError::Invalid(format!(
+                "network {} is IPv6-only: Docker's driver needs an IPv4 subnet (libnetwork asks for an IPv4 address first); attach containers through CNI (podman, containerd), or add an IPv4 subnet",
+                req.network
+            )));
+        }
         // Decided before the keys are written: both go in one transaction.
         if let Some(v6) = net.ipv6() {
             let none = BTreeSet::new();
@@ -121,13 +130,27 @@ impl Cluster {
                     .await?,
             );
         }
-        match claim {
-            Claim::Docker {
-                requested: Some(ip),
-            } => {
-                let usable = net.subnet.contains(&ip)
-                    && ip != net.subnet.network()
-                    && ip != net.subnet.broadcast()
+        match (claim, v4, net.ipv6()) {
+            (_, None, Some(v6)) => {
+                self.create_v6_only(&store, lease, &mut ep, v6, req.mac)
+                    .await?;
+            }
+            (_, None, None) => {
+                return Err(ClusterError::Invalid(format!(
+                    "network {} has no subnet",
+                    req.network
+                )))
+            }
+            (
+                Claim::Docker {
+                    requested: Some(ip),
+                },
+                Some((subnet, gateway)),
+                _,
+            ) => {
+                let usable = subnet.contains(&ip)
+                    && ip != subnet.network()
+                    && ip != subnet.broadcast()
                     && ip != gateway;
                 // One this node holds already is taken, even before etcd's echo reaches the
                 // view: its record would equal the new one, which a repeated write would
@@ -137,11 +160,14 @@ impl Cluster {
                 }
                 if !usable {
                     return Err(ClusterError::Invalid(format!(
-                        "address {ip} is not a usable host address of {} (gateway {gateway})",
-                        net.subnet
+                        "address {ip} is not a usable host address of {subnet} (gateway {gateway})"
                     )));
                 }
-                ep.ip = ip;
+                ep.ipv4 = Some(Ipv4Assignment {
+                    ip,
+                    prefix_len: subnet.prefix_len(),
+                    gateway,
+                });
                 ep.mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(ip));
                 ep.container_id = crate::cnm::docker_address_id(&req.network, ip);
                 if !self
@@ -151,9 +177,8 @@ impl Cluster {
                     return Err(ClusterError::AddressTaken(ip));
                 }
             }
-            _ => {
-                ep.ip = self
-                    .allocate(&store, lease, &net, &mut ep, req.mac, claim)
+            (_, Some(v4), _) => {
+                self.allocate(&store, lease, &net, &mut ep, v4, req.mac, claim)
                     .await?;
             }
         }
@@ -166,24 +191,26 @@ impl Cluster {
         self.local
             .all()
             .iter()
-            .any(|e| e.network == network && e.ip == ip)
+            .any(|e| e.network == network && e.ip() == Some(ip))
     }
 
-    /// Finds a free address in a block this node holds, claiming a new block when needed.
-    /// The endpoint key is created in the same step, in one transaction.
+    /// Finds a free IPv4 address of `subnet` in a block this node holds, claiming a new
+    /// block when needed, and gives it to `ep`. The endpoint key is created in the same
+    /// step, in one transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn allocate(
         &self,
         store: &Store,
         lease: i64,
         net: &NetworkRecord,
         ep: &mut Endpoint,
+        (subnet, gateway): (ipnet::Ipv4Net, Ipv4Addr),
         mac: Option<MacAddr>,
         claim: Claim,
-    ) -> Result<Ipv4Addr, ClusterError> {
+    ) -> Result<(), ClusterError> {
         let me = self.cfg.node_name.clone();
         let network = ep.network.clone();
-        let gateway = net.gateway_ip();
-        let all_blocks = ipam::blocks(net.subnet, net.block_len)?;
+        let all_blocks = ipam::blocks(subnet, net.block_len)?;
         let (mut mine, mut others_blocks, mut taken) = {
             let view = self.view.lock().await;
             let mine: Vec<_> = view
@@ -198,8 +225,10 @@ impl Cluster {
                 .collect();
             let mut taken: BTreeSet<_> = view
                 .endpoints()
-                .filter(|(n, _, _)| *n == network)
-                .map(|(_, ip, _)| ip)
+                .filter_map(|(n, ip, _)| match ip {
+                    IpAddr::V4(ip) if n == network => Some(ip),
+                    _ => None,
+                })
                 .collect();
             // This node's own, whether or not the view has them yet (see `holds_locally`).
             taken.extend(
@@ -207,7 +236,7 @@ impl Cluster {
                     .all()
                     .into_iter()
                     .filter(|e| e.network == network)
-                    .map(|e| e.ip),
+                    .filter_map(|e| e.ip()),
             );
             (mine, others, taken)
         };
@@ -217,8 +246,12 @@ impl Cluster {
         });
         loop {
             for block in &mine {
-                while let Some(ip) = ipam::first_free(*block, net.subnet, gateway, &taken) {
-                    ep.ip = ip;
+                while let Some(ip) = ipam::first_free(*block, subnet, gateway, &taken) {
+                    ep.ipv4 = Some(Ipv4Assignment {
+                        ip,
+                        prefix_len: subnet.prefix_len(),
+                        gateway,
+                    });
                     ep.mac = mac.unwrap_or_else(|| MacAddr::from_ip(ip));
                     if let Claim::Docker { .. } = claim {
                         ep.container_id = crate::cnm::docker_address_id(&network, ip);
@@ -227,7 +260,7 @@ impl Cluster {
                         .create_endpoint_keys(store, lease, ep, net.ipv6())
                         .await?
                     {
-                        return Ok(ip);
+                        return Ok(());
                     }
                     taken.insert(ip);
                 }

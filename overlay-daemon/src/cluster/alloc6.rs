@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
-use overlay_api::{Endpoint, Ipv6Assignment};
+use overlay_api::{Endpoint, Ipv6Assignment, MacAddr};
 use tracing::info;
 
 use super::{Cluster, ClusterError};
@@ -101,6 +101,54 @@ impl Cluster {
                     ep.ipv6 = Some(self.allocate6(store, lease, &ep.network, v6, &skip).await?);
                 }
             }
+        }
+    }
+
+    /// Creates the key of an endpoint of an IPv6-only network, named by its IPv6 address
+    /// (created only if absent: an address someone holds is replaced by the next free one).
+    /// Its MAC is `mac`, or derived from the address, another derivation tried while an
+    /// endpoint of the network has it.
+    pub(crate) async fn create_v6_only(
+        &self,
+        store: &Store,
+        lease: i64,
+        ep: &mut Endpoint,
+        v6: Net6,
+        mac: Option<MacAddr>,
+    ) -> Result<(), ClusterError> {
+        let mut macs: BTreeSet<MacAddr> = {
+            let view = self.view.lock().await;
+            view.endpoints()
+                .filter(|(n, _, _)| *n == ep.network)
+                .map(|(_, _, e)| e.mac)
+                .collect()
+        };
+        macs.extend(
+            self.local
+                .all()
+                .into_iter()
+                .filter(|e| e.network == ep.network)
+                .map(|e| e.mac),
+        );
+        macs.insert(MacAddr::gateway(ep.vni));
+        let mut skip = BTreeSet::new();
+        loop {
+            let Some(held) = ep.ipv6 else {
+                return Err(IpamError::Exhausted(ep.network.clone()).into());
+            };
+            ep.mac = match mac {
+                Some(m) => m,
+                None => (0..=u8::MAX)
+                    .map(|attempt| MacAddr::from_ip6(held.ip, attempt))
+                    .find(|m| !macs.contains(m))
+                    .ok_or_else(|| IpamError::Exhausted(ep.network.clone()))?,
+            };
+            let kvs = self.endpoint_kvs(store, ep);
+            if store.create_all(&kvs, Some(lease)).await?.is_ok() {
+                return Ok(());
+            }
+            skip.insert(held.ip);
+            ep.ipv6 = Some(self.allocate6(store, lease, &ep.network, v6, &skip).await?);
         }
     }
 

@@ -2,7 +2,7 @@
 //! daemon loop, the one owner of the datapath, reconciles and publishes the outcome of each
 //! pass. An endpoint request waits for a pass that includes its change and installed it.
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
@@ -82,7 +82,7 @@ impl ApplyHandshake {
     pub async fn wait(
         &self,
         generation: u64,
-        endpoint: Option<(&str, Ipv4Addr)>,
+        endpoint: Option<(&str, IpAddr)>,
         timeout: Duration,
     ) -> Result<(), NotApplied> {
         let mut rx = self.success.subscribe();
@@ -150,7 +150,7 @@ mod tests {
             h.wait(g, None, Duration::from_millis(50)).await,
             Err(NotApplied::Timeout(Some("attaching: gone".into())))
         );
-        let ip: Ipv4Addr = "198.19.1.9".parse().unwrap();
+        let ip: IpAddr = "198.19.1.9".parse().unwrap();
         let report = Report {
             rejected: vec![Rejection::new(
                 Subject::Endpoint {
@@ -177,7 +177,7 @@ mod tests {
     async fn an_endpoint_left_out_for_a_moment_is_waited_for() {
         let h = Arc::new(ApplyHandshake::default());
         let g = h.bump();
-        let ip: Ipv4Addr = "198.19.1.9".parse().unwrap();
+        let ip: IpAddr = "198.19.1.9".parse().unwrap();
         let left_out = Report {
             rejected: vec![Rejection::new(
                 Subject::Endpoint {

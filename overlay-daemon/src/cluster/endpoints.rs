@@ -46,9 +46,7 @@ impl Cluster {
             netns: req.netns.clone(),
             ifname: ep.ifname.clone(),
             mac: ep.mac.0,
-            ip: ep.ip,
-            prefix_len: ep.prefix_len,
-            gateway: ep.gateway,
+            ipv4: ep.ipv4,
             ipv6: ep.ipv6,
             mtu: ep.mtu,
         };
@@ -65,11 +63,11 @@ impl Cluster {
             Err(e) => Err(e),
         };
         if let Err(e) = done {
-            warn!(container = %ep.container_id, ip = %ep.ip, "endpoint not created, rolled back: {e}");
+            warn!(container = %ep.container_id, ip = %ep.key_ip(), "endpoint not created, rolled back: {e}");
             self.roll_back(&store, &ep).await;
             return Err(e);
         }
-        info!(container = %ep.container_id, ip = %ep.ip, network = %ep.network, "endpoint created");
+        info!(container = %ep.container_id, ip = %ep.key_ip(), network = %ep.network, "endpoint created");
         Ok(ep)
     }
 
@@ -95,7 +93,7 @@ impl Cluster {
         }
         self.local.remove(&old.container_id, &old.ifname);
         self.forget_vanished(&old.id());
-        info!(container = %old.container_id, ip = %old.ip, "released the leftover of an earlier ADD of this container");
+        info!(container = %old.container_id, ip = %old.key_ip(), "released the leftover of an earlier ADD of this container");
         Ok(())
     }
 
@@ -114,7 +112,7 @@ impl Cluster {
     pub(crate) async fn release(&self, store: &Store, ep: &Endpoint) {
         match self.delete_endpoint_keys(store, ep).await {
             Ok(_) => self.local.remove(&ep.container_id, &ep.ifname),
-            Err(e) => warn!(ip = %ep.ip, "releasing address: {e}; retried by the reaper"),
+            Err(e) => warn!(ip = %ep.key_ip(), "releasing address: {e}; retried by the reaper"),
         }
     }
 
@@ -135,7 +133,7 @@ impl Cluster {
         self.delete_endpoint_keys(&store, &ep).await?;
         self.local.remove(container_id, ifname);
         self.uninstall(&store, &ep).await?;
-        info!(container = %container_id, ip = %ep.ip, "endpoint deleted");
+        info!(container = %container_id, ip = %ep.key_ip(), "endpoint deleted");
         Ok(Some(ep))
     }
 
@@ -157,7 +155,10 @@ impl Cluster {
                 netns.display()
             )));
         };
-        let mut expected = vec![(std::net::IpAddr::V4(ep.ip), ep.prefix_len)];
+        let mut expected = Vec::new();
+        if let Some(v4) = ep.ipv4 {
+            expected.push((std::net::IpAddr::V4(v4.ip), v4.prefix_len));
+        }
         if let Some(v6) = ep.ipv6 {
             expected.push((v6.ip.into(), v6.prefix_len));
         }

@@ -1,6 +1,9 @@
 //! What can go wrong in the cluster module, each with the kind the API answers with.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use overlay_api::ErrorKind;
 
@@ -42,7 +45,7 @@ pub enum ClusterError {
     NotApplied(String),
     /// The datapath installed the tables, but not this endpoint.
     #[error("the datapath could not install endpoint {ip}: {reason}")]
-    NotInstalled { ip: Ipv4Addr, reason: String },
+    NotInstalled { ip: IpAddr, reason: String },
     #[error("overlayd is stopping: try again when it is back")]
     Stopping,
 }

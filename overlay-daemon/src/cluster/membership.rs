@@ -242,9 +242,11 @@ impl Cluster {
         let mut needed: BTreeSet<(String, ipnet::IpNet)> = blocks.into_iter().collect();
         for ep in self.local.all() {
             if let Some(net) = self.view.lock().await.network(&ep.network) {
-                if let Ok(all) = ipam::blocks(net.subnet, net.block_len) {
-                    if let Some(b) = all.into_iter().find(|b| b.contains(&ep.ip)) {
-                        needed.insert((ep.network.clone(), b.into()));
+                if let (Some(subnet), Some(ip)) = (net.subnet, ep.ip()) {
+                    if let Ok(all) = ipam::blocks(subnet, net.block_len) {
+                        if let Some(b) = all.into_iter().find(|b| b.contains(&ip)) {
+                            needed.insert((ep.network.clone(), b.into()));
+                        }
                     }
                 }
                 let v6 = net.ipv6().zip(ep.ipv6);
@@ -278,10 +280,10 @@ impl Cluster {
             match presence(&ep).await {
                 Presence::Present => {}
                 Presence::Unknown(e) => {
-                    warn!(container = %ep.container_id, ip = %ep.ip, "cannot tell whether the container is still there ({e}); keeping its endpoint");
+                    warn!(container = %ep.container_id, ip = %ep.key_ip(), "cannot tell whether the container is still there ({e}); keeping its endpoint");
                 }
                 Presence::Gone => {
-                    info!(container = %ep.container_id, ip = %ep.ip, "container gone while away; releasing its address");
+                    info!(container = %ep.container_id, ip = %ep.key_ip(), "container gone while away; releasing its address");
                     delete_host_veth(&ep).await;
                     self.local.remove(&ep.container_id, &ep.ifname);
                     let _ = self.delete_endpoint_keys(store, &ep).await;

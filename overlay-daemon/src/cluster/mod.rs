@@ -20,7 +20,7 @@ mod reaper;
 mod sync;
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -316,22 +316,23 @@ impl Cluster {
     pub(crate) fn endpoint_kv(&self, store: &Store, ep: &Endpoint) -> (String, Vec<u8>) {
         let key = store.layout.key(&Key::Endpoint {
             network: ep.network.clone(),
-            ip: ep.ip,
+            ip: ep.key_ip(),
         });
         let value = records::encode(&EndpointRecord::of(ep, &self.cfg.node_name));
         (key, value)
     }
 
-    /// The etcd key and value of a dual-stack endpoint's IPv6 claim.
+    /// The etcd key and value of a dual-stack endpoint's IPv6 claim (an IPv6-only endpoint's
+    /// key is its IPv6 address: it has none).
     pub(crate) fn endpoint6_kv(&self, store: &Store, ep: &Endpoint) -> Option<(String, Vec<u8>)> {
-        let v6 = ep.ipv6?;
+        let (v4, v6) = (ep.ipv4?, ep.ipv6?);
         let key = store.layout.key(&Key::Endpoint6 {
             network: ep.network.clone(),
             ip6: v6.ip,
         });
         let value = records::encode(&Endpoint6Record {
             version: RECORD_VERSION,
-            ip: ep.ip,
+            ip: v4.ip,
             node: self.cfg.node_name.clone(),
         });
         Some((key, value))
@@ -409,11 +410,11 @@ impl Cluster {
         generation: u64,
         ep: Option<&Endpoint>,
     ) -> Result<(), ClusterError> {
-        let target = ep.map(|e| (e.network.as_str(), e.ip));
+        let target = ep.map(|e| (e.network.as_str(), e.key_ip()));
         match self.applied.wait(generation, target, APPLY_TIMEOUT).await {
             Ok(()) => Ok(()),
             Err(NotApplied::NotInstalled(reason)) => Err(ClusterError::NotInstalled {
-                ip: ep.map_or(Ipv4Addr::UNSPECIFIED, |e| e.ip),
+                ip: ep.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |e| e.key_ip()),
                 reason,
             }),
             Err(NotApplied::Timeout(last)) => Err(ClusterError::NotApplied(match last {

@@ -111,9 +111,9 @@ impl Cluster {
             }
             match self.delete_endpoint(&ep.container_id, &ep.ifname).await {
                 Ok(_) => {
-                    info!(ip = %ep.ip, network = %ep.network, "released a Docker address reservation no endpoint used for {STALE_RESERVATION:?}")
+                    info!(ip = %ep.key_ip(), network = %ep.network, "released a Docker address reservation no endpoint used for {STALE_RESERVATION:?}")
                 }
-                Err(e) => warn!(ip = %ep.ip, "releasing a stale Docker reservation: {e}"),
+                Err(e) => warn!(ip = %ep.key_ip(), "releasing a stale Docker reservation: {e}"),
             }
         }
     }
@@ -127,8 +127,10 @@ impl Cluster {
         };
         let _guard = self.alloc.lock().await;
         let all = self.local.all();
-        let local: BTreeSet<(String, std::net::Ipv4Addr)> =
-            all.iter().map(|e| (e.network.clone(), e.ip)).collect();
+        let local: BTreeSet<(String, std::net::IpAddr)> = all
+            .iter()
+            .map(|e| (e.network.clone(), e.key_ip()))
+            .collect();
         let local6: BTreeSet<(String, std::net::Ipv6Addr)> = all
             .iter()
             .filter_map(|e| Some((e.network.clone(), e.ipv6?.ip)))
@@ -178,16 +180,17 @@ impl Cluster {
             }
             Presence::Gone => {}
         }
-        let released = match ep.owner {
-            Owner::Docker => self.detach_docker(&ep.network, ep.ip).await.map(|_| ()),
-            Owner::Cni | Owner::Api => self
+        let released = match (ep.owner, ep.ip()) {
+            // Docker's endpoints always have an IPv4 address (its reservation's name).
+            (Owner::Docker, Some(ip)) => self.detach_docker(&ep.network, ip).await.map(|_| ()),
+            _ => self
                 .delete_endpoint(&id.container_id, &id.ifname)
                 .await
                 .map(|_| ()),
         };
         match released {
             Ok(()) => {
-                info!(container = %id.container_id, ip = %ep.ip, network = %ep.network, "the container's interface vanished without a DEL; endpoint released");
+                info!(container = %id.container_id, ip = %ep.key_ip(), network = %ep.network, "the container's interface vanished without a DEL; endpoint released");
                 forget();
             }
             Err(e) => {

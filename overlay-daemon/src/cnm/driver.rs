@@ -126,9 +126,15 @@ impl Driver {
                     ))
                 })?;
                 let ours = pool_of(&net, req.v6).ok_or_else(|| {
-                    bad(format!(
-                        "overlay network {name:?} has no IPv6 subnet: drop --ipv6, or use a dual-stack network (`overlayctl network create --subnet <IPv4> --subnet <IPv6>`)"
-                    ))
+                    bad(if req.v6 {
+                        format!(
+                            "overlay network {name:?} has no IPv6 subnet: drop --ipv6, or use a dual-stack network (`overlayctl network create --subnet <IPv4> --subnet <IPv6>`)"
+                        )
+                    } else {
+                        format!(
+                            "overlay network {name:?} is IPv6-only: Docker's driver needs an IPv4 subnet (libnetwork asks for an IPv4 address first); attach containers through CNI, or use a dual-stack network"
+                        )
+                    })
                 })?;
                 if requested.is_some_and(|r| r != ours) {
                     return Err(bad(format!(
@@ -167,7 +173,11 @@ impl Driver {
             .cluster
             .reserve_address(&network, requested, req.mac)
             .await?;
-        Ok(json!({"Address": format!("{}/{}", ep.ip, ep.prefix_len), "Data": {}}))
+        // `reserve_address` refuses IPv6-only networks: a Docker endpoint has IPv4.
+        let v4 = ep
+            .ipv4
+            .ok_or_else(|| bad(format!("network {network} is IPv6-only")))?;
+        Ok(json!({"Address": format!("{}/{}", v4.ip, v4.prefix_len), "Data": {}}))
     }
 
     /// The gateway of the pool's family, which Docker asks for when it creates the network.
@@ -178,7 +188,10 @@ impl Driver {
             None => self.pool_network(&req.pool).await.ok().map(|(_, n)| n),
         };
         let gateway = match req.pool.subnet {
-            IpNet::V4(s) => IpAddr::V4(net.map_or(default_gateway(s), |n| n.gateway_ip())),
+            IpNet::V4(s) => IpAddr::V4(
+                net.and_then(|n| n.gateway_ip())
+                    .unwrap_or_else(|| default_gateway(s)),
+            ),
             IpNet::V6(s) => IpAddr::V6(
                 net.and_then(|n| n.ipv6())
                     .map_or(default_gateway6(s), |v6| v6.gateway),
@@ -227,17 +240,18 @@ impl Driver {
             )),
             Some(v6) if req.address.is_some_and(|a| a != IpAddr::V6(v6.ip)) => Some(format!(
                 "an IPv6 address cannot be chosen (--ip6): the cluster IPAM reserved {} with {}; drop --ip6",
-                v6.ip, ep.ip
+                v6.ip,
+                ep.key_ip()
             )),
             Some(_) => None,
         };
         if let Some(msg) = refused {
             // Docker releases nothing when its second address request fails: the IPv4
             // reservation goes now, not when the reaper finds it unused.
-            if ep.attachment == Attachment::Reserved {
-                let id = docker_address_id(&network, ep.ip);
+            if let (Attachment::Reserved, Some(ip)) = (&ep.attachment, ep.ip()) {
+                let id = docker_address_id(&network, ip);
                 if let Err(e) = self.cluster.delete_endpoint(&id, DOCKER_IFNAME).await {
-                    warn!(ip = %ep.ip, network, "releasing a refused endpoint's IPv4 address: {e}");
+                    warn!(%ip, network, "releasing a refused endpoint's IPv4 address: {e}");
                 }
             }
             return Err(bad(msg));
@@ -260,7 +274,9 @@ impl Driver {
                     .filter(|e| e.ifname == DOCKER_IFNAME && e.ipv6.is_some_and(|v| v.ip == ip6))
                     .collect();
                 for e in holders {
-                    self.cluster.drop_docker_ipv6(&e.network, e.ip).await?;
+                    if let Some(ip) = e.ip() {
+                        self.cluster.drop_docker_ipv6(&e.network, ip).await?;
+                    }
                 }
                 return Ok(json!({}));
             }
@@ -270,8 +286,8 @@ impl Driver {
             .cluster
             .local_endpoints()
             .into_iter()
-            .filter(|e| e.ifname == DOCKER_IFNAME && e.ip == ip)
-            .filter(|e| pool.subnet.contains(&IpAddr::V4(e.ip)))
+            .filter(|e| e.ifname == DOCKER_IFNAME && e.ip() == Some(ip))
+            .filter(|_| pool.subnet.contains(&IpAddr::V4(ip)))
             .filter(|e| pool.network.as_ref().is_none_or(|n| *n == e.network))
             .map(|e| e.network)
             .collect();
@@ -311,11 +327,18 @@ impl Driver {
                         net.vni, net.vni
                     )));
                 }
-                if net.subnet != pool {
-                    return Err(bad(format!(
-                        "overlay network {name:?} has subnet {}: pass --subnet {}",
-                        net.subnet, net.subnet
-                    )));
+                match net.subnet {
+                    Some(s) if s == pool => {}
+                    Some(s) => {
+                        return Err(bad(format!(
+                            "overlay network {name:?} has subnet {s}: pass --subnet {s}"
+                        )))
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "overlay network {name:?} is IPv6-only: Docker's driver needs a network with an IPv4 subnet (attach containers through CNI, or use another network)"
+                        )))
+                    }
                 }
                 let ours6 = net.ipv6().map(|v6| v6.subnet);
                 if pool6.is_some_and(|p| Some(p) != ours6) {
@@ -336,7 +359,7 @@ impl Driver {
                 let record = NetworkRecord {
                     version: RECORD_VERSION,
                     vni,
-                    subnet: pool,
+                    subnet: Some(pool),
                     block_len: pool.prefix_len().max(26),
                     gateway: None,
                     mtu: None,
@@ -347,10 +370,9 @@ impl Driver {
                 record.check(&name).map_err(bad)?;
                 if !self.cluster.create_network(&name, record).await? {
                     // Someone else may have created the same network meanwhile.
-                    let same =
-                        self.cluster.network(&name).await.is_some_and(|n| {
-                            n.vni == vni && n.subnet == pool && n.subnet6 == pool6
-                        });
+                    let same = self.cluster.network(&name).await.is_some_and(|n| {
+                        n.vni == vni && n.subnet == Some(pool) && n.subnet6 == pool6
+                    });
                     if !same {
                         return Err(bad(format!(
                             "network {name:?} or VNI {vni} is already in use: pick another"
@@ -485,7 +507,7 @@ impl Driver {
         }
         let mut reply = json!({
             "InterfaceName": {"SrcName": b.peer, "DstPrefix": "eth"},
-            "Gateway": overlay.gateway_ip().to_string(),
+            "Gateway": overlay.gateway_ip().map(|g| g.to_string()).unwrap_or_default(),
             "StaticRoutes": [],
             "DisableGatewayService": true,
         });
@@ -502,7 +524,7 @@ fn pool_of(net: &NetworkRecord, v6: bool) -> Option<IpNet> {
     if v6 {
         net.ipv6().map(|v6| IpNet::V6(v6.subnet))
     } else {
-        Some(IpNet::V4(net.subnet))
+        net.subnet.map(IpNet::V4)
     }
 }
 

@@ -50,7 +50,7 @@ impl Cluster {
                 Attachment::Reserved,
             )
             .await?;
-        info!(ip = %ep.ip, network, "address reserved for a Docker endpoint");
+        info!(ip = %ep.key_ip(), network, "address reserved for a Docker endpoint");
         Ok(ep)
     }
 
@@ -144,7 +144,7 @@ impl Cluster {
             self.applied.bump();
             return Err(e);
         }
-        info!(ip = %ep.ip, network, host = %host, "Docker endpoint attached");
+        info!(ip = %ep.key_ip(), network, host = %host, "Docker endpoint attached");
         Ok(ep)
     }
 

@@ -1,7 +1,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     hash::Hash,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
@@ -17,8 +17,9 @@ use super::{hash_map, ip_key, map_err, MapsError};
 
 /// The MAC/IP table, kept as views with the same values: by (VNI, IP) for the ARP
 /// responder and the gateway path, by (VNI, MAC) for switching and decapsulation, and by
-/// (VNI, IPv6) for neighbour discovery, IPv6's gateway path and its source checks (only
-/// endpoints of dual-stack networks are in it).
+/// (VNI, IPv6) for neighbour discovery, IPv6's gateway path and its source checks (endpoints
+/// of networks with IPv6). An endpoint of an IPv6-only network has no (VNI, IP) entry: its
+/// IPv6 entry names it, and its `ip` is 0 in every view.
 ///
 /// A userspace copy of what was written is the reference for every change, so a change costs
 /// syscalls only for the entries that differ, not a read of the whole table (100k endpoints
@@ -53,14 +54,24 @@ pub enum Location {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
     pub vni: u32,
-    pub ip: Ipv4Addr,
+    /// Absent on an IPv6-only network.
+    pub ip: Option<Ipv4Addr>,
     pub mac: [u8; 6],
     pub location: Location,
-    /// Its IPv6 address on a dual-stack network.
+    /// Its IPv6 address, on a network with IPv6.
     pub ip6: Option<Ipv6Addr>,
 }
 
 impl EndpointEntry {
+    /// The address that names it: IPv4 when it has one (as its etcd key).
+    pub fn key_ip(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(ip), _) => IpAddr::V4(ip),
+            (None, Some(ip6)) => IpAddr::V6(ip6),
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
     fn value(&self, local_vtep: Ipv4Addr) -> EndpointInfo {
         let (vtep, ifindex, flags) = match self.location {
             Location::Local { ifindex } => (local_vtep, ifindex, ENDPOINT_F_LOCAL),
@@ -71,7 +82,8 @@ impl EndpointEntry {
             ifindex,
             mac: self.mac,
             flags,
-            ip: ip_key(self.ip),
+            // 0: no IPv4 address (the datapath drops IPv4 from such an endpoint).
+            ip: ip_key(self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
         }
     }
 }
@@ -102,6 +114,7 @@ impl EndpointMaps {
             .map_err(map_err(names::ENDPOINTS_BY_IP6))?;
         let ip6_of = by_ip6
             .iter()
+            .filter(|(_, v)| v.ip != 0)
             .map(|(k, v)| (ip_entry_key(k.vni, Ipv4Addr::from(v.ip.to_ne_bytes())), *k))
             .collect();
         let capacity = max_entries(kernel.by_ip.map(), names::ENDPOINTS_BY_IP)?
@@ -145,11 +158,15 @@ impl EndpointMaps {
         let mut ip6_of = StdHashMap::new();
         for ep in endpoints {
             let value = ep.value(local_vtep);
-            by_ip.insert(ip_entry_key(ep.vni, ep.ip), value);
             by_mac.insert(EndpointMacKey::new(ep.vni, ep.mac), value);
+            if let Some(ip) = ep.ip {
+                by_ip.insert(ip_entry_key(ep.vni, ip), value);
+            }
             if let Some(ip6) = ep.ip6 {
                 by_ip6.insert(ip6_entry_key(ep.vni, ip6), value);
-                ip6_of.insert(ip_entry_key(ep.vni, ep.ip), ip6_entry_key(ep.vni, ip6));
+            }
+            if let Some((ip, ip6)) = ep.ip.zip(ep.ip6) {
+                ip6_of.insert(ip_entry_key(ep.vni, ip), ip6_entry_key(ep.vni, ip6));
             }
         }
         self.ip6_of = ip6_of;
@@ -182,6 +199,26 @@ impl EndpointMaps {
         self.by_ip.get(&ip_entry_key(vni, ip)).copied()
     }
 
+    /// Whether the endpoint named (VNI, `key_ip`) is installed (userspace copy).
+    pub fn is_installed(&self, vni: u32, key_ip: IpAddr) -> bool {
+        match key_ip {
+            IpAddr::V4(ip) => self.by_ip.contains_key(&ip_entry_key(vni, ip)),
+            IpAddr::V6(ip6) => {
+                let key = ip6_entry_key(vni, ip6);
+                self.by_ip6
+                    .get(&key)
+                    .is_some_and(|v| self.is_v6_only(&key, v))
+            }
+        }
+    }
+
+    /// Whether an IPv6 entry is an IPv6-only network's endpoint: no IPv4 address, and its
+    /// MAC entry is the same (an entry a release without IPv6 left behind after a
+    /// downgrade is not: that release syncs the MAC view only).
+    fn is_v6_only(&self, key: &EndpointIp6Key, v: &EndpointInfo) -> bool {
+        v.ip == 0 && self.by_mac.get(&EndpointMacKey::new(key.vni, v.mac)) == Some(v)
+    }
+
     /// Both views, sorted (for comparing two tables in tests).
     #[cfg(test)]
     pub(crate) fn snapshot(&self) -> Vec<String> {
@@ -199,24 +236,30 @@ impl EndpointMaps {
     /// Every endpoint by (VNI, IP): its MAC and where it lives (tools and tests compare
     /// the tables of nodes with it).
     pub fn entries(&self) -> Vec<EndpointEntry> {
-        let mut out: Vec<EndpointEntry> = self
-            .by_ip
+        let entry = |vni, ip, ip6, v: &EndpointInfo| EndpointEntry {
+            vni,
+            ip,
+            ip6,
+            mac: v.mac,
+            location: if v.flags & ENDPOINT_F_LOCAL != 0 {
+                Location::Local { ifindex: v.ifindex }
+            } else {
+                Location::Remote {
+                    vtep: Ipv4Addr::from(v.vtep_ip.to_ne_bytes()),
+                }
+            },
+        };
+        let dual = self.by_ip.iter().map(|(k, v)| {
+            let ip6 = self.ip6_of.get(k).map(|k6| Ipv6Addr::from(k6.ip6));
+            entry(k.vni, Some(Ipv4Addr::from(k.ip.to_ne_bytes())), ip6, v)
+        });
+        let v6_only = self
+            .by_ip6
             .iter()
-            .map(|(k, v)| EndpointEntry {
-                ip6: self.ip6_of.get(k).map(|k6| Ipv6Addr::from(k6.ip6)),
-                vni: k.vni,
-                ip: Ipv4Addr::from(k.ip.to_ne_bytes()),
-                mac: v.mac,
-                location: if v.flags & ENDPOINT_F_LOCAL != 0 {
-                    Location::Local { ifindex: v.ifindex }
-                } else {
-                    Location::Remote {
-                        vtep: Ipv4Addr::from(v.vtep_ip.to_ne_bytes()),
-                    }
-                },
-            })
-            .collect();
-        out.sort_by_key(|e| (e.vni, e.ip));
+            .filter(|(k, v)| self.is_v6_only(k, v))
+            .map(|(k, v)| entry(k.vni, None, Some(Ipv6Addr::from(k.ip6)), v));
+        let mut out: Vec<EndpointEntry> = dual.chain(v6_only).collect();
+        out.sort_by_key(|e| (e.vni, e.key_ip()));
         out
     }
 
@@ -234,9 +277,9 @@ impl EndpointMaps {
             .map(|v| Ipv4Addr::from(v.ip.to_ne_bytes()))
     }
 
-    /// Number of endpoints in the userspace copy.
+    /// Number of endpoints in the userspace copy (each has one MAC entry).
     pub fn len_installed(&self) -> usize {
-        self.by_ip.len()
+        self.by_mac.len()
     }
 
     /// How many endpoints the tables can hold.
@@ -259,9 +302,15 @@ impl EndpointMaps {
         local_vtep: Ipv4Addr,
     ) -> Result<(usize, usize), MapsError> {
         let value = ep.value(local_vtep);
-        let ip_key = ip_entry_key(ep.vni, ep.ip);
+        let (Some(ip), ip6) = (ep.ip, ep.ip6) else {
+            return match ep.ip6 {
+                Some(ip6) => self.upsert6_only(ep, ip6, value),
+                None => Ok((0, 0)),
+            };
+        };
+        let ip_key = ip_entry_key(ep.vni, ip);
         let old = self.by_ip.get(&ip_key).copied();
-        let ip6_key = ep.ip6.map(|ip6| ip6_entry_key(ep.vni, ip6));
+        let ip6_key = ip6.map(|ip6| ip6_entry_key(ep.vni, ip6));
         if old == Some(value) && self.ip6_of.get(&ip_key) == ip6_key.as_ref() {
             return Ok((0, 0));
         }
@@ -299,6 +348,36 @@ impl EndpointMaps {
         Ok((written, removed))
     }
 
+    /// Installs or replaces an endpoint of an IPv6-only network: its IPv6 and MAC entries.
+    fn upsert6_only(
+        &mut self,
+        ep: &EndpointEntry,
+        ip6: Ipv6Addr,
+        value: EndpointInfo,
+    ) -> Result<(usize, usize), MapsError> {
+        let key = ip6_entry_key(ep.vni, ip6);
+        let old = self.by_ip6.get(&key).copied();
+        if old == Some(value) {
+            return Ok((0, 0));
+        }
+        let mut removed = 0;
+        if let Some(old) = old.filter(|o| o.mac != ep.mac) {
+            removed += self.remove_mac(EndpointMacKey::new(ep.vni, old.mac))?;
+        }
+        let mac_key = EndpointMacKey::new(ep.vni, ep.mac);
+        if let Some(k) = self.kernel.as_mut() {
+            k.by_ip6
+                .insert(key, value, 0)
+                .map_err(map_err(names::ENDPOINTS_BY_IP6))?;
+            k.by_mac
+                .insert(mac_key, value, 0)
+                .map_err(map_err(names::ENDPOINTS_BY_MAC))?;
+        }
+        self.by_ip6.insert(key, value);
+        self.by_mac.insert(mac_key, value);
+        Ok((2, removed))
+    }
+
     /// Removes the IPv6 entry of the endpoint (VNI, IPv4), if it has one.
     fn remove_ip6(&mut self, ip_key: &EndpointIpKey) -> Result<usize, MapsError> {
         let Some(key) = self.ip6_of.remove(ip_key) else {
@@ -313,8 +392,13 @@ impl EndpointMaps {
         Ok(usize::from(self.by_ip6.remove(&key).is_some()))
     }
 
-    /// Removes the endpoint (VNI, IP) and its MAC entry. Returns the entries removed.
-    pub fn remove(&mut self, vni: u32, ip: Ipv4Addr) -> Result<usize, MapsError> {
+    /// Removes the endpoint named (VNI, `key_ip`) and its MAC entry. Returns the entries
+    /// removed.
+    pub fn remove(&mut self, vni: u32, key_ip: IpAddr) -> Result<usize, MapsError> {
+        let ip = match key_ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip6) => return self.remove6_only(vni, ip6),
+        };
         let ip_key = ip_entry_key(vni, ip);
         let Some(old) = self.by_ip.get(&ip_key).copied() else {
             return Ok(0);
@@ -330,6 +414,28 @@ impl EndpointMaps {
         let mac_key = EndpointMacKey::new(vni, old.mac);
         let mut removed = 1 + self.remove_ip6(&ip_key)?;
         if self.by_mac.get(&mac_key).is_some_and(|v| v.ip == old.ip) {
+            removed += self.remove_mac(mac_key)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes an endpoint of an IPv6-only network: its IPv6 entry, and its MAC entry unless
+    /// another endpoint took the MAC over.
+    fn remove6_only(&mut self, vni: u32, ip6: Ipv6Addr) -> Result<usize, MapsError> {
+        let key = ip6_entry_key(vni, ip6);
+        let Some(old) = self.by_ip6.get(&key).copied().filter(|v| v.ip == 0) else {
+            return Ok(0);
+        };
+        if let Some(k) = self.kernel.as_mut() {
+            match k.by_ip6.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP6)(e)),
+            }
+        }
+        self.by_ip6.remove(&key);
+        let mac_key = EndpointMacKey::new(vni, old.mac);
+        let mut removed = 1;
+        if self.by_mac.get(&mac_key) == Some(&old) {
             removed += self.remove_mac(mac_key)?;
         }
         Ok(removed)
@@ -420,4 +526,53 @@ where
         }
     }
     Ok((written, stale.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6_only(ip6: &str, mac: u8, location: Location) -> EndpointEntry {
+        EndpointEntry {
+            vni: 300,
+            ip: None,
+            ip6: Some(ip6.parse().unwrap()),
+            mac: [0x0e, 0x58, 0, 0, 0, mac],
+            location,
+        }
+    }
+
+    /// An IPv6-only network's endpoint lives in the IPv6 and MAC views only, with IP 0;
+    /// upserts and removes by its IPv6 address keep both views right, and a full sync
+    /// agrees with them.
+    #[test]
+    fn ipv6_only_endpoints_live_in_the_ipv6_and_mac_views() {
+        let vtep = Ipv4Addr::new(198, 18, 0, 1);
+        let remote = Location::Remote {
+            vtep: Ipv4Addr::new(198, 18, 0, 2),
+        };
+        let a = v6_only("2001:2:0:1090::2", 2, Location::Local { ifindex: 7 });
+        let b = v6_only("2001:2:0:1090::3", 3, remote);
+        let mut m = EndpointMaps::in_memory();
+        assert_eq!(m.upsert(&a, vtep).unwrap(), (2, 0));
+        assert_eq!(m.upsert(&b, vtep).unwrap(), (2, 0));
+        assert_eq!(m.upsert(&b, vtep).unwrap(), (0, 0), "unchanged");
+        assert_eq!(m.len_installed(), 2);
+        assert!(m.is_installed(300, a.key_ip()) && !m.is_installed(301, a.key_ip()));
+        assert_eq!(m.entries(), vec![a, b]);
+        assert!(m.snapshot().iter().all(|e| !e.starts_with("ip ")));
+        // b's MAC changes: the old MAC entry goes.
+        let b2 = EndpointEntry {
+            mac: [0x0e, 0x58, 0, 0, 0, 9],
+            ..b
+        };
+        assert_eq!(m.upsert(&b2, vtep).unwrap(), (2, 1));
+        assert_eq!(m.len_installed(), 2);
+        let mut full = EndpointMaps::in_memory();
+        full.sync([&a, &b2], vtep).unwrap();
+        assert_eq!(full.snapshot(), m.snapshot());
+        assert_eq!(m.remove(300, a.key_ip()).unwrap(), 2);
+        assert_eq!(m.remove(300, a.key_ip()).unwrap(), 0);
+        assert_eq!(m.entries(), vec![b2]);
+    }
 }

@@ -15,17 +15,28 @@ pub struct LocalIfaceMap(HashMap<MapData, u32, LocalIface>);
 pub struct LocalIdentity {
     pub ifindex: u32,
     pub vni: u32,
-    pub ip: Ipv4Addr,
+    /// Absent on an IPv6-only network.
+    pub ip: Option<Ipv4Addr>,
     pub mac: [u8; 6],
-    /// Its IPv6 address on a dual-stack network.
+    /// Its IPv6 address, on a network with IPv6.
     pub ip6: Option<Ipv6Addr>,
 }
 
 impl LocalIdentity {
+    /// The address that names the endpoint: IPv4 when it has one.
+    pub fn key_ip(&self) -> std::net::IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(ip), _) => ip.into(),
+            (None, Some(ip6)) => ip6.into(),
+            (None, None) => Ipv4Addr::UNSPECIFIED.into(),
+        }
+    }
+
     fn value(&self) -> LocalIface {
         LocalIface {
             vni: self.vni,
-            ip: ip_key(self.ip),
+            // 0: no IPv4 address; the datapath drops the container's IPv4 and ARP.
+            ip: ip_key(self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
             mac: self.mac,
             _pad: [0; 2],
             ip6: self.ip6.map_or([0; 16], |ip| ip.octets()),

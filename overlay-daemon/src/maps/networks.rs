@@ -14,7 +14,8 @@ pub struct NetworkMap(HashMap<MapData, u32, NetworkInfo>);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetworkEntry {
     pub vni: u32,
-    pub gateway_ip: Ipv4Addr,
+    /// Absent on an IPv6-only network (0 in the map: no ARP is answered there).
+    pub gateway_ip: Option<Ipv4Addr>,
     pub gateway_mac: [u8; 6],
     /// The IPv6 gateway of a dual-stack network.
     pub gateway_ip6: Option<Ipv6Addr>,
@@ -33,7 +34,7 @@ impl NetworkMap {
             .into_iter()
             .map(|n| {
                 let info = NetworkInfo {
-                    gateway_ip: ip_key(n.gateway_ip),
+                    gateway_ip: ip_key(n.gateway_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
                     gateway_mac: n.gateway_mac,
                     _pad: [0; 2],
                     gateway_ip6: n.gateway_ip6.map_or([0; 16], |ip| ip.octets()),

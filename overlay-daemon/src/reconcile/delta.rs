@@ -1,6 +1,8 @@
 //! The delta pass: writes only the endpoints (and endpoint-less nodes) a change touched, as
 //! a full pass would place them, or gives up so that a full pass runs.
 
+use std::net::IpAddr;
+
 use overlay_common::maps::ENDPOINT_F_LOCAL;
 use tracing::debug;
 
@@ -80,14 +82,19 @@ impl Reconciler {
             ..last.report.clone()
         };
         let (mut written, mut removed) = (0, 0);
-        for (network, ip) in changed {
+        for (network, key_ip) in changed {
+            // An IPv6-only network's endpoint: its MAC's holder is not known by address
+            // here, so a full pass places it.
+            let IpAddr::V4(ip) = key_ip else {
+                return Ok(None);
+            };
             let Some(net) = last.networks.get(network) else {
-                if view.endpoint(network, *ip).is_some() {
+                if view.endpoint(network, *key_ip).is_some() {
                     return Ok(None); // rejected: no such network
                 }
                 continue;
             };
-            let spec = view.endpoint(network, *ip);
+            let spec = view.endpoint(network, *key_ip);
             // What the entry should be now, as a full pass would place it.
             let desired = match &spec {
                 None => None,
@@ -131,7 +138,7 @@ impl Reconciler {
                     };
                     location.map(|location| EndpointEntry {
                         vni: net.vni,
-                        ip: *ip,
+                        ip: Some(*ip),
                         mac,
                         location,
                         ip6: ep.ip6,
@@ -174,7 +181,7 @@ impl Reconciler {
                 None => {
                     removed += target
                         .endpoints()
-                        .remove(net.vni, *ip)
+                        .remove(net.vni, *key_ip)
                         .map_err(DatapathError::from)?;
                 }
                 Some(entry) => {
@@ -189,7 +196,7 @@ impl Reconciler {
                             report.attached += target.set_local(&LocalIdentity {
                                 ifindex,
                                 vni: net.vni,
-                                ip: *ip,
+                                ip: Some(*ip),
                                 mac: entry.mac,
                                 ip6: entry.ip6,
                             })?;

@@ -9,7 +9,7 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use serde::Serialize;
@@ -49,7 +49,7 @@ pub struct Report {
 
 impl Report {
     /// Why the endpoint (`network`, `ip`) is not installed after this pass, if it is not.
-    pub fn not_installed(&self, network: &str, ip: Ipv4Addr) -> Option<String> {
+    pub fn not_installed(&self, network: &str, ip: IpAddr) -> Option<String> {
         let rejected = self.rejected.iter().find(|r| {
             matches!(&r.subject, Subject::Endpoint { network: n, ip: i } if n == network && *i == ip)
         });
@@ -202,7 +202,7 @@ impl Reconciler {
         let mut plan = plan(tables, &self.me, resolve);
         let eps = target.endpoints();
         let capacity = eps.capacity();
-        plan.fit(capacity, |vni, ip| eps.installed(vni, ip).is_some(), tables);
+        plan.fit(capacity, |vni, ip| eps.is_installed(vni, ip), tables);
         let mut report = apply(target, &plan, self.me.vtep_ip)?;
         // A datapath migrating from another layout takes over now that its maps are full.
         if let Target::Kernel(dp) = target {
@@ -215,7 +215,7 @@ impl Reconciler {
             .unresolved
             .extend(failed.into_iter().map(|(id, e)| Unresolved {
                 network: tables.network_of_vni(id.vni).unwrap_or_default(),
-                ip: id.ip,
+                ip: id.key_ip(),
                 why: Why::AttachFailed(e),
             }));
         let mut report = report.report;
@@ -227,7 +227,8 @@ impl Reconciler {
             .endpoints
             .iter()
             .filter(|ep| ep.node == self.me.name && !matches!(ep.iface, EndpointIface::Veth(_)))
-            .filter_map(|ep| Some(((tables.networks.get(&ep.network)?.vni, ep.ip), ep.mac().0)))
+            // Docker's reservations: always IPv4.
+            .filter_map(|ep| Some(((tables.networks.get(&ep.network)?.vni, ep.ip?), ep.mac().0)))
             .collect();
         self.last = Some(LastFull {
             networks: tables.networks.clone(),

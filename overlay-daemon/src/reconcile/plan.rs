@@ -1,6 +1,10 @@
 //! What the maps should hold, from validated tables: pure, no kernel involved.
 
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use serde::Serialize;
 
@@ -21,7 +25,8 @@ pub struct NodeIdentity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unresolved {
     pub network: String,
-    pub ip: Ipv4Addr,
+    /// The endpoint's key address.
+    pub ip: IpAddr,
     pub why: Why,
 }
 
@@ -129,7 +134,7 @@ pub fn plan(
                 EndpointIface::Unnamed => {
                     plan.unresolved.push(Unresolved {
                         network: ep.network.clone(),
-                        ip: ep.ip,
+                        ip: ep.key_ip(),
                         why: Why::Unnamed,
                     });
                     continue;
@@ -138,7 +143,7 @@ pub fn plan(
             let Some(ifindex) = resolve(ifname) else {
                 plan.unresolved.push(Unresolved {
                     network: ep.network.clone(),
-                    ip: ep.ip,
+                    ip: ep.key_ip(),
                     why: Why::NoInterface(ifname.clone()),
                 });
                 continue;
@@ -180,7 +185,7 @@ impl Plan {
     pub fn fit(
         &mut self,
         capacity: usize,
-        installed: impl Fn(u32, Ipv4Addr) -> bool,
+        installed: impl Fn(u32, IpAddr) -> bool,
         tables: &ValidTables,
     ) {
         if self.endpoints.len() <= capacity {
@@ -189,22 +194,23 @@ impl Plan {
         let kept_old = self
             .endpoints
             .iter()
-            .filter(|e| installed(e.vni, e.ip))
+            .filter(|e| installed(e.vni, e.key_ip()))
             .count();
         let mut room = capacity.saturating_sub(kept_old);
         let mut dropped = BTreeSet::new();
         self.endpoints.retain(|e| {
-            if installed(e.vni, e.ip) {
+            if installed(e.vni, e.key_ip()) {
                 return true;
             }
             if room > 0 {
                 room -= 1;
                 return true;
             }
-            dropped.insert((e.vni, e.ip));
+            dropped.insert((e.vni, e.key_ip()));
             false
         });
-        self.local.retain(|l| !dropped.contains(&(l.vni, l.ip)));
+        self.local
+            .retain(|l| !dropped.contains(&(l.vni, l.key_ip())));
         let reason = table_full(capacity);
         for (vni, ip) in dropped {
             let network = tables.network_of_vni(vni).unwrap_or_default();

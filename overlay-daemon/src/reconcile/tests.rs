@@ -51,7 +51,7 @@ fn local_and_remote_endpoints_are_placed() {
     assert_eq!(plan.unresolved.len(), 1, "{:?}", plan.unresolved);
     assert_eq!(
         plan.networks[0].gateway_ip,
-        "198.19.1.1".parse::<Ipv4Addr>().unwrap()
+        Some("198.19.1.1".parse::<Ipv4Addr>().unwrap())
     );
 }
 
@@ -276,10 +276,10 @@ fn a_full_endpoint_table_keeps_the_installed_and_rejects_the_new() {
     assert_eq!(target.endpoints().len_installed(), 2);
     let ip = |i: u8| std::net::Ipv4Addr::new(198, 19, 1, i);
     assert!(report
-        .not_installed("red", ip(2))
+        .not_installed("red", ip(2).into())
         .unwrap()
         .contains("table is full"));
-    assert_eq!(report.not_installed("red", ip(9)), None);
+    assert_eq!(report.not_installed("red", ip(9).into()), None);
     assert!(target.endpoints().installed(100, ip(8)).is_some());
     // Room made: the next pass installs it.
     view.apply(Change::Delete(
@@ -288,6 +288,6 @@ fn a_full_endpoint_table_keeps_the_installed_and_rejects_the_new() {
     let report = reconciler
         .full(&mut target, &view.tables(), |_| Some(9))
         .unwrap();
-    assert_eq!(report.not_installed("red", ip(2)), None);
+    assert_eq!(report.not_installed("red", ip(2).into()), None);
     assert!(target.endpoints().installed(100, ip(2)).is_some());
 }

@@ -4,7 +4,8 @@
 //! <prefix>/v1/networks/<network>                  NetworkRecord
 //! <prefix>/v1/nodes/<node>                        NodeRecord      (node's lease)
 //! <prefix>/v1/blocks/<network>/<address>-<len>    BlockRecord     (owner's lease; IPv4 or IPv6)
-//! <prefix>/v1/endpoints/<network>/<a.b.c.d>       EndpointRecord  (owner's lease)
+//! <prefix>/v1/endpoints/<network>/<ip>            EndpointRecord  (owner's lease; its IPv4
+//!                                                 address, or IPv6 on an IPv6-only network)
 //! <prefix>/v1/endpoints6/<network>/<ipv6>         Endpoint6Record (owner's lease; which
 //!                                                 endpoint of the network holds the address)
 //! <prefix>/v1/vnis/<vni>                          network name    (keeps VNIs unique)
@@ -15,7 +16,7 @@
 //! Everything a node owns is attached to its lease, so it disappears from the cluster when
 //! the node stops renewing. Names are restricted to `[A-Za-z0-9._-]` so keys parse back.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -30,9 +31,11 @@ pub enum Key {
         network: String,
         block: IpNet,
     },
+    /// An endpoint, named by its IPv4 address, or by its IPv6 one on an IPv6-only network
+    /// (releases before 0.3 skip those keys: they do not parse as IPv4).
     Endpoint {
         network: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     /// An IPv6 address of a dual-stack network's endpoint. A key of its own, not a field of
     /// the endpoint record: the address is claimed like the IPv4 one (created only if
@@ -141,10 +144,16 @@ impl Layout {
                 network: a.to_owned(),
                 ip6: b.parse().ok()?,
             }),
-            ("endpoints", Some(b)) => Some(Key::Endpoint {
-                network: a.to_owned(),
-                ip: b.parse().ok()?,
-            }),
+            ("endpoints", Some(b)) => {
+                // One text per address (no "::ffff:a.b.c.d", no leading zeros), so two keys
+                // never name one endpoint.
+                let ip: IpAddr = b.parse().ok()?;
+                let mapped = matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+                (ip.to_string() == b && !mapped).then(|| Key::Endpoint {
+                    network: a.to_owned(),
+                    ip,
+                })
+            }
             _ => None,
         }
     }
@@ -172,6 +181,10 @@ mod tests {
                 network: "red".into(),
                 ip: "198.19.1.70".parse().unwrap(),
             },
+            Key::Endpoint {
+                network: "red".into(),
+                ip: "2001:2:0:1080::71".parse().unwrap(),
+            },
             Key::Endpoint6 {
                 network: "red".into(),
                 ip6: "2001:2:0:1080::70".parse().unwrap(),
@@ -196,6 +209,8 @@ mod tests {
             "/overlay/v1/networks/",
             "/overlay/v1/blocks/red/198.19.1.65-26",
             "/overlay/v1/endpoints/red/not-an-ip",
+            "/overlay/v1/endpoints/red/2001:2:0:1080:0::71",
+            "/overlay/v1/endpoints/red/::ffff:198.19.1.2",
             "/overlay/v1/services/x/y",
             "/other/v1/networks/red",
             "/overlay/v1/networks/r d",

@@ -11,6 +11,7 @@ mod members;
 pub mod records;
 pub mod view;
 
+pub use claims6::carries_ipv6;
 pub use client::{EtcdConfig, Store};
 pub use error::{Refusal, StoreError};
 pub use keys::{Key, Layout};

@@ -16,7 +16,10 @@ pub const RECORD_VERSION: u32 = 1;
 pub struct NetworkRecord {
     pub version: u32,
     pub vni: u32,
-    pub subnet: Ipv4Net,
+    /// The IPv4 subnet; absent on IPv6-only networks (0.3 and later: earlier releases skip
+    /// such a record as unreadable, so they install nothing of the network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// Prefix length of the address blocks nodes claim (default 26: 64 addresses).
     #[serde(default = "default_block_len")]
     pub block_len: u8,
@@ -47,13 +50,27 @@ impl NetworkRecord {
         if !(1..=VNI_MAX).contains(&self.vni) {
             return Err(format!("VNI {} is outside 1..={VNI_MAX}", self.vni));
         }
-        crate::ipam::check_blocks(self.subnet, self.block_len).map_err(|e| e.to_string())?;
-        if !self.subnet.contains(&self.gateway_ip()) {
-            return Err(format!(
-                "gateway {} is outside {}",
-                self.gateway_ip(),
-                self.subnet
-            ));
+        match self.subnet {
+            Some(subnet) => {
+                crate::ipam::check_blocks(subnet, self.block_len).map_err(|e| e.to_string())?;
+                let gateway = crate::tables::default_gateway(subnet);
+                let gateway = self.gateway.unwrap_or(gateway);
+                if !subnet.contains(&gateway) {
+                    return Err(format!("gateway {gateway} is outside {subnet}"));
+                }
+                if subnet.contains(&Ipv4Addr::UNSPECIFIED) {
+                    return Err(format!(
+                        "subnet {subnet} holds 0.0.0.0, which means \"no address\": pick another"
+                    ));
+                }
+            }
+            None if self.subnet6.is_none() => {
+                return Err("a network needs an IPv4 subnet, an IPv6 one, or both".into())
+            }
+            None if self.gateway.is_some() => {
+                return Err("an IPv4 gateway needs an IPv4 subnet".into())
+            }
+            None => {}
         }
         self.check_ipv6()
     }
@@ -87,10 +104,14 @@ impl NetworkRecord {
         })
     }
 
-    /// The gateway containers route through: configured, or the subnet's first host.
-    pub fn gateway_ip(&self) -> Ipv4Addr {
-        self.gateway
-            .unwrap_or_else(|| crate::tables::default_gateway(self.subnet))
+    /// The IPv4 gateway containers route through: configured, or the subnet's first host
+    /// (none on an IPv6-only network).
+    pub fn gateway_ip(&self) -> Option<Ipv4Addr> {
+        let subnet = self.subnet?;
+        Some(
+            self.gateway
+                .unwrap_or_else(|| crate::tables::default_gateway(subnet)),
+        )
     }
 }
 
@@ -306,6 +327,32 @@ mod tests {
         let oldest = r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"h1","container_id":"c1","host_ifname":"v"}"#;
         let o: EndpointRecord = decode(oldest.as_bytes()).unwrap();
         assert_eq!((o.ifname.as_str(), o.services.len()), ("", 0));
+    }
+
+    #[test]
+    fn a_network_needs_a_subnet_and_ipv6_only_ones_have_no_ipv4_side() {
+        let net = |text: &str| decode::<NetworkRecord>(text.as_bytes()).unwrap().check("n");
+        assert_eq!(
+            net(r#"{"version":1,"vni":300,"subnet6":"2001:2:0:1090::/64"}"#),
+            Ok(())
+        );
+        for (text, why) in [
+            (
+                r#"{"version":1,"vni":300}"#,
+                "needs an IPv4 subnet, an IPv6 one",
+            ),
+            (
+                r#"{"version":1,"vni":300,"subnet6":"2001:2:0:1090::/64","gateway":"198.19.1.1"}"#,
+                "IPv4 gateway needs an IPv4 subnet",
+            ),
+            (
+                r#"{"version":1,"vni":300,"subnet":"0.0.0.0/24"}"#,
+                "holds 0.0.0.0",
+            ),
+        ] {
+            let e = net(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

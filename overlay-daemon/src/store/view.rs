@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -67,7 +67,7 @@ pub struct Dirty {
     pub full: bool,
     /// Endpoints put or deleted that are nobody's service backend: only their own entries
     /// change.
-    pub endpoints: BTreeSet<(String, Ipv4Addr)>,
+    pub endpoints: BTreeSet<(String, IpAddr)>,
     /// Nodes that joined, left or changed while holding no endpoints: only their VTEP
     /// changes.
     pub nodes: BTreeSet<String>,
@@ -82,7 +82,7 @@ pub struct ClusterView {
     dirty: Dirty,
     /// (network, IP) of every backend a service names explicitly, so an endpoint change can
     /// tell whether it touches a service without scanning all entries.
-    service_backends: BTreeSet<(String, Ipv4Addr)>,
+    service_backends: BTreeSet<(String, IpAddr)>,
     /// Networks where a service names an IPv6 backend: any endpoint change there (its IPv6
     /// claim names it by its IPv4 address) recomputes the services.
     v6_backend_networks: BTreeSet<String>,
@@ -270,7 +270,7 @@ impl ClusterView {
         let labelled = |ip: &Ipv4Addr| {
             let key = Key::Endpoint {
                 network: network.to_owned(),
-                ip: *ip,
+                ip: IpAddr::V4(*ip),
             };
             matches!(self.entries.get(&key), Some(Entry::Endpoint(ep)) if !ep.services.is_empty())
         };
@@ -280,7 +280,9 @@ impl ClusterView {
             self.dirty.full = true;
         }
         for (ip, _) in old.into_iter().chain(new) {
-            self.dirty.endpoints.insert((network.to_owned(), ip));
+            self.dirty
+                .endpoints
+                .insert((network.to_owned(), IpAddr::V4(ip)));
         }
     }
 
@@ -290,10 +292,10 @@ impl ClusterView {
         for (_, s) in self.services() {
             for b in &s.backends {
                 match b.ip {
-                    std::net::IpAddr::V4(ip) => {
-                        v4.insert((s.network.clone(), ip));
+                    IpAddr::V4(_) => {
+                        v4.insert((s.network.clone(), b.ip));
                     }
-                    std::net::IpAddr::V6(_) => {
+                    IpAddr::V6(_) => {
                         v6.insert(s.network.clone());
                     }
                 }
@@ -304,7 +306,7 @@ impl ClusterView {
     }
 
     /// One endpoint as the tables describe it, if the view holds it.
-    pub fn endpoint(&self, network: &str, ip: Ipv4Addr) -> Option<EndpointSpec> {
+    pub fn endpoint(&self, network: &str, ip: IpAddr) -> Option<EndpointSpec> {
         match self.entries.get(&Key::Endpoint {
             network: network.to_owned(),
             ip,
@@ -430,10 +432,10 @@ impl ClusterView {
         })
     }
 
-    pub fn endpoints(&self) -> impl Iterator<Item = (&str, std::net::Ipv4Addr, &ViewEndpoint)> {
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, IpAddr, &ViewEndpoint)> {
         self.of_kind(Key::Endpoint {
             network: String::new(),
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         })
         .filter_map(|(k, e)| match (k, e) {
             (Key::Endpoint { network, ip }, Entry::Endpoint(ep)) => {
@@ -451,7 +453,12 @@ impl ClusterView {
             })
     }
 
-    fn endpoint_spec(&self, network: &str, ip: Ipv4Addr, ep: &ViewEndpoint) -> EndpointSpec {
+    fn endpoint_spec(&self, network: &str, ip: IpAddr, ep: &ViewEndpoint) -> EndpointSpec {
+        let (ip, ip6) = match ip {
+            IpAddr::V4(ip) => (Some(ip), self.ip6_for(network, ip, ep)),
+            // An IPv6-only network's endpoint: its key is its address.
+            IpAddr::V6(ip6) => (None, Some(ip6)),
+        };
         EndpointSpec {
             network: network.into(),
             ip,
@@ -459,7 +466,7 @@ impl ClusterView {
             node: ep.node.to_string(),
             iface: EndpointIface::from(&ep.attachment),
             services: ep.services.to_vec(),
-            ip6: self.ip6_for(network, ip, ep),
+            ip6,
         }
     }
 
@@ -478,14 +485,17 @@ impl ClusterView {
         self.ip6_of.own(network, ip, &ep.node)
     }
 
-    /// Every IPv6 address claimed in `network` (allocation skips them).
-    pub fn ipv6_in<'a>(
-        &'a self,
-        network: &'a str,
-    ) -> impl Iterator<Item = std::net::Ipv6Addr> + 'a {
+    /// Every IPv6 address claimed in `network`: dual-stack claims and the keys of
+    /// IPv6-only endpoints (allocation skips them).
+    pub fn ipv6_in<'a>(&'a self, network: &'a str) -> impl Iterator<Item = Ipv6Addr> + 'a {
+        let keys = self.endpoints().filter_map(move |(n, ip, _)| match ip {
+            IpAddr::V6(ip6) if n == network => Some(ip6),
+            _ => None,
+        });
         self.endpoints6()
             .filter(move |(n, _, _)| *n == network)
             .map(|(_, ip6, _)| ip6)
+            .chain(keys)
     }
 
     /// Every claimed IPv6 address: (network, address, record).
@@ -545,57 +555,5 @@ impl ClusterView {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tables::MacAddr;
-
-    fn kv(key: &str, value: &str) -> Kv {
-        Kv {
-            key: key.into(),
-            value: value.as_bytes().to_vec(),
-            lease: 7,
-        }
-    }
-
-    #[test]
-    fn garbage_is_skipped_and_good_entries_kept() {
-        let mut v = ClusterView::new(Layout::new("/overlay"));
-        v.reset(vec![
-            kv("/overlay/v1/networks/red", r#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#),
-            kv("/overlay/v1/networks/bad", "garbage"),
-            kv("/overlay/v1/nodes/a", r#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":0}"#),
-            kv("/overlay/v1/nodes/b", r#"{"version":9,"vtep_ip":"198.18.0.2"}"#),
-            kv("/overlay/v1/endpoints/red/198.19.1.2", r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"a","container_id":"c1","host_ifname":"ovl1"}"#),
-            kv("/overlay/v1/endpoints/red/198.19.1.3", r#"{"version":1,"mac":"0a:58:c6:13:01:03","node":"b","container_id":"c2","host_ifname":"ovl2"}"#),
-            kv("/overlay/v1/whatever", "x"),
-        ]);
-        assert_eq!(v.rejected.len(), 3, "{:?}", v.rejected);
-        let t = v.tables();
-        assert_eq!(t.networks.len(), 1);
-        assert_eq!(t.nodes.len(), 1);
-        // The endpoint of node b (whose record was unreadable) is not installed.
-        assert_eq!(t.endpoints.len(), 1);
-        assert_eq!(
-            t.endpoints[0].mac,
-            Some(MacAddr([0x0a, 0x58, 198, 19, 1, 2]))
-        );
-    }
-
-    #[test]
-    fn watch_events_update_and_remove() {
-        let mut v = ClusterView::new(Layout::new("/overlay"));
-        v.apply(Change::Put(kv(
-            "/overlay/v1/networks/red",
-            r#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#,
-        )));
-        assert_eq!(v.tables().networks.len(), 1);
-        v.apply(Change::Put(kv("/overlay/v1/networks/red", "oops")));
-        assert_eq!(
-            v.tables().networks.len(),
-            0,
-            "a bad value replaces the good one"
-        );
-        v.apply(Change::Delete("/overlay/v1/networks/red".into()));
-        assert!(v.rejected.is_empty());
-    }
-}
+#[path = "view_tests.rs"]
+mod tests;

@@ -8,7 +8,7 @@ mod validate;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -26,7 +26,9 @@ pub use validate::{endpoint_problem, vip_in_network, vip_problem, Rejection, Sub
 pub struct NetworkSpec {
     pub name: String,
     pub vni: u32,
-    pub subnet: Ipv4Net,
+    /// The IPv4 subnet; absent on an IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// Virtual gateway address; defaults to the subnet's first host address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
@@ -40,8 +42,10 @@ pub struct NetworkSpec {
 }
 
 impl NetworkSpec {
-    pub fn gateway_ip(&self) -> Ipv4Addr {
-        self.gateway.unwrap_or_else(|| default_gateway(self.subnet))
+    /// The IPv4 gateway, on a network with IPv4.
+    pub fn gateway_ip(&self) -> Option<Ipv4Addr> {
+        let subnet = self.subnet?;
+        Some(self.gateway.unwrap_or_else(|| default_gateway(subnet)))
     }
 
     /// The IPv6 gateway of a dual-stack network.
@@ -89,24 +93,39 @@ impl From<&Attachment> for EndpointIface {
     }
 }
 
+/// An endpoint: at least one of `ip` and `ip6` (its constructors see to it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "EndpointSpecFile", into = "EndpointSpecFile")]
+#[serde(try_from = "EndpointSpecFile", into = "EndpointSpecFile")]
 pub struct EndpointSpec {
     pub network: String,
-    pub ip: Ipv4Addr,
+    /// Its IPv4 address; absent on an IPv6-only network.
+    pub ip: Option<Ipv4Addr>,
     /// Defaults to a MAC derived from the IP.
     pub mac: Option<MacAddr>,
     pub node: String,
     pub iface: EndpointIface,
     /// Services this endpoint serves, as `NAME:PORT` labels (`overlay.service`).
     pub services: Vec<String>,
-    /// Its IPv6 address on a dual-stack network.
+    /// Its IPv6 address, on a network with IPv6.
     pub ip6: Option<Ipv6Addr>,
 }
 
 impl EndpointSpec {
     pub fn mac(&self) -> MacAddr {
-        self.mac.unwrap_or_else(|| MacAddr::from_ip(self.ip))
+        self.mac.unwrap_or_else(|| match (self.ip, self.ip6) {
+            (Some(ip), _) => MacAddr::from_ip(ip),
+            (None, Some(ip6)) => MacAddr::from_ip6(ip6, 0),
+            (None, None) => MacAddr([0; 6]),
+        })
+    }
+
+    /// The address that names it in its network (its etcd key): IPv4 when it has one.
+    pub fn key_ip(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(ip), _) => IpAddr::V4(ip),
+            (None, Some(ip6)) => IpAddr::V6(ip6),
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
     }
 }
 
@@ -116,7 +135,8 @@ impl EndpointSpec {
 #[serde(deny_unknown_fields)]
 struct EndpointSpecFile {
     network: String,
-    ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<MacAddr>,
     node: String,
@@ -130,9 +150,14 @@ struct EndpointSpecFile {
     ip6: Option<Ipv6Addr>,
 }
 
-impl From<EndpointSpecFile> for EndpointSpec {
-    fn from(f: EndpointSpecFile) -> Self {
-        Self {
+impl TryFrom<EndpointSpecFile> for EndpointSpec {
+    type Error = &'static str;
+
+    fn try_from(f: EndpointSpecFile) -> Result<Self, Self::Error> {
+        if f.ip.is_none() && f.ip6.is_none() {
+            return Err("an endpoint needs an address: give ip, ip6 or both");
+        }
+        Ok(Self {
             iface: match (f.reserved, f.host_ifname) {
                 (true, _) => EndpointIface::Reserved,
                 (false, Some(name)) => EndpointIface::Veth(name),
@@ -144,7 +169,7 @@ impl From<EndpointSpecFile> for EndpointSpec {
             node: f.node,
             services: f.services,
             ip6: f.ip6,
-        }
+        })
     }
 }
 

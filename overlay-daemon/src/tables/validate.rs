@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use overlay_api::labels::parse_service_label;
@@ -22,7 +22,11 @@ use super::{
 pub enum Subject {
     Network(String),
     Node(String),
-    Endpoint { network: String, ip: Ipv4Addr },
+    /// Named by its key address (IPv4, or IPv6 on an IPv6-only network).
+    Endpoint {
+        network: String,
+        ip: IpAddr,
+    },
     Service(String),
 }
 
@@ -77,18 +81,31 @@ pub fn endpoint_problem(
 ) -> Option<String> {
     if !nodes.contains_key(&ep.node) {
         Some(format!("node {:?} is not known", ep.node))
-    } else if !net.subnet.contains(&ep.ip) || ep.ip == net.gateway_ip() {
-        Some(format!(
-            "{} is not a host address of {} other than the gateway",
-            ep.ip, net.subnet
-        ))
+    } else if let Some(p) = ipv4_problem(ep, net) {
+        Some(p)
     } else if !ep.mac().is_unicast() || ep.mac() == MacAddr::gateway(net.vni) {
         Some(format!("MAC {} is not a usable unicast address", ep.mac()))
-    } else if ipv6_problem(ep, net).is_some() {
-        // A full pass keeps the endpoint without the address (see `validate`).
-        Some("its IPv6 address is not usable".to_owned())
     } else {
-        None
+        // A full pass keeps a dual-stack endpoint without the address (see `validate`); an
+        // IPv6-only one has nothing else.
+        ipv6_problem(ep, net).map(|p| match ep.ip {
+            Some(_) => "its IPv6 address is not usable".to_owned(),
+            None => p,
+        })
+    }
+}
+
+/// What is wrong with an endpoint's IPv4 address, if anything: a network with an IPv4
+/// subnet names its endpoints by their IPv4 address, an IPv6-only one has none.
+fn ipv4_problem(ep: &EndpointSpec, net: &NetworkSpec) -> Option<String> {
+    match (ep.ip, net.subnet.zip(net.gateway_ip())) {
+        (Some(ip), Some((subnet, gateway))) => (!subnet.contains(&ip) || ip == gateway)
+            .then(|| format!("{ip} is not a host address of {subnet} other than the gateway")),
+        (None, Some((subnet, _))) => Some(format!(
+            "the network has IPv4 subnet {subnet}: its endpoints need an IPv4 address"
+        )),
+        (Some(ip), None) => Some(format!("{ip}: the network is IPv6-only")),
+        (None, None) => None,
     }
 }
 
@@ -115,12 +132,14 @@ impl ClusterTables {
                 Some(format!("VNI {} is already used by another network", n.vni))
             } else if out.networks.contains_key(&n.name) {
                 Some("the name is already used".to_owned())
-            } else if !n.subnet.contains(&n.gateway_ip()) {
-                Some(format!(
-                    "gateway {} is outside {}",
-                    n.gateway_ip(),
-                    n.subnet
-                ))
+            } else if n.subnet.is_none() && n.subnet6.is_none() {
+                Some("a network needs an IPv4 subnet, an IPv6 one, or both".to_owned())
+            } else if n.subnet.is_none() && n.gateway.is_some() {
+                Some("an IPv4 gateway needs an IPv4 subnet".to_owned())
+            } else if let Some((subnet, gw)) =
+                n.subnet.zip(n.gateway_ip()).filter(|(s, g)| !s.contains(g))
+            {
+                Some(format!("gateway {gw} is outside {subnet}"))
             } else if n.subnet6.is_none() && n.gateway6.is_some() {
                 Some("an IPv6 gateway needs an IPv6 subnet (subnet6)".to_owned())
             } else if let Some((s6, g6)) = n
@@ -161,25 +180,26 @@ impl ClusterTables {
         let mut macs = BTreeSet::new();
         // Moved, not cloned: at 100k endpoints a second copy is tens of MB.
         for mut ep in std::mem::take(&mut self.endpoints) {
+            let (network, key_ip) = (ep.network.clone(), ep.key_ip());
             let subject = || Subject::Endpoint {
-                network: ep.network.clone(),
-                ip: ep.ip,
+                network: network.clone(),
+                ip: key_ip,
             };
             let Some(net) = out.networks.get(&ep.network) else {
                 out.rejected
                     .push(Rejection::new(subject(), "no such network"));
                 continue;
             };
-            // A bad IPv6 claim (its network lost its IPv6 subnet, say) costs the endpoint its
-            // IPv6 address, never its IPv4 traffic.
-            if let Some(p) = ipv6_problem(&ep, net) {
+            // A bad IPv6 claim (its network lost its IPv6 subnet, say) costs a dual-stack
+            // endpoint its IPv6 address, never its IPv4 traffic.
+            if let Some(p) = ipv6_problem(&ep, net).filter(|_| ep.ip.is_some()) {
                 out.rejected
                     .push(Rejection::new(subject(), format!("IPv6 left out: {p}")));
                 ep.ip6 = None;
             }
             let problem = if let Some(p) = endpoint_problem(&ep, net, &out.nodes) {
                 Some(p)
-            } else if !ips.insert((net.vni, ep.ip)) {
+            } else if ep.ip.is_some_and(|ip| !ips.insert((net.vni, ip))) {
                 Some("the IP is already used in this network".to_owned())
             } else if ep.ip6.is_some_and(|ip6| !ip6s.insert((net.vni, ip6))) {
                 Some("the IPv6 address is already used in this network".to_owned())
@@ -265,7 +285,7 @@ impl ClusterTables {
                 .iter()
                 .filter(|e| e.network == svc.network && e.iface != EndpointIface::Reserved)
                 .filter_map(|e| match svc.vip {
-                    IpAddr::V4(_) => Some((IpAddr::V4(e.ip), e)),
+                    IpAddr::V4(_) => e.ip.map(|ip| (IpAddr::V4(ip), e)),
                     IpAddr::V6(_) => e.ip6.map(|ip6| (IpAddr::V6(ip6), e)),
                 })
                 .collect();
@@ -304,23 +324,24 @@ impl ClusterTables {
 pub fn vip_in_network(
     vip: IpAddr,
     network: &str,
-    subnet: ipnet::Ipv4Net,
+    subnet: Option<ipnet::Ipv4Net>,
     subnet6: Option<ipnet::Ipv6Net>,
 ) -> Option<String> {
-    match vip {
-        IpAddr::V4(ip) if subnet.contains(&ip) => Some(format!(
-            "VIP {vip} is inside network {network:?}'s subnet {subnet}: pick an address outside it"
+    let inside = |s: &dyn std::fmt::Display| {
+        Some(format!(
+            "VIP {vip} is inside network {network:?}'s subnet {s}: pick an address outside it"
+        ))
+    };
+    match (vip, subnet, subnet6) {
+        (IpAddr::V4(_), None, _) => Some(format!(
+            "VIP {vip} is IPv4 but network {network:?} is IPv6-only: use an IPv6 VIP"
         )),
-        IpAddr::V6(ip) => match subnet6 {
-            None => Some(format!(
-                "VIP {vip} is IPv6 but network {network:?} has no IPv6 subnet: add one or use an IPv4 VIP"
-            )),
-            Some(s) if s.contains(&ip) => Some(format!(
-                "VIP {vip} is inside network {network:?}'s subnet {s}: pick an address outside it"
-            )),
-            Some(_) => None,
-        },
-        IpAddr::V4(_) => None,
+        (IpAddr::V4(ip), Some(s), _) if s.contains(&ip) => inside(&s),
+        (IpAddr::V6(_), _, None) => Some(format!(
+            "VIP {vip} is IPv6 but network {network:?} has no IPv6 subnet: add one or use an IPv4 VIP"
+        )),
+        (IpAddr::V6(ip), _, Some(s)) if s.contains(&ip) => inside(&s),
+        _ => None,
     }
 }
 
@@ -433,6 +454,56 @@ mod tests {
         assert!(has(&valid, "inside network \"red\"'s subnet"));
         assert!(has(&valid, "already used by another service"));
         assert!(has(&valid, "\"blue\" does not exist"));
+    }
+
+    /// An IPv6-only network's endpoints have an IPv6 address and no IPv4 one; an endpoint
+    /// of the other kind on either kind of network is refused, as is an endpoint without
+    /// any address.
+    #[test]
+    fn ipv6_only_networks_take_ipv6_only_endpoints() {
+        let tables = ClusterTables::from_json(
+            r#"{
+              "networks": [
+                {"name": "six", "vni": 300, "subnet6": "2001:2:0:1090::/64"},
+                {"name": "red", "vni": 100, "subnet": "198.19.1.0/24", "subnet6": "2001:2:0:1001::/64"},
+                {"name": "none", "vni": 7}
+              ],
+              "nodes": [{"name": "a", "vtep_ip": "198.18.0.1"}],
+              "endpoints": [
+                {"network": "six", "ip6": "2001:2:0:1090::2", "node": "a"},
+                {"network": "six", "ip6": "2001:2:0:1090::3", "node": "a", "mac": "0e:58:00:00:00:01"},
+                {"network": "six", "ip6": "2001:2:0:1090::4", "node": "a", "mac": "0e:58:00:00:00:01"},
+                {"network": "six", "ip6": "2001:2:0:1090::1", "node": "a"},
+                {"network": "six", "ip": "198.19.1.9", "ip6": "2001:2:0:1090::5", "node": "a"},
+                {"network": "red", "ip6": "2001:2:0:1001::6", "node": "a"}
+              ]
+            }"#,
+        )
+        .unwrap();
+        let valid = tables.validate();
+        assert_eq!(valid.networks.keys().collect::<Vec<_>>(), ["red", "six"]);
+        let kept: Vec<_> = valid
+            .endpoints
+            .iter()
+            .map(|e| e.key_ip().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            ["2001:2:0:1090::2", "2001:2:0:1090::3"],
+            "{:#?}",
+            valid.rejected
+        );
+        assert_eq!(
+            valid.endpoints[0].mac(),
+            MacAddr::from_ip6("2001:2:0:1090::2".parse().unwrap(), 0)
+        );
+        assert!(has(&valid, "needs an IPv4 subnet, an IPv6 one, or both"));
+        assert!(has(&valid, "MAC 0e:58:00:00:00:01 is already used"));
+        assert!(has(&valid, "2001:2:0:1090::1 is not a host address"));
+        assert!(has(&valid, "198.19.1.9: the network is IPv6-only"));
+        assert!(has(&valid, "its endpoints need an IPv4 address"));
+        let none = ClusterTables::from_json(r#"{"endpoints": [{"network": "six", "node": "a"}]}"#);
+        assert!(none.unwrap_err().contains("needs an address"));
     }
 
     /// An IPv6 service's backends are the endpoints' IPv6 addresses (by label too); an IPv6

@@ -187,7 +187,7 @@ impl Fixture {
             .map(|n| NetworkEntry {
                 gateway_ip6: None,
                 vni: n.vni,
-                gateway_ip: n.gw_ip,
+                gateway_ip: Some(n.gw_ip),
                 gateway_mac: n.gw_mac,
             })
             .collect();
@@ -204,7 +204,7 @@ impl Fixture {
             .map(|e| EndpointEntry {
                 ip6: None,
                 vni: e.vni,
-                ip: e.ip,
+                ip: Some(e.ip),
                 mac: e.mac,
                 location: match e.loc {
                     Loc::Local(ifindex) => Location::Local { ifindex },
@@ -220,7 +220,7 @@ impl Fixture {
                 ip6: None,
                 ifindex: i.ifindex,
                 vni: i.vni,
-                ip: i.ip,
+                ip: Some(i.ip),
                 mac: i.mac,
             })
             .collect();

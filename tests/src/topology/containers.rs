@@ -58,12 +58,12 @@ impl Topology {
     /// container's kernel sends nothing of IPv6 where nothing of IPv6 is expected).
     fn container_ns(&self, name: &str, network: &str) -> Netns {
         let ns = Netns::create(&format!("ovt{}-{name}", self.id));
-        let dual_stack = self
+        let has_ipv6 = self
             .tables
             .networks
             .iter()
             .any(|n| n.name == network && n.subnet6.is_some());
-        if !dual_stack {
+        if !has_ipv6 {
             ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
         }
         ns
@@ -83,10 +83,10 @@ impl Topology {
             ns,
             host,
             network: network.to_owned(),
-            ip: ep.ip,
+            ip: ep.ip().unwrap_or(Ipv4Addr::UNSPECIFIED),
             mac: ep.mac,
             host_ifname: ep.host_ifname().unwrap_or_default().to_owned(),
-            gateway: ep.gateway,
+            gateway: ep.ipv4.map_or(Ipv4Addr::UNSPECIFIED, |a| a.gateway),
             ipv6: ep.ipv6,
         });
         self.containers.len() - 1
@@ -116,7 +116,10 @@ impl Topology {
             .unwrap_or_else(|| panic!("no network {network}"))
             .clone();
         let offset = 10 * (host as u32 + 1) + index as u32;
-        let ip = Ipv4Addr::from(u32::from(net.subnet.network()) + offset);
+        let subnet = net
+            .subnet
+            .expect("hand-made containers are on IPv4 networks");
+        let ip = Ipv4Addr::from(u32::from(subnet.network()) + offset);
         let ipv6 = net.subnet6.map(|s6| Ipv6Assignment {
             ip: Ipv6Addr::from(u128::from(s6.network()) + offset as u128),
             prefix_len: s6.prefix_len(),
@@ -142,7 +145,8 @@ impl Topology {
             ns.name(),
         ]);
         h.ns.ip(&["link", "set", &host_ifname, "up"]);
-        let prefix = Ipv4Net::new(ip, net.subnet.prefix_len()).expect("prefix");
+        let prefix = Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix");
+        let gateway = net.gateway_ip().expect("IPv4 network");
         ns.ip(&[
             "link",
             "set",
@@ -159,7 +163,7 @@ impl Topology {
             "add",
             "default",
             "via",
-            &net.gateway_ip().to_string(),
+            &gateway.to_string(),
             "dev",
             "eth0",
         ]);
@@ -172,7 +176,7 @@ impl Topology {
         self.tables.endpoints.push(EndpointSpec {
             ip6: ipv6.map(|v6| v6.ip),
             network: network.to_owned(),
-            ip,
+            ip: Some(ip),
             mac: Some(mac),
             node: h.name.clone(),
             iface: EndpointIface::Veth(host_ifname.clone()),
@@ -186,7 +190,7 @@ impl Topology {
             ip,
             mac,
             host_ifname,
-            gateway: net.gateway_ip(),
+            gateway,
             ipv6,
         });
         self.containers.len() - 1

@@ -122,7 +122,20 @@ impl TopologySpec {
             gateway6: None,
             name: name.to_owned(),
             vni,
-            subnet: subnet.parse().expect("subnet"),
+            subnet: Some(subnet.parse().expect("subnet")),
+            gateway: None,
+        });
+        self
+    }
+
+    /// An IPv6-only network.
+    pub fn network6_only(mut self, name: &str, vni: u32, subnet6: &str) -> Self {
+        self.networks.push(NetworkSpec {
+            subnet6: Some(subnet6.parse().expect("IPv6 subnet")),
+            gateway6: None,
+            name: name.to_owned(),
+            vni,
+            subnet: None,
             gateway: None,
         });
         self
@@ -175,11 +188,13 @@ pub struct Container {
     pub ns: Netns,
     pub host: usize,
     pub network: String,
+    /// 0.0.0.0 on an IPv6-only network (its tests use `ip6()`).
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
     pub host_ifname: String,
+    /// 0.0.0.0 on an IPv6-only network.
     pub gateway: Ipv4Addr,
-    /// The IPv6 address and gateway on a dual-stack network.
+    /// The IPv6 address and gateway on a network with IPv6.
     pub ipv6: Option<overlay_api::Ipv6Assignment>,
 }
 
@@ -289,9 +304,11 @@ impl Topology {
         }
         if topo.has_etcd() {
             for n in spec.networks.clone() {
-                let (vni, subnet) = (n.vni.to_string(), n.subnet.to_string());
+                let (vni, subnet) = (n.vni.to_string(), n.subnet.map(|s| s.to_string()));
                 let mut args = vec!["network", "create", &n.name, "--vni", &vni];
-                args.extend(["--subnet", &subnet]);
+                if let Some(s) = &subnet {
+                    args.extend(["--subnet", s]);
+                }
                 let subnet6 = n.subnet6.map(|s| s.to_string());
                 if let Some(s6) = &subnet6 {
                     args.extend(["--subnet", s6]);

@@ -96,8 +96,8 @@ enum NetworkCmd {
         name: String,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
         vni: u32,
-        /// The network's subnet; repeat with an IPv6 one for a dual-stack network (at most
-        /// one per family; an IPv4 subnet is required).
+        /// The network's subnet: IPv4, IPv6 (an IPv6-only network), or one of each (a
+        /// dual-stack network); at most one per family.
         #[arg(long, required = true)]
         subnet: Vec<IpNet>,
         /// MTU for containers (at most the underlay's minus 50).
@@ -362,7 +362,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let Key::Endpoint { network, ip } = key else {
                     continue;
                 };
-                let ip6 = ip6_of.get(&(network.clone(), ip)).copied();
+                let ip6 = match ip {
+                    std::net::IpAddr::V4(ip) => ip6_of.get(&(network.clone(), ip)).copied(),
+                    // An IPv6-only network's endpoint: named by its IPv6 address.
+                    std::net::IpAddr::V6(ip6) => Some(ip6),
+                };
+                let ip = match ip {
+                    std::net::IpAddr::V4(ip) => Some(ip),
+                    std::net::IpAddr::V6(_) => None,
+                };
                 let mut row = json!({"network": network, "ip": ip, "mac": ep.mac.to_string(), "node": ep.node,
                     "container_id": ep.container_id, "ifname": ep.ifname, "host_ifname": ep.attachment.to_wire()});
                 if let Some(ip6) = ip6 {
@@ -379,10 +387,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|e| {
                         vec![
                             s(&e["network"]),
-                            match e["ip6"].as_str() {
-                                Some(ip6) => format!("{} {ip6}", s(&e["ip"])),
-                                None => s(&e["ip"]),
-                            },
+                            [&e["ip"], &e["ip6"]]
+                                .iter()
+                                .filter_map(|a| a.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" "),
                             s(&e["mac"]),
                             s(&e["node"]),
                             s(&e["container_id"]),
@@ -417,9 +426,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
         } => {
             let (subnet, subnet6) = admin::one_per_family("--subnet", &subnet)?;
             let (gateway, gateway6) = admin::one_per_family("--gateway", &gateway)?;
-            let subnet = subnet
-                .ok_or_else(|| anyhow::anyhow!("--subnet: an IPv4 subnet is required"))?
-                .trunc();
+            let subnet = subnet.map(|s| s.trunc());
             let subnet6 = subnet6.map(|s| s.trunc());
             let record = NetworkRecord {
                 version: RECORD_VERSION,
@@ -433,7 +440,9 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                 block_len6,
             };
             admin::create_network(&store, &name, &record).await?;
-            let subnets: Vec<String> = std::iter::once(subnet.to_string())
+            let subnets: Vec<String> = subnet
+                .map(|s| s.to_string())
+                .into_iter()
                 .chain(subnet6.map(|s| s.to_string()))
                 .collect();
             if output == Output::Json {
@@ -459,7 +468,7 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                     .iter()
                     .filter(|e| matches!(store.layout.parse(&e.key), Some(Key::Endpoint { network, .. }) if network == name))
                     .count();
-                out.push(json!({"name": name, "vni": n.vni, "subnet": n.subnet.to_string(), "block_len": n.block_len,
+                out.push(json!({"name": name, "vni": n.vni, "subnet": n.subnet.map(|s| s.to_string()), "block_len": n.subnet.map(|_| n.block_len),
                     "subnet6": n.subnet6.map(|s| s.to_string()), "block_len6": n.ipv6().map(|v| v.block_len),
                     "mtu": n.mtu, "endpoints": count}));
             }
@@ -472,14 +481,17 @@ async fn network(etcd: EtcdArgs, output: Output, cmd: NetworkCmd) -> anyhow::Res
                         vec![
                             n["name"].as_str().unwrap_or("").into(),
                             n["vni"].to_string(),
-                            match n["subnet6"].as_str() {
-                                Some(s6) => format!("{} {s6}", n["subnet"].as_str().unwrap_or("")),
-                                None => n["subnet"].as_str().unwrap_or("").into(),
-                            },
-                            match n["block_len6"].as_u64() {
-                                Some(b6) => format!("/{} /{b6}", n["block_len"]),
-                                None => format!("/{}", n["block_len"]),
-                            },
+                            [&n["subnet"], &n["subnet6"]]
+                                .iter()
+                                .filter_map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            [&n["block_len"], &n["block_len6"]]
+                                .iter()
+                                .filter_map(|b| b.as_u64())
+                                .map(|b| format!("/{b}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
                             n["endpoints"].to_string(),
                         ]
                     })
