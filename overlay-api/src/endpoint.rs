@@ -188,7 +188,7 @@ struct EndpointWire {
     ifname: String,
     #[serde(default)]
     netns: PathBuf,
-    /// The three absent on IPv6-only networks (0.4 and later).
+    /// The three absent on IPv6-only networks (0.3 and later); all or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,7 +215,18 @@ impl TryFrom<EndpointWire> for Endpoint {
     type Error = &'static str;
 
     fn try_from(w: EndpointWire) -> Result<Self, Self::Error> {
-        if w.ip.is_none() && w.ipv6.is_none() {
+        let ipv4 = match (w.ip, w.prefix_len, w.gateway) {
+            (Some(ip), Some(prefix_len), Some(gateway)) => Some(Ipv4Assignment {
+                ip,
+                prefix_len,
+                gateway,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err("an endpoint's IPv4 address needs ip, prefix_len and gateway together")
+            }
+        };
+        if ipv4.is_none() && w.ipv6.is_none() {
             return Err("an endpoint needs an IPv4 address (ip, prefix_len, gateway) or ipv6");
         }
         Ok(Self {
@@ -229,14 +240,7 @@ impl TryFrom<EndpointWire> for Endpoint {
             network: w.network,
             container_id: w.container_id,
             ifname: w.ifname,
-            ipv4: match (w.ip, w.prefix_len, w.gateway) {
-                (Some(ip), Some(prefix_len), Some(gateway)) => Some(Ipv4Assignment {
-                    ip,
-                    prefix_len,
-                    gateway,
-                }),
-                _ => None,
-            },
+            ipv4,
             ipv6: w.ipv6,
             mac: w.mac,
             mtu: w.mtu,
@@ -345,6 +349,9 @@ mod tests {
         );
         let e = serde_json::from_str::<Endpoint>(&none).unwrap_err();
         assert!(e.to_string().contains("needs an IPv4 address"), "{e}");
+        let partial = v6.replace(r#""netns""#, r#""ip":"198.19.1.2","netns""#);
+        let e = serde_json::from_str::<Endpoint>(&partial).unwrap_err();
+        assert!(e.to_string().contains("together"), "{e}");
     }
 
     #[test]

@@ -139,7 +139,8 @@ counted_enum! {
         /// discovery only).
         SpoofedIp6 = 24 => "spoofed_ip6",
         /// Neighbour discovery whose source, target or link-layer option is not the
-        /// endpoint's own (a forged advertisement, a solicitation in another's name).
+        /// endpoint's own (a forged advertisement, a solicitation in another's name), or
+        /// that arrived in VXLAN (never sent across the underlay: forged).
         SpoofedNdp = 25 => "spoofed_ndp",
         /// Neighbour solicitation for an address no endpoint of the network has, or for the
         /// container's own (duplicate address detection: no conflict here, no answer).

@@ -44,6 +44,10 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_NEXT);
     };
 
+    if let InnerIp::V6 = rx.inner_ip {
+        crate::forward6::check_inner_ndp(ctx)?;
+    }
+
     // The skb must hold exactly one inner packet: a GSO super-packet built by a VXLAN sender
     // carries the full length in its inner header, while a UDP GRO aggregate of several VXLAN
     // datagrams does not, and stripping only its first outer header would corrupt the rest.

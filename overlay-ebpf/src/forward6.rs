@@ -8,7 +8,9 @@
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use overlay_common::{
     monitor::TraceVerdict,
-    wire::{ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, IPPROTO_ICMPV6, IPV6_HLEN},
+    wire::{
+        ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, INNER_IP_OFF, IPPROTO_ICMPV6, IPV6_HLEN,
+    },
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointMacKey, LocalIface,
     NetworkInfo,
 };
@@ -84,9 +86,9 @@ fn is_extension(next_header: u8) -> bool {
 /// naming another endpoint would pass every source check and poison the receiver's
 /// neighbour cache. Not inlined: walked only for packets with extension headers.
 #[inline(never)]
-fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
+fn hides_ndp(ctx: &TcContext, l3_off: usize, first: u8) -> Result<bool, DropReason> {
     let mut next = first;
-    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut off = l3_off + IPV6_HLEN;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         // The first bytes of any extension header: next header, then its length (in 8-byte
@@ -118,6 +120,28 @@ fn hides_ndp(ctx: &TcContext, first: u8) -> Result<bool, DropReason> {
     Ok(true)
 }
 
+/// Neighbour discovery (or a redirect) inside VXLAN, plainly or behind extension headers:
+/// never sent across the underlay (each node answers its own containers'), so it is forged.
+/// Delivered, an advertisement naming another endpoint would pass the source checks and
+/// poison the container's neighbour cache.
+#[inline(never)]
+pub fn check_inner_ndp(ctx: &TcContext) -> Result<(), DropReason> {
+    let next = ctx
+        .header::<u8>(INNER_IP_OFF + IPV6_NEXT_HEADER_OFF)
+        .ok_or(DropReason::Malformed)?;
+    if next == IPPROTO_ICMPV6 {
+        let kind = ctx
+            .header::<u8>(INNER_IP_OFF + IPV6_HLEN)
+            .ok_or(DropReason::Malformed)?;
+        if (ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&kind) {
+            return Err(DropReason::SpoofedNdp);
+        }
+    } else if is_extension(next) && hides_ndp(ctx, INNER_IP_OFF, next)? {
+        return Err(DropReason::Ipv6HiddenNdp);
+    }
+    Ok(())
+}
+
 /// The network of `me`, if it carries IPv6 and `me` has an IPv6 address.
 #[inline(always)]
 pub fn network6(me: &LocalIface) -> Result<&'static NetworkInfo, DropReason> {
@@ -139,7 +163,7 @@ fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwar
         return Err(DropReason::Malformed);
     }
     let net = network6(me)?;
-    if is_extension(ip.next_header) && hides_ndp(ctx, ip.next_header)? {
+    if is_extension(ip.next_header) && hides_ndp(ctx, ETH_HLEN, ip.next_header)? {
         return Err(DropReason::Ipv6HiddenNdp);
     }
     // Multicast first: a container's MLD reports (sent from :: or its link-local address)

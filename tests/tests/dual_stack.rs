@@ -200,6 +200,47 @@ fn forged_ipv6_sources_advertisements_and_vxlan_are_dropped() {
     let delta = |r: DropReason| h2_after.drops(r).packets - h2_before.drops(r).packets;
     assert_eq!(delta(DropReason::UnknownVtep), 1);
     assert_eq!(delta(DropReason::DecapSpoofedSource), 1);
+
+    // The hijack over the underlay: from a real VTEP, in a's name (its address and MAC, so
+    // every source check passes), an advertisement telling b that c is at a's MAC, plainly
+    // and behind a hop-by-hop header. Discovery never crosses the underlay: both dropped.
+    let mut rest = vec![0x20, 0, 0, 0];
+    rest.extend_from_slice(&c.ip6().octets());
+    rest.extend_from_slice(&[2, 1]);
+    rest.extend_from_slice(&a.mac.0);
+    let na = frames6::icmp6(a.ip6(), b.ip6(), frames6::ND_NEIGHBOR_ADVERT, 0, &rest);
+    let mut hidden = vec![frames6::NH_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+    hidden.extend_from_slice(&na);
+    let h2_before = t.counters(1);
+    for (next, body) in [(frames6::NH_ICMPV6, &na), (frames6::NH_HOP_BY_HOP, &hidden)] {
+        let inner = frames6::ipv6_frame(a.mac.0, b.mac.0, a.ip6(), b.ip6(), next, 255, body);
+        traffic::udp_send(
+            &t.hosts[0].ns,
+            t.hosts[1].vtep_ip,
+            4789,
+            traffic::vxlan_payload(100, 0x08, &inner),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let h2_after = t.counters(1);
+    let delta = |r: DropReason| h2_after.drops(r).packets - h2_before.drops(r).packets;
+    assert_eq!(
+        delta(DropReason::SpoofedNdp),
+        1,
+        "the plain advertisement in VXLAN"
+    );
+    assert_eq!(
+        delta(DropReason::Ipv6HiddenNdp),
+        1,
+        "the hidden one in VXLAN"
+    );
+    let neigh =
+        b.ns.output("ip", &["-6", "neigh", "show", &c.ip6().to_string()]);
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    assert!(
+        !neigh.contains(&a.mac.to_string().to_lowercase()),
+        "b's neighbour entry for c: {neigh}"
+    );
 }
 
 #[test]

@@ -112,7 +112,7 @@ impl Cluster {
         let min6 = overlay_common::wire::IPV6_MIN_MTU as u32;
         if net.ipv6().is_some() && ep.mtu < min6 {
             return Err(ClusterError::Invalid(format!(
-                "network {} is dual-stack and IPv6 needs an MTU of at least {min6}, this endpoint would get {}: ask for a larger mtu, or raise the network's or the underlay's",
+                "network {} has IPv6, which needs an MTU of at least {min6}, this endpoint would get {}: ask for a larger mtu, or raise the network's or the underlay's",
                 req.network, ep.mtu
             )));
         }

@@ -131,6 +131,12 @@ impl Cluster {
                 .map(|e| e.mac),
         );
         macs.insert(MacAddr::gateway(ep.vni));
+        if let Some(m) = mac.filter(|m| macs.contains(m)) {
+            return Err(ClusterError::Invalid(format!(
+                "MAC {m} is taken in network {}: give another, or none (one is derived)",
+                ep.network
+            )));
+        }
         let mut skip = BTreeSet::new();
         loop {
             let Some(held) = ep.ipv6 else {

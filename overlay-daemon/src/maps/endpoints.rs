@@ -201,14 +201,56 @@ impl EndpointMaps {
 
     /// Whether the endpoint named (VNI, `key_ip`) is installed (userspace copy).
     pub fn is_installed(&self, vni: u32, key_ip: IpAddr) -> bool {
+        self.installed_by_key(vni, key_ip).is_some()
+    }
+
+    /// The installed entry of the endpoint named (VNI, `key_ip`) (its IPv4 address, or
+    /// its IPv6 one on an IPv6-only network), with its installed IPv6 address.
+    pub fn installed_by_key(
+        &self,
+        vni: u32,
+        key_ip: IpAddr,
+    ) -> Option<(EndpointInfo, Option<Ipv6Addr>)> {
         match key_ip {
-            IpAddr::V4(ip) => self.by_ip.contains_key(&ip_entry_key(vni, ip)),
+            IpAddr::V4(ip) => {
+                let key = ip_entry_key(vni, ip);
+                let ip6 = self.ip6_of.get(&key).map(|k| Ipv6Addr::from(k.ip6));
+                self.by_ip.get(&key).map(|v| (*v, ip6))
+            }
             IpAddr::V6(ip6) => {
                 let key = ip6_entry_key(vni, ip6);
-                self.by_ip6
-                    .get(&key)
-                    .is_some_and(|v| self.is_v6_only(&key, v))
+                let v = self.by_ip6.get(&key).filter(|v| self.is_v6_only(&key, v))?;
+                Some((*v, Some(ip6)))
             }
+        }
+    }
+
+    /// Whether (VNI, `mac`) is installed for another endpoint than the one named `key_ip`.
+    pub fn mac_held_by_other(&self, vni: u32, mac: [u8; 6], key_ip: IpAddr) -> bool {
+        let Some(held) = self.by_mac.get(&EndpointMacKey::new(vni, mac)) else {
+            return false;
+        };
+        match key_ip {
+            IpAddr::V4(ip) => held.ip != ip_key(ip),
+            // No IPv4 address to tell holders apart: it is ours if our IPv6 entry has it.
+            IpAddr::V6(ip6) => {
+                !(held.ip == 0
+                    && self
+                        .by_ip6
+                        .get(&ip6_entry_key(vni, ip6))
+                        .is_some_and(|own| own.mac == mac))
+            }
+        }
+    }
+
+    /// Whether (VNI, `ip6`) is installed for another endpoint than the one named `key_ip`.
+    pub fn ip6_held_by_other(&self, vni: u32, ip6: Ipv6Addr, key_ip: IpAddr) -> bool {
+        let Some(held) = self.by_ip6.get(&ip6_entry_key(vni, ip6)) else {
+            return false;
+        };
+        match key_ip {
+            IpAddr::V4(ip) => held.ip != ip_key(ip),
+            IpAddr::V6(_) => held.ip != 0,
         }
     }
 
@@ -263,20 +305,6 @@ impl EndpointMaps {
         out
     }
 
-    /// The IPv6 address installed for the endpoint (VNI, IP), from the userspace copy.
-    pub fn installed_ip6(&self, vni: u32, ip: Ipv4Addr) -> Option<Ipv6Addr> {
-        self.ip6_of
-            .get(&ip_entry_key(vni, ip))
-            .map(|k| Ipv6Addr::from(k.ip6))
-    }
-
-    /// The (IPv4 of the) endpoint that holds (VNI, IPv6) now, if any.
-    pub fn ip_of_ip6(&self, vni: u32, ip6: Ipv6Addr) -> Option<Ipv4Addr> {
-        self.by_ip6
-            .get(&ip6_entry_key(vni, ip6))
-            .map(|v| Ipv4Addr::from(v.ip.to_ne_bytes()))
-    }
-
     /// Number of endpoints in the userspace copy (each has one MAC entry).
     pub fn len_installed(&self) -> usize {
         self.by_mac.len()
@@ -285,13 +313,6 @@ impl EndpointMaps {
     /// How many endpoints the tables can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// The IP that holds (VNI, MAC) now, if any.
-    pub fn ip_of_mac(&self, vni: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
-        self.by_mac
-            .get(&EndpointMacKey::new(vni, mac))
-            .map(|v| Ipv4Addr::from(v.ip.to_ne_bytes()))
     }
 
     /// Installs or replaces one endpoint (its old MAC entry goes if the MAC changed).
@@ -362,7 +383,11 @@ impl EndpointMaps {
         }
         let mut removed = 0;
         if let Some(old) = old.filter(|o| o.mac != ep.mac) {
-            removed += self.remove_mac(EndpointMacKey::new(ep.vni, old.mac))?;
+            // Unless another endpoint took the MAC over meanwhile.
+            let old_mac = EndpointMacKey::new(ep.vni, old.mac);
+            if self.by_mac.get(&old_mac) == Some(&old) {
+                removed += self.remove_mac(old_mac)?;
+            }
         }
         let mac_key = EndpointMacKey::new(ep.vni, ep.mac);
         if let Some(k) = self.kernel.as_mut() {

@@ -1,8 +1,6 @@
 //! The delta pass: writes only the endpoints (and endpoint-less nodes) a change touched, as
 //! a full pass would place them, or gives up so that a full pass runs.
 
-use std::net::IpAddr;
-
 use overlay_common::maps::ENDPOINT_F_LOCAL;
 use tracing::debug;
 
@@ -83,18 +81,14 @@ impl Reconciler {
         };
         let (mut written, mut removed) = (0, 0);
         for (network, key_ip) in changed {
-            // An IPv6-only network's endpoint: its MAC's holder is not known by address
-            // here, so a full pass places it.
-            let IpAddr::V4(ip) = key_ip else {
-                return Ok(None);
-            };
+            let key_ip = *key_ip;
             let Some(net) = last.networks.get(network) else {
-                if view.endpoint(network, *key_ip).is_some() {
+                if view.endpoint(network, key_ip).is_some() {
                     return Ok(None); // rejected: no such network
                 }
                 continue;
             };
-            let spec = view.endpoint(network, *key_ip);
+            let spec = view.endpoint(network, key_ip);
             // What the entry should be now, as a full pass would place it.
             let desired = match &spec {
                 None => None,
@@ -106,18 +100,13 @@ impl Reconciler {
                     let held_by_reserved = last
                         .reserved
                         .iter()
-                        .any(|(&(vni, other), m)| vni == net.vni && *m == mac && other != *ip);
+                        .any(|(&(vni, other), m)| vni == net.vni && *m == mac && other != key_ip);
+                    let eps = target.endpoints();
                     if held_by_reserved
-                        || target
-                            .endpoints()
-                            .ip_of_mac(net.vni, mac)
-                            .is_some_and(|other| other != *ip)
-                        || ep.ip6.is_some_and(|ip6| {
-                            target
-                                .endpoints()
-                                .ip_of_ip6(net.vni, ip6)
-                                .is_some_and(|other| other != *ip)
-                        })
+                        || eps.mac_held_by_other(net.vni, mac, key_ip)
+                        || ep
+                            .ip6
+                            .is_some_and(|ip6| eps.ip6_held_by_other(net.vni, ip6, key_ip))
                     {
                         return Ok(None);
                     }
@@ -138,7 +127,7 @@ impl Reconciler {
                     };
                     location.map(|location| EndpointEntry {
                         vni: net.vni,
-                        ip: Some(*ip),
+                        ip: ep.ip,
                         mac,
                         location,
                         ip6: ep.ip6,
@@ -147,14 +136,17 @@ impl Reconciler {
             };
             match &spec {
                 Some(ep) if ep.node == self.me.name && ep.iface == EndpointIface::Reserved => {
-                    last.reserved.insert((net.vni, *ip), ep.mac().0);
+                    last.reserved.insert((net.vni, key_ip), ep.mac().0);
                 }
                 _ => {
-                    last.reserved.remove(&(net.vni, *ip));
+                    last.reserved.remove(&(net.vni, key_ip));
                 }
             }
-            let installed = target.endpoints().installed(net.vni, *ip);
-            let installed_ip6 = target.endpoints().installed_ip6(net.vni, *ip);
+            let (installed, installed_ip6) =
+                match target.endpoints().installed_by_key(net.vni, key_ip) {
+                    Some((info, ip6)) => (Some(info), ip6),
+                    None => (None, None),
+                };
             // A new entry in a full table: a full pass decides which endpoints stay.
             if installed.is_none()
                 && desired.is_some()
@@ -181,7 +173,7 @@ impl Reconciler {
                 None => {
                     removed += target
                         .endpoints()
-                        .remove(net.vni, *key_ip)
+                        .remove(net.vni, key_ip)
                         .map_err(DatapathError::from)?;
                 }
                 Some(entry) => {
@@ -196,7 +188,7 @@ impl Reconciler {
                             report.attached += target.set_local(&LocalIdentity {
                                 ifindex,
                                 vni: net.vni,
-                                ip: Some(*ip),
+                                ip: entry.ip,
                                 mac: entry.mac,
                                 ip6: entry.ip6,
                             })?;

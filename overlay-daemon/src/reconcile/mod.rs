@@ -141,7 +141,7 @@ struct LastFull {
     nodes: BTreeMap<String, NodeSpec>,
     /// This node's reserved addresses (no interface yet): valid, not installed, but holding
     /// their MAC, so a clash with them is a clash all the same.
-    reserved: BTreeMap<(u32, Ipv4Addr), [u8; 6]>,
+    reserved: BTreeMap<(u32, IpAddr), [u8; 6]>,
     report: Report,
 }
 
@@ -227,8 +227,10 @@ impl Reconciler {
             .endpoints
             .iter()
             .filter(|ep| ep.node == self.me.name && !matches!(ep.iface, EndpointIface::Veth(_)))
-            // Docker's reservations: always IPv4.
-            .filter_map(|ep| Some(((tables.networks.get(&ep.network)?.vni, ep.ip?), ep.mac().0)))
+            .filter_map(|ep| {
+                let vni = tables.networks.get(&ep.network)?.vni;
+                Some(((vni, ep.key_ip()), ep.mac().0))
+            })
             .collect();
         self.last = Some(LastFull {
             networks: tables.networks.clone(),

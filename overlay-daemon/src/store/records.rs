@@ -79,6 +79,14 @@ impl NetworkRecord {
     /// network as IPv4 only).
     pub fn check_ipv6(&self) -> Result<(), String> {
         if let Some(v6) = self.ipv6() {
+            // IPv4-mapped addresses name IPv4 hosts; an endpoint key of one is not parsed.
+            let mapped: Ipv6Net = "::ffff:0:0/96".parse().expect("a prefix");
+            if v6.subnet.contains(&mapped.network()) || mapped.contains(&v6.subnet.network()) {
+                return Err(format!(
+                    "IPv6 subnet {} overlaps ::ffff:0:0/96 (IPv4-mapped addresses): pick another",
+                    v6.subnet
+                ));
+            }
             crate::ipam::check_blocks6(v6.subnet, v6.block_len).map_err(|e| e.to_string())?;
             if !v6.subnet.contains(&v6.gateway) || v6.gateway == v6.subnet.network() {
                 return Err(format!(
@@ -348,6 +356,10 @@ mod tests {
             (
                 r#"{"version":1,"vni":300,"subnet":"0.0.0.0/24"}"#,
                 "holds 0.0.0.0",
+            ),
+            (
+                r#"{"version":1,"vni":300,"subnet6":"::/64"}"#,
+                "IPv4-mapped",
             ),
         ] {
             let e = net(text).unwrap_err();

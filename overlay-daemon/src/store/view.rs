@@ -311,7 +311,9 @@ impl ClusterView {
             network: network.to_owned(),
             ip,
         }) {
-            Some(Entry::Endpoint(ep)) => Some(self.endpoint_spec(network, ip, ep)),
+            Some(Entry::Endpoint(ep)) if self.deliverable(ip, ep) => {
+                Some(self.endpoint_spec(network, ip, ep))
+            }
             _ => None,
         }
     }
@@ -453,6 +455,12 @@ impl ClusterView {
             })
     }
 
+    /// Not an IPv6-only endpoint of a node downgraded to a release without IPv6, which
+    /// cannot deliver it any more.
+    fn deliverable(&self, ip: IpAddr, ep: &ViewEndpoint) -> bool {
+        ip.is_ipv4() || self.node(&ep.node).is_some_and(carries_ipv6)
+    }
+
     fn endpoint_spec(&self, network: &str, ip: IpAddr, ep: &ViewEndpoint) -> EndpointSpec {
         let (ip, ip6) = match ip {
             IpAddr::V4(ip) => (Some(ip), self.ip6_for(network, ip, ep)),
@@ -538,7 +546,9 @@ impl ClusterView {
             });
         }
         for (network, ip, ep) in self.endpoints() {
-            t.endpoints.push(self.endpoint_spec(network, ip, ep));
+            if self.deliverable(ip, ep) {
+                t.endpoints.push(self.endpoint_spec(network, ip, ep));
+            }
         }
         for (name, s) in self.services() {
             t.services.push(ServiceSpec {
