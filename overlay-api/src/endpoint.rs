@@ -163,20 +163,21 @@ impl Endpoint {
         self.ipv4.map(|a| a.ip)
     }
 
-    /// Its IPv6 address, if it has one.
-    pub fn ip6(&self) -> Option<Ipv6Addr> {
-        self.ipv6.map(|a| a.ip)
-    }
-
     /// The address that names it in its network (its etcd key): the IPv4 one when it has
     /// one, else the IPv6 one. Every endpoint has at least one.
     pub fn key_ip(&self) -> IpAddr {
-        match (self.ipv4, self.ipv6) {
-            (Some(a), _) => IpAddr::V4(a.ip),
-            (None, Some(a)) => IpAddr::V6(a.ip),
-            // Only while `reserve` has not picked its addresses yet.
-            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        }
+        key_address(self.ip(), self.ipv6.map(|a| a.ip))
+    }
+}
+
+/// The address that names an endpoint with these addresses in its network (its etcd key):
+/// the IPv4 one when it has one, else the IPv6 one. Every endpoint has at least one (their
+/// constructors see to it); 0.0.0.0 only for one whose addresses are not picked yet.
+pub fn key_address(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> IpAddr {
+    match (ip, ip6) {
+        (Some(ip), _) => IpAddr::V4(ip),
+        (None, Some(ip6)) => IpAddr::V6(ip6),
+        (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     }
 }
 

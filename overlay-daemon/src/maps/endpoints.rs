@@ -65,11 +65,7 @@ pub struct EndpointEntry {
 impl EndpointEntry {
     /// The address that names it: IPv4 when it has one (as its etcd key).
     pub fn key_ip(&self) -> IpAddr {
-        match (self.ip, self.ip6) {
-            (Some(ip), _) => IpAddr::V4(ip),
-            (None, Some(ip6)) => IpAddr::V6(ip6),
-            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        }
+        overlay_api::endpoint::key_address(self.ip, self.ip6)
     }
 
     fn value(&self, local_vtep: Ipv4Addr) -> EndpointInfo {

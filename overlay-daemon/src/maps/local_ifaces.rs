@@ -25,11 +25,7 @@ pub struct LocalIdentity {
 impl LocalIdentity {
     /// The address that names the endpoint: IPv4 when it has one.
     pub fn key_ip(&self) -> std::net::IpAddr {
-        match (self.ip, self.ip6) {
-            (Some(ip), _) => ip.into(),
-            (None, Some(ip6)) => ip6.into(),
-            (None, None) => Ipv4Addr::UNSPECIFIED.into(),
-        }
+        overlay_api::endpoint::key_address(self.ip, self.ip6)
     }
 
     fn value(&self) -> LocalIface {

@@ -121,11 +121,7 @@ impl EndpointSpec {
 
     /// The address that names it in its network (its etcd key): IPv4 when it has one.
     pub fn key_ip(&self) -> IpAddr {
-        match (self.ip, self.ip6) {
-            (Some(ip), _) => IpAddr::V4(ip),
-            (None, Some(ip6)) => IpAddr::V6(ip6),
-            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        }
+        overlay_api::endpoint::key_address(self.ip, self.ip6)
     }
 }
 
