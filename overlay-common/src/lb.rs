@@ -77,27 +77,30 @@ pub struct ServiceInfo {
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 
-/// A backend: the value of `LB_BACKENDS`, keyed by backend id (`u32`, never 0), and the key
-/// of `LB_BACKEND_ADDRS` (-> its id).
+/// A backend of either family (`A`: `u32` for IPv4, `[u32; 4]` for IPv6): the value of
+/// `LB_BACKENDS`/`LB6_BACKENDS`, keyed by backend id (`u32`, never 0), and the key of
+/// `LB_BACKEND_ADDRS` (-> its id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendInfo {
-    /// Backend address (network order key).
-    pub ip: u32,
+pub struct BackendOf<A> {
+    /// Backend address (network order key; for IPv6 as `Service6Key::vip`).
+    pub ip: A,
     /// Backend port, host byte order.
     pub port: u16,
     pub _pad: u16,
 }
+/// An IPv4 backend.
+pub type BackendInfo = BackendOf<u32>;
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 8);
 
 /// A flow as seen in one direction: key of `LB_CT` (client -> VIP) and `LB_REVNAT`
-/// (backend -> client).
+/// (backend -> client); `A` as in `BackendOf`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey<A = u32> {
     pub vni: u32,
-    pub src_ip: u32,
-    pub dst_ip: u32,
+    pub src_ip: A,
+    pub dst_ip: A,
     /// Ports in host byte order.
     pub src_port: u16,
     pub dst_port: u16,
@@ -105,6 +108,9 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
+/// Key of `LB6_CT` and `LB6_REVNAT`.
+pub type Flow6Key = FlowKey<[u32; 4]>;
+const _: () = assert!(core::mem::size_of::<Flow6Key>() == 44);
 
 /// `CtEntry.flags`/`RevNatEntry.flags`: the flow is closing and ends after
 /// `CT_CLOSE_TIMEOUT_NS`; a new SYN on its tuple starts a new flow. On a flow entry: the
@@ -145,38 +151,46 @@ pub const CT_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
 /// How long a closed TCP flow's entries still translate (its last ACKs, retransmitted FINs).
 pub const CT_CLOSE_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
 
-/// The backend a flow was given: the value of `LB_CT`. The address is kept with the id so a
-/// recycled id is noticed.
+/// The backend a flow was given: the value of `LB_CT` (`LB6_CT`: `A` as in `BackendOf`,
+/// `P` the padding that keeps `last_seen` 8-byte aligned without a hidden gap). The
+/// address is kept with the id so a recycled id is noticed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntry<A = u32, P = [u8; 0]> {
     pub backend_id: u32,
-    pub backend: BackendInfo,
+    pub backend: BackendOf<A>,
     /// The client's source port on the wire (differs from its own when remapped to keep the
     /// translated tuple unique).
     pub src_port: u16,
     pub flags: u16,
+    pub _pad: P,
     /// `bpf_ktime_get_ns` of the flow's last packet.
     pub last_seen: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+/// The value of `LB6_CT`.
+pub type Ct6Entry = CtEntry<[u32; 4], [u8; 4]>;
+const _: () = assert!(core::mem::size_of::<Ct6Entry>() == 40);
 
-/// How a reply of a translated flow is turned back: the value of `LB_REVNAT`, keyed by the
-/// reply as it arrives (backend -> client, or backend -> VIP for hairpin flows).
+/// How a reply of a translated flow is turned back: the value of `LB_REVNAT` (`LB6_REVNAT`),
+/// keyed by the reply as it arrives (backend -> client, or backend -> VIP for hairpin flows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RevNatEntry {
+pub struct RevNatEntry<A = u32> {
     /// The source it gets: the VIP and service port.
-    pub vip: u32,
+    pub vip: A,
     pub port: u16,
     pub flags: u16,
     /// The destination it gets: the client's address and port (its own, not remapped).
-    pub client_ip: u32,
+    pub client_ip: A,
     pub client_port: u16,
     pub _pad: u16,
     pub last_seen: u64,
 }
 const _: () = assert!(core::mem::size_of::<RevNatEntry>() == 24);
+/// The value of `LB6_REVNAT`.
+pub type RevNat6Entry = RevNatEntry<[u32; 4]>;
+const _: () = assert!(core::mem::size_of::<RevNat6Entry>() == 48);
 
 /// Whether direct flows with a source port of their own may be live, so packets not to a VIP
 /// must be looked up in `LB_CT`: the single slot of `LB_DIRECT`, written by the datapath.
@@ -244,9 +258,9 @@ pub struct SockAddr {
 }
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 8);
 
-/// Key of `LB6_SERVICES`: an IPv6 VIP:port in one network. IPv6 services are balanced by
-/// the socket hooks (connect6/sendmsg6); their tables share `LB_MAGLEV` with IPv4 ones, and
-/// their slots name `LB6_BACKENDS` ids.
+/// Key of `LB6_SERVICES`: an IPv6 VIP:port in one network, balanced by the socket hooks
+/// (connect6/sendmsg6) and per packet like IPv4 ones; their tables share `LB_MAGLEV` with
+/// IPv4 ones, and their slots name `LB6_BACKENDS` ids.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Service6Key {
@@ -261,16 +275,8 @@ pub struct Service6Key {
 }
 const _: () = assert!(core::mem::size_of::<Service6Key>() == 24);
 
-/// An IPv6 backend: the value of `LB6_BACKENDS`, keyed by backend id (`u32`, never 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend6Info {
-    /// Backend address (as `Service6Key::vip`).
-    pub ip: [u32; 4],
-    /// Backend port, host byte order.
-    pub port: u16,
-    pub _pad: u16,
-}
+/// An IPv6 backend: the value of `LB6_BACKENDS`.
+pub type Backend6Info = BackendOf<[u32; 4]>;
 const _: () = assert!(core::mem::size_of::<Backend6Info>() == 20);
 
 /// A socket and an IPv6 address: the key of `SOCK6_FWD` and `SOCK6_REV` (as `SockKey`).
@@ -317,6 +323,12 @@ pub const fn flow_hash(src_ip: u32, dst_ip: u32, src_port: u16, dst_port: u16, p
     h ^ (h >> 16)
 }
 
+/// An IPv6 address (`Service6Key::vip` form) folded to 32 bits for `flow_hash`.
+#[inline(always)]
+pub const fn fold6(ip: &[u32; 4]) -> u32 {
+    ip[0] ^ ip[1] ^ ip[2] ^ ip[3]
+}
+
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k
@@ -345,6 +357,9 @@ mod pod {
     unsafe impl aya::Pod for SockAddr {}
     unsafe impl aya::Pod for Service6Key {}
     unsafe impl aya::Pod for Backend6Info {}
+    unsafe impl aya::Pod for Flow6Key {}
+    unsafe impl aya::Pod for Ct6Entry {}
+    unsafe impl aya::Pod for RevNat6Entry {}
     unsafe impl aya::Pod for Sock6Key {}
     unsafe impl aya::Pod for Sock6Addr {}
 }

@@ -26,6 +26,8 @@ pub mod names {
     pub const LB6_BACKENDS: &str = "OVL_LB6_BACKENDS";
     pub const SOCK6_FWD: &str = "OVL_SOCK6_FWD";
     pub const SOCK6_REV: &str = "OVL_SOCK6_REV";
+    pub const LB6_CT: &str = "OVL_LB6_CT";
+    pub const LB6_REVNAT: &str = "OVL_LB6_REVNAT";
     pub const MONITOR: &str = "OVL_MONITOR";
     pub const MONITOR_BUCKET: &str = "OVL_MONITOR_BUCKET";
     pub const MONITOR_LOST: &str = "OVL_MONITOR_LOST";
@@ -56,6 +58,8 @@ pub mod names {
         LB6_BACKENDS,
         SOCK6_FWD,
         SOCK6_REV,
+        LB6_CT,
+        LB6_REVNAT,
         MONITOR,
         MONITOR_BUCKET,
         MONITOR_LOST,

@@ -25,13 +25,17 @@ use crate::{
 pub fn from_underlay(ctx: &TcContext) -> i32 {
     match try_decap(ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => {
-            count_drop(reason, ctx.len());
-            monitor::drop_tc(ctx, HOOK_FROM_UNDERLAY, reason);
-            debug!(ctx, "decap drop: {}", reason.label());
-            TC_ACT_SHOT
-        }
+        Err(reason) => dropped(ctx, reason),
     }
+}
+
+/// Not inlined: the log record would take stack the delivery path needs.
+#[inline(never)]
+fn dropped(ctx: &TcContext, reason: DropReason) -> i32 {
+    count_drop(reason, ctx.len());
+    monitor::drop_tc(ctx, HOOK_FROM_UNDERLAY, reason);
+    debug!(ctx, "decap drop: {}", reason.label());
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -62,7 +66,7 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     // inner Ethernet header is then written over the outer one. FIXED_GSO: the inner MSS of
     // a GSO packet does not change when outer headers go.
     let inner_l3 = match rx.inner_ip {
-        InnerIp::V4(_) => BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        InnerIp::V4 => BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         InnerIp::V6 => BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
     };
     ctx.adjust_room(
@@ -74,8 +78,9 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     ctx.store(0, &rx.inner_eth, 0)
         .map_err(|_| DropReason::DecapFailed)?;
     if cfg.flags & CONFIG_F_LB != 0 {
-        if let InnerIp::V4(inner) = &rx.inner_ip {
-            lb::to_client(ctx, rx.vxlan.vni(), inner)?;
+        match &rx.inner_ip {
+            InnerIp::V4 => lb::to_client_here(ctx, rx.vxlan.vni())?,
+            InnerIp::V6 => lb::to_client6(ctx, rx.vxlan.vni())?,
         }
     }
 

@@ -76,20 +76,63 @@ fn try_forward(ctx: &TcContext, tracing: bool) -> Result<i32, DropReason> {
             }
             Ok(verdict)
         }
-        ETH_P_IP => forward_ipv4(ctx, cfg, me),
+        ETH_P_IP => from_container4(ctx, cfg, me),
         ETH_P_IPV6 => forward6::from_container6(ctx, cfg, me),
         _ => Err(DropReason::UnsupportedEthertype),
     }
 }
 
-/// Not inlined, nor is `forward_ipv6`: each family's path gets a stack frame of its own (the
-/// service path alone takes most of the 512 bytes a program may use). BPF passes at most
-/// five arguments in registers (the result takes one), so the Ethernet header and the
-/// interface are read again.
+/// What the forwarding path decided, for what it leaves to its caller.
+enum Forwarded {
+    Verdict(i32),
+    /// For a local endpoint behind this host interface: delivered by the caller.
+    Local(u32),
+}
+
+/// A container's IPv4 packet: checked, balanced if it is for a service, kept apart from
+/// balanced flows if not (`lb`), then forwarded. Each step is a subprogram of its own, called
+/// from here: BPF allows 512 bytes of stack for a whole call chain, and the service path
+/// needs much of that on its own.
+#[inline(always)]
+fn from_container4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, DropReason> {
+    let to_gateway = check_ipv4(ctx, me)?;
+    let balancing = cfg.flags & CONFIG_F_LB != 0;
+    let mut translated = false;
+    if balancing {
+        // Service VIPs live outside the network's subnet, so they are reached via the
+        // gateway. Without services on this node, not even the lookup.
+        if to_gateway {
+            match lb::to_service(ctx, me)? {
+                lb::Verdict::NotService => {}
+                // Rewritten in place: the packet names where it goes now.
+                lb::Verdict::Translated => translated = true,
+                lb::Verdict::Reject => return lb::reject(ctx),
+            }
+        }
+        if !translated {
+            lb::check_direct(ctx, cfg, me.vni)?;
+        }
+    }
+    match forward_ipv4(ctx, cfg, me, translated)? {
+        Forwarded::Verdict(verdict) => Ok(verdict),
+        Forwarded::Local(ifindex) => {
+            if !translated && balancing {
+                lb::to_client_here(ctx, me.vni)?;
+            }
+            let len = ctx.len();
+            let verdict = redirected(unsafe { bpf_redirect_peer(ifindex, 0) })?;
+            count(Direction::LocalDelivery, len);
+            monitor::note4(ctx, TraceVerdict::Local, ifindex, me.vni, 0, translated);
+            Ok(verdict)
+        }
+    }
+}
+
+/// The checks every IPv4 packet of a container passes before it is balanced or forwarded;
+/// whether it is sent to the gateway.
 #[inline(never)]
-fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, DropReason> {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+fn check_ipv4(ctx: &TcContext, me: &LocalIface) -> Result<bool, DropReason> {
+    let eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv4Hdr>(ETH_HLEN)
         .ok_or(DropReason::Malformed)?;
@@ -103,30 +146,32 @@ fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, D
         return Err(DropReason::Broadcast);
     }
     let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+    Ok(eth.dst == net.gateway_mac)
+}
 
-    let to_gateway = eth.dst == net.gateway_mac;
-    let mut dst_ip = ip.dst_key();
-    let mut translated = false;
-    if to_gateway && cfg.flags & CONFIG_F_LB != 0 {
-        // Service VIPs live outside the network's subnet, so they are reached via the gateway.
-        // Without services on this node, not even the lookup.
-        match lb::to_service(ctx, me, ifindex, &eth, &ip)? {
-            lb::Verdict::NotService => {}
-            lb::Verdict::Translated { to, vip_port } => {
-                dst_ip = to;
-                translated = true;
-                monitor::note_service(ctx, vip_port);
-            }
-            lb::Verdict::Answered(verdict) => return Ok(verdict),
-        }
-    }
-
-    let target: &EndpointInfo = if to_gateway {
+/// Not inlined, nor is `forward_ipv6`: each family's path gets a stack frame of its own.
+/// The packet passed `check_ipv4`; `translated`: balanced to a backend (or a hairpin
+/// reply turned back), so it is never quoted in an ICMP error. BPF passes at most five
+/// arguments in registers, so the Ethernet header and the interface are read again.
+#[inline(never)]
+fn forward_ipv4(
+    ctx: &TcContext,
+    cfg: &Config,
+    me: &LocalIface,
+    translated: bool,
+) -> Result<Forwarded, DropReason> {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+    let ip = ctx
+        .header::<Ipv4Hdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
+    let net = unsafe { NETWORKS.get(me.vni) }.ok_or(DropReason::UnknownNetwork)?;
+    let target: &EndpointInfo = if eth.dst == net.gateway_mac {
         // Sent to the virtual gateway: find the endpoint by IP and address it directly. The
         // source MAC stays the sender's, which the receiving VTEP checks against its tables.
         let key = EndpointIpKey {
             vni: me.vni,
-            ip: dst_ip,
+            ip: ip.dst_key(),
         };
         let ep = unsafe { ENDPOINTS_BY_IP.get(key) }.ok_or(DropReason::UnknownDestination)?;
         eth.dst = ep.mac;
@@ -137,7 +182,10 @@ fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, D
         unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
-    if !target.is_local() && icmp::too_big(ctx, cfg, ip.ihl_bytes(), ip.proto)? {
+    if target.is_local() {
+        return Ok(Forwarded::Local(target.ifindex));
+    }
+    if icmp::too_big(ctx, cfg, ip.ihl_bytes(), ip.proto)? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
         if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
             return Err(DropReason::TooBig);
@@ -153,32 +201,10 @@ fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, D
             &ip,
         )?;
         count(Direction::IcmpFragNeeded, len);
-        return Ok(verdict);
-    }
-    if !translated && cfg.flags & CONFIG_F_LB != 0 {
-        lb::check_direct(ctx, cfg, me.vni, &ip)?;
-    }
-    if target.is_local() {
-        if !translated && cfg.flags & CONFIG_F_LB != 0 {
-            lb::to_client(ctx, me.vni, &ip)?;
-        }
-        let len = ctx.len();
-        let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
-        count(Direction::LocalDelivery, len);
-        let (vni, vip) = (me.vni, ip.dst_key());
-        monitor::note4(
-            ctx,
-            TraceVerdict::Local,
-            target.ifindex,
-            vni,
-            0,
-            translated,
-            vip,
-        );
-        return Ok(verdict);
+        return Ok(Forwarded::Verdict(verdict));
     }
     let verdict = encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.tos)?;
-    let (out, vip) = (cfg.underlay_ifindex, ip.dst_key());
+    let out = cfg.underlay_ifindex;
     monitor::note4(
         ctx,
         TraceVerdict::Encap,
@@ -186,7 +212,6 @@ fn forward_ipv4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, D
         me.vni,
         target.vtep_ip,
         translated,
-        vip,
     );
-    Ok(verdict)
+    Ok(Forwarded::Verdict(verdict))
 }

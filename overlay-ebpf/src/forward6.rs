@@ -1,12 +1,14 @@
 //! A container's IPv6 packets, after the checks every frame gets (`forward`): neighbour
-//! discovery answered locally, then the IPv6 source checked and the packet delivered to a
-//! local endpoint or encapsulated towards the destination's VTEP, as for IPv4. Extension
+//! discovery answered locally, then the IPv6 source checked, a packet to a service VIP
+//! balanced (`lb::to_service6`), and the packet delivered to a local endpoint or
+//! encapsulated towards the destination's VTEP, as for IPv4. Extension
 //! headers and fragments are carried as they are (switching never reads past the IPv6
 //! header; only the MTU check of a GSO packet looks for its TCP header), except that
 //! neighbour discovery behind them is dropped (`hides_ndp`).
 
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use overlay_common::{
+    maps::CONFIG_F_LB,
     monitor::TraceVerdict,
     wire::{
         ETH_HLEN, ICMPV6_REDIRECT, ICMPV6_ROUTER_SOLICIT, INNER_IP_OFF, IPPROTO_ICMPV6, IPV6_HLEN,
@@ -21,6 +23,7 @@ use crate::{
     headers::{is_multicast, load, EthHdr, Ipv6Hdr, Packet as _},
     icmp,
     kernel::redirected,
+    lb,
     maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
     monitor::{self, Trace},
     ndp,
@@ -29,13 +32,16 @@ use crate::{
 /// What the forwarding path decided, for what it leaves to its caller.
 enum Forwarded {
     Verdict(i32),
+    /// For a local endpoint behind this host interface: delivered by the caller.
+    Local(u32),
     /// Too big for the underlay: answered by the caller (`icmp::packet_too_big6`).
     TooBig,
 }
 
-/// A container's IPv6 frame. The rare answers (neighbour discovery, packet too big) are
-/// subprograms called from here, not from the forwarding path: BPF allows 512 bytes of
-/// stack for a whole call chain, and each of these paths needs most of that on its own.
+/// A container's IPv6 frame. The rare answers (neighbour discovery, packet too big), the
+/// service path and the reply translation are subprograms called from here, not from the
+/// forwarding path: BPF allows 512 bytes of stack for a whole call chain, and each of these
+/// paths needs much of that on its own.
 #[inline(always)]
 pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32, DropReason> {
     let next_header = ctx
@@ -49,8 +55,32 @@ pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result
             return ndp::handle(ctx, me, kind);
         }
     }
-    match forward_ipv6(ctx, cfg, me)? {
+    let to_gateway = check_ipv6(ctx, me)?;
+    let balancing = cfg.flags & CONFIG_F_LB != 0;
+    let mut translated = false;
+    if to_gateway && balancing {
+        // VIPs are outside the network's subnet: reached via the gateway. A translated
+        // packet names its backend now.
+        match lb::to_service6(ctx, me)? {
+            lb::Verdict::NotService => {}
+            lb::Verdict::Translated => translated = true,
+            lb::Verdict::Reject => return lb::reject6(ctx),
+        }
+    }
+    match forward_ipv6(ctx, cfg, me.vni, translated)? {
         Forwarded::Verdict(verdict) => Ok(verdict),
+        Forwarded::Local(ifindex) => {
+            if !translated && balancing {
+                lb::to_client6(ctx, me.vni)?;
+            }
+            let len = ctx.len();
+            let verdict = redirected(unsafe { bpf_redirect_peer(ifindex, 0) })?;
+            count(Direction::LocalDelivery, len);
+            if monitor::tracing() {
+                note6(ctx, TraceVerdict::Local, ifindex, me.vni, 0);
+            }
+            Ok(verdict)
+        }
         Forwarded::TooBig => {
             let len = ctx.len();
             let verdict = icmp::packet_too_big6(ctx, me)?;
@@ -152,10 +182,11 @@ pub fn network6(me: &LocalIface) -> Result<&'static NetworkInfo, DropReason> {
     Ok(net)
 }
 
-/// Not inlined: a stack frame of its own, apart from IPv4's (see `forward::forward_ipv4`).
+/// The checks every IPv6 packet of a container passes before it is balanced or forwarded
+/// (hidden discovery, multicast, the source address); whether it is sent to the gateway.
 #[inline(never)]
-fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwarded, DropReason> {
-    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+fn check_ipv6(ctx: &TcContext, me: &LocalIface) -> Result<bool, DropReason> {
+    let eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let ip = ctx
         .header::<Ipv6Hdr>(ETH_HLEN)
         .ok_or(DropReason::Malformed)?;
@@ -174,41 +205,49 @@ fn forward_ipv6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<Forwar
     if ip.src != me.ip6 {
         return Err(DropReason::SpoofedIp6);
     }
+    Ok(eth.dst == net.gateway_mac)
+}
 
+/// Not inlined: a stack frame of its own, apart from IPv4's (see `forward::forward_ipv4`).
+/// The packet passed `check_ipv6`; `translated`: balanced to a backend.
+#[inline(never)]
+fn forward_ipv6(
+    ctx: &TcContext,
+    cfg: &Config,
+    vni: u32,
+    translated: bool,
+) -> Result<Forwarded, DropReason> {
+    let mut eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+    let ip = ctx
+        .header::<Ipv6Hdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
+    let net = unsafe { NETWORKS.get(vni) }.ok_or(DropReason::UnknownNetwork)?;
     let target: &EndpointInfo = if eth.dst == net.gateway_mac {
-        let key = EndpointIp6Key {
-            vni: me.vni,
-            ip6: ip.dst,
-        };
+        let key = EndpointIp6Key { vni, ip6: ip.dst };
         let ep = unsafe { ENDPOINTS_BY_IP6.get(key) }.ok_or(DropReason::UnknownDestination)?;
         eth.dst = ep.mac;
         ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
         ep
     } else {
-        let key = EndpointMacKey::new(me.vni, eth.dst);
+        let key = EndpointMacKey::new(vni, eth.dst);
         unsafe { ENDPOINTS_BY_MAC.get(key) }.ok_or(DropReason::UnknownDestination)?
     };
 
     if target.is_local() {
-        let len = ctx.len();
-        let verdict = redirected(unsafe { bpf_redirect_peer(target.ifindex, 0) })?;
-        count(Direction::LocalDelivery, len);
-        if monitor::tracing() {
-            note6(ctx, TraceVerdict::Local, target.ifindex, me.vni, 0);
-        }
-        return Ok(Forwarded::Verdict(verdict));
+        return Ok(Forwarded::Local(target.ifindex));
     }
     if icmp::too_big(ctx, cfg, IPV6_HLEN, ip.next_header)? {
-        if unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
+        // Only an untranslated packet can be quoted back: its sender knows these addresses.
+        if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
             return Err(DropReason::TooBig);
         }
         return Ok(Forwarded::TooBig);
     }
-    let verdict = encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.traffic_class())?;
-    // Checked again rather than passed: `me` takes the registers an argument would need.
+    let verdict = encap::to_vtep(ctx, cfg, vni, target.vtep_ip, &eth, ip.traffic_class())?;
+    // Checked again rather than passed: BPF passes at most five arguments in registers.
     if monitor::tracing() {
         let out = cfg.underlay_ifindex;
-        note6(ctx, TraceVerdict::Encap, out, me.vni, target.vtep_ip);
+        note6(ctx, TraceVerdict::Encap, out, vni, target.vtep_ip);
     }
     Ok(Forwarded::Verdict(verdict))
 }

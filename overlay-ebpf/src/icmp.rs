@@ -22,7 +22,6 @@ use crate::{
         TcpHdr,
     },
     kernel::redirected,
-    ndp::icmp6_checksum,
 };
 
 /// What an ICMP error quotes of the packet it answers: its IP header and first 8 bytes.
@@ -180,16 +179,22 @@ pub fn frag_needed(
 /// first 64 bytes after it, enough for the sender to find the flow (RFC 4443 asks for as
 /// much as fits in 1280 bytes; the receiver needs the headers).
 const ICMP6_QUOTE: usize = IPV6_HLEN + 64;
+/// What a "port unreachable" quotes: the IPv6 header and the UDP header, all a datagram to
+/// a VIP is sure to have.
+const ICMP6_UNREACH_QUOTE: usize = IPV6_HLEN + 8;
+/// Destination unreachable (RFC 4443) and its port unreachable code.
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACH: u8 = 4;
 /// Offset of the source address in the IPv6 header.
 const IPV6_SRC_OFF: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TooBig6Frame {
+struct Error6Frame<const Q: usize> {
     eth: EthHdr,
     ip: Ipv6Hdr,
     icmp: IcmpHdr,
-    quoted: [u8; ICMP6_QUOTE],
+    quoted: [u8; Q],
 }
 
 /// Answers an IPv6 packet too big for the underlay with an ICMPv6 "packet too big" from
@@ -200,37 +205,72 @@ struct TooBig6Frame {
 pub fn packet_too_big6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
     let cfg = crate::maps::config().ok_or(DropReason::NotConfigured)?;
     let net = crate::forward6::network6(me)?;
+    let mtu = cfg.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+    let eth = EthHdr {
+        dst: me.mac,
+        src: net.gateway_mac,
+        ether_type: ETH_P_IPV6.to_be_bytes(),
+    };
+    let icmp = IcmpHdr {
+        kind: ICMPV6_PKT_TOOBIG,
+        code: 0,
+        check: [0; 2],
+        rest: mtu.to_be_bytes(),
+    };
+    send_error6::<ICMP6_QUOTE>(ctx, eth, net.gateway_ip6, icmp, DropReason::TooBig)
+}
+
+/// Answers an IPv6 datagram to a service without backends with an ICMPv6 port unreachable
+/// from the VIP, framed by `eth`.
+#[inline(always)]
+pub fn port_unreachable6(ctx: &TcContext, eth: &EthHdr, vip: [u8; 16]) -> Result<i32, DropReason> {
+    let icmp = IcmpHdr {
+        kind: ICMPV6_DEST_UNREACH,
+        code: ICMPV6_PORT_UNREACH,
+        check: [0; 2],
+        rest: [0; 4],
+    };
+    send_error6::<ICMP6_UNREACH_QUOTE>(ctx, *eth, vip, icmp, DropReason::LbNatFailed)
+}
+
+/// Turns the packet (IPv6 at `ETH_HLEN`, at least `Q` bytes of it) into the ICMPv6 error
+/// `icmp` from `src` quoting it, framed by `eth`, and sends it back into the container.
+#[inline(always)]
+fn send_error6<const Q: usize>(
+    ctx: &TcContext,
+    eth: EthHdr,
+    src: [u8; 16],
+    icmp: IcmpHdr,
+    fail: DropReason,
+) -> Result<i32, DropReason> {
     let sender = ctx
         .header::<[u8; 16]>(ETH_HLEN + IPV6_SRC_OFF)
         .ok_or(DropReason::Malformed)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mtu = cfg.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
-    let mut frame = TooBig6Frame {
-        eth: EthHdr {
-            dst: me.mac,
-            src: net.gateway_mac,
-            ether_type: ETH_P_IPV6.to_be_bytes(),
-        },
+    let mut frame = Error6Frame::<Q> {
+        eth,
         ip: Ipv6Hdr {
             vtc_flow: [0x60, 0, 0, 0],
-            payload_len: ((ICMP_HLEN + ICMP6_QUOTE) as u16).to_be_bytes(),
+            payload_len: ((ICMP_HLEN + Q) as u16).to_be_bytes(),
             next_header: IPPROTO_ICMPV6,
             hop_limit: 64,
-            src: net.gateway_ip6,
+            src,
             dst: sender,
         },
-        icmp: IcmpHdr {
-            kind: ICMPV6_PKT_TOOBIG,
-            code: 0,
-            check: [0; 2],
-            rest: mtu.to_be_bytes(),
-        },
-        quoted: [0; ICMP6_QUOTE],
+        icmp,
+        quoted: [0; Q],
     };
     // Straight into the frame: a copy on the way would not fit the stack.
-    load(ctx, ETH_HLEN, &mut frame.quoted, DropReason::TooBig)?;
-    let body = unsafe { &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN + ICMP6_QUOTE]) };
-    frame.icmp.check = icmp6_checksum(&frame.ip, body);
-    replace_packet(ctx, &frame, DropReason::TooBig)?;
+    load(ctx, ETH_HLEN, &mut frame.quoted, fail)?;
+    // The pseudo-header, then the message (RFC 4443 2.3), in two parts.
+    let mut sum = csum_add(0, &frame.ip.src);
+    sum = csum_add(sum, &frame.ip.dst);
+    sum += (ICMP_HLEN + Q) as u32 + IPPROTO_ICMPV6 as u32;
+    sum = csum_add(sum, unsafe {
+        &*(&frame.icmp as *const IcmpHdr as *const [u8; ICMP_HLEN])
+    });
+    sum = csum_add(sum, &frame.quoted);
+    frame.icmp.check = csum_finish(sum);
+    replace_packet(ctx, &frame, fail)?;
     redirected(unsafe { bpf_redirect(ifindex, 0) })
 }

@@ -29,3 +29,23 @@ pub fn redirected(ret: i64) -> Result<i32, DropReason> {
         Ok(ret as i32)
     }
 }
+
+/// A subprogram's result as one integer (`unpack` turns it back). A `Result` is returned
+/// through memory, and LLVM may leave a stack address in r0 on the way out, which the
+/// verifier refuses ("cannot return stack pointer to the caller"); an integer is r0 itself.
+#[inline(always)]
+pub fn pack(r: Result<i32, DropReason>) -> i64 {
+    match r {
+        Ok(verdict) => verdict as u32 as i64,
+        Err(reason) => -(reason as i64) - 1,
+    }
+}
+
+#[inline(always)]
+pub fn unpack(r: i64) -> Result<i32, DropReason> {
+    if r >= 0 {
+        Ok(r as u32 as i32)
+    } else {
+        Err(DropReason::from_index((-1 - r) as u32).unwrap_or(DropReason::Malformed))
+    }
+}

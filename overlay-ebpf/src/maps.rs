@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{
-        Backend6Info, BackendInfo, CtEntry, DirectRemaps, FlowKey, MaglevSlot, NetnsInfo,
-        RevNatEntry, Service6Key, ServiceInfo, ServiceKey, Sock6Addr, Sock6Key, SockAddr, SockKey,
-        LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES, SOCK_FLOWS,
+        Backend6Info, BackendInfo, Ct6Entry, CtEntry, DirectRemaps, Flow6Key, FlowKey, MaglevSlot,
+        NetnsInfo, RevNat6Entry, RevNatEntry, Service6Key, ServiceInfo, ServiceKey, Sock6Addr,
+        Sock6Key, SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES,
+        SOCK_FLOWS,
     },
     maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES, EVENT_KINDS},
@@ -100,6 +101,13 @@ pub static LB6_SERVICES: HashMap<Service6Key, ServiceInfo> =
 #[map(name = "OVL_LB6_BACKENDS")]
 pub static LB6_BACKENDS: HashMap<u32, Backend6Info> =
     HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Per-packet balancing of IPv6 services, as `LB_CT` and `LB_REVNAT` for IPv4 ones.
+#[map(name = "OVL_LB6_CT")]
+pub static LB6_CT: LruHashMap<Flow6Key, Ct6Entry> = LruHashMap::pinned(LB_FLOWS, 0);
+
+#[map(name = "OVL_LB6_REVNAT")]
+pub static LB6_REVNAT: LruHashMap<Flow6Key, RevNat6Entry> = LruHashMap::pinned(LB_FLOWS, 0);
 
 /// (socket, IPv6 VIP:port) -> the backend its unconnected UDP sends go to.
 #[map(name = "OVL_SOCK6_FWD")]

@@ -191,11 +191,14 @@ pub fn note(ctx: &TcContext, t: &Trace) {
 
 /// The IPv4 path's notes, written whether or not anyone traces (a few stores into the control
 /// block; a flag kept for them would take stack the path does not have). A translation
-/// first notes the service port it was for, then `note4` the decision, with the VIP if the
-/// packet was translated for a service (a hairpin reply, also translated, notes port 0).
+/// first notes the service it was for (a hairpin reply, also translated, notes port 0), then
+/// `note4` the decision, with the service if the packet was translated for one.
 #[inline(always)]
-pub fn note_service(ctx: &TcContext, vip_port: u16) {
-    unsafe { (*ctx.skb.skb).cb[0] = (vip_port as u32) << 16 };
+pub fn note_service(ctx: &TcContext, vip: u32, vip_port: u16) {
+    unsafe {
+        (*ctx.skb.skb).cb[0] = (vip_port as u32) << 16;
+        (*ctx.skb.skb).cb[4] = vip;
+    }
 }
 
 #[inline(always)]
@@ -206,7 +209,6 @@ pub fn note4(
     vni: u32,
     vtep: u32,
     translated: bool,
-    vip: u32,
 ) {
     let skb = ctx.skb.skb;
     unsafe {
@@ -215,7 +217,9 @@ pub fn note4(
         (*skb).cb[1] = out_ifindex;
         (*skb).cb[2] = vni;
         (*skb).cb[3] = vtep;
-        (*skb).cb[4] = if port != 0 { vip } else { 0 };
+        if port == 0 {
+            (*skb).cb[4] = 0;
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! Socket-level balancing for IPv6 services: the connect6/sendmsg6/recvmsg6/getpeername6
-//! hooks, as `sock_lb` does for IPv4, over `LB6_SERVICES` and `LB6_BACKENDS`. IPv6 VIPs are
-//! balanced here only (the per-packet path is IPv4), so a node without the socket hooks
-//! refuses IPv6 services (the daemon reports it).
+//! hooks, as `sock_lb` does for IPv4, over `LB6_SERVICES` and `LB6_BACKENDS` (what they do
+//! not balance, `lb` balances per packet).
 //!
 //! An IPv6 socket may address an IPv4 VIP by its IPv4-mapped form (`::ffff:a.b.c.d`): the
 //! kernel runs only the IPv6 hooks for its connect, and for its replies and peer name, so

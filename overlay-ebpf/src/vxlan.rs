@@ -14,9 +14,9 @@ use overlay_common::{
     Config, DropReason, EndpointIp6Key, EndpointMacKey,
 };
 
-/// The inner packet's IP header.
+/// The inner packet's IP version.
 pub enum InnerIp {
-    V4(Ipv4Hdr),
+    V4,
     V6,
 }
 
@@ -116,7 +116,7 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
             if src_ip != h.src_key() {
                 return Err(DropReason::DecapSpoofedSource);
             }
-            (InnerIp::V4(h), h.tot_len() as usize)
+            (InnerIp::V4, h.tot_len() as usize)
         }
         Inner::V6(h) => {
             // The IPv6 source must be that endpoint's (the MAC names it).

@@ -207,3 +207,27 @@ fn arp_is_answered_from_the_table() {
     assert_eq!(f.drops(DropReason::SpoofedArp), 1);
     assert_eq!(f.traffic(Direction::ArpReply), 2);
 }
+
+/// The verifier checks every path of a program, up to a million instructions; the kernel
+/// refuses to load one that needs more, and other kernels may explore more paths than this
+/// one. The container program keeps most of that free (it needed 498k before its searches
+/// for a free port went through `bpf_loop`, 807k with the IPv6 service path added).
+#[test]
+fn the_programs_leave_the_verifier_room() {
+    let _f = fixture();
+    let mut seen = 0;
+    for p in aya::programs::loaded_programs().flatten() {
+        let name = p.name_as_str().unwrap_or_default().to_owned();
+        if !["from_container", "from_underlay", "underlay_xdp"].contains(&name.as_str()) {
+            continue;
+        }
+        let verified = p.verified_instruction_count().unwrap_or(0);
+        eprintln!("{name} (id {}): {verified} instructions verified", p.id());
+        assert!(
+            verified < 600_000,
+            "{name} took {verified} instructions to verify: too near the limit of 1000000"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3, "the fixture's programs were not found");
+}

@@ -2,7 +2,8 @@
 //! getpeername6) balance an IPv6 VIP by weight across hosts, applications see the VIP, a
 //! backend that leaves has its connections closed, a labelled container joins with its IPv6
 //! address, and a service without backends refuses at once. A node without socket hooks
-//! refuses IPv6 services and says why; bad IPv6 services are refused at `service add`.
+//! balances them per packet (weights, checksums both ways, hairpin, refusal, a restart);
+//! bad IPv6 services are refused at `service add`.
 
 use std::{
     collections::BTreeMap,
@@ -14,9 +15,10 @@ use std::{
 
 use overlay_common::Direction;
 use overlay_tests::{
+    frames6,
     lb::{self, TCP, UDP},
     services::{tcp_ask, tcp_identity_server6, udp_ask6, udp_identity_server6, Session},
-    Topology, TopologySpec,
+    traffic, Topology, TopologySpec,
 };
 
 const VIP: &str = "2001:2:0:1200::80";
@@ -41,6 +43,20 @@ fn dual_stack_cluster(hosts: usize, extra: &[&str]) -> Topology {
         });
     }
     t
+}
+
+/// TCP (port 8080) and UDP (5353) identity servers on IPv6 in each of `names`.
+fn identity_servers6(t: &Topology, names: &[&str]) -> Vec<overlay_tests::services::Server> {
+    names
+        .iter()
+        .flat_map(|n| {
+            let ns = &t.container(n).ns;
+            [
+                tcp_identity_server6(ns, 8080, n),
+                udp_identity_server6(ns, 5353, n),
+            ]
+        })
+        .collect()
 }
 
 /// Waits until `host`'s table for the IPv6 service on `port`/`proto` is made of `want`, each
@@ -90,16 +106,7 @@ fn an_ipv6_vip_is_balanced_by_weight_across_hosts_and_shows_itself() {
     lb::pods(&mut t, &[(0, "b1"), (0, "b2"), (1, "b3"), (1, "client")]);
     let ip6 = |name: &str| t.container(name).ip6();
     let (b1, b2, b3) = (ip6("b1"), ip6("b2"), ip6("b3"));
-    let _servers: Vec<_> = ["b1", "b2", "b3"]
-        .iter()
-        .flat_map(|n| {
-            let ns = &t.container(n).ns;
-            [
-                tcp_identity_server6(ns, 8080, n),
-                udp_identity_server6(ns, 5353, n),
-            ]
-        })
-        .collect();
+    let _servers = identity_servers6(&t, &["b1", "b2", "b3"]);
     let vip_port = format!("[{VIP}]:80");
     lb::add_service(
         &t,
@@ -284,8 +291,159 @@ fn an_ipv6_vip_is_balanced_by_weight_across_hosts_and_shows_itself() {
     }
 }
 
+/// Every IPv6 TCP, UDP and ICMPv6 frame in `frames` carries a valid checksum; how many did
+/// (`from`: also how many came from that address).
+fn checked_frames(frames: &[Vec<u8>], from: Ipv6Addr) -> (usize, usize) {
+    let (mut checked, mut from_it) = (0, 0);
+    for f in frames
+        .iter()
+        .filter(|f| f.len() >= 54 && f[12..14] == [0x86, 0xdd])
+    {
+        let next = f[20];
+        if ![TCP, UDP, 58].contains(&next) {
+            continue;
+        }
+        let len = u16::from_be_bytes([f[18], f[19]]) as usize;
+        let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap());
+        let (src, dst) = (addr(22), addr(38));
+        let body = &f[54..54 + len];
+        assert_eq!(
+            frames6::checksum6(src, dst, next, body),
+            0,
+            "bad checksum, protocol {next}, {src} -> {dst}: {f:02x?}"
+        );
+        checked += 1;
+        from_it += usize::from(src == from);
+    }
+    (checked, from_it)
+}
+
 #[test]
-fn ipv6_services_are_refused_with_a_reason_where_they_cannot_work() {
+fn an_ipv6_vip_is_balanced_per_packet_where_the_socket_hooks_are_off() {
+    let mut t = dual_stack_cluster(2, &["--socket-lb", "off"]);
+    lb::pods(&mut t, &[(0, "b1"), (0, "b2"), (1, "b3"), (1, "client")]);
+    let ip6 = |name: &str| t.container(name).ip6();
+    let (b1, b2, b3) = (ip6("b1"), ip6("b2"), ip6("b3"));
+    // Checksums computed in full by the senders, not left to offload: the captures below
+    // then show what the rewriting made of them.
+    for n in ["b1", "b2", "b3", "client"] {
+        t.container(n)
+            .ns
+            .run("ethtool", &["-K", "eth0", "tx", "off"]);
+    }
+    let _servers = identity_servers6(&t, &["b1", "b2", "b3"]);
+    let backends = [
+        format!("[{b1}]:8080@1"),
+        format!("[{b2}]:8080@2"),
+        format!("[{b3}]:8080@3"),
+    ];
+    lb::add_service(&t, "web", &format!("[{VIP}]:80"), "tcp", &backends);
+    wait_table6(&t, 1, 80, TCP, &[b1, b2, b3], 8080);
+    t.wait_status(1, "IPv6 service installed", |s| {
+        s["services"] == 1 && s["rejected"].as_array().is_some_and(|r| r.is_empty())
+    });
+
+    // 3000 connections spread by weight, every one translated in the datapath.
+    let addr = SocketAddr::new(vip().into(), 80);
+    let counts = lb::spread(&t, "client", addr, 3000);
+    assert_weighted(&counts, &[("b1", 1), ("b2", 2), ("b3", 3)]);
+    let c = t.counters(1);
+    assert_eq!(c.traffic(Direction::SockLbConnect).packets, 0, "{c:?}");
+    assert!(c.traffic(Direction::LbNewFlow).packets >= 3000, "{c:?}");
+    assert!(c.traffic(Direction::LbRevNat).packets >= 3000, "{c:?}");
+
+    // TCP and UDP both ways, to a remote (b1) and a local (b3) backend: every frame the
+    // client and the backends see has a valid checksum, and the replies come from the VIP.
+    lb::add_service(
+        &t,
+        "dns",
+        &format!("[{VIP}]:53"),
+        "udp",
+        &[format!("[{b1}]:5353"), format!("[{b3}]:5353")],
+    );
+    wait_table6(&t, 1, 53, UDP, &[b1, b3], 5353);
+    let window = Duration::from_secs(4);
+    let caps: Vec<_> = ["client", "b1", "b3"]
+        .iter()
+        .map(|n| traffic::capture(&t.container(n).ns, "eth0", window))
+        .collect();
+    let udp = SocketAddr::new(vip().into(), 53);
+    let answers = t.container("client").ns.enter(move || {
+        let mut answers = Vec::new();
+        for i in 0..20 {
+            answers.push(tcp_ask(addr, &format!("t{i}")).expect("TCP to the VIP"));
+            let (from, text) = udp_ask6(udp, &format!("u{i}")).expect("UDP to the VIP");
+            assert_eq!(from, udp, "UDP reply from {from}, not the VIP: {text}");
+            answers.push(text);
+        }
+        answers
+    });
+    assert!(answers.iter().any(|a| a.starts_with("b1")), "{answers:?}");
+    assert!(answers.iter().any(|a| a.starts_with("b3")), "{answers:?}");
+    let frames: Vec<Vec<Vec<u8>>> = caps.into_iter().map(|c| c.join().unwrap()).collect();
+    let (seen, from_vip) = checked_frames(&frames[0], vip());
+    assert!(
+        seen >= 200 && from_vip >= 80,
+        "client: {seen} frames, {from_vip} from the VIP"
+    );
+    for (name, f) in [("b1", &frames[1]), ("b3", &frames[2])] {
+        let (seen, _) = checked_frames(f, vip());
+        assert!(seen >= 20, "{name}: {seen} frames checked");
+    }
+
+    // Hairpin: a backend reaching the VIP gets answers from every backend, itself included,
+    // and sees the VIP as its peer.
+    let counts = lb::spread(&t, "b3", addr, 300);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(t.counters(1).traffic(Direction::LbHairpin).packets > 0);
+
+    // A restart of the client's daemon (SIGKILL) keeps an open connection translated.
+    let mut session = t
+        .container("client")
+        .ns
+        .enter(move || Session::open(addr).expect("session before the restart"));
+    t.stop_daemon(1, nix::sys::signal::Signal::SIGKILL);
+    t.start_daemon(1, &["--socket-lb", "off"]);
+    t.wait_converged(1);
+    t.container("client").ns.enter(move || {
+        session
+            .roundtrip(b"after the restart\n")
+            .expect("session after the restart");
+        assert_eq!(session.peer_addr().expect("getpeername"), addr);
+    });
+
+    // Without backends: a TCP reset and an ICMPv6 port unreachable from the VIP, at once.
+    t.overlayctl_ok(0, &["service", "set-backends", "dns"]);
+    lb::add_service(&t, "empty", &format!("[{VIP}]:81"), "tcp", &[]);
+    wait_table6(&t, 1, 53, UDP, &[], 5353);
+    t.wait_status(1, "services installed", |s| s["services"] == 3);
+    let cap = traffic::capture(&t.container("client").ns, "eth0", Duration::from_secs(2));
+    let (tcp_err, udp_err) = t.container("client").ns.enter(move || {
+        let started = Instant::now();
+        let tcp = tcp_ask(SocketAddr::new(vip().into(), 81), "x").unwrap_err();
+        let sock = std::net::UdpSocket::bind("[::]:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        sock.connect(udp).unwrap();
+        sock.send(b"x").unwrap();
+        let udp = sock.recv(&mut [0u8; 64]).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused quickly"
+        );
+        (tcp, udp)
+    });
+    assert_eq!(tcp_err.kind(), ErrorKind::ConnectionRefused, "{tcp_err}");
+    assert_eq!(udp_err.kind(), ErrorKind::ConnectionRefused, "{udp_err}");
+    let (_, from_vip) = checked_frames(&cap.join().unwrap(), vip());
+    assert!(
+        from_vip >= 2,
+        "the reset and the unreachable come from the VIP"
+    );
+    assert!(t.counters(1).traffic(Direction::LbRejected).packets >= 2);
+}
+
+#[test]
+fn bad_ipv6_services_are_refused_with_a_reason() {
     let mut t = dual_stack_cluster(2, &["--socket-lb", "off"]);
     t.overlayctl_ok(
         0,
@@ -332,7 +490,8 @@ fn ipv6_services_are_refused_with_a_reason_where_they_cannot_work() {
         "address family",
     );
 
-    // A node without socket hooks refuses an IPv6 service and says why; IPv4 ones still work.
+    // A service of each family on a node without socket hooks; backends of the other family
+    // are refused at `set-backends`.
     t.overlayctl_ok(
         0,
         &[
@@ -367,17 +526,11 @@ fn ipv6_services_are_refused_with_a_reason_where_they_cannot_work() {
         ],
         "give IPv6 backends",
     );
-    t.wait_status(0, "IPv6 service refused", |s| {
-        s["services"] == 1
-            && s["rejected"].as_array().is_some_and(|r| {
-                r.iter()
-                    .any(|r| r.as_str().is_some_and(|r| r.contains("socket hooks")))
-            })
+    // A node without socket hooks balances it per packet, next to the IPv4 one.
+    t.wait_status(0, "IPv6 service installed", |s| {
+        s["services"] == 2 && s["rejected"].as_array().is_some_and(|r| r.is_empty())
     });
     let ls = t.overlayctl_ok(0, &["service", "ls"]);
-    assert!(
-        ls.contains("rejected: VIP 2001:2:0:1200::80 is IPv6"),
-        "{ls}"
-    );
+    assert!(!ls.contains("rejected"), "{ls}");
     assert!(ls.contains(&format!("[{VIP}]:80/tcp")), "{ls}");
 }

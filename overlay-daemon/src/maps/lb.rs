@@ -12,8 +12,8 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{
     lb::{
-        maglev_size_fits, maglev_size_for, CtEntry, FlowKey, RevNatEntry, ServiceInfo, Sock6Addr,
-        Sock6Key, SockAddr, SockKey,
+        maglev_size_fits, maglev_size_for, Ct6Entry, CtEntry, Flow6Key, FlowKey, RevNat6Entry,
+        RevNatEntry, ServiceInfo, Sock6Addr, Sock6Key, SockAddr, SockKey,
     },
     maps::names,
 };
@@ -35,8 +35,8 @@ pub struct ServiceEntry {
     /// The service's name (for reports only).
     pub name: String,
     pub vni: u32,
-    /// An IPv4 VIP (balanced per packet and by the socket hooks) or an IPv6 one (by the
-    /// socket hooks); its backends are of the same family.
+    /// An IPv4 or IPv6 VIP (balanced per packet and by the socket hooks); its backends are
+    /// of the same family.
     pub vip: IpAddr,
     pub port: u16,
     /// IPPROTO_TCP or IPPROTO_UDP.
@@ -81,6 +81,8 @@ pub struct LbMaps {
     maglev: MaglevArray,
     ct: HashMap<MapData, FlowKey, CtEntry>,
     revnat: HashMap<MapData, FlowKey, RevNatEntry>,
+    ct6: HashMap<MapData, Flow6Key, Ct6Entry>,
+    revnat6: HashMap<MapData, Flow6Key, RevNat6Entry>,
     sock_fwd: HashMap<MapData, SockKey, SockAddr>,
     sock6_fwd: HashMap<MapData, Sock6Key, Sock6Addr>,
     /// The backend list each service's table was last built from, so unchanged services
@@ -108,6 +110,8 @@ impl LbMaps {
             maglev: MaglevArray::new(take(names::LB_MAGLEV)?)?,
             ct: hash_map(take(names::LB_CT)?, names::LB_CT)?,
             revnat: hash_map(take(names::LB_REVNAT)?, names::LB_REVNAT)?,
+            ct6: hash_map(take(names::LB6_CT)?, names::LB6_CT)?,
+            revnat6: hash_map(take(names::LB6_REVNAT)?, names::LB6_REVNAT)?,
             sock_fwd: hash_map(take(names::SOCK_FWD)?, names::SOCK_FWD)?,
             sock6_fwd: hash_map(take(names::SOCK6_FWD)?, names::SOCK6_FWD)?,
             built: BTreeMap::new(),
@@ -309,29 +313,38 @@ impl LbMaps {
         services: &[SvcKey],
         pairs: &BTreeSet<(SvcKey, Addr)>,
     ) -> Result<(), MapsError> {
-        let stale = |vni: u32, vip: u32, port: u16, proto: u8, backend: (u32, u16)| {
-            let svc = SvcKey::new(vni, key_ip(vip).into(), port, proto);
-            let backend = (key_ip(backend.0).into(), backend.1);
+        let stale = |vni: u32, vip: IpAddr, port: u16, proto: u8, backend: Addr| {
+            let svc = SvcKey::new(vni, vip, port, proto);
             services.contains(&svc) || pairs.contains(&(svc, backend))
         };
-        let ct: BTreeMap<_, _> = collect_flows(&self.ct, names::LB_CT)?;
-        for (k, v) in ct {
-            if stale(
+        let v4 = |ip: u32| IpAddr::from(key_ip(ip));
+        let v6 = |ip: [u32; 4]| IpAddr::from(key_ip6(ip));
+        purge(&mut self.ct, names::LB_CT, |k, v| {
+            let backend = (v4(v.backend.ip), v.backend.port);
+            stale(k.vni, v4(k.dst_ip), k.dst_port, k.proto, backend)
+        })?;
+        purge(&mut self.revnat, names::LB_REVNAT, |k, v| {
+            stale(
                 k.vni,
-                k.dst_ip,
-                k.dst_port,
+                v4(v.vip),
+                v.port,
                 k.proto,
-                (v.backend.ip, v.backend.port),
-            ) {
-                remove(&mut self.ct, &k, names::LB_CT)?;
-            }
-        }
-        let rev: BTreeMap<_, _> = collect_flows(&self.revnat, names::LB_REVNAT)?;
-        for (k, v) in rev {
-            if stale(k.vni, v.vip, v.port, k.proto, (k.src_ip, k.src_port)) {
-                remove(&mut self.revnat, &k, names::LB_REVNAT)?;
-            }
-        }
+                (v4(k.src_ip), k.src_port),
+            )
+        })?;
+        purge(&mut self.ct6, names::LB6_CT, |k, v| {
+            let backend = (v6(v.backend.ip), v.backend.port);
+            stale(k.vni, v6(k.dst_ip), k.dst_port, k.proto, backend)
+        })?;
+        purge(&mut self.revnat6, names::LB6_REVNAT, |k, v| {
+            stale(
+                k.vni,
+                v6(v.vip),
+                v.port,
+                k.proto,
+                (v6(k.src_ip), k.src_port),
+            )
+        })?;
         // Unconnected UDP sockets stop sending to a backend that left (their next send picks
         // again). The socket maps carry no VNI: any network's loss of the pair counts.
         let ended: BTreeSet<(IpAddr, u16, u8, Addr)> = pairs
@@ -394,9 +407,12 @@ pub fn pinned_table(
         let data = super::open_pinned(dir, name)?;
         Ok(match name {
             names::LB_MAGLEV => Map::Array(data),
-            names::LB_CT | names::LB_REVNAT | names::SOCK_FWD | names::SOCK6_FWD => {
-                Map::LruHashMap(data)
-            }
+            names::LB_CT
+            | names::LB_REVNAT
+            | names::LB6_CT
+            | names::LB6_REVNAT
+            | names::SOCK_FWD
+            | names::SOCK6_FWD => Map::LruHashMap(data),
             _ => Map::HashMap(data),
         })
     })?;
@@ -404,42 +420,31 @@ pub fn pinned_table(
 }
 
 impl LbMaps {
-    /// How many flows the conntrack table holds on a running datapath (tools and tests).
+    /// How many flows the conntrack tables (both families) hold on a running datapath
+    /// (tools and tests).
     pub fn flow_count(dir: &std::path::Path) -> Result<usize, MapsError> {
-        let map = super::open_pinned(dir, names::LB_CT).map(Map::LruHashMap)?;
+        let open = |name| super::open_pinned(dir, name).map(Map::LruHashMap);
         let ct: HashMap<MapData, FlowKey, CtEntry> =
-            HashMap::try_from(map).map_err(map_err(names::LB_CT))?;
-        Ok(ct.keys().filter(Result::is_ok).count())
+            HashMap::try_from(open(names::LB_CT)?).map_err(map_err(names::LB_CT))?;
+        let ct6: HashMap<MapData, Flow6Key, Ct6Entry> =
+            HashMap::try_from(open(names::LB6_CT)?).map_err(map_err(names::LB6_CT))?;
+        Ok(ct.keys().filter(Result::is_ok).count() + ct6.keys().filter(Result::is_ok).count())
     }
 }
 
-/// Flow keys are not `Ord`; order them by their bytes.
-fn collect_flows<V: aya::Pod>(
-    map: &HashMap<MapData, FlowKey, V>,
+/// Removes the entries of a flow map that `stale` picks (read first: removing while
+/// iterating a hash map skips entries).
+fn purge<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<BTreeMap<FlowOrd, V>, MapsError> {
-    map.iter()
-        .map(|r| r.map(|(k, v)| (FlowOrd(k), v)))
+    stale: impl Fn(&K, &V) -> bool,
+) -> Result<(), MapsError> {
+    let all: Vec<(K, V)> = map
+        .iter()
         .collect::<Result<_, _>>()
-        .map_err(map_err(name))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FlowOrd(FlowKey);
-impl std::ops::Deref for FlowOrd {
-    type Target = FlowKey;
-    fn deref(&self) -> &FlowKey {
-        &self.0
+        .map_err(map_err(name))?;
+    for (k, _) in all.iter().filter(|(k, v)| stale(k, v)) {
+        remove(map, k, name)?;
     }
-}
-impl Ord for FlowOrd {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        let t = |k: &FlowKey| (k.vni, k.src_ip, k.dst_ip, k.src_port, k.dst_port, k.proto);
-        t(&self.0).cmp(&t(&o.0))
-    }
-}
-impl PartialOrd for FlowOrd {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The two address families of the load balancer's maps: IPv4 services and backends in
-//! `LB_SERVICES`/`LB_BACKENDS` (balanced per packet and by the socket hooks), IPv6 ones in
-//! `LB6_SERVICES`/`LB6_BACKENDS` (balanced by the socket hooks). Both share `LB_MAGLEV` and
+//! `LB_SERVICES`/`LB_BACKENDS`, IPv6 ones in `LB6_SERVICES`/`LB6_BACKENDS` (each balanced
+//! per packet and by the socket hooks). Both share `LB_MAGLEV` and
 //! one backend id space, so a table slot's id names one backend whatever its family.
 
 use std::{

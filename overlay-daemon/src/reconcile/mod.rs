@@ -288,32 +288,13 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.
     // The reply-side translation is on before the first service exists, off after the last
     // is gone, so no reply of a new flow misses it.
-    // IPv6 VIPs are balanced by the socket hooks only: without them this node refuses them
-    // (its containers' packets to such a VIP would reach no backend).
-    let socket_lb = datapath.socket_lb();
-    let (services, refused): (Vec<_>, Vec<_>) = plan
-        .services
-        .iter()
-        .cloned()
-        .partition(|s| socket_lb || s.vip.is_ipv4());
-    for s in refused {
-        let r = Rejection::new(
-            Subject::Service(s.name),
-            format!(
-                "VIP {} is IPv6, which this node balances only with its socket hooks, and they are off: start overlayd with --socket-lb on (needs cgroup v2) or use an IPv4 VIP",
-                s.vip
-            ),
-        );
-        warn!("{r}");
-        report.rejected.push(r);
-    }
+    let services = &plan.services;
     let maps = &mut datapath.maps;
-    // (The flag turns on the IPv4 per-packet reply lookups; IPv6 services need none.)
-    let per_packet = services.iter().any(|s| s.vip.is_ipv4());
+    let per_packet = !services.is_empty();
     if per_packet {
         maps.config.set_services(true)?;
     }
-    let lb = maps.lb.sync(&services)?;
+    let lb = maps.lb.sync(services)?;
     tally((lb.written, lb.removed));
     report.maglev_slots_changed = lb.slots_changed;
     report.services = services.len().saturating_sub(lb.rejected.len());

@@ -11,36 +11,43 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
+    programs::TcContext,
+};
 use overlay_common::{
     lb::{
         ct_expired, rev_close_flags, BackendInfo, CtEntry, DirectRemaps, FlowKey,
         CT_CLOSE_TIMEOUT_NS, CT_F_CLOSING, CT_F_DIRECT, CT_F_FIN_CLIENT, CT_UDP_TIMEOUT_NS,
     },
     maps::CONFIG_F_TRACK_DIRECT,
-    wire::IPPROTO_TCP,
+    wire::{ETH_HLEN, IPPROTO_TCP},
     Config, Direction, DropReason,
 };
 
 use super::{
-    claim, close_reply, closes, flow, is_syn, nat::rewrite_src, owned_by, ports, remap_port,
-    REMAP_TRIES,
+    closes,
+    family::V4,
+    flows::{claim, close_reply, flow, owned_by, remap_port, Search},
+    is_syn,
+    nat::rewrite_src,
+    ports, REMAP_TRIES,
 };
 use crate::{
     counters::count,
-    headers::Ipv4Hdr,
+    headers::{Ipv4Hdr, Packet as _},
     maps::{LB_BACKEND_ADDRS, LB_CT, LB_DIRECT, LB_REVNAT},
 };
 
-/// A packet not translated to a backend: kept apart from translated flows (see above).
-#[inline(always)]
-pub fn check_direct(
-    ctx: &TcContext,
-    cfg: &Config,
-    vni: u32,
-    ip: &Ipv4Hdr,
-) -> Result<(), DropReason> {
-    let Some((sport, dport, flags)) = ports(ctx, ip) else {
+/// A packet not translated to a backend: kept apart from translated flows (see above). Not
+/// inlined: a stack frame of its own, apart from the forwarding path's.
+#[inline(never)]
+pub fn check_direct(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropReason> {
+    let ip = ctx
+        .header::<Ipv4Hdr>(ETH_HLEN)
+        .ok_or(DropReason::Malformed)?;
+    let Some((sport, dport, flags)) = ports(ctx, &ip) else {
         return Ok(());
     };
     let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
@@ -60,7 +67,7 @@ pub fn check_direct(
     let reply = flow(vni, key.dst_ip, key.src_ip, dport, sport, ip.proto);
     if let Some(r) = unsafe { LB_REVNAT.get(reply) } {
         let r = *r;
-        if !owned_by(&r, &key) {
+        if !owned_by::<V4>(&r, &key) {
             if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, ip.proto, now) {
                 if !starts {
                     // Too late to move it to a port of its own.
@@ -136,7 +143,7 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
             unsafe { (*d).udp_last = now };
         }
     }
-    if closes(flags) && ct.flags & CT_F_CLOSING == 0 && close_reply(key.vni, key, ct, flags) {
+    if closes(flags) && ct.flags & CT_F_CLOSING == 0 && close_reply::<V4>(key.vni, key, ct, flags) {
         ct.flags |= CT_F_CLOSING;
         if remapped {
             if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
@@ -167,7 +174,7 @@ fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
     );
     match unsafe { LB_REVNAT.get(reply) } {
         Some(r) => {
-            owned_by(r, key)
+            owned_by::<V4>(r, key)
                 && r.flags & CT_F_CLOSING == 0
                 && !ct_expired(r.last_seen, r.flags, key.proto, now)
         }
@@ -178,24 +185,23 @@ fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
 /// Gives a direct flow a source port no live flow holds, and records it.
 #[inline(always)]
 fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
-    let mut i = 1;
-    let port = loop {
-        let port = remap_port(key, i);
-        let reply = flow(
-            key.vni,
-            key.dst_ip,
-            key.src_ip,
-            key.dst_port,
-            port,
-            key.proto,
-        );
-        if port != key.src_port && record_direct(key, reply, port, flags, now)? {
-            break port;
-        }
-        if i == REMAP_TRIES {
-            return Err(DropReason::LbTupleConflict);
-        }
-        i += 1;
+    let mut s = DirectSearch {
+        key: *key,
+        now,
+        tcp_flags: flags,
+        state: Search::Going,
+        port: 0,
+    };
+    let try_port = try_direct_port as *mut c_void;
+    let ctx = &mut s as *mut DirectSearch as *mut c_void;
+    // Through `bpf_loop`: the verifier checks one try, not each of them.
+    if unsafe { bpf_loop(REMAP_TRIES, try_port, ctx, 0) } < 0 {
+        return Err(DropReason::LbNatFailed);
+    }
+    let port = match s.state {
+        Search::Found => s.port,
+        Search::Failed => return Err(DropReason::LbNatFailed),
+        Search::Going => return Err(DropReason::LbTupleConflict),
     };
     if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
         if key.proto == IPPROTO_TCP {
@@ -206,6 +212,47 @@ fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
     }
     count(Direction::LbDirectRemap, 0);
     Ok(port)
+}
+
+/// `remap`'s state, shared with `try_direct_port` through `bpf_loop`.
+#[repr(C)]
+struct DirectSearch {
+    key: FlowKey,
+    now: u64,
+    tcp_flags: u8,
+    state: Search,
+    port: u16,
+}
+
+/// The `i`th try of `remap` (the first remapped port is the flow's `remap_port(1)`): 1 ends
+/// the loop.
+extern "C" fn try_direct_port(i: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut DirectSearch) };
+    let key = &s.key;
+    let port = remap_port::<V4>(key, i as u32 + 1);
+    if port == key.src_port {
+        return 0;
+    }
+    let reply = flow(
+        key.vni,
+        key.dst_ip,
+        key.src_ip,
+        key.dst_port,
+        port,
+        key.proto,
+    );
+    match record_direct(key, reply, port, s.tcp_flags, s.now) {
+        Ok(true) => {
+            s.port = port;
+            s.state = Search::Found;
+            1
+        }
+        Ok(false) => 0,
+        Err(_) => {
+            s.state = Search::Failed;
+            1
+        }
+    }
 }
 
 /// Records a direct flow leaving with source port `port` (its own or a remapped one): its
@@ -220,7 +267,7 @@ fn record_direct(
     now: u64,
 ) -> Result<bool, DropReason> {
     let rev_flags = rev_close_flags(CT_F_DIRECT, flags, CT_F_FIN_CLIENT);
-    let Some(written) = claim(key, &reply, rev_flags, flags, now)? else {
+    let Some(written) = claim::<V4>(key, &reply, rev_flags, flags, now)? else {
         return Ok(false);
     };
     let flags = CT_F_DIRECT | (written & CT_F_CLOSING);
@@ -233,6 +280,7 @@ fn record_direct(
         },
         src_port: port,
         flags,
+        _pad: [],
         last_seen: now,
     };
     LB_CT
@@ -253,5 +301,5 @@ fn with_port(ctx: &TcContext, key: &FlowKey, port: u16) -> Result<(), DropReason
     if port == key.src_port {
         return Ok(());
     }
-    rewrite_src(ctx, key.proto, key.src_ip, key.src_ip, key.src_port, port)
+    rewrite_src::<V4>(ctx, key.proto, &key.src_ip, &key.src_ip, key.src_port, port)
 }

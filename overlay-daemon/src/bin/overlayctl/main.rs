@@ -142,7 +142,7 @@ enum ServiceCmd {
         #[arg(long)]
         network: String,
         /// Virtual IP and port, outside the network's subnet: 198.19.200.1:80, or
-        /// [2001:2:0:1200::1]:80 on a network with IPv6 (balanced where the socket hooks run).
+        /// [2001:2:0:1200::1]:80 on a network with IPv6.
         #[arg(long)]
         vip: SocketAddr,
         #[arg(long, default_value = "tcp")]
