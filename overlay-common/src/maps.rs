@@ -28,6 +28,7 @@ pub mod names {
     pub const SOCK6_REV: &str = "OVL_SOCK6_REV";
     pub const LB6_CT: &str = "OVL_LB6_CT";
     pub const LB6_REVNAT: &str = "OVL_LB6_REVNAT";
+    pub const LB6_BACKEND_ADDRS: &str = "OVL_LB6_BACKEND_ADDRS";
     pub const MONITOR: &str = "OVL_MONITOR";
     pub const MONITOR_BUCKET: &str = "OVL_MONITOR_BUCKET";
     pub const MONITOR_LOST: &str = "OVL_MONITOR_LOST";
@@ -60,6 +61,7 @@ pub mod names {
         SOCK6_REV,
         LB6_CT,
         LB6_REVNAT,
+        LB6_BACKEND_ADDRS,
         MONITOR,
         MONITOR_BUCKET,
         MONITOR_LOST,

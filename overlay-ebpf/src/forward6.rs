@@ -67,6 +67,9 @@ pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result
             lb::Verdict::Reject => return lb::reject6(ctx),
         }
     }
+    if balancing && !translated {
+        lb::check_direct6(ctx, cfg, me.vni)?;
+    }
     match forward_ipv6(ctx, cfg, me.vni, translated)? {
         Forwarded::Verdict(verdict) => Ok(verdict),
         Forwarded::Local(ifindex) => {

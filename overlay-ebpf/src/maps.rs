@@ -67,6 +67,11 @@ pub static LB_BACKENDS: HashMap<u32, BackendInfo> =
 pub static LB_BACKEND_ADDRS: HashMap<BackendInfo, u32> =
     HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
+/// The same for IPv6 backends.
+#[map(name = "OVL_LB6_BACKEND_ADDRS")]
+pub static LB6_BACKEND_ADDRS: HashMap<Backend6Info, u32> =
+    HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
 /// Whether direct flows with a remapped source port may be live (written here only).
 #[map(name = "OVL_LB_DIRECT")]
 pub static LB_DIRECT: Array<DirectRemaps> = Array::pinned(1, 0);

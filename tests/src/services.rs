@@ -216,73 +216,56 @@ pub fn udp_ask(addr: SocketAddrV4, msg: &str) -> std::io::Result<(SocketAddrV4, 
     Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
 }
 
-/// A TCP connection to `addr` from local port `port` (SO_REUSEADDR, so a port another
-/// connection uses can be given again), failing after `timeout` if no answer comes.
+/// A TCP connection to `addr` (either family) from local port `port` (SO_REUSEADDR, so a
+/// port another connection uses can be given again), failing after `timeout` if no answer
+/// comes.
 pub fn connect_from(
     port: u16,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let check = |rc: libc::c_int| {
-        if rc < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = addr.into();
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?; // close-on-exec
+    sock.set_reuse_address(true)?;
+    // SO_SNDTIMEO bounds a blocking connect too.
+    sock.set_write_timeout(Some(timeout))?;
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, port).into(),
     };
-    let one: libc::c_int = 1;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    unsafe {
-        use std::os::fd::AsRawFd;
-        let fd = sock.as_raw_fd();
-        check(libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        ))?;
-        check(libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        ))?;
-        let local = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-        check(libc::bind(
-            fd,
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        ))?;
-        let remote = sockaddr(addr);
-        check(libc::connect(
-            fd,
-            (&remote as *const libc::sockaddr_in).cast(),
-            len,
-        ))?;
-    }
+    sock.bind(&local.into())?;
+    sock.connect(&addr.into())?;
     let conn = TcpStream::from(sock);
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     Ok(conn)
+}
+
+/// Connects from `port` to `first`, then from the same port to `second` while the first is
+/// open: what became of the second (its name, or the error kind), after checking that the
+/// first still works.
+pub fn same_port(ns: &Netns, port: u16, first: SocketAddr, second: SocketAddr) -> String {
+    ns.spawn(move || -> Result<String, String> {
+        let mut one = connect_from(port, first, Duration::from_secs(3))
+            .map_err(|e| format!("{first} from port {port}: {e}"))?;
+        read_name(&mut one).map_err(|e| format!("{first} name: {e}"))?;
+        let outcome = match connect_from(port, second, Duration::from_secs(2)) {
+            Ok(mut s) => match read_name(&mut s) {
+                Ok(n) => format!("connected ({n})"),
+                Err(e) => format!("connected, then {:?}", e.kind()),
+            },
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        one.write_all(b"x")
+            .map_err(|e| format!("{first} after: {e}"))?;
+        let mut b = [0u8; 1];
+        one.read_exact(&mut b)
+            .map_err(|e| format!("{first} echo after: {e}"))?;
+        Ok(outcome)
+    })
+    .join()
+    .expect("client")
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads the name line an identity server sends first.

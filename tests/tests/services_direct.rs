@@ -12,7 +12,7 @@ use overlay_common::{Direction, DropReason};
 use overlay_tests::{
     lb::{add_service, cluster, mode, one_service, pods},
     services::{
-        connect_from, raw_udp_ask, read_name, tcp_ask, tcp_identity_server, udp_ask,
+        connect_from, raw_udp_ask, read_name, same_port, tcp_ask, tcp_identity_server, udp_ask,
         udp_identity_server, Session,
     },
 };
@@ -97,8 +97,8 @@ fn vip_and_direct(socket_lb: bool) {
     // path sees the same 4-tuple and refuses at connect. The per-packet path gives the later
     // flow a source port of its own (a direct one remapped, counted; a VIP one remapped
     // because the direct flow was recorded), so both are answered, and the first goes on.
-    let vip_first = same_port(&c.ns, 20_000, vip.tcp, direct.tcp);
-    let direct_first = same_port(&c.ns, 20_001, direct.tcp, vip.tcp);
+    let vip_first = same_port(&c.ns, 20_000, vip.tcp.into(), direct.tcp.into());
+    let direct_first = same_port(&c.ns, 20_001, direct.tcp.into(), vip.tcp.into());
     let after = t.counters(1);
     let delta = |d: Direction| after.traffic(d).packets - before.traffic(d).packets;
     let conflicts = after.drops(DropReason::LbTupleConflict).packets
@@ -132,39 +132,6 @@ fn vip_and_direct(socket_lb: bool) {
             "direct flows on a VIP flow's tuple remapped"
         );
     }
-}
-
-/// Connects from `port` to `first`, then from the same port to `second` while the first is
-/// open: what became of the second (its name, or the error kind), after checking that the
-/// first still works.
-fn same_port(
-    ns: &overlay_tests::netns::Netns,
-    port: u16,
-    first: SocketAddrV4,
-    second: SocketAddrV4,
-) -> String {
-    use std::io::{Read, Write};
-    ns.spawn(move || -> Result<String, String> {
-        let mut one = connect_from(port, first, Duration::from_secs(3))
-            .map_err(|e| format!("{first} from port {port}: {e}"))?;
-        read_name(&mut one).map_err(|e| format!("{first} name: {e}"))?;
-        let outcome = match connect_from(port, second, Duration::from_secs(2)) {
-            Ok(mut s) => match read_name(&mut s) {
-                Ok(n) => format!("connected ({n})"),
-                Err(e) => format!("connected, then {:?}", e.kind()),
-            },
-            Err(e) => format!("{:?}", e.kind()),
-        };
-        one.write_all(b"x")
-            .map_err(|e| format!("{first} after: {e}"))?;
-        let mut b = [0u8; 1];
-        one.read_exact(&mut b)
-            .map_err(|e| format!("{first} echo after: {e}"))?;
-        Ok(outcome)
-    })
-    .join()
-    .expect("client")
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A service's TCP and UDP addresses, or a backend's.

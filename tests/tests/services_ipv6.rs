@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_common::Direction;
+use overlay_common::{Direction, DropReason};
 use overlay_tests::{
     frames6,
     lb::{self, TCP, UDP},
-    services::{tcp_ask, tcp_identity_server6, udp_ask6, udp_identity_server6, Session},
+    services::{same_port, tcp_ask, tcp_identity_server6, udp_ask6, udp_identity_server6, Session},
     traffic, Topology, TopologySpec,
 };
 
@@ -440,6 +440,39 @@ fn an_ipv6_vip_is_balanced_per_packet_where_the_socket_hooks_are_off() {
         "the reset and the unreachable come from the VIP"
     );
     assert!(t.counters(1).traffic(Direction::LbRejected).packets >= 2);
+}
+
+/// A client that uses an IPv6 service and its backend directly from one source port, on
+/// a node without socket hooks (every flow per packet, direct flows to backends recorded):
+/// the later connection gets a source port of its own, both are answered, the first goes
+/// on. (Before IPv6 direct flows were followed, the two shared one tuple.)
+#[test]
+fn an_ipv6_vip_and_its_backend_used_from_one_source_port_stay_apart() {
+    let mut t = dual_stack_cluster(2, &["--socket-lb", "off"]);
+    lb::pods(&mut t, &[(0, "b1"), (1, "client")]);
+    let b1 = t.container("b1").ip6();
+    let _servers = identity_servers6(&t, &["b1"]);
+    let backend = [format!("[{b1}]:8080")];
+    lb::add_service(&t, "web", &format!("[{VIP}]:80"), "tcp", &backend);
+    wait_table6(&t, 1, 80, TCP, &[b1], 8080);
+    let vip = SocketAddr::new(vip().into(), 80);
+    let direct = SocketAddr::new(b1.into(), 8080);
+    let before = t.counters(1);
+    let ns = &t.container("client").ns;
+    for (port, first, second) in [(20_100, vip, direct), (20_101, direct, vip)] {
+        let outcome = same_port(ns, port, first, second);
+        assert_eq!(
+            outcome, "connected (b1)",
+            "{first}, then {second}, from port {port}"
+        );
+    }
+    let after = t.counters(1);
+    let conflict = DropReason::LbTupleConflict;
+    let refused = after.drops(conflict).packets - before.drops(conflict).packets;
+    assert_eq!(refused, 0, "no flow refused");
+    let remap = Direction::LbDirectRemap;
+    let remapped = after.traffic(remap).packets - before.traffic(remap).packets;
+    assert!(remapped > 0, "the direct flow remapped");
 }
 
 #[test]

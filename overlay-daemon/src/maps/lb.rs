@@ -12,15 +12,16 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{
     lb::{
-        maglev_size_fits, maglev_size_for, Ct6Entry, CtEntry, Flow6Key, FlowKey, RevNat6Entry,
-        RevNatEntry, ServiceInfo, Sock6Addr, Sock6Key, SockAddr, SockKey,
+        maglev_size_fits, maglev_size_for, Backend6Info, BackendInfo, BackendOf, Ct6Entry, CtEntry,
+        Flow6Key, FlowKey, RevNat6Entry, RevNatEntry, ServiceInfo, Sock6Addr, Sock6Key, SockAddr,
+        SockKey,
     },
     maps::names,
 };
 
 use super::{
     hash_map, ip_key,
-    lb_family::{key_ip, key_ip6, remove, Addr, FamilyMaps, SvcKey},
+    lb_family::{ip6_key, key_ip, key_ip6, remove, Addr, FamilyMaps, SvcKey},
     maglev_space::{MaglevArray, Space},
     map_err, MapsError,
 };
@@ -76,8 +77,9 @@ pub struct EndedBackend {
 
 pub struct LbMaps {
     family: FamilyMaps,
-    /// IPv4 backend address -> id, for the datapath to know a direct flow to a backend.
-    backend_addrs: HashMap<MapData, overlay_common::lb::BackendInfo, u32>,
+    /// Backend address -> id, for the datapath to know a direct flow to a backend.
+    backend_addrs: HashMap<MapData, BackendInfo, u32>,
+    backend_addrs6: HashMap<MapData, Backend6Info, u32>,
     maglev: MaglevArray,
     ct: HashMap<MapData, FlowKey, CtEntry>,
     revnat: HashMap<MapData, FlowKey, RevNatEntry>,
@@ -107,6 +109,7 @@ impl LbMaps {
                 take(names::LB6_BACKENDS)?,
             )?,
             backend_addrs: hash_map(take(names::LB_BACKEND_ADDRS)?, names::LB_BACKEND_ADDRS)?,
+            backend_addrs6: hash_map(take(names::LB6_BACKEND_ADDRS)?, names::LB6_BACKEND_ADDRS)?,
             maglev: MaglevArray::new(take(names::LB_MAGLEV)?)?,
             ct: hash_map(take(names::LB_CT)?, names::LB_CT)?,
             revnat: hash_map(take(names::LB_REVNAT)?, names::LB_REVNAT)?,
@@ -149,26 +152,37 @@ impl LbMaps {
         }
 
         // Addresses before the services that lead to them, so a direct flow to a new
-        // backend is known as one from its first packet (IPv4: the per-packet path).
-        let addrs: BTreeMap<overlay_common::lb::BackendInfo, u32> = ids
-            .iter()
-            .filter(|(addr, _)| wanted.contains(addr))
-            .filter_map(|((ip, port), id)| match ip {
-                IpAddr::V4(ip) => Some((
-                    overlay_common::lb::BackendInfo {
+        // backend is known as one from its first packet.
+        let mut addrs: BTreeMap<BackendInfo, u32> = BTreeMap::new();
+        let mut addrs6: BTreeMap<Backend6Info, u32> = BTreeMap::new();
+        for ((ip, port), id) in ids.iter().filter(|(addr, _)| wanted.contains(addr)) {
+            let port = *port;
+            match ip {
+                IpAddr::V4(ip) => addrs.insert(
+                    BackendOf {
                         ip: ip_key(*ip),
-                        port: *port,
+                        port,
                         _pad: 0,
                     },
                     *id,
-                )),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let (written, removed) =
-            super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?;
-        out.written += written;
-        out.removed += removed;
+                ),
+                IpAddr::V6(ip) => addrs6.insert(
+                    BackendOf {
+                        ip: ip6_key(*ip),
+                        port,
+                        _pad: 0,
+                    },
+                    *id,
+                ),
+            };
+        }
+        for (written, removed) in [
+            super::sync_hash(&mut self.backend_addrs, &addrs, names::LB_BACKEND_ADDRS)?,
+            super::sync_hash(&mut self.backend_addrs6, &addrs6, names::LB6_BACKEND_ADDRS)?,
+        ] {
+            out.written += written;
+            out.removed += removed;
+        }
         let desired_keys: BTreeMap<SvcKey, &ServiceEntry> =
             desired.iter().map(|s| (s.key(), s)).collect();
         // Services that went give up their tables first, so a new service taking the space

@@ -8,6 +8,7 @@
 //!   is recorded, so a later VIP flow sees its tuple held and remaps instead.
 //!
 //! Replies are turned back to the client's own port by `to_client`, like translated ones.
+//! Both families, over `Family` (`check_direct`, `check_direct6`).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -18,8 +19,8 @@ use aya_ebpf::{
 };
 use overlay_common::{
     lb::{
-        ct_expired, rev_close_flags, BackendInfo, CtEntry, DirectRemaps, FlowKey,
-        CT_CLOSE_TIMEOUT_NS, CT_F_CLOSING, CT_F_DIRECT, CT_F_FIN_CLIENT, CT_UDP_TIMEOUT_NS,
+        ct_expired, rev_close_flags, BackendOf, CtEntry, DirectRemaps, CT_CLOSE_TIMEOUT_NS,
+        CT_F_CLOSING, CT_F_DIRECT, CT_F_FIN_CLIENT, CT_UDP_TIMEOUT_NS,
     },
     maps::CONFIG_F_TRACK_DIRECT,
     wire::{ETH_HLEN, IPPROTO_TCP},
@@ -28,8 +29,9 @@ use overlay_common::{
 
 use super::{
     closes,
-    family::V4,
-    flows::{claim, close_reply, flow, owned_by, remap_port, Search},
+    family::{Family, V4, V6},
+    flow6,
+    flows::{claim, close_reply, flow, owned_by, remap_port, Ct, Key, Search},
     is_syn,
     nat::rewrite_src,
     ports, REMAP_TRIES,
@@ -37,11 +39,11 @@ use super::{
 use crate::{
     counters::count,
     headers::{Ipv4Hdr, Packet as _},
-    maps::{LB_BACKEND_ADDRS, LB_CT, LB_DIRECT, LB_REVNAT},
+    maps::LB_DIRECT,
 };
 
-/// A packet not translated to a backend: kept apart from translated flows (see above). Not
-/// inlined: a stack frame of its own, apart from the forwarding path's.
+/// A container's IPv4 packet not translated to a backend: kept apart from translated flows
+/// (see above). Not inlined: a stack frame of its own, apart from the forwarding path's.
 #[inline(never)]
 pub fn check_direct(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropReason> {
     let ip = ctx
@@ -51,59 +53,63 @@ pub fn check_direct(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropR
         return Ok(());
     };
     let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
+    direct::<V4>(ctx, cfg, &key, flags)
+}
+
+/// The same for a container's IPv6 packet.
+#[inline(never)]
+pub fn check_direct6(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropReason> {
+    let mut key = Key::<V6>::default();
+    match flow6(ctx, vni, &mut key)? {
+        Some(flags) => direct::<V6>(ctx, cfg, &key, flags),
+        None => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn direct<F: Family>(
+    ctx: &TcContext,
+    cfg: &Config,
+    key: &Key<F>,
+    flags: u8,
+) -> Result<(), DropReason> {
+    let (vni, sport, dport, proto) = (key.vni, key.src_port, key.dst_port, key.proto);
     let now = unsafe { bpf_ktime_get_ns() };
-    let track = cfg.flags & CONFIG_F_TRACK_DIRECT != 0 && is_backend(&key);
-    if track || remaps_live(ip.proto, now) {
-        if let Some(port) = follow(&key, flags, now) {
-            return with_port(ctx, &key, port);
+    let track = cfg.flags & CONFIG_F_TRACK_DIRECT != 0 && F::is_backend(&key.dst_ip, dport);
+    if track || remaps_live(proto, now) {
+        if let Some(port) = follow::<F>(key, flags, now) {
+            return with_port::<F>(ctx, key, port);
         }
     }
     // A TCP flow is given its port at the SYN. One not recorded was checked then, unless it
     // began before its destination was a backend: a tracking node records it now.
-    let starts = ip.proto != IPPROTO_TCP || is_syn(flags);
+    let starts = proto != IPPROTO_TCP || is_syn(flags);
     if !starts && !track {
         return Ok(());
     }
-    let reply = flow(vni, key.dst_ip, key.src_ip, dport, sport, ip.proto);
-    if let Some(r) = unsafe { LB_REVNAT.get(reply) } {
-        let r = *r;
-        if !owned_by::<V4>(&r, &key) {
-            if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, ip.proto, now) {
+    let reply = flow(vni, key.dst_ip, key.src_ip, dport, sport, proto);
+    if let Some(r) = unsafe { F::revnat().get(reply) } {
+        if !owned_by::<F>(r, key) {
+            if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, proto, now) {
                 if !starts {
                     // Too late to move it to a port of its own.
                     return Ok(());
                 }
-                let port = remap(&key, flags, now)?;
-                return with_port(ctx, &key, port);
+                let port = remap::<F>(key, flags, now)?;
+                return with_port::<F>(ctx, key, port);
             }
             // Its holder is over: cleared away, or this flow's replies would be taken for it.
-            let _ = LB_CT.remove(flow(
-                vni,
-                r.client_ip,
-                r.vip,
-                r.client_port,
-                r.port,
-                ip.proto,
-            ));
-            let _ = LB_REVNAT.remove(reply);
+            let holder = flow(vni, r.client_ip, r.vip, r.client_port, r.port, proto);
+            let _ = F::ct().remove(holder);
+            let _ = F::revnat().remove(reply);
         }
     }
-    if track && !record_direct(&key, reply, sport, flags, now)? && starts {
+    if track && !record_direct::<F>(key, reply, sport, flags, now)? && starts {
         // A translated flow claimed the tuple on another CPU at this very moment.
-        let port = remap(&key, flags, now)?;
-        return with_port(ctx, &key, port);
+        let port = remap::<F>(key, flags, now)?;
+        return with_port::<F>(ctx, key, port);
     }
     Ok(())
-}
-
-#[inline(always)]
-fn is_backend(key: &FlowKey) -> bool {
-    let addr = BackendInfo {
-        ip: key.dst_ip,
-        port: key.dst_port,
-        _pad: 0,
-    };
-    unsafe { LB_BACKEND_ADDRS.get(addr) }.is_some()
 }
 
 /// Whether remapped direct flows of `proto` may be live.
@@ -123,16 +129,16 @@ fn remaps_live(proto: u8, now: u64) -> bool {
 /// no longer its own live one (the connection on that port ended), while a retransmitted SYN
 /// keeps its port.
 #[inline(always)]
-fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
-    let p = LB_CT.get_ptr_mut(*key)?;
+fn follow<F: Family>(key: &Key<F>, flags: u8, now: u64) -> Option<u16> {
+    let p = F::ct().get_ptr_mut(key)?;
     let ct = unsafe { &mut *p };
     if ct.flags & CT_F_DIRECT == 0 {
         return None;
     }
     let over = ct_expired(ct.last_seen, ct.flags, key.proto, now)
-        || (is_syn(flags) && (ct.flags & CT_F_CLOSING != 0 || !reply_live(key, ct, now)));
+        || (is_syn(flags) && (ct.flags & CT_F_CLOSING != 0 || !reply_live::<F>(key, ct, now)));
     if over {
-        let _ = LB_CT.remove(*key);
+        let _ = F::ct().remove(key);
         return None;
     }
     ct.last_seen = now;
@@ -143,7 +149,7 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
             unsafe { (*d).udp_last = now };
         }
     }
-    if closes(flags) && ct.flags & CT_F_CLOSING == 0 && close_reply::<V4>(key.vni, key, ct, flags) {
+    if closes(flags) && ct.flags & CT_F_CLOSING == 0 && close_reply::<F>(key.vni, key, ct, flags) {
         ct.flags |= CT_F_CLOSING;
         if remapped {
             if let Some(d) = LB_DIRECT.get_ptr_mut(0) {
@@ -163,7 +169,7 @@ fn follow(key: &FlowKey, flags: u8, now: u64) -> Option<u16> {
 
 /// Whether the reverse entry of a recorded direct flow is still its own and live.
 #[inline(always)]
-fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
+fn reply_live<F: Family>(key: &Key<F>, ct: &Ct<F>, now: u64) -> bool {
     let reply = flow(
         key.vni,
         key.dst_ip,
@@ -172,9 +178,9 @@ fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
         ct.src_port,
         key.proto,
     );
-    match unsafe { LB_REVNAT.get(reply) } {
+    match unsafe { F::revnat().get(reply) } {
         Some(r) => {
-            owned_by::<V4>(r, key)
+            owned_by::<F>(r, key)
                 && r.flags & CT_F_CLOSING == 0
                 && !ct_expired(r.last_seen, r.flags, key.proto, now)
         }
@@ -184,16 +190,16 @@ fn reply_live(key: &FlowKey, ct: &CtEntry, now: u64) -> bool {
 
 /// Gives a direct flow a source port no live flow holds, and records it.
 #[inline(always)]
-fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
-    let mut s = DirectSearch {
+fn remap<F: Family>(key: &Key<F>, flags: u8, now: u64) -> Result<u16, DropReason> {
+    let mut s = DirectSearch::<F> {
         key: *key,
         now,
         tcp_flags: flags,
         state: Search::Going,
         port: 0,
     };
-    let try_port = try_direct_port as *mut c_void;
-    let ctx = &mut s as *mut DirectSearch as *mut c_void;
+    let try_port = try_direct_port::<F> as *mut c_void;
+    let ctx = &mut s as *mut DirectSearch<F> as *mut c_void;
     // Through `bpf_loop`: the verifier checks one try, not each of them.
     if unsafe { bpf_loop(REMAP_TRIES, try_port, ctx, 0) } < 0 {
         return Err(DropReason::LbNatFailed);
@@ -216,8 +222,8 @@ fn remap(key: &FlowKey, flags: u8, now: u64) -> Result<u16, DropReason> {
 
 /// `remap`'s state, shared with `try_direct_port` through `bpf_loop`.
 #[repr(C)]
-struct DirectSearch {
-    key: FlowKey,
+struct DirectSearch<F: Family> {
+    key: Key<F>,
     now: u64,
     tcp_flags: u8,
     state: Search,
@@ -226,10 +232,10 @@ struct DirectSearch {
 
 /// The `i`th try of `remap` (the first remapped port is the flow's `remap_port(1)`): 1 ends
 /// the loop.
-extern "C" fn try_direct_port(i: u64, ctx: *mut c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut DirectSearch) };
+extern "C" fn try_direct_port<F: Family>(i: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut DirectSearch<F>) };
     let key = &s.key;
-    let port = remap_port::<V4>(key, i as u32 + 1);
+    let port = remap_port::<F>(key, i as u32 + 1);
     if port == key.src_port {
         return 0;
     }
@@ -241,7 +247,7 @@ extern "C" fn try_direct_port(i: u64, ctx: *mut c_void) -> i64 {
         port,
         key.proto,
     );
-    match record_direct(key, reply, port, s.tcp_flags, s.now) {
+    match record_direct::<F>(key, reply, port, s.tcp_flags, s.now) {
         Ok(true) => {
             s.port = port;
             s.state = Search::Found;
@@ -259,31 +265,31 @@ extern "C" fn try_direct_port(i: u64, ctx: *mut c_void) -> i64 {
 /// replies come back through `to_client` (the "VIP" being the destination itself). False if
 /// another live flow holds the tuple, or claimed it at the same instant (`claim`).
 #[inline(always)]
-fn record_direct(
-    key: &FlowKey,
-    reply: FlowKey,
+fn record_direct<F: Family>(
+    key: &Key<F>,
+    reply: Key<F>,
     port: u16,
     flags: u8,
     now: u64,
 ) -> Result<bool, DropReason> {
     let rev_flags = rev_close_flags(CT_F_DIRECT, flags, CT_F_FIN_CLIENT);
-    let Some(written) = claim::<V4>(key, &reply, rev_flags, flags, now)? else {
+    let Some(written) = claim::<F>(key, &reply, rev_flags, flags, now)? else {
         return Ok(false);
     };
     let flags = CT_F_DIRECT | (written & CT_F_CLOSING);
     let ct = CtEntry {
         backend_id: 0,
-        backend: BackendInfo {
+        backend: BackendOf {
             ip: key.dst_ip,
             port: key.dst_port,
             _pad: 0,
         },
         src_port: port,
         flags,
-        _pad: [],
+        _pad: Default::default(),
         last_seen: now,
     };
-    LB_CT
+    F::ct()
         .insert(key, ct, 0)
         .map_err(|_| DropReason::LbNatFailed)?;
     Ok(true)
@@ -297,9 +303,9 @@ pub(super) fn add_open(d: *mut DirectRemaps, n: u64) {
 }
 
 #[inline(always)]
-fn with_port(ctx: &TcContext, key: &FlowKey, port: u16) -> Result<(), DropReason> {
+fn with_port<F: Family>(ctx: &TcContext, key: &Key<F>, port: u16) -> Result<(), DropReason> {
     if port == key.src_port {
         return Ok(());
     }
-    rewrite_src::<V4>(ctx, key.proto, &key.src_ip, &key.src_ip, key.src_port, port)
+    rewrite_src::<F>(ctx, key.proto, &key.src_ip, &key.src_ip, key.src_port, port)
 }

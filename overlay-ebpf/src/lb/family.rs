@@ -11,7 +11,10 @@ use overlay_common::{
     DropReason,
 };
 
-use crate::maps::{LB6_BACKENDS, LB6_CT, LB6_REVNAT, LB_BACKENDS, LB_CT, LB_REVNAT};
+use crate::maps::{
+    LB6_BACKENDS, LB6_BACKEND_ADDRS, LB6_CT, LB6_REVNAT, LB_BACKENDS, LB_BACKEND_ADDRS, LB_CT,
+    LB_REVNAT,
+};
 
 /// A family's connection tracking (`LB_CT`, `LB6_CT`) and reverse NAT maps.
 pub type CtMap<F> =
@@ -29,6 +32,9 @@ pub trait Family: Sized {
     fn ct() -> &'static CtMap<Self>;
     fn revnat() -> &'static RevNatMap<Self>;
     fn backend(id: u32) -> Option<&'static BackendOf<Self::Ip>>;
+    /// Whether `ip:port` is a backend of some service (a flow to it directly is recorded
+    /// on nodes that track direct flows).
+    fn is_backend(ip: &Self::Ip, port: u16) -> bool;
     /// The address folded into 32 bits for `flow_hash`.
     fn fold(ip: &Self::Ip) -> u32;
     /// Replaces the source (or, with `dst`, destination) address `old` by `new`, fixing the
@@ -63,6 +69,15 @@ impl Family for V4 {
     #[inline(always)]
     fn backend(id: u32) -> Option<&'static BackendOf<u32>> {
         unsafe { LB_BACKENDS.get(id) }
+    }
+    #[inline(always)]
+    fn is_backend(ip: &u32, port: u16) -> bool {
+        let addr = BackendOf {
+            ip: *ip,
+            port,
+            _pad: 0,
+        };
+        unsafe { LB_BACKEND_ADDRS.get(addr) }.is_some()
     }
     #[inline(always)]
     fn fold(ip: &u32) -> u32 {
@@ -108,6 +123,15 @@ impl Family for V6 {
     #[inline(always)]
     fn backend(id: u32) -> Option<&'static BackendOf<[u32; 4]>> {
         unsafe { LB6_BACKENDS.get(id) }
+    }
+    #[inline(always)]
+    fn is_backend(ip: &[u32; 4], port: u16) -> bool {
+        let addr = BackendOf {
+            ip: *ip,
+            port,
+            _pad: 0,
+        };
+        unsafe { LB6_BACKEND_ADDRS.get(addr) }.is_some()
     }
     #[inline(always)]
     fn fold(ip: &[u32; 4]) -> u32 {

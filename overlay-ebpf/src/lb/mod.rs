@@ -18,7 +18,7 @@ mod flows;
 mod nat;
 mod reject;
 
-pub use direct::check_direct;
+pub use direct::{check_direct, check_direct6};
 pub use reject::{reject, reject6};
 
 use aya_ebpf::programs::TcContext;
@@ -213,17 +213,29 @@ pub fn to_client_here(ctx: &TcContext, vni: u32) -> Result<(), DropReason> {
 /// The same for an IPv6 packet.
 #[inline(never)]
 pub fn to_client6(ctx: &TcContext, vni: u32) -> Result<(), DropReason> {
+    let mut key = flows::Key::<V6>::default();
+    match flow6(ctx, vni, &mut key)? {
+        Some(flags) => flows::to_client::<V6>(ctx, &key, flags),
+        None => Ok(()),
+    }
+}
+
+/// Fills `key` with the flow of the IPv6 packet in `ctx` in network `vni` if it is one
+/// that is balanced (`ports6`): its TCP flags. (Filled in place: a returned key would be
+/// one more copy on the decapsulation path's stack.)
+#[inline(always)]
+fn flow6(ctx: &TcContext, vni: u32, key: &mut flows::Key<V6>) -> Result<Option<u8>, DropReason> {
     let proto = ctx
         .header::<u8>(ETH_HLEN + IPV6_NEXT_HEADER_OFF)
         .ok_or(DropReason::Malformed)?;
     let Some((sport, dport, flags)) = ports6(ctx, proto) else {
-        return Ok(());
+        return Ok(None);
     };
     let addr = |off| ctx.header::<[u8; 16]>(ETH_HLEN + off).map(key6);
     let src = addr(IPV6_SRC_OFF).ok_or(DropReason::Malformed)?;
     let dst = addr(IPV6_DST_OFF).ok_or(DropReason::Malformed)?;
-    let key = flow(vni, src, dst, sport, dport, proto);
-    flows::to_client::<V6>(ctx, &key, flags)
+    *key = flow(vni, src, dst, sport, dport, proto);
+    Ok(Some(flags))
 }
 
 /// The backend of `hash` in a service's Maglev table.
