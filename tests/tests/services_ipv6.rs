@@ -45,6 +45,14 @@ fn dual_stack_cluster(hosts: usize, extra: &[&str]) -> Topology {
     t
 }
 
+/// The UDP service "dns" at the VIP's port 53 over `b1` and `b3` (port 5353), installed on
+/// host 1.
+fn add_dns6(t: &Topology, b1: Ipv6Addr, b3: Ipv6Addr) {
+    let backends = [format!("[{b1}]:5353"), format!("[{b3}]:5353")];
+    lb::add_service(t, "dns", &format!("[{VIP}]:53"), "udp", &backends);
+    wait_table6(t, 1, 53, UDP, &[b1, b3], 5353);
+}
+
 /// TCP (port 8080) and UDP (5353) identity servers on IPv6 in each of `names`.
 fn identity_servers6(t: &Topology, names: &[&str]) -> Vec<overlay_tests::services::Server> {
     names
@@ -205,14 +213,7 @@ fn an_ipv6_vip_is_balanced_by_weight_across_hosts_and_shows_itself() {
     assert_eq!(counts.len(), 3, "{counts:?}");
 
     // Unconnected UDP: sendto the VIP reaches a backend, and recvfrom shows the VIP.
-    lb::add_service(
-        &t,
-        "dns",
-        &format!("[{VIP}]:53"),
-        "udp",
-        &[format!("[{b1}]:5353"), format!("[{b3}]:5353")],
-    );
-    wait_table6(&t, 1, 53, UDP, &[b1, b3], 5353);
+    add_dns6(&t, b1, b3);
     let udp = SocketAddr::new(vip().into(), 53);
     let replies = t.container("client").ns.enter(move || {
         (0..20)
@@ -354,14 +355,7 @@ fn an_ipv6_vip_is_balanced_per_packet_where_the_socket_hooks_are_off() {
 
     // TCP and UDP both ways, to a remote (b1) and a local (b3) backend: every frame the
     // client and the backends see has a valid checksum, and the replies come from the VIP.
-    lb::add_service(
-        &t,
-        "dns",
-        &format!("[{VIP}]:53"),
-        "udp",
-        &[format!("[{b1}]:5353"), format!("[{b3}]:5353")],
-    );
-    wait_table6(&t, 1, 53, UDP, &[b1, b3], 5353);
+    add_dns6(&t, b1, b3);
     let window = Duration::from_secs(4);
     let caps: Vec<_> = ["client", "b1", "b3"]
         .iter()
