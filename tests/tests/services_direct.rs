@@ -214,6 +214,70 @@ fn a_remapped_direct_connection_survives_a_daemon_restart() {
     );
 }
 
+/// A direct connection remapped to a port of its own meets an underlay MTU lowered under it:
+/// the "fragmentation needed" its host answers quotes the packet as the client sent it (from
+/// the port its socket has, not the remapped one), so the client's kernel finds the socket,
+/// lowers its path MTU and the transfer goes on instead of stalling.
+#[test]
+fn a_remapped_direct_connection_learns_a_lowered_path_mtu() {
+    use std::io::{Read, Write};
+    let (t, b1) = one_service(false, "198.19.250.20:80", "tcp", 8080);
+    let _server = tcp_identity_server(&t.container("b1").ns, 8080, "b1");
+    let before = t.counters(1);
+    let (mut vip, _) = open_from(
+        &t.container("client").ns,
+        20_030,
+        SocketAddrV4::new(VIP, 80),
+    );
+    let (mut direct, _) = open_from(
+        &t.container("client").ns,
+        20_030,
+        SocketAddrV4::new(b1, 8080),
+    );
+    let remapped = t.counters(1).traffic(Direction::LbDirectRemap).packets
+        - before.traffic(Direction::LbDirectRemap).packets;
+    assert_eq!(remapped, 1, "the direct connection got a port of its own");
+
+    // The operator lowers the underlay MTU of both hosts; containers keep MTU 1450.
+    for h in 0..2 {
+        t.hosts[h].ns.ip(&["link", "set", "ul0", "mtu", "1400"]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(0..2).all(|h| t.daemon_log(h).contains("the underlay MTU changed")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a daemon missed the MTU change"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let frag_needed = t.counters(1).traffic(Direction::IcmpFragNeeded).packets;
+    // 1 MiB each way in full-size segments, in 64 KiB exchanges.
+    direct
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let chunk: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+    for i in 0..16 {
+        let mut back = vec![0u8; chunk.len()];
+        direct
+            .write_all(&chunk)
+            .and_then(|_| direct.read_exact(&mut back))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "exchange {i} on the remapped connection: {e}\n{:?}",
+                    t.counters(1)
+                )
+            });
+        assert!(back == chunk, "exchange {i} came back changed");
+    }
+    assert!(
+        t.counters(1).traffic(Direction::IcmpFragNeeded).packets > frag_needed,
+        "the transfer never met the lower MTU"
+    );
+    vip.write_all(b"y")
+        .and_then(|_| vip.read_exact(&mut [0u8; 1]))
+        .expect("the VIP connection goes on");
+}
+
 /// With socket balancing, traffic that bypasses the sockets (a raw socket) is balanced per
 /// packet: a direct UDP flow from the port such a VIP flow holds gets a port of its own at
 /// its first datagram, and its later datagrams follow it (one remap, not one per datagram),

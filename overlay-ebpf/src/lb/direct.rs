@@ -24,7 +24,7 @@ use overlay_common::{
     },
     maps::CONFIG_F_TRACK_DIRECT,
     wire::{ETH_HLEN, IPPROTO_TCP},
-    Config, Direction, DropReason,
+    Config, Direction, DropReason, EndpointMacKey,
 };
 
 use super::{
@@ -34,12 +34,13 @@ use super::{
     flows::{claim, close_reply, flow, owned_by, remap_port, Ct, Key, Search},
     is_syn,
     nat::rewrite_src,
-    ports, REMAP_TRIES,
+    ports, IPV6_NEXT_HEADER_OFF, REMAP_TRIES,
 };
 use crate::{
     counters::count,
-    headers::{Ipv4Hdr, Packet as _},
-    maps::LB_DIRECT,
+    headers::{EthHdr, Ipv4Hdr, Packet as _},
+    icmp,
+    maps::{ENDPOINTS_BY_MAC, LB_DIRECT, NETWORKS},
 };
 
 /// A container's IPv4 packet not translated to a backend: kept apart from translated flows
@@ -52,6 +53,9 @@ pub fn check_direct(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropR
     let Some((sport, dport, flags)) = ports(ctx, &ip) else {
         return Ok(());
     };
+    if stays::<V4>(ctx, cfg, vni, ip.proto)? {
+        return Ok(());
+    }
     let key = flow(vni, ip.src_key(), ip.dst_key(), sport, dport, ip.proto);
     direct::<V4>(ctx, cfg, &key, flags)
 }
@@ -59,11 +63,43 @@ pub fn check_direct(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropR
 /// The same for a container's IPv6 packet.
 #[inline(never)]
 pub fn check_direct6(ctx: &TcContext, cfg: &Config, vni: u32) -> Result<(), DropReason> {
+    let proto = ctx
+        .header::<u8>(ETH_HLEN + IPV6_NEXT_HEADER_OFF)
+        .ok_or(DropReason::Malformed)?;
+    if stays::<V6>(ctx, cfg, vni, proto)? {
+        return Ok(());
+    }
     let mut key = Key::<V6>::default();
     match flow6(ctx, vni, &mut key)? {
         Some(flags) => direct::<V6>(ctx, cfg, &key, flags),
         None => Ok(()),
     }
+}
+
+/// Whether the packet never leaves this host as it is: too big for the underlay and not for
+/// a local endpoint (or for none), the forwarding path answers it with an ICMP error or
+/// drops it. Such a packet is neither remapped nor recorded: the error must quote it as its
+/// sender sent it (a remapped port names no socket there), and a dropped packet starts no
+/// flow. The destination is looked up here (as `forward` does) only for such packets,
+/// which are rare. Not inlined: the IPv6 path's frame has no room for the lookup keys.
+#[inline(never)]
+fn stays<F: Family>(
+    ctx: &TcContext,
+    cfg: &Config,
+    vni: u32,
+    proto: u8,
+) -> Result<bool, DropReason> {
+    if !icmp::too_big(ctx, cfg, F::L4_OFF - ETH_HLEN, proto)? {
+        return Ok(false);
+    }
+    let eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
+    let net = unsafe { NETWORKS.get(vni) }.ok_or(DropReason::UnknownNetwork)?;
+    let target = if eth.dst == net.gateway_mac {
+        F::dst_endpoint(ctx, vni)?
+    } else {
+        unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, eth.dst)) }
+    };
+    Ok(target.is_none_or(|t| !t.is_local()))
 }
 
 #[inline(always)]

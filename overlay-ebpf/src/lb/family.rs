@@ -3,17 +3,21 @@
 //! itself (`super`) is written once over `Family`.
 
 use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR, helpers::bpf_csum_diff, maps::LruHashMap, programs::TcContext,
+    bindings::BPF_F_PSEUDO_HDR,
+    helpers::{bpf_csum_diff, bpf_csum_update},
+    maps::LruHashMap,
+    programs::TcContext,
 };
 use overlay_common::{
     lb::{fold6, BackendOf, CtEntry, FlowKey, RevNatEntry},
     wire::{ETH_HLEN, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_HLEN, IPV4_SRC_OFF, IPV6_HLEN},
-    DropReason,
+    DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey,
 };
 
+use crate::headers::Packet as _;
 use crate::maps::{
-    LB6_BACKENDS, LB6_BACKEND_ADDRS, LB6_CT, LB6_REVNAT, LB_BACKENDS, LB_BACKEND_ADDRS, LB_CT,
-    LB_REVNAT,
+    ENDPOINTS_BY_IP, ENDPOINTS_BY_IP6, LB6_BACKENDS, LB6_BACKEND_ADDRS, LB6_CT, LB6_REVNAT,
+    LB_BACKENDS, LB_BACKEND_ADDRS, LB_CT, LB_REVNAT,
 };
 
 /// A family's connection tracking (`LB_CT`, `LB6_CT`) and reverse NAT maps.
@@ -35,6 +39,9 @@ pub trait Family: Sized {
     /// Whether `ip:port` is a backend of some service (a flow to it directly is recorded
     /// on nodes that track direct flows).
     fn is_backend(ip: &Self::Ip, port: u16) -> bool;
+    /// The endpoint of network `vni` the packet is addressed to.
+    fn dst_endpoint(ctx: &TcContext, vni: u32)
+        -> Result<Option<&'static EndpointInfo>, DropReason>;
     /// The address folded into 32 bits for `flow_hash`.
     fn fold(ip: &Self::Ip) -> u32;
     /// Replaces the source (or, with `dst`, destination) address `old` by `new`, fixing the
@@ -80,6 +87,16 @@ impl Family for V4 {
         unsafe { LB_BACKEND_ADDRS.get(addr) }.is_some()
     }
     #[inline(always)]
+    fn dst_endpoint(
+        ctx: &TcContext,
+        vni: u32,
+    ) -> Result<Option<&'static EndpointInfo>, DropReason> {
+        let ip = ctx
+            .header::<u32>(ETH_HLEN + IPV4_DST_OFF)
+            .ok_or(DropReason::Malformed)?;
+        Ok(unsafe { ENDPOINTS_BY_IP.get(EndpointIpKey { vni, ip }) })
+    }
+    #[inline(always)]
     fn fold(ip: &u32) -> u32 {
         *ip
     }
@@ -102,6 +119,12 @@ impl Family for V4 {
         ctx.store(ETH_HLEN + off, &(new as u32), 0).map_err(fail)
     }
 }
+
+/// `bpf_l4_csum_replace`'s flag (kernel 6.16) for an IPv6 header: a pseudo-header change
+/// then leaves a CHECKSUM_COMPLETE `skb->csum` alone (the address and the checksum field
+/// change by opposite amounts) instead of adjusting it as for IPv4, where the IP header
+/// checksum absorbs the change.
+const BPF_F_IPV6: u64 = 1 << 7;
 
 /// Offsets of the addresses in the IPv6 header.
 const IPV6_SRC_OFF: usize = 8;
@@ -134,6 +157,16 @@ impl Family for V6 {
         unsafe { LB6_BACKEND_ADDRS.get(addr) }.is_some()
     }
     #[inline(always)]
+    fn dst_endpoint(
+        ctx: &TcContext,
+        vni: u32,
+    ) -> Result<Option<&'static EndpointInfo>, DropReason> {
+        let ip6 = ctx
+            .header::<[u8; 16]>(ETH_HLEN + IPV6_DST_OFF)
+            .ok_or(DropReason::Malformed)?;
+        Ok(unsafe { ENDPOINTS_BY_IP6.get(EndpointIp6Key { vni, ip6 }) })
+    }
+    #[inline(always)]
     fn fold(ip: &[u32; 4]) -> u32 {
         fold6(ip)
     }
@@ -163,8 +196,19 @@ impl Family for V6 {
         if diff < 0 {
             return Err(DropReason::LbNatFailed);
         }
-        ctx.l4_csum_replace(csum_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | flags)
-            .map_err(fail)?;
+        let diff = diff as u64;
+        let pseudo = BPF_F_PSEUDO_HDR as u64 | flags;
+        if ctx
+            .l4_csum_replace(csum_off, 0, diff, pseudo | BPF_F_IPV6)
+            .is_err()
+        {
+            // An older kernel refuses the flag and takes `diff` off a CHECKSUM_COMPLETE
+            // `skb->csum` (after decapsulation behind a NIC that sums): added back (a no-op
+            // for any other skb), or the receiving stack reports a hardware checksum fault.
+            ctx.l4_csum_replace(csum_off, 0, diff, pseudo)
+                .map_err(fail)?;
+            unsafe { bpf_csum_update(ctx.skb.skb, diff as u32) };
+        }
         let off = if dst { IPV6_DST_OFF } else { IPV6_SRC_OFF };
         ctx.store(ETH_HLEN + off, new, 0).map_err(fail)
     }

@@ -131,7 +131,7 @@ pub fn to_service(ctx: &TcContext, me: &LocalIface) -> Result<Verdict, DropReaso
     };
     let svc = unsafe { LB_SERVICES.get(key) };
     let flow = flow(me.vni, ip.src_key(), vip, sport, dport, ip.proto);
-    balance::<V4>(ctx, svc, &flow, flags, vip)
+    balance::<V4>(ctx, svc, &flow, flags, Some(vip))
 }
 
 /// The same for a container's IPv6 packet.
@@ -156,28 +156,30 @@ pub fn to_service6(ctx: &TcContext, me: &LocalIface) -> Result<Verdict, DropReas
     let src = addr(IPV6_SRC_OFF).ok_or(DropReason::Malformed)?;
     let vip = addr(IPV6_DST_OFF).ok_or(DropReason::Malformed)?;
     let flow = flow(me.vni, src, vip, sport, dport, proto);
-    // (The IPv6 path notes no service for the monitor.)
-    balance::<V6>(ctx, svc, &flow, flags, 0)
+    // The monitor's note has room for an IPv4 VIP only.
+    balance::<V6>(ctx, svc, &flow, flags, None)
 }
 
 /// A packet of `flow` to the gateway and the service at its destination, if any: translated
 /// for one with backends, to be answered for one without, and a backend's reply to a
-/// hairpin flow (sent to the VIP too) turned back to its client. `vip` is noted for the
-/// monitor.
+/// hairpin flow (sent to the VIP too) turned back to its client. `vip`, if given, is noted
+/// for the monitor.
 #[inline(always)]
 fn balance<F: family::Family>(
     ctx: &TcContext,
     svc: Option<&ServiceInfo>,
     flow: &flows::Key<F>,
     flags: u8,
-    vip: u32,
+    vip: Option<u32>,
 ) -> Result<Verdict, DropReason> {
     let Some(svc) = svc else {
         if !flows::is_hairpin_reply::<F>(flow) {
             return Ok(Verdict::NotService);
         }
         flows::to_client::<F>(ctx, flow, flags)?;
-        monitor::note_service(ctx, vip, 0);
+        if let Some(vip) = vip {
+            monitor::note_service(ctx, vip, 0);
+        }
         return Ok(Verdict::Translated);
     };
     if svc.backends == 0 {
@@ -185,7 +187,9 @@ fn balance<F: family::Family>(
         return Ok(Verdict::Reject);
     }
     flows::translate::<F>(ctx, svc, flow, flags)?;
-    monitor::note_service(ctx, vip, flow.dst_port);
+    if let Some(vip) = vip {
+        monitor::note_service(ctx, vip, flow.dst_port);
+    }
     Ok(Verdict::Translated)
 }
 
