@@ -27,6 +27,7 @@ use super::{
     classify::{classify, Context, Fault, Transport},
     client::EtcdConfig,
     error::{MemberFailure, Refusal, StoreError, Unanswered},
+    probe::CertificateProbe,
 };
 
 /// How long a call keeps trying the members when all of them fail: an election (a killed
@@ -71,6 +72,9 @@ pub(super) struct Members {
     user: Option<(String, String)>,
     prefix: String,
     transport: Transport,
+    /// For a TLS client without a certificate: asks a member that did not answer whether it
+    /// wants one (`probe`).
+    probe: Option<CertificateProbe>,
 }
 
 /// How one attempt on one member ended.
@@ -105,7 +109,27 @@ impl Members {
             },
             // What a role must be granted: the whole prefix, every layout version under it.
             prefix: format!("{}/", cfg.prefix.trim_end_matches('/')),
+            probe: match (&cfg.cacert, &cfg.cert) {
+                (Some(ca), None) => std::fs::read(ca)
+                    .ok()
+                    .and_then(|pem| CertificateProbe::new(&pem)),
+                _ => None,
+            },
         }
+    }
+
+    /// Whether member `i`'s failure `why` is its refusal of a client without a certificate
+    /// that the channel lost (see `probe`): asked once per call, as a member cut off the
+    /// network keeps the probe waiting for its whole time.
+    async fn wants_certificate(&self, i: usize, why: &Unanswered) -> bool {
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        let lost = matches!(
+            why,
+            Unanswered::TimedOut | Unanswered::ConnectionLost | Unanswered::NotConnected(_)
+        );
+        lost && probe.demands_certificate(&self.members[i].url).await
     }
 
     /// The endpoints, comma separated (for messages).
@@ -248,6 +272,8 @@ impl Members {
         let mut failures: Vec<MemberFailure> = Vec::new();
         // Refusals of single members (their certificates): reported if nobody answers.
         let mut refusals: Vec<(String, Refusal)> = Vec::new();
+        // Members asked once in this call whether they want a certificate.
+        let mut probed = vec![false; self.members.len()];
         loop {
             let order = self.order();
             let mut refused_all = true;
@@ -270,6 +296,17 @@ impl Members {
                         Attempt::NotConnected(fault, e) => (fault, e),
                         Attempt::Failed(Some((fault, e))) => (fault, Some(e)),
                         Attempt::Failed(None) => (Fault::Member(Unanswered::TimedOut), None),
+                    };
+                    let fault = match fault {
+                        Fault::Member(why) if !probed[i] => {
+                            probed[i] = true;
+                            if self.wants_certificate(i, &why).await {
+                                Fault::Refused(Refusal::ClientCertificateRequired)
+                            } else {
+                                Fault::Member(why)
+                            }
+                        }
+                        other => other,
                     };
                     match fault {
                         Fault::Member(why) => {

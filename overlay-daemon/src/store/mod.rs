@@ -8,6 +8,7 @@ mod config;
 pub mod error;
 pub mod keys;
 mod members;
+mod probe;
 pub mod records;
 pub mod view;
 
