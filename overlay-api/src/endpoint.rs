@@ -144,6 +144,44 @@ pub struct Endpoint {
     pub owner: Owner,
     /// `NAME:PORT` service labels: the endpoint is a backend of these services.
     pub services: Vec<String>,
+    /// The container's default routes this interface holds.
+    pub default_routes: DefaultRoutes,
+}
+
+/// Which of the container's default routes (one per family) go through an interface: a
+/// container on several networks has them on one interface only (the first by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultRoutes {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl DefaultRoutes {
+    /// Those of the families an interface has addresses of.
+    pub fn of(ipv4: bool, ipv6: bool) -> Self {
+        Self { ipv4, ipv6 }
+    }
+}
+
+/// What an endpoint request asks of the container's default routes (CNI `defaultRoute`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultRoute {
+    /// Via this network's gateways for each family the container has no default route of
+    /// yet: the first attachment gets them.
+    #[default]
+    IfNone,
+    /// None through this interface: the network's subnet is reached on-link, nothing else.
+    Never,
+    /// Through this interface, for each of its families; refused if the container has one
+    /// of them already on another interface.
+    Required,
+}
+
+impl DefaultRoute {
+    fn is_if_none(&self) -> bool {
+        *self == DefaultRoute::IfNone
+    }
 }
 
 impl Endpoint {
@@ -210,6 +248,10 @@ struct EndpointWire {
     owner: Owner,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
+    /// Absent before 0.3, when every interface was given the default routes of its
+    /// families, and written only when they differ from that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_routes: Option<DefaultRoutes>,
 }
 
 impl TryFrom<EndpointWire> for Endpoint {
@@ -230,7 +272,11 @@ impl TryFrom<EndpointWire> for Endpoint {
         if ipv4.is_none() && w.ipv6.is_none() {
             return Err("an endpoint needs an IPv4 address (ip, prefix_len, gateway) or ipv6");
         }
+        let default_routes = w
+            .default_routes
+            .unwrap_or_else(|| DefaultRoutes::of(ipv4.is_some(), w.ipv6.is_some()));
         Ok(Self {
+            default_routes,
             sandbox: if w.netns.as_os_str().is_empty() {
                 Sandbox::Runtime
             } else {
@@ -254,7 +300,9 @@ impl TryFrom<EndpointWire> for Endpoint {
 
 impl From<Endpoint> for EndpointWire {
     fn from(e: Endpoint) -> Self {
+        let usual = DefaultRoutes::of(e.ipv4.is_some(), e.ipv6.is_some());
         Self {
+            default_routes: (e.default_routes != usual).then_some(e.default_routes),
             host_ifname: e.attachment.to_wire(),
             host_mac: e.host_mac,
             netns: match e.sandbox {
@@ -294,6 +342,9 @@ pub struct EndpointRequest {
     /// `overlay.service` labels (`NAME:PORT`): make the endpoint a service backend.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Sent only when not the default (API version 4): an older daemon would ignore it.
+    #[serde(default, skip_serializing_if = "DefaultRoute::is_if_none")]
+    pub default_route: DefaultRoute,
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ pub mod protocol;
 
 pub use client::{CallError, Client};
 pub use endpoint::{
-    Attachment, Endpoint, EndpointId, EndpointRequest, Ipv4Assignment, Ipv6Assignment, Owner,
-    Sandbox,
+    Attachment, DefaultRoute, DefaultRoutes, Endpoint, EndpointId, EndpointRequest, Ipv4Assignment,
+    Ipv6Assignment, Owner, Sandbox,
 };
 pub use error::{ApiError, ErrorKind};
 pub use mac::MacAddr;

@@ -9,6 +9,7 @@ use std::{
 use overlay_api::{
     error::one_line,
     labels::{parse_service_labels, SERVICE_LABEL},
+    DefaultRoute,
 };
 use serde::Deserialize;
 
@@ -36,6 +37,11 @@ pub struct NetConf {
     /// A smaller MTU than the overlay's.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// Whether this attachment holds the container's default routes: absent, if the
+    /// container has none yet (the first attachment); false, never; true, always (refused
+    /// if another interface holds one).
+    #[serde(rename = "defaultRoute", default)]
+    pub default_route: Option<bool>,
     /// Must be absent or have no type: addresses come from the cluster IPAM.
     #[serde(default)]
     pub ipam: Option<Ipam>,
@@ -73,6 +79,15 @@ pub struct Attachment {
 }
 
 impl NetConf {
+    /// What `defaultRoute` asks of the daemon.
+    pub fn default_route(&self) -> DefaultRoute {
+        match self.default_route {
+            None => DefaultRoute::IfNone,
+            Some(false) => DefaultRoute::Never,
+            Some(true) => DefaultRoute::Required,
+        }
+    }
+
     /// The overlay network: `network`, or the configuration's name when that is absent or
     /// empty.
     pub fn network(&self) -> &str {

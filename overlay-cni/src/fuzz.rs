@@ -143,6 +143,7 @@ fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoin
         host_mac: None,
         owner: Owner::Cni,
         services: Vec::new(),
+        default_routes: overlay_api::DefaultRoutes::default(),
     }
 }
 

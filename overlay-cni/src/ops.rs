@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use overlay_api::{
-    CallError, Client, Endpoint, EndpointRequest, ErrorKind, MacAddr, Owner, Sandbox,
+    CallError, Client, DefaultRoute, Endpoint, EndpointRequest, ErrorKind, MacAddr, Owner, Sandbox,
 };
 use serde::Serialize;
 
@@ -110,10 +110,12 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
             gateway: Some(v4.gateway.to_string()),
             interface: Some(1),
         });
-        routes.push(Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(v4.gateway.to_string()),
-        });
+        if ep.default_routes.ipv4 {
+            routes.push(Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(v4.gateway.to_string()),
+            });
+        }
     }
     if let Some(v6) = ep.ipv6 {
         ips.push(IpConfig {
@@ -122,10 +124,12 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
             gateway: Some(v6.gateway.to_string()),
             interface: Some(1),
         });
-        routes.push(Route {
-            dst: "::/0".into(),
-            gw: Some(v6.gateway.to_string()),
-        });
+        if ep.default_routes.ipv6 {
+            routes.push(Route {
+                dst: "::/0".into(),
+                gw: Some(v6.gateway.to_string()),
+            });
+        }
     }
     CniResult {
         cni_version: version.to_owned(),
@@ -207,6 +211,7 @@ fn operation(env: &CniEnv, conf: &NetConf) -> Result<Operation, CniError> {
                 mtu: conf.mtu,
                 owner: Owner::Cni,
                 services: service_labels(conf, env)?,
+                default_route: conf.default_route(),
             }))
         }
         "DEL" => {
@@ -283,6 +288,12 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Output, (String, CniError)> {
 fn execute(conf: &NetConf, op: Operation, client: &Client) -> Result<Output, CniError> {
     match op {
         Operation::Add(req) => {
+            if req.default_route != DefaultRoute::IfNone && daemon_below(client, 4) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "defaultRoute needs overlayd 0.3 or later, which this node does not run yet: upgrade it, or drop defaultRoute",
+                ));
+            }
             let ep = client
                 .create_endpoint(req)
                 .map_err(|e| api_error(Op::Add, conf, e))?;
@@ -392,7 +403,12 @@ pub fn check_recorded(prev: &CniResult, ifname: &str, ep: &Endpoint) -> Result<(
 
 /// Whether the daemon speaks API version 1 (the first release).
 fn old_daemon(client: &Client) -> bool {
-    client.status().is_ok_and(|s| s.api_version < 2)
+    daemon_below(client, 2)
+}
+
+/// Whether the daemon answers, with an API version below `version`.
+fn daemon_below(client: &Client, version: u32) -> bool {
+    client.status().is_ok_and(|s| s.api_version < version)
 }
 
 #[cfg(test)]
@@ -421,6 +437,10 @@ mod tests {
             host_mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
             owner: Owner::Cni,
             services: Vec::new(),
+            default_routes: overlay_api::DefaultRoutes {
+                ipv4: true,
+                ipv6: true,
+            },
         }
     }
 
@@ -440,6 +460,21 @@ mod tests {
         let latest = serde_json::to_value(add_result("1.1.0", &ep)).unwrap();
         assert_eq!(latest["interfaces"][1]["mtu"], 1450);
         assert_eq!(latest["dns"], serde_json::json!({}));
+    }
+
+    /// An interface that did not get the container's default route does not claim it.
+    #[test]
+    fn results_list_only_the_default_routes_the_interface_holds() {
+        let ep = Endpoint {
+            default_routes: overlay_api::DefaultRoutes::default(),
+            ..endpoint()
+        };
+        let r = serde_json::to_value(add_result("1.0.0", &ep)).unwrap();
+        assert!(
+            r.get("routes").is_none_or(|v| v == &serde_json::json!([])),
+            "{r}"
+        );
+        assert_eq!(r["ips"][0]["gateway"], "198.19.1.1");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
 };
 
 use futures::TryStreamExt as _;
+use overlay_api::{DefaultRoute, DefaultRoutes};
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags},
@@ -28,6 +29,8 @@ pub enum NetlinkError {
     },
     #[error("interface {0} already exists in the container: pick another interface name")]
     Exists(String),
+    #[error("{ifname} was to hold the container's default route (defaultRoute true), but the container has one already, via another interface than {gateway}'s: set defaultRoute false on one of its networks")]
+    DefaultRouteTaken { ifname: String, gateway: IpAddr },
     #[error("{what}: {source}")]
     Rtnetlink {
         what: String,
@@ -47,6 +50,14 @@ pub struct ContainerIface {
     pub ipv4: Option<overlay_api::Ipv4Assignment>,
     pub ipv6: Option<overlay_api::Ipv6Assignment>,
     pub mtu: u32,
+    pub default_route: DefaultRoute,
+}
+
+/// The veth pair `create_veth` made.
+pub struct MadeVeth {
+    pub host_mac: Option<[u8; 6]>,
+    /// The container's default routes the container side got.
+    pub default_routes: DefaultRoutes,
 }
 
 fn connect() -> Result<Handle, NetlinkError> {
@@ -113,11 +124,8 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Creates the veth pair: `host_ifname` here, `c.ifname` in the container, configured.
-/// Returns the host side's ifindex and MAC. Fails if the container already has `c.ifname`.
-pub async fn create_veth(
-    host_ifname: &str,
-    c: &ContainerIface,
-) -> Result<(u32, Option<[u8; 6]>), NetlinkError> {
+/// Fails if the container already has `c.ifname`.
+pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVeth, NetlinkError> {
     let ifname = c.ifname.clone();
     let exists = in_netns(
         &c.netns,
@@ -172,7 +180,7 @@ pub async fn create_veth(
             .execute()
             .await
             .map_err(rt(format!("setting {} up", c2.ifname)))?;
-        // A default route per family, via the network's gateways.
+        // A default route per family, via the network's gateways, as `default_route` asks.
         let mut routes = Vec::new();
         if let Some(v4) = c2.ipv4 {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -188,26 +196,45 @@ pub async fn create_veth(
                 .build();
             routes.push((route, v6.gateway.into()));
         }
+        let mut held = DefaultRoutes::default();
+        if c2.default_route == DefaultRoute::Never {
+            routes.clear();
+        }
         for (route, gateway) in routes {
             match h.route().add(route).execute().await {
-                Ok(()) => {}
+                Ok(()) => match gateway {
+                    IpAddr::V4(_) => held.ipv4 = true,
+                    IpAddr::V6(_) => held.ipv6 = true,
+                },
                 // The container is on another network already, whose interface has the
                 // default route of this family: it keeps it (as Docker gives a container
                 // one gateway); this network's subnet is reached on-link.
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                    if c2.default_route == DefaultRoute::Required {
+                        return Err(NetlinkError::DefaultRouteTaken {
+                            ifname: c2.ifname.clone(),
+                            gateway,
+                        });
+                    }
                     tracing::info!(ifname = %c2.ifname, %gateway, "the container has a default route already; this interface gets none");
                 }
                 Err(e) => return Err(rt(format!("default route via {gateway}"))(e)),
             }
         }
-        Ok(())
+        Ok(held)
     })
     .await;
-    if let Err(e) = configured {
-        let _ = handle.link().del(host_index).execute().await;
-        return Err(e);
-    }
-    Ok((host_index, link_mac(&handle, host_index).await))
+    let default_routes = match configured {
+        Ok(held) => held,
+        Err(e) => {
+            let _ = handle.link().del(host_index).execute().await;
+            return Err(e);
+        }
+    };
+    Ok(MadeVeth {
+        host_mac: link_mac(&handle, host_index).await,
+        default_routes,
+    })
 }
 
 /// Creates a veth pair with both sides in this namespace: `host_ifname` up (the datapath

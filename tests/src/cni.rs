@@ -140,7 +140,20 @@ pub fn del_using(
 /// Runs the real plugin's `command` for container `id` in `ns` with `config`: whether it
 /// succeeded, and what it printed (null for nothing).
 pub fn run(command: &str, id: &str, ns: &crate::Netns, config: &str) -> (bool, serde_json::Value) {
-    let env = cni_env(command, id.to_owned(), ns.path());
+    run_on(command, id, ns, "eth0", config)
+}
+
+/// `run` for interface `ifname`.
+pub fn run_on(
+    command: &str,
+    id: &str,
+    ns: &crate::Netns,
+    ifname: &str,
+    config: &str,
+) -> (bool, serde_json::Value) {
+    let mut env = cni_env(command, id.to_owned(), ns.path());
+    env.retain(|(k, _)| *k != "CNI_IFNAME");
+    env.push(("CNI_IFNAME", ifname.to_owned()));
     let out = exec_plugin(&env, config.as_bytes());
     let value = if out.stdout.is_empty() {
         serde_json::Value::Null

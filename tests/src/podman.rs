@@ -37,21 +37,7 @@ impl Podman {
             ),
         )
         .unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": network,
-            "plugins": [
-                {"type": "overlay-cni", "network": network, "socket": api::socket_path(&h.run_dir)},
-                {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}},
-                {"type": "bandwidth", "ingressRate": 4_000_000_000u64, "ingressBurst": 400_000_000u64,
-                 "egressRate": 4_000_000_000u64, "egressBurst": 400_000_000u64}
-            ]
-        });
-        std::fs::write(
-            netd.join(format!("{network}.conflist")),
-            serde_json::to_vec_pretty(&conflist).unwrap(),
-        )
-        .unwrap();
+        write_conflist(&netd, t, host, network, true);
         let p = Self {
             ns: h.ns.name().to_owned(),
             dir: dir.clone(),
@@ -60,6 +46,14 @@ impl Podman {
         let tar = busybox_rootfs(&dir);
         p.run_ok(&["import", tar.to_str().unwrap(), "bbox:latest"]);
         p
+    }
+
+    /// Makes `network` (on host `host` of `t`) known to this podman too, for containers on
+    /// several networks.
+    pub fn add_network(&self, t: &Topology, host: usize, network: &str) {
+        // Without the tuning plugin, whose sysctl names eth0: podman may attach this network
+        // first (it attaches them at once).
+        write_conflist(&self.dir.join("net.d"), t, host, network, false);
     }
 
     fn command(&self) -> Command {
@@ -88,13 +82,26 @@ impl Podman {
 
     /// Starts a long-running busybox container on `network`; returns its overlay address.
     pub fn start(&mut self, name: &str, network: &str) -> String {
+        self.start_on(name, &[network]);
+        let ip = self.run_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}"),
+            name,
+        ]);
+        ip.trim().to_owned()
+    }
+
+    /// Starts a long-running busybox container attached to each of `networks`.
+    pub fn start_on(&mut self, name: &str, networks: &[&str]) {
+        let networks = networks.join(",");
         self.run_ok(&[
             "run",
             "-d",
             "--name",
             name,
             "--network",
-            network,
+            &networks,
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
@@ -104,13 +111,6 @@ impl Podman {
             "600",
         ]);
         self.containers.push(name.to_owned());
-        let ip = self.run_ok(&[
-            "inspect",
-            "-f",
-            &format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}"),
-            name,
-        ]);
-        ip.trim().to_owned()
     }
 
     pub fn exec(&self, name: &str, cmd: &[&str]) -> Output {
@@ -123,6 +123,32 @@ impl Podman {
         self.run_ok(&["rm", "-f", "-t", "0", name]);
         self.containers.retain(|c| c != name);
     }
+}
+
+/// A conflist for `network` against host `host`'s daemon, chaining the reference tuning (if
+/// `tuning`) and bandwidth plugins after overlay-cni.
+fn write_conflist(netd: &std::path::Path, t: &Topology, host: usize, network: &str, tuning: bool) {
+    let h = &t.hosts[host];
+    let mut plugins = vec![
+        serde_json::json!({"type": "overlay-cni", "network": network, "socket": api::socket_path(&h.run_dir)}),
+        serde_json::json!({"type": "bandwidth", "ingressRate": 4_000_000_000u64, "ingressBurst": 400_000_000u64,
+         "egressRate": 4_000_000_000u64, "egressBurst": 400_000_000u64}),
+    ];
+    if tuning {
+        let sysctl =
+            serde_json::json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}});
+        plugins.insert(1, sysctl);
+    }
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": plugins,
+    });
+    std::fs::write(
+        netd.join(format!("{network}.conflist")),
+        serde_json::to_vec_pretty(&conflist).unwrap(),
+    )
+    .unwrap();
 }
 
 impl Drop for Podman {

@@ -106,6 +106,8 @@ impl Cluster {
             host_mac: None,
             owner: req.owner,
             services: req.services.clone(),
+            // Set once the interface is configured (the runtime's own for Docker).
+            default_routes: overlay_api::DefaultRoutes::default(),
         };
         // IPv6 needs 1280 bytes (RFC 8200): below that the kernel turns it off on the
         // interface, and the address could not be configured.

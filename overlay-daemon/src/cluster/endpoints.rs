@@ -49,15 +49,17 @@ impl Cluster {
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
             mtu: ep.mtu,
+            default_route: req.default_route,
         };
-        let host_mac = match netlink::create_veth(&host, &iface).await {
-            Ok((_, mac)) => mac,
+        let made = match netlink::create_veth(&host, &iface).await {
+            Ok(made) => made,
             Err(e) => {
                 self.release(&store, &ep).await;
                 return Err(e.into());
             }
         };
-        ep.host_mac = host_mac.map(MacAddr);
+        ep.host_mac = made.host_mac.map(MacAddr);
+        ep.default_routes = made.default_routes;
         let done = match self.local.save(&ep) {
             Ok(()) => self.install(&store, lease, &ep).await,
             Err(e) => Err(e),

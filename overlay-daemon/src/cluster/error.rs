@@ -65,6 +65,8 @@ impl ClusterError {
                 | IpamError::TooManyBlocks { .. },
             ) => ErrorKind::Invalid,
             ClusterError::Netlink(NetlinkError::Exists(_)) => ErrorKind::Conflict,
+            // The configuration asks for what the container's other networks hold.
+            ClusterError::Netlink(NetlinkError::DefaultRouteTaken { .. }) => ErrorKind::Invalid,
             ClusterError::Netlink(NetlinkError::Netns { .. }) => ErrorKind::Invalid,
             ClusterError::Netlink(_) => ErrorKind::Internal,
             ClusterError::NoSuchNetwork(_) | ClusterError::NotFound(_) => ErrorKind::NotFound,
