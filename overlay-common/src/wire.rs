@@ -63,6 +63,8 @@ pub const ICMPV6_NEIGH_ADVERT: u8 = 136;
 pub const ICMPV6_REDIRECT: u8 = 137;
 /// The smallest MTU IPv6 allows: an ICMPv6 error never makes a packet larger (RFC 4443).
 pub const IPV6_MIN_MTU: usize = 1280;
+/// The least MTU IPv4 works with (RFC 791).
+pub const IPV4_MIN_MTU: usize = 68;
 
 /// Source ports for the outer UDP header come from this range (RFC 7348 section 5).
 pub const VXLAN_SRC_PORT_MIN: u16 = 49152;

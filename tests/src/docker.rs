@@ -127,6 +127,12 @@ impl Docker {
     }
 
     fn create(&self, name: &str, flags: &[&str], opts: &[&str]) {
+        let out = self.try_create(name, flags, opts);
+        crate::fixtures::stdout_ok(&format!("docker network create {name}"), out);
+    }
+
+    /// `docker network create` of this driver with our IPAM, `flags` and `-o` options.
+    pub fn try_create(&self, name: &str, flags: &[&str], opts: &[&str]) -> Output {
         let mut args = vec![
             "network",
             "create",
@@ -140,7 +146,7 @@ impl Docker {
             args.extend(["-o", o]);
         }
         args.push(name);
-        self.run_ok(&args);
+        self.run(&args)
     }
 
     /// A container's IPv6 address on `network`.

@@ -266,6 +266,13 @@ impl Cluster {
         self.view.lock().await.network(name).cloned()
     }
 
+    /// The largest MTU containers of `net` get on this node: the underlay's minus VXLAN's
+    /// overhead, or the network's own if lower.
+    pub fn max_mtu(&self, net: Option<&NetworkRecord>) -> u32 {
+        let own = net.and_then(|n| n.mtu).unwrap_or(u32::MAX);
+        self.cfg.mtu.min(own)
+    }
+
     pub async fn networks(&self) -> Vec<(String, NetworkRecord)> {
         self.view
             .lock()

@@ -305,6 +305,7 @@ impl Driver {
             pool6,
             network,
             vni,
+            mtu,
         } = req;
         let name = match (network, vni) {
             (Some(n), _) => n,
@@ -381,10 +382,36 @@ impl Driver {
                 }
             }
         }
+        if let Some(mtu) = mtu {
+            let net = self.cluster.network(&name).await;
+            self.check_mtu(mtu, net.as_ref())?;
+        }
         self.networks
-            .save(&network_id, &NetworkBinding { network: name })
+            .save(&network_id, &NetworkBinding { network: name, mtu })
             .map_err(|e| Failure::Internal(format!("saving network {network_id}: {e}")))?;
         Ok(json!({}))
+    }
+
+    /// Docker's MTU option, against what the overlay can carry here and what the network
+    /// needs: refused with the bounds rather than accepted and not applied.
+    fn check_mtu(&self, mtu: u32, net: Option<&NetworkRecord>) -> Result<(), Failure> {
+        let max = self.cluster.max_mtu(net);
+        let min = if net.is_some_and(|n| n.ipv6().is_some()) {
+            overlay_common::wire::IPV6_MIN_MTU as u32
+        } else {
+            overlay_common::wire::IPV4_MIN_MTU as u32
+        };
+        if mtu > max {
+            return Err(bad(format!(
+                "-o {MTU_OPTION}={mtu}: above the largest MTU this overlay gives containers on this node, {max} (the underlay's minus VXLAN's 50 bytes, or the network's): pass {max} or less"
+            )));
+        }
+        if mtu < min {
+            return Err(bad(format!(
+                "-o {MTU_OPTION}={mtu}: below {min}, the least this network's address families work with: pass {min} or more"
+            )));
+        }
+        Ok(())
     }
 
     fn binding(&self, id: &str) -> Result<NetworkBinding, Failure> {
@@ -405,7 +432,7 @@ impl Driver {
         let peer = peer_ifname(&net.network, ip);
         let ep = self
             .cluster
-            .attach_docker(&net.network, ip, &peer, req.mac, req.services)
+            .attach_docker(&net.network, ip, &peer, req.mac, req.services, net.mtu)
             .await
             .map_err(|e| match e {
                 ClusterError::NotFound(_) => bad(format!(

@@ -90,6 +90,7 @@ impl Cluster {
         peer: &str,
         mac: Option<MacAddr>,
         services: Vec<String>,
+        mtu: Option<u32>,
     ) -> Result<Endpoint, ClusterError> {
         let _guard = self.alloc.lock().await;
         let id = docker_address_id(network, ip);
@@ -113,6 +114,10 @@ impl Cluster {
         ep.services = services;
         if let Some(mac) = mac {
             ep.mac = mac;
+        }
+        // The Docker network's own MTU (checked against the limits when it was created).
+        if let Some(mtu) = mtu {
+            ep.mtu = ep.mtu.min(mtu);
         }
         ep.host_mac = netlink::create_veth_here(&host, peer, ep.mac.0, ep.mtu)
             .await?

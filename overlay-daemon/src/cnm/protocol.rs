@@ -24,6 +24,8 @@ pub(super) const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
 pub(super) const MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
 /// Where `docker network create -o k=v` options arrive.
 pub(super) const GENERIC_OPTIONS: &str = "com.docker.network.generic";
+/// Docker's standard MTU option (`-o com.docker.network.driver.mtu=N`).
+pub(super) const MTU_OPTION: &str = "com.docker.network.driver.mtu";
 
 /// The endpoint driver option (`docker network connect --driver-opt overlay.service=web:80`)
 /// that makes the container a service backend.
@@ -180,6 +182,8 @@ pub struct NetworkCreate {
     pub pool6: Option<Ipv6Net>,
     pub network: Option<String>,
     pub vni: Option<u32>,
+    /// `-o com.docker.network.driver.mtu`: its containers' MTU.
+    pub mtu: Option<u32>,
 }
 
 /// NetworkDriver CreateEndpoint: the reserved address gets its interface.
@@ -373,12 +377,19 @@ pub(super) fn decode_create_network(req: &Value) -> Result<Call, Failure> {
                 .map_err(|_| bad(format!("-o vni={v:?}: the VNI must be a number")))
         })
         .transpose()?;
+    let mtu = opt(MTU_OPTION)
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| bad(format!("-o {MTU_OPTION}={v:?}: the MTU must be a number")))
+        })
+        .transpose()?;
     Ok(Call::CreateNetwork(NetworkCreate {
         network_id,
         pool,
         pool6,
         network: opt("network").map(str::to_owned),
         vni,
+        mtu,
     }))
 }
 

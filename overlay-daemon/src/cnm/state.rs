@@ -13,6 +13,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub struct NetworkBinding {
     /// The overlay network (etcd) this Docker network uses.
     pub network: String,
+    /// Its containers' MTU (`-o com.docker.network.driver.mtu`), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
