@@ -66,6 +66,19 @@ fn docker_mtu_option_and_a_second_network_connected_then_disconnected() {
     let why = text(refused.clone());
     assert!(!refused.status.success(), "MTU 9000 accepted: {why}");
     assert!(why.contains("pass 1450 or less"), "{why}");
+    // Nor is an overlay network made for a refused one (`-o vni` creates it in etcd).
+    let refused = d.try_create(
+        "jumbo",
+        &["--subnet", "198.19.5.0/24"],
+        &[
+            "network=extra",
+            "vni=500",
+            "com.docker.network.driver.mtu=9000",
+        ],
+    );
+    assert!(!refused.status.success(), "{}", text(refused.clone()));
+    let nets = t.overlayctl_ok(0, &["network", "ls"]);
+    assert!(!nets.contains("extra"), "{nets}");
     d.create_network(
         "red",
         "198.19.1.0/24",

@@ -320,7 +320,12 @@ impl Driver {
                 })?.0
             }
         };
-        match self.cluster.network(&name).await {
+        let existing = self.cluster.network(&name).await;
+        // Checked before anything is made: a refused option leaves no network behind.
+        if let Some(mtu) = mtu {
+            self.check_mtu(mtu, existing.as_ref(), pool6.is_some())?;
+        }
+        match existing {
             Some(net) => {
                 if vni.is_some_and(|v| v != net.vni) {
                     return Err(bad(format!(
@@ -382,10 +387,6 @@ impl Driver {
                 }
             }
         }
-        if let Some(mtu) = mtu {
-            let net = self.cluster.network(&name).await;
-            self.check_mtu(mtu, net.as_ref())?;
-        }
         self.networks
             .save(&network_id, &NetworkBinding { network: name, mtu })
             .map_err(|e| Failure::Internal(format!("saving network {network_id}: {e}")))?;
@@ -394,9 +395,10 @@ impl Driver {
 
     /// Docker's MTU option, against what the overlay can carry here and what the network
     /// needs: refused with the bounds rather than accepted and not applied.
-    fn check_mtu(&self, mtu: u32, net: Option<&NetworkRecord>) -> Result<(), Failure> {
+    /// `ipv6`: the Docker network asks for IPv6 (a network it creates has it).
+    fn check_mtu(&self, mtu: u32, net: Option<&NetworkRecord>, ipv6: bool) -> Result<(), Failure> {
         let max = self.cluster.max_mtu(net);
-        let min = if net.is_some_and(|n| n.ipv6().is_some()) {
+        let min = if ipv6 || net.is_some_and(|n| n.ipv6().is_some()) {
             overlay_common::wire::IPV6_MIN_MTU as u32
         } else {
             overlay_common::wire::IPV4_MIN_MTU as u32
