@@ -118,18 +118,28 @@ impl Members {
         }
     }
 
-    /// Whether member `i`'s failure `why` is its refusal of a client without a certificate
-    /// that the channel lost (see `probe`): asked once per call, as a member cut off the
-    /// network keeps the probe waiting for its whole time.
-    async fn wants_certificate(&self, i: usize, why: &Unanswered) -> bool {
-        let Some(probe) = &self.probe else {
-            return false;
-        };
-        let lost = matches!(
-            why,
-            Unanswered::TimedOut | Unanswered::ConnectionLost | Unanswered::NotConnected(_)
-        );
-        lost && probe.demands_certificate(&self.members[i].url).await
+    /// A member among `failures` (each member's last) whose failure was its refusal of a
+    /// client without a certificate that the channel lost (see `probe`). Asked only once a
+    /// call has failed on every member, all at once: failover never waits for a probe.
+    async fn wanting_certificate(&self, failures: &[MemberFailure]) -> Option<String> {
+        let probe = self.probe.as_ref()?;
+        let lost = failures.iter().filter(|f| {
+            matches!(
+                f.why,
+                Unanswered::TimedOut | Unanswered::ConnectionLost | Unanswered::NotConnected(_)
+            )
+        });
+        let asks = lost.map(|f| async move {
+            probe
+                .demands_certificate(&f.endpoint)
+                .await
+                .then(|| f.endpoint.clone())
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
     }
 
     /// The endpoints, comma separated (for messages).
@@ -272,8 +282,6 @@ impl Members {
         let mut failures: Vec<MemberFailure> = Vec::new();
         // Refusals of single members (their certificates): reported if nobody answers.
         let mut refusals: Vec<(String, Refusal)> = Vec::new();
-        // Members asked once in this call whether they want a certificate.
-        let mut probed = vec![false; self.members.len()];
         loop {
             let order = self.order();
             let mut refused_all = true;
@@ -296,17 +304,6 @@ impl Members {
                         Attempt::NotConnected(fault, e) => (fault, e),
                         Attempt::Failed(Some((fault, e))) => (fault, Some(e)),
                         Attempt::Failed(None) => (Fault::Member(Unanswered::TimedOut), None),
-                    };
-                    let fault = match fault {
-                        Fault::Member(why) if !probed[i] => {
-                            probed[i] = true;
-                            if self.wants_certificate(i, &why).await {
-                                Fault::Refused(Refusal::ClientCertificateRequired)
-                            } else {
-                                Fault::Member(why)
-                            }
-                        }
-                        other => other,
                     };
                     match fault {
                         Fault::Member(why) => {
@@ -361,6 +358,10 @@ impl Members {
                     }
                 }
                 last.reverse();
+                if let Some(endpoint) = self.wanting_certificate(&last).await {
+                    let refusal = Refusal::ClientCertificateRequired;
+                    return Err(StoreError::Refused { endpoint, refusal });
+                }
                 return Err(StoreError::Unreachable { failures: last });
             }
             tokio::time::sleep(ROUND_PAUSE).await;

@@ -5,8 +5,9 @@
 //! by an alert on the first read. The gRPC channel reports that alert as often as it loses
 //! it: the connection breaks, the channel reconnects, and the call ends "timed out", which
 //! sends the operator after the network instead of the missing `--etcd-cert`. A client
-//! with a CA but no certificate therefore asks such a member itself: one handshake and one
-//! read of its own, which either bring the alert or not.
+//! with a CA but no certificate therefore asks such members itself, once a call has failed
+//! on all of them: one handshake and one read of its own each, which either bring the alert
+//! or not.
 
 use std::{sync::Arc, time::Duration};
 
