@@ -146,6 +146,25 @@ pub struct Endpoint {
     pub services: Vec<String>,
     /// The container's default routes this interface holds.
     pub default_routes: DefaultRoutes,
+    /// The Kubernetes pod it belongs to, when the runtime said (CRI runtimes do).
+    pub pod: Option<Pod>,
+}
+
+/// The Kubernetes pod an endpoint belongs to, from the `K8S_POD_*` CNI_ARGS a CRI runtime
+/// passes: how operators find a pod's endpoint, rather than by its sandbox id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    /// Absent when the runtime passed none (older CRI runtimes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl std::fmt::Display for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// Which of the container's default routes (one per family) go through an interface: a
@@ -252,6 +271,9 @@ struct EndpointWire {
     /// families, and written only when they differ from that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     default_routes: Option<DefaultRoutes>,
+    /// Absent before 0.3 and for endpoints of no pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<Pod>,
 }
 
 impl TryFrom<EndpointWire> for Endpoint {
@@ -294,6 +316,7 @@ impl TryFrom<EndpointWire> for Endpoint {
             vni: w.vni,
             owner: w.owner,
             services: w.services,
+            pod: w.pod,
         })
     }
 }
@@ -321,6 +344,7 @@ impl From<Endpoint> for EndpointWire {
             vni: e.vni,
             owner: e.owner,
             services: e.services,
+            pod: e.pod,
         }
     }
 }
@@ -345,6 +369,9 @@ pub struct EndpointRequest {
     /// Sent only when not the default (API version 4): an older daemon would ignore it.
     #[serde(default, skip_serializing_if = "DefaultRoute::is_if_none")]
     pub default_route: DefaultRoute,
+    /// The pod the container is (API version 5; an older daemon ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
 }
 
 #[cfg(test)]

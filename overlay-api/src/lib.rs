@@ -20,7 +20,7 @@ pub mod protocol;
 pub use client::{CallError, Client};
 pub use endpoint::{
     Attachment, DefaultRoute, DefaultRoutes, Endpoint, EndpointId, EndpointRequest, Ipv4Assignment,
-    Ipv6Assignment, Owner, Sandbox,
+    Ipv6Assignment, Owner, Pod, Sandbox,
 };
 pub use error::{ApiError, ErrorKind};
 pub use mac::MacAddr;

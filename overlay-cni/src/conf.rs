@@ -166,6 +166,41 @@ impl CniEnv {
     }
 }
 
+/// The longest pod name, namespace or UID taken (Kubernetes' own limit is 253).
+const MAX_POD_FIELD: usize = 253;
+
+impl CniEnv {
+    /// The pod a CRI runtime names in CNI_ARGS (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
+    /// `K8S_POD_UID`): none unless both namespace and name are there.
+    pub fn pod(&self) -> Result<Option<overlay_api::Pod>, CniError> {
+        let args = self.args_map();
+        let field = |key: &str| -> Result<Option<String>, CniError> {
+            let Some(v) = args.get(key).filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            if v.len() > MAX_POD_FIELD || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("CNI_ARGS {key} must be at most {MAX_POD_FIELD} printable characters without spaces"),
+                ));
+            }
+            Ok(Some(v.clone()))
+        };
+        let (namespace, name, uid) = (
+            field("K8S_POD_NAMESPACE")?,
+            field("K8S_POD_NAME")?,
+            field("K8S_POD_UID")?,
+        );
+        Ok(namespace
+            .zip(name)
+            .map(|(namespace, name)| overlay_api::Pod {
+                namespace,
+                name,
+                uid,
+            }))
+    }
+}
+
 /// `overlay.service=NAME:PORT[,NAME:PORT...]` from CNI_ARGS and the config's `args.cni`.
 pub fn service_labels(conf: &NetConf, env: &CniEnv) -> Result<Vec<String>, CniError> {
     let mut raw: Vec<String> = env
@@ -252,6 +287,25 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, (String, CniError)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_come_from_the_k8s_args() {
+        let env = |args: &str| CniEnv {
+            args: args.into(),
+            ..CniEnv::default()
+        };
+        let containerd = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+                          K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=9f1c";
+        let pod = env(containerd).pod().unwrap().unwrap();
+        assert_eq!(pod.to_string(), "default/web-0");
+        assert_eq!(pod.uid.as_deref(), Some("9f1c"));
+        // A name without a namespace (or neither) is no pod; podman passes neither.
+        assert_eq!(env("K8S_POD_NAME=web-0").pod().unwrap(), None);
+        assert_eq!(env("IgnoreUnknown=1").pod().unwrap(), None);
+        let long = format!("K8S_POD_NAMESPACE=a;K8S_POD_NAME={}", "x".repeat(300));
+        assert_eq!(env(&long).pod().unwrap_err().code, code::INVALID_CONFIG);
+        assert!(env("K8S_POD_NAMESPACE=a b;K8S_POD_NAME=c").pod().is_err());
+    }
 
     #[test]
     fn bad_configs_get_the_right_codes() {

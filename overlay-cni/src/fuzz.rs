@@ -144,6 +144,7 @@ fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoin
         owner: Owner::Cni,
         services: Vec::new(),
         default_routes: overlay_api::DefaultRoutes::default(),
+        pod: None,
     }
 }
 

@@ -212,6 +212,7 @@ fn operation(env: &CniEnv, conf: &NetConf) -> Result<Operation, CniError> {
                 owner: Owner::Cni,
                 services: service_labels(conf, env)?,
                 default_route: conf.default_route(),
+                pod: env.pod()?,
             }))
         }
         "DEL" => {
@@ -441,6 +442,7 @@ mod tests {
                 ipv4: true,
                 ipv6: true,
             },
+            pod: None,
         }
     }
 

@@ -14,7 +14,18 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("busybox-static (cargo xtask setup installs it)");
     for applet in [
-        "sh", "ping", "nc", "md5sum", "dd", "sleep", "cat", "ip", "wc", "ls", "mv",
+        "sh",
+        "ping",
+        "nc",
+        "md5sum",
+        "sha256sum",
+        "dd",
+        "sleep",
+        "cat",
+        "ip",
+        "wc",
+        "ls",
+        "mv",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
@@ -25,6 +36,46 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
         .arg("-cf")
         .arg(&tar)
         .arg(".")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tar
+}
+
+/// The same busybox as a docker-archive tarball tagged `tag` whose entrypoint sleeps, for
+/// `ctr images import`: containerd's CRI plugin takes it as the pod sandbox ("pause") image
+/// and as a container image.
+pub fn busybox_docker_archive(dir: &Path, tag: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let layer = busybox_rootfs(dir);
+    let archive = dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::rename(&layer, archive.join("layer.tar")).unwrap();
+    let diff_id = format!(
+        "sha256:{:x}",
+        Sha256::digest(std::fs::read(archive.join("layer.tar")).unwrap())
+    );
+    let config = serde_json::json!({
+        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "os": "linux",
+        "config": {"Entrypoint": ["/bin/sleep", "1000000"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    std::fs::write(archive.join("config.json"), config.to_string()).unwrap();
+    let manifest =
+        serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
+    std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
+    let tar = dir.join("image.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&archive)
+        .arg("-cf")
+        .arg(&tar)
+        .args(["manifest.json", "config.json", "layer.tar"])
         .output()
         .unwrap();
     assert!(

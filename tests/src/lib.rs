@@ -5,6 +5,8 @@
 //! parallel.
 
 pub mod cni;
+pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod etcd;
 pub mod fixtures;

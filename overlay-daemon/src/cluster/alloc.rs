@@ -106,6 +106,7 @@ impl Cluster {
             host_mac: None,
             owner: req.owner,
             services: req.services.clone(),
+            pod: req.pod.clone(),
             // Set once the interface is configured (the runtime's own for Docker).
             default_routes: overlay_api::DefaultRoutes::default(),
         };

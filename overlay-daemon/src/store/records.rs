@@ -179,6 +179,8 @@ pub struct EndpointRecord {
     pub ifname: String,
     /// `NAME:PORT` labels: the endpoint is a backend of these services while it exists.
     pub services: Vec<String>,
+    /// The Kubernetes pod it belongs to (absent before 0.3 and for other containers).
+    pub pod: Option<overlay_api::Pod>,
 }
 
 /// An endpoint's IPv6 address (the key names it and the network): which endpoint holds it.
@@ -202,6 +204,7 @@ impl EndpointRecord {
             attachment: ep.attachment.clone(),
             ifname: ep.ifname.clone(),
             services: ep.services.clone(),
+            pod: ep.pod.clone(),
         }
     }
 }
@@ -217,6 +220,8 @@ struct EndpointRecordWire {
     ifname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<overlay_api::Pod>,
 }
 
 impl From<EndpointRecordWire> for EndpointRecord {
@@ -229,6 +234,7 @@ impl From<EndpointRecordWire> for EndpointRecord {
             attachment: Attachment::from_wire(w.host_ifname),
             ifname: w.ifname,
             services: w.services,
+            pod: w.pod,
         }
     }
 }
@@ -243,6 +249,7 @@ impl From<EndpointRecord> for EndpointRecordWire {
             container_id: r.container_id,
             ifname: r.ifname,
             services: r.services,
+            pod: r.pod,
         }
     }
 }

@@ -376,6 +376,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(ip6) = ip6 {
                     row["ip6"] = json!(ip6);
                 }
+                if let Some(pod) = &ep.pod {
+                    row["pod"] = json!(pod);
+                }
                 out.push(row);
             }
             if cli.output == Output::Json {
@@ -395,10 +398,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             s(&e["mac"]),
                             s(&e["node"]),
                             s(&e["container_id"]),
+                            match (e["pod"]["namespace"].as_str(), e["pod"]["name"].as_str()) {
+                                (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                                _ => "-".into(),
+                            },
                         ]
                     })
                     .collect();
-                table(&["NETWORK", "IP", "MAC", "NODE", "CONTAINER"], &rows);
+                table(&["NETWORK", "IP", "MAC", "NODE", "CONTAINER", "POD"], &rows);
             }
             Ok(())
         }

@@ -1,0 +1,389 @@
+//! Kubernetes' path to the plugin: pods run through containerd's CRI plugin (a real
+//! containerd 1.6 per namespace host, driven over gRPC as the kubelet drives it) with the
+//! conflist this repository ships, against real overlayd and etcd.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use overlay_tests::{
+    containerd::{shipped_conflist, Containerd},
+    cri::PodSpec,
+    Topology, TopologySpec,
+};
+
+const SUBNET: &str = "198.19.64.0/20";
+const VIP: &str = "198.19.96.10";
+
+fn two_hosts() -> (Topology, Containerd, Containerd) {
+    let network = shipped_conflist()["plugins"][0]["network"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spec = TopologySpec::new(2)
+        .with_etcd(10)
+        .network(&network, 100, SUBNET);
+    let mut t = Topology::new(spec);
+    t.start_all(&[]);
+    let c0 = Containerd::start(&t, 0);
+    let c1 = Containerd::start(&t, 1);
+    (t, c0, c1)
+}
+
+/// The pod's overlay address, as PodSandboxStatus reports it.
+fn pod_ip(c: &mut Containerd, id: &str) -> IpAddr {
+    let ips = c.cri.pod_ips(id);
+    assert_eq!(ips.len(), 1, "one address on an IPv4 network: {ips:?}");
+    ips[0]
+}
+
+/// `sh -c script` in `container` through ExecSync.
+fn sh(c: &mut Containerd, container: &str, script: &str) -> overlay_tests::cri::Exec {
+    c.cri
+        .exec(container, &["sh", "-c", script], Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
+}
+
+/// The first word of what `cmd` printed in `container` (a checksum).
+fn first_word(c: &mut Containerd, container: &str, cmd: &str) -> String {
+    let out = sh(c, container, cmd);
+    assert_eq!(out.exit_code, 0, "{cmd}: {}", out.stderr);
+    out.stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// 16 MiB from `from` to a server `to` starts on `listen`, sent to `dst:port` (the server's
+/// address or a VIP): the SHA-256 must be the same on both sides.
+#[allow(clippy::too_many_arguments)]
+fn transfer(
+    (cf, from): (&mut Containerd, &str),
+    (ct, to): (&mut Containerd, &str),
+    listen: u16,
+    dst: IpAddr,
+    port: u16,
+) {
+    sh(
+        cf,
+        from,
+        "dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null",
+    );
+    let sent = first_word(cf, from, "sha256sum /tmp/data");
+    // busybox nc exits on the peer's EOF: its stdin stays open until then. The receiver
+    // writes its checksum once the sender has closed the connection.
+    sh(
+        ct,
+        to,
+        &format!(
+            "rm -f /tmp/sum; (sleep 60 | {{ nc -l -p {listen} > /tmp/got; sha256sum /tmp/got > /tmp/sum.part; \
+             mv /tmp/sum.part /tmp/sum; }}) > /dev/null 2>&1 &"
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let send = sh(cf, from, &format!("nc {dst} {port} < /tmp/data"));
+    assert_eq!(send.exit_code, 0, "nc {dst} {port}: {}", send.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let out = sh(ct, to, "cat /tmp/sum 2>/dev/null");
+        if out.exit_code == 0 {
+            break out
+                .stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "the receiver never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !sent.is_empty() && sent == got,
+        "{dst}:{port}: sent {sent}, got {got}"
+    );
+}
+
+/// Every local endpoint record and veth of host `host` is gone, and the daemon's maps hold
+/// only `remote` endpoints of other hosts.
+fn nothing_left(t: &mut Topology, host: usize, remote: u64) {
+    t.wait_status(host, "no local endpoints installed", |s| {
+        s["local_endpoints"].as_u64() == Some(0) && s["endpoints"].as_u64() == Some(remote)
+    });
+    let links = t.hosts[host].ns.ip(&["-o", "link", "show"]);
+    assert!(
+        !links.contains(": ovl"),
+        "veths left on host {host}: {links}"
+    );
+    let node = &t.hosts[host].name;
+    let ls: serde_json::Value =
+        serde_json::from_str(&t.overlayctl_ok(host, &["-o", "json", "endpoint", "ls"])).unwrap();
+    let mine: Vec<_> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"] == node.as_str())
+        .collect();
+    assert!(
+        mine.is_empty(),
+        "endpoint records left for {node}: {mine:?}"
+    );
+}
+
+#[test]
+fn pods_on_two_hosts_get_overlay_addresses_and_reach_each_other_and_services() {
+    let (mut t, mut c0, mut c1) = two_hosts();
+    let a = c0
+        .run_pod(&PodSpec::new("default", "web-a"))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c0.log()));
+    let b = c1
+        .run_pod(&PodSpec::new("shop", "web-b"))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c1.log()));
+    let (ip_a, ip_b) = (pod_ip(&mut c0, &a.id), pod_ip(&mut c1, &b.id));
+    let subnet: ipnet::IpNet = SUBNET.parse().unwrap();
+    assert!(
+        subnet.contains(&ip_a) && subnet.contains(&ip_b),
+        "{ip_a} {ip_b}"
+    );
+
+    // The endpoint records name the pods (from K8S_POD_* in CNI_ARGS), not only the sandbox.
+    let ls: serde_json::Value =
+        serde_json::from_str(&t.overlayctl_ok(0, &["-o", "json", "endpoint", "ls"])).unwrap();
+    let of = |ip: IpAddr| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["ip"] == ip.to_string())
+            .unwrap_or_else(|| panic!("{ip} in {ls}"))
+            .clone()
+    };
+    assert_eq!(of(ip_a)["pod"]["namespace"], "default");
+    assert_eq!(of(ip_a)["pod"]["name"], "web-a");
+    assert_eq!(of(ip_a)["pod"]["uid"], "uid-default-web-a");
+    assert_eq!(of(ip_a)["container_id"], a.id.as_str(), "the sandbox id");
+    assert_eq!(of(ip_b)["pod"]["name"], "web-b");
+    let table = t.overlayctl_ok(1, &["endpoint", "ls"]);
+    assert!(
+        table.lines().next().unwrap().ends_with("POD")
+            && table
+                .lines()
+                .any(|l| l.contains(&ip_b.to_string()) && l.ends_with("shop/web-b")),
+        "{table}"
+    );
+
+    let ca = c0.start_sleeper(&a, "app");
+    let cb = c1.start_sleeper(&b, "app");
+    let ping = sh(&mut c0, &ca, &format!("ping -c 3 -W 2 {ip_b}"));
+    assert_eq!(ping.exit_code, 0, "a -> b: {}{}", ping.stdout, ping.stderr);
+    let ping = sh(&mut c1, &cb, &format!("ping -c 3 -W 2 {ip_a}"));
+    assert_eq!(ping.exit_code, 0, "b -> a: {}{}", ping.stdout, ping.stderr);
+    transfer((&mut c0, &ca), (&mut c1, &cb), 5000, ip_b, 5000);
+
+    // A service whose backend is pod b, reached from pod a by its VIP.
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "web",
+            "--network",
+            &c0.network,
+            "--vip",
+            &format!("{VIP}:80"),
+            "--proto",
+            "tcp",
+            "--backend",
+            &format!("{ip_b}:8080"),
+        ],
+    );
+    let vip: IpAddr = VIP.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t
+        .overlayctl_ok(0, &["service", "ls"])
+        .contains(&format!("{ip_b}:8080"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the service never listed its backend"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    transfer((&mut c0, &ca), (&mut c1, &cb), 8080, vip, 80);
+
+    // The kubelet stops a pod more than once, then removes it: the address and the veth go.
+    c0.cri.stop_pod(&a.id).expect("StopPodSandbox");
+    c0.delete_pod(&a);
+    nothing_left(&mut t, 0, 1);
+    c1.delete_pod(&b);
+    nothing_left(&mut t, 1, 0);
+    let cache = std::fs::read_dir("/var/lib/cni/results")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_else(|_| Vec::new());
+    assert!(
+        !cache.iter().any(|f| f.contains(&a.id) || f.contains(&b.id)),
+        "CNI cache files left: {cache:?}"
+    );
+}
+
+/// What a TCP client in host `host`'s namespace reads from `dst:port`.
+fn read_from_host(t: &Topology, host: usize, dst: IpAddr, port: u16) -> std::io::Result<String> {
+    t.hosts[host].ns.enter(move || {
+        use std::io::Read as _;
+        let addr = std::net::SocketAddr::new(dst, port);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    })
+}
+
+#[test]
+fn port_mappings_daemon_restarts_and_lost_namespaces() {
+    let (mut t, mut c0, mut c1) = two_hosts();
+    // A hostPort through the chained reference portmap plugin (capabilities.portMappings).
+    let mut spec = PodSpec::new("default", "mapped");
+    spec.port_mappings = vec![(8080, 30080)];
+    let m = c0
+        .run_pod(&spec)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c0.log()));
+    let cm = c0.start_sleeper(&m, "app");
+    sh(
+        &mut c0,
+        &cm,
+        "(while true; do echo pod-mapped | nc -l -p 8080; done) > /dev/null 2>&1 &",
+    );
+    let client = c1.run_pod(&PodSpec::new("default", "client")).unwrap();
+    let cc = c1.start_sleeper(&client, "app");
+    let ip_m = pod_ip(&mut c0, &m.id);
+    let node0 = IpAddr::V4(t.hosts[0].vtep_ip);
+    let reachable = |t: &Topology| {
+        // From the pod's own host and from the other host, by the node's address.
+        for h in [0, 1] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match read_from_host(t, h, node0, 30080) {
+                    Ok(got) if got.trim() == "pod-mapped" => break,
+                    other => assert!(
+                        Instant::now() < deadline,
+                        "host {h} -> {node0}:30080: {other:?}"
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    reachable(&t);
+
+    // overlayd restarts under a running pod: the pod keeps its connectivity (the datapath
+    // stays pinned while it is down), and new pods are served after.
+    t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM);
+    let ping = sh(&mut c1, &cc, &format!("ping -c 2 -W 2 {ip_m}"));
+    assert_eq!(ping.exit_code, 0, "while overlayd is down: {}", ping.stdout);
+    t.start_daemon(0, &[]);
+    t.wait_registered(0);
+    let ping = sh(&mut c1, &cc, &format!("ping -c 2 -W 2 {ip_m}"));
+    assert_eq!(ping.exit_code, 0, "after the restart: {}", ping.stdout);
+    reachable(&t);
+    let late = c0.run_pod(&PodSpec::new("default", "late")).unwrap();
+    let ip_late = pod_ip(&mut c0, &late.id);
+    let ping = sh(&mut c1, &cc, &format!("ping -c 2 -W 2 {ip_late}"));
+    assert_eq!(
+        ping.exit_code, 0,
+        "a pod made after the restart: {}",
+        ping.stdout
+    );
+    c0.delete_pod(&late);
+
+    // The pod's network namespace vanishes under the runtime (a node reboot, a crashed
+    // runtime's cleanup): containerd then calls DEL without a namespace, and the address,
+    // the veth and the hostPort rules must go all the same.
+    let netns = c0.netns_path(&m).expect("the sandbox's netns path");
+    let out = std::process::Command::new("umount")
+        .arg(&netns)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umount {}: {:?}",
+        netns.display(),
+        out
+    );
+    std::fs::remove_file(&netns).unwrap();
+    c0.delete_pod(&m);
+    c1.delete_pod(&client);
+    nothing_left(&mut t, 0, 0);
+    nothing_left(&mut t, 1, 0);
+    let nat = t.hosts[0].ns.run("iptables-save", &["-t", "nat"]);
+    assert!(!nat.contains("30080"), "hostPort rules left: {nat}");
+}
+
+#[test]
+fn thirty_pods_created_and_removed_leave_nothing_behind() {
+    let (mut t, mut c0, mut c1) = two_hosts();
+    for round in 0..3 {
+        let mut pods = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..10 {
+            let (c, host) = if i % 2 == 0 {
+                (&mut c0, 0)
+            } else {
+                (&mut c1, 1)
+            };
+            let pod = c
+                .run_pod(&PodSpec::new("loop", &format!("p{round}-{i}")))
+                .unwrap_or_else(|e| panic!("RunPodSandbox {round}/{i}: {e}\n{}", c.log()));
+            let ip = pod_ip(c, &pod.id);
+            assert!(seen.insert(ip), "{ip} handed out twice");
+            pods.push((host, pod));
+        }
+        for h in 0..2 {
+            t.wait_status(h, "10 endpoints installed", |s| {
+                s["endpoints"].as_u64() == Some(10)
+            });
+        }
+        for (host, pod) in &pods {
+            if *host == 0 {
+                c0.delete_pod(pod)
+            } else {
+                c1.delete_pod(pod)
+            }
+        }
+    }
+    nothing_left(&mut t, 0, 0);
+    nothing_left(&mut t, 1, 0);
+    assert!(c0.cri.pods().unwrap().is_empty() && c1.cri.pods().unwrap().is_empty());
+    for c in [&c0, &c1] {
+        for ns in c.netns_made() {
+            assert!(!ns.exists(), "{} left", ns.display());
+        }
+    }
+}
+
+/// The DaemonSet's ConfigMap installs exactly the conflist these tests run containerd with.
+#[test]
+fn the_daemonset_installs_the_conflist_the_tests_use() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes/overlayd-daemonset.yaml"),
+    )
+    .unwrap();
+    let key = "10-overlay.conflist: |";
+    let at = yaml.find(key).expect("the ConfigMap's conflist");
+    let indent = yaml[..at].len() - yaml[..at].rfind('\n').unwrap() - 1;
+    let block: String = yaml[at + key.len()..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.len() > indent && l[..=indent].trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let installed: serde_json::Value = serde_json::from_str(&block)
+        .unwrap_or_else(|e| panic!("the ConfigMap's conflist is not JSON: {e}\n{block}"));
+    assert_eq!(installed, shipped_conflist());
+}
