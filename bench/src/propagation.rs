@@ -90,6 +90,7 @@ pub fn run(samples: usize) -> Result<String> {
                 },
                 ifname: "eth0".into(),
                 services: Vec::new(),
+                pod: None,
             };
             let start = Instant::now();
             rt.block_on(store.put(&key, records::encode(&record), None))?;

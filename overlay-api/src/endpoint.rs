@@ -433,6 +433,31 @@ mod tests {
         assert!(e.to_string().contains("together"), "{e}");
     }
 
+    /// A pod's endpoint carries it; others carry no `pod` field, so they are written as
+    /// before and a daemon before 0.3 reads both (it ignores the field).
+    #[test]
+    fn pods_round_trip_and_others_carry_no_pod_field() {
+        let mut ep: Endpoint = serde_json::from_str(CNI_V1).unwrap();
+        assert_eq!(ep.pod, None);
+        assert!(!serde_json::to_string(&ep).unwrap().contains("pod"));
+        ep.pod = Some(Pod {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            uid: None,
+        });
+        let text = serde_json::to_string(&ep).unwrap();
+        assert!(
+            text.contains(r#""pod":{"namespace":"default","name":"web-0"}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Endpoint>(&text).unwrap(), ep);
+        let req: EndpointRequest = serde_json::from_str(
+            r#"{"network":"red","container_id":"c","netns":"/n","ifname":"eth0","pod":{"namespace":"a","name":"b","uid":"u"}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.pod.unwrap().to_string(), "a/b");
+    }
+
     #[test]
     fn unknown_owners_load_as_api_users() {
         let other = CNI_V1.replace(r#""owner":"cni""#, r#""owner":"frob""#);

@@ -78,6 +78,9 @@ counted_enum! {
         /// IPv6 packets too big for the underlay once encapsulated, answered with an ICMPv6
         /// "packet too big" from the gateway (path-MTU discovery).
         Icmp6TooBig = 18 => "icmp6_too_big",
+        /// Sent by a container through its gateway to an address of its own host (not of
+        /// the overlay), handed to the host's stack.
+        ToHost = 19 => "to_host",
     }
 }
 

@@ -14,6 +14,7 @@ pub mod datapath;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod host_events;
+pub mod host_route;
 pub mod ipam;
 pub mod kernel_vxlan;
 pub mod locks;

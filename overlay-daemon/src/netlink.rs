@@ -39,6 +39,12 @@ pub enum NetlinkError {
     },
     #[error("netlink socket: {0}")]
     Socket(std::io::Error),
+    #[error("{path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the container side of an endpoint looks like.
@@ -60,18 +66,18 @@ pub struct MadeVeth {
     pub default_routes: DefaultRoutes,
 }
 
-fn connect() -> Result<Handle, NetlinkError> {
+pub(crate) fn connect() -> Result<Handle, NetlinkError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
     tokio::spawn(conn);
     Ok(handle)
 }
 
-fn rt(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+pub(crate) fn rt(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Rtnetlink { what, source }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
         Ok(Some(link)) => Ok(Some(link.header.index)),
@@ -116,7 +122,7 @@ where
 }
 
 /// The errno a netlink request failed with, if the kernel answered with one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
         _ => None,
@@ -224,6 +230,15 @@ pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVe
         Ok(held)
     })
     .await;
+    let configured = match configured {
+        Ok(held) => {
+            let (ip, ip6) = (c.ipv4.map(|a| a.ip), c.ipv6.map(|a| a.ip));
+            crate::host_route::add_by_index(&handle, host_index, host_ifname, ip, ip6, c.mac)
+                .await
+                .map(|()| held)
+        }
+        Err(e) => Err(e),
+    };
     let default_routes = match configured {
         Ok(held) => held,
         Err(e) => {

@@ -17,8 +17,8 @@ use crate::{
     counters::{count, count_drop},
     encap, forward6,
     headers::{is_multicast, EthHdr, Ipv4Hdr, Packet as _},
-    icmp,
-    kernel::redirected,
+    host, icmp,
+    kernel::{redirected, unpack},
     lb,
     maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS, VTEPS},
     monitor::{self, Trace},
@@ -87,6 +87,8 @@ enum Forwarded {
     Verdict(i32),
     /// For a local endpoint behind this host interface: delivered by the caller.
     Local(u32),
+    /// Sent to the gateway for an address outside the network: perhaps the host's own.
+    Host,
 }
 
 /// A container's IPv4 packet: checked, balanced if it is for a service, kept apart from
@@ -115,6 +117,7 @@ fn from_container4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32
     }
     match forward_ipv4(ctx, cfg, me, translated)? {
         Forwarded::Verdict(verdict) => Ok(verdict),
+        Forwarded::Host => unpack(host::deliver4(ctx)),
         Forwarded::Local(ifindex) => {
             if !translated && balancing {
                 lb::to_client_here(ctx, me.vni)?;
@@ -173,7 +176,12 @@ fn forward_ipv4(
             vni: me.vni,
             ip: ip.dst_key(),
         };
-        let ep = unsafe { ENDPOINTS_BY_IP.get(key) }.ok_or(DropReason::UnknownDestination)?;
+        let Some(ep) = (unsafe { ENDPOINTS_BY_IP.get(key) }) else {
+            return match translated {
+                true => Err(DropReason::UnknownDestination),
+                false => Ok(Forwarded::Host),
+            };
+        };
         eth.dst = ep.mac;
         ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
         ep

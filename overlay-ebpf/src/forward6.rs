@@ -21,8 +21,8 @@ use crate::{
     counters::count,
     encap,
     headers::{is_multicast, load, EthHdr, Ipv6Hdr, Packet as _},
-    icmp,
-    kernel::redirected,
+    host, icmp,
+    kernel::{redirected, unpack},
     lb,
     maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
     monitor::{self, Trace},
@@ -36,6 +36,8 @@ enum Forwarded {
     Local(u32),
     /// Too big for the underlay: answered by the caller (`icmp::packet_too_big6`).
     TooBig,
+    /// Sent to the gateway for an address outside the network: perhaps the host's own.
+    Host,
 }
 
 /// A container's IPv6 frame. The rare answers (neighbour discovery, packet too big), the
@@ -84,6 +86,7 @@ pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result
             }
             Ok(verdict)
         }
+        Forwarded::Host => unpack(host::deliver6(ctx)),
         Forwarded::TooBig => {
             let len = ctx.len();
             let verdict = icmp::packet_too_big6(ctx, me)?;
@@ -227,7 +230,12 @@ fn forward_ipv6(
     let net = unsafe { NETWORKS.get(vni) }.ok_or(DropReason::UnknownNetwork)?;
     let target: &EndpointInfo = if eth.dst == net.gateway_mac {
         let key = EndpointIp6Key { vni, ip6: ip.dst };
-        let ep = unsafe { ENDPOINTS_BY_IP6.get(key) }.ok_or(DropReason::UnknownDestination)?;
+        let Some(ep) = (unsafe { ENDPOINTS_BY_IP6.get(key) }) else {
+            return match translated {
+                true => Err(DropReason::UnknownDestination),
+                false => Ok(Forwarded::Host),
+            };
+        };
         eth.dst = ep.mac;
         ctx.store(0, &eth, 0).map_err(|_| DropReason::Malformed)?;
         ep

@@ -18,6 +18,7 @@ mod encap;
 mod forward;
 mod forward6;
 mod headers;
+mod host;
 mod icmp;
 mod kernel;
 mod lb;

@@ -13,7 +13,7 @@ use std::{
 use overlay_daemon::api;
 
 use crate::{
-    cri::{pb, Cri, PodSpec},
+    cri::{pb, ContainerSpec, Cri, PodSpec},
     image::busybox_docker_archive,
     process::ChildGuard,
     topology::overlayd_bin,
@@ -27,6 +27,27 @@ pub const IMAGE: &str = "overlay.test/bbox:latest";
 pub fn shipped_conflist() -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/10-overlay.conflist");
     serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("the shipped conflist is JSON")
+}
+
+/// The DaemonSet as shipped.
+pub fn daemonset() -> String {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/overlayd-daemonset.yaml");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The conflist the DaemonSet's ConfigMap carries (its `10-overlay.conflist` block).
+pub fn daemonset_conflist() -> String {
+    let yaml = daemonset();
+    let key = "10-overlay.conflist: |";
+    let at = yaml.find(key).expect("the ConfigMap's conflist");
+    let indent = at - yaml[..at].rfind('\n').unwrap() - 1;
+    yaml[at + key.len()..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.len() > indent && l[..=indent].trim().is_empty())
+        .map(|l| format!("{}\n", &l[indent..]))
+        .collect()
 }
 
 /// A pod run through the CRI: its sandbox id and config (containers need both).
@@ -118,13 +139,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             network,
             dir,
         };
-        let tar = busybox_docker_archive(&c.dir, IMAGE);
-        let out = c.ctr(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "ctr images import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.import(&busybox_docker_archive(&c.dir, IMAGE));
         c
     }
 
@@ -185,6 +200,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .expect("ctr")
     }
 
+    /// Imports the docker-archive `tar` into the CRI's image store (namespace `k8s.io`).
+    pub fn import(&self, tar: &Path) {
+        let out = self.ctr(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "ctr images import {}: {}",
+            tar.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// RunPodSandbox of `spec`, as the kubelet does.
     pub fn run_pod(&mut self, spec: &PodSpec) -> Result<Pod, tonic::Status> {
         let config = spec.config(&self.dir.join("logs"));
@@ -220,8 +246,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     /// A container running `sleep` in `pod`, for ExecSync.
     pub fn start_sleeper(&mut self, pod: &Pod, name: &str) -> String {
+        let spec = ContainerSpec {
+            name,
+            image: IMAGE,
+            command: vec!["sleep".into(), "100000".into()],
+            mounts: Vec::new(),
+        };
         self.cri
-            .start_container(&pod.id, &pod.config, name, IMAGE, &["sleep", "100000"])
+            .start_container(&pod.id, &pod.config, &spec)
             .unwrap_or_else(|e| panic!("start container {name}: {e}\n{}", self.log()))
     }
 

@@ -22,6 +22,8 @@ pub struct PodSpec {
     pub uid: String,
     /// (container port, host port), TCP.
     pub port_mappings: Vec<(u16, u16)>,
+    /// In the node's network namespace (`hostNetwork: true`): no CNI call.
+    pub host_network: bool,
 }
 
 impl PodSpec {
@@ -31,6 +33,7 @@ impl PodSpec {
             name: name.into(),
             uid: format!("uid-{namespace}-{name}"),
             port_mappings: Vec::new(),
+            host_network: false,
         }
     }
 
@@ -42,7 +45,11 @@ impl PodSpec {
                 namespace: self.namespace.clone(),
                 attempt: 0,
             }),
-            hostname: self.name.clone(),
+            // The kubelet sets none for a pod on the node's network (it shares the node's).
+            hostname: match self.host_network {
+                true => String::new(),
+                false => self.name.clone(),
+            },
             log_directory: log_dir.join(&self.uid).display().to_string(),
             port_mappings: self
                 .port_mappings
@@ -54,10 +61,28 @@ impl PodSpec {
                     host_ip: String::new(),
                 })
                 .collect(),
-            linux: Some(pb::LinuxPodSandboxConfig::default()),
+            linux: Some(pb::LinuxPodSandboxConfig {
+                security_context: self.host_network.then(|| pb::LinuxSandboxSecurityContext {
+                    namespace_options: Some(pb::NamespaceOption {
+                        network: pb::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
+}
+
+/// A container to create in a pod: its image, command and host directories mounted in it.
+pub struct ContainerSpec<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub command: Vec<String>,
+    /// (host path, container path).
+    pub mounts: Vec<(std::path::PathBuf, String)>,
 }
 
 /// What `ExecSync` returned.
@@ -145,26 +170,33 @@ impl Cri {
             .collect()
     }
 
-    /// CreateContainer + StartContainer of `image` running `command` in the pod.
+    /// CreateContainer + StartContainer of `spec` in the pod.
     pub fn start_container(
         &mut self,
         pod: &str,
         pod_config: &pb::PodSandboxConfig,
-        name: &str,
-        image: &str,
-        command: &[&str],
+        spec: &ContainerSpec,
     ) -> Result<String, tonic::Status> {
         let config = pb::ContainerConfig {
             metadata: Some(pb::ContainerMetadata {
-                name: name.into(),
+                name: spec.name.into(),
                 attempt: 0,
             }),
             image: Some(pb::ImageSpec {
-                image: image.into(),
+                image: spec.image.into(),
                 ..Default::default()
             }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
+            command: spec.command.clone(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container)| pb::Mount {
+                    container_path: container.clone(),
+                    host_path: host.display().to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: format!("{}.log", spec.name),
             linux: Some(pb::LinuxContainerConfig::default()),
             ..Default::default()
         };
@@ -183,6 +215,24 @@ impl Cri {
         };
         self.rt.block_on(self.client.start_container(req))?;
         Ok(id)
+    }
+
+    /// The container's state and, once it exited, its exit code.
+    pub fn container_state(
+        &mut self,
+        id: &str,
+    ) -> Result<(pb::ContainerState, i32), tonic::Status> {
+        let req = pb::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        let status = self
+            .rt
+            .block_on(self.client.container_status(req))?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        Ok((status.state(), status.exit_code))
     }
 
     /// ExecSync: runs `cmd` in the container and waits up to `timeout`.

@@ -197,15 +197,19 @@ pub fn tcp_stream_seeded(
     (sent, received)
 }
 
-/// Listens for UDP on `port` in `ns` for `window` and returns the datagrams received.
+/// Listens for UDP on `port` in `ns` for `window` and returns the datagrams received. The
+/// socket is bound when this returns (a datagram sent before would find no port, which made
+/// tests flaky under load).
 pub fn udp_receive(
     ns: &Netns,
     port: u16,
     window: Duration,
 ) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    ns.spawn(move || {
+    let (bound, is_bound) = std::sync::mpsc::channel();
+    let listener = ns.spawn(move || {
         let sock =
             UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind UDP");
+        let _ = bound.send(());
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let deadline = Instant::now() + window;
@@ -217,7 +221,12 @@ pub fn udp_receive(
             }
         }
         got
-    })
+    });
+    if is_bound.recv().is_err() {
+        // The listener failed before binding: its panic says why.
+        std::panic::resume_unwind(listener.join().unwrap_err());
+    }
+    listener
 }
 
 /// Sends one UDP datagram from inside `ns`.

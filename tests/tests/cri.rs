@@ -8,7 +8,7 @@ use std::{
 };
 
 use overlay_tests::{
-    containerd::{shipped_conflist, Containerd},
+    containerd::{daemonset_conflist, shipped_conflist, Containerd},
     cri::PodSpec,
     Topology, TopologySpec,
 };
@@ -263,16 +263,18 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
     let cc = c1.start_sleeper(&client, "app");
     let ip_m = pod_ip(&mut c0, &m.id);
     let node0 = IpAddr::V4(t.hosts[0].vtep_ip);
+    // The pod's own host reaches it: by its address (the kubelet's probes) and by the
+    // hostPort on the node's address (portmap's DNAT of what the host itself sends).
     let reachable = |t: &Topology| {
-        // From the pod's own host and from the other host, by the node's address.
-        for h in [0, 1] {
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        for (dst, port) in [(ip_m, 8080), (node0, 30080), (localhost, 30080)] {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                match read_from_host(t, h, node0, 30080) {
+                match read_from_host(t, 0, dst, port) {
                     Ok(got) if got.trim() == "pod-mapped" => break,
                     other => assert!(
                         Instant::now() < deadline,
-                        "host {h} -> {node0}:30080: {other:?}"
+                        "host 0 -> {dst}:{port}: {other:?}"
                     ),
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -280,9 +282,44 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
         }
     };
     reachable(&t);
+    let to_host = t
+        .counters(0)
+        .traffic(overlay_common::Direction::ToHost)
+        .packets;
+    assert!(to_host > 0, "the replies went to the host's stack, counted");
+
+    // The host's routes to its pods serve only what the host itself sends: a host that
+    // forwards does not route underlay traffic into a pod past the VTEP's checks.
+    t.hosts[0]
+        .ns
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    t.hosts[1]
+        .ns
+        .ip(&["route", "add", SUBNET, "via", &node0.to_string()]);
+    let rx = |c: &mut Containerd| -> u64 {
+        let out = sh(c, &cm, "cat /sys/class/net/eth0/statistics/rx_packets");
+        out.stdout.trim().parse().unwrap()
+    };
+    let before = rx(&mut c0);
+    let ping = t.hosts[1].ns.output(
+        "ping",
+        &["-c", "5", "-i", "0.2", "-W", "1", &ip_m.to_string()],
+    );
+    assert!(
+        !ping.status.success(),
+        "host 1 reached the pod through host 0's stack"
+    );
+    assert_eq!(
+        rx(&mut c0),
+        before,
+        "plain IP from the underlay reached the pod"
+    );
+    t.hosts[1].ns.ip(&["route", "del", SUBNET]);
 
     // overlayd restarts under a running pod: the pod keeps its connectivity (the datapath
     // stays pinned while it is down), and new pods are served after.
+    // Its routes are put back at start (a release before 0.3 made none).
+    t.hosts[0].ns.ip(&["route", "flush", "table", "4789"]);
     t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM);
     let ping = sh(&mut c1, &cc, &format!("ping -c 2 -W 2 {ip_m}"));
     assert_eq!(ping.exit_code, 0, "while overlayd is down: {}", ping.stdout);
@@ -322,6 +359,28 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
     nothing_left(&mut t, 1, 0);
     let nat = t.hosts[0].ns.run("iptables-save", &["-t", "nat"]);
     assert!(!nat.contains("30080"), "hostPort rules left: {nat}");
+
+    // `overlayd cleanup` takes the rules to the containers' table away with the datapath.
+    let host0 = overlay_tests::Netns::open(t.hosts[0].ns.name());
+    let rules = || host0.ip(&["rule"]) + &host0.ip(&["-6", "rule"]);
+    assert!(rules().contains("lookup 4789"), "{}", rules());
+    t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM);
+    let pins = t.hosts[0].pins.root().display().to_string();
+    let bin = overlay_tests::topology::overlayd_bin();
+    let cleanup = host0.output(
+        bin.to_str().unwrap(),
+        &[
+            "cleanup",
+            "--node-name",
+            "h1",
+            "--bpffs",
+            &pins,
+            "--underlay",
+            "ul0",
+        ],
+    );
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(!rules().contains("4789"), "{}", rules());
 }
 
 #[test]
@@ -369,20 +428,7 @@ fn thirty_pods_created_and_removed_leave_nothing_behind() {
 /// The DaemonSet's ConfigMap installs exactly the conflist these tests run containerd with.
 #[test]
 fn the_daemonset_installs_the_conflist_the_tests_use() {
-    let yaml = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/kubernetes/overlayd-daemonset.yaml"),
-    )
-    .unwrap();
-    let key = "10-overlay.conflist: |";
-    let at = yaml.find(key).expect("the ConfigMap's conflist");
-    let indent = yaml[..at].len() - yaml[..at].rfind('\n').unwrap() - 1;
-    let block: String = yaml[at + key.len()..]
-        .lines()
-        .skip(1)
-        .take_while(|l| l.len() > indent && l[..=indent].trim().is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let block = daemonset_conflist();
     let installed: serde_json::Value = serde_json::from_str(&block)
         .unwrap_or_else(|e| panic!("the ConfigMap's conflist is not JSON: {e}\n{block}"));
     assert_eq!(installed, shipped_conflist());

@@ -392,3 +392,38 @@ fn a_container_on_a_dual_stack_and_an_ipv4_network() {
             .expect("delete");
     }
 }
+
+/// The host reaches its own containers by their addresses, both families (what the
+/// kubelet's probes and host-network processes do); the replies, sent through the gateway to
+/// the host's addresses, are handed to the host's stack and counted.
+#[test]
+fn the_host_reaches_its_own_containers_over_both_families() {
+    let mut t = dual_stack_cluster();
+    // The test hosts run with IPv6 off (`a` was made so: its host has no IPv6 route to it,
+    // and it was made all the same); a host with IPv6 and an address of its own:
+    let host = t.hosts[0].ns.name().to_owned();
+    for conf in ["all", "default"] {
+        t.hosts[0]
+            .ns
+            .sysctl(&format!("net/ipv6/conf/{conf}/disable_ipv6"), "0");
+    }
+    t.hosts[0]
+        .ns
+        .ip(&["-6", "addr", "add", "2001:2:0:10ff::1/128", "dev", "lo"]);
+    t.add_pod(0, "e", "red");
+    for h in 0..3 {
+        t.wait_converged(h);
+    }
+    let (host, a) = (&Netns::open(&host), t.container("e"));
+    let before = t.counters(0).traffic(Direction::ToHost).packets;
+    assert!(traffic::ping(host, a.ip, 3), "host -> a over IPv4");
+    assert!(traffic::ping(host, a.ip6(), 3), "host -> a over IPv6");
+    let to_host = t.counters(0).traffic(Direction::ToHost).packets - before;
+    assert!(
+        to_host >= 6,
+        "the replies went to the host's stack: {to_host}"
+    );
+    // Only the host itself: another host's containers are not routed to from here.
+    let b = t.container("b");
+    assert!(!traffic::ping(host, b.ip, 1), "host 0 -> b on host 1");
+}

@@ -73,6 +73,15 @@ enum Task {
     /// The upgrade test alone: builds the previous release (kept in target/upgrade/), then
     /// rolls a three-host cluster from it to this one and back on one node, under traffic.
     UpgradeTest,
+    /// Build the container image the DaemonSet names from the release binaries and the shared
+    /// libraries they load, pulling nothing (no registry, no base image): a docker-archive
+    /// tarball for `docker load`, `podman load` or `ctr images import`.
+    Image {
+        #[arg(long, default_value = "target/image/overlay-ebpf.tar")]
+        out: PathBuf,
+        #[arg(long, default_value = "overlay-ebpf:latest")]
+        tag: String,
+    },
     /// Datapath benchmarks (overlay vs kernel vxlan vs routing), report in target/bench/.
     Bench {
         /// Arguments for overlay-bench (e.g. --rounds 5 --seconds 5 --modes overlay,kernel-vxlan).
@@ -89,6 +98,14 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Demo => demo(),
         Task::Bench { args } => bench(args),
+        Task::Image { out, tag } => {
+            build(true)?;
+            run(Command::new("sh")
+                .arg("deploy/image/build.sh")
+                .arg("target/release")
+                .arg(&out)
+                .arg(&tag))
+        }
         Task::Soak { minutes, seed } => soak(minutes, seed),
         Task::UpgradeTest => upgrade_test(),
         Task::Fuzz {

@@ -174,7 +174,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Err(overlay_daemon::locks::LockError::Io { .. }) => None, // nothing pinned
                 Err(e) => anyhow::bail!("{e}"),
             };
-            let errors = datapath::remove(&pins, args.underlay.as_deref());
+            let mut errors = datapath::remove(&pins, args.underlay.as_deref());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if let Err(e) = rt.block_on(overlay_daemon::host_route::remove_rules()) {
+                errors.push(e.to_string());
+            }
             if !errors.is_empty() {
                 anyhow::bail!(
                     "cleanup left {} problem(s): {}",

@@ -122,6 +122,11 @@ impl Cluster {
         ep.host_mac = netlink::create_veth_here(&host, peer, ep.mac.0, ep.mtu)
             .await?
             .map(MacAddr);
+        let (v4, v6) = (ep.ip(), ep.ipv6.map(|a| a.ip));
+        if let Err(e) = crate::host_route::add(&host, v4, v6, ep.mac.0).await {
+            let _ = netlink::delete_veth(&host).await;
+            return Err(e.into());
+        }
         let after = records::encode(&EndpointRecord::of(&ep, &self.cfg.node_name));
         match store.replace(&key, before, after, Some(lease)).await {
             Ok(true) => {}

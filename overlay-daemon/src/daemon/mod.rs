@@ -191,6 +191,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             tasks = handles;
             // Runtimes (API, CNI, Docker) need a datapath to attach containers to.
             if !control_plane_only {
+                crate::host_route::restore(&c.local_endpoints()).await;
                 let listener = match api::bind(&cfg.run_dir) {
                     Ok(l) => l,
                     Err(source) => {
