@@ -14,6 +14,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
 mkdir -p "$root/usr/local/bin" "$root/bin" "$root/tmp" "$root/host"
+chmod 1777 "$root/tmp"
 
 for b in overlayd overlayctl overlay-cni; do
     [ -x "$bin_dir/$b" ] || { echo "build.sh: $bin_dir/$b is missing: build it first (cargo xtask build --release)" >&2; exit 1; }

@@ -164,12 +164,7 @@ impl CniEnv {
             })
             .collect()
     }
-}
 
-/// The longest pod name, namespace or UID taken (Kubernetes' own limit is 253).
-const MAX_POD_FIELD: usize = 253;
-
-impl CniEnv {
     /// The pod a CRI runtime names in CNI_ARGS (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
     /// `K8S_POD_UID`): none unless both namespace and name are there.
     pub fn pod(&self) -> Result<Option<overlay_api::Pod>, CniError> {
@@ -200,6 +195,9 @@ impl CniEnv {
             }))
     }
 }
+
+/// The longest pod name, namespace or UID taken (Kubernetes' own limit is 253).
+const MAX_POD_FIELD: usize = 253;
 
 /// `overlay.service=NAME:PORT[,NAME:PORT...]` from CNI_ARGS and the config's `args.cni`.
 pub fn service_labels(conf: &NetConf, env: &CniEnv) -> Result<Vec<String>, CniError> {

@@ -33,6 +33,7 @@ pub mod names {
     pub const MONITOR_BUCKET: &str = "OVL_MONITOR_BUCKET";
     pub const MONITOR_LOST: &str = "OVL_MONITOR_LOST";
     pub const EVENTS: &str = "OVL_EVENTS";
+    pub const HOST_ADDRS: &str = "OVL_HOST_ADDRS";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -66,6 +67,7 @@ pub mod names {
         MONITOR_BUCKET,
         MONITOR_LOST,
         EVENTS,
+        HOST_ADDRS,
     ];
 }
 
@@ -96,6 +98,8 @@ pub const MAX_ENDPOINTS: u32 = 1 << 20;
 pub const MAX_VTEPS: u32 = 1 << 16;
 /// Capacity of the network table.
 pub const MAX_NETWORKS: u32 = 1 << 12;
+/// The host's own addresses (`HOST_ADDRS`): those of its interfaces a container may send to.
+pub const MAX_HOST_ADDRS: u32 = 1024;
 /// Capacity of the local interface identity table (containers on one host).
 pub const MAX_LOCAL_IFACES: u32 = 1 << 16;
 

@@ -12,7 +12,7 @@ use std::{
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt as _};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_LINK},
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{link::LinkAttribute, RouteNetlinkMessage},
     sys::{AsyncSocket as _, SocketAddr},
@@ -29,7 +29,7 @@ pub struct HostEvents {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostChanges {
     pub routes: bool,
-    /// Interfaces whose IPv4 addresses changed.
+    /// Interfaces whose addresses (either family) changed.
     pub addresses: BTreeSet<u32>,
     /// Names of links that went away.
     pub links_removed: BTreeSet<String>,
@@ -76,7 +76,7 @@ impl HostEvents {
         // the kernel does not deliver its announcements to it.
         conn.socket_mut().socket_mut().bind(&SocketAddr::new(
             0,
-            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE,
         ))?;
         tokio::spawn(conn);
         Ok(Self { messages })

@@ -6,10 +6,15 @@
 //!
 //! The routes live in a table of their own, consulted only for what the host itself sends
 //! (`iif lo`): a host that forwards never routes underlay traffic into a container past the
-//! VTEP's checks, nor one container's traffic into another network's container. The kernel
-//! removes them with the veth.
+//! VTEP's checks. What the host sends reaches every network's containers: the host is
+//! trusted, including what its own output NAT rewrites (kube-proxy's IPVS mode would carry a
+//! container's connection to a local ClusterIP into a container of another network). The
+//! kernel removes the routes with the veth.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use rtnetlink::{
     packet_route::{
@@ -61,7 +66,11 @@ pub async fn remove_rules() -> Result<(), NetlinkError> {
     for version in [IpVersion::V4, IpVersion::V6] {
         let mut rules = h.rule().get(version).execute();
         let mut ours = Vec::new();
-        while let Ok(Some(rule)) = rules.try_next().await {
+        while let Some(rule) = rules
+            .try_next()
+            .await
+            .map_err(rt("listing the routing rules"))?
+        {
             let table = rule
                 .attributes
                 .iter()
@@ -86,7 +95,7 @@ pub async fn remove_rules() -> Result<(), NetlinkError> {
 }
 
 /// The host's route and neighbour entry for each of a container's addresses, through its
-/// host-side veth `host_ifname`. Idempotent (replaces).
+/// host-side veth `host_ifname`. Idempotent.
 pub async fn add(
     host_ifname: &str,
     ipv4: Option<Ipv4Addr>,
@@ -108,7 +117,7 @@ pub(crate) async fn add_by_index(
     ipv6: Option<Ipv6Addr>,
     mac: [u8; 6],
 ) -> Result<(), NetlinkError> {
-    forwarding_on(host_ifname, ipv6.is_some())?;
+    forwarding_off(host_ifname)?;
     if let Some(ip) = ipv4 {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(ip, 32)
@@ -116,12 +125,15 @@ pub(crate) async fn add_by_index(
             .table_id(TABLE)
             .scope(RouteScope::Link)
             .build();
-        h.route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(rt(format!("the host's route to {ip}")))?;
+        match h.route().add(route).execute().await {
+            Ok(()) => {}
+            // Made before this daemon restarted; or another network's endpoint on this host
+            // has the same address (networks may overlap): the host reaches the first.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                tracing::debug!(%ip, "the host has a route to this address already");
+            }
+            Err(e) => return Err(rt(format!("the host's route to {ip}"))(e)),
+        }
         neighbour(h, index, ip.into(), mac).await?;
     }
     if let Some(ip) = ipv6 {
@@ -130,8 +142,11 @@ pub(crate) async fn add_by_index(
             .output_interface(index)
             .table_id(TABLE)
             .build();
-        match h.route().add(route).replace().execute().await {
+        match h.route().add(route).execute().await {
             Ok(()) => neighbour(h, index, ip.into(), mac).await?,
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                neighbour(h, index, ip.into(), mac).await?
+            }
             // IPv6 is off on the host (disable_ipv6): it has no IPv6 to reach them from.
             Err(e) if errno(&e) == Some(libc::EACCES) => {
                 tracing::debug!(%ip, "IPv6 is disabled on the host: no route to the container's IPv6 address");
@@ -142,26 +157,14 @@ pub(crate) async fn add_by_index(
     Ok(())
 }
 
-/// The datapath asks the kernel's FIB whether a container's packet is for the host
-/// (`bpf_fib_lookup`), which answers "forwarding disabled" for a packet that enters through
-/// an interface without forwarding: it is turned on for the host side of the veth. The host
-/// forwards nothing from there all the same, since the datapath hands it only packets for
-/// the host's own addresses.
-fn forwarding_on(host_ifname: &str, ipv6: bool) -> Result<(), NetlinkError> {
-    let mut families = vec!["ipv4"];
-    if ipv6 {
-        families.push("ipv6");
-    }
-    for family in families {
-        let path = format!("/proc/sys/net/{family}/conf/{host_ifname}/forwarding");
-        match std::fs::write(&path, "1") {
-            Ok(()) => {}
-            // IPv6 is off on the host: nothing to reach the container's IPv6 address from.
-            Err(e) if family == "ipv6" && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(NetlinkError::Sysctl { path, source: e }),
-        }
-    }
-    Ok(())
+/// What a container sends to the host's own addresses enters the host's stack from its veth;
+/// a hostPort or NodePort DNAT there could send it on to an address elsewhere, out of the
+/// underlay unencapsulated with the container's source. IPv4 forwarding is turned off for
+/// the veth's host side, so the host delivers such packets locally or not at all, whatever
+/// `ip_forward` says. (IPv6 has no per-interface switch for it: documented.)
+fn forwarding_off(host_ifname: &str) -> Result<(), NetlinkError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{host_ifname}/forwarding");
+    std::fs::write(&path, "0").map_err(|source| NetlinkError::Sysctl { path, source })
 }
 
 /// The container's answers to the host's ARP and neighbour solicitations would come back
@@ -193,6 +196,88 @@ pub async fn restore(endpoints: &[overlay_api::Endpoint]) {
         let ip6 = ep.ipv6.map(|a| a.ip);
         if let Err(e) = add(host_ifname, ep.ip(), ip6, ep.mac.0).await {
             tracing::warn!(container = %ep.container_id, "the host will not reach it: {e}");
+        }
+    }
+}
+
+/// The host's own addresses a container may send to: those of its interfaces, but never
+/// loopback, link-local, multicast or unspecified ones (so a container never reaches what the
+/// host serves on 127.0.0.1 or ::1).
+pub async fn own_addresses() -> Result<BTreeSet<IpAddr>, NetlinkError> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let h = connect()?;
+    let mut dump = h.address().get().execute();
+    let mut found = BTreeSet::new();
+    while let Some(msg) = dump
+        .try_next()
+        .await
+        .map_err(rt("listing the host's addresses"))?
+    {
+        // IFA_LOCAL is the address itself (IFA_ADDRESS the peer's, on point-to-point links).
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local
+            .or(address)
+            .filter(|ip| reachable_from_containers(*ip))
+        {
+            found.insert(ip);
+        }
+    }
+    Ok(found)
+}
+
+fn reachable_from_containers(ip: IpAddr) -> bool {
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
+        && match ip {
+            IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+        }
+}
+
+/// Makes the datapath's `HOST_ADDRS` the host's addresses now (at start and whenever they
+/// change). Failures are logged: the host's addresses are then not reached from containers.
+pub async fn follow_addresses(map: &mut crate::maps::HostAddrMap) {
+    let addrs = match own_addresses().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("containers may not reach the host's addresses: {e}");
+            return;
+        }
+    };
+    match map.sync(&addrs) {
+        Ok((0, 0)) => {}
+        Ok(_) => tracing::info!(addresses = ?addrs, "containers reach the host at"),
+        Err(e) => tracing::warn!("containers may not reach the host's addresses: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_link_local_addresses_are_never_the_containers_to_reach() {
+        for no in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "169.254.1.1",
+            "fe80::1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "ff02::1",
+        ] {
+            assert!(!reachable_from_containers(no.parse().unwrap()), "{no}");
+        }
+        for yes in ["198.18.0.1", "2001:2::1", "10.0.0.1"] {
+            assert!(reachable_from_containers(yes.parse().unwrap()), "{yes}");
         }
     }
 }

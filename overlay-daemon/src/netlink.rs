@@ -39,7 +39,7 @@ pub enum NetlinkError {
     },
     #[error("netlink socket: {0}")]
     Socket(std::io::Error),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source} (overlayd needs a writable /proc/sys: run it privileged)")]
     Sysctl {
         path: String,
         #[source]

@@ -1,32 +1,27 @@
 //! Packets a container sends through its gateway to an address outside the overlay. The host
-//! the container runs on gets those it would deliver to itself (its own addresses: replies to
-//! the kubelet's probes and to hostPort connections made on the node, host-network services);
-//! the overlay routes nothing beyond its hosts, so anything else is dropped as an unknown
-//! destination, as before. The kernel's FIB decides what is local: a lookup answering
-//! "not forwarded" (local or broadcast; the daemon turns forwarding on for the host side of
-//! each veth, without which every lookup answers "forwarding disabled").
+//! the container runs on gets those for its own addresses (replies to the kubelet's probes
+//! and to hostPort connections made on the node, host-network services): the daemon keeps
+//! them in `HOST_ADDRS` (its interfaces' addresses, never loopback or link-local ones, so a
+//! container never reaches what the host serves on 127.0.0.1). The overlay routes nothing
+//! beyond its hosts, so anything else is dropped as an unknown destination, as before.
+//! A FIB lookup cannot tell: it answers "not forwarded" for a destination without a route as
+//! for a local one.
 
-use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, TC_ACT_OK},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_skb_change_type},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_skb_change_type, programs::TcContext};
 use overlay_common::{wire::ETH_HLEN, Direction, DropReason};
 
 use crate::{
     counters::count,
     headers::{Ipv4Hdr, Ipv6Hdr, Packet as _},
     kernel::pack,
+    maps::HOST_ADDRS,
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 /// `skb->pkt_type` for a frame addressed to this host: the frame carries the virtual gateway's
 /// MAC, which the stack would otherwise drop as another host's.
 const PACKET_HOST: u32 = 0;
 
-/// An IPv4 packet to an address outside the overlay (see the module docs). Not inlined: the
-/// lookup's parameters get a frame of their own, off the forwarding path.
+/// An IPv4 packet to an address outside the overlay (see the module docs).
 #[inline(never)]
 pub fn deliver4(ctx: &TcContext) -> i64 {
     pack(try_deliver4(ctx))
@@ -37,18 +32,11 @@ fn try_deliver4(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = ctx
         .header::<Ipv4Hdr>(ETH_HLEN)
         .ok_or(DropReason::Malformed)?;
-    // Multicast and the limited broadcast are flooding, which never happens here.
-    if ip.dst[0] >= 224 {
-        return Err(DropReason::UnknownDestination);
-    }
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-    p.__bindgen_anon_2.tos = ip.tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-    to_stack(ctx, &mut p)
+    let mut key = [0u8; 16];
+    key[10] = 0xff;
+    key[11] = 0xff;
+    key[12..].copy_from_slice(&ip.dst);
+    to_stack(ctx, &key)
 }
 
 /// The same for IPv6.
@@ -62,35 +50,16 @@ fn try_deliver6(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = ctx
         .header::<Ipv6Hdr>(ETH_HLEN)
         .ok_or(DropReason::Malformed)?;
-    if ip.dst[0] == 0xff {
-        return Err(DropReason::UnknownDestination);
-    }
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET6;
-    p.l4_protocol = ip.next_header;
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len);
-    p.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(ip.src) };
-    p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(ip.dst) };
-    to_stack(ctx, &mut p)
+    to_stack(ctx, &ip.dst)
 }
 
 #[inline(always)]
-fn to_stack(ctx: &TcContext, p: &mut bpf_fib_lookup) -> Result<i32, DropReason> {
-    let skb = ctx.skb.skb;
-    p.ifindex = unsafe { (*skb).ifindex };
-    let rc = unsafe {
-        fib_lookup(
-            skb as *mut _,
-            p as *mut _,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+fn to_stack(ctx: &TcContext, dst: &[u8; 16]) -> Result<i32, DropReason> {
+    if unsafe { HOST_ADDRS.get(dst) }.is_none() {
         return Err(DropReason::UnknownDestination);
     }
-    if unsafe { bpf_skb_change_type(skb, PACKET_HOST) } != 0 {
-        return Err(DropReason::UnknownDestination);
+    if unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) } != 0 {
+        return Err(DropReason::RedirectFailed);
     }
     count(Direction::ToHost, ctx.len());
     Ok(TC_ACT_OK)

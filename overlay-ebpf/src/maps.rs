@@ -12,7 +12,7 @@ use overlay_common::{
         Sock6Key, SockAddr, SockKey, LB_FLOWS, MAGLEV_SLOTS, MAX_BACKENDS, MAX_NETNS, MAX_SERVICES,
         SOCK_FLOWS,
     },
-    maps::{MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
+    maps::{MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES, EVENT_KINDS},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
     LocalIface, NetworkInfo, PacketCounter, VtepInfo,
@@ -28,6 +28,11 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "OVL_NETWORKS")]
 pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// The host's own addresses (IPv4 ones mapped into IPv6, `::ffff:a.b.c.d`): what a
+/// container's packet sent through its gateway may be handed to the host's stack for.
+#[map(name = "OVL_HOST_ADDRS")]
+pub static HOST_ADDRS: HashMap<[u8; 16], u8> = HashMap::pinned(MAX_HOST_ADDRS, 0);
 
 #[map(name = "OVL_EP_BY_IP")]
 pub static ENDPOINTS_BY_IP: HashMap<EndpointIpKey, EndpointInfo> =

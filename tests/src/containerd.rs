@@ -60,7 +60,6 @@ pub struct Pod {
 
 pub struct Containerd {
     dir: PathBuf,
-    ns: String,
     daemon: Option<ChildGuard>,
     pub cri: Cri,
     /// Every pod network namespace it made, removed on drop if still there.
@@ -134,7 +133,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let c = Self {
             cri,
             daemon: Some(guard),
-            ns: h.ns.name().to_owned(),
             netns: Vec::new(),
             network,
             dir,
@@ -261,17 +259,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     pub fn delete_pod(&mut self, pod: &Pod) {
         self.cri.stop_pod(&pod.id).expect("StopPodSandbox");
         self.cri.remove_pod(&pod.id).expect("RemovePodSandbox");
-    }
-
-    /// Kills containerd with SIGKILL (pods keep running: their shims are separate processes)
-    /// and starts it again on the same state.
-    pub fn restart(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
-        }
-        let (guard, cri) = Self::spawn(&self.dir, &self.ns);
-        self.daemon = Some(guard);
-        self.cri = cri;
     }
 }
 

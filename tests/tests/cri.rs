@@ -10,7 +10,7 @@ use std::{
 use overlay_tests::{
     containerd::{daemonset_conflist, shipped_conflist, Containerd},
     cri::PodSpec,
-    Topology, TopologySpec,
+    traffic, Topology, TopologySpec,
 };
 
 const SUBNET: &str = "198.19.64.0/20";
@@ -82,8 +82,15 @@ fn transfer(
              mv /tmp/sum.part /tmp/sum; }}) > /dev/null 2>&1 &"
         ),
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let send = sh(cf, from, &format!("nc {dst} {port} < /tmp/data"));
+    // Until the listener is up (a refused connection sends nothing).
+    let send = sh(
+        cf,
+        from,
+        &format!(
+            "i=0; while [ $i -lt 100 ]; do nc {dst} {port} < /tmp/data && exit 0; \
+             i=$((i+1)); sleep 0.1; done; exit 1"
+        ),
+    );
     assert_eq!(send.exit_code, 0, "nc {dst} {port}: {}", send.stderr);
     let deadline = Instant::now() + Duration::from_secs(30);
     let got = loop {
@@ -116,6 +123,8 @@ fn nothing_left(t: &mut Topology, host: usize, remote: u64) {
         !links.contains(": ovl"),
         "veths left on host {host}: {links}"
     );
+    let routes = t.hosts[host].ns.ip(&["route", "show", "table", "4789"]);
+    assert!(routes.trim().is_empty(), "host routes left: {routes}");
     let node = &t.hosts[host].name;
     let ls: serde_json::Value =
         serde_json::from_str(&t.overlayctl_ok(host, &["-o", "json", "endpoint", "ls"])).unwrap();
@@ -288,6 +297,61 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
         .packets;
     assert!(to_host > 0, "the replies went to the host's stack, counted");
 
+    // A pod reaches its host's own addresses through its gateway, never its loopback (which
+    // portmap opened with route_localnet on the pod's veth, CVE-2020-8558's way): frames
+    // forged in the pod's namespace to 127.0.0.1 and to the node's address.
+    let pod_ns = overlay_tests::Netns::open(
+        &c0.netns_path(&m)
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy(),
+    );
+    let ip_m4 = match ip_m {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let mac_m: [u8; 6] = {
+        let link = pod_ns.ip(&["-o", "link", "show", "eth0"]);
+        let mac = link
+            .split("link/ether ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let mac: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        mac.try_into().unwrap()
+    };
+    let gateway = overlay_api::MacAddr::gateway(100).0;
+    let node0_v4 = t.hosts[0].vtep_ip;
+    for (dst, port, reached) in [
+        (std::net::Ipv4Addr::LOCALHOST, 9901, false),
+        (node0_v4, 9902, true),
+    ] {
+        let bind = match reached {
+            false => dst,
+            true => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let listener = t.hosts[0].ns.spawn(move || {
+            let sock = std::net::UdpSocket::bind((bind, port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            sock.recv(&mut buf).is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let frame = traffic::inner_udp_frame(mac_m, gateway, ip_m4, dst, port, b"x");
+        traffic::send_frame(&pod_ns, "eth0", frame);
+        assert_eq!(
+            listener.join().unwrap(),
+            reached,
+            "pod -> host {dst}:{port}"
+        );
+    }
+
     // The host's routes to its pods serve only what the host itself sends: a host that
     // forwards does not route underlay traffic into a pod past the VTEP's checks.
     t.hosts[0]
@@ -315,6 +379,26 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
         "plain IP from the underlay reached the pod"
     );
     t.hosts[1].ns.ip(&["route", "del", SUBNET]);
+
+    // A pod connecting to its own node's hostPort is DNATed back to a pod address in the
+    // host's stack, which does not forward what came from a pod's veth: refused, and nothing
+    // leaves unencapsulated on the underlay (with forwarding on, as on a Kubernetes node).
+    let capture = traffic::capture(&t.hosts[0].ns, "ul0", Duration::from_secs(4));
+    let hairpin = sh(&mut c0, &cm, &format!("nc -w 2 {node0} 30080 < /dev/null"));
+    assert!(
+        !hairpin.stdout.contains("pod-mapped"),
+        "hairpin hostPort: {hairpin:?}"
+    );
+    let leaked: Vec<_> = capture
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.len() > 34 && f[12..14] == [0x08, 0x00] && f[26..30] == ip_m4.octets())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the pod's packets left on the underlay: {leaked:?}"
+    );
 
     // overlayd restarts under a running pod: the pod keeps its connectivity (the datapath
     // stays pinned while it is down), and new pods are served after.

@@ -1,8 +1,9 @@
-//! The image the DaemonSet names, built as `cargo xtask image` builds it
-//! (deploy/image/build.sh: local files only, nothing pulled), imported into a real containerd
-//! and run as the DaemonSet runs it: its install-cni init container (host network, the host's
-//! CNI directories and the ConfigMap mounted) puts the plugin and the conflist on the host,
-//! and overlayd and overlayctl start from the image with the libraries it carries.
+//! The image the DaemonSet names, made by the script `cargo xtask image` runs
+//! (deploy/image/build.sh: local files only, nothing pulled; here from the test build's
+//! binaries rather than release ones), imported into a real containerd and run as the
+//! DaemonSet runs it: its install-cni init container (host network, the host's CNI
+//! directories and the ConfigMap mounted) puts the plugin and the conflist on the host, and
+//! overlayd and overlayctl run from the image with the libraries it carries (`--version`).
 
 use std::{
     path::Path,

@@ -145,6 +145,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         mut host,
     } = node;
     let mut vtep_ip = vtep_ip;
+    if let Target::Kernel(dp) = &mut target {
+        crate::host_route::follow_addresses(&mut dp.maps.host_addrs).await;
+    }
     let control_plane_only = matches!(cfg.mode, NodeMode::ControlPlaneOnly { .. });
     let maps_dir = (!control_plane_only).then(|| pins.maps());
     if let Some(dir) = &maps_dir {

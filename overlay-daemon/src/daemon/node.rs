@@ -176,6 +176,9 @@ impl HostWatch {
         if changes.addresses.contains(&self.underlay.ifindex) {
             actions.vtep_moved = self.vtep_moved(vtep);
         }
+        if !changes.addresses.is_empty() {
+            crate::host_route::follow_addresses(&mut dp.maps.host_addrs).await;
+        }
         if changes.routes || actions.vtep_moved.is_some() {
             if let Err(e) = dp.refresh_next_hops() {
                 error!("underlay next hops: {e}");

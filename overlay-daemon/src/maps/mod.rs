@@ -4,6 +4,7 @@
 mod config;
 mod counters;
 mod endpoints;
+mod host_addrs;
 mod lb;
 mod lb_family;
 mod local_ifaces;
@@ -16,6 +17,7 @@ mod vteps;
 pub use config::{ConfigMap, NodeDatapathConfig};
 pub use counters::{Count, CounterMap, CounterSnapshot};
 pub use endpoints::{EndpointEntry, EndpointMaps, Location};
+pub use host_addrs::HostAddrMap;
 pub use lb::{pinned_table, EndedBackend, LbMaps, LbSync, ServiceEntry};
 pub use local_ifaces::{LocalIdentity, LocalIfaceMap};
 pub use monitor::{open_events, MonitorMaps};
@@ -63,6 +65,7 @@ pub struct DatapathMaps {
     pub counters: CounterMap,
     pub lb: LbMaps,
     pub sock: SockMaps,
+    pub host_addrs: HostAddrMap,
 }
 
 impl DatapathMaps {
@@ -85,6 +88,7 @@ impl DatapathMaps {
                 take(names::SOCK_REV)?,
                 take(names::SOCK6_REV)?,
             )?,
+            host_addrs: HostAddrMap::new(take(names::HOST_ADDRS)?)?,
         })
     }
 }
