@@ -92,7 +92,9 @@ fn podman_containers_on_two_hosts_talk_over_the_overlay() {
         "1",
         "tuning plugin applied"
     );
-    // ...and the bandwidth plugin shaped the host side, which our result named.
+    // ...and the bandwidth plugin found the host side, which our result named, and put its
+    // qdisc there (which the datapath's redirects pass by: it does not shape overlay
+    // traffic, docs/cni.md).
     let qdisc = t.hosts[0].ns.run("tc", &["qdisc", "show"]);
     assert!(qdisc.contains("tbf"), "bandwidth plugin applied: {qdisc}");
 
