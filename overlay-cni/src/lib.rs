@@ -10,6 +10,7 @@ pub mod conf;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod ops;
+pub mod results;
 pub mod types;
 
 pub use conf::{CniEnv, NetConf};
