@@ -189,12 +189,25 @@ pub async fn restore(endpoints: &[overlay_api::Endpoint]) {
         tracing::warn!("the host will not reach its containers: {e}");
         return;
     }
+    // One netlink socket for all of them (a node may hold thousands).
+    let h = match connect() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("the host will not reach its containers: {e}");
+            return;
+        }
+    };
     for ep in endpoints {
         let Some(host_ifname) = ep.host_ifname() else {
             continue;
         };
         let ip6 = ep.ipv6.map(|a| a.ip);
-        if let Err(e) = add(host_ifname, ep.ip(), ip6, ep.mac.0).await {
+        let done = match link_index(&h, host_ifname).await {
+            Ok(Some(index)) => add_by_index(&h, index, host_ifname, ep.ip(), ip6, ep.mac.0).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
             tracing::warn!(container = %ep.container_id, "the host will not reach it: {e}");
         }
     }

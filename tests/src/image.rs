@@ -29,21 +29,25 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
-    let tar = dir.join("rootfs.tar");
-    let out = Command::new("tar")
+    tar(&root, &dir.join("rootfs.tar"), &["."])
+}
+
+/// A tarball at `out` of `members` of `dir`.
+fn tar(dir: &Path, out: &Path, members: &[&str]) -> PathBuf {
+    let done = Command::new("tar")
         .arg("-C")
-        .arg(&root)
+        .arg(dir)
         .arg("-cf")
-        .arg(&tar)
-        .arg(".")
+        .arg(out)
+        .args(members)
         .output()
         .unwrap();
     assert!(
-        out.status.success(),
+        done.status.success(),
         "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&done.stderr)
     );
-    tar
+    out.to_owned()
 }
 
 /// The same busybox as a docker-archive tarball tagged `tag` whose entrypoint sleeps, for
@@ -69,19 +73,9 @@ pub fn busybox_docker_archive(dir: &Path, tag: &str) -> PathBuf {
     let manifest =
         serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
     std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
-    let tar = dir.join("image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&archive)
-        .arg("-cf")
-        .arg(&tar)
-        .args(["manifest.json", "config.json", "layer.tar"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tar
+    tar(
+        &archive,
+        &dir.join("image.tar"),
+        &["manifest.json", "config.json", "layer.tar"],
+    )
 }
