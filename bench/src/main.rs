@@ -2,6 +2,7 @@
 //! by side in one run with the modes alternated every round, medians reported.
 
 mod charts;
+mod cni;
 mod measure;
 mod modes;
 mod monitor;
@@ -45,7 +46,7 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Which benchmarks to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Monitor, Scenario::Scale])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Monitor, Scenario::Scale, Scenario::Cni])]
     scenario: Vec<Scenario>,
     /// Samples for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
@@ -84,6 +85,9 @@ enum Scenario {
     Scale,
     /// The datapath with no monitor, a drop monitor and a trace monitor attached.
     Monitor,
+    /// Pod network setup: CNI ADD/DEL and RunPodSandbox through the CRI, overlay-cni vs the
+    /// reference bridge + host-local plugins.
+    Cni,
 }
 
 /// Samples per (mode, metric).
@@ -128,6 +132,10 @@ fn main() -> Result<()> {
         report += &scale::markdown(&cells);
         report += "\n![control-plane cost against size](scale.png)\n";
     }
+    if cli.scenario.contains(&Scenario::Cni) {
+        report += "\n";
+        report += &cni::run(cli.rounds)?;
+    }
     let path = cli.out.join("report.md");
     std::fs::write(&path, &report)?;
     println!("{report}");
@@ -144,6 +152,7 @@ fn datapath(cli: &Cli) -> Result<String> {
             Mode::Overlay,
             Mode::OverlayXdpNative,
             Mode::OverlayXdpSkb,
+            Mode::OverlayTcx,
             Mode::Routed6,
             Mode::KernelVxlan6,
             Mode::Overlay6,

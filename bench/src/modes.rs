@@ -24,6 +24,9 @@ pub enum Mode {
     OverlayXdpNative,
     /// This project with the XDP filter in generic (skb) mode.
     OverlayXdpSkb,
+    /// This project with TCX links on the container veths too (`--tc-mode tcx`; by default
+    /// they get clsact filters, which attach without waiting for a grace period).
+    OverlayTcx,
     /// `routed` with IPv6 in the containers and between the hosts.
     #[value(name = "routed-ipv6")]
     Routed6,
@@ -44,6 +47,7 @@ impl Mode {
             Mode::Overlay => "overlay",
             Mode::OverlayXdpNative => "overlay-xdp-native",
             Mode::OverlayXdpSkb => "overlay-xdp-skb",
+            Mode::OverlayTcx => "overlay-tcx",
             Mode::Routed6 => "routed-ipv6",
             Mode::KernelVxlan6 => "kernel-vxlan-ipv6",
             Mode::Overlay6 => "overlay-ipv6",
@@ -113,9 +117,11 @@ impl Pair {
     /// (the eBPF programs of kernel-vxlan-bpf) is an error that says so.
     pub fn build(mode: Mode) -> Result<Self> {
         match mode {
-            Mode::Overlay | Mode::OverlayXdpNative | Mode::OverlayXdpSkb | Mode::Overlay6 => {
-                Ok(overlay(mode))
-            }
+            Mode::Overlay
+            | Mode::OverlayXdpNative
+            | Mode::OverlayXdpSkb
+            | Mode::OverlayTcx
+            | Mode::Overlay6 => Ok(overlay(mode)),
             Mode::Routed
             | Mode::KernelVxlan
             | Mode::KernelVxlanBpf
@@ -141,7 +147,11 @@ fn overlay(mode: Mode) -> Pair {
         Mode::OverlayXdpSkb => "skb",
         _ => "auto",
     };
-    t.start_all(&["--xdp", xdp]);
+    let tc = match mode {
+        Mode::OverlayTcx => "tcx",
+        _ => "auto",
+    };
+    t.start_all(&["--xdp", xdp, "--tc-mode", tc]);
     // Re-open the container namespaces by name; the topology owns and removes them.
     let client = Netns::open(t.container("a").ns.name());
     let server = Netns::open(t.container("b").ns.name());

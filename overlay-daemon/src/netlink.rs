@@ -132,15 +132,6 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
 /// Creates the veth pair: `host_ifname` here, `c.ifname` in the container, configured.
 /// Fails if the container already has `c.ifname`.
 pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVeth, NetlinkError> {
-    let ifname = c.ifname.clone();
-    let exists = in_netns(
-        &c.netns,
-        move |h| async move { link_index(&h, &ifname).await },
-    )
-    .await?;
-    if exists.is_some() {
-        return Err(NetlinkError::Exists(c.ifname.clone()));
-    }
     let handle = connect()?;
     remove_stale(&handle, host_ifname).await?;
     let netns = File::open(&c.netns).map_err(|source| NetlinkError::Netns {
@@ -155,7 +146,14 @@ pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVe
         .address(c.mac.to_vec())
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    let host_index = add_veth(&handle, host_ifname, &c.ifname, peer, c.mtu).await?;
+    // The host side's name is free (a stale link was removed): the kernel's "exists" is
+    // about the container's side, made in one step with the pair.
+    let host_index = match add_veth(&handle, host_ifname, &c.ifname, peer, c.mtu).await {
+        Err(NetlinkError::Rtnetlink { ref source, .. }) if errno(source) == Some(libc::EEXIST) => {
+            return Err(NetlinkError::Exists(c.ifname.clone()))
+        }
+        other => other?,
+    };
     drop(netns);
 
     let c2 = c.clone();
@@ -359,15 +357,39 @@ pub async fn container_addresses(
 /// Removes the veth pair by its host side (which also removes the container side). Missing
 /// is fine: deletion is idempotent.
 pub async fn delete_veth(host_ifname: &str) -> Result<(), NetlinkError> {
-    let handle = connect()?;
-    if let Some(index) = link_index(&handle, host_ifname).await? {
-        match handle.link().del(index).execute().await {
-            Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
-            Err(e) => return Err(rt(format!("removing {host_ifname}"))(e)),
+    let host_ifname = host_ifname.to_owned();
+    on_own_thread(move |handle| async move {
+        if let Some(index) = link_index(&handle, &host_ifname).await? {
+            match handle.link().del(index).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                Err(e) => return Err(rt(format!("removing {host_ifname}"))(e)),
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `f` with a netlink connection of its own on a blocking thread. The kernel carries
+/// out a request inside the `sendmsg` that sends it, and removing a link waits there for
+/// RCU grace periods (10-25 ms): on a runtime worker that would stall every other task on
+/// it, and concurrent DELs would queue behind each other instead of sharing grace periods.
+async fn on_own_thread<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        runtime.block_on(async move { f(connect()?).await })
+    })
+    .await
+    .unwrap_or_else(|p| std::panic::resume_unwind(p.into_panic()))
 }
 
 /// Whether an interface exists here, and whether the container still has `ifname`.

@@ -64,7 +64,8 @@ pub struct Containerd {
     pub cri: Cri,
     /// Every pod network namespace it made, removed on drop if still there.
     netns: Vec<PathBuf>,
-    /// The overlay network of the shipped conflist ("pods"), for tests to create.
+    /// The overlay network of the conflist ("pods" in the shipped one), for tests to create;
+    /// the conflist's name for other plugins.
     pub network: String,
 }
 
@@ -72,26 +73,37 @@ impl Containerd {
     /// Starts containerd on host `host` of `t` with the shipped conflist (its `socket` set to
     /// the host's overlayd) and imports the busybox image.
     pub fn start(t: &Topology, host: usize) -> Self {
+        let mut conflist = shipped_conflist();
+        conflist["plugins"][0]["socket"] = api::socket_path(&t.hosts[host].run_dir)
+            .display()
+            .to_string()
+            .into();
+        Self::start_with(t, host, "overlay", conflist)
+    }
+
+    /// containerd on host `host` with `conflist` as its only CNI config (the CNI plugins it
+    /// names come from /usr/lib/cni, overlay-cni from this build). `label` names its
+    /// directory: several may run on one host.
+    pub fn start_with(t: &Topology, host: usize, label: &str, conflist: serde_json::Value) -> Self {
         let h = &t.hosts[host];
-        let dir = t.dir.join(format!("containerd-{}", h.name));
+        let dir = t.dir.join(format!("containerd-{label}-{}", h.name));
         let (bin, netd) = (dir.join("cni-bin"), dir.join("net.d"));
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(&netd).unwrap();
         let plugin = overlayd_bin().with_file_name("overlay-cni");
         std::os::unix::fs::symlink(plugin, bin.join("overlay-cni")).unwrap();
-        // The CRI plugin sets up lo through `loopback`; the conflist chains `portmap`.
-        for p in ["loopback", "portmap", "bandwidth"] {
+        // The CRI plugin sets up lo through `loopback`; conflists chain `portmap` and may
+        // name the reference plugins.
+        for p in ["loopback", "portmap", "bandwidth", "bridge", "host-local"] {
             std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), bin.join(p)).unwrap();
         }
-        let mut conflist = shipped_conflist();
-        conflist["plugins"][0]["socket"] =
-            api::socket_path(&h.run_dir).display().to_string().into();
         let network = conflist["plugins"][0]["network"]
             .as_str()
-            .unwrap()
+            .or(conflist["name"].as_str())
+            .unwrap_or_default()
             .to_owned();
         std::fs::write(
-            netd.join("10-overlay.conflist"),
+            netd.join(format!("10-{label}.conflist")),
             serde_json::to_vec_pretty(&conflist).unwrap(),
         )
         .unwrap();

@@ -80,6 +80,35 @@ impl Scenario {
         serde_json::from_str::<Vec<Value>>(&out).unwrap().len()
     }
 
+    /// Endpoint files in the daemon's local state.
+    fn local_state(&self) -> usize {
+        std::fs::read_dir(self.t.hosts[0].run_dir.join("endpoints"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The overlay's veths on the host.
+    fn veths(&self) -> usize {
+        let links = self.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
+        links.matches(": ovl").count()
+    }
+
+    /// DEL of container `<id>-<tag><i>` in each of `namespaces`, each succeeding, and
+    /// nothing left: no address, no veth.
+    fn del_all(&self, conf: &str, tag: &str, namespaces: &[Netns]) {
+        for (i, ns) in namespaces.iter().enumerate() {
+            let env = cni_env("DEL", format!("{}-{tag}{i}", self.t.id), ns.path());
+            let out = exec_plugin(&env, conf.as_bytes());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        assert_eq!(self.endpoints(), 0);
+        assert_eq!(self.veths(), 0);
+    }
+
     fn step(&mut self, file: &str, i: usize, step: &Value) {
         let what = format!("{file} step {i}: {step}");
         if let Some(action) = step["action"].as_str() {
@@ -269,16 +298,8 @@ fn an_add_the_datapath_cannot_install_fails_with_11_and_leaves_nothing() {
     );
 
     assert_eq!(s.endpoints(), 2, "no address left in etcd for c3");
-    let state = std::fs::read_dir(s.t.hosts[0].run_dir.join("endpoints"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(state, 2, "no local state left for c3");
-    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
-    assert_eq!(
-        links.matches(": ovl").count(),
-        2,
-        "no veth left for c3: {links}"
-    );
+    assert_eq!(s.local_state(), 2, "no local state left for c3");
+    assert_eq!(s.veths(), 2, "no veth left for c3");
     let inside = s.netns["c3"].run("ip", &["-o", "link", "show"]);
     assert!(!inside.contains("eth0"), "nothing left in c3: {inside}");
     assert!(
@@ -365,26 +386,55 @@ fn stopping_the_daemon_under_load_leaves_no_half_made_endpoint() {
         added,
         "etcd holds exactly the endpoints that were made"
     );
-    let state = std::fs::read_dir(s.t.hosts[0].run_dir.join("endpoints"))
-        .map(|d| d.count())
-        .unwrap_or(0);
     assert_eq!(
-        state, added,
+        s.local_state(),
+        added,
         "local state holds exactly the endpoints that were made"
     );
-    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
-    assert_eq!(links.matches(": ovl").count(), added, "{links}");
+    assert_eq!(s.veths(), added);
     eprintln!("{added} of 20 ADDs made across the restart");
+    s.del_all(&conf, "s", &namespaces);
+}
+
+/// ADDs and DELs of one container racing each other (a runtime that timed out an ADD and
+/// deletes while the plugin still runs, a repeated ADD), for ten containers at once: ADDs
+/// and DELs of different containers run side by side in the daemon, those of one container
+/// one after the other. Whatever order they ran in, each container ends whole (address in
+/// etcd, local state, veth, eth0 inside) or with nothing at all, and DEL then leaves nothing.
+#[test]
+fn racing_add_and_del_of_one_container_end_whole_or_empty() {
+    let s = Scenario::new();
+    let conf = s.conf("1.0.0");
+    let namespaces: Vec<Netns> = (0..10)
+        .map(|i| Netns::create(&format!("ovt{}-r{i}", s.t.id)))
+        .collect();
+    let mut handles = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
-        let env = cni_env("DEL", format!("{}-s{i}", s.t.id), ns.path());
-        let out = exec_plugin(&env, conf.as_bytes());
+        for (k, command) in ["ADD", "DEL", "ADD"].into_iter().enumerate() {
+            let env = cni_env(command, format!("{}-r{i}", s.t.id), ns.path());
+            let conf = conf.clone();
+            handles.push(thread::spawn(move || {
+                thread::sleep(std::time::Duration::from_millis((i % 3 * 2 + k) as u64));
+                (command, exec_plugin(&env, conf.as_bytes()))
+            }));
+        }
+    }
+    for h in handles {
+        let (command, out) = h.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // A second ADD of a container that has its interface is refused; nothing else fails.
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+            out.status.success() || (command == "ADD" && stdout.contains("already")),
+            "{command}: {stdout}"
         );
     }
-    assert_eq!(s.endpoints(), 0);
-    let links = s.t.hosts[0].ns.run("ip", &["-o", "link", "show"]);
-    assert!(!links.contains("ovl"), "{links}");
+    let whole = namespaces
+        .iter()
+        .filter(|ns| ns.run("ip", &["-o", "link", "show"]).contains("eth0"))
+        .count();
+    assert_eq!(s.endpoints(), whole, "etcd holds the containers with eth0");
+    assert_eq!(s.local_state(), whole, "local state holds them");
+    assert_eq!(s.veths(), whole, "and their veths");
+    eprintln!("{whole} of 10 containers ended attached");
+    s.del_all(&conf, "r", &namespaces);
 }

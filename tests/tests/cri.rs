@@ -449,20 +449,7 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
     let rules = || host0.ip(&["rule"]) + &host0.ip(&["-6", "rule"]);
     assert!(rules().contains("lookup 4789"), "{}", rules());
     t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM);
-    let pins = t.hosts[0].pins.root().display().to_string();
-    let bin = overlay_tests::topology::overlayd_bin();
-    let cleanup = host0.output(
-        bin.to_str().unwrap(),
-        &[
-            "cleanup",
-            "--node-name",
-            "h1",
-            "--bpffs",
-            &pins,
-            "--underlay",
-            "ul0",
-        ],
-    );
+    let cleanup = t.cleanup(0);
     assert!(cleanup.status.success(), "{cleanup:?}");
     assert!(!rules().contains("4789"), "{}", rules());
 }

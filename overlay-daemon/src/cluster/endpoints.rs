@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use overlay_api::{Attachment, Endpoint, EndpointRequest, Sandbox};
+use overlay_api::{Attachment, Endpoint, EndpointId, EndpointRequest, Sandbox};
 use tracing::{info, warn};
 
 use super::{
@@ -29,11 +29,20 @@ impl Cluster {
                 "netns is required: the path of the container's network namespace".into(),
             ));
         }
-        let _guard = self.alloc.lock().await;
-        self.release_leftover(&req).await?;
+        // The endpoint is held throughout; `alloc` only while etcd and the local state change,
+        // so the interfaces and datapath entries of concurrent ADDs are made side by side.
+        let _held = self
+            .busy
+            .hold(EndpointId {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            })
+            .await;
         let host = host_ifname(&req.container_id, &req.ifname);
-        let (store, lease, mut ep) = self
-            .reserve_locked(
+        let (store, lease, mut ep) = {
+            let _guard = self.alloc.lock().await;
+            self.release_leftover(&req).await?;
+            self.reserve_locked(
                 &req,
                 Claim::Interface,
                 Sandbox::Netns(req.netns.clone()),
@@ -41,7 +50,8 @@ impl Cluster {
                     host_ifname: host.clone(),
                 },
             )
-            .await?;
+            .await?
+        };
         let iface = ContainerIface {
             netns: req.netns.clone(),
             ifname: ep.ifname.clone(),
@@ -54,6 +64,7 @@ impl Cluster {
         let made = match netlink::create_veth(&host, &iface).await {
             Ok(made) => made,
             Err(e) => {
+                let _guard = self.alloc.lock().await;
                 self.release(&store, &ep).await;
                 return Err(e.into());
             }
@@ -71,6 +82,18 @@ impl Cluster {
         }
         info!(container = %ep.container_id, ip = %ep.key_ip(), network = %ep.network, "endpoint created");
         Ok(ep)
+    }
+
+    /// `alloc`, taken when no endpoint is held in `busy` (no ADD or DEL is half-way).
+    pub(super) async fn alloc_idle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        loop {
+            self.busy.idle().await;
+            let guard = self.alloc.lock().await;
+            // Holds are taken outside `alloc`: one may have come in between.
+            if self.busy.is_idle() {
+                return guard;
+            }
+        }
     }
 
     /// A runtime retries an ADD that answered "try again later" with the same container and
@@ -100,9 +123,10 @@ impl Cluster {
     }
 
     /// Undoes a half-made endpoint: veth, address, local state, view entry. The datapath
-    /// follows on its next pass (not waited for: it may be what failed).
+    /// follows on its next pass (not waited for: it may be what failed). Takes `alloc`.
     pub(crate) async fn roll_back(&self, store: &Store, ep: &Endpoint) {
         delete_host_veth(ep).await;
+        let _guard = self.alloc.lock().await;
         self.release(store, ep).await;
         self.forget_in_view(store, ep).await;
         self.applied.bump();
@@ -124,16 +148,34 @@ impl Cluster {
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<Endpoint>, ClusterError> {
-        let _guard = self.alloc.lock().await;
+        let id = EndpointId {
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+        };
+        let _held = self.busy.hold(id).await;
+        self.delete_held(container_id, ifname).await
+    }
+
+    /// `delete_endpoint` for a caller that holds the endpoint in `busy`.
+    pub(super) async fn delete_held(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, ClusterError> {
         let Some(ep) = self.local.load(container_id, ifname) else {
             return Ok(None);
         };
         let store = self.try_store()?;
+        // The veth goes first (the slow part, outside `alloc`): the address is not free for
+        // another endpoint before the host route through this veth is gone with it.
         if let Some(name) = ep.host_ifname() {
             netlink::delete_veth(name).await?;
         }
-        self.delete_endpoint_keys(&store, &ep).await?;
-        self.local.remove(container_id, ifname);
+        {
+            let _guard = self.alloc.lock().await;
+            self.delete_endpoint_keys(&store, &ep).await?;
+            self.local.remove(container_id, ifname);
+        }
         self.uninstall(&store, &ep).await?;
         info!(container = %container_id, ip = %ep.key_ip(), "endpoint deleted");
         Ok(Some(ep))

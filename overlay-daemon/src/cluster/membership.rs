@@ -273,8 +273,9 @@ impl Cluster {
             }
         }
         // Endpoint requests change the local state and etcd under the same lock: without
-        // it a DEL racing this loop sees its record published again after deleting it.
-        let _guard = self.alloc.lock().await;
+        // it a DEL racing this loop sees its record published again after deleting it. None
+        // may be in flight either: one being made has no interface yet and would look gone.
+        let _guard = self.alloc_idle().await;
         for ep in self.local.all() {
             let (key, value) = self.endpoint_kv(store, &ep);
             match presence(&ep).await {

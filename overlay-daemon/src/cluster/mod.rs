@@ -12,6 +12,7 @@
 mod alloc;
 mod alloc6;
 mod applied;
+mod busy;
 mod endpoints;
 mod error;
 mod local;
@@ -85,6 +86,8 @@ pub struct Cluster {
     pub(crate) local: LocalState,
     /// One allocation at a time on this node (etcd transactions still arbitrate between nodes).
     pub(crate) alloc: Mutex<()>,
+    /// Endpoints with an ADD or DEL in flight (see `busy`).
+    pub(crate) busy: busy::Busy,
     pub started: Instant,
     /// This daemon's identity in its node record (kept in `<run-dir>/instance`).
     instance: String,
@@ -147,6 +150,7 @@ impl Cluster {
             applied: ApplyHandshake::default(),
             lease: watch::channel(None).0,
             alloc: Mutex::new(()),
+            busy: Default::default(),
             started: Instant::now(),
         });
         let connect = cluster.clone().connect();

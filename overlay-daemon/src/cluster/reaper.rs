@@ -169,6 +169,11 @@ impl Cluster {
         let forget = || {
             self.vanished.lock().expect("not poisoned").remove(id);
         };
+        // An ADD or DEL of it in flight decides for itself (and a new one has no interface
+        // yet); the next tick looks again.
+        let Some(_held) = self.busy.try_hold(id) else {
+            return;
+        };
         let Some(ep) = self.local.load(&id.container_id, &id.ifname) else {
             return forget(); // deleted meanwhile
         };
@@ -184,7 +189,7 @@ impl Cluster {
             // Docker's endpoints always have an IPv4 address (its reservation's name).
             (Owner::Docker, Some(ip)) => self.detach_docker(&ep.network, ip).await.map(|_| ()),
             _ => self
-                .delete_endpoint(&id.container_id, &id.ifname)
+                .delete_held(&id.container_id, &id.ifname)
                 .await
                 .map(|_| ()),
         };

@@ -1,9 +1,10 @@
 //! Attaching the programs: TC (TCX links, or clsact filters before Linux 6.6) and XDP on
-//! the underlay, TC on each container's host-side veth. Every link is pinned, so the datapath
-//! keeps forwarding while the daemon is down, and a restarted daemon swaps its programs into
-//! the pinned links atomically (`bpf_link_update`).
+//! the underlay, TC on each container's host-side veth (clsact filters: see
+//! `TcMode::resolve`). Every link is pinned and every filter stays when the daemon exits, so
+//! the datapath keeps forwarding while the daemon is down, and a restarted daemon swaps its
+//! programs in atomically (`bpf_link_update`, or a filter replaced in place).
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use aya::programs::{
     links::{FdLink, LinkError, PinnedLink},
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::{
     classifier, ifname,
-    pins::{detach_clsact, pin_link, remove_link_pin},
+    pins::{detach_clsact, is_clsact_marker, mark_clsact, pin_link, remove_link_pin},
     program, Datapath, DatapathError, TcMode, XdpSetting, CLSACT_HANDLE, CLSACT_PRIORITY,
 };
 
@@ -27,7 +28,7 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let ifname = ifname(ifindex)?;
         let path = self.pins.underlay_tc();
-        self.attach_tc(programs::FROM_UNDERLAY, &ifname, &path)?;
+        self.attach_tc(programs::FROM_UNDERLAY, &ifname, &path, self.tc_mode)?;
 
         let path = self.pins.underlay_xdp();
         let mode = match xdp {
@@ -68,10 +69,11 @@ impl Datapath {
         name: &'static str,
         ifname: &str,
         pin: &Path,
+        mode: TcMode,
     ) -> Result<(), DatapathError> {
         let err = |source| DatapathError::Program { name, source };
         let prog = classifier(&mut self.ebpf, name)?;
-        match self.tc_mode {
+        match mode {
             TcMode::Clsact => {
                 // Keep a clsact filter at a fixed priority/handle: replace it if present.
                 let _ = aya::programs::tc::qdisc_add_clsact(ifname);
@@ -101,7 +103,7 @@ impl Datapath {
                 };
                 // Leaving the filter in place when we exit is the point.
                 std::mem::forget(prog.take_link(id).map_err(err)?);
-                fs::write(pin, b"clsact\n").map_err(|source| DatapathError::Io {
+                mark_clsact(pin).map_err(|source| DatapathError::Io {
                     path: pin.to_owned(),
                     source,
                 })?;
@@ -134,6 +136,10 @@ impl Datapath {
                 let link = prog.take_link(id).map_err(err)?;
                 let fd_link = FdLink::try_from(link)
                     .map_err(|source| DatapathError::Link { name, source })?;
+                // Switched from clsact: the filter goes once the link is in place.
+                if is_clsact_marker(pin) {
+                    detach_clsact(ifname);
+                }
                 pin_link(fd_link, pin)?;
             }
         }
@@ -155,13 +161,13 @@ impl Datapath {
     pub fn attach_container(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         let ifname = ifname(ifindex)?;
         let pin = self.pins.endpoint(ifindex);
-        self.attach_tc(programs::FROM_CONTAINER, &ifname, &pin)
+        self.attach_tc(programs::FROM_CONTAINER, &ifname, &pin, self.container_tc)
     }
 
     /// Detaches the from-container program from a host-side veth (if it still exists).
     pub fn detach_container(&mut self, ifindex: u32) {
         let pin = self.pins.endpoint(ifindex);
-        if self.tc_mode == TcMode::Clsact {
+        if self.container_tc == TcMode::Clsact || is_clsact_marker(&pin) {
             if let Ok(name) = ifname(ifindex) {
                 detach_clsact(&name);
             }
@@ -176,6 +182,7 @@ impl Datapath {
 
     /// Whether the datapath is attached to this container interface.
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.pins.endpoint(ifindex).exists()
+        // Not `exists()`: a clsact marker is a symlink to nothing.
+        self.pins.endpoint(ifindex).symlink_metadata().is_ok()
     }
 }

@@ -74,7 +74,7 @@ pub fn remove(pins: &PinLayout, underlay_ifname: Option<&str>) -> Vec<String> {
     if let Ok(dir) = fs::read_dir(pins.links()) {
         for entry in dir.filter_map(Result::ok) {
             let path = entry.path();
-            if fs::read(&path).is_ok_and(|c| c.starts_with(b"clsact")) {
+            if is_clsact_marker(&path) {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let ifname = match name.strip_prefix("ep-").and_then(|i| i.parse().ok()) {
                     Some(ifindex) => ifname(ifindex).ok(),
@@ -112,6 +112,28 @@ pub fn remove(pins: &PinLayout, underlay_ifname: Option<&str>) -> Vec<String> {
     }
     errors
 }
+
+/// What a clsact filter leaves where a TCX link would be pinned: a symlink to "clsact",
+/// because bpffs holds only BPF objects, directories and symlinks (a regular file there
+/// fails with EPERM). An existing marker or stale link is replaced.
+pub(super) fn mark_clsact(pin: &Path) -> io::Result<()> {
+    if is_clsact_marker(pin) {
+        return Ok(());
+    }
+    match fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(CLSACT_MARKER, pin)
+}
+
+/// Whether `path` is a clsact marker (`mark_clsact`).
+pub(super) fn is_clsact_marker(path: &Path) -> bool {
+    fs::read_link(path).is_ok_and(|target| target == Path::new(CLSACT_MARKER))
+}
+
+const CLSACT_MARKER: &str = "clsact";
 
 pub(super) fn detach_clsact(ifname: &str) {
     if let Ok(link) = SchedClassifierLink::attached(

@@ -4,7 +4,7 @@
 use overlay_common::maps::ENDPOINT_F_LOCAL;
 use tracing::debug;
 
-use super::{node_id, Reconciler, Report, Target};
+use super::{node_id, Reconciler, Report, Target, Unresolved, Why};
 use crate::{
     datapath::DatapathError,
     maps::{EndpointEntry, LocalIdentity, Location},
@@ -30,8 +30,15 @@ impl Reconciler {
         let Some(last) = &mut self.last else {
             return Ok(None);
         };
+        // Endpoints whose interface was missing are looked at again with the changed ones
+        // (a new container's key arrives from etcd before its veth exists: no full pass for
+        // that). Any other unresolved endpoint needs a full pass.
         if last.report.rejected.iter().any(Rejection::blocks_delta)
-            || !last.report.unresolved.is_empty()
+            || last
+                .report
+                .unresolved
+                .iter()
+                .any(|u| !matches!(u.why, Why::NoInterface(_)))
         {
             return Ok(None);
         }
@@ -71,16 +78,24 @@ impl Reconciler {
             }
             last.report.vteps = last.nodes.keys().filter(|n| **n != self.me.name).count();
         }
-        let changed = &dirty.endpoints;
+        let mut changed = dirty.endpoints.clone();
+        changed.extend(
+            last.report
+                .unresolved
+                .iter()
+                .map(|u| (u.network.clone(), u.ip)),
+        );
 
         let vtep_ip = self.me.vtep_ip;
         let mut report = Report {
             attached: 0,
             detached: 0,
+            // Every endpoint unresolved before is in `changed`: found again below if still.
+            unresolved: Vec::new(),
             ..last.report.clone()
         };
         let (mut written, mut removed) = (0, 0);
-        for (network, key_ip) in changed {
+        for (network, key_ip) in &changed {
             let key_ip = *key_ip;
             let Some(net) = last.networks.get(network) else {
                 if view.endpoint(network, key_ip).is_some() {
@@ -116,7 +131,15 @@ impl Reconciler {
                             EndpointIface::Reserved => None,
                             EndpointIface::Veth(ifname) => match resolve(ifname) {
                                 Some(ifindex) => Some(Location::Local { ifindex }),
-                                None => return Ok(None), // a full pass reports it
+                                // Not installed, as a full pass would leave it.
+                                None => {
+                                    report.unresolved.push(Unresolved {
+                                        network: network.clone(),
+                                        ip: key_ip,
+                                        why: Why::NoInterface(ifname.clone()),
+                                    });
+                                    None
+                                }
                             },
                             EndpointIface::Unnamed => return Ok(None),
                         }
@@ -212,6 +235,7 @@ impl Reconciler {
         if let Some(last) = &mut self.last {
             last.report.endpoints = report.endpoints;
             last.report.local_endpoints = report.local_endpoints;
+            last.report.unresolved = report.unresolved.clone();
         }
 
         debug!(

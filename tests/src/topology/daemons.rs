@@ -56,6 +56,26 @@ impl Topology {
         h.daemon = Some(ChildGuard::new(child, format!("overlayd on {}", h.name)));
     }
 
+    /// `overlayd cleanup` of host `host` (its node name, pins and underlay), run in its
+    /// namespace as an operator would after stopping the daemon.
+    pub fn cleanup(&self, host: usize) -> std::process::Output {
+        let h = &self.hosts[host];
+        let pins = h.pins.root().display().to_string();
+        let bin = h.overlayd.clone().unwrap_or_else(overlayd_bin);
+        h.ns.output(
+            bin.to_str().expect("path"),
+            &[
+                "cleanup",
+                "--node-name",
+                &h.name,
+                "--bpffs",
+                &pins,
+                "--underlay",
+                "ul0",
+            ],
+        )
+    }
+
     /// Runs another overlayd in host `host`'s namespace with the topology's etcd flags and
     /// `args` (nothing else), until it exits or `timeout` passes (then it is killed).
     /// Returns its exit code (None if it had to be killed) and its output.
