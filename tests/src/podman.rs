@@ -19,7 +19,7 @@ pub struct Podman {
 
 impl Podman {
     /// Sets podman up on host `host` of `t`, with a conflist for `network` that chains the
-    /// reference tuning and bandwidth plugins after overlay-cni.
+    /// reference tuning plugin after overlay-cni.
     pub fn new(t: &Topology, host: usize, network: &str) -> Self {
         let h = &t.hosts[host];
         let dir = t.dir.join(format!("podman-{}", h.name));
@@ -125,14 +125,14 @@ impl Podman {
     }
 }
 
-/// A conflist for `network` against host `host`'s daemon, chaining the reference tuning (if
-/// `tuning`) and bandwidth plugins after overlay-cni.
+/// A conflist for `network` against host `host`'s daemon, chaining the reference tuning
+/// plugin (if `tuning`) after overlay-cni. (Not `bandwidth`: it cannot add its ingress
+/// qdisc where the datapath's clsact filter is, and would not shape overlay traffic anyway;
+/// docs/cni.md.)
 fn write_conflist(netd: &std::path::Path, t: &Topology, host: usize, network: &str, tuning: bool) {
     let h = &t.hosts[host];
     let mut plugins = vec![
         serde_json::json!({"type": "overlay-cni", "network": network, "socket": api::socket_path(&h.run_dir)}),
-        serde_json::json!({"type": "bandwidth", "ingressRate": 4_000_000_000u64, "ingressBurst": 400_000_000u64,
-         "egressRate": 4_000_000_000u64, "egressBurst": 400_000_000u64}),
     ];
     if tuning {
         let sysctl =
