@@ -108,11 +108,7 @@ where
                 source: std::io::Error::last_os_error(),
             });
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NetlinkError::Socket)?;
-        runtime.block_on(async move { f(connect()?).await })
+        with_connection(f)
     });
     tokio::task::spawn_blocking(move || {
         join.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
@@ -381,15 +377,22 @@ where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, NetlinkError>>,
 {
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NetlinkError::Socket)?;
-        runtime.block_on(async move { f(connect()?).await })
-    })
-    .await
-    .unwrap_or_else(|p| std::panic::resume_unwind(p.into_panic()))
+    tokio::task::spawn_blocking(move || with_connection(f))
+        .await
+        .unwrap_or_else(|p| std::panic::resume_unwind(p.into_panic()))
+}
+
+/// Runs `f` with a netlink connection of its own on this (blocking) thread.
+fn with_connection<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NetlinkError::Socket)?;
+    runtime.block_on(async move { f(connect()?).await })
 }
 
 /// Whether an interface exists here, and whether the container still has `ifname`.

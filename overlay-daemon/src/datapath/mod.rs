@@ -353,12 +353,13 @@ impl Datapath {
                 );
             }
         }
+        let (tc_mode, container_tc) = tc_mode.resolve();
         let datapath = Self {
             _lock: lock,
             ebpf,
             pins: pins.clone(),
-            tc_mode: tc_mode.resolve().0,
-            container_tc: tc_mode.resolve().1,
+            tc_mode,
+            container_tc,
             maps,
             logger,
             next_hops: None,
