@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod host_events;
 pub mod host_route;
 pub mod ipam;
+pub mod json_dir;
 pub mod kernel_vxlan;
 pub mod locks;
 pub mod maglev;

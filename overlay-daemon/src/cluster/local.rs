@@ -2,11 +2,12 @@
 //! written before anything touches the host, so a crash from then on is cleaned up and a
 //! restarted daemon can publish them again.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use overlay_api::{Attachment, Endpoint, Sandbox};
 
 use super::ClusterError;
+use crate::json_dir::JsonDir;
 use crate::netlink::{self, NetlinkError};
 
 /// The host-side veth name of an endpoint: stable, unique, at most 15 characters.
@@ -17,52 +18,41 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 }
 
 pub(crate) struct LocalState {
-    pub(crate) dir: PathBuf,
+    files: JsonDir,
 }
 
 impl LocalState {
-    fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.json", host_ifname(container_id, ifname)))
+    pub(crate) fn open(dir: &Path) -> Self {
+        Self {
+            files: JsonDir::open(dir),
+        }
     }
 
     pub(crate) fn load(&self, container_id: &str, ifname: &str) -> Option<Endpoint> {
-        let text = std::fs::read(self.path(container_id, ifname)).ok()?;
-        serde_json::from_slice(&text).ok()
+        self.files.load(&host_ifname(container_id, ifname))
     }
 
     pub(crate) fn all(&self) -> Vec<Endpoint> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-            .collect()
+        self.files.all()
     }
 
     pub(crate) fn save(&self, ep: &Endpoint) -> Result<(), ClusterError> {
-        let path = self.path(&ep.container_id, &ep.ifname);
-        let tmp = path.with_extension("tmp");
-        let err = |source| ClusterError::State {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.dir).map_err(err)?;
-        std::fs::write(&tmp, serde_json::to_vec_pretty(ep).expect("serializable")).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
+        let id = host_ifname(&ep.container_id, &ep.ifname);
+        self.files
+            .save(&id, ep)
+            .map_err(|source| ClusterError::State {
+                path: self.files.path(&id),
+                source,
+            })
     }
 
     /// How long ago the endpoint's state last changed.
     pub(crate) fn age(&self, container_id: &str, ifname: &str) -> Option<std::time::Duration> {
-        std::fs::metadata(self.path(container_id, ifname))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
+        self.files.age(&host_ifname(container_id, ifname))
     }
 
     pub(crate) fn remove(&self, container_id: &str, ifname: &str) {
-        let _ = std::fs::remove_file(self.path(container_id, ifname));
+        self.files.remove(&host_ifname(container_id, ifname));
     }
 }
 

@@ -141,9 +141,7 @@ impl Cluster {
             vanished: Default::default(),
             registered: watch::channel(false).0,
             metrics,
-            local: LocalState {
-                dir: cfg.run_dir.join("endpoints"),
-            },
+            local: LocalState::open(&cfg.run_dir.join("endpoints")),
             cfg,
             store: watch::channel(None).0,
             view: Mutex::new(ClusterView::new(layout)),

@@ -37,8 +37,8 @@ impl Driver {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         let dir = cluster.run_dir().join("docker");
         Self {
-            networks: JsonDir::new(&dir.join("networks")),
-            endpoints: JsonDir::new(&dir.join("endpoints")),
+            networks: JsonDir::open(&dir.join("networks")),
+            endpoints: JsonDir::open(&dir.join("endpoints")),
             cluster,
         }
     }

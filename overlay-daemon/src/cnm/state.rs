@@ -4,10 +4,12 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
+
+pub use crate::json_dir::JsonDir;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkBinding {
@@ -33,11 +35,6 @@ pub struct EndpointBinding {
     pub sandbox: Option<PathBuf>,
 }
 
-/// One JSON file per Docker id under a directory.
-pub struct JsonDir {
-    dir: PathBuf,
-}
-
 /// Docker ids are hex; anything that could escape the directory is refused.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -45,45 +42,6 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-impl JsonDir {
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    pub fn load<T: DeserializeOwned>(&self, id: &str) -> Option<T> {
-        serde_json::from_slice(&std::fs::read(self.path(id)).ok()?).ok()
-    }
-
-    pub fn save<T: Serialize>(&self, id: &str, value: &T) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(id);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(value).expect("serializable"))?;
-        std::fs::rename(tmp, path)
-    }
-
-    /// Every entry that parses, in no particular order.
-    pub fn all<T: DeserializeOwned>(&self) -> Vec<T> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-            .collect()
-    }
-
-    pub fn remove(&self, id: &str) {
-        let _ = std::fs::remove_file(self.path(id));
-    }
 }
 
 #[cfg(test)]
