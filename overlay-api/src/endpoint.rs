@@ -148,6 +148,9 @@ pub struct Endpoint {
     pub default_routes: DefaultRoutes,
     /// The Kubernetes pod it belongs to, when the runtime said (CRI runtimes do).
     pub pod: Option<Pod>,
+    /// The Docker endpoint id (what `docker network inspect` lists by container), once
+    /// Docker created the endpoint.
+    pub docker_endpoint: Option<String>,
 }
 
 /// The Kubernetes pod an endpoint belongs to, from the `K8S_POD_*` CNI_ARGS a CRI runtime
@@ -274,6 +277,9 @@ struct EndpointWire {
     /// Absent before 0.3 and for endpoints of no pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pod: Option<Pod>,
+    /// Absent before 0.3 and for endpoints Docker did not make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docker_endpoint: Option<String>,
 }
 
 impl TryFrom<EndpointWire> for Endpoint {
@@ -317,6 +323,7 @@ impl TryFrom<EndpointWire> for Endpoint {
             owner: w.owner,
             services: w.services,
             pod: w.pod,
+            docker_endpoint: w.docker_endpoint,
         })
     }
 }
@@ -345,6 +352,7 @@ impl From<Endpoint> for EndpointWire {
             owner: e.owner,
             services: e.services,
             pod: e.pod,
+            docker_endpoint: e.docker_endpoint,
         }
     }
 }

@@ -145,6 +145,7 @@ fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoin
         services: Vec::new(),
         default_routes: overlay_api::DefaultRoutes::default(),
         pod: None,
+        docker_endpoint: None,
     }
 }
 

@@ -346,6 +346,7 @@ mod tests {
                 ipv6: true,
             },
             pod: None,
+            docker_endpoint: None,
         }
     }
 

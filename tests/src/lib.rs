@@ -11,6 +11,7 @@ pub mod docker;
 pub mod etcd;
 pub mod fixtures;
 pub mod frames6;
+pub mod golden;
 pub mod image;
 pub mod lb;
 pub mod netns;

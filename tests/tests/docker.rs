@@ -126,6 +126,22 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
         "{inspect}"
     );
     assert_eq!(inspect[0]["IPAM"]["Driver"], "overlay-ebpf");
+    // overlayctl names the endpoint as Docker does: by its endpoint id.
+    let docker_ep = containers
+        .values()
+        .find(|c| c["IPv4Address"] == format!("{ip1}/24"))
+        .and_then(|c| c["EndpointID"].as_str())
+        .unwrap()
+        .to_owned();
+    let ours: Value =
+        serde_json::from_str(&t.overlayctl_ok(0, &["endpoint", "inspect", &ip1, "-o", "json"]))
+            .unwrap();
+    assert_eq!(ours["docker_endpoint"], docker_ep.as_str(), "{ours}");
+    let listed = t.overlayctl_ok(0, &["endpoint", "ls", "--network", "red"]);
+    assert!(
+        listed.contains(&format!("docker:{}", &docker_ep[..12])),
+        "{listed}"
+    );
 
     assert!(
         pings(d1.exec("web1", &["ping", "-c", "3", "-W", "2", &ip2])),

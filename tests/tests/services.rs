@@ -318,7 +318,7 @@ fn udp_labels_empty_services_and_dead_nodes() {
                 "--vip",
                 "198.19.250.20:7",
             ],
-            "already exists",
+            "is taken by service",
         ),
         (
             vec![

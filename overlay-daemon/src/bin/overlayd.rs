@@ -30,25 +30,32 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Detach the datapath from every interface and remove its pins.
-    Cleanup(NodeArgs),
+    Cleanup {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Underlay interface (to remove clsact filters from, if any were used).
+        #[arg(long, value_name = "IFACE")]
+        underlay: Option<String>,
+    },
     /// Print the datapath's traffic and drop counters.
-    Stats(NodeArgs),
+    Stats {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Print JSON (as `overlayctl stats -o json`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
+/// Where a node's datapath is pinned.
 #[derive(Args)]
-struct NodeArgs {
+struct PinArgs {
     /// Node name (selects the default bpffs directory).
     #[arg(long, env = "OVERLAY_NODE_NAME")]
     node_name: Option<String>,
     /// bpffs directory of the node's pins [default: /sys/fs/bpf/overlay/<node-name>]
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// Underlay interface (to remove clsact filters from, if any were used).
-    #[arg(long)]
-    underlay: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -157,7 +164,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("overlayd: {e:#}");
+            eprintln!("overlayd: {}", overlay_daemon::cli::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -165,16 +172,16 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Cleanup(args)) => {
-            let node = node_name(args.node_name)?;
-            let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
+        Some(Command::Cleanup { pins, underlay }) => {
+            let node = node_name(pins.node_name)?;
+            let pins = PinLayout::new(pins.bpffs.unwrap_or_else(|| default_bpffs(&node)));
             // Refused while a daemon runs on these pins: it would lose its datapath silently.
             let _lock = match overlay_daemon::locks::HostLock::bpffs(pins.root()) {
                 Ok(lock) => Some(lock),
                 Err(overlay_daemon::locks::LockError::Io { .. }) => None, // nothing pinned
                 Err(e) => anyhow::bail!("{e}"),
             };
-            let mut errors = datapath::remove(&pins, args.underlay.as_deref());
+            let mut errors = datapath::remove(&pins, underlay.as_deref());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -190,26 +197,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Stats(args)) => {
-            let node = node_name(args.node_name)?;
-            let pins = PinLayout::new(args.bpffs.unwrap_or_else(|| default_bpffs(&node)));
+        Some(Command::Stats { pins, json }) => {
+            let node = node_name(pins.node_name)?;
+            let pins = PinLayout::new(pins.bpffs.unwrap_or_else(|| default_bpffs(&node)));
             let counters = CounterMap::open_pinned(&pins.maps())
                 .with_context(|| format!("no datapath pinned at {}", pins.root().display()))?;
-            let snap = counters.snapshot()?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&snap)?);
+            let counters = overlay_daemon::cli::Counters::from(counters.snapshot()?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counters)?);
             } else {
+                let rows = counters.rows();
                 println!("{:<24} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES");
-                for (label, c) in &snap.traffic {
-                    println!("{label:<24} {:>14} {:>16}", c.packets, c.bytes);
-                }
-                for (label, c) in &snap.drops {
-                    println!(
-                        "{:<24} {:>14} {:>16}",
-                        format!("drop:{label}"),
-                        c.packets,
-                        c.bytes
-                    );
+                for r in rows {
+                    println!("{:<24} {:>14} {:>16}", r[0], r[1], r[2]);
                 }
             }
             Ok(())

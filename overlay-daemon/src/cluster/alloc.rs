@@ -107,6 +107,7 @@ impl Cluster {
             owner: req.owner,
             services: req.services.clone(),
             pod: req.pod.clone(),
+            docker_endpoint: None,
             // Set once the interface is configured (the runtime's own for Docker).
             default_routes: overlay_api::DefaultRoutes::default(),
         };
@@ -280,7 +281,10 @@ impl Cluster {
                     network: network.clone(),
                     block: block.into(),
                 });
-                if store.create(&key, block_value.clone(), Some(lease)).await? {
+                if self
+                    .claim(store, lease, &network, key, block_value.clone())
+                    .await?
+                {
                     info!(%block, network, "claimed address block");
                     claimed = Some(block);
                     break;

@@ -15,7 +15,7 @@ use crate::{
     store::{
         keys::Key,
         records::{self, BlockRecord, Net6, RECORD_VERSION},
-        Store,
+        Refused, Store,
     },
 };
 
@@ -77,6 +77,27 @@ impl Cluster {
             .ok_or_else(|| IpamError::Exhausted(network.to_owned()).into())
     }
 
+    /// Creates an address block's key under `lease` if nobody holds it, while `network`
+    /// exists (a block claimed after `network rm` would outlive the network).
+    pub(crate) async fn claim(
+        &self,
+        store: &Store,
+        lease: i64,
+        network: &str,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<bool, ClusterError> {
+        let guard = store.layout.key(&Key::Network(network.to_owned()));
+        match store
+            .create_all(&[(key, value)], Some(lease), &guard)
+            .await?
+        {
+            Ok(()) => Ok(true),
+            Err(Refused::Taken(_)) => Ok(false),
+            Err(Refused::GuardGone) => Err(ClusterError::NoSuchNetwork(network.to_owned())),
+        }
+    }
+
     /// Creates the endpoint's record and, on a dual-stack network, its IPv6 claim, in one
     /// transaction. An IPv6 address someone holds (the view did not show it yet) is
     /// replaced by the next free one; false: the IPv4 address is taken.
@@ -90,10 +111,14 @@ impl Cluster {
         let mut skip = BTreeSet::new();
         loop {
             let kvs = self.endpoint_kvs(store, ep);
-            match store.create_all(&kvs, Some(lease)).await? {
+            let network = store.layout.key(&Key::Network(ep.network.clone()));
+            match store.create_all(&kvs, Some(lease), &network).await? {
                 Ok(()) => return Ok(true),
-                Err(taken) if taken.contains(&0) => return Ok(false),
-                Err(_) => {
+                Err(Refused::GuardGone) => {
+                    return Err(ClusterError::NoSuchNetwork(ep.network.clone()))
+                }
+                Err(Refused::Taken(taken)) if taken.contains(&0) => return Ok(false),
+                Err(Refused::Taken(_)) => {
                     let (Some(v6), Some(held)) = (v6, ep.ipv6) else {
                         return Ok(false);
                     };
@@ -150,8 +175,13 @@ impl Cluster {
                     .ok_or_else(|| IpamError::Exhausted(ep.network.clone()))?,
             };
             let kvs = self.endpoint_kvs(store, ep);
-            if store.create_all(&kvs, Some(lease)).await?.is_ok() {
-                return Ok(());
+            let network = store.layout.key(&Key::Network(ep.network.clone()));
+            match store.create_all(&kvs, Some(lease), &network).await? {
+                Ok(()) => return Ok(()),
+                Err(Refused::GuardGone) => {
+                    return Err(ClusterError::NoSuchNetwork(ep.network.clone()))
+                }
+                Err(Refused::Taken(_)) => {}
             }
             skip.insert(held.ip);
             ep.ipv6 = Some(self.allocate6(store, lease, &ep.network, v6, &skip).await?);
@@ -182,7 +212,10 @@ impl Cluster {
                 network: network.to_owned(),
                 block: IpNet::V6(block),
             });
-            if store.create(&key, value.clone(), Some(lease)).await? {
+            if self
+                .claim(store, lease, network, key, value.clone())
+                .await?
+            {
                 info!(%block, network, "claimed IPv6 address block");
                 return Ok(block);
             }

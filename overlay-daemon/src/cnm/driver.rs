@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::protocol::*;
 use super::state::{EndpointBinding, JsonDir, NetworkBinding};
-use super::{docker_address_id, DOCKER_IFNAME};
+use super::{docker_address_id, endpoints::DockerAttach, DOCKER_IFNAME};
 use overlay_api::Attachment;
 
 use crate::{
@@ -434,7 +434,17 @@ impl Driver {
         let peer = peer_ifname(&net.network, ip);
         let ep = self
             .cluster
-            .attach_docker(&net.network, ip, &peer, req.mac, req.services, net.mtu)
+            .attach_docker(
+                &net.network,
+                ip,
+                DockerAttach {
+                    endpoint_id: &req.endpoint_id,
+                    peer: &peer,
+                    mac: req.mac,
+                    services: req.services,
+                    mtu: net.mtu,
+                },
+            )
             .await
             .map_err(|e| match e {
                 ClusterError::NotFound(_) => bad(format!(

@@ -24,6 +24,18 @@ pub fn docker_address_id(network: &str, ip: Ipv4Addr) -> String {
 /// The `ifname` of every Docker endpoint (Docker picks the name inside the container).
 pub const DOCKER_IFNAME: &str = "eth";
 
+/// What Docker's CreateEndpoint says of the endpoint an address is attached to.
+pub struct DockerAttach<'a> {
+    /// Docker's endpoint id.
+    pub endpoint_id: &'a str,
+    /// The veth side Docker moves into the container (left in this namespace).
+    pub peer: &'a str,
+    pub mac: Option<MacAddr>,
+    pub services: Vec<String>,
+    /// The Docker network's MTU option.
+    pub mtu: Option<u32>,
+}
+
 impl Cluster {
     /// Reserves an address for a Docker endpoint (IPAM RequestAddress): published in etcd,
     /// remembered locally as `docker_address_id(network, ip)`/`DOCKER_IFNAME`, no veth yet.
@@ -87,10 +99,7 @@ impl Cluster {
         &self,
         network: &str,
         ip: Ipv4Addr,
-        peer: &str,
-        mac: Option<MacAddr>,
-        services: Vec<String>,
-        mtu: Option<u32>,
+        how: DockerAttach<'_>,
     ) -> Result<Endpoint, ClusterError> {
         let _guard = self.alloc.lock().await;
         let id = docker_address_id(network, ip);
@@ -111,15 +120,16 @@ impl Cluster {
         ep.attachment = Attachment::Veth {
             host_ifname: host.clone(),
         };
-        ep.services = services;
-        if let Some(mac) = mac {
+        ep.services = how.services;
+        ep.docker_endpoint = Some(how.endpoint_id.to_owned());
+        if let Some(mac) = how.mac {
             ep.mac = mac;
         }
         // The Docker network's own MTU (checked against the limits when it was created).
-        if let Some(mtu) = mtu {
+        if let Some(mtu) = how.mtu {
             ep.mtu = ep.mtu.min(mtu);
         }
-        ep.host_mac = netlink::create_veth_here(&host, peer, ep.mac.0, ep.mtu)
+        ep.host_mac = netlink::create_veth_here(&host, how.peer, ep.mac.0, ep.mtu)
             .await?
             .map(MacAddr);
         let (v4, v6) = (ep.ip(), ep.ipv6.map(|a| a.ip));
@@ -190,6 +200,7 @@ impl Cluster {
         let (key, before) = self.endpoint_kv(store, ep);
         ep.attachment = Attachment::Reserved;
         ep.host_mac = None;
+        ep.docker_endpoint = None;
         let (_, after) = self.endpoint_kv(store, ep);
         store
             .replace(&key, before, after.clone(), Some(lease))

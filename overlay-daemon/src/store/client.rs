@@ -19,9 +19,8 @@ use etcd_client::{
 pub use super::config::EtcdConfig;
 use super::{
     error::StoreError,
-    keys::{Key, Layout},
+    keys::Layout,
     members::{Members, Retry},
-    records,
 };
 
 /// One key-value pair as listed or watched.
@@ -53,8 +52,17 @@ fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
     c.kv_client().max_decoding_message_size(MAX_MESSAGE)
 }
 
+/// Why `create_all` created nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// These keys (by index) exist.
+    Taken(Vec<usize>),
+    /// The guard key does not exist (the endpoint's network was removed).
+    GuardGone,
+}
+
 /// What a failed conditional transaction read in its else branch (`TxnOp::get`s), in order.
-fn read_back_all(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
+pub(super) fn read_back_all(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
     resp.op_responses()
         .into_iter()
         .filter_map(|op| match op {
@@ -64,7 +72,7 @@ fn read_back_all(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
         .collect()
 }
 
-fn read_back(resp: &TxnResponse) -> Option<KeyValue> {
+pub(super) fn read_back(resp: &TxnResponse) -> Option<KeyValue> {
     read_back_all(resp).into_iter().flatten().next()
 }
 
@@ -224,7 +232,7 @@ impl Store {
 
     /// A conditional transaction, and whether an earlier attempt of it may have been applied
     /// (then a failed condition may be its own doing).
-    async fn conditional(&self, txn: Txn) -> Result<(TxnResponse, Retry), StoreError> {
+    pub(super) async fn conditional(&self, txn: Txn) -> Result<(TxnResponse, Retry), StoreError> {
         self.members
             .run_within(super::members::ATTEMPT, |c, retry| {
                 let txn = txn.clone();
@@ -249,34 +257,39 @@ impl Store {
         Ok(resp.succeeded() || (retry.maybe_applied && holds(&resp, &value, lease)))
     }
 
-    /// Creates every key of `kvs` under `lease` in one transaction, only if none exists.
-    /// `Err` lists (by index) the keys that exist and held the transaction back.
+    /// Creates every key of `kvs` under `lease` in one transaction, only if none exists and
+    /// `guard` does (an endpoint's keys are created only while its network's record is
+    /// there: `network rm` and an endpoint's creation cannot both succeed).
     pub async fn create_all(
         &self,
         kvs: &[(String, Vec<u8>)],
         lease: Option<i64>,
-    ) -> Result<Result<(), Vec<usize>>, StoreError> {
+        guard: &str,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        let mut when: Vec<Compare> = kvs
+            .iter()
+            .map(|(k, _)| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+            .collect();
+        when.push(Compare::create_revision(guard, CompareOp::Greater, 0));
+        let mut or_else: Vec<TxnOp> = kvs
+            .iter()
+            .map(|(k, _)| TxnOp::get(k.clone(), None))
+            .collect();
+        or_else.push(TxnOp::get(guard, None));
         let txn = Txn::new()
-            .when(
-                kvs.iter()
-                    .map(|(k, _)| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
-                    .collect::<Vec<_>>(),
-            )
+            .when(when)
             .and_then(
                 kvs.iter()
                     .map(|(k, v)| put_op(k, v.clone(), lease))
                     .collect::<Vec<_>>(),
             )
-            .or_else(
-                kvs.iter()
-                    .map(|(k, _)| TxnOp::get(k.clone(), None))
-                    .collect::<Vec<_>>(),
-            );
+            .or_else(or_else);
         let (resp, retry) = self.conditional(txn).await?;
         if resp.succeeded() {
             return Ok(Ok(()));
         }
-        let found = read_back_all(&resp);
+        let mut found = read_back_all(&resp);
+        let guard_there = found.pop().flatten().is_some();
         let ours = |(kv, (_, v)): (&Option<KeyValue>, &(String, Vec<u8>))| {
             kv.as_ref()
                 .is_some_and(|kv| kv.value() == v.as_slice() && kv.lease() == lease.unwrap_or(0))
@@ -285,12 +298,17 @@ impl Store {
         if retry.maybe_applied && found.iter().zip(kvs).all(ours) {
             return Ok(Ok(()));
         }
-        Ok(Err(found
-            .iter()
-            .enumerate()
-            .filter(|(_, kv)| kv.is_some())
-            .map(|(i, _)| i)
-            .collect()))
+        if !guard_there {
+            return Ok(Err(Refused::GuardGone));
+        }
+        Ok(Err(Refused::Taken(
+            found
+                .iter()
+                .enumerate()
+                .filter(|(_, kv)| kv.is_some())
+                .map(|(i, _)| i)
+                .collect(),
+        )))
     }
 
     /// Replaces `key` only if its value is still `expected` (one transaction).
@@ -363,122 +381,6 @@ impl Store {
             .or_else([TxnOp::get(key, None)]);
         let (resp, retry) = self.conditional(txn).await?;
         Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
-    }
-
-    /// Creates `key` = `value` and its reservation `reserved` = `owner` in one transaction:
-    /// false if either is taken (by anything but an earlier attempt of this call).
-    async fn create_reserved(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        reserved: String,
-        owner: &str,
-    ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(reserved.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(key.clone(), value.clone(), None),
-                TxnOp::put(reserved.clone(), owner, None),
-            ])
-            .or_else([TxnOp::get(key, None), TxnOp::get(reserved, None)]);
-        let (resp, retry) = self.conditional(txn).await?;
-        if resp.succeeded() {
-            return Ok(true);
-        }
-        if !retry.maybe_applied {
-            return Ok(false);
-        }
-        let got: Vec<Option<Vec<u8>>> = read_back_all(&resp)
-            .into_iter()
-            .map(|kv| kv.map(|kv| kv.value().to_vec()))
-            .collect();
-        Ok(got == [Some(value), Some(owner.as_bytes().to_vec())])
-    }
-
-    /// Creates a network and reserves its VNI in one transaction: fails (false) if either
-    /// the name or the VNI is taken.
-    pub async fn create_network(
-        &self,
-        name: &str,
-        vni: u32,
-        value: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        let net_key = self.layout.key(&Key::Network(name.to_owned()));
-        let vni_key = self.layout.key(&Key::Vni(vni));
-        self.create_reserved(net_key, value, vni_key, name).await
-    }
-
-    /// Creates a service and reserves its VIP:port/proto in one transaction: false if the
-    /// name or the VIP:port/proto is taken.
-    pub async fn create_service(
-        &self,
-        name: &str,
-        record: &records::ServiceRecord,
-    ) -> Result<bool, StoreError> {
-        let svc_key = self.layout.key(&Key::Service(name.to_owned()));
-        let vip_key = self.layout.key(&Key::ServiceVip(record.vip_id()));
-        self.create_reserved(svc_key, records::encode(record), vip_key, name)
-            .await
-    }
-
-    /// Deletes `key` (holding `value`) and the other keys of `ops` in one transaction, if
-    /// `key` still holds `value`; true when deleted (or gone after an attempt that may have
-    /// deleted it).
-    async fn delete_with(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        ops: Vec<TxnOp>,
-    ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
-            .and_then(ops)
-            .or_else([TxnOp::get(key, None)]);
-        let (resp, retry) = self.conditional(txn).await?;
-        Ok(resp.succeeded() || (retry.maybe_applied && read_back(&resp).is_none()))
-    }
-
-    /// Deletes a service and its VIP reservation. False if it is absent.
-    pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
-        let svc_key = self.layout.key(&Key::Service(name.to_owned()));
-        let Some(kv) = self.get(&svc_key).await? else {
-            return Ok(false);
-        };
-        let mut ops = vec![TxnOp::delete(svc_key.clone(), None)];
-        if let Ok(record) = records::decode::<records::ServiceRecord>(&kv.value) {
-            ops.push(TxnOp::delete(
-                self.layout.key(&Key::ServiceVip(record.vip_id())),
-                None,
-            ));
-        }
-        self.delete_with(svc_key, kv.value, ops).await
-    }
-
-    /// Deletes a network, its VNI reservation and its address blocks. False if it is absent.
-    pub async fn delete_network(&self, name: &str) -> Result<bool, StoreError> {
-        let net_key = self.layout.key(&Key::Network(name.to_owned()));
-        let Some(kv) = self.get(&net_key).await? else {
-            return Ok(false);
-        };
-        let mut ops = vec![
-            TxnOp::delete(net_key.clone(), None),
-            TxnOp::delete(
-                self.layout.blocks(name),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-            // IPv6 claims a 0.2 node left behind (it does not know them).
-            TxnOp::delete(
-                self.layout.endpoints6(name),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-        ];
-        if let Ok(record) = records::decode::<records::NetworkRecord>(&kv.value) {
-            ops.push(TxnOp::delete(self.layout.key(&Key::Vni(record.vni)), None));
-        }
-        self.delete_with(net_key, kv.value, ops).await
     }
 
     /// Seconds left on a lease (-1 if it is gone).

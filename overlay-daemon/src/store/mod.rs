@@ -8,12 +8,14 @@ mod config;
 pub mod error;
 pub mod keys;
 mod members;
+mod objects;
 mod probe;
 pub mod records;
 pub mod view;
 
 pub use claims6::carries_ipv6;
-pub use client::{EtcdConfig, Store};
+pub use client::{EtcdConfig, Refused, Store};
 pub use error::{Refusal, StoreError};
 pub use keys::{Key, Layout};
+pub use objects::NetworkRemoval;
 pub use view::ClusterView;

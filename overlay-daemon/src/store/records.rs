@@ -181,6 +181,9 @@ pub struct EndpointRecord {
     pub services: Vec<String>,
     /// The Kubernetes pod it belongs to (absent before 0.3 and for other containers).
     pub pod: Option<overlay_api::Pod>,
+    /// The Docker endpoint id (absent before 0.3, for other containers, and while the
+    /// address is only reserved).
+    pub docker_endpoint: Option<String>,
 }
 
 /// An endpoint's IPv6 address (the key names it and the network): which endpoint holds it.
@@ -205,6 +208,7 @@ impl EndpointRecord {
             ifname: ep.ifname.clone(),
             services: ep.services.clone(),
             pod: ep.pod.clone(),
+            docker_endpoint: ep.docker_endpoint.clone(),
         }
     }
 }
@@ -222,6 +226,8 @@ struct EndpointRecordWire {
     services: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pod: Option<overlay_api::Pod>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docker_endpoint: Option<String>,
 }
 
 impl From<EndpointRecordWire> for EndpointRecord {
@@ -235,6 +241,7 @@ impl From<EndpointRecordWire> for EndpointRecord {
             ifname: w.ifname,
             services: w.services,
             pod: w.pod,
+            docker_endpoint: w.docker_endpoint,
         }
     }
 }
@@ -250,6 +257,7 @@ impl From<EndpointRecord> for EndpointRecordWire {
             ifname: r.ifname,
             services: r.services,
             pod: r.pod,
+            docker_endpoint: r.docker_endpoint,
         }
     }
 }

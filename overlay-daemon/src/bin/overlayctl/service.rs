@@ -2,19 +2,92 @@
 
 use std::net::SocketAddr;
 
+use clap::Subcommand;
 use overlay_api::Client;
-use overlay_daemon::{admin, store::ClusterView, store::Store};
-use serde_json::json;
+use overlay_daemon::{
+    admin::{self, ServiceView, Snapshot},
+    store::Store,
+    tables::{BackendSpec, Proto},
+};
 
-use super::{print_json, table, EtcdArgs, Output, ServiceCmd};
+use crate::print::{emit, fields, host_port, or_dash, table, Output};
 
-pub(super) async fn service(
-    etcd: EtcdArgs,
+#[derive(Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Add {
+        /// The service's name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// The network whose containers reach the VIP and hold the backends.
+        #[arg(long)]
+        network: String,
+        /// Virtual IP and port, outside the network's subnet: 198.19.200.1:80, or
+        /// [2001:2:0:1200::1]:80 on a network with IPv6.
+        #[arg(long, value_name = "IP:PORT")]
+        vip: SocketAddr,
+        /// The transport protocol balanced.
+        #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+        proto: ProtoArg,
+        /// A backend IP:PORT[@WEIGHT] ([IPv6]:PORT[@WEIGHT]), of the VIP's family, weight
+        /// 1 by default (repeat); endpoints labelled overlay.service=NAME:PORT join as well.
+        #[arg(long = "backend", value_name = "IP:PORT[@WEIGHT]")]
+        backends: Vec<BackendSpec>,
+    },
+    /// List services with their live and configured backends.
+    Ls {
+        /// Only this network's services.
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Show one service: VIP, each configured backend and why it is not live, the backends
+    /// balanced now.
+    Inspect {
+        /// The service's name.
+        name: String,
+    },
+    /// Remove a service.
+    Rm {
+        /// The service's name.
+        name: String,
+    },
+    /// Replace a service's configured backends (none: only labelled endpoints remain).
+    SetBackends {
+        /// The service's name.
+        name: String,
+        /// A backend IP:PORT[@WEIGHT] (repeat); none removes every configured backend.
+        #[arg(long = "backend", value_name = "IP:PORT[@WEIGHT]")]
+        backends: Vec<BackendSpec>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Self {
+        match p {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+pub async fn run(
+    store: &Store,
     socket: &std::path::Path,
     output: Output,
     cmd: ServiceCmd,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&etcd.config()).await?;
+    // Services this host's daemon refused (no room in its tables), when it answers.
+    let local = || -> Vec<String> {
+        Client::new(socket)
+            .status()
+            .map(|s| s.rejected)
+            .unwrap_or_default()
+    };
     match cmd {
         ServiceCmd::Add {
             name,
@@ -23,129 +96,135 @@ pub(super) async fn service(
             proto,
             backends,
         } => {
-            let record = admin::service_record(network, vip, proto, backends);
-            admin::add_service(&store, &name, &record).await?;
-            if output == Output::Json {
-                print_json(
-                    &json!({"name": name, "network": record.network, "vip": record.vip,
-                    "port": record.port, "proto": record.proto, "backends": record.backends}),
-                );
-            } else {
-                println!(
-                    "service {name} created: {}/{} in {} with {} configured backend(s)",
-                    SocketAddr::new(record.vip, record.port),
-                    record.proto,
-                    record.network,
-                    record.backends.len()
-                );
-            }
-            Ok(())
+            let record = admin::service_record(network, vip, proto.into(), backends);
+            admin::add_service(store, &name, &record).await?;
+            let view = Snapshot::load(store).await?.service(&name, &local())?;
+            emit(output, &view, |s| {
+                println!("service {name} created");
+                inspect_table(s);
+            });
         }
         ServiceCmd::Ls { network } => {
-            // The same view the daemons build: live backends are those whose endpoint runs.
-            let (kvs, _) = store.list(store.layout.root()).await?;
-            let mut view = ClusterView::new(store.layout.clone());
-            view.reset(kvs);
-            let tables = view.tables();
-            // Refused cluster-wide (bad record), or by this node's datapath (no room), when
-            // its daemon answers.
-            let local: Vec<String> = Client::new(socket)
-                .status()
-                .map(|s| s.rejected)
-                .unwrap_or_default();
-            let why = |name: &str| -> Option<String> {
-                let subject = format!("service {name:?}: ");
-                tables
-                    .rejected
-                    .iter()
-                    .map(|r| r.to_string())
-                    .chain(local.iter().cloned())
-                    .find_map(|r| r.strip_prefix(&subject).map(str::to_owned))
-            };
-            let mut out = Vec::new();
-            for (name, rec) in view.services() {
-                if network.as_ref().is_some_and(|n| n != &rec.network) {
-                    continue;
-                }
-                let live = tables
-                    .services
-                    .iter()
-                    .find(|s| s.name == name)
-                    .map(|s| s.backends.clone())
-                    .unwrap_or_default();
-                out.push(
-                    json!({"name": name, "network": rec.network, "vip": rec.vip, "port": rec.port,
-                    "proto": rec.proto, "configured": rec.backends, "backends": live,
-                    "rejected": why(name)}),
-                );
-            }
-            if output == Output::Json {
-                print_json(&json!(out));
-            } else {
-                let rows: Vec<Vec<String>> = out
-                    .iter()
-                    .map(|s| {
-                        let backends: Vec<String> = s["backends"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|b| {
-                                format!(
-                                    "{}@{}",
-                                    host_port(b["ip"].as_str().unwrap_or(""), &b["port"]),
-                                    b["weight"]
-                                )
-                            })
-                            .collect();
-                        vec![
-                            s["name"].as_str().unwrap_or("").into(),
-                            s["network"].as_str().unwrap_or("").into(),
-                            format!(
-                                "{}/{}",
-                                host_port(s["vip"].as_str().unwrap_or(""), &s["port"]),
-                                s["proto"].as_str().unwrap_or("")
-                            ),
-                            if backends.is_empty() {
-                                "-".into()
-                            } else {
-                                backends.join(",")
-                            },
-                            match s["rejected"].as_str() {
-                                Some(why) => format!("rejected: {why}"),
-                                None => "ok".into(),
-                            },
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "NETWORK", "VIP", "LIVE BACKENDS", "STATE"], &rows);
-            }
-            Ok(())
+            let views = Snapshot::load(store)
+                .await?
+                .services(network.as_deref(), &local())?;
+            emit(output, &views, |v| ls_table(v));
+        }
+        ServiceCmd::Inspect { name } => {
+            let view = Snapshot::load(store).await?.service(&name, &local())?;
+            emit(output, &view, inspect_table);
         }
         ServiceCmd::Rm { name } => {
-            admin::remove_service(&store, &name).await?;
-            if output == Output::Table {
-                println!("service {name} removed");
-            }
-            Ok(())
+            let view = Snapshot::load(store).await?.service(&name, &[])?;
+            admin::remove_service(store, &name).await?;
+            emit(output, &view, |s| println!("service {} removed", s.name));
         }
         ServiceCmd::SetBackends { name, backends } => {
-            let record = admin::set_backends(&store, &name, backends).await?;
-            if output == Output::Table {
+            admin::set_backends(store, &name, backends).await?;
+            let view = Snapshot::load(store).await?.service(&name, &local())?;
+            emit(output, &view, |s| {
                 println!(
                     "service {name}: {} configured backend(s)",
-                    record.backends.len()
+                    s.configured.len()
                 );
-            }
-            Ok(())
+                inspect_table(s);
+            });
         }
+    }
+    Ok(())
+}
+
+fn vip(s: &ServiceView) -> String {
+    format!("{}/{}", host_port(s.vip, s.port), s.proto)
+}
+
+fn state(s: &ServiceView) -> String {
+    match &s.rejected {
+        Some(why) => format!("rejected: {why}"),
+        None => "ok".into(),
     }
 }
 
-/// `IP:PORT`, with an IPv6 address in brackets.
-fn host_port(ip: &str, port: &serde_json::Value) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
+fn ls_table(views: &[ServiceView]) {
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|s| {
+            let live: Vec<String> = s
+                .backends
+                .iter()
+                .map(|b| format!("{}@{}", host_port(b.ip, b.port), b.weight))
+                .collect();
+            let down: Vec<String> = s
+                .configured
+                .iter()
+                .filter(|b| !b.live)
+                .map(|b| host_port(b.ip, b.port))
+                .collect();
+            vec![
+                s.name.clone(),
+                s.network.clone(),
+                vip(s),
+                or_dash((!live.is_empty()).then(|| live.join(","))),
+                or_dash((!down.is_empty()).then(|| down.join(","))),
+                state(s),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "NETWORK",
+            "VIP",
+            "LIVE BACKENDS",
+            "NOT LIVE",
+            "STATE",
+        ],
+        &rows,
+    );
+}
+
+fn inspect_table(s: &ServiceView) {
+    fields(&[
+        ("name", s.name.clone()),
+        ("network", s.network.clone()),
+        ("vip", vip(s)),
+        ("state", state(s)),
+        ("balanced over", s.backends.len().to_string()),
+    ]);
+    let mut rows: Vec<Vec<String>> = s
+        .configured
+        .iter()
+        .map(|b| {
+            vec![
+                host_port(b.ip, b.port),
+                b.weight.to_string(),
+                "configured".into(),
+                match &b.reason {
+                    None => "live".into(),
+                    Some(why) => format!("not live: {why}"),
+                },
+            ]
+        })
+        .collect();
+    rows.extend(
+        s.backends
+            .iter()
+            .filter(|b| {
+                !s.configured
+                    .iter()
+                    .any(|c| c.ip == b.ip && c.port == b.port)
+            })
+            .map(|b| {
+                vec![
+                    host_port(b.ip, b.port),
+                    b.weight.to_string(),
+                    "label".into(),
+                    "live".into(),
+                ]
+            }),
+    );
+    if !rows.is_empty() {
+        println!();
+        table(&["BACKEND", "WEIGHT", "FROM", "STATE"], &rows);
     }
 }

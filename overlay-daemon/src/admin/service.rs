@@ -1,195 +1,19 @@
-//! What overlayctl does to the cluster, as a library: the checks before a change and the
-//! change itself in etcd. The binary only parses flags and prints.
+//! Creating, changing and removing services, with the checks the daemons would otherwise
+//! reject them by.
 
 use std::{collections::BTreeSet, net::SocketAddr};
 
 use overlay_api::labels::valid_name;
-use serde::de::DeserializeOwned;
 
+use super::{invalid, records_under, AdminError};
 use crate::{
     store::{
         keys::Key,
-        records::{self, NetworkRecord, NodeRecord, ServiceRecord, Versioned, RECORD_VERSION},
-        Store, StoreError,
+        records::{self, NetworkRecord, NodeRecord, ServiceRecord, RECORD_VERSION},
+        Store,
     },
     tables::BackendSpec,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The request itself is wrong; the message says what to change.
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-}
-
-fn invalid(msg: impl Into<String>) -> AdminError {
-    AdminError::Invalid(msg.into())
-}
-
-/// A value of either address family (a subnet, an address), for flags given once per family.
-pub trait ByFamily: Copy + std::fmt::Display {
-    type Four;
-    type Six;
-    fn family(self) -> Result<Self::Four, Self::Six>;
-}
-
-impl ByFamily for ipnet::IpNet {
-    type Four = ipnet::Ipv4Net;
-    type Six = ipnet::Ipv6Net;
-    fn family(self) -> Result<Self::Four, Self::Six> {
-        match self {
-            ipnet::IpNet::V4(n) => Ok(n),
-            ipnet::IpNet::V6(n) => Err(n),
-        }
-    }
-}
-
-impl ByFamily for std::net::IpAddr {
-    type Four = std::net::Ipv4Addr;
-    type Six = std::net::Ipv6Addr;
-    fn family(self) -> Result<Self::Four, Self::Six> {
-        match self {
-            std::net::IpAddr::V4(a) => Ok(a),
-            std::net::IpAddr::V6(a) => Err(a),
-        }
-    }
-}
-
-/// A flag's value of each family, if given.
-pub type PerFamily<T> = (Option<<T as ByFamily>::Four>, Option<<T as ByFamily>::Six>);
-
-/// Splits a repeated flag's values by family: at most one of each.
-pub fn one_per_family<T: ByFamily>(flag: &str, values: &[T]) -> Result<PerFamily<T>, AdminError> {
-    let (mut v4, mut v6) = (None, None);
-    for value in values {
-        let twice = match value.family() {
-            Ok(a) => v4.replace(a).is_some(),
-            Err(a) => v6.replace(a).is_some(),
-        };
-        if twice {
-            return Err(invalid(format!(
-                "{flag} {value}: give at most one IPv4 and one IPv6 {flag}"
-            )));
-        }
-    }
-    Ok((v4, v6))
-}
-
-/// The decodable records under `prefix`, with their parsed keys and leases; what does not
-/// decode is left out (the daemons skip it too).
-pub async fn records_under<T: DeserializeOwned + Versioned>(
-    store: &Store,
-    prefix: &str,
-) -> Result<Vec<(Key, T, i64)>, AdminError> {
-    let (kvs, _) = store.list(prefix).await?;
-    Ok(kvs
-        .into_iter()
-        .filter_map(|kv| {
-            Some((
-                store.layout.parse(&kv.key)?,
-                records::decode(&kv.value).ok()?,
-                kv.lease,
-            ))
-        })
-        .collect())
-}
-
-/// Creates a network (its name and VNI reserved in one transaction).
-pub async fn create_network(
-    store: &Store,
-    name: &str,
-    record: &NetworkRecord,
-) -> Result<(), AdminError> {
-    record.check(name).map_err(AdminError::Invalid)?;
-    if let Some(mtu) = record.mtu {
-        check_mtu(store, mtu).await?;
-    }
-    if record.subnet.is_none() {
-        check_ipv6_only(store, name).await?;
-    }
-    if !store
-        .create_network(name, record.vni, records::encode(record))
-        .await?
-    {
-        return Err(AdminError::Conflict(format!(
-            "network {name:?} or VNI {} already exists: pick another name or VNI",
-            record.vni
-        )));
-    }
-    Ok(())
-}
-
-/// A network MTU no registered node can give its containers is refused: each node's record
-/// says its maximum (underlay - 50).
-async fn check_mtu(store: &Store, mtu: u32) -> Result<(), AdminError> {
-    let nodes = records_under::<NodeRecord>(store, &store.layout.nodes()).await?;
-    let smallest = nodes
-        .iter()
-        .filter_map(|(key, n, _)| match key {
-            Key::Node(name) => Some((n.container_mtu?, name.clone())),
-            _ => None,
-        })
-        .min();
-    match smallest {
-        Some((max, node)) if mtu > max => Err(invalid(format!(
-            "MTU {mtu} is above the overlay's maximum {max} (node {node:?}: its underlay MTU - 50): pass --mtu {max} or less"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// An IPv6-only network is refused while a registered node runs a release before 0.3: such
-/// a node would skip the network's record and its endpoints, and its containers could not
-/// reach them.
-async fn check_ipv6_only(store: &Store, name: &str) -> Result<(), AdminError> {
-    let nodes = records_under::<NodeRecord>(store, &store.layout.nodes()).await?;
-    let old = nodes.iter().find_map(|(key, n, _)| match key {
-        Key::Node(node) if !crate::store::carries_ipv6(n) => Some((node.clone(), n)),
-        _ => None,
-    });
-    match old {
-        Some((node, n)) => Err(invalid(format!(
-            "network {name:?} would be IPv6-only, which node {node:?} (release {}) cannot carry: upgrade it to 0.3 or later first, or add an IPv4 subnet",
-            n.release.as_deref().unwrap_or("before 0.2")
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Removes a network that has no endpoints.
-pub async fn remove_network(store: &Store, name: &str) -> Result<(), AdminError> {
-    let (eps, _) = store.list(&store.layout.endpoints(name)).await?;
-    if !eps.is_empty() {
-        return Err(AdminError::Conflict(format!(
-            "network {name:?} still has {} endpoint(s): remove their containers first",
-            eps.len()
-        )));
-    }
-    if !store.delete_network(name).await? {
-        return Err(AdminError::NotFound(format!(
-            "network {name:?} does not exist"
-        )));
-    }
-    Ok(())
-}
-
-pub async fn network_record(store: &Store, network: &str) -> Result<NetworkRecord, AdminError> {
-    let key = store.layout.key(&Key::Network(network.to_owned()));
-    match store.get(&key).await? {
-        Some(kv) => {
-            records::decode(&kv.value).map_err(|e| invalid(format!("network {network:?}: {e}")))
-        }
-        None => Err(AdminError::NotFound(format!(
-            "network {network:?} does not exist: create it with `overlayctl network create`"
-        ))),
-    }
-}
 
 /// Backends given once each, of the VIP's family, inside the service's network.
 pub fn check_backends(
@@ -263,7 +87,7 @@ pub async fn add_service(
             SocketAddr::new(record.vip, 80)
         )));
     }
-    let net = network_record(store, &record.network).await?;
+    let net = super::network_record(store, &record.network).await?;
     check_backends(&record.backends, record.vip, &record.network, &net)?;
     if let Some(p) =
         crate::tables::vip_in_network(record.vip, &record.network, net.subnet, net.subnet6)
@@ -289,15 +113,37 @@ pub async fn add_service(
         )));
     }
     check_capacity(store, record).await?;
-    if !store.create_service(name, record).await? {
-        return Err(AdminError::Conflict(format!(
-            "service {name:?} or {}/{} in network {:?} already exists: pick another name or VIP",
-            SocketAddr::new(record.vip, record.port),
-            record.proto,
-            record.network
-        )));
+    if store.create_service(name, record).await? {
+        return Ok(());
     }
-    Ok(())
+    // Which part is taken: the name, else the VIP:port/proto (its key names its service).
+    if store
+        .get(&store.layout.key(&Key::Service(name.to_owned())))
+        .await?
+        .is_some()
+    {
+        return Err(AdminError::ServiceExists(name.to_owned()));
+    }
+    let owner = store
+        .get(&store.layout.key(&Key::ServiceVip(record.vip_id())))
+        .await?
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    match owner {
+        Some(service) => Err(AdminError::VipTaken {
+            vip: format!(
+                "{}/{}",
+                SocketAddr::new(record.vip, record.port),
+                record.proto
+            ),
+            network: record.network.clone(),
+            service,
+        }),
+        // Neither taken: the network was removed after the checks above.
+        None => match super::network_record(store, &record.network).await {
+            Err(e) => Err(e),
+            Ok(_) => Err(AdminError::Changed(format!("service {name:?}"))),
+        },
+    }
 }
 
 /// Refuses a service no node could install: the cluster has as many services as a node's
@@ -327,13 +173,21 @@ async fn check_capacity(store: &Store, record: &ServiceRecord) -> Result<(), Adm
     Ok(())
 }
 
-pub async fn remove_service(store: &Store, name: &str) -> Result<(), AdminError> {
-    if !store.delete_service(name).await? {
-        return Err(AdminError::NotFound(format!(
-            "service {name:?} does not exist"
-        )));
+/// Removes a service; returns what it was.
+pub async fn remove_service(store: &Store, name: &str) -> Result<ServiceRecord, AdminError> {
+    let key = store.layout.key(&Key::Service(name.to_owned()));
+    let record = match store.get(&key).await? {
+        Some(kv) => records::decode::<ServiceRecord>(&kv.value).ok(),
+        None => None,
+    };
+    match (store.delete_service(name).await?, record) {
+        (true, Some(record)) => Ok(record),
+        // Undecodable: removed all the same (nothing else can remove it).
+        (true, None) => Err(invalid(format!(
+            "service {name:?} was removed, but its record was not readable"
+        ))),
+        (false, _) => Err(AdminError::NoSuchService(name.to_owned())),
     }
-    Ok(())
 }
 
 /// Replaces a service's configured backends (compare-and-swap on the record).
@@ -344,22 +198,18 @@ pub async fn set_backends(
 ) -> Result<ServiceRecord, AdminError> {
     let key = store.layout.key(&Key::Service(name.to_owned()));
     let Some(kv) = store.get(&key).await? else {
-        return Err(AdminError::NotFound(format!(
-            "service {name:?} does not exist: create it with `overlayctl service add`"
-        )));
+        return Err(AdminError::NoSuchService(name.to_owned()));
     };
     let mut record: ServiceRecord =
         records::decode(&kv.value).map_err(|e| invalid(format!("service {name:?}: {e}")))?;
-    let net = network_record(store, &record.network).await?;
+    let net = super::network_record(store, &record.network).await?;
     check_backends(&backends, record.vip, &record.network, &net)?;
     record.backends = backends;
     if !store
         .replace(&key, kv.value, records::encode(&record), None)
         .await?
     {
-        return Err(AdminError::Conflict(format!(
-            "service {name:?} changed while updating it: run the command again"
-        )));
+        return Err(AdminError::Changed(format!("service {name:?}")));
     }
     Ok(record)
 }

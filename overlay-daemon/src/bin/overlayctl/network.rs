@@ -1,0 +1,170 @@
+//! `overlayctl network`.
+
+use std::net::IpAddr;
+
+use clap::Subcommand;
+use ipnet::IpNet;
+use overlay_daemon::{
+    admin::{self, NetworkView, Snapshot},
+    store::{
+        records::{NetworkRecord, RECORD_VERSION},
+        Store,
+    },
+};
+
+use crate::print::{both, emit, fields, table, Output};
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create {
+        /// The network's name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// Its VXLAN network identifier, unique in the cluster.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+        vni: u32,
+        /// The network's subnet: IPv4, IPv6 (an IPv6-only network), or one of each (a
+        /// dual-stack network); at most one per family.
+        #[arg(long, required = true, value_name = "CIDR")]
+        subnet: Vec<IpNet>,
+        /// MTU for containers (at most the underlay's minus 50) [default: each node's
+        /// maximum]
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Prefix length of the IPv4 address blocks nodes claim.
+        #[arg(long, default_value_t = 26)]
+        block_len: u8,
+        /// Prefix length of the IPv6 address blocks nodes claim [default: 96]
+        #[arg(long)]
+        block_len6: Option<u8>,
+        /// Gateway address per family [default: each subnet's first address]
+        #[arg(long, value_name = "IP")]
+        gateway: Vec<IpAddr>,
+    },
+    /// List networks.
+    Ls,
+    /// Show one network: subnets, gateways, MTU, blocks and their nodes, endpoints.
+    Inspect {
+        /// The network's name.
+        name: String,
+    },
+    /// Remove a network (refused while it has endpoints).
+    Rm {
+        /// The network's name.
+        name: String,
+    },
+}
+
+pub async fn run(store: &Store, output: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            vni,
+            subnet,
+            mtu,
+            block_len,
+            block_len6,
+            gateway,
+        } => {
+            let (subnet, subnet6) = admin::one_per_family("--subnet", &subnet)?;
+            let (gateway, gateway6) = admin::one_per_family("--gateway", &gateway)?;
+            let record = NetworkRecord {
+                version: RECORD_VERSION,
+                vni,
+                subnet: subnet.map(|s| s.trunc()),
+                block_len,
+                gateway,
+                mtu,
+                subnet6: subnet6.map(|s| s.trunc()),
+                gateway6,
+                block_len6,
+            };
+            admin::create_network(store, &name, &record).await?;
+            let view = Snapshot::load(store).await?.network(&name)?;
+            emit(output, &view, |n| {
+                println!("network {name} created");
+                inspect_table(n);
+            });
+        }
+        NetworkCmd::Ls => {
+            let views = Snapshot::load(store).await?.networks();
+            emit(output, &views, |views| ls_table(views));
+        }
+        NetworkCmd::Inspect { name } => {
+            let view = Snapshot::load(store).await?.network(&name)?;
+            emit(output, &view, inspect_table);
+        }
+        NetworkCmd::Rm { name } => {
+            let mut view = Snapshot::load(store).await?.network(&name)?;
+            admin::remove_network(store, &name).await?;
+            // Its blocks went with it.
+            view.blocks.clear();
+            emit(output, &view, |n| println!("network {} removed", n.name));
+        }
+    }
+    Ok(())
+}
+
+/// No MTU set: each node gives its containers its maximum (underlay - 50).
+fn mtu(n: &NetworkView) -> String {
+    n.mtu.map_or_else(|| "node max".into(), |m| m.to_string())
+}
+
+fn ls_table(views: &[NetworkView]) {
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.vni.to_string(),
+                both(n.subnet, n.subnet6),
+                both(n.gateway, n.gateway6),
+                mtu(n),
+                both(
+                    n.block_len.map(|b| format!("/{b}")),
+                    n.block_len6.map(|b| format!("/{b}")),
+                ),
+                n.endpoints.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "VNI",
+            "SUBNET",
+            "GATEWAY",
+            "MTU",
+            "BLOCKS",
+            "ENDPOINTS",
+        ],
+        &rows,
+    );
+}
+
+fn inspect_table(n: &NetworkView) {
+    fields(&[
+        ("name", n.name.clone()),
+        ("vni", n.vni.to_string()),
+        ("subnet", both(n.subnet, n.subnet6)),
+        ("gateway", both(n.gateway, n.gateway6)),
+        ("mtu", mtu(n)),
+        (
+            "block length",
+            both(
+                n.block_len.map(|b| format!("/{b}")),
+                n.block_len6.map(|b| format!("/{b}")),
+            ),
+        ),
+        ("endpoints", n.endpoints.to_string()),
+    ]);
+    if !n.blocks.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = n
+            .blocks
+            .iter()
+            .map(|b| vec![b.block.to_string(), b.node.clone()])
+            .collect();
+        table(&["BLOCK", "NODE"], &rows);
+    }
+}
