@@ -380,6 +380,8 @@ pub fn run(
             subnet6: None,
             gateway6: None,
             block_len6: None,
+            service_range: None,
+            service_range6: None,
             version: RECORD_VERSION,
             vni: VNI,
             subnet: Some(SUBNET.parse()?),

@@ -187,7 +187,8 @@ impl Normalizer {
     fn new(t: &Topology) -> Self {
         let nodes: serde_json::Value =
             serde_json::from_str(&t.overlayctl_ok(0, &["node", "ls", "-o", "json"])).unwrap();
-        let mut pairs = vec![(t.id.clone(), "ID".to_owned())];
+        // Container ids are `<test id>-<name>`: the id alone could be part of a hex value.
+        let mut pairs = vec![(format!("{}-", t.id), "ID-".to_owned())];
         for n in nodes.as_array().unwrap() {
             let name = n["name"].as_str().unwrap();
             pairs.push((
@@ -213,17 +214,17 @@ impl Normalizer {
                     "${1}<time>",
                 ),
                 // Columns are as wide as their widest value, which varies (a lease id):
-                // runs of spaces after a line's first word are compared as two.
+                // runs of spaces inside a line (not its indentation) are compared as two.
                 (re(r"(\S)  +"), "${1}  "),
             ],
         }
     }
 
     fn apply(&self, s: &str) -> String {
-        let s = normalize(s, &self.pairs);
-        self.patterns
-            .iter()
-            .fold(s, |s, (re, to)| re.replace_all(&s, *to).into_owned())
+        let s = self.patterns.iter().fold(s.to_owned(), |s, (re, to)| {
+            re.replace_all(&s, *to).into_owned()
+        });
+        normalize(&s, &self.pairs)
     }
 }
 
@@ -521,6 +522,12 @@ fn network_rm_racing_endpoint_creation_has_one_winner() {
     t.wait_registered(0);
     t.wait_registered(1);
     let (mut removed, mut created) = (0, 0);
+    // An ADD started after a delay spread over twice what an overlayctl call takes here,
+    // so that across the rounds its transaction lands before, during and after the
+    // removal's, on a fast machine or a slow one.
+    let started = std::time::Instant::now();
+    t.overlayctl_ok(0, &["network", "ls"]);
+    let step = started.elapsed() * 2 / 30;
     for round in 0..30 {
         let net = format!("race{round}");
         let vni = (300 + round).to_string();
@@ -546,7 +553,7 @@ fn network_rm_racing_endpoint_creation_has_one_winner() {
             let go = go.clone();
             // Started later each round: across the rounds, the ADD's etcd transaction moves
             // from before the removal's (which runs a process and reads first) to after it.
-            let delay = std::time::Duration::from_micros(400 * round as u64);
+            let delay = step * round;
             thread::spawn(move || {
                 go.wait();
                 thread::sleep(delay);
@@ -594,4 +601,8 @@ fn network_rm_racing_endpoint_creation_has_one_winner() {
         t.wait_status(1, "the network gone", |s| s["networks"] == 0);
     }
     eprintln!("rm won {removed} rounds, the endpoint {created}");
+    assert!(
+        removed > 0 && created > 0,
+        "the two never overlapped: rm won {removed} rounds, the endpoint {created}"
+    );
 }

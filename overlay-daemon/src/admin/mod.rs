@@ -5,15 +5,17 @@
 mod network;
 mod service;
 mod snapshot;
+mod vip;
 
 use serde::de::DeserializeOwned;
 
-pub use network::{create_network, network_record, remove_network};
+pub use network::{create_network, network_record, remove_network, set_service_ranges};
 pub use service::{add_service, check_backends, remove_service, service_record, set_backends};
 pub use snapshot::{
     BackendState, BlockView, EndpointFilter, EndpointView, NetworkView, NodeView, ServiceView,
     Snapshot,
 };
+pub use vip::{add_allocated, candidates, AllocatedService, Family};
 
 use crate::store::{keys::Key, records, records::Versioned, Store, StoreError};
 

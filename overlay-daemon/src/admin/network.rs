@@ -117,3 +117,38 @@ pub async fn network_record(store: &Store, network: &str) -> Result<NetworkRecor
         None => Err(AdminError::NoSuchNetwork(network.to_owned())),
     }
 }
+
+/// Sets a network's service ranges (one per family; a family not given keeps its range):
+/// a compare-and-swap on the record, so a concurrent change is not overwritten.
+pub async fn set_service_ranges(
+    store: &Store,
+    name: &str,
+    ranges: &[ipnet::IpNet],
+) -> Result<NetworkRecord, AdminError> {
+    let (v4, v6) = super::one_per_family("--service-range", ranges)?;
+    if v4.is_none() && v6.is_none() {
+        return Err(invalid(
+            "nothing to set: give --service-range CIDR (one per family)",
+        ));
+    }
+    let key = store.layout.key(&Key::Network(name.to_owned()));
+    let Some(kv) = store.get(&key).await? else {
+        return Err(AdminError::NoSuchNetwork(name.to_owned()));
+    };
+    let mut record: NetworkRecord =
+        records::decode(&kv.value).map_err(|e| invalid(format!("network {name:?}: {e}")))?;
+    if let Some(r) = v4 {
+        record.service_range = Some(r.trunc());
+    }
+    if let Some(r) = v6 {
+        record.service_range6 = Some(r.trunc());
+    }
+    record.check(name).map_err(AdminError::Invalid)?;
+    if !store
+        .replace(&key, kv.value, records::encode(&record), None)
+        .await?
+    {
+        return Err(AdminError::Changed(format!("network {name:?}")));
+    }
+    Ok(record)
+}

@@ -88,7 +88,34 @@ pub async fn add_service(
         )));
     }
     let net = super::network_record(store, &record.network).await?;
+    let vteps = node_vteps(store).await?;
+    check_vip(record, &net, &vteps)?;
     check_backends(&record.backends, record.vip, &record.network, &net)?;
+    check_capacity(store, record).await?;
+    create(store, name, record).await
+}
+
+/// The registered nodes' VTEP addresses, by node name.
+pub(super) async fn node_vteps(
+    store: &Store,
+) -> Result<Vec<(String, std::net::IpAddr)>, AdminError> {
+    let nodes: Vec<(Key, NodeRecord, i64)> = records_under(store, &store.layout.nodes()).await?;
+    Ok(nodes
+        .into_iter()
+        .filter_map(|(key, n, _)| match key {
+            Key::Node(name) => Some((name, std::net::IpAddr::V4(n.vtep_ip))),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A VIP the daemons would refuse: inside the network's subnet, not a unicast address,
+/// or a node's VTEP address.
+pub(super) fn check_vip(
+    record: &ServiceRecord,
+    net: &NetworkRecord,
+    vteps: &[(String, std::net::IpAddr)],
+) -> Result<(), AdminError> {
     if let Some(p) =
         crate::tables::vip_in_network(record.vip, &record.network, net.subnet, net.subnet6)
     {
@@ -97,22 +124,22 @@ pub async fn add_service(
     if let Some(p) = crate::tables::vip_problem(record.vip) {
         return Err(invalid(p));
     }
-
-    let nodes: Vec<(Key, NodeRecord, i64)> = records_under(store, &store.layout.nodes()).await?;
-    if let Some((key, _, _)) = nodes
-        .iter()
-        .find(|(_, n, _)| std::net::IpAddr::V4(n.vtep_ip) == record.vip)
-    {
-        let node = match key {
-            Key::Node(n) => n.as_str(),
-            _ => "?",
-        };
+    if let Some((node, _)) = vteps.iter().find(|(_, vtep)| *vtep == record.vip) {
         return Err(invalid(format!(
             "VIP {} is node {node:?}'s VTEP address: pick an address no host has",
             record.vip
         )));
     }
-    check_capacity(store, record).await?;
+    Ok(())
+}
+
+/// Creates the checked service: its name and VIP:port/proto (and an allocated VIP's
+/// address) reserved in one transaction, while its network exists; a refusal says which.
+pub(super) async fn create(
+    store: &Store,
+    name: &str,
+    record: &ServiceRecord,
+) -> Result<(), AdminError> {
     if store.create_service(name, record).await? {
         return Ok(());
     }
@@ -124,32 +151,43 @@ pub async fn add_service(
     {
         return Err(AdminError::ServiceExists(name.to_owned()));
     }
-    let owner = store
-        .get(&store.layout.key(&Key::ServiceVip(record.vip_id())))
-        .await?
-        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    match owner {
-        Some(service) => Err(AdminError::VipTaken {
-            vip: format!(
-                "{}/{}",
-                SocketAddr::new(record.vip, record.port),
-                record.proto
-            ),
-            network: record.network.clone(),
-            service,
-        }),
-        // Neither taken: the network was removed after the checks above.
-        None => match super::network_record(store, &record.network).await {
-            Err(e) => Err(e),
-            Ok(_) => Err(AdminError::Changed(format!("service {name:?}"))),
-        },
+    // Then the VIP:port/proto, then an allocated VIP's address (each key names its service).
+    let mut claims = vec![record.vip_id()];
+    if record.allocated {
+        claims.push(record.vip_address_id());
     }
+    for (i, claim) in claims.iter().enumerate() {
+        let owner = store
+            .get(&store.layout.key(&Key::ServiceVip(claim.clone())))
+            .await?;
+        if let Some(owner) = owner {
+            let vip = match i {
+                0 => format!(
+                    "{}/{}",
+                    SocketAddr::new(record.vip, record.port),
+                    record.proto
+                ),
+                _ => format!("VIP {}", record.vip),
+            };
+            return Err(AdminError::VipTaken {
+                vip,
+                network: record.network.clone(),
+                service: String::from_utf8_lossy(&owner.value).into_owned(),
+            });
+        }
+    }
+    // Nothing taken: the network was removed after the checks above.
+    super::network_record(store, &record.network).await?;
+    Err(AdminError::Changed(format!("service {name:?}")))
 }
 
 /// Refuses a service no node could install: the cluster has as many services as a node's
 /// service table holds, or their Maglev tables (sized for their configured backends) would
 /// not fit a node's shared table.
-async fn check_capacity(store: &Store, record: &ServiceRecord) -> Result<(), AdminError> {
+pub(super) async fn check_capacity(
+    store: &Store,
+    record: &ServiceRecord,
+) -> Result<(), AdminError> {
     use overlay_common::lb::{maglev_size_for, MAGLEV_SLOTS, MAX_SERVICES};
     let services: Vec<(Key, ServiceRecord, i64)> =
         records_under(store, &store.layout.services()).await?;
@@ -228,6 +266,7 @@ pub fn service_record(
         port: vip.port(),
         proto,
         backends,
+        allocated: false,
     }
 }
 

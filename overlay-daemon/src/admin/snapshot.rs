@@ -21,7 +21,7 @@ use crate::{
         },
         ClusterView, Store,
     },
-    tables::{BackendSpec, EndpointIface, Proto, ValidTables},
+    tables::{BackendSpec, EndpointIface, Proto, Subject, ValidTables},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,6 +36,9 @@ pub struct NetworkView {
     pub block_len6: Option<u8>,
     /// The MTU its containers get; null: each node's maximum (its underlay MTU - 50).
     pub mtu: Option<u32>,
+    /// Where services without an explicit VIP get theirs, per family.
+    pub service_range: Option<Ipv4Net>,
+    pub service_range6: Option<Ipv6Net>,
     pub endpoints: usize,
     /// The address blocks nodes hold, and which node holds each.
     pub blocks: Vec<BlockView>,
@@ -58,8 +61,8 @@ pub struct NodeView {
     pub registered_at: u64,
     /// Its etcd lease, in hex as etcdctl prints lease ids.
     pub lease: String,
-    /// Seconds left on the lease (-1: gone).
-    pub lease_ttl: i64,
+    /// Seconds left on the lease; null: the lease is gone (or could not be read).
+    pub lease_ttl: Option<i64>,
     /// The largest MTU its containers can have.
     pub container_mtu: Option<u32>,
     pub endpoints: usize,
@@ -92,6 +95,8 @@ pub struct ServiceView {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: Proto,
+    /// The VIP was taken from the network's service range.
+    pub allocated: bool,
     /// Why the daemons leave it out; null: it is balanced.
     pub rejected: Option<String>,
     /// The backends given by `--backend`, each with whether it takes connections now.
@@ -142,8 +147,9 @@ impl Snapshot {
             view.tables(),
         );
         for (_, lease) in this.nodes.values() {
-            let ttl = store.lease_time_left(*lease).await.unwrap_or(-1);
-            this.ttl.insert(*lease, ttl);
+            if let Ok(ttl @ 0..) = store.lease_time_left(*lease).await {
+                this.ttl.insert(*lease, ttl);
+            }
         }
         Ok(this)
     }
@@ -216,6 +222,8 @@ impl Snapshot {
                 block_len: n.subnet.map(|_| n.block_len),
                 block_len6: n.ipv6().map(|v| v.block_len),
                 mtu: n.mtu,
+                service_range: n.service_range,
+                service_range6: n.service_range6,
                 endpoints: self
                     .endpoints
                     .iter()
@@ -251,7 +259,7 @@ impl Snapshot {
                 release: n.release.clone(),
                 registered_at: n.registered_at,
                 lease: format!("{lease:x}"),
-                lease_ttl: self.ttl.get(lease).copied().unwrap_or(-1),
+                lease_ttl: self.ttl.get(lease).copied(),
                 container_mtu: n.container_mtu,
                 endpoints: self
                     .endpoints
@@ -388,14 +396,20 @@ impl Snapshot {
     }
 
     fn service_view(&self, name: &str, s: &ServiceRecord, local: &[String]) -> ServiceView {
+        // Refused cluster-wide (the record), else by this host's daemon, whose API says it
+        // in the one-line form `service "NAME": why`.
         let subject = format!("service {name:?}: ");
         let rejected = self
             .tables
             .rejected
             .iter()
-            .map(|r| r.to_string())
-            .chain(local.iter().cloned())
-            .find_map(|r| r.strip_prefix(&subject).map(str::to_owned));
+            .find(|r| matches!(&r.subject, Subject::Service(n) if n == name))
+            .map(|r| r.reason.clone())
+            .or_else(|| {
+                local
+                    .iter()
+                    .find_map(|r| r.strip_prefix(&subject).map(str::to_owned))
+            });
         let backends = self
             .tables
             .services
@@ -423,6 +437,7 @@ impl Snapshot {
             vip: s.vip,
             port: s.port,
             proto: s.proto,
+            allocated: s.allocated,
             rejected,
             configured,
             backends,

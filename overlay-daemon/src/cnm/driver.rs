@@ -372,6 +372,8 @@ impl Driver {
                     subnet6: pool6,
                     gateway6: None,
                     block_len6: pool6.map(|p| p.prefix_len().max(96)),
+                    service_range: None,
+                    service_range6: None,
                 };
                 record.check(&name).map_err(bad)?;
                 if !self.cluster.create_network(&name, record).await? {

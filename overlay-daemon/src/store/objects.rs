@@ -1,6 +1,8 @@
-//! Networks and services: each created with its reservation (VNI, VIP:port/proto) and
-//! removed with everything that hangs off it, in one transaction, so two operators or an
-//! operator and a node cannot race past each other's checks.
+//! Networks and services: each created with its reservations (VNI; VIP:port/proto and an
+//! allocated VIP's address) and removed with them (a network with its blocks), in one
+//! transaction each, so two operators, or an operator and a node, cannot race past each
+//! other's checks. A network's services outlive it (the daemons reject them, with the
+//! reason, until they are removed or the network is created again).
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
@@ -22,28 +24,29 @@ pub enum NetworkRemoval {
 }
 
 impl Store {
-    /// Creates `key` = `value` and its reservation `reserved` = `owner` in one transaction:
-    /// false if either is taken (by anything but an earlier attempt of this call).
+    /// Creates `key` and each of `reserved` (holding `owner`) in one transaction, only if
+    /// none exists and `guard` (if any) does: true when created (or found as this call
+    /// made them after an attempt that may have applied).
     async fn create_reserved(
         &self,
         key: String,
         value: Vec<u8>,
-        reserved: String,
+        reserved: Vec<String>,
         owner: &str,
         guard: Option<String>,
     ) -> Result<bool, StoreError> {
-        let mut when = vec![
-            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            Compare::create_revision(reserved.clone(), CompareOp::Equal, 0),
-        ];
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        when.extend(
+            reserved
+                .iter()
+                .map(|r| Compare::create_revision(r.clone(), CompareOp::Equal, 0)),
+        );
         when.extend(guard.map(|g| Compare::create_revision(g, CompareOp::Greater, 0)));
-        let txn = Txn::new()
-            .when(when)
-            .and_then([
-                TxnOp::put(key.clone(), value.clone(), None),
-                TxnOp::put(reserved.clone(), owner, None),
-            ])
-            .or_else([TxnOp::get(key, None), TxnOp::get(reserved, None)]);
+        let mut puts = vec![TxnOp::put(key.clone(), value.clone(), None)];
+        puts.extend(reserved.iter().map(|r| TxnOp::put(r.clone(), owner, None)));
+        let mut gets = vec![TxnOp::get(key, None)];
+        gets.extend(reserved.iter().map(|r| TxnOp::get(r.clone(), None)));
+        let txn = Txn::new().when(when).and_then(puts).or_else(gets);
         let (resp, retry) = self.conditional(txn).await?;
         if resp.succeeded() {
             return Ok(true);
@@ -55,7 +58,9 @@ impl Store {
             .into_iter()
             .map(|kv| kv.map(|kv| kv.value().to_vec()))
             .collect();
-        Ok(got == [Some(value), Some(owner.as_bytes().to_vec())])
+        let mut wanted = vec![Some(value)];
+        wanted.extend(reserved.iter().map(|_| Some(owner.as_bytes().to_vec())));
+        Ok(got == wanted)
     }
 
     /// Creates a network and reserves its VNI in one transaction: fails (false) if either
@@ -68,25 +73,28 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let net_key = self.layout.key(&Key::Network(name.to_owned()));
         let vni_key = self.layout.key(&Key::Vni(vni));
-        self.create_reserved(net_key, value, vni_key, name, None)
+        self.create_reserved(net_key, value, vec![vni_key], name, None)
             .await
     }
 
-    /// Creates a service and reserves its VIP:port/proto in one transaction, while its
-    /// network exists: false if the name or the VIP:port/proto is taken, or the network is
-    /// gone.
+    /// Creates a service and reserves its VIP:port/proto (and, for an allocated VIP, the
+    /// address) in one transaction, while its network exists: false if the name or a
+    /// reservation is taken, or the network is gone.
     pub async fn create_service(
         &self,
         name: &str,
         record: &records::ServiceRecord,
     ) -> Result<bool, StoreError> {
         let svc_key = self.layout.key(&Key::Service(name.to_owned()));
-        let vip_key = self.layout.key(&Key::ServiceVip(record.vip_id()));
+        let mut reserved = vec![self.layout.key(&Key::ServiceVip(record.vip_id()))];
+        if record.allocated {
+            reserved.push(self.layout.key(&Key::ServiceVip(record.vip_address_id())));
+        }
         let net_key = self.layout.key(&Key::Network(record.network.clone()));
         self.create_reserved(
             svc_key,
             records::encode(record),
-            vip_key,
+            reserved,
             name,
             Some(net_key),
         )
@@ -122,6 +130,12 @@ impl Store {
                 self.layout.key(&Key::ServiceVip(record.vip_id())),
                 None,
             ));
+            if record.allocated {
+                ops.push(TxnOp::delete(
+                    self.layout.key(&Key::ServiceVip(record.vip_address_id())),
+                    None,
+                ));
+            }
         }
         self.delete_with(svc_key, kv.value, ops).await
     }

@@ -35,6 +35,12 @@ pub struct NetworkRecord {
     /// Prefix length of the IPv6 blocks nodes claim (default 96).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_len6: Option<u8>,
+    /// Where `service add` without `--vip` takes a service's VIP from, per family (0.3 and
+    /// later; earlier releases ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_range: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_range6: Option<Ipv6Net>,
 }
 
 impl NetworkRecord {
@@ -72,7 +78,45 @@ impl NetworkRecord {
             }
             None => {}
         }
-        self.check_ipv6()
+        self.check_ipv6()?;
+        self.check_service_ranges()
+    }
+
+    /// A service range holds VIPs, which must be outside the subnet of their family.
+    pub fn check_service_ranges(&self) -> Result<(), String> {
+        if let Some(range) = self.service_range {
+            if let Some(subnet) = self.subnet {
+                if subnet.contains(&range.network()) || range.contains(&subnet.network()) {
+                    return Err(format!(
+                        "service range {range} overlaps the subnet {subnet}: VIPs are outside it"
+                    ));
+                }
+            }
+            if range.prefix_len() > 30 {
+                return Err(format!(
+                    "service range {range} holds no VIPs: give /30 or larger"
+                ));
+            }
+        }
+        if let Some(range) = self.service_range6 {
+            match self.subnet6 {
+                None => return Err("an IPv6 service range needs an IPv6 subnet".into()),
+                Some(subnet)
+                    if subnet.contains(&range.network()) || range.contains(&subnet.network()) =>
+                {
+                    return Err(format!(
+                        "service range {range} overlaps the subnet {subnet}: VIPs are outside it"
+                    ));
+                }
+                Some(_) => {}
+            }
+            if range.prefix_len() > 126 {
+                return Err(format!(
+                    "service range {range} holds no VIPs: give /126 or larger"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The IPv6 side alone (daemons reading a record whose IPv6 side is wrong keep the
@@ -273,9 +317,19 @@ pub struct ServiceRecord {
     pub proto: crate::tables::Proto,
     #[serde(default)]
     pub backends: Vec<crate::tables::BackendSpec>,
+    /// The VIP was taken from the network's service range (its address is claimed for this
+    /// service alone, `vips/<network>_<vip>`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allocated: bool,
 }
 
 impl ServiceRecord {
+    /// The key that claims an allocated VIP's address for one service.
+    pub fn vip_address_id(&self) -> String {
+        let vip = self.vip.to_string().replace(':', "-");
+        format!("{}_{vip}", self.network)
+    }
+
     /// The key that keeps VIP:port/proto unique within a network (an IPv6 VIP with `-` for
     /// `:`, which key names do not hold; IPv6 addresses have no `-`, so it stays unique).
     pub fn vip_id(&self) -> String {

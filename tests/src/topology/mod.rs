@@ -365,16 +365,25 @@ impl Topology {
         etcd: &[String],
         args: &[&str],
     ) -> std::process::Output {
-        let bin = overlayd_bin().with_file_name("overlayctl");
-        self.hosts[host]
-            .ns
-            .command(bin.to_str().expect("path"))
-            .args(etcd)
-            .arg("--socket")
-            .arg(api::socket_path(&self.hosts[host].run_dir))
+        self.overlayctl_command_with(host, etcd)
             .args(args)
             .output()
             .expect("run overlayctl")
+    }
+
+    /// overlayctl on host `host` with the topology's etcd and the host's socket, to add
+    /// arguments to and run (several at once, say).
+    pub fn overlayctl_command(&self, host: usize) -> std::process::Command {
+        self.overlayctl_command_with(host, &self.etcd_args())
+    }
+
+    fn overlayctl_command_with(&self, host: usize, etcd: &[String]) -> std::process::Command {
+        let bin = overlayd_bin().with_file_name("overlayctl");
+        let mut cmd = self.hosts[host].ns.command(bin.to_str().expect("path"));
+        cmd.args(etcd)
+            .arg("--socket")
+            .arg(api::socket_path(&self.hosts[host].run_dir));
+        cmd
     }
 
     pub fn overlayctl_ok(&self, host: usize, args: &[&str]) -> String {

@@ -40,6 +40,17 @@ pub enum NetworkCmd {
         /// Gateway address per family [default: each subnet's first address]
         #[arg(long, value_name = "IP")]
         gateway: Vec<IpAddr>,
+        /// Where services without --vip get their VIP, per family (outside the subnet).
+        #[arg(long, value_name = "CIDR")]
+        service_range: Vec<IpNet>,
+    },
+    /// Change a network: its service ranges (the rest is fixed while it has endpoints).
+    Set {
+        /// The network's name.
+        name: String,
+        /// Where services without --vip get their VIP, per family (outside the subnet).
+        #[arg(long, value_name = "CIDR", required = true)]
+        service_range: Vec<IpNet>,
     },
     /// List networks.
     Ls,
@@ -65,9 +76,12 @@ pub async fn run(store: &Store, output: Output, cmd: NetworkCmd) -> anyhow::Resu
             block_len,
             block_len6,
             gateway,
+            service_range,
         } => {
             let (subnet, subnet6) = admin::one_per_family("--subnet", &subnet)?;
             let (gateway, gateway6) = admin::one_per_family("--gateway", &gateway)?;
+            let (service_range, service_range6) =
+                admin::one_per_family("--service-range", &service_range)?;
             let record = NetworkRecord {
                 version: RECORD_VERSION,
                 vni,
@@ -78,11 +92,24 @@ pub async fn run(store: &Store, output: Output, cmd: NetworkCmd) -> anyhow::Resu
                 subnet6: subnet6.map(|s| s.trunc()),
                 gateway6,
                 block_len6,
+                service_range: service_range.map(|r| r.trunc()),
+                service_range6: service_range6.map(|r| r.trunc()),
             };
             admin::create_network(store, &name, &record).await?;
             let view = Snapshot::load(store).await?.network(&name)?;
             emit(output, &view, |n| {
                 println!("network {name} created");
+                inspect_table(n);
+            });
+        }
+        NetworkCmd::Set {
+            name,
+            service_range,
+        } => {
+            admin::set_service_ranges(store, &name, &service_range).await?;
+            let view = Snapshot::load(store).await?.network(&name)?;
+            emit(output, &view, |n| {
+                println!("network {name} changed");
                 inspect_table(n);
             });
         }
@@ -156,6 +183,7 @@ fn inspect_table(n: &NetworkView) {
                 n.block_len6.map(|b| format!("/{b}")),
             ),
         ),
+        ("service range", both(n.service_range, n.service_range6)),
         ("endpoints", n.endpoints.to_string()),
     ]);
     if !n.blocks.is_empty() {

@@ -54,7 +54,7 @@ pub async fn node(store: &Store, output: Output, cmd: NodeCmd) -> anyhow::Result
                         n.vtep_ip.to_string(),
                         n.vtep_mac.clone(),
                         n.lease.clone(),
-                        format!("{}s", n.lease_ttl),
+                        ttl(n),
                         release(n),
                         n.endpoints.to_string(),
                     ]
@@ -84,13 +84,18 @@ pub async fn node(store: &Store, output: Output, cmd: NodeCmd) -> anyhow::Result
                 ("vtep mac", n.vtep_mac.clone()),
                 ("release", release(n)),
                 ("registered", format!("{ago}s ago")),
-                ("lease", format!("{} ({}s left)", n.lease, n.lease_ttl)),
+                ("lease", format!("{} ({} left)", n.lease, ttl(n))),
                 ("container mtu", or_dash(n.container_mtu)),
                 ("endpoints", n.endpoints.to_string()),
             ]);
         }),
     }
     Ok(())
+}
+
+fn ttl(n: &NodeView) -> String {
+    n.lease_ttl
+        .map_or_else(|| "gone".into(), |t| format!("{t}s"))
 }
 
 /// Releases before 0.2 did not say.

@@ -22,9 +22,17 @@ pub enum ServiceCmd {
         #[arg(long)]
         network: String,
         /// Virtual IP and port, outside the network's subnet: 198.19.200.1:80, or
-        /// [2001:2:0:1200::1]:80 on a network with IPv6.
-        #[arg(long, value_name = "IP:PORT")]
-        vip: SocketAddr,
+        /// [2001:2:0:1200::1]:80 on a network with IPv6 [default: a VIP from the network's
+        /// service range, with --port]
+        #[arg(long, value_name = "IP:PORT", required_unless_present = "port")]
+        vip: Option<SocketAddr>,
+        /// The service port, for a VIP taken from the network's service range (no --vip).
+        #[arg(long, conflicts_with = "vip", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// The family of a VIP taken from the service range [default: IPv4 where the
+        /// network has an IPv4 range]
+        #[arg(long, value_enum, conflicts_with = "vip")]
+        family: Option<FamilyArg>,
         /// The transport protocol balanced.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
@@ -61,6 +69,12 @@ pub enum ServiceCmd {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProtoArg {
     Tcp,
     Udp,
@@ -93,11 +107,32 @@ pub async fn run(
             name,
             network,
             vip,
+            port,
+            family,
             proto,
             backends,
         } => {
-            let record = admin::service_record(network, vip, proto.into(), backends);
-            admin::add_service(store, &name, &record).await?;
+            match (vip, port) {
+                (Some(vip), _) => {
+                    let record = admin::service_record(network, vip, proto.into(), backends);
+                    admin::add_service(store, &name, &record).await?;
+                }
+                (None, port) => {
+                    let port =
+                        port.ok_or_else(|| anyhow::anyhow!("give --vip IP:PORT, or --port PORT"))?;
+                    let req = admin::AllocatedService {
+                        network,
+                        port,
+                        proto: proto.into(),
+                        backends,
+                        family: family.map(|f| match f {
+                            FamilyArg::Ipv4 => admin::Family::Ipv4,
+                            FamilyArg::Ipv6 => admin::Family::Ipv6,
+                        }),
+                    };
+                    admin::add_allocated(store, &name, req).await?;
+                }
+            }
             let view = Snapshot::load(store).await?.service(&name, &local())?;
             emit(output, &view, |s| {
                 println!("service {name} created");
@@ -136,6 +171,15 @@ pub async fn run(
 
 fn vip(s: &ServiceView) -> String {
     format!("{}/{}", host_port(s.vip, s.port), s.proto)
+}
+
+fn vip_source(s: &ServiceView) -> String {
+    let from = if s.allocated {
+        " (from the service range)"
+    } else {
+        ""
+    };
+    format!("{}{from}", vip(s))
 }
 
 fn state(s: &ServiceView) -> String {
@@ -187,7 +231,7 @@ fn inspect_table(s: &ServiceView) {
     fields(&[
         ("name", s.name.clone()),
         ("network", s.network.clone()),
-        ("vip", vip(s)),
+        ("vip", vip_source(s)),
         ("state", state(s)),
         ("balanced over", s.backends.len().to_string()),
     ]);
