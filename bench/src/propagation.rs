@@ -90,8 +90,6 @@ pub fn run(samples: usize) -> Result<String> {
                 },
                 ifname: "eth0".into(),
                 services: Vec::new(),
-                pod: None,
-                docker_endpoint: None,
             };
             let start = Instant::now();
             rt.block_on(store.put(&key, records::encode(&record), None))?;

@@ -314,8 +314,6 @@ fn endpoint_kv(store: &Store, i: usize, node: &str) -> (String, Vec<u8>) {
         },
         ifname: "eth0".into(),
         services: Vec::new(),
-        pod: None,
-        docker_endpoint: None,
     };
     (key, records::encode(&record))
 }

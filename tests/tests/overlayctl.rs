@@ -606,3 +606,50 @@ fn network_rm_racing_endpoint_creation_has_one_winner() {
         "the two never overlapped: rm won {removed} rounds, the endpoint {created}"
     );
 }
+
+/// A node away (its lease, and so its endpoints' keys, expired) while its network is
+/// removed: coming back, it does not publish the endpoint of a network that no longer
+/// exists, and removes it.
+#[test]
+fn a_node_back_after_its_network_was_removed_publishes_nothing_of_it() {
+    let mut t = Topology::new(TopologySpec::new(2).with_etcd(3));
+    t.start_all(&[]);
+    t.wait_registered(0);
+    t.wait_registered(1);
+    t.overlayctl_ok(
+        0,
+        &[
+            "network",
+            "create",
+            "gone",
+            "--vni",
+            "400",
+            "--subnet",
+            "198.19.40.0/24",
+        ],
+    );
+    t.wait_status(1, "the network", |s| s["networks"] == 1);
+    t.add_pod(1, "p", "gone");
+    let veth = t.container("p").host_ifname.clone();
+    t.stop_daemon(1, nix::sys::signal::Signal::SIGKILL);
+    // The lease (3 s) expires and takes the endpoint's key along: rm is allowed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !t.overlayctl(0, &["network", "rm", "gone"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endpoint's key did not expire"
+        );
+        thread::sleep(std::time::Duration::from_millis(200));
+    }
+    t.start_daemon(1, &[]);
+    t.wait_registered(1);
+    t.wait_status(1, "no endpoint", |s| s["local_endpoints"] == 0);
+    let listed = t.overlayctl_ok(0, &["endpoint", "ls", "-o", "json"]);
+    assert_eq!(
+        listed.trim(),
+        "[]",
+        "an endpoint of a removed network was published"
+    );
+    let links = t.hosts[1].ns.run("ip", &["-o", "link", "show"]);
+    assert!(!links.contains(&veth), "{veth} left behind: {links}");
+}

@@ -248,6 +248,9 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
     t.add_cni_container(2, "c2", "red", &new_cni)
         .expect("ADD on h3");
     reaches(&t, "c2", "c1");
+    // A Kubernetes pod on h3 (its endpoint names the pod): it must survive the downgrade,
+    // whose daemon re-publishes the endpoint without knowing the pod.
+    t.add_k8s_pod(2, "k2", "red", "shop");
     let c1b = t.container("c1b").ipv6.expect("IPv6 from a new daemon").ip;
     assert!(
         traffic::ping(&t.container("c2").ns, c1b, 3),
@@ -278,6 +281,8 @@ fn a_rolling_upgrade_and_a_downgrade_lose_nothing() {
         .expect("ADD on the downgraded node");
     reaches(&t, "c3", "a0");
     reaches(&t, "c1b", "c3");
+    reaches(&t, "c1", "k2");
+    reaches(&t, "k2", "a0");
     t.del_cni_container("c1b", &old_cni)
         .expect("DEL with the previous plugin against the new daemon");
     let skipped = t.daemon_log(2)[log_before..].to_owned();

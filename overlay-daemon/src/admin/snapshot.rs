@@ -16,8 +16,8 @@ use crate::{
     store::{
         keys::Key,
         records::{
-            self, BlockRecord, Endpoint6Record, EndpointRecord, NetworkRecord, NodeRecord,
-            ServiceRecord,
+            self, BlockRecord, Endpoint6Record, EndpointInfoRecord, EndpointRecord, NetworkRecord,
+            NodeRecord, ServiceRecord,
         },
         ClusterView, Store,
     },
@@ -129,6 +129,7 @@ pub struct Snapshot {
     nodes: BTreeMap<String, (NodeRecord, i64)>,
     blocks: Vec<(String, IpNet, String)>,
     endpoints: Vec<(String, IpAddr, EndpointRecord)>,
+    info: BTreeMap<(String, IpAddr), EndpointInfoRecord>,
     ip6_of: BTreeMap<(String, Ipv4Addr), Ipv6Addr>,
     services: BTreeMap<String, ServiceRecord>,
     /// What the daemons make of the records (the same validation).
@@ -166,6 +167,7 @@ impl Snapshot {
             nodes: BTreeMap::new(),
             blocks: Vec::new(),
             endpoints: Vec::new(),
+            info: BTreeMap::new(),
             ip6_of: BTreeMap::new(),
             services: BTreeMap::new(),
             tables,
@@ -191,6 +193,11 @@ impl Snapshot {
                 Some(Key::Endpoint { network, ip }) => {
                     if let Ok(r) = records::decode(value) {
                         this.endpoints.push((network, ip, r));
+                    }
+                }
+                Some(Key::EndpointInfo { network, ip }) => {
+                    if let Ok(r) = records::decode(value) {
+                        this.info.insert((network, ip), r);
                     }
                 }
                 Some(Key::Endpoint6 { network, ip6 }) => {
@@ -300,6 +307,11 @@ impl Snapshot {
                     && filter.node.as_ref().is_none_or(|n| n == &e.node)
             })
             .map(|(network, ip, e)| {
+                // What an earlier endpoint of the address left is not this one's.
+                let info = self
+                    .info
+                    .get(&(network.clone(), *ip))
+                    .filter(|i| i.container_id == e.container_id);
                 let (ip, ip6) = match ip {
                     IpAddr::V4(ip) => {
                         (Some(*ip), self.ip6_of.get(&(network.clone(), *ip)).copied())
@@ -319,8 +331,8 @@ impl Snapshot {
                         Attachment::Reserved => None,
                         Attachment::Veth { host_ifname } => Some(host_ifname.clone()),
                     },
-                    pod: e.pod.clone(),
-                    docker_endpoint: e.docker_endpoint.clone(),
+                    pod: info.and_then(|i| i.pod.clone()),
+                    docker_endpoint: info.and_then(|i| i.docker_endpoint.clone()),
                     services: e.services.clone(),
                 }
             })

@@ -113,7 +113,10 @@ impl Cluster {
             let kvs = self.endpoint_kvs(store, ep);
             let network = store.layout.key(&Key::Network(ep.network.clone()));
             match store.create_all(&kvs, Some(lease), &network).await? {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    self.put_endpoint_info(store, lease, ep).await?;
+                    return Ok(true);
+                }
                 Err(Refused::GuardGone) => {
                     return Err(ClusterError::NoSuchNetwork(ep.network.clone()))
                 }
@@ -177,7 +180,7 @@ impl Cluster {
             let kvs = self.endpoint_kvs(store, ep);
             let network = store.layout.key(&Key::Network(ep.network.clone()));
             match store.create_all(&kvs, Some(lease), &network).await? {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.put_endpoint_info(store, lease, ep).await,
                 Err(Refused::GuardGone) => {
                     return Err(ClusterError::NoSuchNetwork(ep.network.clone()))
                 }

@@ -21,7 +21,7 @@ use crate::{
         client::{Change, Kv},
         keys::Key,
         records::{self, BlockRecord, NodeRecord, RECORD_VERSION},
-        Store,
+        Refused, Store,
     },
 };
 
@@ -264,7 +264,16 @@ impl Cluster {
                 network: network.clone(),
                 block: *block,
             });
-            if !store.create(&key, block_value.clone(), Some(lease)).await?
+            // Created only while the network exists (it may have been removed meanwhile).
+            let created = match self
+                .claim(store, lease, network, key.clone(), block_value.clone())
+                .await
+            {
+                Ok(created) => created,
+                Err(ClusterError::NoSuchNetwork(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if !created
                 && !store
                     .replace(&key, block_value.clone(), block_value.clone(), Some(lease))
                     .await?
@@ -291,7 +300,23 @@ impl Cluster {
                     continue;
                 }
             }
-            if !store.create(&key, value.clone(), Some(lease)).await?
+            // Created only while its network exists: one removed while this node was away
+            // (its keys gone with its lease) takes the endpoint along.
+            let guard = layout.key(&Key::Network(ep.network.clone()));
+            let created = match store
+                .create_all(&[(key.clone(), value.clone())], Some(lease), &guard)
+                .await?
+            {
+                Ok(()) => true,
+                Err(Refused::Taken(_)) => false,
+                Err(Refused::GuardGone) => {
+                    warn!(container = %ep.container_id, network = %ep.network, "network removed while this node was away; removing the local endpoint");
+                    delete_host_veth(&ep).await;
+                    self.local.remove(&ep.container_id, &ep.ifname);
+                    continue;
+                }
+            };
+            if !created
                 && !store
                     .replace(&key, value.clone(), value.clone(), Some(lease))
                     .await?
@@ -300,6 +325,9 @@ impl Cluster {
                 delete_host_veth(&ep).await;
                 self.local.remove(&ep.container_id, &ep.ifname);
                 continue;
+            }
+            if let Err(e) = self.put_endpoint_info(store, lease, &ep).await {
+                warn!(container = %ep.container_id, "writing whom the endpoint belongs to: {e}");
             }
             // The IPv6 claim moves to the new lease the same way.
             if let Some((key6, value6)) = self.endpoint6_kv(store, &ep) {

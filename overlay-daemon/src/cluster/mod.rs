@@ -354,6 +354,35 @@ impl Cluster {
         kvs
     }
 
+    /// The key and value saying whom a local endpoint belongs to, if there is anything to
+    /// say (a pod, a Docker endpoint).
+    pub(crate) fn endpoint_info_kv(
+        &self,
+        store: &Store,
+        ep: &Endpoint,
+    ) -> Option<(String, Vec<u8>)> {
+        let info = records::EndpointInfoRecord::of(ep)?;
+        let key = store.layout.key(&Key::EndpointInfo {
+            network: ep.network.clone(),
+            ip: ep.key_ip(),
+        });
+        Some((key, records::encode(&info)))
+    }
+
+    /// Writes whom a local endpoint belongs to beside its record, under the same lease
+    /// (overwriting what an earlier endpoint of the address may have left).
+    pub(crate) async fn put_endpoint_info(
+        &self,
+        store: &Store,
+        lease: i64,
+        ep: &Endpoint,
+    ) -> Result<(), ClusterError> {
+        if let Some((key, value)) = self.endpoint_info_kv(store, ep) {
+            store.put(&key, value, Some(lease)).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes a local endpoint's keys in etcd, each only if it is still this endpoint's.
     /// False: the record is not this endpoint's any more (another node's now).
     pub(crate) async fn delete_endpoint_keys(
@@ -361,6 +390,9 @@ impl Cluster {
         store: &Store,
         ep: &Endpoint,
     ) -> Result<bool, ClusterError> {
+        if let Some((key, value)) = self.endpoint_info_kv(store, ep) {
+            store.delete_if(&key, value).await?;
+        }
         let (key, value) = self.endpoint_kv(store, ep);
         let Some((key6, value6)) = self.endpoint6_kv(store, ep) else {
             return Ok(store.delete_if(&key, value).await?);

@@ -152,7 +152,10 @@ impl Cluster {
             }
         }
         let done = match self.local.save(&ep) {
-            Ok(()) => self.install(&store, lease, &ep).await,
+            Ok(()) => match self.put_endpoint_info(&store, lease, &ep).await {
+                Ok(()) => self.install(&store, lease, &ep).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -197,6 +200,9 @@ impl Cluster {
         lease: i64,
         ep: &mut Endpoint,
     ) -> Result<(), ClusterError> {
+        if let Some((info, value)) = self.endpoint_info_kv(store, ep) {
+            store.delete_if(&info, value).await?;
+        }
         let (key, before) = self.endpoint_kv(store, ep);
         ep.attachment = Attachment::Reserved;
         ep.host_mac = None;

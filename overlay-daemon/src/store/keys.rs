@@ -45,6 +45,13 @@ pub enum Key {
         network: String,
         ip6: Ipv6Addr,
     },
+    /// Who an endpoint belongs to (its pod, its Docker endpoint), beside the endpoint's
+    /// record rather than in it: the previous release re-publishes the record it can
+    /// reproduce and takes any difference for another node's address.
+    EndpointInfo {
+        network: String,
+        ip: IpAddr,
+    },
     /// Reserves a VNI for one network (created in the same transaction as the network).
     Vni(u32),
     Service(String),
@@ -110,6 +117,9 @@ impl Layout {
             }
             Key::Endpoint { network, ip } => format!("{}{ip}", self.endpoints(network)),
             Key::Endpoint6 { network, ip6 } => format!("{}{ip6}", self.endpoints6(network)),
+            Key::EndpointInfo { network, ip } => {
+                format!("{}endpointinfo/{network}/{ip}", self.root)
+            }
             Key::Vni(vni) => format!("{}vnis/{vni}", self.root),
             Key::Service(n) => format!("{}{n}", self.services()),
             Key::ServiceVip(id) => format!("{}vips/{id}", self.root),
@@ -144,6 +154,13 @@ impl Layout {
                 network: a.to_owned(),
                 ip6: b.parse().ok()?,
             }),
+            ("endpointinfo", Some(b)) => {
+                let ip: IpAddr = b.parse().ok()?;
+                (ip.to_string() == b).then(|| Key::EndpointInfo {
+                    network: a.to_owned(),
+                    ip,
+                })
+            }
             ("endpoints", Some(b)) => {
                 // One text per address (no "::ffff:a.b.c.d", no leading zeros), so two keys
                 // never name one endpoint.
@@ -188,6 +205,10 @@ mod tests {
             Key::Endpoint6 {
                 network: "red".into(),
                 ip6: "2001:2:0:1080::70".parse().unwrap(),
+            },
+            Key::EndpointInfo {
+                network: "red".into(),
+                ip: "198.19.1.70".parse().unwrap(),
             },
             Key::Vni(100),
             Key::Service("web".into()),

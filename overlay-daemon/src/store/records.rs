@@ -223,11 +223,34 @@ pub struct EndpointRecord {
     pub ifname: String,
     /// `NAME:PORT` labels: the endpoint is a backend of these services while it exists.
     pub services: Vec<String>,
-    /// The Kubernetes pod it belongs to (absent before 0.3 and for other containers).
+}
+
+/// Who an endpoint belongs to (`endpointinfo/<network>/<ip>`, 0.3 and later), written with
+/// the endpoint's record under the same lease when there is something to say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfoRecord {
+    pub version: u32,
+    /// The endpoint's container: an info key a previous endpoint of the address left
+    /// behind (a 0.2 node deletes only the record) names another.
+    pub container_id: String,
+    /// The Kubernetes pod it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<overlay_api::Pod>,
-    /// The Docker endpoint id (absent before 0.3, for other containers, and while the
-    /// address is only reserved).
+    /// The Docker endpoint id, once Docker created the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_endpoint: Option<String>,
+}
+
+impl EndpointInfoRecord {
+    /// What there is to say of a local endpoint, if anything.
+    pub fn of(ep: &Endpoint) -> Option<Self> {
+        (ep.pod.is_some() || ep.docker_endpoint.is_some()).then(|| Self {
+            version: RECORD_VERSION,
+            container_id: ep.container_id.clone(),
+            pod: ep.pod.clone(),
+            docker_endpoint: ep.docker_endpoint.clone(),
+        })
+    }
 }
 
 /// An endpoint's IPv6 address (the key names it and the network): which endpoint holds it.
@@ -251,8 +274,6 @@ impl EndpointRecord {
             attachment: ep.attachment.clone(),
             ifname: ep.ifname.clone(),
             services: ep.services.clone(),
-            pod: ep.pod.clone(),
-            docker_endpoint: ep.docker_endpoint.clone(),
         }
     }
 }
@@ -268,10 +289,6 @@ struct EndpointRecordWire {
     ifname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pod: Option<overlay_api::Pod>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    docker_endpoint: Option<String>,
 }
 
 impl From<EndpointRecordWire> for EndpointRecord {
@@ -284,8 +301,6 @@ impl From<EndpointRecordWire> for EndpointRecord {
             attachment: Attachment::from_wire(w.host_ifname),
             ifname: w.ifname,
             services: w.services,
-            pod: w.pod,
-            docker_endpoint: w.docker_endpoint,
         }
     }
 }
@@ -300,8 +315,6 @@ impl From<EndpointRecord> for EndpointRecordWire {
             container_id: r.container_id,
             ifname: r.ifname,
             services: r.services,
-            pod: r.pod,
-            docker_endpoint: r.docker_endpoint,
         }
     }
 }
@@ -368,6 +381,7 @@ versioned!(
     BlockRecord,
     EndpointRecord,
     Endpoint6Record,
+    EndpointInfoRecord,
     ServiceRecord
 );
 

@@ -196,7 +196,11 @@ impl ClusterView {
         let labelled =
             |e: Option<&Entry>| matches!(e, Some(Entry::Endpoint(ep)) if !ep.services.is_empty());
         match key {
-            Key::Vni(_) | Key::ServiceVip(_) | Key::Block { .. } | Key::Endpoint6 { .. } => {}
+            Key::Vni(_)
+            | Key::ServiceVip(_)
+            | Key::Block { .. }
+            | Key::Endpoint6 { .. }
+            | Key::EndpointInfo { .. } => {}
             Key::Endpoint { network, ip } => {
                 let id = (network.clone(), *ip);
                 if labelled(old)
@@ -324,8 +328,9 @@ impl ClusterView {
             return;
         };
         let decoded = match &key {
-            // Only there to keep VNIs unique; the network record carries the VNI.
-            Key::Vni(_) | Key::ServiceVip(_) => return,
+            // Only there to keep VNIs unique (the network record carries the VNI), VIPs
+            // unique, and to tell operators whom an endpoint belongs to.
+            Key::Vni(_) | Key::ServiceVip(_) | Key::EndpointInfo { .. } => return,
             Key::Service(_) => records::decode(&kv.value).map(Entry::Service),
             Key::Network(_) => records::decode::<NetworkRecord>(&kv.value).map(|mut n| {
                 if let Err(e) = n.check_ipv6() {

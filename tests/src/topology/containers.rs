@@ -28,6 +28,33 @@ impl Topology {
         network: &str,
         services: &[&str],
     ) -> usize {
+        self.add_pod_as(host, name, network, services, None)
+    }
+
+    /// `add_pod` for a Kubernetes pod `<namespace>/<name>` (as a CRI runtime names it).
+    pub fn add_k8s_pod(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        namespace: &str,
+    ) -> usize {
+        let pod = overlay_api::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: Some(format!("uid-{name}")),
+        };
+        self.add_pod_as(host, name, network, &[], Some(pod))
+    }
+
+    fn add_pod_as(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        services: &[&str],
+        pod: Option<overlay_api::Pod>,
+    ) -> usize {
         let ns = self.container_ns(name, network);
         let req = EndpointRequest {
             network: network.to_owned(),
@@ -35,6 +62,7 @@ impl Topology {
             netns: PathBuf::from(ns.path()),
             ifname: "eth0".into(),
             services: services.iter().map(|s| s.to_string()).collect(),
+            pod,
             ..Default::default()
         };
         // The daemon writes its first status before it binds the API socket: a pod added

@@ -208,9 +208,14 @@ fn a_node_shows_its_lease_in_hex_and_its_endpoints() {
 #[test]
 fn a_docker_endpoint_is_found_by_its_docker_endpoint_id() {
     let id = "3f4e5d6c7b8a00112233445566778899";
-    let record = format!(
-        r#"{{"version":1,"mac":"02:00:00:00:00:09","node":"n1","container_id":"docker:red:198.19.1.9","host_ifname":"ovl9","ifname":"eth","docker_endpoint":"{id}"}}"#
+    let record = r#"{"version":1,"mac":"02:00:00:00:00:09","node":"n1","container_id":"docker:red:198.19.1.9","host_ifname":"ovl9","ifname":"eth"}"#;
+    let info = format!(
+        r#"{{"version":1,"container_id":"docker:red:198.19.1.9","docker_endpoint":"{id}"}}"#
     );
+    // What an earlier endpoint of .10 left beside it names another container.
+    let stale = r#"{"version":1,"container_id":"gone","pod":{"namespace":"a","name":"b"}}"#;
+    let ten = ep("n1", "now", "ovl10");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let w = snapshot(&[
         (
             Key::Network("red".into()),
@@ -220,9 +225,33 @@ fn a_docker_endpoint_is_found_by_its_docker_endpoint_id() {
         (
             Key::Endpoint {
                 network: "red".into(),
-                ip: "198.19.1.9".parse().unwrap(),
+                ip: ip("198.19.1.9"),
             },
-            &record,
+            record,
+            0,
+        ),
+        (
+            Key::EndpointInfo {
+                network: "red".into(),
+                ip: ip("198.19.1.9"),
+            },
+            &info,
+            0,
+        ),
+        (
+            Key::Endpoint {
+                network: "red".into(),
+                ip: ip("198.19.1.10"),
+            },
+            &ten,
+            0,
+        ),
+        (
+            Key::EndpointInfo {
+                network: "red".into(),
+                ip: ip("198.19.1.10"),
+            },
+            stale,
             0,
         ),
     ]);
@@ -234,5 +263,10 @@ fn a_docker_endpoint_is_found_by_its_docker_endpoint_id() {
             Err(AdminError::NoSuchEndpoint(_))
         ),
         "too short to be an id"
+    );
+    assert_eq!(
+        w.endpoint("now", None).unwrap().pod,
+        None,
+        "a stale pod is not shown"
     );
 }
