@@ -260,6 +260,17 @@ fn garbage_under_the_prefix_is_skipped() {
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["rejected_entries"], 3, "{v}");
     assert_eq!(v["nodes"], 3);
+    // An unreadable network or service record can still be removed by name.
+    let etcd = t.etcd.as_ref().unwrap();
+    etcd.ctl_ok(&["put", "/overlay/v1/networks/junk", "{not json"]);
+    etcd.ctl_ok(&["put", "/overlay/v1/services/junk", "x"]);
+    for kind in ["network", "service"] {
+        let out = t.overlayctl_ok(0, &[kind, "rm", "junk", "-o", "json"]);
+        assert!(out.contains(r#""unreadable": true"#), "{kind}: {out}");
+        let key = format!("/overlay/v1/{kind}s/junk");
+        let left = etcd.ctl_ok(&["get", &key]);
+        assert!(left.trim().is_empty(), "{key} left: {left}");
+    }
 }
 
 #[test]

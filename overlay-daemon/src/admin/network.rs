@@ -88,11 +88,20 @@ async fn check_ipv6_only(store: &Store, name: &str) -> Result<(), AdminError> {
 /// Removes a network that has no endpoints. The check and the removal are one etcd
 /// transaction: an endpoint created by any node before it applies makes it fail, and once
 /// it applied, no node can create an endpoint of the network.
-pub async fn remove_network(store: &Store, name: &str) -> Result<NetworkRecord, AdminError> {
+/// Returns what the record was (None: it was not readable, and is removed all the same:
+/// nothing else could remove it).
+pub async fn remove_network(
+    store: &Store,
+    name: &str,
+) -> Result<Option<NetworkRecord>, AdminError> {
     // A record changed between the read and the transaction is read again (a few times:
     // nothing rewrites a network record in a loop).
+    let key = store.layout.key(&Key::Network(name.to_owned()));
     for _ in 0..3 {
-        let record = network_record(store, name).await?;
+        let record = match store.get(&key).await? {
+            Some(kv) => records::decode::<NetworkRecord>(&kv.value).ok(),
+            None => return Err(AdminError::NoSuchNetwork(name.to_owned())),
+        };
         match store.delete_network(name).await? {
             NetworkRemoval::Removed => return Ok(record),
             NetworkRemoval::Absent => return Err(AdminError::NoSuchNetwork(name.to_owned())),

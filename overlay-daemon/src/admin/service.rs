@@ -212,19 +212,20 @@ pub(super) async fn check_capacity(
 }
 
 /// Removes a service; returns what it was.
-pub async fn remove_service(store: &Store, name: &str) -> Result<ServiceRecord, AdminError> {
+/// Removes a service; returns what it was (None: its record was not readable, and is
+/// removed all the same: nothing else could remove it).
+pub async fn remove_service(
+    store: &Store,
+    name: &str,
+) -> Result<Option<ServiceRecord>, AdminError> {
     let key = store.layout.key(&Key::Service(name.to_owned()));
     let record = match store.get(&key).await? {
         Some(kv) => records::decode::<ServiceRecord>(&kv.value).ok(),
         None => None,
     };
-    match (store.delete_service(name).await?, record) {
-        (true, Some(record)) => Ok(record),
-        // Undecodable: removed all the same (nothing else can remove it).
-        (true, None) => Err(invalid(format!(
-            "service {name:?} was removed, but its record was not readable"
-        ))),
-        (false, _) => Err(AdminError::NoSuchService(name.to_owned())),
+    match store.delete_service(name).await? {
+        true => Ok(record),
+        false => Err(AdminError::NoSuchService(name.to_owned())),
     }
 }
 

@@ -356,9 +356,11 @@ impl Snapshot {
                 None => {
                     e.container_id == id
                         || format!("{}/{}", e.container_id, e.ifname) == id
-                        || e.docker_endpoint
-                            .as_ref()
-                            .is_some_and(|d| d.starts_with(id) && id.len() >= 12)
+                        || e.docker_endpoint.as_ref().is_some_and(|d| {
+                            // As `endpoint ls` shows it (`docker:<id>`) or as Docker does.
+                            let id = id.strip_prefix("docker:").unwrap_or(id);
+                            d.starts_with(id) && id.len() >= 12
+                        })
                 }
             })
             .collect();

@@ -257,6 +257,11 @@ fn a_docker_endpoint_is_found_by_its_docker_endpoint_id() {
     ]);
     let e = w.endpoint("3f4e5d6c7b8a", None).unwrap();
     assert_eq!(e.docker_endpoint.as_deref(), Some(id));
+    assert_eq!(
+        w.endpoint("docker:3f4e5d6c7b8a", None).unwrap(),
+        e,
+        "as endpoint ls shows it"
+    );
     assert!(
         matches!(
             w.endpoint("3f4e5d", None),

@@ -122,14 +122,38 @@ pub async fn run(store: &Store, output: Output, cmd: NetworkCmd) -> anyhow::Resu
             emit(output, &view, inspect_table);
         }
         NetworkCmd::Rm { name } => {
-            let mut view = Snapshot::load(store).await?.network(&name)?;
+            // What it was (a record the daemons skip as unreadable has no view).
+            let view = Snapshot::load(store).await?.network(&name).ok();
             admin::remove_network(store, &name).await?;
-            // Its blocks went with it.
-            view.blocks.clear();
-            emit(output, &view, |n| println!("network {} removed", n.name));
+            match view {
+                Some(mut view) => {
+                    view.blocks.clear(); // they went with it
+                    emit(output, &view, |n| println!("network {} removed", n.name));
+                }
+                None => emit(output, &Unreadable::of(&name), |_| {
+                    println!("network {name} removed (its record was not readable)")
+                }),
+            }
         }
     }
     Ok(())
+}
+
+/// What `rm` prints of an object whose record was not readable.
+#[derive(serde::Serialize)]
+pub struct Unreadable<'a> {
+    pub name: &'a str,
+    /// Always true: the record did not decode.
+    pub unreadable: bool,
+}
+
+impl<'a> Unreadable<'a> {
+    pub fn of(name: &'a str) -> Self {
+        Self {
+            name,
+            unreadable: true,
+        }
+    }
 }
 
 /// No MTU set: each node gives its containers its maximum (underlay - 50).

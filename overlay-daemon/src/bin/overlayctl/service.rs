@@ -150,9 +150,14 @@ pub async fn run(
             emit(output, &view, inspect_table);
         }
         ServiceCmd::Rm { name } => {
-            let view = Snapshot::load(store).await?.service(&name, &[])?;
+            let view = Snapshot::load(store).await?.service(&name, &[]).ok();
             admin::remove_service(store, &name).await?;
-            emit(output, &view, |s| println!("service {} removed", s.name));
+            match view {
+                Some(view) => emit(output, &view, |s| println!("service {} removed", s.name)),
+                None => emit(output, &crate::network::Unreadable::of(&name), |_| {
+                    println!("service {name} removed (its record was not readable)")
+                }),
+            }
         }
         ServiceCmd::SetBackends { name, backends } => {
             admin::set_backends(store, &name, backends).await?;
