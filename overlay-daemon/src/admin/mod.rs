@@ -15,7 +15,7 @@ pub use snapshot::{
     BackendState, BlockView, EndpointFilter, EndpointView, NetworkView, NodeView, ServiceView,
     Snapshot,
 };
-pub use vip::{add_allocated, candidates, AllocatedService, Family};
+pub use vip::{add_allocated, AllocatedService, Family};
 
 use crate::store::{keys::Key, records, records::Versioned, Store, StoreError};
 

@@ -483,13 +483,16 @@ impl Snapshot {
                 _ => "the service is not balanced (see rejected)".into(),
             });
         }
-        let recorded = self
-            .endpoints(&EndpointFilter::default())
-            .unwrap_or_default()
-            .into_iter()
-            .find(|e| e.network == s.network && has(e.ip, e.ip6));
+        // The raw records (no views built: this runs per configured backend).
+        let recorded = self.endpoints.iter().find(|(net, ip, _)| {
+            *net == s.network
+                && match *ip {
+                    IpAddr::V4(v4) => has(Some(v4), self.ip6_of.get(&(net.clone(), v4)).copied()),
+                    IpAddr::V6(v6) => has(None, Some(v6)),
+                }
+        });
         Some(match recorded {
-            Some(e) if !self.nodes.contains_key(&e.node) => {
+            Some((_, _, e)) if !self.nodes.contains_key(&e.node) => {
                 format!("its endpoint's node {:?} is not registered (down?)", e.node)
             }
             Some(_) => "its endpoint is refused by the daemons (see `overlayctl status`)".into(),

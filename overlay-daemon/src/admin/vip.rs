@@ -124,7 +124,7 @@ fn service_range(
 
 /// The range's usable addresses (an IPv4 range without its network and broadcast
 /// addresses), from `offset` on, wrapping around: each allocator starts elsewhere.
-pub fn candidates(range: IpNet, offset: u64) -> impl Iterator<Item = IpAddr> {
+fn candidates(range: IpNet, offset: u64) -> impl Iterator<Item = IpAddr> {
     let (base, size): (u128, u128) = match range {
         IpNet::V4(r) => (
             u128::from(u32::from(r.network())) + 1,
