@@ -103,6 +103,9 @@ pub fn build_previous() -> Result<Binaries> {
     // Its own manifest: `run` works from this workspace's root.
     cmd.env("PATH", setup::path_with_cargo_bin())
         .env("CARGO_TARGET_DIR", &target)
+        // Built once and only run: no incremental state or debug info to keep on disk.
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .arg("build")
         .arg("--manifest-path")
         .arg(src.join("Cargo.toml"))
