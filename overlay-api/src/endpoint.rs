@@ -151,6 +151,19 @@ pub struct Endpoint {
     /// The Docker endpoint id (what `docker network inspect` lists by container), once
     /// Docker created the endpoint.
     pub docker_endpoint: Option<String>,
+    /// The container's name, where the runtime gave one outside Kubernetes (podman's
+    /// `K8S_POD_NAME` without a namespace): its DNS name in the network.
+    pub name: Option<String>,
+    /// The resolver the container should use, when overlayd serves DNS.
+    pub dns: Option<EndpointDns>,
+}
+
+/// The resolver settings a runtime writes into the container's resolv.conf (the CNI
+/// result's `dns`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDns {
+    pub nameservers: Vec<std::net::IpAddr>,
+    pub search: Vec<String>,
 }
 
 /// The Kubernetes pod an endpoint belongs to, from the `K8S_POD_*` CNI_ARGS a CRI runtime
@@ -280,6 +293,12 @@ struct EndpointWire {
     /// Absent before 0.3 and for endpoints Docker did not make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     docker_endpoint: Option<String>,
+    /// Absent before 0.3 and for containers the runtime did not name (outside pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Absent before 0.3 and where overlayd serves no DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<EndpointDns>,
 }
 
 impl TryFrom<EndpointWire> for Endpoint {
@@ -324,6 +343,8 @@ impl TryFrom<EndpointWire> for Endpoint {
             services: w.services,
             pod: w.pod,
             docker_endpoint: w.docker_endpoint,
+            name: w.name,
+            dns: w.dns,
         })
     }
 }
@@ -353,6 +374,8 @@ impl From<Endpoint> for EndpointWire {
             services: e.services,
             pod: e.pod,
             docker_endpoint: e.docker_endpoint,
+            name: e.name,
+            dns: e.dns,
         }
     }
 }
@@ -380,6 +403,10 @@ pub struct EndpointRequest {
     /// The pod the container is (API version 5; an older daemon ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
+    /// The container's name outside a pod (podman's), its DNS name (API version 6; an
+    /// older daemon ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[cfg(test)]

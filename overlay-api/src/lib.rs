@@ -19,8 +19,8 @@ pub mod protocol;
 
 pub use client::{CallError, Client};
 pub use endpoint::{
-    Attachment, DefaultRoute, DefaultRoutes, Endpoint, EndpointId, EndpointRequest, Ipv4Assignment,
-    Ipv6Assignment, Owner, Pod, Sandbox,
+    Attachment, DefaultRoute, DefaultRoutes, Endpoint, EndpointDns, EndpointId, EndpointRequest,
+    Ipv4Assignment, Ipv6Assignment, Owner, Pod, Sandbox,
 };
 pub use error::{ApiError, ErrorKind};
 pub use mac::MacAddr;

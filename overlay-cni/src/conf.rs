@@ -165,10 +165,34 @@ impl CniEnv {
             .collect()
     }
 
+    /// The container's name where a runtime gives one without a pod: podman (CNI backend)
+    /// passes `K8S_POD_NAME` alone, the container's name. None with a namespace (a pod).
+    pub fn container_name(&self) -> Result<Option<String>, CniError> {
+        let args = self.args_map();
+        if args.get("K8S_POD_NAMESPACE").is_some_and(|v| !v.is_empty()) {
+            return Ok(None);
+        }
+        Ok(self.pod_fields(&args)?.1)
+    }
+
     /// The pod a CRI runtime names in CNI_ARGS (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
     /// `K8S_POD_UID`): none unless both namespace and name are there.
     pub fn pod(&self) -> Result<Option<overlay_api::Pod>, CniError> {
-        let args = self.args_map();
+        let (namespace, name, uid) = self.pod_fields(&self.args_map())?;
+        Ok(namespace
+            .zip(name)
+            .map(|(namespace, name)| overlay_api::Pod {
+                namespace,
+                name,
+                uid,
+            }))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn pod_fields(
+        &self,
+        args: &BTreeMap<String, String>,
+    ) -> Result<(Option<String>, Option<String>, Option<String>), CniError> {
         let field = |key: &str| -> Result<Option<String>, CniError> {
             let Some(v) = args.get(key).filter(|v| !v.is_empty()) else {
                 return Ok(None);
@@ -181,18 +205,11 @@ impl CniEnv {
             }
             Ok(Some(v.clone()))
         };
-        let (namespace, name, uid) = (
+        Ok((
             field("K8S_POD_NAMESPACE")?,
             field("K8S_POD_NAME")?,
             field("K8S_POD_UID")?,
-        );
-        Ok(namespace
-            .zip(name)
-            .map(|(namespace, name)| overlay_api::Pod {
-                namespace,
-                name,
-                uid,
-            }))
+        ))
     }
 }
 

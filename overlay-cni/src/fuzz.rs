@@ -146,6 +146,8 @@ fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoin
         default_routes: overlay_api::DefaultRoutes::default(),
         pod: None,
         docker_endpoint: None,
+        name: None,
+        dns: None,
     }
 }
 

@@ -158,6 +158,7 @@ fn operation(env: &CniEnv, conf: &NetConf) -> Result<Operation, CniError> {
                 services: service_labels(conf, env)?,
                 default_route: conf.default_route(),
                 pod: env.pod()?,
+                name: env.container_name()?,
             }))
         }
         "DEL" => {
@@ -347,6 +348,8 @@ mod tests {
             },
             pod: None,
             docker_endpoint: None,
+            name: None,
+            dns: None,
         }
     }
 
@@ -366,6 +369,24 @@ mod tests {
         let latest = serde_json::to_value(add_result("1.1.0", &ep)).unwrap();
         assert_eq!(latest["interfaces"][1]["mtu"], 1450);
         assert_eq!(latest["dns"], serde_json::json!({}));
+    }
+
+    /// Where overlayd serves DNS, the result names the gateway and the network's search
+    /// domains, which the runtime writes into the container's resolv.conf.
+    #[test]
+    fn results_carry_the_networks_resolver() {
+        let ep = Endpoint {
+            dns: Some(overlay_api::EndpointDns {
+                nameservers: vec!["198.19.1.1".parse().unwrap()],
+                search: vec!["red.overlay.internal".into(), "overlay.internal".into()],
+            }),
+            ..endpoint()
+        };
+        let r = serde_json::to_value(add_result("1.0.0", &ep)).unwrap();
+        assert_eq!(
+            r["dns"],
+            serde_json::json!({"nameservers": ["198.19.1.1"], "search": ["red.overlay.internal", "overlay.internal"]})
+        );
     }
 
     /// An interface that did not get the container's default route does not claim it.

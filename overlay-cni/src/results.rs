@@ -55,7 +55,15 @@ pub fn add_result(version: &str, ep: &Endpoint) -> CniResult {
         interfaces: vec![host, container],
         ips,
         routes,
-        dns: Dns::default(),
+        // The runtime writes these into the container's resolv.conf (docs/dns.md).
+        dns: match &ep.dns {
+            Some(d) => Dns {
+                nameservers: d.nameservers.iter().map(|ip| ip.to_string()).collect(),
+                search: d.search.clone(),
+                ..Dns::default()
+            },
+            None => Dns::default(),
+        },
     }
 }
 

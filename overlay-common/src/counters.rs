@@ -81,6 +81,9 @@ counted_enum! {
         /// Sent by a container through its gateway to an address of its own host (not of
         /// the overlay), handed to the host's stack.
         ToHost = 19 => "to_host",
+        /// DNS queries (and their TCP segments) a container sent to its own network's
+        /// gateway, handed to the host's stack for the daemon's DNS server.
+        ToDns = 20 => "to_dns",
     }
 }
 

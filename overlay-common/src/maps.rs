@@ -115,6 +115,17 @@ pub const CONFIG_F_FOREIGN_VNI_PASS: u16 = 4;
 /// records direct flows to backends too (a VIP flow then never takes a live direct one's
 /// tuple; with the hooks on, sockets keep their tuples apart themselves).
 pub const CONFIG_F_TRACK_DIRECT: u16 = 8;
+/// `Config.flags`: the daemon serves DNS on every network's gateway address, so a
+/// container's UDP or TCP to its own network's gateway, port 53, goes to the host's stack
+/// marked `DNS_MARK` (which the daemon routes to a local table: docs/dns.md).
+pub const CONFIG_F_DNS: u16 = 16;
+
+/// `skb->mark` of a container's DNS query to its gateway, handed to the host's stack. The
+/// daemon's policy rule sends packets with exactly this mark to a table that delivers them
+/// locally, to its sockets bound to the gateway addresses.
+pub const DNS_MARK: u32 = 0x4789_0035;
+/// The port containers send DNS queries to.
+pub const DNS_PORT: u16 = 53;
 
 /// The layout of the pinned maps this release's programs use, written into `CONFIG`. Layout
 /// 1 (releases up to 0.1) had no version field (a 16-byte `CONFIG`); each layout change

@@ -61,6 +61,11 @@ pub async fn ensure_rules() -> Result<(), NetlinkError> {
 
 /// Removes the rules `ensure_rules` added (`overlayd cleanup`). Missing is fine.
 pub async fn remove_rules() -> Result<(), NetlinkError> {
+    remove_rules_to(TABLE).await
+}
+
+/// Removes every rule (both families) that sends traffic to `table`.
+pub(crate) async fn remove_rules_to(table_id: u32) -> Result<(), NetlinkError> {
     use futures::TryStreamExt as _;
     let h = connect()?;
     for version in [IpVersion::V4, IpVersion::V6] {
@@ -79,7 +84,7 @@ pub async fn remove_rules() -> Result<(), NetlinkError> {
                     _ => None,
                 })
                 .unwrap_or(rule.header.table.into());
-            if table == TABLE {
+            if table == table_id {
                 ours.push(rule);
             }
         }

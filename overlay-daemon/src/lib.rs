@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cnm;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 #[cfg(any(test, feature = "fuzz"))]
 #[doc(hidden)]
 pub mod fuzz;

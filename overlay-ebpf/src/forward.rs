@@ -117,7 +117,7 @@ fn from_container4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32
     }
     match forward_ipv4(ctx, cfg, me, translated)? {
         Forwarded::Verdict(verdict) => Ok(verdict),
-        Forwarded::Host => unpack(host::deliver4(ctx)),
+        Forwarded::Host => unpack(host::deliver4(ctx, me.vni, cfg.flags)),
         Forwarded::Local(ifindex) => {
             if !translated && balancing {
                 lb::to_client_here(ctx, me.vni)?;

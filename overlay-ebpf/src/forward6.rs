@@ -86,7 +86,7 @@ pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result
             }
             Ok(verdict)
         }
-        Forwarded::Host => unpack(host::deliver6(ctx)),
+        Forwarded::Host => unpack(host::deliver6(ctx, me.vni, cfg.flags)),
         Forwarded::TooBig => {
             let len = ctx.len();
             let verdict = icmp::packet_too_big6(ctx, me)?;

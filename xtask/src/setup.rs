@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     "runc",
     "docker.io",
     "curl",
+    // The DNS test's upstream resolver and the DNS benchmark's baseline (the binary only:
+    // the `dnsmasq` package would start a system-wide service).
+    "dnsmasq-base",
     // The metrics test's scraper (a real Prometheus server in a namespace).
     "prometheus",
     // The benchmark charts' font (read at run time; no font libraries needed).

@@ -123,6 +123,17 @@ struct RunArgs {
     /// HTTP on this address, e.g. 0.0.0.0:9462 (default: not served).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve DNS to the containers on each network's gateway address (needs etcd): names of
+    /// services and containers under --dns-domain, anything else asked of --dns-upstream.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    dns: Switch,
+    /// The domain of the cluster's names: <service>.<network>.<domain>.
+    #[arg(long, value_name = "DOMAIN", default_value = overlay_daemon::dns::DEFAULT_DOMAIN)]
+    dns_domain: String,
+    /// A resolver other names are asked of (repeat for more) [default: the nameservers of
+    /// /etc/resolv.conf]
+    #[arg(long, value_name = "IP")]
+    dns_upstream: Vec<std::net::IpAddr>,
     /// Run without a datapath: register, sync and reconcile the tables in memory only (no
     /// underlay, no containers). For simulating many nodes on one machine; needs --vtep-ip.
     #[arg(long, requires = "vtep_ip", conflicts_with_all = ["docker_plugin", "underlay", "tables"])]
@@ -188,6 +199,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Err(e) = rt.block_on(overlay_daemon::host_route::remove_rules()) {
                 errors.push(e.to_string());
             }
+            if let Err(e) = rt.block_on(overlay_daemon::dns::route::remove()) {
+                errors.push(e.to_string());
+            }
             if !errors.is_empty() {
                 anyhow::bail!(
                     "cleanup left {} problem(s): {}",
@@ -233,6 +247,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }),
                 (false, None, _) => anyhow::bail!("--underlay IFACE is required"),
             };
+            // Served with etcd only: a tables file names no containers.
+            let dns = match (args.dns, args.tables.is_some()) {
+                (Switch::On, false) => Some(overlay_daemon::dns::DnsConfig::new(
+                    &args.dns_domain,
+                    args.dns_upstream,
+                    std::fs::read_to_string("/etc/resolv.conf").ok().as_deref(),
+                )?),
+                _ => None,
+            };
             let cfg = DaemonConfig {
                 bpffs: args.bpffs.unwrap_or_else(|| default_bpffs(&node)),
                 node_name: node,
@@ -247,6 +270,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 detach_on_exit: args.detach_on_exit,
                 docker_plugin: args.docker_plugin,
                 metrics_listen: args.metrics_listen,
+                dns,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -271,4 +295,11 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// A feature on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }

@@ -108,6 +108,21 @@ impl Cluster {
             services: req.services.clone(),
             pod: req.pod.clone(),
             docker_endpoint: None,
+            name: req.name.clone(),
+            // The network's gateways answer DNS (docs/dns.md).
+            dns: self
+                .cfg
+                .dns_domain
+                .as_ref()
+                .map(|domain| overlay_api::EndpointDns {
+                    nameservers: net
+                        .gateway_ip()
+                        .map(std::net::IpAddr::V4)
+                        .into_iter()
+                        .chain(net.ipv6().map(|n| std::net::IpAddr::V6(n.gateway)))
+                        .collect(),
+                    search: vec![format!("{}.{domain}", req.network), domain.clone()],
+                }),
             // Set once the interface is configured (the runtime's own for Docker).
             default_routes: overlay_api::DefaultRoutes::default(),
         };

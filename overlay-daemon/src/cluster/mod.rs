@@ -60,6 +60,8 @@ pub struct ClusterConfig {
     pub run_dir: PathBuf,
     /// Container MTU (underlay - 50).
     pub mtu: u32,
+    /// The DNS domain when this node serves DNS: endpoints are told to use it.
+    pub dns_domain: Option<String>,
 }
 
 /// Why the node cannot go on as a member of the cluster: the daemon stops with it.

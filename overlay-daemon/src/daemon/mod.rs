@@ -69,6 +69,8 @@ pub struct DaemonConfig {
     pub docker_plugin: Option<PathBuf>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if at all.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// DNS for the containers (etcd and a datapath only), if served.
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// What the node runs.
@@ -187,6 +189,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     lease_ttl: cfg.lease_ttl,
                     run_dir: cfg.run_dir.clone(),
                     mtu,
+                    dns_domain: match (&cfg.dns, control_plane_only) {
+                        (Some(dns), false) => Some(dns.domain_text()),
+                        _ => None,
+                    },
                 },
                 metrics.clone(),
                 &stop_tasks,
@@ -213,6 +219,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     Some(monitor),
                     stop_front.clone(),
                 )));
+            }
+            if let Target::Kernel(dp) = &mut target {
+                if let Err(e) = dp.maps.config.set_dns(cfg.dns.is_some()) {
+                    error!("DNS: telling the datapath: {e}");
+                }
+                if let Some(dns) = cfg.dns.clone() {
+                    tasks.push(tokio::spawn(crate::dns::run(
+                        dns,
+                        c.clone(),
+                        stop_tasks.clone(),
+                    )));
+                }
             }
             if let Some(path) = cfg.docker_plugin.clone() {
                 let driver = Arc::new(cnm::Driver::new(c.clone()));

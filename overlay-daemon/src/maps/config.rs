@@ -3,8 +3,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, Map, MapData};
 use overlay_common::{
     maps::{
-        names, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY, CONFIG_F_TRACK_DIRECT,
-        DATAPATH_LAYOUT,
+        names, CONFIG_F_DNS, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY,
+        CONFIG_F_TRACK_DIRECT, DATAPATH_LAYOUT,
     },
     Config,
 };
@@ -33,7 +33,7 @@ impl ConfigMap {
     /// restart must not pause either), and so is whether direct flows are tracked.
     pub fn set(&mut self, cfg: &NodeDatapathConfig) -> Result<(), MapsError> {
         let kept = self.current().flags
-            & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS | CONFIG_F_TRACK_DIRECT);
+            & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS | CONFIG_F_TRACK_DIRECT | CONFIG_F_DNS);
         let value = Config {
             vtep_ip: ip_key(cfg.vtep_ip),
             underlay_ifindex: cfg.underlay_ifindex,
@@ -56,6 +56,12 @@ impl ConfigMap {
     /// must record direct flows to backends, to keep translated tuples apart from them.
     pub fn set_track_direct(&mut self, track: bool) -> Result<(), MapsError> {
         self.set_flag(CONFIG_F_TRACK_DIRECT, track)
+    }
+
+    /// Tells the datapath whether the daemon serves DNS on the gateways (containers'
+    /// queries to their gateway then go to the host's stack, marked).
+    pub fn set_dns(&mut self, on: bool) -> Result<(), MapsError> {
+        self.set_flag(CONFIG_F_DNS, on)
     }
 
     /// Tells the datapath whether VXLAN with VNIs the overlay does not use goes to the

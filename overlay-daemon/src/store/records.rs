@@ -239,17 +239,32 @@ pub struct EndpointInfoRecord {
     /// The Docker endpoint id, once Docker created the endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_endpoint: Option<String>,
+    /// The container's name as its runtime gave it, outside Kubernetes (podman's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl EndpointInfoRecord {
     /// What there is to say of a local endpoint, if anything.
     pub fn of(ep: &Endpoint) -> Option<Self> {
-        (ep.pod.is_some() || ep.docker_endpoint.is_some()).then(|| Self {
+        (ep.pod.is_some() || ep.docker_endpoint.is_some() || ep.name.is_some()).then(|| Self {
             version: RECORD_VERSION,
             container_id: ep.container_id.clone(),
             pod: ep.pod.clone(),
             docker_endpoint: ep.docker_endpoint.clone(),
+            name: ep.name.clone(),
         })
+    }
+
+    /// The endpoint's DNS name relative to its network: `<pod>.<namespace>` for a pod, the
+    /// runtime's name for a container (podman's), none for what does not make DNS labels.
+    pub fn dns_name(&self) -> Option<String> {
+        let name = match (&self.pod, &self.name) {
+            (Some(pod), _) => format!("{}.{}", pod.name, pod.namespace),
+            (None, Some(name)) => name.clone(),
+            (None, None) => return None,
+        };
+        crate::dns::zone::valid_labels(&name).then(|| name.to_ascii_lowercase())
     }
 }
 

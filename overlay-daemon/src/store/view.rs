@@ -94,6 +94,9 @@ pub struct ClusterView {
     per_node: HashMap<Arc<str>, usize>,
     /// The `endpoints6` keys by the endpoint they name.
     ip6_of: Claims6,
+    /// The names runtimes gave endpoints (`endpointinfo/` keys), by (network, key address),
+    /// relative to the network: what DNS serves.
+    names: BTreeMap<(String, IpAddr), String>,
 }
 
 impl ClusterView {
@@ -109,6 +112,7 @@ impl ClusterView {
             revision: 0,
             per_node: HashMap::new(),
             ip6_of: Claims6::default(),
+            names: BTreeMap::new(),
         }
     }
 
@@ -125,6 +129,7 @@ impl ClusterView {
         self.rejected.clear();
         self.per_node.clear();
         self.ip6_of.clear();
+        self.names.clear();
         self.bulk = true;
     }
 
@@ -149,6 +154,9 @@ impl ClusterView {
             Change::Delete(key) => {
                 self.rejected.remove(&key);
                 if let Some(k) = self.layout.parse(&key) {
+                    if let Key::EndpointInfo { network, ip } = &k {
+                        self.names.remove(&(network.clone(), *ip));
+                    }
                     let old = self.entries.remove(&k);
                     self.mark(&k, old.as_ref(), None);
                 }
@@ -328,9 +336,25 @@ impl ClusterView {
             return;
         };
         let decoded = match &key {
-            // Only there to keep VNIs unique (the network record carries the VNI), VIPs
-            // unique, and to tell operators whom an endpoint belongs to.
-            Key::Vni(_) | Key::ServiceVip(_) | Key::EndpointInfo { .. } => return,
+            // What DNS names the endpoint; otherwise only there to tell operators whom an
+            // endpoint belongs to (the tables never use it).
+            Key::EndpointInfo { network, ip } => {
+                let id = (network.clone(), *ip);
+                match records::decode::<records::EndpointInfoRecord>(&kv.value) {
+                    Ok(info) => match info.dns_name() {
+                        Some(name) => self.names.insert(id, name),
+                        None => self.names.remove(&id),
+                    },
+                    Err(reason) => {
+                        self.reject(kv.key, reason);
+                        self.names.remove(&id)
+                    }
+                };
+                return;
+            }
+            // Only there to keep VNIs unique (the network record carries the VNI) and VIPs
+            // unique.
+            Key::Vni(_) | Key::ServiceVip(_) => return,
             Key::Service(_) => records::decode(&kv.value).map(Entry::Service),
             Key::Network(_) => records::decode::<NetworkRecord>(&kv.value).map(|mut n| {
                 if let Err(e) = n.check_ipv6() {
@@ -394,6 +418,12 @@ impl ClusterView {
         self.entries
             .range(first..)
             .take_while(move |(k, _)| std::mem::discriminant(*k) == kind)
+    }
+
+    /// The names runtimes gave endpoints, by (network, key address), relative to their
+    /// network (`web-0.shop` for a pod, `db` for a podman container).
+    pub fn dns_names(&self) -> BTreeMap<(String, IpAddr), String> {
+        self.names.clone()
     }
 
     pub fn networks(&self) -> impl Iterator<Item = (&str, &NetworkRecord)> {

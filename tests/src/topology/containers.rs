@@ -28,7 +28,7 @@ impl Topology {
         network: &str,
         services: &[&str],
     ) -> usize {
-        self.add_pod_as(host, name, network, services, None)
+        self.add_pod_with(host, name, network, services, None, None)
     }
 
     /// `add_pod` for a Kubernetes pod `<namespace>/<name>` (as a CRI runtime names it).
@@ -44,16 +44,23 @@ impl Topology {
             name: name.into(),
             uid: Some(format!("uid-{name}")),
         };
-        self.add_pod_as(host, name, network, &[], Some(pod))
+        self.add_pod_with(host, name, network, &[], Some(pod), None)
     }
 
-    fn add_pod_as(
+    /// `add_pod` for a container its runtime names outside a pod (as podman does): its DNS
+    /// name in the network.
+    pub fn add_named_pod(&mut self, host: usize, name: &str, network: &str) -> usize {
+        self.add_pod_with(host, name, network, &[], None, Some(name.into()))
+    }
+
+    fn add_pod_with(
         &mut self,
         host: usize,
         name: &str,
         network: &str,
         services: &[&str],
         pod: Option<overlay_api::Pod>,
+        runtime_name: Option<String>,
     ) -> usize {
         let ns = self.container_ns(name, network);
         let req = EndpointRequest {
@@ -63,6 +70,7 @@ impl Topology {
             ifname: "eth0".into(),
             services: services.iter().map(|s| s.to_string()).collect(),
             pod,
+            name: runtime_name,
             ..Default::default()
         };
         // The daemon writes its first status before it binds the API socket: a pod added
