@@ -3,6 +3,7 @@
 
 mod charts;
 mod cni;
+mod dns;
 mod measure;
 mod modes;
 mod monitor;
@@ -46,7 +47,7 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Which benchmarks to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Monitor, Scenario::Scale, Scenario::Cni])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Datapath, Scenario::Propagation, Scenario::Service, Scenario::Monitor, Scenario::Scale, Scenario::Cni, Scenario::Dns])]
     scenario: Vec<Scenario>,
     /// Samples for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
@@ -88,6 +89,8 @@ enum Scenario {
     /// Pod network setup: CNI ADD/DEL and RunPodSandbox through the CRI, overlay-cni vs the
     /// reference bridge + host-local plugins.
     Cni,
+    /// DNS queries/s and latency from a container: overlayd against dnsmasq.
+    Dns,
 }
 
 /// Samples per (mode, metric).
@@ -135,6 +138,10 @@ fn main() -> Result<()> {
     if cli.scenario.contains(&Scenario::Cni) {
         report += "\n";
         report += &cni::run(cli.rounds)?;
+    }
+    if cli.scenario.contains(&Scenario::Dns) {
+        report += "\n";
+        report += &dns::run(cli.rounds, cli.seconds.into())?;
     }
     let path = cli.out.join("report.md");
     std::fs::write(&path, &report)?;

@@ -45,9 +45,12 @@ fn try_deliver4(ctx: &TcContext, vni: u32, flags: u16) -> Result<i32, DropReason
         .ok_or(DropReason::Malformed)?;
     if flags & CONFIG_F_DNS != 0 && (ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP) {
         let net = unsafe { NETWORKS.get(vni) }.ok_or(DropReason::UnknownNetwork)?;
-        // A later fragment carries no port: only whole datagrams and first fragments reach
-        // the resolver (a query fits one packet; EDNS answers come the other way).
-        if ip.dst_key() == net.gateway_ip && u16::from_be_bytes(ip.frag_off) & 0x1fff == 0 {
+        // Fragments are not handed over (a query fits one packet; a first fragment alone
+        // would only wait in the host's reassembly queue).
+        if ip.dst_key() == net.gateway_ip {
+            if ip.is_fragment() {
+                return Err(DropReason::UnknownDestination);
+            }
             let dport = ctx
                 .header::<[u8; 2]>(ETH_HLEN + ip.ihl_bytes() + 2)
                 .ok_or(DropReason::Malformed)?;

@@ -157,6 +157,54 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
         "data intact: {sent} vs {got}"
     );
 
+    // Names: a container told to use the network's gateway (`--dns`, as docs/docker.md
+    // says) resolves a service through Docker's embedded resolver and overlayd.
+    t.overlayctl_ok(
+        0,
+        &[
+            "service",
+            "add",
+            "web",
+            "--network",
+            "red",
+            "--vip",
+            "198.18.250.1:80",
+            "--backend",
+            &format!("{ip2}:80"),
+        ],
+    );
+    d1.run_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dnsc",
+        "--network",
+        "red",
+        "--dns",
+        "198.19.1.1",
+        "--dns-search",
+        "red.overlay.internal",
+        "bbox:latest",
+        "sleep",
+        "600",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = d1.exec("dnsc", &["busybox", "nslookup", "web.red.overlay.internal"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("198.18.250.1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never resolved in Docker: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    d1.run_ok(&["rm", "-f", "dnsc"]);
+    wait_endpoints(&t, 2, "the DNS client removed");
+
     // A second Docker network with another VNI (created in etcd by the driver) is isolated.
     d1.create_network("blue", "198.19.2.0/24", &["network=blue", "vni=200"]);
     let nets = t.overlayctl_ok(0, &["network", "ls"]);

@@ -36,6 +36,21 @@ fn podman_containers_on_two_hosts_talk_over_the_overlay() {
     let ping = p2.exec("web2", &["ping", "-c", "3", "-W", "2", &ip1]);
     assert!(ping.status.success(), "web2 -> web1");
 
+    // The CNI result's resolver: podman writes it into the container's resolv.conf, and the
+    // containers find each other by their names (podman's K8S_POD_NAME) across hosts.
+    let resolv = p1.exec("web1", &["cat", "/etc/resolv.conf"]);
+    let resolv = String::from_utf8_lossy(&resolv.stdout);
+    assert!(
+        resolv.contains("nameserver 198.19.1.1") && resolv.contains("red.overlay.internal"),
+        "{resolv}"
+    );
+    let ping = p1.exec("web1", &["ping", "-c", "1", "-W", "2", "web2"]);
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        ping.status.success() && out.contains(&ip2),
+        "web1 -> web2 by name: {out}"
+    );
+
     // 20 MB from web1 to web2 with busybox nc, checked with md5sum on both sides.
     p1.exec(
         "web1",

@@ -177,6 +177,23 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut front: Vec<JoinHandle<()>> = Vec::new();
     let mut cluster = None;
     let mut docker: Option<Arc<cnm::Driver>> = None;
+    // DNS only where queries can reach it: a datapath, etcd, and the host's rule and table.
+    let dns = match (&cfg.dns, &target, &cfg.source) {
+        (Some(dns), Target::Kernel(_), TablesFrom::Etcd(_)) => match crate::dns::prepare().await {
+            Ok(()) => Some(dns.clone()),
+            Err(e) => {
+                error!("DNS not served: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Target::Kernel(dp) = &mut target {
+        // Kept from a running datapath otherwise (a restart must not pause DNS).
+        if let Err(e) = dp.maps.config.set_dns(dns.is_some()) {
+            error!("DNS: telling the datapath: {e}");
+        }
+    }
     let mut source = match &cfg.source {
         TablesFrom::File(path) => TableSource::File(TablesFile::new(path.clone())),
         TablesFrom::Etcd(etcd) => {
@@ -189,10 +206,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     lease_ttl: cfg.lease_ttl,
                     run_dir: cfg.run_dir.clone(),
                     mtu,
-                    dns_domain: match (&cfg.dns, control_plane_only) {
-                        (Some(dns), false) => Some(dns.domain_text()),
-                        _ => None,
-                    },
+                    dns_domain: dns.as_ref().map(|d| d.domain_text()),
                 },
                 metrics.clone(),
                 &stop_tasks,
@@ -220,17 +234,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     stop_front.clone(),
                 )));
             }
-            if let Target::Kernel(dp) = &mut target {
-                if let Err(e) = dp.maps.config.set_dns(cfg.dns.is_some()) {
-                    error!("DNS: telling the datapath: {e}");
-                }
-                if let Some(dns) = cfg.dns.clone() {
-                    tasks.push(tokio::spawn(crate::dns::run(
-                        dns,
-                        c.clone(),
-                        stop_tasks.clone(),
-                    )));
-                }
+            if let Some(dns) = dns.clone() {
+                tasks.push(tokio::spawn(crate::dns::run(
+                    dns,
+                    c.clone(),
+                    stop_tasks.clone(),
+                )));
             }
             if let Some(path) = cfg.docker_plugin.clone() {
                 let driver = Arc::new(cnm::Driver::new(c.clone()));

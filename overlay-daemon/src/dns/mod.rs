@@ -78,12 +78,18 @@ impl DnsConfig {
     }
 }
 
-/// Serves DNS until `stop`: the zone follows the cluster view; each network's gateway
-/// addresses get their sockets while the network exists.
+/// Makes the host ready to take the containers' queries (`route`). Until it has succeeded
+/// the datapath must not hand queries over.
+pub async fn prepare() -> Result<(), crate::netlink::NetlinkError> {
+    route::ensure().await
+}
+
+/// How often gateways that could not be served are tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves DNS until `stop` (after `prepare`): the zone follows the cluster view; each
+/// network's gateway addresses get their sockets while the network exists.
 pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken) {
-    if let Err(e) = route::ensure().await {
-        warn!("DNS: the containers' queries cannot reach the resolver: {e}");
-    }
     let resolver = Arc::new(Resolver::new(
         cfg.domain.clone(),
         Upstream::new(cfg.upstreams.clone()),
@@ -93,24 +99,30 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
     changes.mark_changed();
     let mut serving: BTreeMap<(String, SocketAddr), CancellationToken> = BTreeMap::new();
     let mut refused: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
+    let mut shared: BTreeSet<SocketAddr> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             changed = changes.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(RETRY), if !refused.is_empty() => {}
         }
+        let started = std::time::Instant::now();
+        // A copy under the lock, validated outside it: the reconciler and the API wait
+        // for the view while it is held.
         let (tables, names) = {
             let view = cluster.view.lock().await;
             if view.revision == 0 {
                 continue;
             }
-            (view.tables(), view.dns_names())
+            (view.cluster_tables(), view.dns_names())
         };
+        let tables = tables.validate();
         let zone = zone::Zone::build(cfg.domain.clone(), &tables, &names);
         match resolver.zone.write() {
             Ok(mut z) => *z = Arc::new(zone),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(zone),
         }
-        let wanted: BTreeSet<(String, SocketAddr)> = tables
+        let gateways: Vec<(String, SocketAddr)> = tables
             .networks
             .values()
             .flat_map(|n| {
@@ -121,33 +133,74 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
                     .map(|ip| (n.name.clone(), SocketAddr::new(ip, 53)))
             })
             .collect();
-        serving.retain(|key, token| {
-            let keep = wanted.contains(key);
-            if !keep {
+        // Networks may overlap: a gateway address two networks share could not tell whose
+        // container asks, so neither is served there.
+        let mut count: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for (_, addr) in &gateways {
+            *count.entry(*addr).or_default() += 1;
+        }
+        let wanted: BTreeSet<(String, SocketAddr)> = gateways
+            .into_iter()
+            .filter(|(network, addr)| {
+                let alone = count[addr] == 1;
+                if !alone && !shared.contains(addr) {
+                    warn!(%network, gateway = %addr.ip(), "DNS not served on a gateway address another network has too");
+                }
+                alone
+            })
+            .collect();
+        shared = count
+            .into_iter()
+            .filter_map(|(a, n)| (n > 1).then_some(a))
+            .collect();
+        let gone: Vec<(String, SocketAddr)> = serving
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(token) = serving.remove(&key) {
                 token.cancel();
             }
-            keep
-        });
+            if let Err(e) = route::unserve(key.1.ip()).await {
+                warn!("DNS: {e}");
+            }
+        }
         refused.retain(|key| wanted.contains(key));
         for key in wanted {
             if serving.contains_key(&key) {
                 continue;
             }
             let token = stop.child_token();
-            match server::serve(resolver.clone(), key.0.clone(), key.1, token.clone()) {
+            let served = match server::serve(resolver.clone(), key.0.clone(), key.1, token.clone())
+            {
+                Ok(()) => route::serve(key.1.ip()).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match served {
                 Ok(()) => {
                     refused.remove(&key);
                     serving.insert(key, token);
                 }
-                // Said once per address; tried again on the next change.
+                // Said once per address; tried again every RETRY.
                 Err(e) => {
+                    token.cancel();
                     if refused.insert(key.clone()) {
                         warn!(network = %key.0, addr = %key.1, "DNS: cannot serve this gateway: {e}");
                     }
                 }
             }
         }
+        // Under churn, rebuilding takes at most half the time: changes meanwhile are
+        // coalesced into the next build (linear in the cluster's endpoints).
+        let spent = started.elapsed();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(spent) => {}
+        }
     }
+    // The local routes stay: a restarted daemon binds the same addresses and replaces them
+    // (`ensure` removes what nobody serves any more).
     for token in serving.values() {
         token.cancel();
     }

@@ -21,7 +21,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     upstream::Upstream,
@@ -35,13 +35,15 @@ const MAX_FORWARDS: usize = 256;
 /// TCP connections served at once, and how long one may sit idle.
 const MAX_TCP: usize = 64;
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The longest a TCP connection is kept, however busy (a slot is not held for ever).
+const TCP_LIFETIME: Duration = Duration::from_secs(30);
 
 /// What every listener shares: the zone (replaced whole when the cluster changes) and the
 /// upstream resolvers.
 pub struct Resolver {
     pub zone: RwLock<Arc<Zone>>,
     pub upstream: Upstream,
-    forwards: Semaphore,
+    forwards: Arc<Semaphore>,
     tcp: Arc<Semaphore>,
 }
 
@@ -50,7 +52,7 @@ impl Resolver {
         Self {
             zone: RwLock::new(Arc::new(Zone::empty(domain))),
             upstream,
-            forwards: Semaphore::new(MAX_FORWARDS),
+            forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             tcp: Arc::new(Semaphore::new(MAX_TCP)),
         }
     }
@@ -104,7 +106,7 @@ impl Resolver {
         };
         let zone = self.zone();
         // Only the network's own endpoints (the datapath checked their source addresses).
-        if zone.network_of(src) != Some(network) {
+        if !zone.asks(network, src) {
             reply.metadata.response_code = ResponseCode::Refused;
             return Outcome::Done(reply.to_vec().ok());
         }
@@ -121,17 +123,30 @@ impl Resolver {
                 reply.metadata.response_code = ResponseCode::NXDomain;
                 reply.add_authority(zone.soa().clone());
             }
+            Answer::Refused => {
+                reply.metadata.response_code = ResponseCode::Refused;
+            }
             Answer::Elsewhere => return Outcome::Upstream(Box::new(reply)),
         }
         Outcome::Done(reply.to_vec().ok())
     }
 
-    /// Fills `reply` (the `Upstream` of `respond`) with the upstream answer.
+    /// Fills `reply` (the `Upstream` of `respond`) with the upstream answer; SERVFAIL at
+    /// once when MAX_FORWARDS questions are out already.
     pub async fn forward(&self, mut reply: Message) -> Option<Vec<u8>> {
-        let _permit = self.forwards.acquire().await.ok()?;
+        let Ok(_permit) = self.forwards.clone().try_acquire_owned() else {
+            reply.metadata.response_code = ResponseCode::ServFail;
+            return reply.to_vec().ok();
+        };
+        self.forward_permitted(reply).await
+    }
+
+    /// `forward` for a caller holding a place among the questions out.
+    async fn forward_permitted(&self, mut reply: Message) -> Option<Vec<u8>> {
         let query = reply.queries.first()?.clone();
         match self.upstream.resolve(&query).await {
             Ok(answer) => {
+                reply.metadata.truncation = answer.metadata.truncation;
                 reply.metadata.response_code = answer.metadata.response_code;
                 reply.answers = answer.answers;
                 reply.authorities = answer.authorities;
@@ -152,10 +167,9 @@ pub enum Outcome {
     Upstream(Box<Message>),
 }
 
-/// A UDP answer too big for the client: the header and question, truncated (TC), so it
-/// asks again over TCP.
-fn fit_udp(bytes: Vec<u8>, request_edns: bool) -> Vec<u8> {
-    let limit = if request_edns { MAX_UDP } else { 512 };
+/// A UDP answer too big for the client (`limit`: what it takes): the header and question,
+/// truncated (TC), so it asks again over TCP.
+fn fit_udp(bytes: Vec<u8>, limit: usize) -> Vec<u8> {
     if bytes.len() <= limit {
         return bytes;
     }
@@ -164,16 +178,26 @@ fn fit_udp(bytes: Vec<u8>, request_edns: bool) -> Vec<u8> {
         .and_then(|m| m.truncate().to_vec().ok())
     {
         Some(t) => t,
-        None => bytes[..12].to_vec(),
+        None => {
+            // The header alone, with TC and no records.
+            let mut h = bytes[..12].to_vec();
+            h[2] |= 0x02;
+            h[4..12].fill(0);
+            h
+        }
     }
 }
 
-/// Whether the query carries an OPT record (EDNS), read off its bytes without decoding
-/// again: the additional count is non-zero and the message decodes with EDNS.
-fn has_edns(bytes: &[u8]) -> bool {
-    bytes.len() >= 12
-        && u16::from_be_bytes([bytes[10], bytes[11]]) > 0
-        && Message::from_vec(bytes).is_ok_and(|m| m.edns.is_some())
+/// The largest UDP answer the query's sender takes: 512 bytes without EDNS, its advertised
+/// size with it (at least 512, at most MAX_UDP).
+fn udp_limit(bytes: &[u8]) -> usize {
+    if bytes.len() < 12 || u16::from_be_bytes([bytes[10], bytes[11]]) == 0 {
+        return 512;
+    }
+    match Message::from_vec(bytes).ok().and_then(|m| m.edns) {
+        Some(edns) => usize::from(edns.max_payload()).clamp(512, MAX_UDP),
+        None => 512,
+    }
 }
 
 /// A socket bound to an address the host does not own (`IP_TRANSPARENT`).
@@ -214,17 +238,25 @@ pub fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let udp = UdpSocket::from_std(transparent(addr, socket2::Type::DGRAM)?.into())?;
-    let tcp = transparent(addr, socket2::Type::STREAM)?;
-    tcp.listen(128)?;
-    let tcp = TcpListener::from_std(tcp.into())?;
     let network: Arc<str> = network.into();
-    tokio::spawn(serve_udp(
-        resolver.clone(),
-        network.clone(),
-        Arc::new(udp),
-        stop.clone(),
-    ));
-    tokio::spawn(serve_tcp(resolver, network, tcp, stop));
+    // TCP only carries what does not fit UDP: without it (a listener on the host's wildcard
+    // address holds the port for TCP), UDP is still served.
+    let tcp = transparent(addr, socket2::Type::STREAM).and_then(|s| {
+        s.listen(128)?;
+        TcpListener::from_std(s.into())
+    });
+    match tcp {
+        Ok(tcp) => {
+            tokio::spawn(serve_tcp(
+                resolver.clone(),
+                network.clone(),
+                tcp,
+                stop.clone(),
+            ));
+        }
+        Err(e) => warn!(%network, %addr, "DNS over TCP not served on this gateway: {e}"),
+    }
+    tokio::spawn(serve_udp(resolver, network, Arc::new(udp), stop));
     Ok(())
 }
 
@@ -249,15 +281,26 @@ async fn serve_udp(
         let query = &buf[..n];
         match resolver.respond(&network, peer.ip(), query) {
             Outcome::Done(Some(reply)) => {
-                let reply = fit_udp(reply, has_edns(query));
+                let reply = fit_udp(reply, udp_limit(query));
                 let _ = sock.send_to(&reply, peer).await;
             }
             Outcome::Done(None) => {}
-            Outcome::Upstream(reply) => {
-                let edns = has_edns(query);
+            Outcome::Upstream(mut reply) => {
+                let edns = udp_limit(query);
+                // The task is spawned only with a place among the questions out: a flood of
+                // names to ask upstream gets SERVFAIL, not a task each.
+                let Ok(permit) = resolver.forwards.clone().try_acquire_owned() else {
+                    reply.metadata.response_code = ResponseCode::ServFail;
+                    if let Ok(bytes) = reply.to_vec() {
+                        let _ = sock.send_to(&fit_udp(bytes, edns), peer).await;
+                    }
+                    continue;
+                };
                 let (resolver, sock) = (resolver.clone(), sock.clone());
                 tokio::spawn(async move {
-                    if let Some(bytes) = resolver.forward(*reply).await {
+                    let bytes = resolver.forward_permitted(*reply).await;
+                    drop(permit);
+                    if let Some(bytes) = bytes {
                         let _ = sock.send_to(&fit_udp(bytes, edns), peer).await;
                     }
                 });
@@ -292,6 +335,7 @@ async fn serve_tcp(
             let _permit = permit;
             tokio::select! {
                 _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(TCP_LIFETIME) => {}
                 _ = connection(&resolver, &network, stream, peer.ip()) => {}
             }
         });
@@ -452,9 +496,9 @@ mod tests {
             "{}",
             bytes.len()
         );
-        let cut = Message::from_vec(&fit_udp(bytes.clone(), false)).unwrap();
+        let cut = Message::from_vec(&fit_udp(bytes.clone(), 512)).unwrap();
         assert!(cut.metadata.truncation && cut.answers.is_empty());
         // With EDNS the client takes up to MAX_UDP bytes.
-        assert_eq!(fit_udp(bytes.clone(), true), bytes);
+        assert_eq!(fit_udp(bytes.clone(), MAX_UDP), bytes);
     }
 }

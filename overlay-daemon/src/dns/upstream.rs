@@ -96,6 +96,10 @@ impl Upstream {
         let mut ask = Message::query();
         ask.metadata.recursion_desired = true;
         ask.add_query(query.clone());
+        // Answers up to what overlayd passes on over UDP, not 512 bytes.
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(1232);
+        ask.set_edns(edns);
         let bytes = ask.to_vec().map_err(|_| UpstreamError::NoAnswer)?;
         for server in &self.servers {
             match tokio::time::timeout(TIMEOUT, exchange(*server, &bytes, ask.metadata.id)).await {

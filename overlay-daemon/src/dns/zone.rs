@@ -5,7 +5,7 @@
 //! network: another network's names are NXDOMAIN to them, as are its addresses' PTR records.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -34,6 +34,8 @@ pub enum Answer {
     NxDomain,
     /// Not the zone's: for the upstream resolvers.
     Elsewhere,
+    /// A class other than IN under the domain: not told, nor asked upstream.
+    Refused,
 }
 
 /// One network's names.
@@ -52,8 +54,8 @@ struct NetZone {
 pub struct Zone {
     domain: Name,
     networks: HashMap<String, NetZone>,
-    /// Who may ask: every endpoint address, with its network.
-    sources: HashMap<IpAddr, String>,
+    /// Who may ask: every endpoint address with its network (networks may overlap).
+    sources: HashSet<(String, IpAddr)>,
     /// The overlay's own address space: reverse names there are never asked upstream.
     subnets: Vec<IpNet>,
     soa: Record,
@@ -80,7 +82,7 @@ impl Zone {
             soa: Record::from_rdata(domain.clone(), TTL, RData::SOA(soa)),
             domain,
             networks: HashMap::new(),
-            sources: HashMap::new(),
+            sources: HashSet::new(),
             subnets: Vec::new(),
         }
     }
@@ -100,24 +102,7 @@ impl Zone {
             zone.subnets.extend(net.subnet6.map(IpNet::V6));
             zone.networks.entry(net.name.clone()).or_default();
         }
-        for ep in &tables.endpoints {
-            let addrs: Vec<IpAddr> = ep
-                .ip
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(ep.ip6.map(IpAddr::V6))
-                .collect();
-            for a in &addrs {
-                zone.sources.insert(*a, ep.network.clone());
-            }
-            let Some(label) = names.get(&(ep.network.clone(), ep.key_ip())) else {
-                continue;
-            };
-            match zone.name_in(&ep.network, label) {
-                Some(name) => zone.add_addrs(&ep.network, name, &addrs),
-                None => debug!(network = %ep.network, name = %label, "not a DNS name: not served"),
-            }
-        }
+        let mut services = HashSet::new();
         for svc in &tables.services {
             let Some(network) = by_vni.get(&svc.vni).cloned() else {
                 continue;
@@ -138,7 +123,30 @@ impl Zone {
                     targets.push((svc.port, name.clone()));
                 }
             }
+            services.insert(name.clone());
             zone.add_addrs(&network, name, &[svc.vip]);
+        }
+        for ep in &tables.endpoints {
+            let addrs: Vec<IpAddr> = ep
+                .ip
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(ep.ip6.map(IpAddr::V6))
+                .collect();
+            for a in &addrs {
+                zone.sources.insert((ep.network.clone(), *a));
+            }
+            let Some(label) = names.get(&(ep.network.clone(), ep.key_ip())) else {
+                continue;
+            };
+            match zone.name_in(&ep.network, label) {
+                // A service's name is the service's: a container does not take it over.
+                Some(name) if services.contains(&name) => {
+                    debug!(network = %ep.network, %name, "a container named as a service: not served")
+                }
+                Some(name) => zone.add_addrs(&ep.network, name, &addrs),
+                None => debug!(network = %ep.network, name = %label, "not a DNS name: not served"),
+            }
         }
         zone
     }
@@ -170,21 +178,23 @@ impl Zone {
         }
     }
 
-    /// The network of the endpoint with this address: whom a query comes from.
-    pub fn network_of(&self, source: IpAddr) -> Option<&str> {
-        self.sources.get(&source).map(String::as_str)
+    /// Whether `source` is an endpoint of `network`: the only ones it answers.
+    pub fn asks(&self, network: &str, source: IpAddr) -> bool {
+        self.sources.contains(&(network.to_owned(), source))
     }
 
     /// The answer to `query` for a container of `network`.
     pub fn answer(&self, network: &str, query: &Query) -> Answer {
-        if query.query_class() != DNSClass::IN {
-            return Answer::Elsewhere;
-        }
         let qname = query.name().to_lowercase();
+        if query.query_class() != DNSClass::IN {
+            return match self.domain.zone_of(&qname) || reverse_address(&qname).is_some() {
+                true => Answer::Refused,
+                false => Answer::Elsewhere,
+            };
+        }
         let net = self.networks.get(network);
         if let Some(ip) = reverse_address(&qname) {
             let ours = self.subnets.iter().any(|s| s.contains(&ip))
-                || self.sources.contains_key(&ip)
                 || self.networks.values().any(|n| n.ptr.contains_key(&ip));
             let names = net.and_then(|n| n.ptr.get(&ip));
             return match (names, ours) {

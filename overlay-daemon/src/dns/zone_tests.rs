@@ -230,9 +230,34 @@ fn everything_else_goes_upstream_and_sources_name_their_network() {
         ask(&z, "red", "internal.", RecordType::A),
         Answer::Elsewhere
     );
-    assert_eq!(z.network_of([198, 19, 2, 2].into()), Some("green"));
-    assert_eq!(z.network_of("2001:2:0:1::2".parse().unwrap()), Some("red"));
-    assert_eq!(z.network_of([198, 19, 9, 9].into()), None);
+    assert!(z.asks("green", [198, 19, 2, 2].into()));
+    assert!(!z.asks("red", [198, 19, 2, 2].into()));
+    assert!(z.asks("red", "2001:2:0:1::2".parse().unwrap()));
+    assert!(!z.asks("red", [198, 19, 9, 9].into()));
+}
+
+#[test]
+fn a_container_named_as_a_service_does_not_take_its_name() {
+    let names = [(
+        ("red".to_owned(), IpAddr::from([198, 19, 1, 3])),
+        "web".to_owned(),
+    )]
+    .into();
+    let z = Zone::build(
+        Name::from_ascii("overlay.internal.").unwrap(),
+        &tables(),
+        &names,
+    );
+    assert_eq!(
+        data(ask(&z, "red", "web.red.overlay.internal.", RecordType::A)),
+        vec![RData::A(A([198, 18, 250, 1].into()))]
+    );
+    let mut q = Query::query(
+        Name::from_ascii("web.red.overlay.internal.").unwrap(),
+        RecordType::A,
+    );
+    q.set_query_class(DNSClass::CH);
+    assert_eq!(z.answer("red", &q), Answer::Refused);
 }
 
 #[test]

@@ -261,8 +261,9 @@ impl EndpointInfoRecord {
     pub fn dns_name(&self) -> Option<String> {
         let name = match (&self.pod, &self.name) {
             (Some(pod), _) => format!("{}.{}", pod.name, pod.namespace),
-            (None, Some(name)) => name.clone(),
-            (None, None) => return None,
+            // One label: a dotted name could pass for a pod's.
+            (None, Some(name)) if !name.contains('.') => name.clone(),
+            (None, _) => return None,
         };
         crate::dns::zone::valid_labels(&name).then(|| name.to_ascii_lowercase())
     }
