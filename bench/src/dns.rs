@@ -120,6 +120,7 @@ pub fn run(rounds: usize, seconds: u64) -> Result<String> {
     );
     t.start_daemon(0, &[]);
     t.wait_status(0, "network installed", |s| s["networks"] == 1);
+    t.wait_registered(0);
     t.add_named_pod(0, "client", "red");
     t.wait_converged(0);
     let backend = format!("{}:80", t.container("client").ip);

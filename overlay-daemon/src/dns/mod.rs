@@ -118,10 +118,7 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
         };
         let tables = tables.validate();
         let zone = zone::Zone::build(cfg.domain.clone(), &tables, &names);
-        match resolver.zone.write() {
-            Ok(mut z) => *z = Arc::new(zone),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(zone),
-        }
+        resolver.set_zone(zone);
         let gateways: Vec<(String, SocketAddr)> = tables
             .networks
             .values()

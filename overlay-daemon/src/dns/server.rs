@@ -5,6 +5,7 @@
 //! sent to; names of the domain come from the zone, anything else from upstream.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
     sync::{Arc, RwLock},
@@ -38,10 +39,42 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The longest a TCP connection is kept, however busy (a slot is not held for ever).
 const TCP_LIFETIME: Duration = Duration::from_secs(30);
 
+/// Encoded answers kept per network.
+const MAX_ANSWERS: usize = 4096;
+
+/// The zone and the answers already encoded from it, replaced together.
+struct Current {
+    zone: Zone,
+    /// By network, then by the query's bytes after its id: the same question asked again
+    /// (flags, name in the same case, EDNS) gets the same bytes with its own id.
+    answers: RwLock<HashMap<String, HashMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl Current {
+    fn cached(&self, network: &str, query: &[u8]) -> Option<Vec<u8>> {
+        let answers = self.answers.read().ok()?;
+        answers.get(network)?.get(&query[2..]).cloned()
+    }
+
+    fn remember(&self, network: &str, query: &[u8], answer: &[u8]) {
+        if query.len() > 512 {
+            return;
+        }
+        let Ok(mut answers) = self.answers.write() else {
+            return;
+        };
+        let of_network = answers.entry(network.to_owned()).or_default();
+        if of_network.len() >= MAX_ANSWERS {
+            of_network.clear();
+        }
+        of_network.insert(query[2..].to_vec(), answer.to_vec());
+    }
+}
+
 /// What every listener shares: the zone (replaced whole when the cluster changes) and the
 /// upstream resolvers.
 pub struct Resolver {
-    pub zone: RwLock<Arc<Zone>>,
+    current: RwLock<Arc<Current>>,
     pub upstream: Upstream,
     forwards: Arc<Semaphore>,
     tcp: Arc<Semaphore>,
@@ -50,17 +83,32 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(domain: Name, upstream: Upstream) -> Self {
         Self {
-            zone: RwLock::new(Arc::new(Zone::empty(domain))),
+            current: RwLock::new(Arc::new(Current {
+                zone: Zone::empty(domain),
+                answers: RwLock::default(),
+            })),
             upstream,
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             tcp: Arc::new(Semaphore::new(MAX_TCP)),
         }
     }
 
-    fn zone(&self) -> Arc<Zone> {
-        match self.zone.read() {
+    fn current(&self) -> Arc<Current> {
+        match self.current.read() {
             Ok(z) => z.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Answers from now on come from `zone`.
+    pub fn set_zone(&self, zone: Zone) {
+        let current = Arc::new(Current {
+            zone,
+            answers: RwLock::default(),
+        });
+        match self.current.write() {
+            Ok(mut c) => *c = current,
+            Err(poisoned) => *poisoned.into_inner() = current,
         }
     }
 
@@ -70,6 +118,14 @@ impl Resolver {
         // Too short for a header: nothing to answer to.
         if bytes.len() < 12 {
             return Outcome::Done(None);
+        }
+        let current = self.current();
+        let zone = &current.zone;
+        if zone.asks(network, src) {
+            if let Some(mut answer) = current.cached(network, bytes) {
+                answer[..2].copy_from_slice(&bytes[..2]);
+                return Outcome::Done(Some(answer));
+            }
         }
         let request = match Message::from_vec(bytes) {
             Ok(m) => m,
@@ -104,7 +160,6 @@ impl Resolver {
             reply.metadata.response_code = ResponseCode::FormErr;
             return Outcome::Done(reply.to_vec().ok());
         };
-        let zone = self.zone();
         // Only the network's own endpoints (the datapath checked their source addresses).
         if !zone.asks(network, src) {
             reply.metadata.response_code = ResponseCode::Refused;
@@ -128,7 +183,11 @@ impl Resolver {
             }
             Answer::Elsewhere => return Outcome::Upstream(Box::new(reply)),
         }
-        Outcome::Done(reply.to_vec().ok())
+        let encoded = reply.to_vec().ok();
+        if let Some(answer) = &encoded {
+            current.remember(network, bytes, answer);
+        }
+        Outcome::Done(encoded)
     }
 
     /// Fills `reply` (the `Upstream` of `respond`) with the upstream answer; SERVFAIL at
@@ -237,7 +296,9 @@ pub fn serve(
     addr: SocketAddr,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let udp = UdpSocket::from_std(transparent(addr, socket2::Type::DGRAM)?.into())?;
+    let udp = Arc::new(UdpSocket::from_std(
+        transparent(addr, socket2::Type::DGRAM)?.into(),
+    )?);
     let network: Arc<str> = network.into();
     // TCP only carries what does not fit UDP: without it (a listener on the host's wildcard
     // address holds the port for TCP), UDP is still served.
@@ -256,7 +317,17 @@ pub fn serve(
         }
         Err(e) => warn!(%network, %addr, "DNS over TCP not served on this gateway: {e}"),
     }
-    tokio::spawn(serve_udp(resolver, network, Arc::new(udp), stop));
+    // Two loops on the socket: the runtime's two workers answer side by side (measured:
+    // 0.93 of dnsmasq's rate against 0.78 with two SO_REUSEPORT sockets, whose split of
+    // the senders is uneven).
+    for _ in 0..2 {
+        tokio::spawn(serve_udp(
+            resolver.clone(),
+            network.clone(),
+            udp.clone(),
+            stop.clone(),
+        ));
+    }
     Ok(())
 }
 
@@ -411,7 +482,7 @@ mod tests {
             }],
             ..ValidTables::default()
         };
-        *r.zone.write().unwrap() = Arc::new(Zone::build(domain, &tables, &Default::default()));
+        r.set_zone(Zone::build(domain, &tables, &Default::default()));
         r
     }
 

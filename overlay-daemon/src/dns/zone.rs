@@ -54,8 +54,8 @@ struct NetZone {
 pub struct Zone {
     domain: Name,
     networks: HashMap<String, NetZone>,
-    /// Who may ask: every endpoint address with its network (networks may overlap).
-    sources: HashSet<(String, IpAddr)>,
+    /// Who may ask: every endpoint address with its networks (networks may overlap).
+    sources: HashMap<IpAddr, Vec<String>>,
     /// The overlay's own address space: reverse names there are never asked upstream.
     subnets: Vec<IpNet>,
     soa: Record,
@@ -82,7 +82,7 @@ impl Zone {
             soa: Record::from_rdata(domain.clone(), TTL, RData::SOA(soa)),
             domain,
             networks: HashMap::new(),
-            sources: HashSet::new(),
+            sources: HashMap::new(),
             subnets: Vec::new(),
         }
     }
@@ -134,7 +134,7 @@ impl Zone {
                 .chain(ep.ip6.map(IpAddr::V6))
                 .collect();
             for a in &addrs {
-                zone.sources.insert((ep.network.clone(), *a));
+                zone.sources.entry(*a).or_default().push(ep.network.clone());
             }
             let Some(label) = names.get(&(ep.network.clone(), ep.key_ip())) else {
                 continue;
@@ -180,7 +180,9 @@ impl Zone {
 
     /// Whether `source` is an endpoint of `network`: the only ones it answers.
     pub fn asks(&self, network: &str, source: IpAddr) -> bool {
-        self.sources.contains(&(network.to_owned(), source))
+        self.sources
+            .get(&source)
+            .is_some_and(|nets| nets.iter().any(|n| n == network))
     }
 
     /// The answer to `query` for a container of `network`.
