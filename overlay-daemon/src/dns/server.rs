@@ -47,8 +47,11 @@ struct Current {
     zone: Zone,
     /// By network, then by the query's bytes after its id: the same question asked again
     /// (flags, name in the same case, EDNS) gets the same bytes with its own id.
-    answers: RwLock<HashMap<String, HashMap<Vec<u8>, Vec<u8>>>>,
+    answers: RwLock<HashMap<String, Encoded>>,
 }
+
+/// Encoded answers by the query's bytes after its id.
+type Encoded = HashMap<Vec<u8>, Vec<u8>>;
 
 impl Current {
     fn cached(&self, network: &str, query: &[u8]) -> Option<Vec<u8>> {

@@ -8,6 +8,7 @@ mod config;
 pub mod error;
 pub mod keys;
 mod members;
+mod names;
 mod objects;
 mod probe;
 pub mod records;

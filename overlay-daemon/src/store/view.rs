@@ -10,7 +10,10 @@ use std::{
 
 use tracing::warn;
 
-use super::claims6::{carries_ipv6, Claims6};
+use super::{
+    claims6::{carries_ipv6, Claims6},
+    names::Names,
+};
 
 use super::{
     client::{Change, Kv},
@@ -58,6 +61,8 @@ pub struct ViewEndpoint {
     pub node: Arc<str>,
     pub attachment: overlay_api::Attachment,
     pub services: Box<[String]>,
+    /// Its container, as a tag (`names::container_tag`): whose name it answers to.
+    pub container: u64,
 }
 
 /// What changed since the reconciler last took the changes.
@@ -94,9 +99,8 @@ pub struct ClusterView {
     per_node: HashMap<Arc<str>, usize>,
     /// The `endpoints6` keys by the endpoint they name.
     ip6_of: Claims6,
-    /// The names runtimes gave endpoints (`endpointinfo/` keys), by (network, key address),
-    /// relative to the network: what DNS serves.
-    names: BTreeMap<(String, IpAddr), String>,
+    /// The names runtimes gave endpoints: what DNS serves.
+    names: Names,
 }
 
 impl ClusterView {
@@ -112,7 +116,7 @@ impl ClusterView {
             revision: 0,
             per_node: HashMap::new(),
             ip6_of: Claims6::default(),
-            names: BTreeMap::new(),
+            names: Names::default(),
         }
     }
 
@@ -155,7 +159,7 @@ impl ClusterView {
                 self.rejected.remove(&key);
                 if let Some(k) = self.layout.parse(&key) {
                     if let Key::EndpointInfo { network, ip } = &k {
-                        self.names.remove(&(network.clone(), *ip));
+                        self.names.remove(network, *ip);
                     }
                     let old = self.entries.remove(&k);
                     self.mark(&k, old.as_ref(), None);
@@ -339,17 +343,9 @@ impl ClusterView {
             // What DNS names the endpoint; otherwise only there to tell operators whom an
             // endpoint belongs to (the tables never use it).
             Key::EndpointInfo { network, ip } => {
-                let id = (network.clone(), *ip);
-                match records::decode::<records::EndpointInfoRecord>(&kv.value) {
-                    Ok(info) => match info.dns_name() {
-                        Some(name) => self.names.insert(id, name),
-                        None => self.names.remove(&id),
-                    },
-                    Err(reason) => {
-                        self.reject(kv.key, reason);
-                        self.names.remove(&id)
-                    }
-                };
+                if let Err(reason) = self.names.put(network, *ip, &kv.value) {
+                    self.reject(kv.key, reason);
+                }
                 return;
             }
             // Only there to keep VNIs unique (the network record carries the VNI) and VIPs
@@ -395,6 +391,7 @@ impl ClusterView {
             None => r.node.into(),
         };
         ViewEndpoint {
+            container: super::names::container_tag(&r.container_id),
             mac: r.mac,
             node,
             attachment: r.attachment,
@@ -423,7 +420,16 @@ impl ClusterView {
     /// The names runtimes gave endpoints, by (network, key address), relative to their
     /// network (`web-0.shop` for a pod, `db` for a podman container).
     pub fn dns_names(&self) -> BTreeMap<(String, IpAddr), String> {
-        self.names.clone()
+        self.names.live(|network, ip| {
+            let key = Key::Endpoint {
+                network: network.to_owned(),
+                ip,
+            };
+            match self.entries.get(&key) {
+                Some(Entry::Endpoint(ep)) => Some(ep.container),
+                _ => None,
+            }
+        })
     }
 
     pub fn networks(&self) -> impl Iterator<Item = (&str, &NetworkRecord)> {
