@@ -448,10 +448,27 @@ fn port_mappings_daemon_restarts_and_lost_namespaces() {
     let host0 = overlay_tests::Netns::open(t.hosts[0].ns.name());
     let rules = || host0.ip(&["rule"]) + &host0.ip(&["-6", "rule"]);
     assert!(rules().contains("lookup 4789"), "{}", rules());
+    // And DNS's rules and tables (docs/dns.md).
+    assert!(
+        rules().contains("lookup 4790") && rules().contains("lookup 4791"),
+        "{}",
+        rules()
+    );
+    let dns_routes = || host0.ip(&["route", "show", "table", "4790"]);
+    assert!(
+        dns_routes().contains("unreachable default"),
+        "{}",
+        dns_routes()
+    );
     t.stop_daemon(0, nix::sys::signal::Signal::SIGTERM);
     let cleanup = t.cleanup(0);
     assert!(cleanup.status.success(), "{cleanup:?}");
-    assert!(!rules().contains("4789"), "{}", rules());
+    assert!(
+        !rules().contains("4789") && !rules().contains("479"),
+        "{}",
+        rules()
+    );
+    assert!(dns_routes().trim().is_empty(), "{}", dns_routes());
 }
 
 #[test]

@@ -189,7 +189,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
         _ => None,
     };
     if let Target::Kernel(dp) = &mut target {
-        // Kept from a running datapath otherwise (a restart must not pause DNS).
+        // Set only with the rules and tables in place (until the sockets are bound again,
+        // queries are unreachable, never delivered elsewhere).
         if let Err(e) = dp.maps.config.set_dns(dns.is_some()) {
             error!("DNS: telling the datapath: {e}");
         }

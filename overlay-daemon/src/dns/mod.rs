@@ -100,43 +100,46 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
     let mut serving: BTreeMap<(String, SocketAddr), CancellationToken> = BTreeMap::new();
     let mut refused: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
     let mut shared: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut wanted: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
     loop {
-        tokio::select! {
+        // A retry binds the refused gateways again; only a change rebuilds the zone.
+        let retry = tokio::select! {
             _ = stop.cancelled() => break,
-            changed = changes.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(RETRY), if !refused.is_empty() => {}
-        }
-        let started = std::time::Instant::now();
-        // A copy under the lock, validated outside it: the reconciler and the API wait
-        // for the view while it is held.
-        let (tables, names) = {
-            let view = cluster.view.lock().await;
-            if view.revision == 0 {
-                continue;
-            }
-            (view.cluster_tables(), view.dns_names())
+            changed = changes.changed() => if changed.is_err() { break } else { false },
+            _ = tokio::time::sleep(RETRY), if !refused.is_empty() => true,
         };
-        let tables = tables.validate();
-        let zone = zone::Zone::build(cfg.domain.clone(), &tables, &names);
-        resolver.set_zone(zone);
-        let gateways: Vec<(String, SocketAddr)> = tables
-            .networks
-            .values()
-            .flat_map(|n| {
-                let v4 = n.gateway_ip().map(IpAddr::V4);
-                let v6 = n.gateway_ip6().map(IpAddr::V6);
-                v4.into_iter()
-                    .chain(v6)
-                    .map(|ip| (n.name.clone(), SocketAddr::new(ip, 53)))
-            })
-            .collect();
-        // Networks may overlap: a gateway address two networks share could not tell whose
-        // container asks, so neither is served there.
-        let mut count: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-        for (_, addr) in &gateways {
-            *count.entry(*addr).or_default() += 1;
-        }
-        let wanted: BTreeSet<(String, SocketAddr)> = gateways
+        let started = std::time::Instant::now();
+        if !retry {
+            // A copy under the lock, validated outside it: the reconciler and the API wait
+            // for the view while it is held.
+            let (tables, names) = {
+                let view = cluster.view.lock().await;
+                if view.revision == 0 {
+                    continue;
+                }
+                (view.cluster_tables(), view.dns_names())
+            };
+            let tables = tables.validate();
+            let zone = zone::Zone::build(cfg.domain.clone(), &tables, &names);
+            resolver.set_zone(zone);
+            let gateways: Vec<(String, SocketAddr)> = tables
+                .networks
+                .values()
+                .flat_map(|n| {
+                    let v4 = n.gateway_ip().map(IpAddr::V4);
+                    let v6 = n.gateway_ip6().map(IpAddr::V6);
+                    v4.into_iter()
+                        .chain(v6)
+                        .map(|ip| (n.name.clone(), SocketAddr::new(ip, 53)))
+                })
+                .collect();
+            // Networks may overlap: a gateway address two networks share could not tell whose
+            // container asks, so neither is served there.
+            let mut count: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+            for (_, addr) in &gateways {
+                *count.entry(*addr).or_default() += 1;
+            }
+            wanted = gateways
             .into_iter()
             .filter(|(network, addr)| {
                 let alone = count[addr] == 1;
@@ -146,10 +149,11 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
                 alone
             })
             .collect();
-        shared = count
-            .into_iter()
-            .filter_map(|(a, n)| (n > 1).then_some(a))
-            .collect();
+            shared = count
+                .into_iter()
+                .filter_map(|(a, n)| (n > 1).then_some(a))
+                .collect();
+        }
         let gone: Vec<(String, SocketAddr)> = serving
             .keys()
             .filter(|k| !wanted.contains(*k))
@@ -164,14 +168,23 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
             }
         }
         refused.retain(|key| wanted.contains(key));
-        for key in wanted {
+        for key in wanted.iter().cloned() {
             if serving.contains_key(&key) {
                 continue;
             }
             let token = stop.child_token();
             let served = match server::serve(resolver.clone(), key.0.clone(), key.1, token.clone())
             {
-                Ok(()) => route::serve(key.1.ip()).await.map_err(|e| e.to_string()),
+                // TCP gets its local route only with its listener bound: without one (a
+                // host resolver's wildcard listener holds the port) TCP queries stay
+                // unreachable rather than reach that resolver.
+                Ok(bound) => {
+                    let mut r = route::serve(key.1.ip(), route::Proto::Udp).await;
+                    if bound.tcp && r.is_ok() {
+                        r = route::serve(key.1.ip(), route::Proto::Tcp).await;
+                    }
+                    r.map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e.to_string()),
             };
             match served {
@@ -196,9 +209,12 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
             _ = tokio::time::sleep(spent) => {}
         }
     }
-    // The local routes stay: a restarted daemon binds the same addresses and replaces them
-    // (`ensure` removes what nobody serves any more).
-    for token in serving.values() {
+    // Nothing served any more: queries meet the unreachable defaults until a daemon binds
+    // again (never another local socket).
+    for ((_, addr), token) in &serving {
         token.cancel();
+        if let Err(e) = route::unserve(addr.ip()).await {
+            warn!("DNS: {e}");
+        }
     }
 }

@@ -292,13 +292,20 @@ fn transparent(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::
     Ok(sock)
 }
 
-/// Serves `network`'s gateway address until `stop`; fails if the sockets cannot be bound.
+/// What `serve` could bind.
+pub struct Bound {
+    /// The TCP listener too (UDP always).
+    pub tcp: bool,
+}
+
+/// Serves `network`'s gateway address until `stop`; fails if the UDP socket cannot be
+/// bound.
 pub fn serve(
     resolver: Arc<Resolver>,
     network: String,
     addr: SocketAddr,
     stop: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<Bound> {
     let udp = Arc::new(UdpSocket::from_std(
         transparent(addr, socket2::Type::DGRAM)?.into(),
     )?);
@@ -309,6 +316,7 @@ pub fn serve(
         s.listen(128)?;
         TcpListener::from_std(s.into())
     });
+    let bound = Bound { tcp: tcp.is_ok() };
     match tcp {
         Ok(tcp) => {
             tokio::spawn(serve_tcp(
@@ -331,7 +339,7 @@ pub fn serve(
             stop.clone(),
         ));
     }
-    Ok(())
+    Ok(bound)
 }
 
 async fn serve_udp(
