@@ -262,6 +262,10 @@ impl Cluster {
         }
     }
 
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
     pub fn run_dir(&self) -> &Path {
         &self.cfg.run_dir
     }

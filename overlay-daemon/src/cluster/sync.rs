@@ -37,7 +37,7 @@ impl Cluster {
             fresh.revision = revision;
             failures.recovered("listing cluster state");
             backoff = Duration::from_millis(100);
-            *self.view.lock().await = fresh;
+            self.view.lock().await.replace(fresh);
             self.applied.bump();
             debug!(revision, "cluster state listed");
             let (_watcher, mut stream) = match store.watch(&root, revision + 1).await {

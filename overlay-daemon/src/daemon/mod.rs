@@ -121,6 +121,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let _run_dir_lock = crate::locks::HostLock::run_dir(&cfg.run_dir)?;
     // A status from an earlier run would pass for this one's until its first pass.
     let _ = std::fs::remove_file(cfg.run_dir.join("status.json"));
+    let _ = std::fs::remove_file(cfg.run_dir.join("dns.json"));
     // Bound before the datapath is touched, so a taken port stops the daemon at once.
     let metrics_listener = match cfg.metrics_listen {
         Some(addr) => Some(
@@ -178,14 +179,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut cluster = None;
     let mut docker: Option<Arc<cnm::Driver>> = None;
     // DNS only where queries can reach it: a datapath, etcd, and the host's rule and table.
+    // A control-plane-only node keeps the zone without serving it.
     let dns = match (&cfg.dns, &target, &cfg.source) {
         (Some(dns), Target::Kernel(_), TablesFrom::Etcd(_)) => match crate::dns::prepare().await {
-            Ok(()) => Some(dns.clone()),
+            Ok(()) => Some((dns.clone(), crate::dns::Serve::Gateways)),
             Err(e) => {
                 error!("DNS not served: {e}");
                 None
             }
         },
+        (Some(dns), Target::Memory(_), TablesFrom::Etcd(_)) => {
+            Some((dns.clone(), crate::dns::Serve::ZoneOnly))
+        }
         _ => None,
     };
     if let Target::Kernel(dp) = &mut target {
@@ -207,7 +212,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     lease_ttl: cfg.lease_ttl,
                     run_dir: cfg.run_dir.clone(),
                     mtu,
-                    dns_domain: dns.as_ref().map(|d| d.domain_text()),
+                    dns_domain: dns.as_ref().map(|(d, _)| d.domain_text()),
                 },
                 metrics.clone(),
                 &stop_tasks,
@@ -235,10 +240,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                     stop_front.clone(),
                 )));
             }
-            if let Some(dns) = dns.clone() {
+            if let Some((dns, serve)) = dns.clone() {
                 tasks.push(tokio::spawn(crate::dns::run(
                     dns,
                     c.clone(),
+                    serve,
                     stop_tasks.clone(),
                 )));
             }

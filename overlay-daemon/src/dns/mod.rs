@@ -4,6 +4,7 @@
 //! resolvable on every host as soon as the host's view has it. Other names are asked of the
 //! host's resolvers (`upstream`). See docs/dns.md.
 
+mod containers;
 pub mod route;
 pub mod server;
 pub mod upstream;
@@ -87,14 +88,51 @@ pub async fn prepare() -> Result<(), crate::netlink::NetlinkError> {
 /// How often gateways that could not be served are tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves DNS until `stop` (after `prepare`): the zone follows the cluster view; each
-/// network's gateway addresses get their sockets while the network exists.
-pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken) {
+/// Where the zone is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serve {
+    /// On every network's gateway (after `prepare`).
+    Gateways,
+    /// Nowhere: a control-plane-only node keeps the zone as a node would (what it costs,
+    /// how fast names arrive), with no datapath to bring it queries.
+    ZoneOnly,
+}
+
+/// What `<run-dir>/dns.json` says: how current the served names are.
+#[derive(Debug, serde::Serialize)]
+struct DnsStatus {
+    /// The etcd revision the zone reflects.
+    revision: i64,
+    /// When the zone was last changed, microseconds since the Unix epoch.
+    applied_at_us: u64,
+    /// Names served (services and containers).
+    names: usize,
+}
+
+/// What the zone needs from one look at the view.
+enum Work {
+    Full(
+        crate::tables::ValidTables,
+        Vec<((String, IpAddr), zone::EndpointDns)>,
+    ),
+    Delta {
+        services: Option<crate::tables::ValidTables>,
+        endpoints: Vec<((String, IpAddr), Option<zone::EndpointDns>)>,
+    },
+}
+
+/// Serves DNS until `stop`: the zone follows the cluster view; each network's gateway
+/// addresses get their sockets while the network exists (`Serve::Gateways`).
+pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: CancellationToken) {
     let resolver = Arc::new(Resolver::new(
         cfg.domain.clone(),
         Upstream::new(cfg.upstreams.clone()),
     ));
-    info!(domain = %cfg.domain, upstreams = ?cfg.upstreams, "DNS served on every network's gateway");
+    if serve == Serve::Gateways {
+        info!(domain = %cfg.domain, upstreams = ?cfg.upstreams, "DNS served on every network's gateway");
+    }
+    cluster.view.lock().await.follow_dns();
+    let node = cluster.node_name();
     let mut changes = cluster.applied.subscribe();
     changes.mark_changed();
     let mut serving: BTreeMap<(String, SocketAddr), CancellationToken> = BTreeMap::new();
@@ -102,7 +140,7 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
     let mut shared: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut wanted: BTreeSet<(String, SocketAddr)> = BTreeSet::new();
     loop {
-        // A retry binds the refused gateways again; only a change rebuilds the zone.
+        // A retry binds the refused gateways again; only a change touches the zone.
         let retry = tokio::select! {
             _ = stop.cancelled() => break,
             changed = changes.changed() => if changed.is_err() { break } else { false },
@@ -110,99 +148,63 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
         };
         let started = std::time::Instant::now();
         if !retry {
-            // A copy under the lock, validated outside it: the reconciler and the API wait
-            // for the view while it is held.
-            let (tables, names) = {
-                let view = cluster.view.lock().await;
+            // Copied under the lock, validated and applied outside it: the reconciler and
+            // the API wait for the view while it is held.
+            let (work, revision) = {
+                let mut view = cluster.view.lock().await;
                 if view.revision == 0 {
                     continue;
                 }
-                (view.cluster_tables(), view.dns_names())
+                let dirty = view.take_dns_dirty();
+                let work = match dirty.full {
+                    true => Work::Full(view.dns_base(), view.dns_endpoints(node)),
+                    false => Work::Delta {
+                        services: dirty.services.then(|| view.dns_base()),
+                        endpoints: dirty
+                            .endpoints
+                            .into_iter()
+                            .map(|(n, ip)| {
+                                let dns = view.dns_endpoint(&n, ip, node);
+                                ((n, ip), dns)
+                            })
+                            .collect(),
+                    },
+                };
+                (work, view.revision)
             };
-            let tables = tables.validate();
-            let zone = zone::Zone::build(cfg.domain.clone(), &tables, &names);
-            resolver.set_zone(zone);
-            let gateways: Vec<(String, SocketAddr)> = tables
-                .networks
-                .values()
-                .flat_map(|n| {
-                    let v4 = n.gateway_ip().map(IpAddr::V4);
-                    let v6 = n.gateway_ip6().map(IpAddr::V6);
-                    v4.into_iter()
-                        .chain(v6)
-                        .map(|ip| (n.name.clone(), SocketAddr::new(ip, 53)))
-                })
-                .collect();
-            // Networks may overlap: a gateway address two networks share could not tell whose
-            // container asks, so neither is served there.
-            let mut count: BTreeMap<SocketAddr, usize> = BTreeMap::new();
-            for (_, addr) in &gateways {
-                *count.entry(*addr).or_default() += 1;
-            }
-            wanted = gateways
-            .into_iter()
-            .filter(|(network, addr)| {
-                let alone = count[addr] == 1;
-                if !alone && !shared.contains(addr) {
-                    warn!(%network, gateway = %addr.ip(), "DNS not served on a gateway address another network has too");
-                }
-                alone
-            })
-            .collect();
-            shared = count
-                .into_iter()
-                .filter_map(|(a, n)| (n > 1).then_some(a))
-                .collect();
-        }
-        let gone: Vec<(String, SocketAddr)> = serving
-            .keys()
-            .filter(|k| !wanted.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(token) = serving.remove(&key) {
-                token.cancel();
-            }
-            if let Err(e) = route::unserve(key.1.ip()).await {
-                warn!("DNS: {e}");
-            }
-        }
-        refused.retain(|key| wanted.contains(key));
-        for key in wanted.iter().cloned() {
-            if serving.contains_key(&key) {
-                continue;
-            }
-            let token = stop.child_token();
-            let served = match server::serve(resolver.clone(), key.0.clone(), key.1, token.clone())
-            {
-                // TCP gets its local route only with its listener bound: without one (a
-                // host resolver's wildcard listener holds the port) TCP queries stay
-                // unreachable rather than reach that resolver.
-                Ok(bound) => {
-                    let mut r = route::serve(key.1.ip(), route::Proto::Udp).await;
-                    if bound.tcp && r.is_ok() {
-                        r = route::serve(key.1.ip(), route::Proto::Tcp).await;
+            let names = match work {
+                Work::Full(base, endpoints) => {
+                    let mut zone = zone::Zone::new(cfg.domain.clone(), &base);
+                    for ((network, ip), dns) in endpoints {
+                        zone.set_endpoint(&network, ip, Some(dns));
                     }
-                    r.map_err(|e| e.to_string())
+                    let names = zone.len();
+                    resolver.set_zone(zone);
+                    if serve == Serve::Gateways {
+                        wanted = gateways(&base, &mut shared);
+                    }
+                    names
                 }
-                Err(e) => Err(e.to_string()),
+                Work::Delta {
+                    services,
+                    endpoints,
+                } => resolver.update(|zone| {
+                    if let Some(base) = &services {
+                        zone.set_services(base);
+                    }
+                    for ((network, ip), dns) in endpoints {
+                        zone.set_endpoint(&network, ip, dns);
+                    }
+                    zone.len()
+                }),
             };
-            match served {
-                Ok(()) => {
-                    refused.remove(&key);
-                    serving.insert(key, token);
-                }
-                // Said once per address; tried again every RETRY.
-                Err(e) => {
-                    token.cancel();
-                    if refused.insert(key.clone()) {
-                        warn!(network = %key.0, addr = %key.1, "DNS: cannot serve this gateway: {e}");
-                    }
-                }
-            }
+            write_status(cluster.run_dir(), revision, names);
         }
-        // Under churn, rebuilding takes at most half the time: changes meanwhile are
-        // coalesced into the next build (linear in the cluster's endpoints).
+        if serve == Serve::Gateways {
+            bind(&resolver, &wanted, &mut serving, &mut refused, &stop).await;
+        }
+        // Under churn, at most half the time goes to the zone: changes meanwhile are
+        // coalesced into the next look.
         let spent = started.elapsed();
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -216,5 +218,116 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, stop: CancellationToken)
         if let Err(e) = route::unserve(addr.ip()).await {
             warn!("DNS: {e}");
         }
+    }
+}
+
+/// The gateway sockets the networks want: a gateway address two networks share (they may
+/// overlap) could not tell whose container asks, so neither is served there (`shared`:
+/// those already warned about).
+fn gateways(
+    base: &crate::tables::ValidTables,
+    shared: &mut BTreeSet<SocketAddr>,
+) -> BTreeSet<(String, SocketAddr)> {
+    let gateways: Vec<(String, SocketAddr)> = base
+        .networks
+        .values()
+        .flat_map(|n| {
+            let v4 = n.gateway_ip().map(IpAddr::V4);
+            let v6 = n.gateway_ip6().map(IpAddr::V6);
+            v4.into_iter()
+                .chain(v6)
+                .map(|ip| (n.name.clone(), SocketAddr::new(ip, 53)))
+        })
+        .collect();
+    let mut count: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for (_, addr) in &gateways {
+        *count.entry(*addr).or_default() += 1;
+    }
+    let wanted = gateways
+        .into_iter()
+        .filter(|(network, addr)| {
+            let alone = count[addr] == 1;
+            if !alone && !shared.contains(addr) {
+                warn!(%network, gateway = %addr.ip(), "DNS not served on a gateway address another network has too");
+            }
+            alone
+        })
+        .collect();
+    *shared = count
+        .into_iter()
+        .filter_map(|(a, n)| (n > 1).then_some(a))
+        .collect();
+    wanted
+}
+
+/// Binds what is wanted and not served, unbinds what is served and no longer wanted.
+async fn bind(
+    resolver: &Arc<Resolver>,
+    wanted: &BTreeSet<(String, SocketAddr)>,
+    serving: &mut BTreeMap<(String, SocketAddr), CancellationToken>,
+    refused: &mut BTreeSet<(String, SocketAddr)>,
+    stop: &CancellationToken,
+) {
+    let gone: Vec<(String, SocketAddr)> = serving
+        .keys()
+        .filter(|k| !wanted.contains(*k))
+        .cloned()
+        .collect();
+    for key in gone {
+        if let Some(token) = serving.remove(&key) {
+            token.cancel();
+        }
+        if let Err(e) = route::unserve(key.1.ip()).await {
+            warn!("DNS: {e}");
+        }
+    }
+    refused.retain(|key| wanted.contains(key));
+    for key in wanted.iter().cloned() {
+        if serving.contains_key(&key) {
+            continue;
+        }
+        let token = stop.child_token();
+        let served = match server::serve(resolver.clone(), key.0.clone(), key.1, token.clone()) {
+            // TCP gets its local route only with its listener bound: without one (a host
+            // resolver's wildcard listener holds the port) TCP queries stay unreachable
+            // rather than reach that resolver.
+            Ok(bound) => {
+                let mut r = route::serve(key.1.ip(), route::Proto::Udp).await;
+                if bound.tcp && r.is_ok() {
+                    r = route::serve(key.1.ip(), route::Proto::Tcp).await;
+                }
+                r.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match served {
+            Ok(()) => {
+                refused.remove(&key);
+                serving.insert(key, token);
+            }
+            // Said once per address; tried again every RETRY.
+            Err(e) => {
+                token.cancel();
+                if refused.insert(key.clone()) {
+                    warn!(network = %key.0, addr = %key.1, "DNS: cannot serve this gateway: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// `<run-dir>/dns.json`, replaced whole.
+fn write_status(run_dir: &std::path::Path, revision: i64, names: usize) {
+    let status = DnsStatus {
+        revision,
+        applied_at_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+        names,
+    };
+    let (path, tmp) = (run_dir.join("dns.json"), run_dir.join(".dns.json.tmp"));
+    let body = serde_json::to_vec(&status).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+        warn!(path = %path.display(), "writing DNS status: {e}");
     }
 }

@@ -74,10 +74,10 @@ impl Current {
     }
 }
 
-/// What every listener shares: the zone (replaced whole when the cluster changes) and the
-/// upstream resolvers.
+/// What every listener shares: the zone (changed as the cluster changes) and the upstream
+/// resolvers.
 pub struct Resolver {
-    current: RwLock<Arc<Current>>,
+    current: RwLock<Current>,
     pub upstream: Upstream,
     forwards: Arc<Semaphore>,
     tcp: Arc<Semaphore>,
@@ -86,33 +86,31 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(domain: Name, upstream: Upstream) -> Self {
         Self {
-            current: RwLock::new(Arc::new(Current {
+            current: RwLock::new(Current {
                 zone: Zone::empty(domain),
                 answers: RwLock::default(),
-            })),
+            }),
             upstream,
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             tcp: Arc::new(Semaphore::new(MAX_TCP)),
         }
     }
 
-    fn current(&self) -> Arc<Current> {
-        match self.current.read() {
-            Ok(z) => z.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
     /// Answers from now on come from `zone`.
     pub fn set_zone(&self, zone: Zone) {
-        let current = Arc::new(Current {
-            zone,
-            answers: RwLock::default(),
-        });
-        match self.current.write() {
-            Ok(mut c) => *c = current,
-            Err(poisoned) => *poisoned.into_inner() = current,
-        }
+        self.update(|z| *z = zone);
+    }
+
+    /// Changes the zone in place (queries wait meanwhile); the answers encoded from the
+    /// zone before are forgotten. Returns what `change` returns.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Zone) -> T) -> T {
+        let mut current = match self.current.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let out = change(&mut current.zone);
+        current.answers = RwLock::default();
+        out
     }
 
     /// The answer to one message from `src` on `network`'s gateway: `Done` (bytes to send,
@@ -122,7 +120,11 @@ impl Resolver {
         if bytes.len() < 12 {
             return Outcome::Done(None);
         }
-        let current = self.current();
+        // Held while answering (no await in here): a zone change waits for it.
+        let current = match self.current.read() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let zone = &current.zone;
         if zone.asks(network, src) {
             if let Some(mut answer) = current.cached(network, bytes) {

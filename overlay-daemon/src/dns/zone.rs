@@ -3,10 +3,15 @@
 //! named them (`<pod>.<namespace>.<network>.<domain>`, `<name>.<network>.<domain>`), and PTR
 //! records for all of them. A network's containers are answered only from their own
 //! network: another network's names are NXDOMAIN to them, as are its addresses' PTR records.
+//!
+//! Networks and services are few and rebuilt whole when they change; containers are many
+//! and each change to one updates only its own names (`set_endpoint`): at 100k endpoints a
+//! rebuild per change would cost every node tens of milliseconds.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use hickory_proto::{
@@ -19,6 +24,7 @@ use hickory_proto::{
 use ipnet::IpNet;
 use tracing::debug;
 
+use super::containers::{Containers, NetId, Now};
 use crate::tables::{Proto, ValidTables};
 
 /// TTL of every answer from the cluster's state: a removed service must be forgotten by
@@ -38,24 +44,79 @@ pub enum Answer {
     Refused,
 }
 
-/// One network's names.
+/// What DNS knows of one endpoint: its addresses, the name its runtime gave it (relative
+/// to its network) if any, and whether it is on this host (only those ask).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointDns {
+    pub addrs: Vec<IpAddr>,
+    pub name: Option<String>,
+    pub local: bool,
+}
+
+/// Names to addresses and back, with the names above them (empty non-terminals) counted so
+/// "does anything live below this name" is one lookup.
 #[derive(Debug, Default)]
-struct NetZone {
+struct Names {
     /// Lowercase absolute name → addresses.
     addrs: HashMap<Name, Vec<IpAddr>>,
-    /// Lowercase absolute SRV owner name → (port, target).
-    srv: HashMap<Name, Vec<(u16, Name)>>,
     /// Address → the names it has.
     ptr: HashMap<IpAddr, Vec<Name>>,
 }
 
-/// Everything answered from the cluster's state, built anew when it changes.
+impl Names {
+    /// Adds `addrs` to `name`; true if the name is new.
+    fn add(&mut self, name: &Name, addrs: &[IpAddr]) -> bool {
+        for a in addrs {
+            let names = self.ptr.entry(*a).or_default();
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let new = !self.addrs.contains_key(name);
+        let held = self.addrs.entry(name.clone()).or_default();
+        for a in addrs {
+            if !held.contains(a) {
+                held.push(*a);
+            }
+        }
+        new
+    }
+}
+
+/// One network's names.
+#[derive(Debug, Default)]
+struct NetZone {
+    /// Its key among the containers.
+    id: NetId,
+    services: Names,
+    /// Lowercase absolute SRV owner name → (port, target).
+    srv: HashMap<Name, Vec<(u16, Name)>>,
+    /// Names with services' names below them (other than the domain), with how many.
+    above: HashMap<Name, usize>,
+}
+
+impl NetZone {
+    /// Counts the names above `name` up to (not including) `domain`.
+    fn count_above(&mut self, name: &Name, domain: &Name, delta: isize) {
+        let mut n = name.base_name();
+        while n.num_labels() > domain.num_labels() {
+            let count = self.above.entry(n.clone()).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.above.remove(&n);
+            }
+            n = n.base_name();
+        }
+    }
+}
+
+/// Everything answered from the cluster's state.
 #[derive(Debug)]
 pub struct Zone {
     domain: Name,
     networks: HashMap<String, NetZone>,
-    /// Who may ask: every endpoint address with its networks (networks may overlap).
-    sources: HashMap<IpAddr, Vec<String>>,
+    /// The endpoints: who may ask (networks may overlap), and the names runtimes gave.
+    containers: Containers,
     /// The overlay's own address space: reverse names there are never asked upstream.
     subnets: Vec<IpNet>,
     soa: Record,
@@ -82,9 +143,28 @@ impl Zone {
             soa: Record::from_rdata(domain.clone(), TTL, RData::SOA(soa)),
             domain,
             networks: HashMap::new(),
-            sources: HashMap::new(),
+            containers: Containers::default(),
             subnets: Vec::new(),
         }
+    }
+
+    /// The zone of `tables`' networks and services, without endpoints (`set_endpoint`).
+    pub fn new(domain: Name, tables: &ValidTables) -> Self {
+        let mut zone = Self::empty(domain);
+        for (id, net) in tables.networks.values().enumerate() {
+            zone.subnets.extend(net.subnet.map(IpNet::V4));
+            zone.subnets.extend(net.subnet6.map(IpNet::V6));
+            let id = NetId::try_from(id).unwrap_or(NetId::MAX);
+            zone.networks.insert(
+                net.name.clone(),
+                NetZone {
+                    id,
+                    ..NetZone::default()
+                },
+            );
+        }
+        zone.set_services(tables);
+        zone
     }
 
     /// The zone of these tables; `names`: the container names runtimes gave, by (network,
@@ -94,61 +174,110 @@ impl Zone {
         tables: &ValidTables,
         names: &BTreeMap<(String, IpAddr), String>,
     ) -> Self {
-        let mut zone = Self::empty(domain);
-        let mut by_vni = HashMap::new();
-        for net in tables.networks.values() {
-            by_vni.insert(net.vni, net.name.clone());
-            zone.subnets.extend(net.subnet.map(IpNet::V4));
-            zone.subnets.extend(net.subnet6.map(IpNet::V6));
-            zone.networks.entry(net.name.clone()).or_default();
+        let mut zone = Self::new(domain, tables);
+        for ep in &tables.endpoints {
+            let addrs = ep
+                .ip
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(ep.ip6.map(IpAddr::V6))
+                .collect();
+            let name = names.get(&(ep.network.clone(), ep.key_ip())).cloned();
+            let dns = EndpointDns {
+                addrs,
+                name,
+                local: true,
+            };
+            zone.set_endpoint(&ep.network, ep.key_ip(), Some(dns));
         }
-        let mut services = HashSet::new();
+        zone
+    }
+
+    /// Replaces every network's services with `tables`' services.
+    pub fn set_services(&mut self, tables: &ValidTables) {
+        let domain = self.domain.clone();
+        for net in self.networks.values_mut() {
+            let old: Vec<Name> = net
+                .services
+                .addrs
+                .keys()
+                .chain(net.srv.keys())
+                .cloned()
+                .collect();
+            for name in old {
+                net.count_above(&name, &domain, -1);
+            }
+            net.services = Names::default();
+            net.srv.clear();
+        }
         for svc in &tables.services {
-            let Some(network) = by_vni.get(&svc.vni).cloned() else {
+            let Some(network) = tables.network_of_vni(svc.vni) else {
                 continue;
             };
-            let Some(name) = zone.name_in(&network, &svc.name) else {
+            let Some(name) = self.name_in(&network, &svc.name) else {
                 debug!(%network, service = %svc.name, "not a DNS name: not served");
+                continue;
+            };
+            let Some(net) = self.networks.get_mut(&network) else {
                 continue;
             };
             let proto = match svc.proto {
                 Proto::Tcp => "_tcp",
                 Proto::Udp => "_udp",
             };
-            let srv = Name::from_ascii(format!("_{}.{proto}", svc.port))
-                .and_then(|n| n.append_domain(&name));
-            if let (Ok(srv), Some(net)) = (srv, zone.networks.get_mut(&network)) {
+            if let Ok(srv) = Name::from_ascii(format!("_{}.{proto}", svc.port))
+                .and_then(|n| n.append_domain(&name))
+            {
+                if !net.srv.contains_key(&srv) {
+                    net.count_above(&srv, &domain, 1);
+                }
                 let targets = net.srv.entry(srv).or_default();
                 if !targets.contains(&(svc.port, name.clone())) {
                     targets.push((svc.port, name.clone()));
                 }
             }
-            services.insert(name.clone());
-            zone.add_addrs(&network, name, &[svc.vip]);
-        }
-        for ep in &tables.endpoints {
-            let addrs: Vec<IpAddr> = ep
-                .ip
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(ep.ip6.map(IpAddr::V6))
-                .collect();
-            for a in &addrs {
-                zone.sources.entry(*a).or_default().push(ep.network.clone());
+            if net.services.add(&name, &[svc.vip]) {
+                net.count_above(&name, &domain, 1);
             }
-            let Some(label) = names.get(&(ep.network.clone(), ep.key_ip())) else {
-                continue;
-            };
-            match zone.name_in(&ep.network, label) {
-                // A service's name is the service's: a container does not take it over.
-                Some(name) if services.contains(&name) => {
-                    debug!(network = %ep.network, %name, "a container named as a service: not served")
+        }
+    }
+
+    /// The endpoint (`network`, `key_ip`) is now `dns` (None: gone). Endpoints of networks
+    /// the zone does not have are not kept.
+    pub fn set_endpoint(&mut self, network: &str, key_ip: IpAddr, dns: Option<EndpointDns>) {
+        let Some(net) = self.networks.get(network) else {
+            return;
+        };
+        let now = dns.map(|dns| {
+            let v6 = dns.addrs.iter().find_map(|a| match a {
+                IpAddr::V6(v6) if *a != key_ip => Some(*v6),
+                _ => None,
+            });
+            let name = dns.name.and_then(|label| {
+                let ok = valid_labels(&label) && valid_labels(network);
+                if !ok {
+                    debug!(%network, name = %label, "not a DNS name: not served");
                 }
-                Some(name) => zone.add_addrs(&ep.network, name, &addrs),
-                None => debug!(network = %ep.network, name = %label, "not a DNS name: not served"),
+                ok.then(|| Arc::from(label.to_ascii_lowercase()))
+            });
+            Now {
+                v6,
+                name,
+                local: dns.local,
             }
-        }
-        zone
+        });
+        self.containers.set(net.id, key_ip, now);
+    }
+
+    /// How many names (services and containers) the zone holds.
+    pub fn len(&self) -> usize {
+        let services: usize = self.networks.values().map(|n| n.services.addrs.len()).sum();
+        services + self.containers.len()
+    }
+
+    /// Whether it holds no names.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// `<label>.<network>.<domain>`, lowercase, if that is a valid name.
@@ -162,27 +291,11 @@ impl Zone {
             .map(|n| n.to_lowercase())
     }
 
-    fn add_addrs(&mut self, network: &str, name: Name, addrs: &[IpAddr]) {
-        let net = self.networks.entry(network.to_owned()).or_default();
-        for a in addrs {
-            let names = net.ptr.entry(*a).or_default();
-            if !names.contains(&name) {
-                names.push(name.clone());
-            }
-        }
-        let held = net.addrs.entry(name).or_default();
-        for a in addrs {
-            if !held.contains(a) {
-                held.push(*a);
-            }
-        }
-    }
-
     /// Whether `source` is an endpoint of `network`: the only ones it answers.
     pub fn asks(&self, network: &str, source: IpAddr) -> bool {
-        self.sources
-            .get(&source)
-            .is_some_and(|nets| nets.iter().any(|n| n == network))
+        self.networks
+            .get(network)
+            .is_some_and(|n| self.containers.asks(n.id, source))
     }
 
     /// The answer to `query` for a container of `network`.
@@ -196,20 +309,7 @@ impl Zone {
         }
         let net = self.networks.get(network);
         if let Some(ip) = reverse_address(&qname) {
-            let ours = self.subnets.iter().any(|s| s.contains(&ip))
-                || self.networks.values().any(|n| n.ptr.contains_key(&ip));
-            let names = net.and_then(|n| n.ptr.get(&ip));
-            return match (names, ours) {
-                (Some(names), _) => Answer::Records(match query.query_type() {
-                    RecordType::PTR | RecordType::ANY => names
-                        .iter()
-                        .map(|n| Record::from_rdata(qname.clone(), TTL, RData::PTR(PTR(n.clone()))))
-                        .collect(),
-                    _ => Vec::new(),
-                }),
-                (None, true) => Answer::NxDomain,
-                (None, false) => Answer::Elsewhere,
-            };
+            return self.reverse(network, ip, &qname, query.query_type());
         }
         if !self.domain.zone_of(&qname) {
             return Answer::Elsewhere;
@@ -230,7 +330,29 @@ impl Zone {
                 _ => Vec::new(),
             });
         }
-        if let Some(addrs) = net.addrs.get(&qname) {
+        // Labels below the domain: the network's name last, a container's name before it.
+        let below = qname.num_labels().saturating_sub(self.domain.num_labels()) as usize;
+        let labels: Vec<&[u8]> = qname.iter().take(below).collect();
+        let inner = match labels.split_last() {
+            Some((last, inner)) if last.eq_ignore_ascii_case(network.as_bytes()) => Some(
+                inner
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(l))
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+            _ => None,
+        };
+        // A service's name is the service's: a container named alike does not take it over.
+        let addrs = match net.services.addrs.get(&qname) {
+            Some(addrs) => Some(addrs.clone()),
+            None => inner
+                .as_deref()
+                .filter(|i| !i.is_empty())
+                .map(|i| self.containers.lookup(net.id, i))
+                .filter(|a| !a.is_empty()),
+        };
+        if let Some(addrs) = addrs {
             let records = addrs
                 .iter()
                 .filter_map(|a| match (a, qtype) {
@@ -247,11 +369,8 @@ impl Zone {
         // The domain itself and the names above a network's names exist (empty
         // non-terminals): NODATA, not NXDOMAIN, so resolvers keep searching below them.
         let exists = qname == self.domain
-            || net
-                .addrs
-                .keys()
-                .chain(net.srv.keys())
-                .any(|n| qname.zone_of(n));
+            || net.above.contains_key(&qname)
+            || inner.is_some_and(|i| self.containers.has_below(net.id, &i));
         match (exists, qtype) {
             (true, RecordType::SOA) if qname == self.domain => {
                 Answer::Records(vec![self.soa.clone()])
@@ -259,6 +378,39 @@ impl Zone {
             (true, _) => Answer::Records(Vec::new()),
             (false, _) => Answer::NxDomain,
         }
+    }
+
+    /// PTR answers for `ip`: the names it has in `net` (container names that are also a
+    /// service's name are the service's, not the container's).
+    fn reverse(&self, network: &str, ip: IpAddr, qname: &Name, qtype: RecordType) -> Answer {
+        let mut names: Vec<Name> = Vec::new();
+        if let Some(n) = self.networks.get(network) {
+            names.extend(n.services.ptr.get(&ip).into_iter().flatten().cloned());
+            let container = self
+                .containers
+                .name_of(n.id, ip)
+                .and_then(|label| self.name_in(network, label))
+                .filter(|c| !n.services.addrs.contains_key(c));
+            names.extend(container);
+        }
+        if names.is_empty() {
+            let ours = self.subnets.iter().any(|s| s.contains(&ip))
+                || self
+                    .networks
+                    .values()
+                    .any(|n| n.services.ptr.contains_key(&ip) || self.containers.holds(n.id, ip));
+            return match ours {
+                true => Answer::NxDomain,
+                false => Answer::Elsewhere,
+            };
+        }
+        Answer::Records(match qtype {
+            RecordType::PTR | RecordType::ANY => names
+                .into_iter()
+                .map(|n| Record::from_rdata(qname.clone(), TTL, RData::PTR(PTR(n))))
+                .collect(),
+            _ => Vec::new(),
+        })
     }
 
     /// The SOA record negative answers carry (its minimum is the negative TTL).

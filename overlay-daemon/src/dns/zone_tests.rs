@@ -269,3 +269,107 @@ fn names_that_are_not_dns_labels_are_not_served() {
     assert!(!valid_labels("web server"));
     assert!(!valid_labels(&"x".repeat(64)));
 }
+
+#[test]
+fn endpoints_change_one_at_a_time() {
+    let mut z = zone();
+    let ip: IpAddr = [198, 19, 1, 3].into();
+    let named = |name: &str| {
+        Some(EndpointDns {
+            addrs: vec![ip],
+            name: Some(name.into()),
+            local: true,
+        })
+    };
+    let a = |z: &Zone, name: &str| data(ask(z, "red", name, RecordType::A));
+    let ptr = |z: &Zone| ask(z, "red", "3.1.19.198.in-addr.arpa.", RecordType::PTR);
+    assert_eq!(
+        ask(&z, "red", "api.red.overlay.internal.", RecordType::A),
+        Answer::NxDomain
+    );
+    z.set_endpoint("red", ip, named("api"));
+    assert_eq!(
+        a(&z, "api.red.overlay.internal."),
+        vec![RData::A(A([198, 19, 1, 3].into()))]
+    );
+    assert_eq!(z.len(), 5);
+    // Renamed: the old name and its PTR are gone.
+    z.set_endpoint("red", ip, named("api-2"));
+    assert_eq!(
+        ask(&z, "red", "api.red.overlay.internal.", RecordType::A),
+        Answer::NxDomain
+    );
+    assert_eq!(
+        data(ptr(&z)),
+        vec![RData::PTR(PTR(Name::from_ascii(
+            "api-2.red.overlay.internal."
+        )
+        .unwrap()))]
+    );
+    // A second container of the same name (another host): both addresses, until it goes.
+    let other: IpAddr = [198, 19, 1, 4].into();
+    z.set_endpoint(
+        "red",
+        other,
+        Some(EndpointDns {
+            addrs: vec![other],
+            name: Some("api-2".into()),
+            local: false,
+        }),
+    );
+    assert_eq!(a(&z, "api-2.red.overlay.internal.").len(), 2);
+    z.set_endpoint("red", ip, None);
+    assert_eq!(
+        a(&z, "api-2.red.overlay.internal."),
+        vec![RData::A(A([198, 19, 1, 4].into()))]
+    );
+    assert_eq!(ptr(&z), Answer::NxDomain);
+    assert!(!z.asks("red", ip), "a gone endpoint asks no more");
+    assert!(!z.asks("red", other), "only this host's endpoints ask");
+    assert_eq!(
+        data(ask(&z, "red", "4.1.19.198.in-addr.arpa.", RecordType::PTR)),
+        vec![RData::PTR(PTR(Name::from_ascii(
+            "api-2.red.overlay.internal."
+        )
+        .unwrap()))]
+    );
+
+    // Names above a pod's name exist while it does.
+    let shop = |z: &Zone| ask(z, "red", "shop.red.overlay.internal.", RecordType::A);
+    assert_eq!(shop(&z), Answer::Records(Vec::new()));
+    z.set_endpoint("red", [198, 19, 1, 2].into(), None);
+    assert_eq!(shop(&z), Answer::NxDomain);
+    assert_eq!(
+        ask(&z, "red", "red.overlay.internal.", RecordType::A),
+        Answer::Records(Vec::new()),
+        "services are still below the network's name"
+    );
+
+    // Services replaced whole; containers stay.
+    let mut t = tables();
+    t.services.retain(|s| s.name != "web");
+    z.set_services(&t);
+    assert_eq!(
+        ask(&z, "red", "web.red.overlay.internal.", RecordType::A),
+        Answer::NxDomain
+    );
+    assert_eq!(
+        ask(
+            &z,
+            "red",
+            "_80._tcp.web.red.overlay.internal.",
+            RecordType::SRV
+        ),
+        Answer::NxDomain
+    );
+    assert_eq!(
+        ask(&z, "red", "red.overlay.internal.", RecordType::A),
+        Answer::Records(Vec::new())
+    );
+    assert_eq!(a(&z, "api-2.red.overlay.internal.").len(), 1);
+    z.set_endpoint("red", other, None);
+    assert_eq!(
+        ask(&z, "red", "red.overlay.internal.", RecordType::A),
+        Answer::NxDomain
+    );
+}

@@ -45,17 +45,13 @@ impl Names {
         self.0.clear();
     }
 
-    /// The names whose endpoint is still their container's (`container`: the tag of the
-    /// endpoint at an address, if there is one).
-    pub fn live(
-        &self,
-        container: impl Fn(&str, IpAddr) -> Option<u64>,
-    ) -> BTreeMap<(String, IpAddr), String> {
+    /// The name of the endpoint (`network`, `ip`) if it is still the named container's
+    /// (`container`: the tag of the endpoint at that address now).
+    pub fn get(&self, network: &str, ip: IpAddr, container: u64) -> Option<&str> {
         self.0
-            .iter()
-            .filter(|((network, ip), (tag, _))| container(network, *ip) == Some(*tag))
-            .map(|(k, (_, name))| (k.clone(), name.clone()))
-            .collect()
+            .get(&(network.to_owned(), ip))
+            .filter(|(tag, _)| *tag == container)
+            .map(|(_, name)| name.as_str())
     }
 }
 
@@ -74,16 +70,10 @@ mod tests {
                 br#"{"version":1,"container_id":"c1","name":"web1"}"#,
             )
             .unwrap();
-        let now = |names: &Names, tag: u64| names.live(move |_, _| Some(tag));
-        assert_eq!(
-            now(&names, container_tag("c1"))
-                .get(&("red".into(), ip))
-                .unwrap(),
-            "web1"
-        );
+        assert_eq!(names.get("red", ip, container_tag("c1")), Some("web1"));
         // A later container at the address (the info key outlived its endpoint).
-        assert!(now(&names, container_tag("c2")).is_empty());
-        assert!(names.live(|_, _| None).is_empty());
+        assert_eq!(names.get("red", ip, container_tag("c2")), None);
+        assert_eq!(names.get("green", ip, container_tag("c1")), None);
         // Dotted runtime names could pass for pods': not served.
         names
             .put(
@@ -92,7 +82,7 @@ mod tests {
                 br#"{"version":1,"container_id":"c1","name":"a.b"}"#,
             )
             .unwrap();
-        assert!(now(&names, container_tag("c1")).is_empty());
+        assert_eq!(names.get("red", ip, container_tag("c1")), None);
         assert!(names.put("red", ip, b"{not json").is_err());
     }
 }

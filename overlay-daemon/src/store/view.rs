@@ -14,6 +14,10 @@ use super::{
     claims6::{carries_ipv6, Claims6},
     names::Names,
 };
+pub use dns::DnsDirty;
+
+#[path = "view_dns.rs"]
+mod dns;
 
 use super::{
     client::{Change, Kv},
@@ -101,6 +105,8 @@ pub struct ClusterView {
     ip6_of: Claims6,
     /// The names runtimes gave endpoints: what DNS serves.
     names: Names,
+    /// What changed for DNS, once DNS follows the view (`follow_dns`).
+    dns_dirty: Option<DnsDirty>,
 }
 
 impl ClusterView {
@@ -117,6 +123,7 @@ impl ClusterView {
             per_node: HashMap::new(),
             ip6_of: Claims6::default(),
             names: Names::default(),
+            dns_dirty: None,
         }
     }
 
@@ -150,6 +157,9 @@ impl ClusterView {
             full: true,
             ..Dirty::default()
         };
+        if let Some(d) = &mut self.dns_dirty {
+            d.full = true;
+        }
     }
 
     pub fn apply(&mut self, change: Change) {
@@ -160,6 +170,7 @@ impl ClusterView {
                 if let Some(k) = self.layout.parse(&key) {
                     if let Key::EndpointInfo { network, ip } = &k {
                         self.names.remove(network, *ip);
+                        self.dns_touch(network, *ip);
                     }
                     let old = self.entries.remove(&k);
                     self.mark(&k, old.as_ref(), None);
@@ -205,6 +216,7 @@ impl ClusterView {
         if self.bulk || old == new {
             return;
         }
+        self.mark_dns(key, old, new);
         let labelled =
             |e: Option<&Entry>| matches!(e, Some(Entry::Endpoint(ep)) if !ep.services.is_empty());
         match key {
@@ -282,6 +294,8 @@ impl ClusterView {
         if self.bulk || old == new {
             return;
         }
+        let owners: Vec<Ipv4Addr> = old.iter().chain(&new).map(|(ip, _)| *ip).collect();
+        self.dns_touch6(network, owners.into_iter());
         // A service backend by IPv6 address or by label may have come or gone.
         let labelled = |ip: &Ipv4Addr| {
             let key = Key::Endpoint {
@@ -346,6 +360,7 @@ impl ClusterView {
                 if let Err(reason) = self.names.put(network, *ip, &kv.value) {
                     self.reject(kv.key, reason);
                 }
+                self.dns_touch(network, *ip);
                 return;
             }
             // Only there to keep VNIs unique (the network record carries the VNI) and VIPs
@@ -415,21 +430,6 @@ impl ClusterView {
         self.entries
             .range(first..)
             .take_while(move |(k, _)| std::mem::discriminant(*k) == kind)
-    }
-
-    /// The names runtimes gave endpoints, by (network, key address), relative to their
-    /// network (`web-0.shop` for a pod, `db` for a podman container).
-    pub fn dns_names(&self) -> BTreeMap<(String, IpAddr), String> {
-        self.names.live(|network, ip| {
-            let key = Key::Endpoint {
-                network: network.to_owned(),
-                ip,
-            };
-            match self.entries.get(&key) {
-                Some(Entry::Endpoint(ep)) => Some(ep.container),
-                _ => None,
-            }
-        })
     }
 
     pub fn networks(&self) -> impl Iterator<Item = (&str, &NetworkRecord)> {
@@ -569,6 +569,17 @@ impl ClusterView {
 
     /// The view as unvalidated tables: a copy, so validation can run without the view.
     pub fn cluster_tables(&self) -> ClusterTables {
+        let mut t = self.base_tables();
+        for (network, ip, ep) in self.endpoints() {
+            if self.deliverable(ip, ep) {
+                t.endpoints.push(self.endpoint_spec(network, ip, ep));
+            }
+        }
+        t
+    }
+
+    /// Networks, nodes and services (no endpoints): a few entries, however many endpoints.
+    pub fn base_tables(&self) -> ClusterTables {
         let mut t = ClusterTables::default();
         for (name, n) in self.networks() {
             t.networks.push(NetworkSpec {
@@ -585,11 +596,6 @@ impl ClusterView {
                 name: name.into(),
                 vtep_ip: n.vtep_ip,
             });
-        }
-        for (network, ip, ep) in self.endpoints() {
-            if self.deliverable(ip, ep) {
-                t.endpoints.push(self.endpoint_spec(network, ip, ep));
-            }
         }
         for (name, s) in self.services() {
             t.services.push(ServiceSpec {

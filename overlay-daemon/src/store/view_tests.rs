@@ -77,3 +77,78 @@ fn ipv6_only_endpoints_are_keyed_by_their_ipv6_address() {
     assert_eq!(v.ipv6_in("six").collect::<Vec<_>>(), [ip6]);
     assert!(v.endpoint("six", ip6.into()).is_some());
 }
+
+/// DNS is told which endpoints changed (their names with them), not made to look at all of
+/// them; networks and listings make it start over, services replace its services.
+#[test]
+fn dns_follows_endpoint_by_endpoint() {
+    let mut v = ClusterView::new(Layout::new("/overlay"));
+    v.reset(vec![
+        kv("/overlay/v1/networks/red", r#"{"version":1,"vni":100,"subnet":"198.19.1.0/24"}"#),
+        kv("/overlay/v1/nodes/a", r#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":0}"#),
+    ]);
+    // Nobody follows: nothing is kept.
+    v.apply(Change::Put(kv("/overlay/v1/endpoints/red/198.19.1.9", r#"{"version":1,"mac":"0a:58:c6:13:01:09","node":"a","container_id":"c9","host_ifname":"ovl9"}"#)));
+    assert!(v.dns_dirty.is_none());
+    v.follow_dns();
+    assert!(v.take_dns_dirty().full, "the first look is at everything");
+    assert_eq!(v.take_dns_dirty(), DnsDirty::default());
+
+    let ip: IpAddr = [198, 19, 1, 2].into();
+    v.apply(Change::Put(kv("/overlay/v1/endpoints/red/198.19.1.2", r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"a","container_id":"c1","host_ifname":"ovl1"}"#)));
+    v.apply(Change::Put(kv(
+        "/overlay/v1/endpointinfo/red/198.19.1.2",
+        r#"{"version":1,"container_id":"c1","name":"web1"}"#,
+    )));
+    let d = v.take_dns_dirty();
+    assert!(!d.full && !d.services);
+    assert_eq!(d.endpoints, [("red".to_owned(), ip)].into());
+    let dns = v.dns_endpoint("red", ip, "a").unwrap();
+    assert_eq!((dns.addrs, dns.name.as_deref()), (vec![ip], Some("web1")));
+    assert!(dns.local);
+    assert!(!v.dns_endpoint("red", ip, "b").unwrap().local);
+
+    // The name goes with its key; a later container at the address is not named by it.
+    v.apply(Change::Delete(
+        "/overlay/v1/endpointinfo/red/198.19.1.2".into(),
+    ));
+    assert_eq!(v.take_dns_dirty().endpoints.len(), 1);
+    assert_eq!(v.dns_endpoint("red", ip, "a").unwrap().name, None);
+    v.apply(Change::Put(kv(
+        "/overlay/v1/endpointinfo/red/198.19.1.2",
+        r#"{"version":1,"container_id":"c0","name":"old"}"#,
+    )));
+    assert_eq!(v.dns_endpoint("red", ip, "a").unwrap().name, None);
+
+    v.apply(Change::Put(kv("/overlay/v1/services/web", r#"{"version":1,"network":"red","vip":"198.18.250.1","port":80,"proto":"tcp","backends":[]}"#)));
+    let d = v.take_dns_dirty();
+    assert!(d.services && !d.full);
+    assert_eq!(v.dns_base().services.len(), 1);
+
+    // The node leaves before its endpoints: they are not served, and DNS starts over.
+    v.apply(Change::Delete("/overlay/v1/nodes/a".into()));
+    assert!(v.take_dns_dirty().full);
+    assert_eq!(v.dns_endpoint("red", ip, "a"), None);
+    assert!(v.dns_endpoints("a").is_empty());
+
+    v.apply(Change::Put(kv(
+        "/overlay/v1/networks/red",
+        r#"{"version":1,"vni":101,"subnet":"198.19.1.0/24"}"#,
+    )));
+    assert!(v.take_dns_dirty().full);
+}
+
+/// A re-listing swaps in a fresh view: DNS still follows it, and starts over once.
+#[test]
+fn a_fresh_listing_keeps_dns_following() {
+    let mut v = ClusterView::new(Layout::new("/overlay"));
+    v.follow_dns();
+    v.take_dns_dirty();
+    let mut fresh = ClusterView::new(Layout::new("/overlay"));
+    fresh.reset(Vec::new());
+    v.replace(fresh);
+    assert!(v.take_dns_dirty().full);
+    v.apply(Change::Put(kv("/overlay/v1/endpoints/red/198.19.1.2", r#"{"version":1,"mac":"0a:58:c6:13:01:02","node":"a","container_id":"c1","host_ifname":"ovl1"}"#)));
+    let d = v.take_dns_dirty();
+    assert!(!d.full && d.endpoints.len() == 1, "{d:?}");
+}
