@@ -59,7 +59,8 @@ impl Containers {
     /// this name, or is gone (None).
     pub fn set(&mut self, net: NetId, key: IpAddr, now: Option<Now>) {
         if let Some(old) = self.endpoints.remove(&(net, key)) {
-            if let Some(v6) = old.v6 {
+            // Unless another endpoint has claimed the address since.
+            if let Some(v6) = old.v6.filter(|v6| self.v6.get(&(net, *v6)) == Some(&key)) {
                 self.v6.remove(&(net, v6));
             }
             if let Some(name) = old.name {

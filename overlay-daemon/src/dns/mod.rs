@@ -109,8 +109,12 @@ struct DnsStatus {
     names: usize,
 }
 
+/// Endpoint changes taken at once beyond which the zone is rebuilt apart instead.
+const LARGE_DELTA: usize = 1024;
+
 /// What the zone needs from one look at the view.
 enum Work {
+    Nothing,
     Full(
         crate::tables::ValidTables,
         Vec<((String, IpAddr), zone::EndpointDns)>,
@@ -156,23 +160,33 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     continue;
                 }
                 let dirty = view.take_dns_dirty();
-                let work = match dirty.full {
-                    true => Work::Full(view.dns_base(), view.dns_endpoints(node)),
+                // Networks, nodes and services: a few entries, judged on every look (an
+                // endpoint is served as validation would keep it).
+                let base = view.dns_base();
+                // A large batch (a bulk load arriving as watch events) is built apart, not
+                // applied while queries wait on the zone.
+                let work = match dirty.full || dirty.endpoints.len() > LARGE_DELTA {
+                    true => {
+                        let endpoints = view.dns_endpoints(&base, node);
+                        Work::Full(base, endpoints)
+                    }
+                    false if dirty.endpoints.is_empty() && !dirty.services => Work::Nothing,
                     false => Work::Delta {
-                        services: dirty.services.then(|| view.dns_base()),
                         endpoints: dirty
                             .endpoints
                             .into_iter()
                             .map(|(n, ip)| {
-                                let dns = view.dns_endpoint(&n, ip, node);
+                                let dns = view.dns_endpoint(&base, &n, ip, node);
                                 ((n, ip), dns)
                             })
                             .collect(),
+                        services: dirty.services.then_some(base),
                     },
                 };
                 (work, view.revision)
             };
             let names = match work {
+                Work::Nothing => None,
                 Work::Full(base, endpoints) => {
                     let mut zone = zone::Zone::new(cfg.domain.clone(), &base);
                     for ((network, ip), dns) in endpoints {
@@ -183,7 +197,7 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     if serve == Serve::Gateways {
                         wanted = gateways(&base, &mut shared);
                     }
-                    names
+                    Some(names)
                 }
                 Work::Delta {
                     services,
@@ -195,10 +209,13 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     for ((network, ip), dns) in endpoints {
                         zone.set_endpoint(&network, ip, dns);
                     }
-                    zone.len()
+                    Some(zone.len())
                 }),
             };
-            write_status(cluster.run_dir(), revision, names);
+            // Stamped when the zone was changed, not when it was looked at.
+            if let Some(names) = names {
+                write_status(cluster.run_dir(), revision, names);
+            }
         }
         if serve == Serve::Gateways {
             bind(&resolver, &wanted, &mut serving, &mut refused, &stop).await;

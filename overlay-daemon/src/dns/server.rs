@@ -96,9 +96,11 @@ impl Resolver {
         }
     }
 
-    /// Answers from now on come from `zone`.
+    /// Answers from now on come from `zone`. The old one is dropped after the lock is
+    /// released (at 100k endpoints that takes a while).
     pub fn set_zone(&self, zone: Zone) {
-        self.update(|z| *z = zone);
+        let old = self.update(|z| std::mem::replace(z, zone));
+        drop(old);
     }
 
     /// Changes the zone in place (queries wait meanwhile); the answers encoded from the
@@ -233,7 +235,16 @@ pub enum Outcome {
 
 /// A UDP answer too big for the client (`limit`: what it takes): the header and question,
 /// truncated (TC), so it asks again over TCP.
-fn fit_udp(bytes: Vec<u8>, limit: usize) -> Vec<u8> {
+fn fit_udp(bytes: Vec<u8>, query: &[u8]) -> Vec<u8> {
+    // Most answers fit 512 bytes: the query's EDNS size is read only for bigger ones.
+    match bytes.len() <= 512 {
+        true => bytes,
+        false => truncate(bytes, udp_limit(query)),
+    }
+}
+
+/// `bytes` cut to `limit` (records dropped, TC set) if longer.
+fn truncate(bytes: Vec<u8>, limit: usize) -> Vec<u8> {
     if bytes.len() <= limit {
         return bytes;
     }
@@ -365,7 +376,7 @@ async fn serve_udp(
         let query = &buf[..n];
         match resolver.respond(&network, peer.ip(), query) {
             Outcome::Done(Some(reply)) => {
-                let reply = fit_udp(reply, udp_limit(query));
+                let reply = fit_udp(reply, query);
                 let _ = sock.send_to(&reply, peer).await;
             }
             Outcome::Done(None) => {}
@@ -376,7 +387,7 @@ async fn serve_udp(
                 let Ok(permit) = resolver.forwards.clone().try_acquire_owned() else {
                     reply.metadata.response_code = ResponseCode::ServFail;
                     if let Ok(bytes) = reply.to_vec() {
-                        let _ = sock.send_to(&fit_udp(bytes, edns), peer).await;
+                        let _ = sock.send_to(&truncate(bytes, edns), peer).await;
                     }
                     continue;
                 };
@@ -385,7 +396,7 @@ async fn serve_udp(
                     let bytes = resolver.forward_permitted(*reply).await;
                     drop(permit);
                     if let Some(bytes) = bytes {
-                        let _ = sock.send_to(&fit_udp(bytes, edns), peer).await;
+                        let _ = sock.send_to(&truncate(bytes, edns), peer).await;
                     }
                 });
             }
@@ -580,9 +591,9 @@ mod tests {
             "{}",
             bytes.len()
         );
-        let cut = Message::from_vec(&fit_udp(bytes.clone(), 512)).unwrap();
+        let cut = Message::from_vec(&truncate(bytes.clone(), 512)).unwrap();
         assert!(cut.metadata.truncation && cut.answers.is_empty());
         // With EDNS the client takes up to MAX_UDP bytes.
-        assert_eq!(fit_udp(bytes.clone(), MAX_UDP), bytes);
+        assert_eq!(truncate(bytes.clone(), MAX_UDP), bytes);
     }
 }

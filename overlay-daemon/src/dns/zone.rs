@@ -84,10 +84,12 @@ impl Names {
 }
 
 /// One network's names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NetZone {
     /// Its key among the containers.
     id: NetId,
+    /// `<network>.<domain>`, lowercase: its containers' names are below it.
+    origin: Name,
     services: Names,
     /// Lowercase absolute SRV owner name → (port, target).
     srv: HashMap<Name, Vec<(u16, Name)>>,
@@ -154,12 +156,20 @@ impl Zone {
         for (id, net) in tables.networks.values().enumerate() {
             zone.subnets.extend(net.subnet.map(IpNet::V4));
             zone.subnets.extend(net.subnet6.map(IpNet::V6));
-            let id = NetId::try_from(id).unwrap_or(NetId::MAX);
+            // A network whose name is no DNS name has no names (`set_endpoint` and
+            // `set_services` skip them): its containers still ask for other names.
+            let origin = valid_labels(&net.name)
+                .then(|| Name::from_ascii(&net.name).and_then(|n| n.append_domain(&zone.domain)))
+                .and_then(Result::ok)
+                .unwrap_or_else(Name::root);
             zone.networks.insert(
                 net.name.clone(),
                 NetZone {
-                    id,
-                    ..NetZone::default()
+                    id: NetId::try_from(id).unwrap_or(NetId::MAX),
+                    origin: origin.to_lowercase(),
+                    services: Names::default(),
+                    srv: HashMap::new(),
+                    above: HashMap::new(),
                 },
             );
         }
@@ -330,19 +340,23 @@ impl Zone {
                 _ => Vec::new(),
             });
         }
-        // Labels below the domain: the network's name last, a container's name before it.
-        let below = qname.num_labels().saturating_sub(self.domain.num_labels()) as usize;
-        let labels: Vec<&[u8]> = qname.iter().take(below).collect();
-        let inner = match labels.split_last() {
-            Some((last, inner)) if last.eq_ignore_ascii_case(network.as_bytes()) => Some(
-                inner
-                    .iter()
-                    .map(|l| String::from_utf8_lossy(l))
-                    .collect::<Vec<_>>()
-                    .join("."),
-            ),
-            _ => None,
-        };
+        // A container's name: the labels before the network's origin (`<network>.<domain>`,
+        // itself maybe dotted), none of them holding a dot of its own.
+        let inner = net.origin.zone_of(&qname).then(|| {
+            let below = (qname.num_labels() - net.origin.num_labels()) as usize;
+            let labels: Vec<&[u8]> = qname.iter().take(below).collect();
+            match labels.iter().any(|l| l.contains(&b'.')) {
+                true => None,
+                false => Some(
+                    labels
+                        .iter()
+                        .map(|l| String::from_utf8_lossy(l))
+                        .collect::<Vec<_>>()
+                        .join("."),
+                ),
+            }
+        });
+        let inner = inner.flatten();
         // A service's name is the service's: a container named alike does not take it over.
         let addrs = match net.services.addrs.get(&qname) {
             Some(addrs) => Some(addrs.clone()),
@@ -370,7 +384,8 @@ impl Zone {
         // non-terminals): NODATA, not NXDOMAIN, so resolvers keep searching below them.
         let exists = qname == self.domain
             || net.above.contains_key(&qname)
-            || inner.is_some_and(|i| self.containers.has_below(net.id, &i));
+            || inner.is_some_and(|i| self.containers.has_below(net.id, &i))
+            || (qname.zone_of(&net.origin) && self.containers.has_below(net.id, ""));
         match (exists, qtype) {
             (true, RecordType::SOA) if qname == self.domain => {
                 Answer::Records(vec![self.soa.clone()])

@@ -373,3 +373,95 @@ fn endpoints_change_one_at_a_time() {
         Answer::NxDomain
     );
 }
+
+#[test]
+fn dotted_networks_and_escaped_dots() {
+    let mut t = tables();
+    let prod = NetworkSpec {
+        name: "prod.eu".into(),
+        vni: 300,
+        subnet: Some("198.19.3.0/24".parse().unwrap()),
+        gateway: None,
+        subnet6: None,
+        gateway6: None,
+    };
+    t.networks.insert("prod.eu".into(), prod);
+    let mut z = Zone::new(Name::from_ascii("overlay.internal.").unwrap(), &t);
+    let ip: IpAddr = [198, 19, 3, 2].into();
+    let dns = EndpointDns {
+        addrs: vec![ip],
+        name: Some("web-0.shop".into()),
+        local: true,
+    };
+    z.set_endpoint("prod.eu", ip, Some(dns));
+    assert_eq!(
+        data(ask(
+            &z,
+            "prod.eu",
+            "web-0.shop.prod.eu.overlay.internal.",
+            RecordType::A
+        )),
+        vec![RData::A(A([198, 19, 3, 2].into()))]
+    );
+    for above in [
+        "shop.prod.eu.overlay.internal.",
+        "prod.eu.overlay.internal.",
+        "eu.overlay.internal.",
+    ] {
+        assert_eq!(
+            ask(&z, "prod.eu", above, RecordType::A),
+            Answer::Records(Vec::new()),
+            "{above}"
+        );
+    }
+    // One label holding a dot is not two labels.
+    let mut escaped = Name::from_labels(vec![&b"web-0.shop"[..]]).unwrap();
+    escaped = escaped
+        .append_domain(&Name::from_ascii("prod.eu.overlay.internal.").unwrap())
+        .unwrap();
+    let mut q = Query::query(escaped, RecordType::A);
+    q.set_query_class(DNSClass::IN);
+    assert_eq!(z.answer("prod.eu", &q), Answer::NxDomain);
+    assert_eq!(
+        data(ask(
+            &z,
+            "prod.eu",
+            "2.3.19.198.in-addr.arpa.",
+            RecordType::PTR
+        )),
+        vec![RData::PTR(PTR(Name::from_ascii(
+            "web-0.shop.prod.eu.overlay.internal."
+        )
+        .unwrap()))]
+    );
+}
+
+/// An IPv6 address that moved from one endpoint to another in one batch stays the new
+/// one's, whatever order the batch is applied in.
+#[test]
+fn a_moved_ipv6_address_stays_with_its_new_endpoint() {
+    let v6: IpAddr = "2001:2:0:1::9".parse().unwrap();
+    let (a, b): (IpAddr, IpAddr) = ([198, 19, 1, 8].into(), [198, 19, 1, 9].into());
+    let with = |key: IpAddr| EndpointDns {
+        addrs: vec![key, v6],
+        name: Some(format!("n{}", key.to_string().replace('.', "-"))),
+        local: true,
+    };
+    let mut z = zone();
+    z.set_endpoint("red", a, Some(with(a)));
+    z.set_endpoint("red", b, Some(with(b)));
+    z.set_endpoint("red", a, None);
+    assert!(z.asks("red", v6));
+    assert_eq!(
+        data(ask(
+            &z,
+            "red",
+            "9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa.",
+            RecordType::PTR
+        )),
+        vec![RData::PTR(PTR(Name::from_ascii(
+            "n198-19-1-9.red.overlay.internal."
+        )
+        .unwrap()))]
+    );
+}

@@ -7,7 +7,10 @@ use std::{
 };
 
 use super::{carries_ipv6, ClusterView, Entry, Key};
-use crate::{dns::zone::EndpointDns, tables::ValidTables};
+use crate::{
+    dns::zone::EndpointDns,
+    tables::{endpoint_problem, ipv6_problem, ValidTables},
+};
 
 /// What changed for DNS since it last took the changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,40 +60,59 @@ impl ClusterView {
     }
 
     /// The endpoint (`network`, `ip`) as DNS on node `local` serves it, if the tables would
-    /// hold it.
-    pub fn dns_endpoint(&self, network: &str, ip: IpAddr, local: &str) -> Option<EndpointDns> {
+    /// hold it (`base`: from `dns_base`).
+    pub fn dns_endpoint(
+        &self,
+        base: &ValidTables,
+        network: &str,
+        ip: IpAddr,
+        local: &str,
+    ) -> Option<EndpointDns> {
         let key = Key::Endpoint {
             network: network.to_owned(),
             ip,
         };
         match self.entries.get(&key) {
-            Some(Entry::Endpoint(ep)) => self.endpoint_dns(network, ip, ep, local),
+            Some(Entry::Endpoint(ep)) => self.endpoint_dns(base, network, ip, ep, local),
             _ => None,
         }
     }
 
     /// Every endpoint as DNS on node `local` serves it.
-    pub fn dns_endpoints(&self, local: &str) -> Vec<((String, IpAddr), EndpointDns)> {
+    pub fn dns_endpoints(
+        &self,
+        base: &ValidTables,
+        local: &str,
+    ) -> Vec<((String, IpAddr), EndpointDns)> {
         self.endpoints()
             .filter_map(|(network, ip, ep)| {
-                let dns = self.endpoint_dns(network, ip, ep, local)?;
+                let dns = self.endpoint_dns(base, network, ip, ep, local)?;
                 Some(((network.to_owned(), ip), dns))
             })
             .collect()
     }
 
+    /// As validation judges an endpoint on its own (uniqueness of addresses within the
+    /// network is not checked one endpoint at a time).
     fn endpoint_dns(
         &self,
+        base: &ValidTables,
         network: &str,
         ip: IpAddr,
         ep: &super::ViewEndpoint,
         local: &str,
     ) -> Option<EndpointDns> {
-        // As the tables: an endpoint whose node is gone is not there.
-        if !self.deliverable(ip, ep) || self.node(&ep.node).is_none() {
+        let net = base.networks.get(network)?;
+        if !self.deliverable(ip, ep) {
             return None;
         }
-        let spec = self.endpoint_spec(network, ip, ep);
+        let mut spec = self.endpoint_spec(network, ip, ep);
+        if spec.ip.is_some() && ipv6_problem(&spec, net).is_some() {
+            spec.ip6 = None;
+        }
+        if endpoint_problem(&spec, net, &base.nodes).is_some() {
+            return None;
+        }
         Some(EndpointDns {
             addrs: spec
                 .ip
@@ -129,11 +151,13 @@ impl ClusterView {
             }
             Key::Service(_) => d.services = true,
             Key::Network(_) => d.full = true,
-            // Endpoints are served only while their node is there (and their IPv6 address
-            // only while it carries IPv6).
+            // Endpoints are served only while their node is there and valid (its VTEP its
+            // own), their IPv6 address only while it carries IPv6.
             Key::Node(name) => {
                 let state = |e: Option<&Entry>| match e {
-                    Some(Entry::Node { record, .. }) => Some(carries_ipv6(record)),
+                    Some(Entry::Node { record, .. }) => {
+                        Some((carries_ipv6(record), record.vtep_ip))
+                    }
                     _ => None,
                 };
                 let holds = self.per_node.get(name.as_str()).is_some_and(|c| *c > 0);

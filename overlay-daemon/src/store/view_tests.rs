@@ -103,22 +103,52 @@ fn dns_follows_endpoint_by_endpoint() {
     let d = v.take_dns_dirty();
     assert!(!d.full && !d.services);
     assert_eq!(d.endpoints, [("red".to_owned(), ip)].into());
-    let dns = v.dns_endpoint("red", ip, "a").unwrap();
+    let dns = v.dns_endpoint(&v.dns_base(), "red", ip, "a").unwrap();
     assert_eq!((dns.addrs, dns.name.as_deref()), (vec![ip], Some("web1")));
     assert!(dns.local);
-    assert!(!v.dns_endpoint("red", ip, "b").unwrap().local);
+    assert!(!v.dns_endpoint(&v.dns_base(), "red", ip, "b").unwrap().local);
 
     // The name goes with its key; a later container at the address is not named by it.
     v.apply(Change::Delete(
         "/overlay/v1/endpointinfo/red/198.19.1.2".into(),
     ));
     assert_eq!(v.take_dns_dirty().endpoints.len(), 1);
-    assert_eq!(v.dns_endpoint("red", ip, "a").unwrap().name, None);
+    assert_eq!(
+        v.dns_endpoint(&v.dns_base(), "red", ip, "a").unwrap().name,
+        None
+    );
     v.apply(Change::Put(kv(
         "/overlay/v1/endpointinfo/red/198.19.1.2",
         r#"{"version":1,"container_id":"c0","name":"old"}"#,
     )));
-    assert_eq!(v.dns_endpoint("red", ip, "a").unwrap().name, None);
+    assert_eq!(
+        v.dns_endpoint(&v.dns_base(), "red", ip, "a").unwrap().name,
+        None
+    );
+
+    // As validation judges them: an address outside the subnet, a node whose VTEP is
+    // another's, are not served.
+    v.apply(Change::Put(kv("/overlay/v1/endpoints/red/198.19.2.7", r#"{"version":1,"mac":"0a:58:c6:13:02:07","node":"a","container_id":"c7","host_ifname":"ovl7"}"#)));
+    v.apply(Change::Put(kv(
+        "/overlay/v1/nodes/b",
+        r#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:02","registered_at":1}"#,
+    )));
+    v.apply(Change::Put(kv("/overlay/v1/endpoints/red/198.19.1.5", r#"{"version":1,"mac":"0a:58:c6:13:01:05","node":"b","container_id":"c5","host_ifname":"ovl5"}"#)));
+    let base = v.dns_base();
+    assert_eq!(
+        v.dns_endpoint(&base, "red", [198, 19, 2, 7].into(), "a"),
+        None
+    );
+    assert!(!base.nodes.contains_key("b"), "a's VTEP is a's");
+    assert_eq!(
+        v.dns_endpoint(&base, "red", [198, 19, 1, 5].into(), "a"),
+        None
+    );
+    v.apply(Change::Delete("/overlay/v1/nodes/b".into()));
+    v.apply(Change::Delete(
+        "/overlay/v1/endpoints/red/198.19.1.5".into(),
+    ));
+    v.take_dns_dirty();
 
     v.apply(Change::Put(kv("/overlay/v1/services/web", r#"{"version":1,"network":"red","vip":"198.18.250.1","port":80,"proto":"tcp","backends":[]}"#)));
     let d = v.take_dns_dirty();
@@ -128,8 +158,8 @@ fn dns_follows_endpoint_by_endpoint() {
     // The node leaves before its endpoints: they are not served, and DNS starts over.
     v.apply(Change::Delete("/overlay/v1/nodes/a".into()));
     assert!(v.take_dns_dirty().full);
-    assert_eq!(v.dns_endpoint("red", ip, "a"), None);
-    assert!(v.dns_endpoints("a").is_empty());
+    assert_eq!(v.dns_endpoint(&v.dns_base(), "red", ip, "a"), None);
+    assert!(v.dns_endpoints(&v.dns_base(), "a").is_empty());
 
     v.apply(Change::Put(kv(
         "/overlay/v1/networks/red",

@@ -19,7 +19,9 @@ pub use overlay_api::{
     Attachment, MacAddr,
 };
 pub use service::{BackendSpec, Proto, ServiceSpec, ValidService, MAX_WEIGHT};
-pub use validate::{endpoint_problem, vip_in_network, vip_problem, Rejection, Subject};
+pub use validate::{
+    endpoint_problem, ipv6_problem, vip_in_network, vip_problem, Rejection, Subject,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
