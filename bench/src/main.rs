@@ -61,6 +61,10 @@ struct Cli {
     /// Endpoint adds timed per cell of the scale benchmark.
     #[arg(long, default_value_t = 30)]
     scale_samples: usize,
+    /// Whether the scale benchmark's endpoints are named and its daemons keep the DNS zone
+    /// (off: what the control plane costs without DNS).
+    #[arg(long, value_enum, default_value = "on")]
+    scale_dns: Switch,
     /// etcd members of the scale benchmark (1, or a cluster of 3 or more).
     #[arg(long, default_value_t = 1)]
     scale_etcd_members: usize,
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
             &cli.scale_endpoints,
             cli.scale_samples,
             &etcd,
+            cli.scale_dns == Switch::On,
         )?;
         std::fs::write(cli.out.join("scale.json"), scale::json(&cells))?;
         charts::scale(&cli.out.join("scale.png"), &cells)?;
@@ -198,4 +203,11 @@ fn datapath(cli: &Cli) -> Result<String> {
     charts::datapath(&cli.out.join("datapath.png"), &modes, &samples)?;
     Ok(report::markdown(&modes, &samples, cli.rounds, cli.seconds)
         + "\n![datapath ratios to kernel vxlan](datapath.png)\n")
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }

@@ -22,6 +22,7 @@ pub mod kernel_vxlan;
 pub mod locks;
 pub mod maglev;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod monitor;
 pub mod netif;

@@ -89,8 +89,8 @@ fn endpoint_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(base + i as u32)
 }
 
-/// An endpoint and its name (as podman names containers): two keys, written together.
-fn endpoint_kvs(store: &Store, i: usize, node: &str) -> [(String, Vec<u8>); 2] {
+/// An endpoint and (`named`) its name as podman names containers: written together.
+fn endpoint_kvs(store: &Store, i: usize, node: &str, named: bool) -> Vec<(String, Vec<u8>)> {
     let ip = endpoint_ip(i);
     let key = |k| store.layout.key(&k);
     let endpoint = Key::Endpoint {
@@ -119,10 +119,11 @@ fn endpoint_kvs(store: &Store, i: usize, node: &str) -> [(String, Vec<u8>); 2] {
         docker_endpoint: None,
         name: Some(format!("sim-{i}")),
     };
-    [
-        (key(endpoint), records::encode(&record)),
-        (key(info), records::encode(&name)),
-    ]
+    let mut kvs = vec![(key(endpoint), records::encode(&record))];
+    if named {
+        kvs.push((key(info), records::encode(&name)));
+    }
+    kvs
 }
 
 fn unix_us() -> u64 {
@@ -177,10 +178,11 @@ pub fn run(
     endpoint_counts: &[usize],
     samples: usize,
     etcd: &EtcdSetup,
+    dns: bool,
 ) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for &n in node_counts {
-        let mut sim = Sim::new(etcd)?;
+        let mut sim = Sim::new(etcd, dns)?;
         let net = NetworkRecord {
             subnet6: None,
             gateway6: None,
@@ -220,7 +222,7 @@ pub fn run(
             let start = Instant::now();
             let rev = sim.with_store(move |rt, store| {
                 let kvs = (from..m)
-                    .flat_map(|i| endpoint_kvs(store, i, &names_c[i % names_c.len()]))
+                    .flat_map(|i| endpoint_kvs(store, i, &names_c[i % names_c.len()], dns))
                     .collect();
                 Ok(rt.block_on(store.put_many(kvs))?)
             })?;
@@ -239,13 +241,15 @@ pub fn run(
             let load_s = start.elapsed().as_secs_f64();
             eprintln!("scale: N={n} M={m}: applied on every node after {load_s:.1} s");
             let want = (m + probe) as u64;
-            sim.wait_all(
-                &names,
-                Status::Dns,
-                "bulk load named",
-                Duration::from_secs(900),
-                move |s| s["names"].as_u64() == Some(want),
-            )?;
+            if dns {
+                sim.wait_all(
+                    &names,
+                    Status::Dns,
+                    "bulk load named",
+                    Duration::from_secs(900),
+                    move |s| s["names"].as_u64() == Some(want),
+                )?;
+            }
 
             // Propagation of single adds, one at a time.
             let pids: Vec<u32> = sim.daemons.iter().map(|(_, c)| c.pid()).collect();
@@ -257,7 +261,7 @@ pub fn run(
                 let owner = names[probe % names.len()].clone();
                 // Timed from just before the put: not the client's connection set-up.
                 let (rev, t0) = sim.with_store(move |rt, store| {
-                    let kvs = endpoint_kvs(store, index, &owner).into();
+                    let kvs = endpoint_kvs(store, index, &owner, dns);
                     let t0 = unix_us();
                     Ok((rt.block_on(store.put_many(kvs))?, t0))
                 })?;
@@ -273,6 +277,9 @@ pub fn run(
                     latencies.push(at.saturating_sub(t0) as f64 / 1e3);
                 }
                 // Every node's zone holds the new name (every endpoint is named).
+                if !dns {
+                    continue;
+                }
                 let want = (m + probe) as u64;
                 let statuses = sim.wait_all(
                     &names,

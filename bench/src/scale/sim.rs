@@ -21,10 +21,13 @@ pub(super) struct Sim {
     pub(super) ns: Netns,
     pub(super) dir: PathBuf,
     pub(super) daemons: Vec<(String, ChildGuard)>,
+    /// Whether the daemons keep the DNS zone.
+    dns: bool,
 }
 
 impl Sim {
-    pub(super) fn new(setup: &EtcdSetup) -> Result<Self> {
+    /// `dns`: the daemons keep the DNS zone (else `--dns off`).
+    pub(super) fn new(setup: &EtcdSetup, dns: bool) -> Result<Self> {
         let id = unique_id();
         let ns = Netns::create(&format!("ovb-cp-{id}"));
         let dir = std::env::temp_dir().join(format!("ovb-cp-{id}"));
@@ -36,6 +39,7 @@ impl Sim {
                 ns,
                 dir,
                 daemons: Vec::new(),
+                dns,
             });
         }
         if setup.down * 2 >= setup.members {
@@ -72,6 +76,7 @@ impl Sim {
             ns,
             dir,
             daemons: Vec::new(),
+            dns,
         })
     }
 
@@ -155,6 +160,7 @@ impl Sim {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(self.etcd_args())
+            .args(["--dns", if self.dns { "on" } else { "off" }])
             .args(["--lease-ttl", "60", "--detach-on-exit"])
             .args(extra)
             .env("RUST_LOG", "warn")

@@ -400,7 +400,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             sync_sandboxes(&mut target, &cluster, &docker).await;
         }
         if pass.result.as_ref().is_ok_and(|r| !r.incremental) {
-            node::release_freed_memory();
+            crate::memory::release_freed();
         }
     }
 

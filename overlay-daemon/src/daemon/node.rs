@@ -130,16 +130,6 @@ pub(super) fn control_plane_node(vtep_ip: Ipv4Addr) -> LocalNode {
     }
 }
 
-/// A full pass frees tens of MB of temporary tables at 100k endpoints; glibc keeps freed
-/// memory in its arenas unless asked to give it back.
-pub(super) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl HostWatch {
     /// The next burst of host changes; forever without a subscription.
     pub(super) async fn next(host: &mut Option<HostWatch>) -> Option<HostChanges> {

@@ -194,6 +194,7 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     }
                     let names = zone.len();
                     resolver.set_zone(zone);
+                    crate::memory::release_freed();
                     if serve == Serve::Gateways {
                         wanted = gateways(&base, &mut shared);
                     }
