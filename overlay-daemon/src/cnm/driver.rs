@@ -444,6 +444,7 @@ impl Driver {
                     peer: &peer,
                     mac: req.mac,
                     services: req.services,
+                    name: req.name,
                     mtu: net.mtu,
                 },
             )

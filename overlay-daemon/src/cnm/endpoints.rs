@@ -32,6 +32,8 @@ pub struct DockerAttach<'a> {
     pub peer: &'a str,
     pub mac: Option<MacAddr>,
     pub services: Vec<String>,
+    /// Its name in the overlay's DNS.
+    pub name: Option<String>,
     /// The Docker network's MTU option.
     pub mtu: Option<u32>,
 }
@@ -121,6 +123,7 @@ impl Cluster {
             host_ifname: host.clone(),
         };
         ep.services = how.services;
+        ep.name = how.name;
         ep.docker_endpoint = Some(how.endpoint_id.to_owned());
         if let Some(mac) = how.mac {
             ep.mac = mac;

@@ -31,6 +31,26 @@ pub(super) const MTU_OPTION: &str = "com.docker.network.driver.mtu";
 /// that makes the container a service backend.
 pub const SERVICE_OPTION: &str = overlay_api::labels::SERVICE_LABEL;
 
+/// The endpoint driver option (`docker network connect --driver-opt overlay.name=web1`)
+/// that names the container in the overlay's DNS (`web1.<network>.overlay.internal`):
+/// libnetwork tells remote drivers no container name.
+pub const NAME_OPTION: &str = "overlay.name";
+
+/// The DNS name an endpoint's options give it, if any: one label.
+pub(super) fn name_option(options: &Value) -> Result<Option<String>, Failure> {
+    let raw = options[NAME_OPTION]
+        .as_str()
+        .or_else(|| options[GENERIC_OPTIONS][NAME_OPTION].as_str())
+        .unwrap_or("");
+    match raw {
+        "" => Ok(None),
+        n if !n.contains('.') && crate::dns::zone::valid_labels(n) => Ok(Some(n.to_owned())),
+        n => Err(bad(format!(
+            "{NAME_OPTION} {n:?} is not a DNS label: give letters, digits and hyphens, at most 63, no dots"
+        ))),
+    }
+}
+
 /// `NAME:PORT[,NAME:PORT...]` labels from an endpoint's options.
 pub(super) fn service_labels(options: &Value) -> Result<Vec<String>, Failure> {
     let raw = options[SERVICE_OPTION]
@@ -197,6 +217,8 @@ pub struct EndpointCreate {
     /// Docker chose the MAC (`--mac-address`, or for IPAM: MAC_OPTION).
     pub mac: Option<MacAddr>,
     pub services: Vec<String>,
+    /// Its name in the overlay's DNS (NAME_OPTION).
+    pub name: Option<String>,
 }
 
 /// Decodes one plugin call: `method` is the request path (e.g. `/NetworkDriver.Join`),
@@ -422,6 +444,7 @@ pub(super) fn decode_create_endpoint(req: &Value) -> Result<Call, Failure> {
         ip6,
         mac,
         services: service_labels(&req["Options"])?,
+        name: name_option(&req["Options"])?,
     }))
 }
 

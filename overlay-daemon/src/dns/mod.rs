@@ -221,12 +221,15 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
         if serve == Serve::Gateways {
             bind(&resolver, &wanted, &mut serving, &mut refused, &stop).await;
         }
-        // Under churn, at most half the time goes to the zone: changes meanwhile are
-        // coalesced into the next look.
-        let spent = started.elapsed();
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(spent) => {}
+        // Under churn (changes arrived while this look ran), at most half the time goes to
+        // the zone: changes meanwhile are coalesced into the next look. A change on a quiet
+        // cluster is looked at at once.
+        if changes.has_changed().unwrap_or(false) {
+            let spent = started.elapsed();
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(spent) => {}
+            }
         }
     }
     // Nothing served any more: queries meet the unreachable defaults until a daemon binds
