@@ -245,6 +245,20 @@ fn docker_containers_on_two_hosts_talk_and_other_networks_cannot() {
         .to_owned();
     resolves("db2.red.overlay.internal", &db2_ip);
     d2.run_ok(&["rm", "-f", "db2"]);
+    // Its name goes with it (not kept by the address Docker may still hold).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = d1.exec("dnsc", &["busybox", "nslookup", "db2.red.overlay.internal"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !text.contains(&db2_ip) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "db2 still resolves after its removal: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     d1.run_ok(&["rm", "-f", "dnsc"]);
     wait_endpoints(&t, 2, "the DNS client and db2 removed");
 

@@ -60,6 +60,8 @@ pub struct Cell {
     pub load_s: f64,
     /// Joining node: process start to tables complete, seconds.
     pub full_sync_s: f64,
+    /// Joining node: process start to every name in its DNS zone, seconds (NaN: no DNS).
+    pub name_sync_s: f64,
     pub full_sync_rss_mb: f64,
     pub full_sync_peak_mb: f64,
     /// Endpoint add: etcd write to applied, over every node and sample, ms.
@@ -327,6 +329,21 @@ pub fn run(
                 .unwrap_or(0)
                 .saturating_sub(t0) as f64
                 / 1e6;
+            // Its zone too, before its memory is read: start to every name served.
+            let name_sync_s = match dns {
+                true => {
+                    let late_dns = sim.wait_all(
+                        std::slice::from_ref(&late_name),
+                        Status::Dns,
+                        "joining node named",
+                        Duration::from_secs(300),
+                        move |s| s["names"].as_u64() == Some(want),
+                    )?;
+                    let at = late_dns[0]["applied_at_us"].as_u64().unwrap_or(0);
+                    at.saturating_sub(t0) as f64 / 1e6
+                }
+                false => f64::NAN,
+            };
             // Steady state after the sync (the pass's temporaries released), and the peak.
             std::thread::sleep(Duration::from_millis(500));
             let (scrape_p50_ms, scrape_max_ms, scrape_bytes) =
@@ -350,6 +367,7 @@ pub fn run(
                 endpoints: m,
                 load_s,
                 full_sync_s,
+                name_sync_s,
                 full_sync_rss_mb: late_rss,
                 full_sync_peak_mb: late_peak,
                 prop_p50_ms: median(&latencies),
@@ -357,7 +375,10 @@ pub fn run(
                 prop_max_ms: latencies.iter().copied().fold(0.0, f64::max),
                 name_p50_ms: median(&name_latencies),
                 name_p99_ms: percentile(&name_latencies, 99.0),
-                name_max_ms: name_latencies.iter().copied().fold(0.0, f64::max),
+                name_max_ms: match name_latencies.is_empty() {
+                    true => f64::NAN,
+                    false => name_latencies.iter().copied().fold(0.0, f64::max),
+                },
                 rss_median_mb: median(&rss),
                 rss_max_mb: rss.iter().copied().fold(0.0, f64::max),
                 cpu_ms_per_change: (cpu_after - cpu_before) * 1e3 / samples as f64 / n as f64,

@@ -22,22 +22,23 @@ pub fn markdown(cells: &[Cell]) -> String {
     );
     let _ = writeln!(
         s,
-        "| nodes | endpoints | propagation p50 (ms) | p99 (ms) | max (ms) | name propagation p50 / p99 / max (ms) | full sync (s) | joiner RSS / peak (MB) | RSS median / max (MB) | CPU per change per node (ms) | bulk load applied everywhere (s) | /metrics p50 / max (ms) |"
+        "| nodes | endpoints | propagation p50 (ms) | p99 (ms) | max (ms) | name propagation p50 / p99 / max (ms) | full sync (s) | names synced (s) | joiner RSS / peak (MB) | RSS median / max (MB) | CPU per change per node (ms) | bulk load applied everywhere (s) | /metrics p50 / max (ms) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cells {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} | {:.1} | {:.2} / {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} / {} / {} | {:.2} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} | {:.1} | {:.2} / {:.2} |",
             c.nodes,
             c.endpoints,
             c.prop_p50_ms,
             c.prop_p99_ms,
             c.prop_max_ms,
-            c.name_p50_ms,
-            c.name_p99_ms,
-            c.name_max_ms,
+            shown(c.name_p50_ms, 1),
+            shown(c.name_p99_ms, 1),
+            shown(c.name_max_ms, 1),
             c.full_sync_s,
+            shown(c.name_sync_s, 2),
             c.full_sync_rss_mb,
             c.full_sync_peak_mb,
             c.rss_median_mb,
@@ -62,7 +63,7 @@ pub fn json(cells: &[Cell]) -> String {
         .map(|c| {
             serde_json::json!({
                 "nodes": c.nodes, "endpoints": c.endpoints, "load_s": c.load_s,
-                "full_sync_s": c.full_sync_s, "full_sync_rss_mb": c.full_sync_rss_mb, "full_sync_peak_mb": c.full_sync_peak_mb,
+                "full_sync_s": c.full_sync_s, "name_sync_s": c.name_sync_s, "full_sync_rss_mb": c.full_sync_rss_mb, "full_sync_peak_mb": c.full_sync_peak_mb,
                 "prop_p50_ms": c.prop_p50_ms, "prop_p99_ms": c.prop_p99_ms,
                 "prop_max_ms": c.prop_max_ms,
                 "name_p50_ms": c.name_p50_ms, "name_p99_ms": c.name_p99_ms, "name_max_ms": c.name_max_ms, "rss_median_mb": c.rss_median_mb,
@@ -73,4 +74,12 @@ pub fn json(cells: &[Cell]) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&rows).unwrap_or_default()
+}
+
+/// A figure with `digits` decimals, or "–" when it was not measured (NaN).
+fn shown(v: f64, digits: usize) -> String {
+    match v.is_nan() {
+        true => "–".to_owned(),
+        false => format!("{v:.digits$}"),
+    }
 }

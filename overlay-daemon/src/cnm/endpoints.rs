@@ -210,6 +210,8 @@ impl Cluster {
         ep.attachment = Attachment::Reserved;
         ep.host_mac = None;
         ep.docker_endpoint = None;
+        // The name was the attached container's: a reservation answers to none.
+        ep.name = None;
         let (_, after) = self.endpoint_kv(store, ep);
         store
             .replace(&key, before, after.clone(), Some(lease))

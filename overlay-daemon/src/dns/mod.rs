@@ -194,7 +194,8 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     }
                     let names = zone.len();
                     resolver.set_zone(zone);
-                    crate::memory::release_freed();
+                    // Off the runtime's workers: it takes the allocator's locks a while.
+                    tokio::task::spawn_blocking(crate::memory::release_freed);
                     if serve == Serve::Gateways {
                         wanted = gateways(&base, &mut shared);
                     }
