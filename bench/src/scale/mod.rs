@@ -169,6 +169,11 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     (rss_mb, (ticks(11) + ticks(12)) / hz)
 }
 
+/// A DNS status whose zone holds `want` names.
+fn names_are(want: u64) -> impl Fn(&serde_json::Value) -> bool {
+    move |s| s["names"].as_u64() == Some(want)
+}
+
 fn revision_at_least(rev: i64) -> impl Fn(&serde_json::Value) -> bool {
     move |s| s["revision"].as_i64().unwrap_or(0) >= rev
 }
@@ -249,7 +254,7 @@ pub fn run(
                     Status::Dns,
                     "bulk load named",
                     Duration::from_secs(900),
-                    move |s| s["names"].as_u64() == Some(want),
+                    names_are(want),
                 )?;
             }
 
@@ -288,7 +293,7 @@ pub fn run(
                     Status::Dns,
                     "endpoint name served",
                     Duration::from_secs(60),
-                    move |s| revision_at_least(rev)(s) && s["names"].as_u64() == Some(want),
+                    move |s| revision_at_least(rev)(s) && names_are(want)(s),
                 )?;
                 for s in statuses {
                     let at = s["applied_at_us"].as_u64().unwrap_or(0);
@@ -337,7 +342,7 @@ pub fn run(
                         Status::Dns,
                         "joining node named",
                         Duration::from_secs(300),
-                        move |s| s["names"].as_u64() == Some(want),
+                        names_are(want),
                     )?;
                     let at = late_dns[0]["applied_at_us"].as_u64().unwrap_or(0);
                     at.saturating_sub(t0) as f64 / 1e6

@@ -8,7 +8,7 @@
 
 mod node;
 mod source;
-mod status;
+pub(crate) mod status;
 
 use std::{future::Future, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 

@@ -9,7 +9,7 @@ use tracing::{level_filters::LevelFilter, warn};
 
 use crate::reconcile::Report;
 
-pub(super) fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

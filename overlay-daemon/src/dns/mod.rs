@@ -116,11 +116,11 @@ const LARGE_DELTA: usize = 1024;
 enum Work {
     Nothing,
     Full(
-        crate::tables::ValidTables,
+        Arc<crate::tables::ValidTables>,
         Vec<((String, IpAddr), zone::EndpointDns)>,
     ),
     Delta {
-        services: Option<crate::tables::ValidTables>,
+        services: Option<Arc<crate::tables::ValidTables>>,
         endpoints: Vec<((String, IpAddr), Option<zone::EndpointDns>)>,
     },
 }
@@ -137,6 +137,10 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
     }
     cluster.view.lock().await.follow_dns();
     let node = cluster.node_name();
+    let run_dir = crate::json_dir::JsonDir::open(cluster.run_dir());
+    // Networks, nodes and services validated: judged again only when one changed (a node
+    // change marks the services, which are checked against nodes).
+    let mut base: Option<Arc<crate::tables::ValidTables>> = None;
     let mut changes = cluster.applied.subscribe();
     changes.mark_changed();
     let mut serving: BTreeMap<(String, SocketAddr), CancellationToken> = BTreeMap::new();
@@ -160,9 +164,11 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
                     continue;
                 }
                 let dirty = view.take_dns_dirty();
-                // Networks, nodes and services: a few entries, judged on every look (an
-                // endpoint is served as validation would keep it).
-                let base = view.dns_base();
+                // An endpoint is served as validation would keep it, against these.
+                if dirty.full || dirty.services || base.is_none() {
+                    base = Some(Arc::new(view.dns_base()));
+                }
+                let base = base.clone().unwrap_or_default();
                 // A large batch (a bulk load arriving as watch events) is built apart, not
                 // applied while queries wait on the zone.
                 let work = match dirty.full || dirty.endpoints.len() > LARGE_DELTA {
@@ -216,7 +222,14 @@ pub async fn run(cfg: DnsConfig, cluster: Arc<Cluster>, serve: Serve, stop: Canc
             };
             // Stamped when the zone was changed, not when it was looked at.
             if let Some(names) = names {
-                write_status(cluster.run_dir(), revision, names);
+                let status = DnsStatus {
+                    revision,
+                    applied_at_us: crate::daemon::status::unix_us(),
+                    names,
+                };
+                if let Err(e) = run_dir.save("dns", &status) {
+                    warn!(path = %run_dir.path("dns").display(), "writing DNS status: {e}");
+                }
             }
         }
         if serve == Serve::Gateways {
@@ -335,21 +348,5 @@ async fn bind(
                 }
             }
         }
-    }
-}
-
-/// `<run-dir>/dns.json`, replaced whole.
-fn write_status(run_dir: &std::path::Path, revision: i64, names: usize) {
-    let status = DnsStatus {
-        revision,
-        applied_at_us: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64),
-        names,
-    };
-    let (path, tmp) = (run_dir.join("dns.json"), run_dir.join(".dns.json.tmp"));
-    let body = serde_json::to_vec(&status).unwrap_or_default();
-    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
-        warn!(path = %path.display(), "writing DNS status: {e}");
     }
 }

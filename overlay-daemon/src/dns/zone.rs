@@ -8,11 +8,7 @@
 //! and each change to one updates only its own names (`set_endpoint`): at 100k endpoints a
 //! rebuild per change would cost every node tens of milliseconds.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use hickory_proto::{
     op::Query,
@@ -177,12 +173,13 @@ impl Zone {
         zone
     }
 
-    /// The zone of these tables; `names`: the container names runtimes gave, by (network,
-    /// the endpoint's key address), as dotted labels relative to the network.
+    /// The zone of these tables (for tests: the daemon adds endpoints one by one); `names`:
+    /// the container names runtimes gave, by (network, the endpoint's key address).
+    #[cfg(test)]
     pub fn build(
         domain: Name,
         tables: &ValidTables,
-        names: &BTreeMap<(String, IpAddr), String>,
+        names: &std::collections::BTreeMap<(String, IpAddr), String>,
     ) -> Self {
         let mut zone = Self::new(domain, tables);
         for ep in &tables.endpoints {
