@@ -24,7 +24,7 @@ use overlay_common::{
     },
     maps::CONFIG_F_TRACK_DIRECT,
     wire::{ETH_HLEN, IPPROTO_TCP},
-    Config, Direction, DropReason, EndpointMacKey,
+    Config, Direction, DropReason, EndpointInfo, EndpointMacKey,
 };
 
 use super::{
@@ -92,14 +92,33 @@ fn stays<F: Family>(
     if !icmp::too_big(ctx, cfg, F::L4_OFF - ETH_HLEN, proto)? {
         return Ok(false);
     }
+    Ok(target::<F>(ctx, vni)?.is_none_or(|t| !t.is_local()))
+}
+
+/// Whether the packet is for an endpoint of the network. Only such a flow can share its
+/// tuple with a translated one (backends are endpoints); a packet for none is handed to the
+/// host or dropped by the forwarding path (`unknown_destination`), and a port given to it or
+/// a flow recorded for it would be for a packet that never reached a backend. Asked only
+/// where a flow would be remapped or recorded, which is rare.
+#[inline(never)]
+fn for_endpoint<F: Family>(ctx: &TcContext, vni: u32) -> Result<bool, DropReason> {
+    Ok(target::<F>(ctx, vni)?.is_some())
+}
+
+/// The endpoint the forwarding path will send the packet to, found as it finds it: by
+/// address when it is sent to the gateway, else by MAC.
+#[inline(always)]
+fn target<F: Family>(
+    ctx: &TcContext,
+    vni: u32,
+) -> Result<Option<&'static EndpointInfo>, DropReason> {
     let eth = ctx.header::<EthHdr>(0).ok_or(DropReason::Malformed)?;
     let net = unsafe { NETWORKS.get(vni) }.ok_or(DropReason::UnknownNetwork)?;
-    let target = if eth.dst == net.gateway_mac {
-        F::dst_endpoint(ctx, vni)?
+    if eth.dst == net.gateway_mac {
+        F::dst_endpoint(ctx, vni)
     } else {
-        unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, eth.dst)) }
-    };
-    Ok(target.is_none_or(|t| !t.is_local()))
+        Ok(unsafe { ENDPOINTS_BY_MAC.get(EndpointMacKey::new(vni, eth.dst)) })
+    }
 }
 
 #[inline(always)]
@@ -127,8 +146,9 @@ fn direct<F: Family>(
     if let Some(r) = unsafe { F::revnat().get(reply) } {
         if !owned_by::<F>(r, key) {
             if r.flags & CT_F_CLOSING == 0 && !ct_expired(r.last_seen, r.flags, proto, now) {
-                if !starts {
-                    // Too late to move it to a port of its own.
+                if !starts || !for_endpoint::<F>(ctx, vni)? {
+                    // Too late to move it to a port of its own, or a packet that never
+                    // reaches a backend.
                     return Ok(());
                 }
                 let port = remap::<F>(key, flags, now)?;
@@ -140,7 +160,11 @@ fn direct<F: Family>(
             let _ = F::revnat().remove(reply);
         }
     }
-    if track && !record_direct::<F>(key, reply, sport, flags, now)? && starts {
+    if track
+        && for_endpoint::<F>(ctx, vni)?
+        && !record_direct::<F>(key, reply, sport, flags, now)?
+        && starts
+    {
         // A translated flow claimed the tuple on another CPU at this very moment.
         let port = remap::<F>(key, flags, now)?;
         return with_port::<F>(ctx, key, port);
