@@ -156,6 +156,8 @@ pub struct Endpoint {
     pub name: Option<String>,
     /// The resolver the container should use, when overlayd serves DNS.
     pub dns: Option<EndpointDns>,
+    /// Its bandwidth limits, if it has any.
+    pub bandwidth: Option<crate::Bandwidth>,
 }
 
 /// The resolver settings a runtime writes into the container's resolv.conf (the CNI
@@ -299,6 +301,9 @@ struct EndpointWire {
     /// Absent before 0.3 and where overlayd serves no DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dns: Option<EndpointDns>,
+    /// Absent from earlier releases' endpoints and for endpoints without limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bandwidth: Option<crate::Bandwidth>,
 }
 
 impl TryFrom<EndpointWire> for Endpoint {
@@ -345,6 +350,7 @@ impl TryFrom<EndpointWire> for Endpoint {
             docker_endpoint: w.docker_endpoint,
             name: w.name,
             dns: w.dns,
+            bandwidth: w.bandwidth,
         })
     }
 }
@@ -376,6 +382,7 @@ impl From<Endpoint> for EndpointWire {
             docker_endpoint: e.docker_endpoint,
             name: e.name,
             dns: e.dns,
+            bandwidth: e.bandwidth,
         }
     }
 }
@@ -407,6 +414,10 @@ pub struct EndpointRequest {
     /// older daemon ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Bandwidth limits (API version 7; an older daemon would ignore them, so the plugin
+    /// refuses to send them to one). Boxed: few requests have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Box<crate::Bandwidth>>,
 }
 
 #[cfg(test)]

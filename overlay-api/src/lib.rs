@@ -7,6 +7,7 @@
 //!   it is attached), the same in the daemon's local state, the cluster view and etcd.
 //! - [`client`]: a blocking client over the socket.
 
+pub mod bandwidth;
 pub mod client;
 pub mod endpoint;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod labels;
 pub mod mac;
 pub mod protocol;
 
+pub use bandwidth::Bandwidth;
 pub use client::{CallError, Client};
 pub use endpoint::{
     Attachment, DefaultRoute, DefaultRoutes, Endpoint, EndpointDns, EndpointId, EndpointRequest,

@@ -16,8 +16,8 @@ use crate::{ApiError, EndpointRequest, ErrorKind};
 /// no error kinds and no `check_endpoint`; version 3 answers endpoints without an IPv4
 /// address (on IPv6-only networks); version 4 takes `default_route` in endpoint requests;
 /// version 5 keeps their `pod`; version 6 their `name`, and answers endpoints with the
-/// resolver to use (`dns`).
-pub const API_VERSION: u32 = 6;
+/// resolver to use (`dns`); version 7 enforces their `bandwidth`.
+pub const API_VERSION: u32 = 7;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

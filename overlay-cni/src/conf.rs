@@ -56,7 +56,24 @@ pub struct NetConf {
     /// fails on it.
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<serde_json::Value>,
+    /// What the runtime fills in for the capabilities the plugin's entry declares
+    /// (`"capabilities": {"bandwidth": true}`).
+    #[serde(rename = "runtimeConfig", default)]
+    pub runtime_config: Option<RuntimeConfig>,
 }
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RuntimeConfig {
+    /// The `bandwidth` capability's fields, as sent: read by [`NetConf::bandwidth`].
+    #[serde(default)]
+    pub bandwidth: Option<serde_json::Value>,
+}
+
+/// The `bandwidth` capability's fields (the reference plugin's), in the order
+/// `Bandwidth::from_cni` takes them. Their case is not fixed: containerd sends Go's field
+/// names (`IngressRate`), CRI-O and the spec `ingressRate`; Go's decoder, which the
+/// reference plugin uses, ignores case, and so does this one.
+const BANDWIDTH_FIELDS: [&str; 4] = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Ipam {
@@ -101,6 +118,46 @@ impl NetConf {
         self.socket
             .as_deref()
             .unwrap_or(Path::new(overlay_api::DEFAULT_SOCKET))
+    }
+
+    /// The bandwidth limits the runtime asks for, checked (code 7 with what to fix).
+    pub fn bandwidth(&self) -> Result<Option<overlay_api::Bandwidth>, CniError> {
+        let bad = |msg: String| CniError::new(code::INVALID_CONFIG, msg);
+        let Some(b) = self
+            .runtime_config
+            .as_ref()
+            .and_then(|r| r.bandwidth.as_ref())
+        else {
+            return Ok(None);
+        };
+        let fields = match b {
+            serde_json::Value::Null => return Ok(None),
+            serde_json::Value::Object(fields) => fields,
+            other => {
+                return Err(bad(format!(
+                    "runtimeConfig.bandwidth must be an object, not {other}"
+                )))
+            }
+        };
+        let mut values = [0u64; 4];
+        for (key, value) in fields {
+            let Some(i) = BANDWIDTH_FIELDS
+                .iter()
+                .position(|f| f.eq_ignore_ascii_case(key))
+            else {
+                return Err(bad(format!(
+                    "runtimeConfig.bandwidth has an unknown field {key:?}: the fields are ingressRate, ingressBurst, egressRate, egressBurst"
+                )));
+            };
+            values[i] = value.as_u64().ok_or_else(|| {
+                bad(format!(
+                    "runtimeConfig.bandwidth.{key} must be a whole number (bits per second, or bits), not {value}"
+                ))
+            })?;
+        }
+        let [ingress_rate, ingress_burst, egress_rate, egress_burst] = values;
+        overlay_api::Bandwidth::from_cni(ingress_rate, ingress_burst, egress_rate, egress_burst)
+            .map_err(bad)
     }
 
     /// The recorded result, checked (code 6 when it is not a CNI result); `None` when the
@@ -302,6 +359,35 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, (String, CniError)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bandwidth_fields_in_any_case_or_one_line_errors() {
+        let conf = |bw: &str| -> NetConf {
+            serde_json::from_str(&format!(r#"{{"runtimeConfig":{{"bandwidth":{bw}}}}}"#)).unwrap()
+        };
+        // containerd's go-cni (Go field names), and the spec's.
+        let go = conf(
+            r#"{"IngressRate":8000000,"IngressBurst":4294967295,"EgressRate":0,"EgressBurst":0}"#,
+        );
+        let bw = go.bandwidth().unwrap().unwrap();
+        assert_eq!(bw.ingress.unwrap().rate_bps, 8_000_000);
+        assert_eq!(bw.egress, None);
+        let spec = conf(r#"{"egressRate":1000000}"#)
+            .bandwidth()
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.egress.unwrap().rate_bps, 1_000_000);
+        assert_eq!(conf("null").bandwidth().unwrap(), None);
+        for (bad, says) in [
+            (r#"{"ingressRate":-1}"#, "must be a whole number"),
+            (r#"{"ingress":5}"#, "unknown field \"ingress\""),
+            (r#""8M""#, "must be an object"),
+        ] {
+            let e = conf(bad).bandwidth().unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert!(e.msg.contains(says) && !e.msg.contains('\n'), "{}", e.msg);
+        }
+    }
 
     #[test]
     fn pods_come_from_the_k8s_args() {

@@ -124,6 +124,7 @@ fn assert_result_round_trips(r: &CniResult) {
 /// The endpoint a CHECK compares with, as the daemon would answer.
 fn endpoint(ifname: &str, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Endpoint {
     Endpoint {
+        bandwidth: None,
         ipv6: None,
         network: "red".into(),
         container_id: "c".into(),

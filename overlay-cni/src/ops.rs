@@ -159,6 +159,7 @@ fn operation(env: &CniEnv, conf: &NetConf) -> Result<Operation, CniError> {
                 default_route: conf.default_route(),
                 pod: env.pod()?,
                 name: env.container_name()?,
+                bandwidth: conf.bandwidth()?.map(Box::new),
             }))
         }
         "DEL" => {
@@ -239,6 +240,12 @@ fn execute(conf: &NetConf, op: Operation, client: &Client) -> Result<Output, Cni
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
                     "defaultRoute needs overlayd 0.3 or later, which this node does not run yet: upgrade it, or drop defaultRoute",
+                ));
+            }
+            if req.bandwidth.is_some() && daemon_below(client, 7) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "bandwidth limits need overlayd 0.3 or later, which this node does not run yet: upgrade it before giving pods limits",
                 ));
             }
             let ep = client
@@ -323,6 +330,7 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         Endpoint {
+            bandwidth: None,
             ipv6: None,
             network: "red".into(),
             container_id: "c".into(),

@@ -34,6 +34,7 @@ pub mod names {
     pub const MONITOR_LOST: &str = "OVL_MONITOR_LOST";
     pub const EVENTS: &str = "OVL_EVENTS";
     pub const HOST_ADDRS: &str = "OVL_HOST_ADDRS";
+    pub const SHAPED: &str = "OVL_SHAPED";
 
     /// Every map of the datapath.
     pub const ALL: &[&str] = &[
@@ -68,6 +69,7 @@ pub mod names {
         MONITOR_LOST,
         EVENTS,
         HOST_ADDRS,
+        SHAPED,
     ];
 }
 
@@ -119,6 +121,10 @@ pub const CONFIG_F_TRACK_DIRECT: u16 = 8;
 /// container's UDP or TCP to its own network's gateway, port 53, goes to the host's stack
 /// marked `DNS_MARK` (which the daemon routes to a local table: docs/dns.md).
 pub const CONFIG_F_DNS: u16 = 16;
+/// `Config.flags`: some container on this node has an ingress bandwidth limit (`SHAPED`),
+/// so packets delivered to containers look their interface up there (without limits the
+/// datapath skips that lookup).
+pub const CONFIG_F_SHAPED: u16 = 32;
 
 /// `skb->mark` of a container's DNS query to its gateway, handed to the host's stack. The
 /// daemon's policy rule sends packets with exactly this mark to a table that delivers them

@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod netif;
 pub mod netlink;
 pub mod nexthop;
+pub mod qdisc;
 pub mod reconcile;
 pub mod sock_lb;
 pub mod store;

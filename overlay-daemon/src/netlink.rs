@@ -57,6 +57,9 @@ pub struct ContainerIface {
     pub ipv6: Option<overlay_api::Ipv6Assignment>,
     pub mtu: u32,
     pub default_route: DefaultRoute,
+    /// Limits shaped on the interfaces (`qdisc`): egress on the container's side, ingress
+    /// on the host's.
+    pub bandwidth: Option<overlay_api::Bandwidth>,
 }
 
 /// The veth pair `create_veth` made.
@@ -180,6 +183,10 @@ pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVe
             .execute()
             .await
             .map_err(rt(format!("setting {} up", c2.ifname)))?;
+        if let Some(egress) = c2.bandwidth.and_then(|b| b.egress) {
+            let mut h = h.clone();
+            crate::qdisc::shape(&mut h, index, &egress).await?;
+        }
         // A default route per family, via the network's gateways, as `default_route` asks.
         let mut routes = Vec::new();
         if let Some(v4) = c2.ipv4 {
@@ -224,6 +231,15 @@ pub async fn create_veth(host_ifname: &str, c: &ContainerIface) -> Result<MadeVe
         Ok(held)
     })
     .await;
+    let configured = match (configured, c.bandwidth.and_then(|b| b.ingress)) {
+        (Ok(held), Some(ingress)) => {
+            let mut h = handle.clone();
+            crate::qdisc::shape(&mut h, host_index, &ingress)
+                .await
+                .map(|()| held)
+        }
+        (configured, _) => configured,
+    };
     let configured = match configured {
         Ok(held) => {
             let (ip, ip6) = (c.ipv4.map(|a| a.ip), c.ipv6.map(|a| a.ip));

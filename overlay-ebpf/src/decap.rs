@@ -3,7 +3,6 @@
 
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT},
-    helpers::bpf_redirect_peer,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
@@ -16,9 +15,10 @@ use overlay_common::{
 
 use crate::{
     counters::{count, count_drop},
-    kernel::{redirected, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
+    kernel::{BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
     lb, maps,
     monitor::{self, Trace},
+    shaped,
     vxlan::{self, InnerIp},
 };
 
@@ -86,7 +86,7 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
 
     // Counted once the redirect is taken: a refused one is a redirect_failed drop instead.
     let len = ctx.len();
-    let verdict = redirected(unsafe { bpf_redirect_peer(rx.ifindex, 0) })?;
+    let verdict = shaped::deliver(cfg.flags, rx.ifindex)?;
     count(Direction::DecapRx, len);
     if monitor::tracing() {
         let t = Trace {

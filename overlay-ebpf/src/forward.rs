@@ -3,7 +3,7 @@
 //! locally, then delivery to a local endpoint or
 //! encapsulation towards the destination's VTEP. Nothing is ever flooded.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
@@ -18,10 +18,11 @@ use crate::{
     encap, forward6,
     headers::{is_multicast, EthHdr, Ipv4Hdr, Packet as _},
     host, icmp,
-    kernel::{redirected, unpack},
+    kernel::unpack,
     lb,
     maps::{self, ENDPOINTS_BY_IP, ENDPOINTS_BY_MAC, LOCAL_IFACES, NETWORKS, VTEPS},
     monitor::{self, Trace},
+    shaped,
 };
 
 pub fn from_container(ctx: &TcContext) -> i32 {
@@ -123,7 +124,7 @@ fn from_container4(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result<i32
                 lb::to_client_here(ctx, me.vni)?;
             }
             let len = ctx.len();
-            let verdict = redirected(unsafe { bpf_redirect_peer(ifindex, 0) })?;
+            let verdict = shaped::deliver(cfg.flags, ifindex)?;
             count(Direction::LocalDelivery, len);
             monitor::note4(ctx, TraceVerdict::Local, ifindex, me.vni, 0, translated);
             Ok(verdict)

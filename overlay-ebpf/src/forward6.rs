@@ -6,7 +6,7 @@
 //! header; only the MTU check of a GSO packet looks for its TCP header), except that
 //! neighbour discovery behind them is dropped (`hides_ndp`).
 
-use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use overlay_common::{
     maps::CONFIG_F_LB,
     monitor::TraceVerdict,
@@ -22,11 +22,11 @@ use crate::{
     encap,
     headers::{is_multicast, load, EthHdr, Ipv6Hdr, Packet as _},
     host, icmp,
-    kernel::{redirected, unpack},
+    kernel::unpack,
     lb,
     maps::{ENDPOINTS_BY_IP6, ENDPOINTS_BY_MAC, NETWORKS, VTEPS},
     monitor::{self, Trace},
-    ndp,
+    ndp, shaped,
 };
 
 /// What the forwarding path decided, for what it leaves to its caller.
@@ -79,7 +79,7 @@ pub fn from_container6(ctx: &TcContext, cfg: &Config, me: &LocalIface) -> Result
                 lb::to_client6(ctx, me.vni)?;
             }
             let len = ctx.len();
-            let verdict = redirected(unsafe { bpf_redirect_peer(ifindex, 0) })?;
+            let verdict = shaped::deliver(cfg.flags, ifindex)?;
             count(Direction::LocalDelivery, len);
             if monitor::tracing() {
                 note6(ctx, TraceVerdict::Local, ifindex, me.vni, 0);

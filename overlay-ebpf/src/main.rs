@@ -25,6 +25,7 @@ mod lb;
 mod maps;
 mod monitor;
 mod ndp;
+mod shaped;
 mod sock_lb;
 mod sock_lb6;
 mod vxlan;

@@ -52,6 +52,12 @@ pub static VTEPS: HashMap<u32, VtepInfo> = HashMap::pinned(MAX_VTEPS, BPF_F_NO_P
 #[map(name = "OVL_LOCAL_IFACES")]
 pub static LOCAL_IFACES: HashMap<u32, LocalIface> = HashMap::pinned(MAX_LOCAL_IFACES, 0);
 
+/// Container interfaces (host-side veth ifindex) whose deliveries go through the interface's
+/// qdisc, which shapes them (an ingress limit): looked up only while `CONFIG_F_SHAPED` says
+/// some exist. The value is unused (1).
+#[map(name = "OVL_SHAPED")]
+pub static SHAPED: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_IFACES, BPF_F_NO_PREALLOC);
+
 #[map(name = "OVL_TRAFFIC")]
 pub static TRAFFIC: PerCpuArray<PacketCounter> = PerCpuArray::pinned(Direction::COUNT, 0);
 

@@ -24,6 +24,8 @@ pub struct PodSpec {
     pub port_mappings: Vec<(u16, u16)>,
     /// In the node's network namespace (`hostNetwork: true`): no CNI call.
     pub host_network: bool,
+    /// The pod's annotations (`kubernetes.io/ingress-bandwidth`, ...).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -34,6 +36,7 @@ impl PodSpec {
             uid: format!("uid-{namespace}-{name}"),
             port_mappings: Vec::new(),
             host_network: false,
+            annotations: Vec::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl PodSpec {
                 false => self.name.clone(),
             },
             log_directory: log_dir.join(&self.uid).display().to_string(),
+            annotations: self.annotations.iter().cloned().collect(),
             port_mappings: self
                 .port_mappings
                 .iter()

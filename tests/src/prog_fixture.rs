@@ -127,6 +127,7 @@ pub fn fixture() -> Fixture {
     maps.endpoints.sync(&eps, ip(LOCAL_VTEP)).unwrap();
     maps.local_ifaces
         .sync(&[LocalIdentity {
+            bandwidth: None,
             ip6: Some(ip6(ME6)),
             ifindex: CONTAINER_IFINDEX,
             vni: VNI,

@@ -208,6 +208,7 @@ fn a_spoofed_ipv6_source_is_dropped() {
         .maps
         .local_ifaces
         .sync(&[LocalIdentity {
+            bandwidth: None,
             ip6: None,
             ifindex: CONTAINER_IFINDEX,
             vni: VNI,

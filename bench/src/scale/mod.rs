@@ -120,6 +120,7 @@ fn endpoint_kvs(store: &Store, i: usize, node: &str, named: bool) -> Vec<(String
         pod: None,
         docker_endpoint: None,
         name: Some(format!("sim-{i}")),
+        bandwidth: None,
     };
     let mut kvs = vec![(key(endpoint), records::encode(&record))];
     if named {

@@ -86,6 +86,8 @@ pub struct EndpointView {
     pub docker_endpoint: Option<String>,
     /// Services it is a backend of by label (`NAME:PORT`).
     pub services: Vec<String>,
+    /// Its bandwidth limits, if it has any.
+    pub bandwidth: Option<overlay_api::Bandwidth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -334,6 +336,7 @@ impl Snapshot {
                     pod: info.and_then(|i| i.pod.clone()),
                     docker_endpoint: info.and_then(|i| i.docker_endpoint.clone()),
                     services: e.services.clone(),
+                    bandwidth: info.and_then(|i| i.bandwidth),
                 }
             })
             .collect())

@@ -58,6 +58,9 @@ impl Cluster {
         for label in &req.services {
             parse_service_label(label).map_err(ClusterError::Invalid)?;
         }
+        if let Some(bw) = &req.bandwidth {
+            bw.check().map_err(ClusterError::Invalid)?;
+        }
         if claim == Claim::Interface && self.local.load(&req.container_id, &req.ifname).is_some() {
             return Err(ClusterError::Exists {
                 container_id: req.container_id.clone(),
@@ -109,6 +112,7 @@ impl Cluster {
             pod: req.pod.clone(),
             docker_endpoint: None,
             name: req.name.clone(),
+            bandwidth: req.bandwidth.as_deref().copied(),
             // The network's gateways answer DNS (docs/dns.md).
             dns: self
                 .cfg

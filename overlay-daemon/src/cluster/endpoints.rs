@@ -60,6 +60,7 @@ impl Cluster {
             ipv6: ep.ipv6,
             mtu: ep.mtu,
             default_route: req.default_route,
+            bandwidth: ep.bandwidth,
         };
         let made = match netlink::create_veth(&host, &iface).await {
             Ok(made) => made,

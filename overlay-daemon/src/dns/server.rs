@@ -496,6 +496,7 @@ mod tests {
             )]
             .into(),
             endpoints: vec![EndpointSpec {
+                bandwidth: None,
                 network: "red".into(),
                 ip: Some([198, 19, 1, 2].into()),
                 mac: None,

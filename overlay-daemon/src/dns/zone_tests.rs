@@ -15,6 +15,7 @@ fn tables() -> ValidTables {
         gateway6: None,
     };
     let ep = |network: &str, ip: [u8; 4], ip6: Option<Ipv6Addr>| EndpointSpec {
+        bandwidth: None,
         network: network.into(),
         ip: Some(Ipv4Addr::from(ip)),
         mac: None,

@@ -4,7 +4,7 @@ use aya::maps::{Array, Map, MapData};
 use overlay_common::{
     maps::{
         names, CONFIG_F_DNS, CONFIG_F_FOREIGN_VNI_PASS, CONFIG_F_LB, CONFIG_F_READY,
-        CONFIG_F_TRACK_DIRECT, DATAPATH_LAYOUT,
+        CONFIG_F_SHAPED, CONFIG_F_TRACK_DIRECT, DATAPATH_LAYOUT,
     },
     Config,
 };
@@ -30,10 +30,15 @@ impl ConfigMap {
 
     /// Publishes the configuration and marks the datapath ready to forward. Whether
     /// services exist and whether foreign VNIs pass are kept from the running datapath (a
-    /// restart must not pause either), and so is whether direct flows are tracked.
+    /// restart must not pause either), and so are whether direct flows are tracked and
+    /// whether containers are shaped.
     pub fn set(&mut self, cfg: &NodeDatapathConfig) -> Result<(), MapsError> {
         let kept = self.current().flags
-            & (CONFIG_F_LB | CONFIG_F_FOREIGN_VNI_PASS | CONFIG_F_TRACK_DIRECT | CONFIG_F_DNS);
+            & (CONFIG_F_LB
+                | CONFIG_F_FOREIGN_VNI_PASS
+                | CONFIG_F_TRACK_DIRECT
+                | CONFIG_F_DNS
+                | CONFIG_F_SHAPED);
         let value = Config {
             vtep_ip: ip_key(cfg.vtep_ip),
             underlay_ifindex: cfg.underlay_ifindex,
@@ -56,6 +61,12 @@ impl ConfigMap {
     /// must record direct flows to backends, to keep translated tuples apart from them.
     pub fn set_track_direct(&mut self, track: bool) -> Result<(), MapsError> {
         self.set_flag(CONFIG_F_TRACK_DIRECT, track)
+    }
+
+    /// Tells the datapath whether containers on this node have ingress limits (deliveries
+    /// are then looked up in `SHAPED`).
+    pub fn set_shaped(&mut self, on: bool) -> Result<(), MapsError> {
+        self.set_flag(CONFIG_F_SHAPED, on)
     }
 
     /// Tells the datapath whether the daemon serves DNS on the gateways (containers'

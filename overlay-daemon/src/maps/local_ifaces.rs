@@ -20,6 +20,8 @@ pub struct LocalIdentity {
     pub mac: [u8; 6],
     /// Its IPv6 address, on a network with IPv6.
     pub ip6: Option<Ipv6Addr>,
+    /// Its bandwidth limits, if it has any (an ingress limit: `ShapedMap`).
+    pub bandwidth: Option<overlay_api::Bandwidth>,
 }
 
 impl LocalIdentity {

@@ -11,6 +11,7 @@ mod local_ifaces;
 mod maglev_space;
 mod monitor;
 mod networks;
+mod shaped;
 mod sock;
 mod vteps;
 
@@ -22,6 +23,7 @@ pub use lb::{pinned_table, EndedBackend, LbMaps, LbSync, ServiceEntry};
 pub use local_ifaces::{LocalIdentity, LocalIfaceMap};
 pub use monitor::{open_events, MonitorMaps};
 pub use networks::{NetworkEntry, NetworkMap};
+pub use shaped::ShapedMap;
 pub use sock::{BalancedSocket, SockMaps, NETNS_NETWORKS};
 pub use vteps::VtepMap;
 
@@ -62,6 +64,7 @@ pub struct DatapathMaps {
     pub endpoints: EndpointMaps,
     pub vteps: VtepMap,
     pub local_ifaces: LocalIfaceMap,
+    pub shaped: ShapedMap,
     pub counters: CounterMap,
     pub lb: LbMaps,
     pub sock: SockMaps,
@@ -81,6 +84,7 @@ impl DatapathMaps {
             )?,
             vteps: VtepMap::new(take(names::VTEPS)?)?,
             local_ifaces: LocalIfaceMap::new(take(names::LOCAL_IFACES)?)?,
+            shaped: ShapedMap::new(take(names::SHAPED)?)?,
             counters: CounterMap::new(take(names::TRAFFIC)?, take(names::DROPS)?)?,
             lb: LbMaps::new(&mut take)?,
             sock: SockMaps::new(

@@ -207,15 +207,20 @@ impl Reconciler {
                                 || old.mac != entry.mac
                                 || installed_ip6 != entry.ip6
                         });
+                        let id = LocalIdentity {
+                            ifindex,
+                            vni: net.vni,
+                            ip: entry.ip,
+                            mac: entry.mac,
+                            ip6: entry.ip6,
+                            bandwidth: spec.as_ref().and_then(|s| s.bandwidth),
+                        };
                         if fresh {
-                            report.attached += target.set_local(&LocalIdentity {
-                                ifindex,
-                                vni: net.vni,
-                                ip: entry.ip,
-                                mac: entry.mac,
-                                ip6: entry.ip6,
-                            })?;
+                            report.attached += target.set_local(&id)?;
                             report.local_endpoints += 1;
+                        } else {
+                            // Its limits may be what changed (they come in their own key).
+                            target.set_shaped(&id)?;
                         }
                     }
                     let (w, r) = target

@@ -102,11 +102,27 @@ impl Target {
             return Ok(0);
         };
         dp.maps.local_ifaces.insert(id)?;
+        self.set_shaped(id)?;
+        let Target::Kernel(dp) = self else {
+            return Ok(0);
+        };
         if dp.is_attached(id.ifindex) {
             return Ok(0);
         }
         dp.attach_container(id.ifindex)?;
         Ok(1)
+    }
+
+    /// Whether deliveries to a container go through its host-side veth's qdisc (an ingress
+    /// limit).
+    fn set_shaped(&mut self, id: &LocalIdentity) -> Result<(), DatapathError> {
+        let Target::Kernel(dp) = self else {
+            return Ok(());
+        };
+        if dp.maps.shaped.set(id)? {
+            dp.maps.config.set_shaped(true)?;
+        }
+        Ok(())
     }
 
     /// Removes a container's identity and detaches from its veth. Returns 1 if it detached.
@@ -115,6 +131,7 @@ impl Target {
             return Ok(0);
         };
         dp.maps.local_ifaces.remove(ifindex)?;
+        dp.maps.shaped.remove(ifindex)?;
         if !dp.is_attached(ifindex) {
             return Ok(0);
         }
@@ -284,6 +301,9 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     tally(datapath.sync_vteps(&plan.vteps)?);
     let maps = &mut datapath.maps;
     tally(maps.local_ifaces.sync(&plan.local)?);
+    let (shaped, any) = maps.shaped.sync(&plan.local)?;
+    tally(shaped);
+    maps.config.set_shaped(any)?;
     tally(maps.endpoints.sync(&plan.endpoints, vtep_ip)?);
     // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.
     // The reply-side translation is on before the first service exists, off after the last

@@ -154,6 +154,7 @@ pub fn plan(
                 ip: ep.ip,
                 mac: ep.mac().0,
                 ip6: ep.ip6,
+                bandwidth: ep.bandwidth,
             });
             Location::Local { ifindex }
         } else {

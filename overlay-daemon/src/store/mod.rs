@@ -7,6 +7,7 @@ pub mod client;
 mod config;
 pub mod error;
 pub mod keys;
+mod limits;
 mod members;
 mod names;
 mod objects;

@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use super::records::{self, EndpointInfoRecord};
+#[cfg(test)]
+use super::records;
+use super::records::EndpointInfoRecord;
 
 /// A container id reduced to what tells two apart (FNV-1a: the same in every process).
 pub fn container_tag(id: &str) -> u64 {
@@ -20,9 +22,14 @@ pub struct Names(BTreeMap<(String, IpAddr), (u64, String)>);
 
 impl Names {
     /// An `endpointinfo/` value put: its name (if it gives one) replaces what the key had.
-    pub fn put(&mut self, network: &str, ip: IpAddr, value: &[u8]) -> Result<(), String> {
+    pub fn put(
+        &mut self,
+        network: &str,
+        ip: IpAddr,
+        decoded: Result<EndpointInfoRecord, String>,
+    ) -> Result<(), String> {
         let id = (network.to_owned(), ip);
-        match records::decode::<EndpointInfoRecord>(value) {
+        match decoded {
             Ok(info) => {
                 match info.dns_name() {
                     Some(name) => self.0.insert(id, (container_tag(&info.container_id), name)),
@@ -67,7 +74,7 @@ mod tests {
             .put(
                 "red",
                 ip,
-                br#"{"version":1,"container_id":"c1","name":"web1"}"#,
+                records::decode(br#"{"version":1,"container_id":"c1","name":"web1"}"#),
             )
             .unwrap();
         assert_eq!(names.get("red", ip, container_tag("c1")), Some("web1"));
@@ -79,10 +86,10 @@ mod tests {
             .put(
                 "red",
                 ip,
-                br#"{"version":1,"container_id":"c1","name":"a.b"}"#,
+                records::decode(br#"{"version":1,"container_id":"c1","name":"a.b"}"#),
             )
             .unwrap();
         assert_eq!(names.get("red", ip, container_tag("c1")), None);
-        assert!(names.put("red", ip, b"{not json").is_err());
+        assert!(names.put("red", ip, records::decode(b"{not json")).is_err());
     }
 }

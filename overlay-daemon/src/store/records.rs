@@ -242,17 +242,25 @@ pub struct EndpointInfoRecord {
     /// The container's name as its runtime gave it, outside Kubernetes (podman's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Its bandwidth limits, which its own node enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<overlay_api::Bandwidth>,
 }
 
 impl EndpointInfoRecord {
     /// What there is to say of a local endpoint, if anything.
     pub fn of(ep: &Endpoint) -> Option<Self> {
-        (ep.pod.is_some() || ep.docker_endpoint.is_some() || ep.name.is_some()).then(|| Self {
+        let something = ep.pod.is_some()
+            || ep.docker_endpoint.is_some()
+            || ep.name.is_some()
+            || ep.bandwidth.is_some();
+        something.then(|| Self {
             version: RECORD_VERSION,
             container_id: ep.container_id.clone(),
             pod: ep.pod.clone(),
             docker_endpoint: ep.docker_endpoint.clone(),
             name: ep.name.clone(),
+            bandwidth: ep.bandwidth,
         })
     }
 

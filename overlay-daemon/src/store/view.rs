@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::{
     claims6::{carries_ipv6, Claims6},
+    limits::Limits,
     names::Names,
 };
 pub use dns::DnsDirty;
@@ -23,8 +24,8 @@ use super::{
     client::{Change, Kv},
     keys::{Key, Layout},
     records::{
-        self, BlockRecord, Endpoint6Record, EndpointRecord, NetworkRecord, NodeRecord,
-        ServiceRecord,
+        self, BlockRecord, Endpoint6Record, EndpointInfoRecord, EndpointRecord, NetworkRecord,
+        NodeRecord, ServiceRecord,
     },
 };
 use crate::tables::{
@@ -105,6 +106,8 @@ pub struct ClusterView {
     ip6_of: Claims6,
     /// The names runtimes gave endpoints: what DNS serves.
     names: Names,
+    /// Endpoints' bandwidth limits.
+    limits: Limits,
     /// What changed for DNS, once DNS follows the view (`follow_dns`).
     dns_dirty: Option<DnsDirty>,
 }
@@ -123,6 +126,7 @@ impl ClusterView {
             per_node: HashMap::new(),
             ip6_of: Claims6::default(),
             names: Names::default(),
+            limits: Limits::default(),
             dns_dirty: None,
         }
     }
@@ -141,6 +145,7 @@ impl ClusterView {
         self.per_node.clear();
         self.ip6_of.clear();
         self.names.clear();
+        self.limits.clear();
         self.bulk = true;
     }
 
@@ -170,6 +175,9 @@ impl ClusterView {
                 if let Some(k) = self.layout.parse(&key) {
                     if let Key::EndpointInfo { network, ip } = &k {
                         self.names.remove(network, *ip);
+                        if self.limits.remove(network, *ip) {
+                            self.dirty.endpoints.insert((network.clone(), *ip));
+                        }
                         self.dns_touch(network, *ip);
                     }
                     let old = self.entries.remove(&k);
@@ -357,7 +365,12 @@ impl ClusterView {
             // What DNS names the endpoint; otherwise only there to tell operators whom an
             // endpoint belongs to (the tables never use it).
             Key::EndpointInfo { network, ip } => {
-                if let Err(reason) = self.names.put(network, *ip, &kv.value) {
+                let info = records::decode::<EndpointInfoRecord>(&kv.value);
+                if self.limits.put(network, *ip, info.as_ref().ok()) {
+                    // Its node delivers to it through a qdisc or not.
+                    self.dirty.endpoints.insert((network.clone(), *ip));
+                }
+                if let Err(reason) = self.names.put(network, *ip, info) {
                     self.reject(kv.key, reason);
                 }
                 self.dns_touch(network, *ip);
@@ -502,8 +515,8 @@ impl ClusterView {
         ip.is_ipv4() || self.node(&ep.node).is_some_and(carries_ipv6)
     }
 
-    fn endpoint_spec(&self, network: &str, ip: IpAddr, ep: &ViewEndpoint) -> EndpointSpec {
-        let (ip, ip6) = match ip {
+    fn endpoint_spec(&self, network: &str, key: IpAddr, ep: &ViewEndpoint) -> EndpointSpec {
+        let (ip, ip6) = match key {
             IpAddr::V4(ip) => (Some(ip), self.ip6_for(network, ip, ep)),
             // An IPv6-only network's endpoint: its key is its address.
             IpAddr::V6(ip6) => (None, Some(ip6)),
@@ -516,6 +529,7 @@ impl ClusterView {
             iface: EndpointIface::from(&ep.attachment),
             services: ep.services.to_vec(),
             ip6,
+            bandwidth: self.limits.get(network, key, ep.container),
         }
     }
 

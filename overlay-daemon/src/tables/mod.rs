@@ -110,6 +110,8 @@ pub struct EndpointSpec {
     pub services: Vec<String>,
     /// Its IPv6 address, on a network with IPv6.
     pub ip6: Option<Ipv6Addr>,
+    /// Its bandwidth limits, enforced on its own node.
+    pub bandwidth: Option<overlay_api::Bandwidth>,
 }
 
 impl EndpointSpec {
@@ -167,6 +169,8 @@ impl TryFrom<EndpointSpecFile> for EndpointSpec {
             node: f.node,
             services: f.services,
             ip6: f.ip6,
+            // Limits come from the endpoint's runtime (CNI): a static file has none.
+            bandwidth: None,
         })
     }
 }

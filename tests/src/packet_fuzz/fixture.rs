@@ -217,6 +217,7 @@ impl Fixture {
             .identities
             .iter()
             .map(|i| LocalIdentity {
+                bandwidth: None,
                 ip6: None,
                 ifindex: i.ifindex,
                 vni: i.vni,

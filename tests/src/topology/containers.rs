@@ -210,6 +210,7 @@ impl Topology {
             ns.ip(&["-6", "route", "add", "default", "via", &gw, "dev", "eth0"]);
         }
         self.tables.endpoints.push(EndpointSpec {
+            bandwidth: None,
             ip6: ipv6.map(|v6| v6.ip),
             network: network.to_owned(),
             ip: Some(ip),

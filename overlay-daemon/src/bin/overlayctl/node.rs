@@ -132,6 +132,7 @@ pub async fn endpoint(store: &Store, output: Output, cmd: EndpointCmd) -> anyhow
                         "services",
                         or_dash((!e.services.is_empty()).then(|| e.services.join(","))),
                     ),
+                    ("bandwidth", or_dash(e.bandwidth.map(|b| b.to_string()))),
                 ]);
             });
         }
