@@ -5,7 +5,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, IterableMap as _, Map, MapData, MapError},
+    maps::{HashMap, IterableMap as _, Map, MapData},
     Pod,
 };
 use overlay_common::{
@@ -13,7 +13,7 @@ use overlay_common::{
     EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
 };
 
-use super::{hash_map, ip_key, map_err, MapsError};
+use super::{absent_ok, hash_map, ip_key, map_err, MapsError};
 
 /// The MAC/IP table, kept as views with the same values: by (VNI, IP) for the ARP
 /// responder and the gateway path, by (VNI, MAC) for switching and decapsulation, and by
@@ -405,8 +405,8 @@ impl EndpointMaps {
             return Ok(0);
         };
         if let Some(k) = self.kernel.as_mut() {
-            match k.by_ip6.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+            match absent_ok(k.by_ip6.remove(&key)) {
+                Ok(()) => {}
                 Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP6)(e)),
             }
         }
@@ -425,8 +425,8 @@ impl EndpointMaps {
             return Ok(0);
         };
         if let Some(k) = self.kernel.as_mut() {
-            match k.by_ip.remove(&ip_key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+            match absent_ok(k.by_ip.remove(&ip_key)) {
+                Ok(()) => {}
                 Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP)(e)),
             }
         }
@@ -448,8 +448,8 @@ impl EndpointMaps {
             return Ok(0);
         };
         if let Some(k) = self.kernel.as_mut() {
-            match k.by_ip6.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+            match absent_ok(k.by_ip6.remove(&key)) {
+                Ok(()) => {}
                 Err(e) => return Err(map_err(names::ENDPOINTS_BY_IP6)(e)),
             }
         }
@@ -464,8 +464,8 @@ impl EndpointMaps {
 
     fn remove_mac(&mut self, key: EndpointMacKey) -> Result<usize, MapsError> {
         if let Some(k) = self.kernel.as_mut() {
-            match k.by_mac.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+            match absent_ok(k.by_mac.remove(&key)) {
+                Ok(()) => {}
                 Err(e) => return Err(map_err(names::ENDPOINTS_BY_MAC)(e)),
             }
         }
@@ -529,8 +529,8 @@ where
         .collect();
     for key in &stale {
         if let Some(map) = kernel.as_deref_mut() {
-            match map.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+            match absent_ok(map.remove(key)) {
+                Ok(()) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }

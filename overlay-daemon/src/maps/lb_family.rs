@@ -8,13 +8,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{
     lb::{Backend6Info, BackendInfo, Service6Key, ServiceInfo, ServiceKey},
     maps::names,
 };
 
-use super::{hash_map, ip_key, map_err, MapsError};
+use super::{absent_ok, hash_map, ip_key, map_err, MapsError};
 
 /// A backend address and port.
 pub type Addr = (IpAddr, u16);
@@ -221,8 +221,8 @@ pub(crate) fn remove<K: aya::Pod, V: aya::Pod>(
     key: &K,
     name: &'static str,
 ) -> Result<(), MapsError> {
-    match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+    match absent_ok(map.remove(key)) {
+        Ok(()) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
     }
 }

@@ -3,10 +3,10 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{maps::names, LocalIface};
 
-use super::{hash_map, ip_key, map_err, sync_hash, MapsError};
+use super::{absent_ok, hash_map, ip_key, map_err, sync_hash, MapsError};
 
 /// Host-side veth ifindex -> the only (VNI, IP, IPv6, MAC) its container may send as.
 pub struct LocalIfaceMap(HashMap<MapData, u32, LocalIface>);
@@ -67,8 +67,8 @@ impl LocalIfaceMap {
 
     /// Removes a container's identity (absent is fine).
     pub fn remove(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        match self.0.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        match absent_ok(self.0.remove(&ifindex)) {
+            Ok(()) => Ok(()),
             Err(e) => Err(map_err(names::LOCAL_IFACES)(e)),
         }
     }

@@ -97,6 +97,17 @@ impl DatapathMaps {
     }
 }
 
+/// A removal's result with "the key was not there" taken as done: aya reports the kernel's
+/// ENOENT for a removal as a syscall error, not as `MapError::KeyNotFound` (which only its
+/// lookups return), so matching that alone let removing an absent key fail a pass.
+pub(crate) fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 /// Opens one pinned map by name from a node's map directory (for tools and tests that read a
 /// running datapath without loading it).
 pub fn open_pinned(dir: &Path, name: &'static str) -> Result<MapData, MapsError> {
@@ -121,8 +132,8 @@ where
     let mut removed = 0;
     for key in current.keys() {
         if !desired.contains_key(key) {
-            match map.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => removed += 1,
+            match absent_ok(map.remove(key)) {
+                Ok(()) => removed += 1,
                 Err(e) => return Err(map_err(name)(e)),
             }
         }

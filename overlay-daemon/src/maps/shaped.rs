@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use overlay_common::maps::names;
 
-use super::{hash_map, map_err, sync_hash, LocalIdentity, MapsError};
+use super::{absent_ok, hash_map, map_err, sync_hash, LocalIdentity, MapsError};
 
 /// Host-side veth ifindexes of containers with an ingress limit: the datapath delivers to
 /// them through that interface's qdisc (`qdisc::shape`).
@@ -48,13 +48,8 @@ impl ShapedMap {
 
     /// Removes a container's interface (absent is fine).
     pub fn remove(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        match self.0.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            // What the kernel answers for a key it does not hold (most containers have no
-            // limits, and `set` removes theirs unlooked).
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
+        match absent_ok(self.0.remove(&ifindex)) {
+            Ok(()) => Ok(()),
             Err(e) => Err(map_err(names::SHAPED)(e)),
         }
     }

@@ -1,9 +1,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use overlay_common::{maps::names, VtepInfo};
 
-use super::{hash_map, ip_key, map_err, open_pinned, sync_hash, MapsError};
+use super::{absent_ok, hash_map, ip_key, map_err, open_pinned, sync_hash, MapsError};
 
 /// Remote VTEP address -> node. Only VXLAN from these addresses is accepted, and only these
 /// are encapsulated to.
@@ -60,8 +60,8 @@ impl VtepMap {
 
     /// Removes one VTEP (absent is fine).
     pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        match self.0.remove(&ip_key(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        match absent_ok(self.0.remove(&ip_key(ip))) {
+            Ok(()) => Ok(()),
             Err(e) => Err(map_err(names::VTEPS)(e)),
         }
     }
