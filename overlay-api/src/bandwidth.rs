@@ -27,9 +27,9 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl Limit {
-    /// How far behind now a departure time may fall after an idle time: the burst at the
-    /// rate, at most `MAX_BURST_NS`.
-    pub fn slack_ns(&self) -> u64 {
+    /// The burst as time at the rate, at most `MAX_BURST_NS`: what may leave at once after
+    /// an idle time.
+    pub fn burst_ns(&self) -> u64 {
         let ns = u128::from(self.burst_bits) * 1_000_000_000 / u128::from(self.rate_bps.max(1));
         ns.min(u128::from(MAX_BURST_NS)) as u64
     }
@@ -114,12 +114,12 @@ mod tests {
         let egress = bw.egress.unwrap();
         assert_eq!(egress.rate_bps, 10_000_000);
         // containerd's 2^32-bit burst is capped at a second of the rate.
-        assert_eq!(egress.slack_ns(), MAX_BURST_NS);
+        assert_eq!(egress.burst_ns(), MAX_BURST_NS);
         let small = Limit {
             rate_bps: 8_000_000,
             burst_bits: 800_000,
         };
-        assert_eq!(small.slack_ns(), 100_000_000);
+        assert_eq!(small.burst_ns(), 100_000_000);
         let e = Bandwidth::from_cni(0, 5, 0, 0).unwrap_err();
         assert!(e.contains("ingressBurst without ingressRate"), "{e}");
         let e = Bandwidth::from_cni(10, 0, 0, 0).unwrap_err();

@@ -40,7 +40,7 @@ const QUEUE_NS: u64 = 100_000_000;
 /// bytes).
 fn bucket(limit: &Limit) -> (u64, u32, u32) {
     let rate = (limit.rate_bps / 8).max(1);
-    let burst = (u128::from(rate) * u128::from(limit.slack_ns()) / 1_000_000_000) as u64;
+    let burst = (u128::from(rate) * u128::from(limit.burst_ns()) / 1_000_000_000) as u64;
     let burst = burst.max(MIN_BURST_BYTES).min(u64::from(u32::MAX / 2));
     let queue = (u128::from(rate) * u128::from(QUEUE_NS) / 1_000_000_000) as u64;
     (
