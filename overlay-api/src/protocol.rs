@@ -177,7 +177,11 @@ fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ErrorKind
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
-    pub vtep_ip: Ipv4Addr,
+    /// The node's VTEP addresses, one of each family at most (an IPv4 one before 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<std::net::Ipv6Addr>,
     /// The node's etcd lease while it is registered.
     pub lease: Option<i64>,
     pub networks: usize,

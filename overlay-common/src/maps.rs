@@ -143,7 +143,7 @@ pub const DATAPATH_LAYOUT: u32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// This node's VTEP address (network order key, see `wire::ipv4_key`).
+    /// This node's IPv4 VTEP address (network order key, see `wire::ipv4_key`); 0: none.
     pub vtep_ip: u32,
     /// ifindex of the underlay interface encapsulated traffic leaves through.
     pub underlay_ifindex: u32,
@@ -154,9 +154,14 @@ pub struct Config {
     pub flags: u16,
     /// `DATAPATH_LAYOUT` of the daemon that wrote it (the programs do not read it).
     pub layout: u32,
-    pub _pad: u32,
+    /// What encapsulation adds to an inner frame on this node (`wire::VXLAN_OVERHEAD`, or
+    /// `wire::VXLAN6_OVERHEAD` once it has an IPv6 VTEP): what a container packet plus this
+    /// must fit in the underlay MTU.
+    pub overhead: u32,
+    /// This node's IPv6 VTEP address; all zeros: none.
+    pub vtep_ip6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 /// A network (one VNI): the value of `NETWORKS`, keyed by VNI (`u32`, host order).
 #[repr(C)]
@@ -213,12 +218,18 @@ impl EndpointMacKey {
 /// `EndpointInfo.flags`: the endpoint is on this host (deliver to `ifindex`).
 pub const ENDPOINT_F_LOCAL: u16 = 1;
 
+/// A VTEP address as the datapath keys it: an IPv6 address, or an IPv4 one mapped into IPv6
+/// (`::ffff:a.b.c.d`, see `wire::vtep_v4`). One key for both families keeps one table of
+/// VTEPs and one comparison in the spoofing checks.
+pub type VtepKey = [u8; 16];
+
 /// Where an endpoint lives: the value of both endpoint maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
-    /// VTEP of the host the endpoint is on (network order key); ours for local endpoints.
-    pub vtep_ip: u32,
+    /// VTEP of the host the endpoint is on, in the family this node reaches it by; ours
+    /// (either family) for local endpoints.
+    pub vtep: VtepKey,
     /// Host-side veth ifindex for local endpoints, 0 for remote ones.
     pub ifindex: u32,
     /// The endpoint's MAC address.
@@ -227,7 +238,7 @@ pub struct EndpointInfo {
     /// The endpoint's IPv4 address (network order key).
     pub ip: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
 
 impl EndpointInfo {
     #[inline(always)]
@@ -236,18 +247,19 @@ impl EndpointInfo {
     }
 }
 
-/// A remote host's VTEP: the value of `VTEPS`, keyed by the VTEP address (network order key).
+/// A remote host's VTEP: the value of `VTEPS`, keyed by the VTEP address (`VtepKey`). The
+/// key's family is the outer header's: an IPv4-mapped key is reached over IPv4.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VtepInfo {
-    /// Stable small id of the node, for counters and logs.
+    /// Stable small id of the node, for counters and the monitor's traces.
     pub node_id: u32,
-    /// The underlay next hop towards the VTEP (network-order key, like the map key), handed
-    /// to the neighbour layer so no route lookup runs per packet; 0: the kernel routes each
-    /// packet.
-    pub nexthop: u32,
+    /// The underlay next hop towards the VTEP, of the key's family (IPv4 mapped like the
+    /// key), handed to the neighbour layer so no route lookup runs per packet; all zeros:
+    /// the kernel routes each packet.
+    pub nexthop: VtepKey,
 }
-const _: () = assert!(core::mem::size_of::<VtepInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<VtepInfo>() == 20);
 
 /// The identity of a local container interface, used for anti-spoofing: the value of
 /// `LOCAL_IFACES`, keyed by the host-side veth ifindex (`u32`).

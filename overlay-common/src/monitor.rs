@@ -104,11 +104,11 @@ pub struct MonitorEvent {
     /// The packet's length, and how much of it `head` holds.
     pub len: u32,
     pub caplen: u32,
-    /// Traces: the interface the packet leaves by, its network, and the VTEP (IPv4,
-    /// network order) it was sent to or came from.
+    /// Traces: the interface the packet leaves by, its network, and the node id
+    /// (`VtepInfo.node_id`) of the VTEP it was sent to or came from (0: none).
     pub out_ifindex: u32,
     pub vni: u32,
-    pub vtep: u32,
+    pub vtep_node: u32,
     /// Traces of a balanced service: 4 or 6 (0: none), the IP protocol, and the VIP and
     /// backend with their ports (an IPv4 address in the first four bytes). A per-packet
     /// translation leaves the backend to the packet itself (backend port 0).
@@ -135,7 +135,7 @@ impl Default for MonitorEvent {
             caplen: 0,
             out_ifindex: 0,
             vni: 0,
-            vtep: 0,
+            vtep_node: 0,
             family: 0,
             proto: 0,
             vip_port: 0,

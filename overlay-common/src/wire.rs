@@ -21,6 +21,9 @@ pub const ARP_HLEN: usize = 28;
 /// it: outer IPv4 + UDP + VXLAN + the inner Ethernet header (the outer Ethernet header
 /// replaces the inner one at the front). Underlay MTU 1500 gives containers 1450.
 pub const VXLAN_OVERHEAD: u32 = (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN) as u32;
+/// The same over an IPv6 underlay: the outer IPv6 header is 20 bytes longer. Underlay MTU
+/// 1500 gives containers 1430.
+pub const VXLAN6_OVERHEAD: u32 = (IPV6_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN) as u32;
 /// Offset of the VXLAN header in a packet with an option-less outer IPv4 header.
 pub const VXLAN_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
 /// Offset of the inner Ethernet header.
@@ -70,6 +73,29 @@ pub const IPV4_MIN_MTU: usize = 68;
 pub const VXLAN_SRC_PORT_MIN: u16 = 49152;
 pub const VXLAN_SRC_PORT_MAX: u16 = 65535;
 
+/// The IPv4-mapped IPv6 prefix (`::ffff:0:0/96`) VTEP keys of IPv4 VTEPs carry.
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// The VTEP key (`maps::VtepKey`) of an IPv4 VTEP, from its network order key.
+#[inline(always)]
+pub const fn vtep_v4(key: u32) -> [u8; 16] {
+    let o = key.to_ne_bytes();
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
+}
+
+/// The network order key of an IPv4 VTEP's key; `None` for an IPv6 VTEP.
+#[inline(always)]
+pub fn vtep_v4_key(vtep: &[u8; 16]) -> Option<u32> {
+    let prefix = u64::from_ne_bytes([
+        vtep[0], vtep[1], vtep[2], vtep[3], vtep[4], vtep[5], vtep[6], vtep[7],
+    ]) == 0
+        && u32::from_ne_bytes([vtep[8], vtep[9], vtep[10], vtep[11]])
+            == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    prefix.then(|| u32::from_ne_bytes([vtep[12], vtep[13], vtep[14], vtep[15]]))
+}
+
 /// Converts IPv4 octets to the datapath's key representation.
 #[inline(always)]
 pub const fn ipv4_key(octets: [u8; 4]) -> u32 {
@@ -83,4 +109,5 @@ pub const fn ipv4_octets(key: u32) -> [u8; 4] {
 }
 
 const _: () = assert!(VXLAN_OVERHEAD == 50);
+const _: () = assert!(VXLAN6_OVERHEAD == 70);
 const _: () = assert!(INNER_ETH_OFF == 50);

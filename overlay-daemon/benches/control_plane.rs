@@ -13,6 +13,7 @@ use overlay_daemon::{
         client::{Change, Kv},
         ClusterView, Layout,
     },
+    vtep::Vteps,
 };
 
 const NODES: usize = 100;
@@ -63,7 +64,7 @@ fn cluster(endpoints: usize) -> ClusterView {
 fn me() -> NodeIdentity {
     NodeIdentity {
         name: "sim-000".into(),
-        vtep_ip: "198.18.0.1".parse().unwrap(),
+        vteps: Vteps::v4("198.18.0.1".parse().unwrap()),
     }
 }
 
@@ -141,11 +142,11 @@ fn endpoint_table(c: &mut Criterion) {
             ip: Some(ip(i)),
             mac: [0x0a, 0x58, 0, 0, (i >> 8) as u8, i as u8],
             location: Location::Remote {
-                vtep: Ipv4Addr::new(198, 18, 0, 2 + (i % 100) as u8),
+                vtep: Ipv4Addr::new(198, 18, 0, 2 + (i % 100) as u8).into(),
             },
         })
         .collect();
-    let vtep = Ipv4Addr::new(198, 18, 0, 1);
+    let vtep = &Vteps::v4(Ipv4Addr::new(198, 18, 0, 1));
     group.sample_size(10);
     group.bench_function("sync_100k_into_empty", |b| {
         b.iter_batched(
@@ -165,7 +166,7 @@ fn endpoint_table(c: &mut Criterion) {
         b.iter(|| {
             let mut e = entries[i % entries.len()];
             e.location = Location::Remote {
-                vtep: Ipv4Addr::new(198, 18, 1, (i % 200) as u8),
+                vtep: Ipv4Addr::new(198, 18, 1, (i % 200) as u8).into(),
             };
             i += 1;
             black_box(table.upsert(&e, vtep).unwrap())

@@ -266,7 +266,8 @@ async fn dispatch(
             let rejected: Vec<String> = report.rejected.iter().map(|r| r.to_string()).collect();
             Ok(json(Status {
                 node: cluster.cfg.node_name.clone(),
-                vtep_ip: cluster.vtep(),
+                vtep_ip: cluster.vtep().v4,
+                vtep_ip6: cluster.vtep().v6,
                 lease: cluster.lease(),
                 networks: view.networks().count(),
                 nodes: view.nodes().count(),

@@ -12,7 +12,9 @@ use std::{
 
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt as _};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_LINK},
+    constants::{
+        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
+    },
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{link::LinkAttribute, RouteNetlinkMessage},
     sys::{AsyncSocket as _, SocketAddr},
@@ -70,14 +72,20 @@ impl HostChanges {
 }
 
 impl HostEvents {
-    pub fn subscribe() -> io::Result<Self> {
+    /// `ipv6_routes`: IPv6 route changes count too (a node with an IPv6 VTEP). Without one
+    /// they are not listened to: every container veth's link-local route would ask again
+    /// for every VTEP's next hop.
+    pub fn subscribe(ipv6_routes: bool) -> io::Result<Self> {
         let (mut conn, _handle, messages) = rtnetlink::new_connection()?;
+        let mut groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE;
+        if ipv6_routes {
+            groups |= RTMGRP_IPV6_ROUTE;
+        }
         // Bound, not only subscribed: an unbound socket has port 0, the kernel's own, and
         // the kernel does not deliver its announcements to it.
-        conn.socket_mut().socket_mut().bind(&SocketAddr::new(
-            0,
-            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE,
-        ))?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, groups))?;
         tokio::spawn(conn);
         Ok(Self { messages })
     }

@@ -3,7 +3,9 @@
 //! where such a device exists it passes every VNI the overlay does not own to the kernel
 //! untouched, and a network of the overlay whose VNI a device uses is refused on this node.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
+
+use crate::vtep::Vteps;
 
 use futures::TryStreamExt as _;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
@@ -27,7 +29,7 @@ impl fmt::Display for VxlanDevice {
 
 /// The vxlan devices of this namespace that receive on `port` at `vtep` (bound to it or to
 /// any address), sorted.
-pub async fn sharing_port(port: u16, vtep: Ipv4Addr) -> std::io::Result<Vec<VxlanDevice>> {
+pub async fn sharing_port(port: u16, vtep: Vteps) -> std::io::Result<Vec<VxlanDevice>> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
     let mut links = handle.link().get().execute();
@@ -61,7 +63,7 @@ pub async fn sharing_port(port: u16, vtep: Ipv4Addr) -> std::io::Result<Vec<Vxla
             }
         }
         if let (Some(name), Some(attrs)) = (name, attrs) {
-            if let Some(dev) = device(name, &attrs, port, vtep) {
+            if let Some(dev) = device(name, &attrs, port, &vtep) {
                 out.push(dev);
             }
         }
@@ -71,7 +73,7 @@ pub async fn sharing_port(port: u16, vtep: Ipv4Addr) -> std::io::Result<Vec<Vxla
     Ok(out)
 }
 
-fn device(name: String, attrs: &[InfoVxlan], port: u16, vtep: Ipv4Addr) -> Option<VxlanDevice> {
+fn device(name: String, attrs: &[InfoVxlan], port: u16, vtep: &Vteps) -> Option<VxlanDevice> {
     let mut dev_port = None;
     let mut local = None;
     let mut vni = None;
@@ -79,13 +81,14 @@ fn device(name: String, attrs: &[InfoVxlan], port: u16, vtep: Ipv4Addr) -> Optio
     for a in attrs {
         match a {
             InfoVxlan::Port(p) => dev_port = Some(*p),
-            InfoVxlan::Local(ip) => local = Some(*ip),
+            InfoVxlan::Local(ip) => local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => local = Some(IpAddr::V6(*ip)),
             InfoVxlan::Id(id) => vni = Some(*id),
             InfoVxlan::CollectMetadata(true) => external = true,
             _ => {}
         }
     }
-    let receives_here = local.is_none_or(|l| l == vtep || l.is_unspecified());
+    let receives_here = local.is_none_or(|l| vtep.has(l) || l.is_unspecified());
     (dev_port == Some(port) && receives_here).then_some(VxlanDevice {
         name,
         vni: if external { None } else { vni },
@@ -95,10 +98,11 @@ fn device(name: String, attrs: &[InfoVxlan], port: u16, vtep: Ipv4Addr) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn devices_on_another_port_or_address_do_not_count() {
-        let vtep = Ipv4Addr::new(198, 18, 0, 1);
+        let vtep = &Vteps::v4(Ipv4Addr::new(198, 18, 0, 1));
         let attrs = |port, local: Option<Ipv4Addr>| {
             let mut a = vec![InfoVxlan::Id(42), InfoVxlan::Port(port)];
             a.extend(local.map(InfoVxlan::Local));

@@ -33,6 +33,7 @@ pub mod reconcile;
 pub mod sock_lb;
 pub mod store;
 pub mod tables;
+pub mod vtep;
 
 pub use overlay_api::MacAddr;
 

@@ -1,6 +1,11 @@
 //! What the daemon needs to know about a network interface of its namespace.
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+};
+
+use crate::vtep::{Prefer, Vteps};
 
 use nix::{
     ifaddrs::getifaddrs,
@@ -12,8 +17,10 @@ use nix::{
 pub enum NetifError {
     #[error("underlay interface {0:?} not found in this network namespace: pass an existing interface with --underlay")]
     NotFound(String),
-    #[error("underlay interface {0:?} has no IPv4 address: assign one or pass --vtep-ip")]
-    NoIpv4(String),
+    #[error("underlay interface {0:?} has neither an IPv4 nor a global IPv6 address: assign one or pass --vtep-ip")]
+    NoAddress(String),
+    #[error("--vtep-ip given twice for {0}: a node has at most one VTEP address of each family")]
+    TwoOfAFamily(&'static str),
     #[error("reading the MTU of {0:?}: {1}")]
     Mtu(String, nix::Error),
 }
@@ -25,6 +32,8 @@ pub struct Interface {
     pub mtu: u32,
     /// First IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
+    /// First IPv6 address of global scope (not link-local, loopback or multicast), if any.
+    pub ipv6: Option<Ipv6Addr>,
     /// Kernel driver (ethtool's view), e.g. "veth", "mlx5_core".
     pub driver: Option<String>,
     /// Hardware address.
@@ -48,21 +57,56 @@ impl Interface {
                     .flatten()
             })
         });
+        let ipv6 = getifaddrs().ok().and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                let ip = a.address?.as_sockaddr_in6()?.ip();
+                let global = !ip.is_loopback()
+                    && !ip.is_multicast()
+                    && !ip.is_unspecified()
+                    && (ip.segments()[0] & 0xffc0) != 0xfe80;
+                (a.interface_name == name && global).then_some(ip)
+            })
+        });
         Ok(Self {
             name: name.to_owned(),
             ifindex,
             mtu: mtu(name)?,
             ipv4,
+            ipv6,
             driver: driver(name),
             mac,
         })
     }
 
-    /// The VTEP address: `explicit` if given, else the first IPv4 address.
-    pub fn vtep_ip(&self, explicit: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetifError> {
-        explicit
-            .or(self.ipv4)
-            .ok_or_else(|| NetifError::NoIpv4(self.name.clone()))
+    /// The VTEP addresses: those given (one per family at most), else the first IPv4
+    /// address, else the first global IPv6 one; both when IPv6 is preferred.
+    pub fn vteps(&self, given: &[IpAddr], prefer: Prefer) -> Result<Vteps, NetifError> {
+        let mut vteps = Vteps {
+            v4: None,
+            v6: None,
+            prefer,
+        };
+        for ip in given {
+            match ip {
+                IpAddr::V4(v4) if vteps.v4.replace(*v4).is_some() => {
+                    return Err(NetifError::TwoOfAFamily("IPv4"))
+                }
+                IpAddr::V6(v6) if vteps.v6.replace(*v6).is_some() => {
+                    return Err(NetifError::TwoOfAFamily("IPv6"))
+                }
+                _ => {}
+            }
+        }
+        if given.is_empty() {
+            vteps.v4 = self.ipv4;
+            if self.ipv4.is_none() || prefer == Prefer::Ipv6 {
+                vteps.v6 = self.ipv6;
+            }
+        }
+        match (vteps.v4, vteps.v6) {
+            (None, None) => Err(NetifError::NoAddress(self.name.clone())),
+            _ => Ok(vteps),
+        }
     }
 }
 

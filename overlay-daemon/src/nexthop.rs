@@ -1,11 +1,11 @@
 //! Underlay next hops of remote VTEPs. The encapsulation hands the packet to the neighbour
 //! layer with its next hop already known, so no route lookup runs per packet (the kernel's
 //! vxlan device caches its route per remote for the same reason). The next hop comes from the
-//! host's routing table, asked once per VTEP, and is asked again whenever an IPv4 route
-//! changes. Where one next hop cannot stand for the route (multipath, nexthop objects, another
+//! host's routing table, asked once per VTEP, and is asked again whenever a route of
+//! either family changes. Where one next hop cannot stand for the route (multipath, nexthop objects, another
 //! device than the underlay, no route), the VTEP gets none and the kernel routes each packet.
 
-use std::{collections::HashMap, io, net::Ipv4Addr};
+use std::{collections::HashMap, io, net::IpAddr};
 
 use rtnetlink::{
     packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
@@ -17,13 +17,15 @@ use rtnetlink::{
 };
 use tracing::{debug, warn};
 
+use crate::vtep::Vteps;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NextHopError {
     #[error("netlink route socket: {0}")]
     Socket(io::Error),
     #[error("asking the route to {vtep}: {source}")]
     Query {
-        vtep: Ipv4Addr,
+        vtep: IpAddr,
         #[source]
         source: io::Error,
     },
@@ -33,14 +35,14 @@ pub enum NextHopError {
 pub struct NextHops {
     socket: Socket,
     underlay_ifindex: u32,
-    /// Outer source address, for source-based routing rules.
-    local_vtep: Ipv4Addr,
+    /// Outer source addresses, for source-based routing rules.
+    local: Vteps,
     seq: u32,
-    cache: HashMap<Ipv4Addr, Option<Ipv4Addr>>,
+    cache: HashMap<IpAddr, Option<IpAddr>>,
 }
 
 impl NextHops {
-    pub fn new(underlay_ifindex: u32, local_vtep: Ipv4Addr) -> Result<Self, NextHopError> {
+    pub fn new(underlay_ifindex: u32, local: Vteps) -> Result<Self, NextHopError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NextHopError::Socket)?;
         socket.bind_auto().map_err(NextHopError::Socket)?;
         socket
@@ -57,7 +59,7 @@ impl NextHops {
         Ok(Self {
             socket,
             underlay_ifindex,
-            local_vtep,
+            local,
             seq: 0,
             cache: HashMap::new(),
         })
@@ -65,7 +67,7 @@ impl NextHops {
 
     /// The next hop towards `vtep` (None: the kernel routes each packet). A failed query is
     /// logged and treated as None, which is always correct, only slower.
-    pub fn resolve(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+    pub fn resolve(&mut self, vtep: IpAddr) -> Option<IpAddr> {
         if let Some(nh) = self.cache.get(&vtep) {
             return *nh;
         }
@@ -83,7 +85,7 @@ impl NextHops {
 
     /// Forgets the answers for VTEPs that are gone, so the cache holds at most the current
     /// ones however often nodes come and go.
-    pub fn retain(&mut self, mut keep: impl FnMut(Ipv4Addr) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(IpAddr) -> bool) {
         self.cache.retain(|vtep, _| keep(*vtep));
     }
 
@@ -94,21 +96,35 @@ impl NextHops {
 
     /// RTM_GETROUTE with RTM_F_FIB_MATCH: the routing entry that matches, so a multipath
     /// route shows as one instead of as the path one flow would take.
-    fn query(&mut self, vtep: Ipv4Addr) -> Result<Option<Ipv4Addr>, NextHopError> {
+    fn query(&mut self, vtep: IpAddr) -> Result<Option<IpAddr>, NextHopError> {
         let err = |source| NextHopError::Query { vtep, source };
         self.seq = self.seq.wrapping_add(1);
         let mut route = RouteMessage::default();
+        let (family, len, dst, src) = match vtep {
+            IpAddr::V4(v4) => (
+                AddressFamily::Inet,
+                32,
+                RouteAddress::Inet(v4),
+                self.local.v4.map(RouteAddress::Inet),
+            ),
+            IpAddr::V6(v6) => (
+                AddressFamily::Inet6,
+                128,
+                RouteAddress::Inet6(v6),
+                self.local.v6.map(RouteAddress::Inet6),
+            ),
+        };
         route.header = RouteHeader {
-            address_family: AddressFamily::Inet,
-            destination_prefix_length: 32,
+            address_family: family,
+            destination_prefix_length: len,
             flags: RouteFlags::FibMatch,
             ..RouteHeader::default()
         };
         route.attributes = vec![
-            RouteAttribute::Destination(RouteAddress::Inet(vtep)),
-            RouteAttribute::Source(RouteAddress::Inet(self.local_vtep)),
+            RouteAttribute::Destination(dst),
             RouteAttribute::Oif(self.underlay_ifindex),
         ];
+        route.attributes.extend(src.map(RouteAttribute::Source));
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST;
         header.sequence_number = self.seq;
@@ -143,7 +159,7 @@ impl NextHops {
 }
 
 /// The one next hop a routing entry stands for on the underlay, if it has exactly one.
-fn next_hop(route: &RouteMessage, vtep: Ipv4Addr, underlay_ifindex: u32) -> Option<Ipv4Addr> {
+fn next_hop(route: &RouteMessage, vtep: IpAddr, underlay_ifindex: u32) -> Option<IpAddr> {
     if route.header.kind != RouteType::Unicast {
         return None;
     }
@@ -152,7 +168,12 @@ fn next_hop(route: &RouteMessage, vtep: Ipv4Addr, underlay_ifindex: u32) -> Opti
     for attr in &route.attributes {
         match attr {
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => gateway = Some(*gw),
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) if vtep.is_ipv4() => {
+                gateway = Some(IpAddr::V4(*gw))
+            }
+            RouteAttribute::Gateway(RouteAddress::Inet6(gw)) if vtep.is_ipv6() => {
+                gateway = Some(IpAddr::V6(*gw))
+            }
             // A gateway of another family, several paths or a nexthop object: one address
             // cannot stand for it.
             RouteAttribute::Gateway(_)
@@ -180,8 +201,12 @@ mod tests {
         r
     }
 
-    const VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-    const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const VTEP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const GW4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+    const VTEP: IpAddr = IpAddr::V4(VTEP4);
+    const GW: IpAddr = IpAddr::V4(GW4);
 
     #[test]
     fn on_link_vtep_is_its_own_next_hop() {
@@ -194,11 +219,36 @@ mod tests {
         let r = route(
             RouteType::Unicast,
             vec![
-                RouteAttribute::Gateway(RouteAddress::Inet(GW)),
+                RouteAttribute::Gateway(RouteAddress::Inet(GW4)),
                 RouteAttribute::Oif(4),
             ],
         );
         assert_eq!(next_hop(&r, VTEP, 4), Some(GW));
+    }
+
+    #[test]
+    fn ipv6_routes_give_ipv6_next_hops() {
+        let vtep = Ipv6Addr::new(0x2001, 2, 0, 0xff00, 0, 0, 0, 2);
+        let gw = Ipv6Addr::new(0x2001, 2, 0, 0xff00, 0, 0, 0, 0xfd);
+        let on_link = route(RouteType::Unicast, vec![RouteAttribute::Oif(4)]);
+        assert_eq!(next_hop(&on_link, vtep.into(), 4), Some(vtep.into()));
+        let via = route(
+            RouteType::Unicast,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)),
+                RouteAttribute::Oif(4),
+            ],
+        );
+        assert_eq!(next_hop(&via, vtep.into(), 4), Some(gw.into()));
+        // A gateway of the other family (RFC 5549 routes) cannot be a neighbour of this one.
+        let other = route(
+            RouteType::Unicast,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet(GW4)),
+                RouteAttribute::Oif(4),
+            ],
+        );
+        assert_eq!(next_hop(&other, vtep.into(), 4), None);
     }
 
     #[test]

@@ -9,13 +9,14 @@ use aya_log_ebpf::debug;
 use overlay_common::{
     maps::CONFIG_F_LB,
     monitor::{TraceVerdict, HOOK_FROM_UNDERLAY},
-    wire::{ETH_HLEN, INNER_ETH_OFF, VXLAN_OVERHEAD},
+    wire::{ETH_HLEN, ETH_P_IPV6},
     Direction, DropReason,
 };
 
 use crate::{
     counters::{count, count_drop},
-    kernel::{BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
+    headers::{EthHdr, Packet as _},
+    kernel::{pack, unpack, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, TC_NEXT},
     lb, maps,
     monitor::{self, Trace},
     shaped,
@@ -23,10 +24,27 @@ use crate::{
 };
 
 pub fn from_underlay(ctx: &TcContext) -> i32 {
-    match try_decap(ctx) {
+    let outer6 = ctx
+        .header::<EthHdr>(0)
+        .is_some_and(|eth| eth.ether_type() == ETH_P_IPV6);
+    let r = if outer6 { decap6(ctx) } else { decap4(ctx) };
+    match unpack(r) {
         Ok(verdict) => verdict,
         Err(reason) => dropped(ctx, reason),
     }
+}
+
+/// VXLAN in IPv4, and whatever else is not IPv6. Each outer family is a subprogram of its
+/// own: inlined together, both parses and the delivery would not fit one stack frame.
+#[inline(never)]
+fn decap4(ctx: &TcContext) -> i64 {
+    pack(try_decap::<false>(ctx))
+}
+
+/// VXLAN in IPv6.
+#[inline(never)]
+fn decap6(ctx: &TcContext) -> i64 {
+    pack(try_decap::<true>(ctx))
 }
 
 /// Not inlined: the log record would take stack the delivery path needs.
@@ -39,11 +57,16 @@ fn dropped(ctx: &TcContext, reason: DropReason) -> i32 {
 }
 
 #[inline(always)]
-fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_decap<const OUTER6: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = maps::config() else {
         return Ok(TC_NEXT);
     };
-    let Some(rx) = vxlan::receive(ctx, cfg)? else {
+    let rx = if OUTER6 {
+        vxlan::receive6(ctx, cfg)?
+    } else {
+        vxlan::receive4(ctx, cfg)?
+    };
+    let Some(rx) = rx else {
         count(Direction::UnderlayPass, ctx.len());
         return Ok(TC_NEXT);
     };
@@ -55,14 +78,14 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
     // The skb must hold exactly one inner packet: a GSO super-packet built by a VXLAN sender
     // carries the full length in its inner header, while a UDP GRO aggregate of several VXLAN
     // datagrams does not, and stripping only its first outer header would corrupt the rest.
-    let inner_room = ctx.len() as usize - INNER_ETH_OFF - ETH_HLEN;
+    let inner_room = ctx.len() as usize - rx.overhead - ETH_HLEN;
     let inner_len = rx.inner_len;
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     if inner_len > inner_room || (gso_segs > 1 && inner_len != inner_room) {
         return Err(DropReason::DecapFailed);
     }
 
-    // Removes outer IPv4 + UDP + VXLAN + inner Ethernet after the outer Ethernet header; the
+    // Removes outer IP + UDP + VXLAN + inner Ethernet after the outer Ethernet header; the
     // inner Ethernet header is then written over the outer one. FIXED_GSO: the inner MSS of
     // a GSO packet does not change when outer headers go.
     let inner_l3 = match rx.inner_ip {
@@ -70,7 +93,7 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
         InnerIp::V6 => BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
     };
     ctx.adjust_room(
-        -(VXLAN_OVERHEAD as i32),
+        -(rx.overhead as i32),
         BPF_ADJ_ROOM_MAC,
         (BPF_F_ADJ_ROOM_FIXED_GSO as u64) | inner_l3,
     )
@@ -93,7 +116,7 @@ fn try_decap(ctx: &TcContext) -> Result<i32, DropReason> {
             verdict: TraceVerdict::Decap,
             out_ifindex: rx.ifindex,
             vni: rx.vxlan.vni(),
-            vtep: rx.vtep,
+            vtep_node: rx.vtep_node,
         };
         monitor::note(ctx, &t);
         monitor::trace_noted(ctx, HOOK_FROM_UNDERLAY);

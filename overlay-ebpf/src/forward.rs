@@ -71,7 +71,7 @@ fn try_forward(ctx: &TcContext, tracing: bool) -> Result<i32, DropReason> {
                     verdict: TraceVerdict::Answered,
                     out_ifindex: ifindex,
                     vni: me.vni,
-                    vtep: 0,
+                    vtep_node: 0,
                 };
                 monitor::note(ctx, &t);
             }
@@ -196,7 +196,9 @@ fn forward_ipv4(
     }
     if icmp::too_big(ctx, cfg, ip.ihl_bytes(), ip.proto)? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
-        if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
+        // By reference: the key is read from the endpoint's entry, not copied to the stack.
+        let vtep = &target.vtep;
+        if translated || unsafe { VTEPS.get(vtep) }.is_none() {
             return Err(DropReason::TooBig);
         }
         let len = ctx.len();
@@ -212,15 +214,15 @@ fn forward_ipv4(
         count(Direction::IcmpFragNeeded, len);
         return Ok(Forwarded::Verdict(verdict));
     }
-    let verdict = encap::to_vtep(ctx, cfg, me.vni, target.vtep_ip, &eth, ip.tos)?;
+    let sent = encap::to_vtep(ctx, cfg, me.vni, &target.vtep, &eth, ip.tos)?;
     let out = cfg.underlay_ifindex;
     monitor::note4(
         ctx,
         TraceVerdict::Encap,
         out,
         me.vni,
-        target.vtep_ip,
+        sent.vtep_node,
         translated,
     );
-    Ok(Forwarded::Verdict(verdict))
+    Ok(Forwarded::Verdict(sent.verdict))
 }

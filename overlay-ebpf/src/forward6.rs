@@ -249,27 +249,29 @@ fn forward_ipv6(
     }
     if icmp::too_big(ctx, cfg, IPV6_HLEN, ip.next_header)? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
-        if translated || unsafe { VTEPS.get(target.vtep_ip) }.is_none() {
+        // By reference: the key is read from the endpoint's entry, not copied to the stack.
+        let vtep = &target.vtep;
+        if translated || unsafe { VTEPS.get(vtep) }.is_none() {
             return Err(DropReason::TooBig);
         }
         return Ok(Forwarded::TooBig);
     }
-    let verdict = encap::to_vtep(ctx, cfg, vni, target.vtep_ip, &eth, ip.traffic_class())?;
+    let sent = encap::to_vtep(ctx, cfg, vni, &target.vtep, &eth, ip.traffic_class())?;
     // Checked again rather than passed: BPF passes at most five arguments in registers.
     if monitor::tracing() {
         let out = cfg.underlay_ifindex;
-        note6(ctx, TraceVerdict::Encap, out, vni, target.vtep_ip);
+        note6(ctx, TraceVerdict::Encap, out, vni, sent.vtep_node);
     }
-    Ok(Forwarded::Verdict(verdict))
+    Ok(Forwarded::Verdict(sent.verdict))
 }
 
 #[inline(always)]
-fn note6(ctx: &TcContext, verdict: TraceVerdict, out_ifindex: u32, vni: u32, vtep: u32) {
+fn note6(ctx: &TcContext, verdict: TraceVerdict, out_ifindex: u32, vni: u32, vtep_node: u32) {
     let t = Trace {
         verdict,
         out_ifindex,
         vni,
-        vtep,
+        vtep_node,
     };
     monitor::note(ctx, &t);
 }

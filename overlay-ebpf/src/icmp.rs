@@ -11,7 +11,7 @@ use aya_ebpf::{
 use overlay_common::{
     wire::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ICMPV6_PKT_TOOBIG, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, IP_DF, VXLAN_OVERHEAD,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, IP_DF,
     },
     Config, DropReason, LocalIface,
 };
@@ -123,7 +123,7 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, l3: usize, proto: u8) -> Result<bo
     let skb = ctx.skb.skb;
     let (gso_segs, gso_size) = unsafe { ((*skb).gso_segs, (*skb).gso_size) };
     if gso_segs <= 1 || gso_size == 0 {
-        return Ok(ctx.len() - ETH_HLEN as u32 + VXLAN_OVERHEAD > cfg.underlay_mtu);
+        return Ok(ctx.len() - ETH_HLEN as u32 + cfg.overhead > cfg.underlay_mtu);
     }
     // Segments are this packet's headers and `gso_size` bytes of payload each.
     let l4 = match proto {
@@ -136,7 +136,7 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, l3: usize, proto: u8) -> Result<bo
         IPPROTO_UDP => 8,
         _ => 0,
     };
-    Ok(l3 as u32 + l4 + gso_size + VXLAN_OVERHEAD > cfg.underlay_mtu)
+    Ok(l3 as u32 + l4 + gso_size + cfg.overhead > cfg.underlay_mtu)
 }
 
 /// Answers a packet too big for the underlay: with DF set, "fragmentation needed" from the
@@ -157,7 +157,7 @@ pub fn frag_needed(
     if u16::from_be_bytes(ip.frag_off) & IP_DF == 0 || !ip.is_plain_v4() {
         return Err(DropReason::TooBig);
     }
-    let mtu = cfg.underlay_mtu.saturating_sub(VXLAN_OVERHEAD) as u16;
+    let mtu = cfg.underlay_mtu.saturating_sub(cfg.overhead) as u16;
     let [hi, lo] = mtu.to_be_bytes();
     let eth = EthHdr {
         dst: container_mac,
@@ -205,7 +205,7 @@ struct Error6Frame<const Q: usize> {
 pub fn packet_too_big6(ctx: &TcContext, me: &LocalIface) -> Result<i32, DropReason> {
     let cfg = crate::maps::config().ok_or(DropReason::NotConfigured)?;
     let net = crate::forward6::network6(me)?;
-    let mtu = cfg.underlay_mtu.saturating_sub(VXLAN_OVERHEAD);
+    let mtu = cfg.underlay_mtu.saturating_sub(cfg.overhead);
     let eth = EthHdr {
         dst: me.mac,
         src: net.gateway_mac,

@@ -12,6 +12,8 @@ pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV4: u64 = 1 << 7;
 pub const BPF_F_ADJ_ROOM_DECAP_L3_IPV6: u64 = 1 << 8;
 /// `bpf_redir_neigh.nh_family` for an IPv4 next hop.
 pub const AF_INET: u32 = 2;
+/// ... and for an IPv6 one.
+pub const AF_INET6: u32 = 10;
 /// `bpf_map_update_elem` flag: only if the key has no entry yet.
 pub const BPF_NOEXIST: u64 = 1;
 /// What a map update with `BPF_NOEXIST` returns (negated) when the key has an entry.

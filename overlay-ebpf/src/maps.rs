@@ -15,7 +15,7 @@ use overlay_common::{
     maps::{MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_VTEPS},
     monitor::{MonitorConfig, TokenBucket, EVENTS_BYTES, EVENT_KINDS},
     Config, Direction, DropReason, EndpointInfo, EndpointIp6Key, EndpointIpKey, EndpointMacKey,
-    LocalIface, NetworkInfo, PacketCounter, VtepInfo,
+    LocalIface, NetworkInfo, PacketCounter, VtepInfo, VtepKey,
 };
 
 /// Large tables allocate entries on demand instead of reserving memory for 1M endpoints.
@@ -47,7 +47,7 @@ pub static ENDPOINTS_BY_MAC: HashMap<EndpointMacKey, EndpointInfo> =
     HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "OVL_VTEPS")]
-pub static VTEPS: HashMap<u32, VtepInfo> = HashMap::pinned(MAX_VTEPS, BPF_F_NO_PREALLOC);
+pub static VTEPS: HashMap<VtepKey, VtepInfo> = HashMap::pinned(MAX_VTEPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "OVL_LOCAL_IFACES")]
 pub static LOCAL_IFACES: HashMap<u32, LocalIface> = HashMap::pinned(MAX_LOCAL_IFACES, 0);

@@ -105,7 +105,7 @@ fn fill(e: &mut MonitorEvent, kind: u8, hook: u8, code: u16, ifindex: u32, len: 
     e.caplen = caplen(len);
     e.out_ifindex = 0;
     e.vni = 0;
-    e.vtep = 0;
+    e.vtep_node = 0;
     e.family = 0;
     e.proto = 0;
     e.vip_port = 0;
@@ -170,8 +170,8 @@ pub struct Trace {
     pub verdict: TraceVerdict,
     pub out_ifindex: u32,
     pub vni: u32,
-    /// The peer VTEP (network order), 0 for none.
-    pub vtep: u32,
+    /// The peer VTEP's node id, 0 for none.
+    pub vtep_node: u32,
 }
 
 /// Notes a forwarding decision (no service: only the IPv4 path translates, `note4`) in the
@@ -184,7 +184,7 @@ pub fn note(ctx: &TcContext, t: &Trace) {
         (*skb).cb[0] = t.verdict as u32;
         (*skb).cb[1] = t.out_ifindex;
         (*skb).cb[2] = t.vni;
-        (*skb).cb[3] = t.vtep;
+        (*skb).cb[3] = t.vtep_node;
         (*skb).cb[4] = 0;
     }
 }
@@ -207,7 +207,7 @@ pub fn note4(
     verdict: TraceVerdict,
     out_ifindex: u32,
     vni: u32,
-    vtep: u32,
+    vtep_node: u32,
     translated: bool,
 ) {
     let skb = ctx.skb.skb;
@@ -216,7 +216,7 @@ pub fn note4(
         (*skb).cb[0] = verdict as u32 | port << 16;
         (*skb).cb[1] = out_ifindex;
         (*skb).cb[2] = vni;
-        (*skb).cb[3] = vtep;
+        (*skb).cb[3] = vtep_node;
         if port == 0 {
             (*skb).cb[4] = 0;
         }
@@ -247,7 +247,7 @@ pub fn trace_noted(ctx: &TcContext, hook: u8) {
     unsafe {
         e.out_ifindex = (*skb).cb[1];
         e.vni = (*skb).cb[2];
-        e.vtep = (*skb).cb[3];
+        e.vtep_node = (*skb).cb[3];
         let vip = (*skb).cb[4];
         if vip != 0 {
             e.family = 4;

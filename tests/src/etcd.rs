@@ -3,7 +3,7 @@
 //! etcd's authentication with roles limited to the overlay's prefix.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -68,9 +68,15 @@ fn stdout_of(args: &[&str], out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `scheme://ip:port`, with the brackets an IPv6 address needs in a URL.
+fn url(scheme: &str, ip: IpAddr, port: u16) -> String {
+    format!("{scheme}://{}", SocketAddr::new(ip, port))
+}
+
 pub struct Etcd {
     ns: String,
-    pub ip: Ipv4Addr,
+    /// Where it listens (clients on 2379, peers on 2380): IPv4, or IPv6 on an IPv6 underlay.
+    pub ip: IpAddr,
     data_dir: PathBuf,
     child: Option<ChildGuard>,
     /// Member name and `--initial-cluster` (a single member by default).
@@ -80,9 +86,11 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts etcd on `ip` (an address of `ns`) and waits until it answers.
-    pub fn start(ns: &Netns, ip: Ipv4Addr) -> Self {
-        let mut etcd = Self::member(ns, ip, "ovt", &format!("ovt=http://{ip}:2380"), None);
+    /// Starts etcd on `ip` (an address of `ns`, IPv4 or IPv6) and waits until it answers.
+    pub fn start(ns: &Netns, ip: impl Into<IpAddr>) -> Self {
+        let ip = ip.into();
+        let initial = format!("ovt={}", url("http", ip, 2380));
+        let mut etcd = Self::member(ns, ip, "ovt", &initial, None);
         etcd.resume();
         etcd
     }
@@ -90,7 +98,7 @@ impl Etcd {
     /// A member of a cluster, not started yet.
     fn member(
         ns: &Netns,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         name: &str,
         initial_cluster: &str,
         tls: Option<EtcdTls>,
@@ -115,11 +123,11 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("{}://{}:2379", self.scheme(), self.ip)
+        url(self.scheme(), self.ip, 2379)
     }
 
     fn peer_url(&self) -> String {
-        format!("{}://{}:2380", self.scheme(), self.ip)
+        url(self.scheme(), self.ip, 2380)
     }
 
     fn netns(&self) -> Netns {
@@ -178,11 +186,8 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(30);
         let ns = self.netns();
         while !ns.enter(move || {
-            TcpStream::connect_timeout(
-                &SocketAddrV4::new(ip, 2379).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
+            TcpStream::connect_timeout(&SocketAddr::new(ip, 2379), Duration::from_millis(200))
+                .is_ok()
         }) {
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(100));
@@ -306,7 +311,7 @@ impl EtcdCluster {
         let initial: Vec<String> = ips
             .iter()
             .enumerate()
-            .map(|(i, ip)| format!("m{}={scheme}://{ip}:2380", i + 1))
+            .map(|(i, ip)| format!("m{}={}", i + 1, url(scheme, (*ip).into(), 2380)))
             .collect();
         let initial = initial.join(",");
         let mut members: Vec<Etcd> = namespaces
@@ -314,7 +319,13 @@ impl EtcdCluster {
             .zip(ips)
             .enumerate()
             .map(|(i, (ns, ip))| {
-                Etcd::member(ns, *ip, &format!("m{}", i + 1), &initial, tls.clone())
+                Etcd::member(
+                    ns,
+                    (*ip).into(),
+                    &format!("m{}", i + 1),
+                    &initial,
+                    tls.clone(),
+                )
             })
             .collect();
         // All at once: a member alone has no quorum to become healthy with.

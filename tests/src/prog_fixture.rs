@@ -2,7 +2,7 @@
 //! of each program on hand-built frames: the real programs and maps in the kernel, nothing
 //! attached, nothing sent.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{netns::unique_id, traffic};
 use overlay_common::{maps::programs, Direction, DropReason};
@@ -10,6 +10,7 @@ use overlay_daemon::{
     datapath::{self, Datapath, PinLayout, TcMode, TestRunOutput},
     maps::{EndpointEntry, LocalIdentity, Location, NetworkEntry, NodeDatapathConfig},
     tables::MacAddr,
+    vtep::{Prefer, Vteps},
 };
 
 pub const TC_ACT_SHOT: i32 = 2;
@@ -60,8 +61,38 @@ pub fn ip6(s: &str) -> Ipv6Addr {
 
 pub const LOCAL_VTEP: &str = "198.18.0.1";
 pub const REMOTE_VTEP: &str = "198.18.0.2";
+/// The VTEPs of `fixture_ul6`: an IPv6-only underlay.
+pub const LOCAL_VTEP6: &str = "2001:2:0:ff00::1";
+pub const REMOTE_VTEP6: &str = "2001:2:0:ff00::2";
+
+/// The underlay of the fixture: IPv4 VTEPs, or IPv6 ones only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    V4,
+    V6,
+}
 
 pub fn fixture() -> Fixture {
+    fixture_on(Underlay::V4)
+}
+
+/// The same table over an IPv6-only underlay.
+pub fn fixture_ul6() -> Fixture {
+    fixture_on(Underlay::V6)
+}
+
+fn fixture_on(underlay: Underlay) -> Fixture {
+    let (local, remote_vtep): (Vteps, IpAddr) = match underlay {
+        Underlay::V4 => (Vteps::v4(ip(LOCAL_VTEP)), ip(REMOTE_VTEP).into()),
+        Underlay::V6 => (
+            Vteps {
+                v4: None,
+                v6: Some(ip6(LOCAL_VTEP6)),
+                prefer: Prefer::Ipv4,
+            },
+            ip6(REMOTE_VTEP6).into(),
+        ),
+    };
     let pins = Pins(PinLayout::new(format!(
         "/sys/fs/bpf/ovt-unit-{}/node",
         unique_id()
@@ -73,7 +104,7 @@ pub fn fixture() -> Fixture {
     let maps = &mut dp.maps;
     maps.config
         .set(&NodeDatapathConfig {
-            vtep_ip: ip(LOCAL_VTEP),
+            vteps: local,
             underlay_ifindex: 1,
             underlay_mtu: 1500,
             vxlan_port: 4789,
@@ -94,7 +125,7 @@ pub fn fixture() -> Fixture {
         },
     ];
     maps.networks.sync(&nets).unwrap();
-    maps.vteps.sync([(ip(REMOTE_VTEP), 2, None)]).unwrap();
+    maps.vteps.sync([(remote_vtep, 2, None)]).unwrap();
     let eps = [
         EndpointEntry {
             ip6: Some(ip6(ME6)),
@@ -110,21 +141,17 @@ pub fn fixture() -> Fixture {
             vni: VNI,
             ip: Some(remote.0),
             mac: remote.1 .0,
-            location: Location::Remote {
-                vtep: ip(REMOTE_VTEP),
-            },
+            location: Location::Remote { vtep: remote_vtep },
         },
         EndpointEntry {
             ip6: None,
             vni: OTHER_VNI,
             ip: Some(other_net.0),
             mac: other_net.1 .0,
-            location: Location::Remote {
-                vtep: ip(REMOTE_VTEP),
-            },
+            location: Location::Remote { vtep: remote_vtep },
         },
     ];
-    maps.endpoints.sync(&eps, ip(LOCAL_VTEP)).unwrap();
+    maps.endpoints.sync(&eps, &local).unwrap();
     maps.local_ifaces
         .sync(&[LocalIdentity {
             bandwidth: None,
@@ -209,6 +236,26 @@ impl Fixture {
             50000,
             4789,
             &traffic::vxlan_payload(vni, 0x08, inner),
+        )
+    }
+    /// VXLAN over IPv6 from `src` (the remote VTEP of `fixture_ul6`, or a stranger) with a
+    /// zero UDP checksum, as the datapath sends it.
+    pub fn inbound6(&self, src: Ipv6Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+        let payload = traffic::vxlan_payload(vni, 0x08, inner);
+        let mut udp = Vec::with_capacity(8 + payload.len());
+        udp.extend_from_slice(&50000u16.to_be_bytes());
+        udp.extend_from_slice(&4789u16.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&payload);
+        crate::frames6::ipv6_frame(
+            [2, 0, 0, 0, 0, 2],
+            [2, 0, 0, 0, 0, 1],
+            src,
+            ip6(LOCAL_VTEP6),
+            17,
+            64,
+            &udp,
         )
     }
     pub fn inner_to_me(&self) -> Vec<u8> {

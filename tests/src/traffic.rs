@@ -229,11 +229,17 @@ pub fn udp_receive(
     listener
 }
 
-/// Sends one UDP datagram from inside `ns`.
-pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16, payload: Vec<u8>) {
+/// Sends one UDP datagram from inside `ns`, over IPv4 or IPv6 (whichever `dst` is; the
+/// kernel picks the source address and, over IPv6, fills in the checksum).
+pub fn udp_send(ns: &Netns, dst: impl Into<IpAddr>, port: u16, payload: Vec<u8>) {
+    let dst: IpAddr = dst.into();
     ns.enter(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.send_to(&payload, SocketAddrV4::new(dst, port))
+        let any: IpAddr = match dst {
+            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let sock = UdpSocket::bind(SocketAddr::new(any, 0)).expect("bind");
+        sock.send_to(&payload, SocketAddr::new(dst, port))
             .expect("send UDP");
     });
 }
@@ -380,6 +386,95 @@ pub fn parse_vxlan(frame: &[u8], port: u16) -> Option<VxlanFrame> {
         vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
         inner: vx[8..].to_vec(),
     })
+}
+
+/// A parsed VXLAN-over-IPv6 frame as seen on the wire (an IPv6 underlay).
+#[derive(Debug, Clone)]
+pub struct Vxlan6Frame {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The first 4 bytes of the IPv6 header: version, traffic class, flow label.
+    pub version_class_flow: u32,
+    /// The IPv6 payload length field.
+    pub payload_len: u16,
+    pub hop_limit: u8,
+    pub outer_src: Ipv6Addr,
+    pub outer_dst: Ipv6Addr,
+    pub udp_src: u16,
+    pub udp_dst: u16,
+    /// The UDP length field.
+    pub udp_len: u16,
+    pub udp_checksum: u16,
+    /// The whole 8-byte VXLAN header (flags, reserved, VNI, reserved).
+    pub header: [u8; 8],
+    pub flags: u8,
+    pub vni: u32,
+    pub inner: Vec<u8>,
+    /// Bytes of the frame after the IPv6 header (to compare with `payload_len`).
+    pub captured_payload: usize,
+}
+
+/// Parses Ethernet/IPv6/UDP/VXLAN (UDP straight after the IPv6 header, no extension
+/// headers), if `frame` is that to `port`.
+pub fn parse_vxlan6(frame: &[u8], port: u16) -> Option<Vxlan6Frame> {
+    const IP: usize = 14;
+    const UDP: usize = IP + 40;
+    const VX: usize = UDP + 8;
+    if frame.len() < VX + 8 || frame[12..14] != [0x86, 0xdd] || frame[IP + 6] != 17 {
+        return None;
+    }
+    let be16 = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+    let udp_dst = be16(UDP + 2);
+    if udp_dst != port {
+        return None;
+    }
+    let addr = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&frame[o..o + 16]).unwrap());
+    let header: [u8; 8] = frame[VX..VX + 8].try_into().unwrap();
+    Some(Vxlan6Frame {
+        dst_mac: frame[0..6].try_into().unwrap(),
+        src_mac: frame[6..12].try_into().unwrap(),
+        version_class_flow: u32::from_be_bytes(frame[IP..IP + 4].try_into().unwrap()),
+        payload_len: be16(IP + 4),
+        hop_limit: frame[IP + 7],
+        outer_src: addr(IP + 8),
+        outer_dst: addr(IP + 24),
+        udp_src: be16(UDP),
+        udp_dst,
+        udp_len: be16(UDP + 4),
+        udp_checksum: be16(UDP + 6),
+        header,
+        flags: header[0],
+        vni: u32::from_be_bytes([0, header[4], header[5], header[6]]),
+        inner: frame[VX + 8..].to_vec(),
+        captured_payload: frame.len() - UDP,
+    })
+}
+
+/// `count` pings of `size` bytes of payload with DF set (`-M do`): whether all came back,
+/// and the output (which says the MTU a "fragmentation needed" taught).
+pub fn df_ping(ns: &Netns, dst: impl Into<IpAddr>, size: u32, count: u32) -> (bool, String) {
+    let dst: IpAddr = dst.into();
+    let out = ns.output(
+        "ping",
+        &[
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            &dst.to_string(),
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Builds an inner Ethernet/IPv4/UDP frame (checksums valid), for hand-made VXLAN.

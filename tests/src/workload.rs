@@ -240,15 +240,23 @@ pub fn end_state_problems(
                 host.name
             ));
         }
+        // A host of the previous release keeps its endpoints in the shape it knows.
+        if host.overlayd.is_some() {
+            match previous_release_view(&host.pins.maps(), host.underlay_ip) {
+                Ok(view) => tables.push((host.name.clone(), view)),
+                Err(e) => problems.push(format!("{}: endpoint maps: {e}", host.name)),
+            }
+            continue;
+        }
         match EndpointMaps::open_pinned(&host.pins.maps()) {
             Ok(maps) => {
                 // Every node's view of every endpoint: (VNI, IP, MAC, the VTEP it is behind).
-                let view: Vec<(u32, IpAddr, [u8; 6], Ipv4Addr)> = maps
+                let view: Vec<EndpointView> = maps
                     .entries()
                     .into_iter()
                     .map(|e| {
                         let vtep = match e.location {
-                            Location::Local { .. } => host.vtep_ip,
+                            Location::Local { .. } => host.underlay_ip,
                             Location::Remote { vtep } => vtep,
                         };
                         (e.vni, e.key_ip(), e.mac, vtep)
@@ -351,4 +359,44 @@ impl FrontEnds {
         cni::del(&self.socket, "red", &self.cni_id, &self.cni_ns.path()).expect("CNI DEL");
         self.docker.run_ok(&["rm", "-f", "web"]);
     }
+}
+
+/// A node's view of an endpoint: (VNI, IP, MAC, the VTEP it is behind).
+type EndpointView = (u32, IpAddr, [u8; 6], IpAddr);
+
+/// The endpoint value of the previous release (layout 2: an IPv4 VTEP, 20 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PreviousEndpointInfo {
+    vtep_ip: u32,
+    ifindex: u32,
+    mac: [u8; 6],
+    flags: u16,
+    ip: u32,
+}
+unsafe impl aya::Pod for PreviousEndpointInfo {}
+
+/// A previous-release node's endpoints by IPv4 address, as `wait_end_state` compares them:
+/// (VNI, IP, MAC, the VTEP it is behind; `local` for its own).
+fn previous_release_view(
+    maps: &std::path::Path,
+    local: IpAddr,
+) -> Result<Vec<EndpointView>, String> {
+    use aya::maps::{HashMap, Map, MapData};
+    use overlay_common::{maps::names, EndpointIpKey, ENDPOINT_F_LOCAL};
+    let data = MapData::from_pin(maps.join(names::ENDPOINTS_BY_IP)).map_err(|e| e.to_string())?;
+    let map: HashMap<MapData, EndpointIpKey, PreviousEndpointInfo> =
+        HashMap::try_from(Map::HashMap(data)).map_err(|e| e.to_string())?;
+    let mut view = Vec::new();
+    for entry in map.iter() {
+        let (k, v) = entry.map_err(|e| e.to_string())?;
+        let vtep = match v.flags & ENDPOINT_F_LOCAL {
+            0 => IpAddr::V4(Ipv4Addr::from(v.vtep_ip.to_ne_bytes())),
+            _ => local,
+        };
+        let ip = IpAddr::V4(Ipv4Addr::from(k.ip.to_ne_bytes()));
+        view.push((k.vni, ip, v.mac, vtep));
+    }
+    view.sort_by_key(|e| (e.0, e.1));
+    Ok(view)
 }

@@ -6,35 +6,10 @@
 use std::time::{Duration, Instant};
 
 use overlay_common::{Direction, DropReason};
-use overlay_tests::{traffic, Netns, Topology, TopologySpec};
+use overlay_tests::{traffic, Topology, TopologySpec};
 
 fn frag_needed(t: &Topology, host: usize) -> u64 {
     t.counters(host).traffic(Direction::IcmpFragNeeded).packets
-}
-
-/// One ping of `size` bytes of payload with DF set (`-M do`); its output.
-fn df_ping(ns: &Netns, dst: std::net::Ipv4Addr, size: u32) -> (bool, String) {
-    let out = ns.output(
-        "ping",
-        &[
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            &size.to_string(),
-            &dst.to_string(),
-        ],
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn wait_log(t: &Topology, host: usize, needle: &str) {
@@ -58,7 +33,7 @@ fn a_packet_too_big_for_the_underlay_gets_fragmentation_needed_and_transfers_go_
     t.start_all(&[]);
     let (a, b) = (t.container("a"), t.container("b"));
     // Full size (MTU 1450: 1422 bytes of ICMP payload) crosses while the underlay is 1500.
-    let (ok, out) = df_ping(&a.ns, b.ip, 1422);
+    let (ok, out) = traffic::df_ping(&a.ns, b.ip, 1422, 1);
     assert!(ok, "a full-size ping before the change: {out}");
 
     // The operator lowers h1's underlay MTU under running containers (still MTU 1450).
@@ -68,19 +43,19 @@ fn a_packet_too_big_for_the_underlay_gets_fragmentation_needed_and_transfers_go_
     // A full-size packet with DF: "fragmentation needed" from the gateway with the MTU that
     // fits, and the kernel remembers it for that destination.
     let before = frag_needed(&t, 0);
-    let (ok, out) = df_ping(&a.ns, b.ip, 1422);
+    let (ok, out) = traffic::df_ping(&a.ns, b.ip, 1422, 1);
     assert!(!ok && out.contains("mtu = 1350"), "{out}");
     assert!(
         out.contains(&format!("From {}", a.gateway)),
         "not from the gateway: {out}"
     );
     assert_eq!(frag_needed(&t, 0), before + 1);
-    let (ok, out) = df_ping(&a.ns, b.ip, 1422);
+    let (ok, out) = traffic::df_ping(&a.ns, b.ip, 1422, 1);
     assert!(
         !ok && out.contains("mtu=1350"),
         "the path MTU was not learnt: {out}"
     );
-    let (ok, out) = df_ping(&a.ns, b.ip, 1322);
+    let (ok, out) = traffic::df_ping(&a.ns, b.ip, 1322, 1);
     assert!(ok, "a ping that fits the new MTU: {out}");
 
     // Without DF the datapath does not fragment: dropped and counted. (The container must
@@ -124,7 +99,7 @@ fn a_packet_too_big_for_the_underlay_gets_fragmentation_needed_and_transfers_go_
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         a.ns.ip(&["route", "flush", "cache"]);
-        if df_ping(&a.ns, b.ip, 1422).0 {
+        if traffic::df_ping(&a.ns, b.ip, 1422, 1).0 {
             break;
         }
         assert!(

@@ -4,7 +4,7 @@
 //! broke traffic silently before; each must now be loud and safe.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     thread,
     time::{Duration, Instant},
 };
@@ -370,12 +370,12 @@ fn the_vtep_follows_a_moved_underlay_address() {
     wait_for(
         "h2 encapsulating to the new VTEP",
         Duration::from_secs(10),
-        || t.vteps(1).iter().any(|(ip, _, _)| *ip == moved),
+        || t.vteps(1).iter().any(|(ip, _, _)| *ip == IpAddr::V4(moved)),
     );
     assert!(
         !t.vteps(1)
             .iter()
-            .any(|(ip, _, _)| *ip == Ipv4Addr::new(198, 18, 0, 1)),
+            .any(|(ip, _, _)| *ip == IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
         "the old VTEP is gone from h2"
     );
     wait_for(

@@ -61,7 +61,7 @@ async fn check_mtu(store: &Store, mtu: u32) -> Result<(), AdminError> {
         .min();
     match smallest {
         Some((max, node)) if mtu > max => Err(invalid(format!(
-            "MTU {mtu} is above the overlay's maximum {max} (node {node:?}: its underlay MTU - 50): pass --mtu {max} or less"
+            "MTU {mtu} is above the overlay's maximum {max} (node {node:?}: its underlay MTU - 50, or - 70 with an IPv6 VTEP): pass --mtu {max} or less"
         ))),
         _ => Ok(()),
     }

@@ -102,9 +102,14 @@ pub(super) async fn node_vteps(
     let nodes: Vec<(Key, NodeRecord, i64)> = records_under(store, &store.layout.nodes()).await?;
     Ok(nodes
         .into_iter()
-        .filter_map(|(key, n, _)| match key {
-            Key::Node(name) => Some((name, std::net::IpAddr::V4(n.vtep_ip))),
-            _ => None,
+        .flat_map(|(key, n, _)| match key {
+            Key::Node(name) => n
+                .vteps()
+                .into_iter()
+                .flat_map(|v| v.addrs())
+                .map(|ip| (name.clone(), ip))
+                .collect(),
+            _ => Vec::new(),
         })
         .collect())
 }

@@ -53,7 +53,10 @@ pub struct BlockView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeView {
     pub name: String,
-    pub vtep_ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<std::net::Ipv6Addr>,
     pub vtep_mac: String,
     /// The release of its daemon; null: before 0.2, which did not say.
     pub release: Option<String>,
@@ -264,6 +267,7 @@ impl Snapshot {
             .map(|(name, (n, lease))| NodeView {
                 name: name.clone(),
                 vtep_ip: n.vtep_ip,
+                vtep_ip6: n.vtep_ip6,
                 vtep_mac: n.vtep_mac.to_string(),
                 release: n.release.clone(),
                 registered_at: n.registered_at,

@@ -1,6 +1,6 @@
 //! overlayd: the per-host daemon of the eBPF VXLAN overlay.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -9,6 +9,7 @@ use overlay_daemon::{
     daemon::{self, DaemonConfig, DatapathMode, NodeMode, TablesFrom},
     datapath::{self, PinLayout, SocketLb, TcMode, XdpSetting},
     maps::CounterMap,
+    vtep::Prefer,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -70,9 +71,15 @@ struct RunArgs {
         required_unless_present = "control_plane_only"
     )]
     underlay: Option<String>,
-    /// VTEP address [default: the underlay's first IPv4 address]
+    /// VTEP address, IPv4 or IPv6; give it twice for one of each family [default: the
+    /// underlay's first IPv4 address, else its first global IPv6 one; both with
+    /// --vtep-prefer ipv6]
     #[arg(long, value_name = "IP")]
-    vtep_ip: Option<Ipv4Addr>,
+    vtep_ip: Vec<IpAddr>,
+    /// The underlay family to use with peers that have VTEPs of both: IPv6 is used between
+    /// two such nodes only when both prefer it (docs/operations.md "IPv6 underlay").
+    #[arg(long, value_enum, default_value_t = Prefer::Ipv4)]
+    vtep_prefer: Prefer,
     /// VXLAN UDP port.
     #[arg(long, default_value_t = overlay_common::wire::VXLAN_DEFAULT_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -231,14 +238,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         None => {
             let args = cli.run;
             let node = node_name(args.node_name)?;
-            let mode = match (args.control_plane_only, args.underlay, args.vtep_ip) {
-                (true, _, Some(vtep_ip)) => NodeMode::ControlPlaneOnly { vtep_ip },
-                (true, _, None) => anyhow::bail!(
-                    "--control-plane-only needs --vtep-ip (there is no underlay to take it from)"
+            let mode = match (args.control_plane_only, args.underlay, &args.vtep_ip[..]) {
+                (true, _, [IpAddr::V4(vtep_ip)]) => NodeMode::ControlPlaneOnly { vtep_ip: *vtep_ip },
+                (true, _, _) => anyhow::bail!(
+                    "--control-plane-only needs one IPv4 --vtep-ip (there is no underlay to take it from)"
                 ),
-                (false, Some(underlay), vtep_ip) => NodeMode::Datapath(DatapathMode {
+                (false, Some(underlay), _) => NodeMode::Datapath(DatapathMode {
                     underlay,
-                    vtep_ip,
+                    vtep_ips: args.vtep_ip,
+                    vtep_prefer: args.vtep_prefer,
                     xdp: args.xdp,
                     tc_mode: args.tc_mode,
                     max_endpoints: Some(args.max_endpoints),

@@ -84,8 +84,8 @@ impl Cluster {
         if let Some(mtu) = req.mtu.filter(|m| *m > max) {
             return Err(ClusterError::Invalid(format!(
                 "mtu {mtu} is above this node's maximum {max} (underlay MTU {} - {} for VXLAN): ask for {max} or less",
-                max + overlay_common::wire::VXLAN_OVERHEAD,
-                overlay_common::wire::VXLAN_OVERHEAD
+                max + self.cfg.vteps.overhead(),
+                self.cfg.vteps.overhead()
             )));
         }
         if let Some(mtu) = net.mtu.filter(|m| *m > max) {

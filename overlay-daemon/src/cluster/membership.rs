@@ -128,7 +128,7 @@ impl Cluster {
                 (true, Holder::Other { record, .. }) => {
                     self.fail(Fatal::NameTakenOver {
                         node: self.cfg.node_name.clone(),
-                        vtep: record.vtep_ip,
+                        vtep: vteps_of(&record),
                     });
                     return;
                 }
@@ -142,13 +142,13 @@ impl Cluster {
                     let left = store.lease_time_left(other).await.unwrap_or(0);
                     if left > 0 {
                         let until = *held_until.get_or_insert_with(|| {
-                            warn!(node = %self.cfg.node_name, vtep = %record.vtep_ip, "the node name is held by another overlayd; waiting up to {left} s for its lease to expire (a restart of this host) before refusing");
+                            warn!(node = %self.cfg.node_name, vtep = %vteps_of(&record), "the node name is held by another overlayd; waiting up to {left} s for its lease to expire (a restart of this host) before refusing");
                             Instant::now() + Duration::from_secs(left as u64 + 2)
                         });
                         if Instant::now() > until {
                             self.fail(Fatal::NameInUse {
                                 node: self.cfg.node_name.clone(),
-                                vtep: record.vtep_ip,
+                                vtep: vteps_of(&record),
                             });
                             return;
                         }
@@ -209,7 +209,9 @@ impl Cluster {
         let layout = &store.layout;
         let node = NodeRecord {
             version: RECORD_VERSION,
-            vtep_ip: *self.vtep.borrow(),
+            vtep_ip: self.vtep.borrow().v4,
+            vtep_ip6: self.vtep.borrow().v6,
+            vtep_prefer: self.vtep.borrow().prefer,
             vtep_mac: self.cfg.vtep_mac,
             registered_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -355,4 +357,11 @@ impl Cluster {
         }
         let _ = std::fs::remove_file(self.lease_file());
     }
+}
+
+/// Another holder's VTEP addresses, for the errors that name it.
+fn vteps_of(record: &NodeRecord) -> String {
+    record
+        .vteps()
+        .map_or_else(|| "none".to_owned(), |v| v.to_string())
 }

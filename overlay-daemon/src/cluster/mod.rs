@@ -47,6 +47,7 @@ use crate::{
         ClusterView, EtcdConfig, Store,
     },
     tables::MacAddr,
+    vtep::Vteps,
 };
 
 /// Control-plane settings of the daemon.
@@ -54,11 +55,11 @@ use crate::{
 pub struct ClusterConfig {
     pub etcd: EtcdConfig,
     pub node_name: String,
-    pub vtep_ip: Ipv4Addr,
+    pub vteps: Vteps,
     pub vtep_mac: MacAddr,
     pub lease_ttl: i64,
     pub run_dir: PathBuf,
-    /// Container MTU (underlay - 50).
+    /// Container MTU (underlay - 50, or - 70 with an IPv6 VTEP).
     pub mtu: u32,
     /// The DNS domain when this node serves DNS: endpoints are told to use it.
     pub dns_domain: Option<String>,
@@ -68,9 +69,9 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Fatal {
     #[error("node name {node:?} is in use by another overlayd (VTEP {vtep}) that keeps renewing it: give this host another --node-name, or stop the other one")]
-    NameInUse { node: String, vtep: Ipv4Addr },
+    NameInUse { node: String, vtep: String },
     #[error("node name {node:?} was taken over in etcd by another overlayd (VTEP {vtep}): two hosts share the name; give one of them another --node-name")]
-    NameTakenOver { node: String, vtep: Ipv4Addr },
+    NameTakenOver { node: String, vtep: String },
 }
 
 /// How long an endpoint request waits for the datapath to install its change.
@@ -94,7 +95,7 @@ pub struct Cluster {
     /// This daemon's identity in its node record (kept in `<run-dir>/instance`).
     instance: String,
     /// The VTEP address now (it follows the underlay's address).
-    vtep: watch::Sender<Ipv4Addr>,
+    vtep: watch::Sender<Vteps>,
     fatal: watch::Sender<Option<Fatal>>,
     /// Local endpoints whose host interface vanished, since when.
     vanished: std::sync::Mutex<std::collections::BTreeMap<overlay_api::EndpointId, Instant>>,
@@ -138,7 +139,7 @@ impl Cluster {
         let instance = instance_id(&cfg.run_dir);
         let cluster = Arc::new(Self {
             instance,
-            vtep: watch::channel(cfg.vtep_ip).0,
+            vtep: watch::channel(cfg.vteps).0,
             fatal: watch::channel(None).0,
             vanished: Default::default(),
             registered: watch::channel(false).0,
@@ -222,8 +223,8 @@ impl Cluster {
         *self.registered.borrow()
     }
 
-    /// The VTEP address the node is registered with.
-    pub fn vtep(&self) -> Ipv4Addr {
+    /// The VTEP addresses the node is registered with.
+    pub fn vtep(&self) -> Vteps {
         *self.vtep.borrow()
     }
 
@@ -231,7 +232,7 @@ impl Cluster {
     ///
     /// It goes over a new etcd connection: the old one is bound to the address that went,
     /// and waiting for its keepalive to fail could outlast the lease.
-    pub fn set_vtep(self: &Arc<Self>, vtep: Ipv4Addr) {
+    pub fn set_vtep(self: &Arc<Self>, vtep: Vteps) {
         if *self.vtep.borrow() == vtep {
             return;
         }

@@ -407,7 +407,7 @@ impl Driver {
         };
         if mtu > max {
             return Err(bad(format!(
-                "-o {MTU_OPTION}={mtu}: above the largest MTU this overlay gives containers on this node, {max} (the underlay's minus VXLAN's 50 bytes, or the network's): pass {max} or less"
+                "-o {MTU_OPTION}={mtu}: above the largest MTU this overlay gives containers on this node, {max} (the underlay's minus VXLAN's 50 bytes, 70 over IPv6, or the network's): pass {max} or less"
             )));
         }
         if mtu < min {

@@ -10,7 +10,13 @@ mod node;
 mod source;
 pub(crate) mod status;
 
-use std::{future::Future, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +34,7 @@ use crate::{
     netif::{self, NetifError},
     reconcile::{NodeIdentity, Reconciler, Target},
     store::EtcdConfig,
+    vtep::{Prefer, Vteps},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +93,11 @@ pub enum NodeMode {
 #[derive(Clone, Debug)]
 pub struct DatapathMode {
     pub underlay: String,
-    /// Default: the underlay's first IPv4 address.
-    pub vtep_ip: Option<Ipv4Addr>,
+    /// The VTEP addresses given (one per family at most). Default: the underlay's first
+    /// IPv4 address, else its first global IPv6 one (both when IPv6 is preferred).
+    pub vtep_ips: Vec<IpAddr>,
+    /// The underlay family this node would rather use with peers that have both.
+    pub vtep_prefer: Prefer,
     pub xdp: XdpSetting,
     pub tc_mode: TcMode,
     /// Size of the endpoint tables (default: 1M entries, allocated on demand).
@@ -137,17 +147,17 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     let pins = PinLayout::new(&cfg.bpffs);
     let node = match &cfg.mode {
         NodeMode::Datapath(opts) => node::datapath_node(&cfg, opts, &pins)?,
-        NodeMode::ControlPlaneOnly { vtep_ip } => node::control_plane_node(*vtep_ip),
+        NodeMode::ControlPlaneOnly { vtep_ip } => node::control_plane_node(Vteps::v4(*vtep_ip)),
     };
     let node::LocalNode {
         mut target,
         underlay,
-        vtep_ip,
+        vteps,
         vtep_mac,
         mtu,
         mut host,
     } = node;
-    let mut vtep_ip = vtep_ip;
+    let mut vteps = vteps;
     if let Target::Kernel(dp) = &mut target {
         crate::host_route::follow_addresses(&mut dp.maps.host_addrs).await;
     }
@@ -166,7 +176,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     info!(
         node = %cfg.node_name, underlay = %underlay.as_ref().map_or("-", |u| u.name.as_str()),
-        %vtep_ip, container_mtu = mtu, vxlan_port = cfg.vxlan_port,
+        %vteps, container_mtu = mtu, vxlan_port = cfg.vxlan_port,
         control_plane_only, "overlayd running"
     );
 
@@ -207,7 +217,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
                 ClusterConfig {
                     etcd: etcd.clone(),
                     node_name: cfg.node_name.clone(),
-                    vtep_ip,
+                    vteps,
                     vtep_mac,
                     lease_ttl: cfg.lease_ttl,
                     run_dir: cfg.run_dir.clone(),
@@ -295,10 +305,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     let mut reconciler = Reconciler::new(NodeIdentity {
         name: cfg.node_name.clone(),
-        vtep_ip,
+        vteps,
     });
     if let Some(h) = host.as_mut() {
-        h.scan_devices(vtep_ip).await;
+        h.scan_devices(vteps).await;
         reconciler.set_foreign_vnis(h.apply_devices(&mut target));
     }
     let mut hangup =
@@ -344,12 +354,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
             changes = node::HostWatch::next(&mut host) => {
                 let Some(h) = host.as_mut() else { continue };
-                let actions = h.apply(&mut target, changes, vtep_ip).await;
+                let actions = h.apply(&mut target, changes, vteps).await;
                 let mut replan = false;
                 if let Some(new) = actions.vtep_moved {
                     h.move_vtep(&mut target, new);
-                    vtep_ip = new;
-                    reconciler.me.vtep_ip = new;
+                    vteps = new;
+                    reconciler.me.vteps = new;
                     reconciler.invalidate();
                     if let Some(c) = &cluster {
                         c.set_vtep(new);

@@ -3,7 +3,7 @@
 //! route changes (next hops), the underlay's address (the VTEP), vanished links and kernel
 //! vxlan devices on the VXLAN port.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use tracing::{error, info, warn};
 
@@ -17,13 +17,14 @@ use crate::{
     nexthop::NextHops,
     reconcile::Target,
     tables::MacAddr,
+    vtep::Vteps,
 };
 
 /// This host as the daemon runs it.
 pub(super) struct LocalNode {
     pub(super) target: Target,
     pub(super) underlay: Option<Interface>,
-    pub(super) vtep_ip: Ipv4Addr,
+    pub(super) vteps: Vteps,
     pub(super) vtep_mac: MacAddr,
     /// Container MTU.
     pub(super) mtu: u32,
@@ -38,6 +39,8 @@ pub(super) struct HostWatch {
     underlay: Interface,
     /// The VTEP was given with --vtep-ip: it is not moved with the underlay's address.
     vtep_explicit: bool,
+    /// What encapsulation adds (`Vteps::overhead`), for the MTU a changed underlay leaves.
+    overhead: u32,
     vxlan_port: u16,
     /// Kernel vxlan devices sharing the VXLAN port.
     pub(super) devices: Vec<VxlanDevice>,
@@ -46,8 +49,8 @@ pub(super) struct HostWatch {
 /// What the loop has to do after a burst of host changes.
 #[derive(Default)]
 pub(super) struct HostActions {
-    /// The VTEP address moved to this one.
-    pub(super) vtep_moved: Option<Ipv4Addr>,
+    /// The VTEP addresses moved to these.
+    pub(super) vtep_moved: Option<Vteps>,
     /// Links that went away (container veths whose namespace vanished).
     pub(super) links_removed: BTreeSet<String>,
     /// The kernel vxlan devices on the port changed.
@@ -61,7 +64,7 @@ pub(super) fn datapath_node(
     pins: &PinLayout,
 ) -> Result<LocalNode, DaemonError> {
     let underlay = Interface::lookup(&opts.underlay)?;
-    let vtep_ip = underlay.vtep_ip(opts.vtep_ip)?;
+    let vteps = underlay.vteps(&opts.vtep_ips, opts.vtep_prefer)?;
     let mut datapath = Datapath::load(&DatapathOptions {
         pins: pins.clone(),
         underlay_ifindex: underlay.ifindex,
@@ -76,19 +79,19 @@ pub(super) fn datapath_node(
         .maps
         .config
         .set(&NodeDatapathConfig {
-            vtep_ip,
+            vteps,
             underlay_ifindex: underlay.ifindex,
             underlay_mtu: underlay.mtu,
             vxlan_port: cfg.vxlan_port,
         })
         .map_err(DatapathError::from)?;
     // Next hops are pinned only while route changes can be seen.
-    let events = match HostEvents::subscribe()
+    let events = match HostEvents::subscribe(vteps.v6.is_some())
         .map_err(|e| e.to_string())
         .and_then(|events| {
             Ok((
                 events,
-                NextHops::new(underlay.ifindex, vtep_ip).map_err(|e| e.to_string())?,
+                NextHops::new(underlay.ifindex, vteps).map_err(|e| e.to_string())?,
             ))
         }) {
         Ok((events, next_hops)) => {
@@ -103,30 +106,31 @@ pub(super) fn datapath_node(
     let host = HostWatch {
         events,
         underlay: underlay.clone(),
-        vtep_explicit: opts.vtep_ip.is_some(),
+        vtep_explicit: !opts.vtep_ips.is_empty(),
+        overhead: vteps.overhead(),
         vxlan_port: cfg.vxlan_port,
         devices: Vec::new(),
     };
     Ok(LocalNode {
         target: Target::Kernel(Box::new(datapath)),
         host: Some(host),
-        vtep_ip,
+        vteps,
         vtep_mac: MacAddr(underlay.mac.unwrap_or([0; 6])),
-        mtu: underlay.mtu - overlay_common::wire::VXLAN_OVERHEAD,
+        mtu: underlay.mtu - vteps.overhead(),
         underlay: Some(underlay),
     })
 }
 
 /// No datapath: the node takes part in the cluster and keeps its tables in memory, so many
 /// simulated nodes fit on one machine (control-plane scale tests).
-pub(super) fn control_plane_node(vtep_ip: Ipv4Addr) -> LocalNode {
+pub(super) fn control_plane_node(vteps: Vteps) -> LocalNode {
     LocalNode {
         target: Target::Memory(Box::new(EndpointMaps::in_memory())),
         host: None,
         underlay: None,
-        vtep_ip,
+        vteps,
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0]),
-        mtu: 1500 - overlay_common::wire::VXLAN_OVERHEAD,
+        mtu: 1500 - vteps.overhead(),
     }
 }
 
@@ -145,7 +149,7 @@ impl HostWatch {
         &mut self,
         target: &mut Target,
         changes: Option<HostChanges>,
-        vtep: Ipv4Addr,
+        vtep: Vteps,
     ) -> HostActions {
         let mut actions = HostActions::default();
         let Target::Kernel(dp) = target else {
@@ -188,7 +192,7 @@ impl HostWatch {
         if mtu == self.underlay.mtu {
             return;
         }
-        let fits = mtu.saturating_sub(overlay_common::wire::VXLAN_OVERHEAD);
+        let fits = mtu.saturating_sub(self.overhead);
         warn!(underlay = %self.underlay.name, old = self.underlay.mtu, new = mtu,
               "the underlay MTU changed: packets of containers above {fits} now get ICMP fragmentation needed; restart overlayd to give new containers that MTU");
         match dp.maps.config.set_underlay_mtu(mtu) {
@@ -197,8 +201,9 @@ impl HostWatch {
         }
     }
 
-    /// The new VTEP address if the underlay's moved (and was not fixed with --vtep-ip).
-    fn vtep_moved(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+    /// The new VTEP addresses if the underlay's moved (and were not fixed with --vtep-ip):
+    /// each family follows the underlay's first address of that family.
+    fn vtep_moved(&mut self, vtep: Vteps) -> Option<Vteps> {
         let now = match Interface::lookup(&self.underlay.name) {
             Ok(i) => i,
             Err(e) => {
@@ -206,46 +211,59 @@ impl HostWatch {
                 return None;
             }
         };
-        let current = now.ipv4;
+        let (v4, v6) = (now.ipv4, now.ipv6);
         self.underlay = now;
-        match current {
-            Some(ip) if ip == vtep => None,
-            _ if self.vtep_explicit => {
-                if current.is_none() || !self.has_address(vtep) {
-                    error!(%vtep, underlay = %self.underlay.name, "the VTEP address given with --vtep-ip is no longer on the underlay: peers cannot reach this node until it is back");
+        if self.vtep_explicit {
+            for ip in vtep.addrs().filter(|ip| !self.has_address(*ip)) {
+                error!(%ip, underlay = %self.underlay.name, "the VTEP address given with --vtep-ip is no longer on the underlay: peers cannot reach this node by it until it is back");
+            }
+            return None;
+        }
+        let mut moved = vtep;
+        if vtep.v4.is_some() {
+            match v4 {
+                Some(ip) => moved.v4 = Some(ip),
+                None => {
+                    error!(vtep = %vtep, underlay = %self.underlay.name, "the underlay has no IPv4 address left: peers cannot reach this node over IPv4 until one is assigned")
                 }
-                None
-            }
-            Some(ip) => {
-                info!(old = %vtep, new = %ip, underlay = %self.underlay.name, "the underlay address moved; the VTEP follows");
-                Some(ip)
-            }
-            None => {
-                error!(%vtep, underlay = %self.underlay.name, "the underlay has no IPv4 address left: peers cannot reach this node until one is assigned");
-                None
             }
         }
+        if vtep.v6.is_some() {
+            match v6 {
+                Some(ip) => moved.v6 = Some(ip),
+                None => {
+                    error!(vtep = %vtep, underlay = %self.underlay.name, "the underlay has no global IPv6 address left: peers cannot reach this node over IPv6 until one is assigned")
+                }
+            }
+        }
+        if moved == vtep {
+            return None;
+        }
+        info!(old = %vtep, new = %moved, underlay = %self.underlay.name, "the underlay address moved; the VTEP follows");
+        Some(moved)
     }
 
-    fn has_address(&self, ip: Ipv4Addr) -> bool {
+    fn has_address(&self, ip: IpAddr) -> bool {
         nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
             addrs.any(|a| {
-                a.interface_name == self.underlay.name
-                    && a.address
-                        .and_then(|s| s.as_sockaddr_in().map(|s| s.ip()))
-                        .is_some_and(|a| a == ip)
+                let addr = a.address.and_then(|s| {
+                    s.as_sockaddr_in()
+                        .map(|s| IpAddr::V4(s.ip()))
+                        .or_else(|| s.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                });
+                a.interface_name == self.underlay.name && addr == Some(ip)
             })
         })
     }
 
     /// Moves the datapath to a new VTEP address: the config's outer source and decap
     /// address, and the next hops' source. The caller re-plans (local entries carry it).
-    pub(super) fn move_vtep(&self, target: &mut Target, vtep: Ipv4Addr) {
+    pub(super) fn move_vtep(&self, target: &mut Target, vtep: Vteps) {
         let Target::Kernel(dp) = target else {
             return;
         };
         let cfg = NodeDatapathConfig {
-            vtep_ip: vtep,
+            vteps: vtep,
             underlay_ifindex: self.underlay.ifindex,
             underlay_mtu: self.underlay.mtu,
             vxlan_port: self.vxlan_port,
@@ -286,7 +304,7 @@ impl HostWatch {
     }
 
     /// Looks for kernel vxlan devices on the VXLAN port; true if the set changed.
-    pub(super) async fn scan_devices(&mut self, vtep: Ipv4Addr) -> bool {
+    pub(super) async fn scan_devices(&mut self, vtep: Vteps) -> bool {
         let devices = match kernel_vxlan::sharing_port(self.vxlan_port, vtep).await {
             Ok(d) => d,
             Err(e) => {

@@ -16,7 +16,7 @@ mod compat;
 mod pins;
 mod sock_attach;
 
-use std::{fs, io, net::Ipv4Addr, path::PathBuf};
+use std::{fs, io, net::IpAddr, path::PathBuf};
 
 use aya::{
     programs::{links::LinkError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
@@ -428,18 +428,18 @@ impl Datapath {
         self.refresh_next_hops_with(|_| None)
     }
 
-    fn next_hop(&mut self, vtep: Ipv4Addr) -> Option<Ipv4Addr> {
+    fn next_hop(&mut self, vtep: IpAddr) -> Option<IpAddr> {
         self.next_hops.as_mut().and_then(|n| n.resolve(vtep))
     }
 
     /// Adds or replaces one remote VTEP, with its next hop.
-    pub fn insert_vtep(&mut self, vtep: Ipv4Addr, node_id: u32) -> Result<(), MapsError> {
+    pub fn insert_vtep(&mut self, vtep: IpAddr, node_id: u32) -> Result<(), MapsError> {
         let nexthop = self.next_hop(vtep);
         self.maps.vteps.insert(vtep, node_id, nexthop)
     }
 
     /// Removes one remote VTEP (absent is fine).
-    pub fn remove_vtep(&mut self, vtep: Ipv4Addr) -> Result<(), MapsError> {
+    pub fn remove_vtep(&mut self, vtep: IpAddr) -> Result<(), MapsError> {
         if let Some(n) = self.next_hops.as_mut() {
             n.retain(|v| v != vtep);
         }
@@ -447,9 +447,9 @@ impl Datapath {
     }
 
     /// Makes the VTEP table equal to `vteps` (address, node id), with their next hops.
-    pub fn sync_vteps(&mut self, vteps: &[(Ipv4Addr, u32)]) -> Result<(usize, usize), MapsError> {
+    pub fn sync_vteps(&mut self, vteps: &[(IpAddr, u32)]) -> Result<(usize, usize), MapsError> {
         if let Some(n) = self.next_hops.as_mut() {
-            let wanted: std::collections::HashSet<Ipv4Addr> =
+            let wanted: std::collections::HashSet<IpAddr> =
                 vteps.iter().map(|&(ip, _)| ip).collect();
             n.retain(|v| wanted.contains(&v));
         }
@@ -474,7 +474,7 @@ impl Datapath {
 
     fn refresh_next_hops_with(
         &mut self,
-        mut resolve: impl FnMut(Ipv4Addr) -> Option<Ipv4Addr>,
+        mut resolve: impl FnMut(IpAddr) -> Option<IpAddr>,
     ) -> Result<usize, MapsError> {
         let mut changed = 0;
         for (vtep, node_id, old) in self.maps.vteps.entries()? {

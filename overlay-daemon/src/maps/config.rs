@@ -1,5 +1,3 @@
-use std::net::Ipv4Addr;
-
 use aya::maps::{Array, Map, MapData};
 use overlay_common::{
     maps::{
@@ -10,6 +8,7 @@ use overlay_common::{
 };
 
 use super::{ip_key, map_err, MapsError};
+use crate::vtep::Vteps;
 
 /// The node's datapath configuration (a one-slot array).
 pub struct ConfigMap(Array<MapData, Config>);
@@ -17,7 +16,7 @@ pub struct ConfigMap(Array<MapData, Config>);
 /// What the datapath needs to know about this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeDatapathConfig {
-    pub vtep_ip: Ipv4Addr,
+    pub vteps: Vteps,
     pub underlay_ifindex: u32,
     pub underlay_mtu: u32,
     pub vxlan_port: u16,
@@ -40,13 +39,14 @@ impl ConfigMap {
                 | CONFIG_F_DNS
                 | CONFIG_F_SHAPED);
         let value = Config {
-            vtep_ip: ip_key(cfg.vtep_ip),
+            vtep_ip: cfg.vteps.v4.map_or(0, ip_key),
             underlay_ifindex: cfg.underlay_ifindex,
             underlay_mtu: cfg.underlay_mtu,
             vxlan_port: cfg.vxlan_port,
             flags: CONFIG_F_READY | kept,
             layout: DATAPATH_LAYOUT,
-            _pad: 0,
+            overhead: cfg.vteps.overhead(),
+            vtep_ip6: cfg.vteps.v6.map_or([0; 16], |ip| ip.octets()),
         };
         self.0.set(0, value, 0).map_err(map_err(names::CONFIG))
     }

@@ -14,6 +14,7 @@ use overlay_common::{
 };
 
 use super::{absent_ok, hash_map, ip_key, map_err, MapsError};
+use crate::vtep::{self, Vteps};
 
 /// The MAC/IP table, kept as views with the same values: by (VNI, IP) for the ARP
 /// responder and the gateway path, by (VNI, MAC) for switching and decapsulation, and by
@@ -47,8 +48,8 @@ struct KernelMaps {
 pub enum Location {
     /// On this host, behind the host-side veth with this ifindex.
     Local { ifindex: u32 },
-    /// Behind a remote VTEP.
-    Remote { vtep: Ipv4Addr },
+    /// Behind a remote VTEP, at the address this node reaches it by.
+    Remote { vtep: IpAddr },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,13 +69,13 @@ impl EndpointEntry {
         overlay_api::endpoint::key_address(self.ip, self.ip6)
     }
 
-    fn value(&self, local_vtep: Ipv4Addr) -> EndpointInfo {
+    fn value(&self, local: &Vteps) -> EndpointInfo {
         let (vtep, ifindex, flags) = match self.location {
-            Location::Local { ifindex } => (local_vtep, ifindex, ENDPOINT_F_LOCAL),
+            Location::Local { ifindex } => (local.own(), ifindex, ENDPOINT_F_LOCAL),
             Location::Remote { vtep } => (vtep, 0, 0),
         };
         EndpointInfo {
-            vtep_ip: ip_key(vtep),
+            vtep: vtep::key(vtep),
             ifindex,
             mac: self.mac,
             flags,
@@ -146,7 +147,7 @@ impl EndpointMaps {
     pub fn sync<'a>(
         &mut self,
         endpoints: impl IntoIterator<Item = &'a EndpointEntry>,
-        local_vtep: Ipv4Addr,
+        local_vtep: &Vteps,
     ) -> Result<(usize, usize), MapsError> {
         let mut by_ip = StdHashMap::new();
         let mut by_mac = StdHashMap::new();
@@ -283,7 +284,7 @@ impl EndpointMaps {
                 Location::Local { ifindex: v.ifindex }
             } else {
                 Location::Remote {
-                    vtep: Ipv4Addr::from(v.vtep_ip.to_ne_bytes()),
+                    vtep: vtep::from_key(v.vtep),
                 }
             },
         };
@@ -316,7 +317,7 @@ impl EndpointMaps {
     pub fn upsert(
         &mut self,
         ep: &EndpointEntry,
-        local_vtep: Ipv4Addr,
+        local_vtep: &Vteps,
     ) -> Result<(usize, usize), MapsError> {
         let value = ep.value(local_vtep);
         let (Some(ip), ip6) = (ep.ip, ep.ip6) else {
@@ -568,9 +569,9 @@ mod tests {
     /// agrees with them.
     #[test]
     fn ipv6_only_endpoints_live_in_the_ipv6_and_mac_views() {
-        let vtep = Ipv4Addr::new(198, 18, 0, 1);
+        let vtep = &Vteps::v4(Ipv4Addr::new(198, 18, 0, 1));
         let remote = Location::Remote {
-            vtep: Ipv4Addr::new(198, 18, 0, 2),
+            vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
         };
         let a = v6_only("2001:2:0:1090::2", 2, Location::Local { ifindex: 7 });
         let b = v6_only("2001:2:0:1090::3", 3, remote);

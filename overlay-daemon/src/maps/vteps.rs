@@ -1,13 +1,17 @@
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use aya::maps::{HashMap, Map, MapData};
-use overlay_common::{maps::names, VtepInfo};
+use overlay_common::{
+    maps::{names, VtepKey},
+    VtepInfo,
+};
 
-use super::{absent_ok, hash_map, ip_key, map_err, open_pinned, sync_hash, MapsError};
+use super::{absent_ok, hash_map, map_err, open_pinned, sync_hash, MapsError};
+use crate::vtep::{from_key, key};
 
-/// Remote VTEP address -> node. Only VXLAN from these addresses is accepted, and only these
-/// are encapsulated to.
-pub struct VtepMap(HashMap<MapData, u32, VtepInfo>);
+/// Remote VTEP address (either family) -> node. Only VXLAN from these addresses is
+/// accepted, and only these are encapsulated to, in the address's family.
+pub struct VtepMap(HashMap<MapData, VtepKey, VtepInfo>);
 
 impl VtepMap {
     pub(super) fn new(map: Map) -> Result<Self, MapsError> {
@@ -22,11 +26,11 @@ impl VtepMap {
     /// `vteps`: (address, stable node id, underlay next hop if pinned).
     pub fn sync(
         &mut self,
-        vteps: impl IntoIterator<Item = (Ipv4Addr, u32, Option<Ipv4Addr>)>,
+        vteps: impl IntoIterator<Item = (IpAddr, u32, Option<IpAddr>)>,
     ) -> Result<(usize, usize), MapsError> {
-        let desired: BTreeMap<u32, VtepInfo> = vteps
+        let desired: BTreeMap<VtepKey, VtepInfo> = vteps
             .into_iter()
-            .map(|(ip, node_id, nexthop)| (ip_key(ip), info(node_id, nexthop)))
+            .map(|(ip, node_id, nexthop)| (key(ip), info(node_id, nexthop)))
             .collect();
         sync_hash(&mut self.0, &desired, names::VTEPS)
     }
@@ -34,24 +38,23 @@ impl VtepMap {
     /// Adds or replaces one VTEP.
     pub fn insert(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         node_id: u32,
-        nexthop: Option<Ipv4Addr>,
+        nexthop: Option<IpAddr>,
     ) -> Result<(), MapsError> {
         self.0
-            .insert(ip_key(ip), info(node_id, nexthop), 0)
+            .insert(key(ip), info(node_id, nexthop), 0)
             .map_err(map_err(names::VTEPS))
     }
 
     /// Every installed VTEP: (address, node id, next hop).
-    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, u32, Option<Ipv4Addr>)>, MapsError> {
-        let key_ip = |k: u32| Ipv4Addr::from(overlay_common::wire::ipv4_octets(k));
+    pub fn entries(&self) -> Result<Vec<(IpAddr, u32, Option<IpAddr>)>, MapsError> {
         self.0
             .iter()
             .map(|r| {
                 r.map(|(k, v)| {
-                    let nexthop = (v.nexthop != 0).then(|| key_ip(v.nexthop));
-                    (key_ip(k), v.node_id, nexthop)
+                    let nexthop = (v.nexthop != [0; 16]).then(|| from_key(v.nexthop));
+                    (from_key(k), v.node_id, nexthop)
                 })
             })
             .collect::<Result<_, _>>()
@@ -59,17 +62,17 @@ impl VtepMap {
     }
 
     /// Removes one VTEP (absent is fine).
-    pub fn remove(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
-        match absent_ok(self.0.remove(&ip_key(ip))) {
+    pub fn remove(&mut self, ip: IpAddr) -> Result<(), MapsError> {
+        match absent_ok(self.0.remove(&key(ip))) {
             Ok(()) => Ok(()),
             Err(e) => Err(map_err(names::VTEPS)(e)),
         }
     }
 }
 
-fn info(node_id: u32, nexthop: Option<Ipv4Addr>) -> VtepInfo {
+fn info(node_id: u32, nexthop: Option<IpAddr>) -> VtepInfo {
     VtepInfo {
         node_id,
-        nexthop: nexthop.map_or(0, ip_key),
+        nexthop: nexthop.map_or([0; 16], key),
     }
 }

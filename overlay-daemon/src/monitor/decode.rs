@@ -60,6 +60,7 @@ fn addr(family: u8, b: &[u8; 16]) -> IpAddr {
 pub fn event_json(
     e: &MonitorEvent,
     ifnames: (Option<String>, Option<String>),
+    vtep: Option<std::net::IpAddr>,
     vxlan_port: u16,
 ) -> Value {
     let head = &e.head[..(e.caplen as usize).min(e.head.len())];
@@ -85,11 +86,8 @@ pub fn event_json(
     if trace && e.vni != 0 {
         o.insert("network_vni".into(), json!(e.vni));
     }
-    if trace && e.vtep != 0 {
-        o.insert(
-            "vtep".into(),
-            json!(Ipv4Addr::from(e.vtep.to_ne_bytes()).to_string()),
-        );
+    if let (true, Some(vtep)) = (trace, vtep) {
+        o.insert("vtep".into(), json!(vtep.to_string()));
     }
     if !head.is_empty() {
         frame(head, &mut o, "", vxlan_port);
@@ -245,7 +243,7 @@ mod tests {
             ..Default::default()
         };
         e.head[..head.len()].copy_from_slice(&head);
-        let v = event_json(&e, (Some("ul0".into()), None), 4789);
+        let v = event_json(&e, (Some("ul0".into()), None), None, 4789);
         assert_eq!(v["reason"], "unknown_vtep");
         assert_eq!(v["hook"], "from_underlay");
         assert_eq!(v["src"], "198.18.0.250");
@@ -262,12 +260,12 @@ mod tests {
             caplen: 3,
             ..Default::default()
         };
-        let v = event_json(&e, (None, None), 4789);
+        let v = event_json(&e, (None, None), None, 4789);
         assert_eq!(v["head"], "000000");
         assert!(v.get("src").is_none());
         e.caplen = 500; // never more than the buffer
         assert_eq!(
-            event_json(&e, (None, None), 4789)["head"]
+            event_json(&e, (None, None), None, 4789)["head"]
                 .as_str()
                 .unwrap()
                 .len(),
@@ -293,7 +291,7 @@ mod tests {
             backend_port: 8080,
             ..Default::default()
         };
-        let v = event_json(&e, (None, None), 4789);
+        let v = event_json(&e, (None, None), None, 4789);
         assert_eq!(v["type"], "trace");
         assert_eq!(v["verdict"], "socket_lb");
         assert_eq!(v["hook"], "socket");
@@ -308,10 +306,11 @@ mod tests {
             code: TraceVerdict::Encap as u16,
             out_ifindex: 3,
             vni: 100,
-            vtep: u32::from_ne_bytes([198, 18, 0, 2]),
+            vtep_node: 7,
             ..Default::default()
         };
-        let v = event_json(&e, (Some("ov1".into()), Some("ul0".into())), 4789);
+        let vtep = Some("198.18.0.2".parse().unwrap());
+        let v = event_json(&e, (Some("ov1".into()), Some("ul0".into())), vtep, 4789);
         assert_eq!(v["verdict"], "encap");
         assert_eq!(v["vtep"], "198.18.0.2");
         assert_eq!(v["out_ifname"], "ul0");

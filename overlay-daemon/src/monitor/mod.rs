@@ -154,9 +154,11 @@ impl Hub {
             let ring = unsafe { AsyncFd::register(ring) }
                 .map_err(|e| AttachError::Ring(e.into_parts().1))?;
             let counts = MonitorMaps::open_pinned(&self.maps_dir)?;
+            let vteps = crate::maps::VtepMap::open_pinned(&self.maps_dir)?;
             inner.reader = Some(tokio::spawn(read_events(
                 ring,
                 counts,
+                VtepNames::new(vteps),
                 self.tx.clone(),
                 self.vxlan_port,
             )));
@@ -213,6 +215,7 @@ fn apply(inner: &mut Inner) -> Result<(), crate::maps::MapsError> {
 async fn read_events(
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     maps: MonitorMaps,
+    mut vteps: VtepNames,
     tx: broadcast::Sender<Line>,
     vxlan_port: u16,
 ) {
@@ -241,8 +244,9 @@ async fn read_events(
                     lost_seen[i] = lost;
                 }
                 if tx.receiver_count() == 0 {
-                    // Interfaces come and go between sessions.
+                    // Interfaces and nodes come and go between sessions.
                     names.clear();
+                    vteps.clear();
                 }
             }
             guard = ring.readable_mut() => {
@@ -272,7 +276,8 @@ async fn read_events(
                     };
                     let ifnames = (name(e.ifindex), name(e.out_ifindex));
                     let kind = if e.kind == EVENT_TRACE { EventType::Trace } else { EventType::Drop };
-                    let text = decode::event_json(&e, ifnames, vxlan_port).to_string();
+                    let vtep = vteps.address(e.vtep_node);
+                    let text = decode::event_json(&e, ifnames, vtep, vxlan_port).to_string();
                     let _ = tx.send(Line { kind, text: text.into() });
                 }
                 // A full batch leaves the fd ready: the next wake-up comes after other tasks.
@@ -282,5 +287,36 @@ async fn read_events(
             }
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// The VTEP address of a node id (traces carry the id, which fits the packet's control
+/// block whatever the VTEP's family), read from the VTEP table and cached.
+struct VtepNames {
+    map: crate::maps::VtepMap,
+    cache: HashMap<u32, std::net::IpAddr>,
+}
+
+impl VtepNames {
+    fn new(map: crate::maps::VtepMap) -> Self {
+        Self {
+            map,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn address(&mut self, node_id: u32) -> Option<std::net::IpAddr> {
+        if node_id == 0 {
+            return None;
+        }
+        if !self.cache.contains_key(&node_id) {
+            let entries = self.map.entries().unwrap_or_default();
+            self.cache = entries.into_iter().map(|(ip, id, _)| (id, ip)).collect();
+        }
+        self.cache.get(&node_id).copied()
+    }
+
+    fn clear(&mut self) {
+        self.cache.clear();
     }
 }

@@ -47,36 +47,38 @@ impl Reconciler {
             if *name == self.me.name {
                 return Ok(None);
             }
-            let new = view.node(name).map(|r| r.vtep_ip);
-            if let Some(vtep) = new {
+            let me = self.me.vteps;
+            let new = view.node(name).and_then(|r| r.vteps());
+            let old = last.nodes.get(name).map(|n| n.vteps());
+            if old == new {
+                continue;
+            }
+            if let Some(vteps) = new {
                 if last
                     .nodes
                     .values()
-                    .any(|n| n.name != *name && n.vtep_ip == vtep)
+                    .any(|n| n.name != *name && vteps.addrs().any(|ip| n.vteps().has(ip)))
                 {
                     return Ok(None); // a VTEP clash: a full pass rejects one of them
                 }
             }
-            let old = last.nodes.get(name).map(|n| n.vtep_ip);
-            if old == new {
-                continue;
-            }
-            target.set_vtep(old, new, node_id(name))?;
+            // A node reached in no family keeps its place in the tables, with no VTEP.
+            let reach = |v: Option<crate::vtep::Vteps>| v.and_then(|v| me.toward(&v));
+            target.set_vtep(reach(old), reach(new), node_id(name))?;
             match new {
-                Some(vtep_ip) => {
-                    last.nodes.insert(
-                        name.clone(),
-                        NodeSpec {
-                            name: name.clone(),
-                            vtep_ip,
-                        },
-                    );
+                Some(vteps) => {
+                    last.nodes
+                        .insert(name.clone(), NodeSpec::new(name.clone(), vteps));
                 }
                 None => {
                     last.nodes.remove(name);
                 }
             }
-            last.report.vteps = last.nodes.keys().filter(|n| **n != self.me.name).count();
+            let peers = last.nodes.values().filter(|n| n.name != self.me.name);
+            let (reached, unreachable): (Vec<_>, Vec<_>) =
+                peers.partition(|n| me.toward(&n.vteps()).is_some());
+            last.report.vteps = reached.len();
+            last.report.unreachable = unreachable.iter().map(|n| n.name.clone()).collect();
         }
         let mut changed = dirty.endpoints.clone();
         changed.extend(
@@ -86,7 +88,7 @@ impl Reconciler {
                 .map(|u| (u.network.clone(), u.ip)),
         );
 
-        let vtep_ip = self.me.vtep_ip;
+        let local_vtep = self.me.vteps;
         let mut report = Report {
             attached: 0,
             detached: 0,
@@ -144,9 +146,11 @@ impl Reconciler {
                             EndpointIface::Unnamed => return Ok(None),
                         }
                     } else {
-                        Some(Location::Remote {
-                            vtep: last.nodes[&ep.node].vtep_ip,
-                        })
+                        // None: a node reached in no family, whose endpoints are left out.
+                        self.me
+                            .vteps
+                            .toward(&last.nodes[&ep.node].vteps())
+                            .map(|vtep| Location::Remote { vtep })
                     };
                     location.map(|location| EndpointEntry {
                         vni: net.vni,
@@ -225,7 +229,7 @@ impl Reconciler {
                     }
                     let (w, r) = target
                         .endpoints()
-                        .upsert(&entry, vtep_ip)
+                        .upsert(&entry, &local_vtep)
                         .map_err(DatapathError::from)?;
                     written += w;
                     removed += r;

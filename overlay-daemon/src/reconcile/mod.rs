@@ -9,7 +9,7 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -21,6 +21,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     maps::{EndpointMaps, LocalIdentity},
     tables::{EndpointIface, NetworkSpec, NodeSpec, Rejection, Subject, ValidTables},
+    vtep::Vteps,
 };
 
 /// What one reconciliation changed and what the tables now hold.
@@ -45,6 +46,10 @@ pub struct Report {
     pub detached: usize,
     pub rejected: Vec<Rejection>,
     pub unresolved: Vec<Unresolved>,
+    /// Nodes that share no underlay family with this one (IPv4-only and IPv6-only VTEPs):
+    /// neither they nor their endpoints are installed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 impl Report {
@@ -80,8 +85,8 @@ impl Target {
     /// Replaces a remote node's VTEP entry (`old` removed, `new` added).
     fn set_vtep(
         &mut self,
-        old: Option<Ipv4Addr>,
-        new: Option<Ipv4Addr>,
+        old: Option<IpAddr>,
+        new: Option<IpAddr>,
         node_id: u32,
     ) -> Result<(), DatapathError> {
         let Target::Kernel(dp) = self else {
@@ -220,7 +225,7 @@ impl Reconciler {
         let eps = target.endpoints();
         let capacity = eps.capacity();
         plan.fit(capacity, |vni, ip| eps.is_installed(vni, ip), tables);
-        let mut report = apply(target, &plan, self.me.vtep_ip)?;
+        let mut report = apply(target, &plan, &self.me.vteps)?;
         // A datapath migrating from another layout takes over now that its maps are full.
         if let Target::Kernel(dp) = target {
             dp.commit()?;
@@ -240,6 +245,10 @@ impl Reconciler {
             .rejected
             .splice(0..0, tables.rejected.iter().cloned());
         report.rejected.extend(plan.rejected);
+        if !plan.unreachable.is_empty() {
+            warn!(nodes = ?plan.unreachable, vteps = %self.me.vteps, "nodes with no VTEP of this node's families: they and their endpoints cannot be reached; give this node a VTEP of their family (--vtep-ip)");
+        }
+        report.unreachable = plan.unreachable;
         let reserved = tables
             .endpoints
             .iter()
@@ -272,7 +281,7 @@ struct Applied {
 
 /// Makes the maps and container attachments equal to `plan`. Additions go in before the
 /// endpoints that need them; removals are done by the same per-map sync.
-fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied, DatapathError> {
+fn apply(target: &mut Target, plan: &Plan, vteps: &Vteps) -> Result<Applied, DatapathError> {
     let mut report = Report {
         networks: plan.networks.len(),
         vteps: plan.vteps.len(),
@@ -290,7 +299,7 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     let datapath = match target {
         Target::Kernel(dp) => dp,
         Target::Memory(eps) => {
-            tally(eps.sync(&plan.endpoints, vtep_ip)?);
+            tally(eps.sync(&plan.endpoints, vteps)?);
             return Ok(Applied {
                 report,
                 attach_failed,
@@ -304,7 +313,7 @@ fn apply(target: &mut Target, plan: &Plan, vtep_ip: Ipv4Addr) -> Result<Applied,
     let (shaped, any) = maps.shaped.sync(&plan.local)?;
     tally(shaped);
     maps.config.set_shaped(any)?;
-    tally(maps.endpoints.sync(&plan.endpoints, vtep_ip)?);
+    tally(maps.endpoints.sync(&plan.endpoints, vteps)?);
     // Services after endpoints: a backend's endpoint is reachable before traffic goes to it.
     // The reply-side translation is on before the first service exists, off after the last
     // is gone, so no reply of a new flow misses it.

@@ -1,23 +1,20 @@
 //! What the maps should hold, from validated tables: pure, no kernel involved.
 
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeSet, fmt, net::IpAddr};
 
 use serde::Serialize;
 
 use crate::{
     maps::{EndpointEntry, LocalIdentity, Location, NetworkEntry, ServiceEntry},
     tables::{EndpointIface, MacAddr, Rejection, Subject, ValidTables},
+    vtep::Vteps,
 };
 
 /// This node as the reconciler sees it.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {
     pub name: String,
-    pub vtep_ip: Ipv4Addr,
+    pub vteps: Vteps,
 }
 
 /// A local endpoint that is not installed yet, retried on every tick: its interface is not
@@ -67,8 +64,11 @@ impl Serialize for Unresolved {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub networks: Vec<NetworkEntry>,
-    /// Remote VTEPs with their stable node ids.
-    pub vteps: Vec<(Ipv4Addr, u32)>,
+    /// Remote VTEPs (each at the address this node reaches it by) with their stable node ids.
+    pub vteps: Vec<(IpAddr, u32)>,
+    /// Nodes this one shares no underlay family with (an IPv6-only node and an IPv4-only
+    /// one): neither their VTEP nor their endpoints are installed.
+    pub unreachable: Vec<String>,
     pub endpoints: Vec<EndpointEntry>,
     pub local: Vec<LocalIdentity>,
     /// Every service of every network: each node balances for its own clients.
@@ -102,7 +102,10 @@ pub fn plan(
     }
     for node in tables.nodes.values() {
         if node.name != me.name {
-            plan.vteps.push((node.vtep_ip, node_id(&node.name)));
+            match me.vteps.toward(&node.vteps()) {
+                Some(ip) => plan.vteps.push((ip, node_id(&node.name))),
+                None => plan.unreachable.push(node.name.clone()),
+            }
         }
     }
     for svc in &tables.services {
@@ -158,7 +161,10 @@ pub fn plan(
             });
             Location::Local { ifindex }
         } else {
-            Location::Remote { vtep: node.vtep_ip }
+            let Some(vtep) = me.vteps.toward(&node.vteps()) else {
+                continue;
+            };
+            Location::Remote { vtep }
         };
         plan.endpoints.push(EndpointEntry {
             vni: net.vni,

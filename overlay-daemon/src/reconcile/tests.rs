@@ -1,5 +1,7 @@
 //! The reconciler against in-memory maps: placement, and delta passes equal to full ones.
 
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::tables::ClusterTables;
 use crate::{
@@ -28,7 +30,7 @@ fn tables() -> ValidTables {
 fn local_and_remote_endpoints_are_placed() {
     let me = NodeIdentity {
         name: "a".into(),
-        vtep_ip: "198.18.0.1".parse().unwrap(),
+        vteps: Vteps::v4("198.18.0.1".parse().unwrap()),
     };
     let plan = plan(&tables(), &me, |name| (name == "veth-a").then_some(7));
     assert_eq!(
@@ -53,6 +55,79 @@ fn local_and_remote_endpoints_are_placed() {
         plan.networks[0].gateway_ip,
         Some("198.19.1.1".parse::<Ipv4Addr>().unwrap())
     );
+}
+
+/// Each peer's endpoints are placed at the address of the family the two nodes share
+/// (`Vteps::toward`); a peer sharing none is reported, and neither it nor its endpoints are
+/// installed.
+#[test]
+fn peers_are_reached_in_the_family_they_share_or_reported_unreachable() {
+    let tables = ClusterTables::from_json(
+        r#"{
+          "networks": [{"name": "red", "vni": 100, "subnet": "198.19.1.0/24"}],
+          "nodes": [
+            {"name": "a", "vtep_ip": "198.18.0.1", "vtep_ip6": "2001:2:0:ff00::1", "vtep_prefer": "ipv6"},
+            {"name": "six", "vtep_ip6": "2001:2:0:ff00::2"},
+            {"name": "four", "vtep_ip": "198.18.0.3"},
+            {"name": "both", "vtep_ip": "198.18.0.4", "vtep_ip6": "2001:2:0:ff00::4"},
+            {"name": "both6", "vtep_ip": "198.18.0.5", "vtep_ip6": "2001:2:0:ff00::5", "vtep_prefer": "ipv6"}
+          ],
+          "endpoints": [
+            {"network": "red", "ip": "198.19.1.2", "node": "six"},
+            {"network": "red", "ip": "198.19.1.3", "node": "four"},
+            {"network": "red", "ip": "198.19.1.4", "node": "both"},
+            {"network": "red", "ip": "198.19.1.5", "node": "both6"}
+          ]
+        }"#,
+    )
+    .unwrap()
+    .validate();
+    assert!(tables.rejected.is_empty(), "{:?}", tables.rejected);
+    let me = |vteps: Vteps| NodeIdentity {
+        name: "a".into(),
+        vteps,
+    };
+    let a = tables.nodes["a"].vteps();
+    let plan = plan(&tables, &me(a), |_| None);
+    let at = |ip: &str| {
+        plan.endpoints
+            .iter()
+            .find(|e| e.ip == Some(ip.parse().unwrap()))
+            .map(|e| e.location)
+    };
+    let remote = |vtep: &str| {
+        Some(Location::Remote {
+            vtep: vtep.parse().unwrap(),
+        })
+    };
+    assert_eq!(at("198.19.1.2"), remote("2001:2:0:ff00::2"), "IPv6 only");
+    assert_eq!(at("198.19.1.3"), remote("198.18.0.3"), "IPv4 only");
+    assert_eq!(
+        at("198.19.1.4"),
+        remote("198.18.0.4"),
+        "both, IPv4 preferred there"
+    );
+    assert_eq!(
+        at("198.19.1.5"),
+        remote("2001:2:0:ff00::5"),
+        "both prefer IPv6"
+    );
+    assert!(plan.unreachable.is_empty());
+    assert_eq!(plan.vteps.len(), 4);
+
+    // An IPv6-only node shares nothing with an IPv4-only one.
+    let six_only = Vteps { v4: None, ..a };
+    let plan = plan_for(&tables, &me(six_only));
+    assert_eq!(plan.unreachable, vec!["four".to_owned()]);
+    assert!(plan.vteps.iter().all(|(ip, _)| ip.is_ipv6()));
+    assert!(plan
+        .endpoints
+        .iter()
+        .all(|e| e.ip != Some("198.19.1.3".parse().unwrap())));
+}
+
+fn plan_for(tables: &ValidTables, me: &NodeIdentity) -> Plan {
+    plan(tables, me, |_| None)
 }
 
 /// A delta pass must leave exactly what a full pass would, whatever the changes.
@@ -108,7 +183,7 @@ fn delta_equals_full(network: &str, key: fn(u32) -> String, mac_prefix: &'static
     };
     let me = NodeIdentity {
         name: "a".into(),
-        vtep_ip: "198.18.0.1".parse().unwrap(),
+        vteps: Vteps::v4("198.18.0.1".parse().unwrap()),
     };
     let mut view = ClusterView::new(Layout::new("/overlay"));
     view.reset(Vec::new());
@@ -235,7 +310,7 @@ fn delta_respects_macs_held_by_reserved_addresses() {
     ));
     let me = NodeIdentity {
         name: "a".into(),
-        vtep_ip: "198.18.0.1".parse().unwrap(),
+        vteps: Vteps::v4("198.18.0.1".parse().unwrap()),
     };
     let mut target = Target::Memory(Box::new(EndpointMaps::in_memory()));
     let mut reconciler = Reconciler::new(me);
@@ -297,7 +372,7 @@ fn a_full_endpoint_table_keeps_the_installed_and_rejects_the_new() {
     }
     let me = NodeIdentity {
         name: "a".into(),
-        vtep_ip: "198.18.0.1".parse().unwrap(),
+        vteps: Vteps::v4("198.18.0.1".parse().unwrap()),
     };
     let mut target = Target::Memory(Box::new(EndpointMaps::in_memory_with_capacity(2)));
     let mut reconciler = Reconciler::new(me);

@@ -93,7 +93,9 @@ mod tests {
     fn releases_from_0_3_carry_ipv6() {
         let node = |release: Option<&str>| NodeRecord {
             version: 1,
-            vtep_ip: Ipv4Addr::new(198, 18, 0, 1),
+            vtep_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            vtep_ip6: None,
+            vtep_prefer: Default::default(),
             vtep_mac: crate::tables::MacAddr([2, 0, 0, 0, 0, 1]),
             registered_at: 0,
             instance: None,

@@ -8,7 +8,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use overlay_api::{Attachment, Endpoint};
 
-use crate::tables::MacAddr;
+use crate::{
+    tables::MacAddr,
+    vtep::{Prefer, Vteps},
+};
 
 pub const RECORD_VERSION: u32 = 1;
 
@@ -185,7 +188,16 @@ pub struct Net6 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub version: u32,
-    pub vtep_ip: Ipv4Addr,
+    /// The node's IPv4 VTEP. Absent on a node with an IPv6-only underlay, whose record
+    /// releases before 0.3 cannot read (they skip it: they could not reach it anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 VTEP, if it has one. Absent from records of releases before 0.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<Ipv6Addr>,
+    /// The family the node would rather use with peers that have both (`vtep::Vteps::toward`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub vtep_prefer: Prefer,
     pub vtep_mac: MacAddr,
     /// Seconds since the epoch when this incarnation registered.
     pub registered_at: u64,
@@ -193,7 +205,7 @@ pub struct NodeRecord {
     /// Absent from first-release records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// The largest MTU containers can have on this node (underlay - 50). Absent from
+    /// The largest MTU containers can have on this node (underlay - 50, or - 70 with an IPv6 VTEP). Absent from
     /// first-release records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_mtu: Option<u32>,
@@ -201,6 +213,21 @@ pub struct NodeRecord {
     /// Absent from records of releases before 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+}
+
+impl NodeRecord {
+    /// The node's VTEP addresses; `None` for a record with neither (skipped as bad data).
+    pub fn vteps(&self) -> Option<Vteps> {
+        (self.vtep_ip.is_some() || self.vtep_ip6.is_some()).then_some(Vteps {
+            v4: self.vtep_ip,
+            v6: self.vtep_ip6,
+            prefer: self.vtep_prefer,
+        })
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,8 +450,46 @@ mod tests {
         let v1 = br#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":1}"#;
         assert_eq!(
             decode::<NodeRecord>(v1).unwrap().vtep_ip,
-            Ipv4Addr::new(198, 18, 0, 1)
+            Some(Ipv4Addr::new(198, 18, 0, 1))
         );
+    }
+
+    /// An IPv4 node's record is written as releases before IPv6 underlays wrote it (they
+    /// read it unchanged); an IPv6-only node's has no `vtep_ip`, which they refuse.
+    #[test]
+    fn node_records_carry_the_vtep_families_they_have() {
+        let v4 = NodeRecord {
+            version: 1,
+            vtep_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            vtep_ip6: None,
+            vtep_prefer: Prefer::Ipv4,
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            registered_at: 1,
+            instance: None,
+            container_mtu: None,
+            release: None,
+        };
+        assert_eq!(
+            String::from_utf8(encode(&v4)).unwrap(),
+            r#"{"version":1,"vtep_ip":"198.18.0.1","vtep_mac":"02:00:00:00:00:01","registered_at":1}"#
+        );
+        let v6 = NodeRecord {
+            vtep_ip: None,
+            vtep_ip6: Some("2001:2:0:ff00::1".parse().unwrap()),
+            vtep_prefer: Prefer::Ipv6,
+            ..v4.clone()
+        };
+        let text = String::from_utf8(encode(&v6)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":1,"vtep_ip6":"2001:2:0:ff00::1","vtep_prefer":"ipv6","vtep_mac":"02:00:00:00:00:01","registered_at":1}"#
+        );
+        assert_eq!(decode::<NodeRecord>(text.as_bytes()).unwrap(), v6);
+        let none = NodeRecord {
+            vtep_ip: None,
+            ..v4
+        };
+        assert_eq!(none.vteps(), None);
     }
 
     /// Endpoint records as the first release wrote them load unchanged, and are written back

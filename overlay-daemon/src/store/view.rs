@@ -253,7 +253,7 @@ impl ClusterView {
             // lease), a network's VNI, subnet and gateway (not its MTU or block size).
             Key::Node(name) => {
                 let vtep = |e: Option<&Entry>| match e {
-                    Some(Entry::Node { record, .. }) => Some(record.vtep_ip),
+                    Some(Entry::Node { record, .. }) => record.vteps(),
                     _ => None,
                 };
                 if vtep(old) != vtep(new) {
@@ -387,10 +387,15 @@ impl ClusterView {
                 }
                 Entry::Network(n)
             }),
-            Key::Node(_) => records::decode(&kv.value).map(|record| Entry::Node {
-                record,
-                lease: kv.lease,
-            }),
+            Key::Node(_) => {
+                records::decode::<NodeRecord>(&kv.value).and_then(|record| match record.vteps() {
+                    Some(_) => Ok(Entry::Node {
+                        record,
+                        lease: kv.lease,
+                    }),
+                    None => Err("the node has no VTEP address (vtep_ip or vtep_ip6)".into()),
+                })
+            }
             Key::Block { .. } => records::decode(&kv.value).map(Entry::Block),
             Key::Endpoint { .. } => records::decode::<EndpointRecord>(&kv.value)
                 .map(|r| Entry::Endpoint(self.compact(r))),
@@ -606,10 +611,10 @@ impl ClusterView {
             });
         }
         for (name, n, _) in self.nodes() {
-            t.nodes.push(NodeSpec {
-                name: name.into(),
-                vtep_ip: n.vtep_ip,
-            });
+            // A record with no VTEP address was skipped as bad data when it was read.
+            if let Some(vteps) = n.vteps() {
+                t.nodes.push(NodeSpec::new(name, vteps));
+            }
         }
         for (name, s) in self.services() {
             t.services.push(ServiceSpec {

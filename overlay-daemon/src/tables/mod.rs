@@ -71,7 +71,32 @@ pub fn default_gateway6(subnet: Ipv6Net) -> Ipv6Addr {
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub name: String,
-    pub vtep_ip: Ipv4Addr,
+    /// At least one of the two VTEP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub vtep_prefer: crate::vtep::Prefer,
+}
+
+impl NodeSpec {
+    pub fn new(name: impl Into<String>, vteps: crate::vtep::Vteps) -> Self {
+        Self {
+            name: name.into(),
+            vtep_ip: vteps.v4,
+            vtep_ip6: vteps.v6,
+            vtep_prefer: vteps.prefer,
+        }
+    }
+
+    pub fn vteps(&self) -> crate::vtep::Vteps {
+        crate::vtep::Vteps {
+            v4: self.vtep_ip,
+            v6: self.vtep_ip6,
+            prefer: self.vtep_prefer,
+        }
+    }
 }
 
 /// An endpoint's interface as the tables know it.

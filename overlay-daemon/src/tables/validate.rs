@@ -166,12 +166,18 @@ impl ClusterTables {
             if out.nodes.contains_key(&n.name) {
                 out.rejected
                     .push(Rejection::new(node(), "the name is already used"));
-            } else if !vteps.insert(n.vtep_ip) {
+            } else if n.vtep_ip.is_none() && n.vtep_ip6.is_none() {
                 out.rejected.push(Rejection::new(
                     node(),
-                    format!("VTEP {} is already used by another node", n.vtep_ip),
+                    "it has no VTEP address (vtep_ip or vtep_ip6)",
+                ));
+            } else if let Some(ip) = n.vteps().addrs().find(|ip| vteps.contains(ip)) {
+                out.rejected.push(Rejection::new(
+                    node(),
+                    format!("VTEP {ip} is already used by another node"),
                 ));
             } else {
+                vteps.extend(n.vteps().addrs());
                 out.nodes.insert(n.name.clone(), n.clone());
             }
         }
@@ -238,11 +244,7 @@ impl ClusterTables {
                 Some(p)
             } else if let Some(p) = vip_problem(svc.vip) {
                 Some(p)
-            } else if let Some(node) = out
-                .nodes
-                .values()
-                .find(|n| IpAddr::V4(n.vtep_ip) == svc.vip)
-            {
+            } else if let Some(node) = out.nodes.values().find(|n| n.vteps().has(svc.vip)) {
                 Some(format!(
                     "VIP {} is node {:?}'s VTEP address: pick an address no host has",
                     svc.vip, node.name

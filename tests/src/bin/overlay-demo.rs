@@ -1,22 +1,57 @@
 //! `cargo xtask demo`: a real overlay across three namespace hosts, with traffic crossing it.
 //! Everything it creates is removed when it ends (also on failure or Ctrl-C of a step).
+//!
+//! `overlay-demo --ipv6-underlay`: the same over an IPv6-only underlay (hosts at
+//! 2001:2:0:ff00::<i>, etcd at [2001:2:0:ff00::fe]:2379), VXLAN over IPv6 between the hosts;
+//! the containers stay IPv4.
 
 use std::{process::Stdio, time::Duration};
 
 use overlay_tests::{services, traffic, ChildGuard, Topology, TopologySpec};
 
+const USAGE: &str = "usage: overlay-demo [--ipv6-underlay]\n\n  \
+    --ipv6-underlay  hosts on an IPv6-only underlay (2001:2:0:ff00::/64): VXLAN over IPv6";
+
 fn step(title: &str) {
     println!("\n== {title}");
 }
 
+/// Whether `--ipv6-underlay` was given; exits with the usage on `--help` or anything else.
+fn ipv6_underlay_arg() -> bool {
+    let mut ipv6 = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--ipv6-underlay" => ipv6 = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    ipv6
+}
+
 fn main() {
-    step("Three hosts (network namespaces) on one underlay bridge, 198.18.0.0/24, and a real etcd on it");
-    let mut t = Topology::new(
-        TopologySpec::new(3)
-            .network("red", 100, "198.19.1.0/24")
-            .network("blue", 200, "198.19.2.0/24")
-            .with_etcd(5),
-    );
+    let ipv6_underlay = ipv6_underlay_arg();
+    let spec = TopologySpec::new(3)
+        .network("red", 100, "198.19.1.0/24")
+        .network("blue", 200, "198.19.2.0/24")
+        .with_etcd(5);
+    let spec = if ipv6_underlay {
+        step("Three hosts (network namespaces) on one IPv6-only underlay bridge, 2001:2:0:ff00::/64, and a real etcd on it");
+        spec.with_ipv6_underlay()
+    } else {
+        step("Three hosts (network namespaces) on one underlay bridge, 198.18.0.0/24, and a real etcd on it");
+        spec
+    };
+    let mut t = Topology::new(spec);
+    for h in &t.hosts {
+        println!("  {}: ul0 {}", h.name, h.underlay_ip);
+    }
     println!(
         "  etcd at {}; networks created with overlayctl:",
         t.etcd.as_ref().map(|e| e.endpoint()).unwrap_or_default()
@@ -32,7 +67,19 @@ fn main() {
     for h in 0..3 {
         t.wait_status(h, "registered", |s| s["vteps"] == 2);
     }
-    for l in t.overlayctl_ok(0, &["node", "ls"]).lines() {
+    let nodes = t.overlayctl_ok(0, &["node", "ls"]);
+    if ipv6_underlay {
+        // Nothing but an IPv6 address on ul0: each daemon's VTEP is its host's.
+        for h in &t.hosts {
+            let vtep = h.underlay_ip.to_string();
+            assert!(
+                nodes.contains(&vtep),
+                "{vtep} not in the nodes' VTEPs:\n{nodes}"
+            );
+        }
+        println!("  every daemon registered its host's IPv6 underlay address as its VTEP:");
+    }
+    for l in nodes.lines() {
         println!("    {l}");
     }
 
@@ -52,6 +99,19 @@ fn main() {
     }
     for l in t.overlayctl_ok(0, &["endpoint", "ls"]).lines() {
         println!("    {l}");
+    }
+    // The MTU the daemon gave the containers: the underlay's 1500 less what encapsulation
+    // adds (50 bytes over IPv4, 70 over IPv6).
+    let link = t
+        .container("web1")
+        .ns
+        .run("ip", &["-o", "link", "show", "dev", "eth0"]);
+    if let Some(mtu) = link.split_whitespace().skip_while(|w| *w != "mtu").nth(1) {
+        println!(
+            "  container MTU {mtu} (underlay 1500 less the {} bytes of VXLAN over IPv{})",
+            if ipv6_underlay { 70 } else { 50 },
+            if ipv6_underlay { 6 } else { 4 }
+        );
     }
 
     let (web1, web2, web3, db2) = (
@@ -80,15 +140,36 @@ fn main() {
         println!("    {l}");
     }
 
-    step("What crosses the underlay: one captured VXLAN frame");
+    if ipv6_underlay {
+        step("What crosses the underlay: one captured VXLAN-over-IPv6 frame");
+    } else {
+        step("What crosses the underlay: one captured VXLAN frame");
+    }
     let cap = traffic::capture(&t.hosts[0].ns, "ul0", Duration::from_millis(1500));
     traffic::ping(&web1.ns, web2.ip, 1);
-    if let Some(v) = cap
-        .join()
-        .unwrap()
-        .iter()
-        .find_map(|f| traffic::parse_vxlan(f, 4789))
-    {
+    let frames = cap.join().unwrap();
+    if ipv6_underlay {
+        match frames.iter().find_map(|f| traffic::parse_vxlan6(f, 4789)) {
+            Some(v) => println!(
+                "  outer IPv6 {} -> {}  hop limit {}  UDP {} -> {}  checksum {:#06x}{}  flags {:#04x}  VNI {}  inner frame {} bytes",
+                v.outer_src,
+                v.outer_dst,
+                v.hop_limit,
+                v.udp_src,
+                v.udp_dst,
+                v.udp_checksum,
+                if v.udp_checksum == 0 {
+                    " (zero: allowed for tunnels over IPv6, RFC 6935)"
+                } else {
+                    ""
+                },
+                v.flags,
+                v.vni,
+                v.inner.len()
+            ),
+            None => println!("  no VXLAN-over-IPv6 frame captured on h1's ul0"),
+        }
+    } else if let Some(v) = frames.iter().find_map(|f| traffic::parse_vxlan(f, 4789)) {
         println!(
             "  outer {} -> {}  UDP {} -> {}  checksum {}  flags {:#04x}  VNI {}  inner frame {} bytes",
             v.outer_src, v.outer_dst, v.udp_src, v.udp_dst, v.udp_checksum, v.flags, v.vni, v.inner.len()

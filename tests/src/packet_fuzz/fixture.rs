@@ -11,6 +11,7 @@
 
 use std::{
     ffi::CString,
+    net::IpAddr,
     os::fd::{FromRawFd as _, OwnedFd, RawFd},
     path::Path,
     process::Command,
@@ -24,6 +25,8 @@ use overlay_daemon::{
         EndpointEntry, LocalIdentity, Location, NetworkEntry, NodeDatapathConfig, ServiceEntry,
     },
 };
+
+use overlay_daemon::vtep::Vteps;
 
 use super::world::{Loc, World, LOCAL_VTEP, UNDERLAY_MTU, VXLAN_PORT};
 use crate::netns::unique_id;
@@ -176,7 +179,7 @@ impl Fixture {
         let w = &self.world;
         let maps = &mut self.dp.maps;
         maps.config.set(&NodeDatapathConfig {
-            vtep_ip: LOCAL_VTEP,
+            vteps: Vteps::v4(LOCAL_VTEP),
             underlay_ifindex: 1,
             underlay_mtu: UNDERLAY_MTU,
             vxlan_port: VXLAN_PORT,
@@ -196,7 +199,7 @@ impl Fixture {
             w.vteps
                 .iter()
                 .enumerate()
-                .map(|(i, (v, nh))| (*v, i as u32 + 2, *nh)),
+                .map(|(i, (v, nh))| ((*v).into(), i as u32 + 2, nh.map(IpAddr::V4))),
         )?;
         let eps: Vec<EndpointEntry> = w
             .endpoints
@@ -208,11 +211,11 @@ impl Fixture {
                 mac: e.mac,
                 location: match e.loc {
                     Loc::Local(ifindex) => Location::Local { ifindex },
-                    Loc::Remote(vtep) => Location::Remote { vtep },
+                    Loc::Remote(vtep) => Location::Remote { vtep: vtep.into() },
                 },
             })
             .collect();
-        maps.endpoints.sync(&eps, LOCAL_VTEP)?;
+        maps.endpoints.sync(&eps, &Vteps::v4(LOCAL_VTEP))?;
         let ids: Vec<LocalIdentity> = w
             .identities
             .iter()

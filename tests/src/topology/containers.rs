@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use overlay_api::{Endpoint, EndpointRequest, Ipv6Assignment};
 use overlay_daemon::tables::{EndpointIface, EndpointSpec, MacAddr};
 
-use super::{Container, Topology, CONTAINER_MTU};
+use super::{Container, Topology};
 use crate::Netns;
 
 impl Topology {
@@ -164,7 +164,7 @@ impl Topology {
         let mac = MacAddr::from_ip(ip);
         let ns = self.container_ns(name, network);
         let host_ifname = format!("v{name}");
-        let mtu = CONTAINER_MTU.to_string();
+        let mtu = self.container_mtu().to_string();
         let h = &self.hosts[host];
         h.ns.ip(&[
             "link",

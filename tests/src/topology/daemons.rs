@@ -2,7 +2,7 @@
 //! maps they leave.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -153,6 +153,24 @@ impl Topology {
         }
     }
 
+    /// The restarts a running flow must survive: a graceful restart of host 0's daemon
+    /// (SIGTERM), then a crash and restart of host 1's (SIGKILL), each waited for.
+    pub fn restart_two_daemons(&mut self) {
+        use nix::sys::signal::Signal;
+        assert!(
+            self.stop_daemon(0, Signal::SIGTERM),
+            "overlayd exits on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        self.start_daemon(0, &[]);
+        self.wait_converged(0);
+        std::thread::sleep(Duration::from_secs(1));
+        self.stop_daemon(1, Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(500));
+        self.start_daemon(1, &[]);
+        self.wait_converged(1);
+    }
+
     /// Waits until host `host` reports every endpoint installed (those of the tables file,
     /// or in etcd topologies every container of the topology).
     pub fn wait_converged(&mut self, host: usize) {
@@ -192,14 +210,14 @@ impl Topology {
         std::fs::read_to_string(&self.hosts[host].log).unwrap_or_default()
     }
 
-    /// Counters of host `host`'s datapath, read from its pinned maps.
-    /// Host `host`'s VTEP table: (address, node id, pinned underlay next hop).
-    pub fn vteps(&self, host: usize) -> Vec<(Ipv4Addr, u32, Option<Ipv4Addr>)> {
+    /// Host `host`'s VTEP table: (address, node id, pinned underlay next hop), IPv4 or IPv6.
+    pub fn vteps(&self, host: usize) -> Vec<(IpAddr, u32, Option<IpAddr>)> {
         VtepMap::open_pinned(&self.hosts[host].pins.maps())
             .and_then(|v| v.entries())
             .unwrap_or_else(|e| panic!("VTEPs of {}: {e}", self.hosts[host].name))
     }
 
+    /// Counters of host `host`'s datapath, read from its pinned maps.
     pub fn counters(&self, host: usize) -> CounterSnapshot {
         CounterMap::open_pinned(&self.hosts[host].pins.maps())
             .and_then(|c| c.snapshot())

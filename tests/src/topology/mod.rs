@@ -3,13 +3,18 @@
 //! ```text
 //!   [container ns] eth0 --veth-- v<name> [host ns h<i>] ul0 --veth-- p<i> [underlay ns] br0
 //! ```
-//! Underlay addresses are 198.18.0.<i>/24; overlay subnets come from 198.19.0.0/16.
+//! Underlay addresses are 198.18.0.<i>/24, or only 2001:2:0:ff00::<i>/64 with
+//! `TopologySpec::with_ipv6_underlay` (see `underlay`); overlay subnets come from
+//! 198.19.0.0/16 (and 2001:2:0:1000::/52).
 
 mod containers;
 mod daemons;
+mod underlay;
+
+pub use underlay::{underlay_ip6, CONTAINER_MTU6, ETCD_IP6, UNDERLAY6_PREFIX_LEN};
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -19,6 +24,7 @@ use overlay_daemon::{
     api,
     datapath::{self, PinLayout},
     tables::{ClusterTables, MacAddr, NetworkSpec, NodeSpec},
+    vtep::Vteps,
 };
 
 use crate::{
@@ -30,27 +36,8 @@ use crate::{
 
 pub const UNDERLAY_MTU: u32 = 1500;
 
-/// A veth from `ns` (named `ifname`, address `ip`/24) to the underlay switch (port `peer`).
-fn plug_into_underlay(underlay: &Netns, ns: &Netns, ifname: &str, peer: &str, ip: Ipv4Addr) {
-    let mtu = UNDERLAY_MTU.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        ifname,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        underlay.name(),
-    ]);
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname]);
-    ns.ip(&["link", "set", ifname, "up"]);
-    underlay.ip(&["link", "set", peer, "master", "br0", "mtu", &mtu, "up"]);
-}
+/// Container MTU on an IPv4 underlay (`CONTAINER_MTU6` on an IPv6 one;
+/// `Topology::container_mtu` picks).
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - overlay_common::wire::VXLAN_OVERHEAD;
 
 /// The overlayd binary under test: `OVERLAYD` (set by `cargo xtask test`), else the workspace's
@@ -81,6 +68,9 @@ pub struct TopologySpec {
     /// TLS with client certificates and etcd authentication (multi-member clusters): the
     /// daemons and overlayctl connect as `etcd::OVERLAY_USER` by their certificate's CN.
     pub etcd_secure: bool,
+    /// The hosts' underlay is IPv6 only (2001:2:0:ff00::<i>/64, etcd at `ETCD_IP6`), so
+    /// their daemons pick IPv6 VTEPs. With etcd, one server only.
+    pub ipv6_underlay: bool,
 }
 
 /// Where etcd listens in etcd topologies.
@@ -94,7 +84,18 @@ impl TopologySpec {
             etcd_lease_ttl: None,
             etcd_members: 1,
             etcd_secure: false,
+            ipv6_underlay: false,
         }
+    }
+
+    /// An IPv6-only underlay: hosts at 2001:2:0:ff00::<i>/64 on `ul0` (no IPv4 address
+    /// there; `Host::underlay_ip` is the VTEP their daemons pick), etcd at
+    /// [2001:2:0:ff00::fe]:2379 in the underlay namespace when the spec has etcd (one
+    /// server: a multi-member etcd cluster is not supported), else the tables file's nodes
+    /// carry the IPv6 VTEPs.
+    pub fn with_ipv6_underlay(mut self) -> Self {
+        self.ipv6_underlay = true;
+        self
     }
 
     /// A three-member etcd cluster with TLS, client certificates and roles.
@@ -153,7 +154,11 @@ impl TopologySpec {
 pub struct Host {
     pub name: String,
     pub ns: Netns,
+    /// The host's IPv4 VTEP. Unspecified (0.0.0.0) on an IPv6 underlay: use `underlay_ip`.
     pub vtep_ip: Ipv4Addr,
+    /// The host's address on the underlay, which its daemon picks as its VTEP: IPv4
+    /// (= `vtep_ip`), or IPv6 on an IPv6 underlay.
+    pub underlay_ip: IpAddr,
     pub pins: PinLayout,
     pub run_dir: PathBuf,
     pub log: PathBuf,
@@ -222,15 +227,26 @@ pub struct Topology {
     /// The certificates of a secure cluster.
     pub pki: Option<Pki>,
     pub underlay: Netns,
+    ipv6_underlay: bool,
 }
 
 impl Topology {
     pub fn new(spec: TopologySpec) -> Self {
+        if spec.ipv6_underlay {
+            assert!(
+                spec.etcd_lease_ttl.is_none() || spec.etcd_members <= 1,
+                "TopologySpec::with_ipv6_underlay supports one etcd server (with_etcd), not \
+                 an etcd cluster: its members and certificates are IPv4 only"
+            );
+        }
         let id = unique_id();
         let dir = std::env::temp_dir().join(format!("ovt-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let underlay = Netns::create(&format!("ovt{id}-ul"));
         underlay.add_switch();
+        if spec.ipv6_underlay {
+            underlay::ready_switch6(&underlay);
+        }
         let pins_root = PathBuf::from(format!("/sys/fs/bpf/ovt-{id}"));
         let mut topo = Self {
             id: id.clone(),
@@ -247,6 +263,7 @@ impl Topology {
             etcd_cluster: None,
             pki: None,
             underlay,
+            ipv6_underlay: spec.ipv6_underlay,
         };
         if spec.etcd_lease_ttl.is_some() && spec.etcd_members > 1 {
             let mut namespaces = Vec::new();
@@ -254,7 +271,13 @@ impl Topology {
             for i in 1..=spec.etcd_members {
                 let ns = Netns::create(&format!("ovt{id}-e{i}"));
                 let ip = Ipv4Addr::new(198, 18, 0, 250 + i as u8);
-                plug_into_underlay(&topo.underlay, &ns, "eth0", &format!("e{i}"), ip);
+                underlay::plug_into_underlay(
+                    &topo.underlay,
+                    &ns,
+                    "eth0",
+                    &format!("e{i}"),
+                    ip.into(),
+                );
                 ns.ip(&["link", "set", "lo", "up"]);
                 namespaces.push(ns);
                 ips.push(ip);
@@ -273,6 +296,11 @@ impl Topology {
             } else {
                 topo.etcd_cluster = Some(EtcdCluster::start(namespaces, &ips));
             }
+        } else if spec.etcd_lease_ttl.is_some() && spec.ipv6_underlay {
+            let addr = format!("{ETCD_IP6}/{UNDERLAY6_PREFIX_LEN}");
+            topo.underlay
+                .ip(&["-6", "addr", "add", &addr, "dev", "br0", "nodad"]);
+            topo.etcd = Some(Etcd::start(&topo.underlay, ETCD_IP6));
         } else if spec.etcd_lease_ttl.is_some() {
             topo.underlay
                 .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
@@ -281,13 +309,24 @@ impl Topology {
         for i in 1..=spec.hosts {
             let name = format!("h{i}");
             let ns = Netns::create(&format!("ovt{id}-{name}"));
+            // (Also the default for new links: the containers' host-side veths get no IPv6;
+            // an IPv6 underlay turns it back on for ul0 alone.)
             ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
-            let vtep_ip = Ipv4Addr::new(198, 18, 0, i as u8);
-            plug_into_underlay(&topo.underlay, &ns, "ul0", &format!("p{i}"), vtep_ip);
-            topo.tables.nodes.push(NodeSpec {
-                name: name.clone(),
-                vtep_ip,
-            });
+            let underlay_ip = underlay::host_underlay_ip(i, spec.ipv6_underlay);
+            let port = format!("p{i}");
+            underlay::plug_into_underlay(&topo.underlay, &ns, "ul0", &port, underlay_ip);
+            let (vtep_ip, vteps) = match underlay_ip {
+                IpAddr::V4(ip) => (ip, Vteps::v4(ip)),
+                IpAddr::V6(ip6) => (
+                    Ipv4Addr::UNSPECIFIED,
+                    Vteps {
+                        v4: None,
+                        v6: Some(ip6),
+                        prefer: Default::default(),
+                    },
+                ),
+            };
+            topo.tables.nodes.push(NodeSpec::new(name.clone(), vteps));
             let run_dir = dir.join(&name);
             std::fs::create_dir_all(&run_dir).expect("run dir");
             topo.hosts.push(Host {
@@ -296,6 +335,7 @@ impl Topology {
                 name,
                 ns,
                 vtep_ip,
+                underlay_ip,
                 run_dir,
                 etcd_args: None,
                 overlayd: None,

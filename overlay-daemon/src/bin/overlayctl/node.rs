@@ -51,7 +51,7 @@ pub async fn node(store: &Store, output: Output, cmd: NodeCmd) -> anyhow::Result
                 .map(|n| {
                     vec![
                         n.name.clone(),
-                        n.vtep_ip.to_string(),
+                        vteps(n),
                         n.vtep_mac.clone(),
                         n.lease.clone(),
                         ttl(n),
@@ -80,7 +80,7 @@ pub async fn node(store: &Store, output: Output, cmd: NodeCmd) -> anyhow::Result
                 .unwrap_or(0);
             fields(&[
                 ("name", n.name.clone()),
-                ("vtep", n.vtep_ip.to_string()),
+                ("vtep", vteps(n)),
                 ("vtep mac", n.vtep_mac.clone()),
                 ("release", release(n)),
                 ("registered", format!("{ago}s ago")),
@@ -176,4 +176,18 @@ fn ls_table(views: &[EndpointView]) {
         &["NETWORK", "IP", "MAC", "NODE", "CONTAINER", "IFNAME", "POD"],
         &rows,
     );
+}
+
+/// A node's VTEP addresses (one of each family at most), as the tables show them.
+fn vteps(n: &NodeView) -> String {
+    let addrs: Vec<String> = n
+        .vtep_ip
+        .map(|a| a.to_string())
+        .into_iter()
+        .chain(n.vtep_ip6.map(|a| a.to_string()))
+        .collect();
+    match addrs.is_empty() {
+        true => "-".to_owned(),
+        false => addrs.join(","),
+    }
 }
