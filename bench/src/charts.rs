@@ -59,10 +59,14 @@ fn short(metric: Metric) -> &'static str {
     }
 }
 
-/// Grouped bars: for every metric, each mode's median as a ratio to kernel vxlan (>1 better).
-pub fn datapath(path: &Path, modes: &[Mode], samples: &Samples) -> Result<()> {
-    if !modes.contains(&Mode::KernelVxlan) {
-        return Ok(());
+/// Grouped bars: for every metric, each mode's median as a ratio to kernel vxlan of its
+/// family (`Mode::baseline`; >1 better). Whether there was a kernel vxlan to draw against.
+pub fn datapath(path: &Path, modes: &[Mode], samples: &Samples) -> Result<bool> {
+    if !modes
+        .iter()
+        .any(|m| modes.contains(&m.baseline(Mode::KernelVxlan)))
+    {
+        return Ok(false);
     }
     load_font()?;
     let med = |m: Mode, k: Metric| samples.get(&(m, k)).map(|v| median(v));
@@ -134,7 +138,7 @@ pub fn datapath(path: &Path, modes: &[Mode], samples: &Samples) -> Result<()> {
         .border_style(BLACK)
         .draw()?;
     root.present().context("writing the datapath chart")?;
-    Ok(())
+    Ok(true)
 }
 
 /// Three panels against the number of endpoints (log scale), one line per node count:

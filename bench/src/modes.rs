@@ -1,14 +1,20 @@
 //! The datapaths under comparison, each as two hosts with one container each, identical
 //! addressing (198.19.1.11 <-> 198.19.1.21, or 2001:2:0:1001::b <-> ::15 for the IPv6 modes)
-//! and container MTU (underlay 1500 - 50). The underlay is IPv4, except that `routed-ipv6`
-//! routes IPv6 between the hosts.
+//! and container MTU (`run_container_mtu`: underlay 1500 - 50, or 1500 - 70 for every mode
+//! of a run that has an IPv6-underlay mode). The underlay is IPv4, except that `routed-ipv6`
+//! routes IPv6 between the hosts and the `-ul6` modes carry VXLAN over an IPv6-only underlay
+//! (2001:2:0:ff00::<i>, as `TopologySpec::with_ipv6_underlay` builds it).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 
 use crate::tunnel_md::{self, HostPlan};
-use overlay_tests::{netns::unique_id, topology::CONTAINER_MTU, Netns, Topology, TopologySpec};
+use overlay_tests::{
+    netns::unique_id,
+    topology::{underlay_ip6, CONTAINER_MTU, CONTAINER_MTU6, UNDERLAY6_PREFIX_LEN},
+    Netns, Topology, TopologySpec,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Mode {
@@ -36,6 +42,18 @@ pub enum Mode {
     /// `overlay` with IPv6 in the containers (a dual-stack network).
     #[value(name = "overlay-ipv6")]
     Overlay6,
+    /// `kernel-vxlan` over an IPv6-only underlay (vxlan device with IPv6 `local`/FDB `dst`),
+    /// IPv4 in the containers; the kernel's default of computed outer UDP checksums.
+    #[value(name = "kernel-vxlan-ul6")]
+    KernelVxlanUl6,
+    /// `kernel-vxlan-ul6` with zero outer UDP checksums (`udp6zerocsumtx udp6zerocsumrx`), as
+    /// this project sends them over IPv6.
+    #[value(name = "kernel-vxlan-ul6-zerocsum")]
+    KernelVxlanUl6ZeroCsum,
+    /// `overlay` over an IPv6-only underlay (`TopologySpec::with_ipv6_underlay`: IPv6 VTEPs),
+    /// IPv4 in the containers.
+    #[value(name = "overlay-ul6")]
+    OverlayUl6,
 }
 
 impl Mode {
@@ -51,6 +69,9 @@ impl Mode {
             Mode::Routed6 => "routed-ipv6",
             Mode::KernelVxlan6 => "kernel-vxlan-ipv6",
             Mode::Overlay6 => "overlay-ipv6",
+            Mode::KernelVxlanUl6 => "kernel-vxlan-ul6",
+            Mode::KernelVxlanUl6ZeroCsum => "kernel-vxlan-ul6-zerocsum",
+            Mode::OverlayUl6 => "overlay-ul6",
         }
     }
 
@@ -59,16 +80,49 @@ impl Mode {
         matches!(self, Mode::Routed6 | Mode::KernelVxlan6 | Mode::Overlay6)
     }
 
-    /// The mode of this family a mode is compared with: `base` (an IPv4 mode) or its IPv6
-    /// counterpart.
+    /// Whether VXLAN crosses an IPv6-only underlay between the hosts (the `-ul6` modes).
+    pub fn ipv6_underlay(self) -> bool {
+        matches!(
+            self,
+            Mode::KernelVxlanUl6 | Mode::KernelVxlanUl6ZeroCsum | Mode::OverlayUl6
+        )
+    }
+
+    /// The mode a mode is compared with: `base` (an IPv4 mode), its IPv6 counterpart for
+    /// the modes with IPv6 in the containers, or for the IPv6-underlay modes its
+    /// IPv6-underlay counterpart (`routed` has no encapsulation, so no underlay family: the
+    /// IPv6-underlay modes are compared with `routed` itself, at the same container MTU).
     pub fn baseline(self, base: Mode) -> Mode {
-        match (self.ipv6(), base) {
-            (true, Mode::Routed) => Mode::Routed6,
-            (true, Mode::KernelVxlan) => Mode::KernelVxlan6,
-            (true, Mode::Overlay) => Mode::Overlay6,
+        match (self.ipv6(), self.ipv6_underlay(), base) {
+            (true, _, Mode::Routed) => Mode::Routed6,
+            (true, _, Mode::KernelVxlan) => Mode::KernelVxlan6,
+            (true, _, Mode::Overlay) => Mode::Overlay6,
+            (_, true, Mode::KernelVxlan) => Mode::KernelVxlanUl6,
+            (_, true, Mode::Overlay) => Mode::OverlayUl6,
             _ => base,
         }
     }
+
+    /// The container MTU of this mode on its own: underlay 1500 less the VXLAN overhead of
+    /// its underlay's family.
+    pub fn container_mtu(self) -> u32 {
+        if self.ipv6_underlay() {
+            CONTAINER_MTU6
+        } else {
+            CONTAINER_MTU
+        }
+    }
+}
+
+/// The container MTU of every mode of a run: the smallest any of them needs (1430 as soon
+/// as an IPv6-underlay mode is in it, else 1450), so that every mode carries packets of the
+/// same size and every ratio between two of them is like for like.
+pub fn run_container_mtu(modes: &[Mode]) -> u32 {
+    modes
+        .iter()
+        .map(|m| m.container_mtu())
+        .min()
+        .unwrap_or(CONTAINER_MTU)
 }
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 11);
@@ -112,27 +166,48 @@ impl Pair {
         }
     }
 
-    /// Builds the hosts, containers and datapath of `mode`. The namespaces come from the test
+    /// Builds the hosts, containers and datapath of `mode`, with the mode's own container
+    /// MTU.
+    pub fn build(mode: Mode) -> Result<Self> {
+        Self::build_with_mtu(mode, mode.container_mtu())
+    }
+
+    /// Builds the hosts, containers and datapath of `mode` with container MTU `mtu` (at most
+    /// the mode's own, `Mode::container_mtu`). The namespaces come from the test
     /// scaffolding, which panics on a failed `ip` command; a datapath that cannot be loaded
     /// (the eBPF programs of kernel-vxlan-bpf) is an error that says so.
-    pub fn build(mode: Mode) -> Result<Self> {
+    pub fn build_with_mtu(mode: Mode, mtu: u32) -> Result<Self> {
+        anyhow::ensure!(
+            mtu <= mode.container_mtu(),
+            "{}: container MTU {mtu} above the {} its underlay carries",
+            mode.label(),
+            mode.container_mtu()
+        );
         match mode {
             Mode::Overlay
             | Mode::OverlayXdpNative
             | Mode::OverlayXdpSkb
             | Mode::OverlayTcx
-            | Mode::Overlay6 => Ok(overlay(mode)),
+            | Mode::Overlay6
+            | Mode::OverlayUl6 => Ok(overlay(mode, mtu)),
             Mode::Routed
             | Mode::KernelVxlan
             | Mode::KernelVxlanBpf
             | Mode::Routed6
-            | Mode::KernelVxlan6 => plain(mode),
+            | Mode::KernelVxlan6
+            | Mode::KernelVxlanUl6
+            | Mode::KernelVxlanUl6ZeroCsum => plain(mode, mtu),
         }
     }
 }
 
-fn overlay(mode: Mode) -> Pair {
+fn overlay(mode: Mode, mtu: u32) -> Pair {
     let spec = TopologySpec::new(2);
+    let spec = if mode.ipv6_underlay() {
+        spec.with_ipv6_underlay()
+    } else {
+        spec
+    };
     let spec = if mode.ipv6() {
         spec.network6("bench", 100, "198.19.1.0/24", SUBNET6)
     } else {
@@ -141,6 +216,28 @@ fn overlay(mode: Mode) -> Pair {
     let mut t = Topology::new(spec);
     t.add_container(0, "a", "bench", 1);
     t.add_container(1, "b", "bench", 1);
+    if mode.ipv6_underlay() {
+        for h in &t.hosts {
+            assert!(
+                h.underlay_ip.is_ipv6(),
+                "{}: {} has the underlay address {}",
+                mode.label(),
+                h.name,
+                h.underlay_ip
+            );
+        }
+    }
+    // The run's MTU where it is below the topology's (an IPv4-underlay mode in a run with an
+    // IPv6-underlay one): both ends of each container's veth, before the daemons start.
+    if mtu != t.container_mtu() {
+        let mtu = mtu.to_string();
+        for c in &t.containers {
+            t.hosts[c.host]
+                .ns
+                .ip(&["link", "set", "dev", &c.host_ifname, "mtu", &mtu]);
+            c.ns.ip(&["link", "set", "dev", "eth0", "mtu", &mtu]);
+        }
+    }
     t.write_tables();
     let xdp = match mode {
         Mode::OverlayXdpNative => "native",
@@ -233,15 +330,26 @@ impl Plan {
     }
 }
 
-fn plain(mode: Mode) -> Result<Pair> {
+/// Host `i`'s (1-based) address on the IPv6-only underlay of the `-ul6` modes,
+/// 2001:2:0:ff00::<i>, the address `TopologySpec::with_ipv6_underlay` gives it.
+fn underlay6_host(i: usize) -> Ipv6Addr {
+    underlay_ip6(i as u16)
+}
+
+fn plain(mode: Mode, mtu: u32) -> Result<Pair> {
     let id = unique_id();
     let plan = Plan { v6: mode.ipv6() };
     let f = plan.family();
+    let ul6 = mode.ipv6_underlay();
     let underlay = Netns::create(&format!("ovb{id}-ul"));
     underlay.add_switch();
+    if ul6 {
+        // As the test topology's IPv6 underlay.
+        overlay_tests::topology::ready_switch6(&underlay);
+    }
     let mut hosts = Vec::new();
     let mut containers = Vec::new();
-    let mtu = CONTAINER_MTU.to_string();
+    let mtu = mtu.to_string();
     for i in [1usize, 2] {
         let ip = plan.container(i);
         let h = Netns::create(&format!("ovb{id}-h{i}"));
@@ -265,7 +373,16 @@ fn plain(mode: Mode) -> Result<Pair> {
             "netns",
             underlay.name(),
         ]);
-        h.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "ul0"]);
+        if ul6 {
+            // IPv6 only on the underlay (IPv6 stays off on the host's other links).
+            for dev in ["ul0", "lo"] {
+                h.sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "0");
+            }
+            let addr = format!("{}/{UNDERLAY6_PREFIX_LEN}", underlay6_host(i));
+            h.ip(&["-6", "addr", "add", &addr, "dev", "ul0", "nodad"]);
+        } else {
+            h.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "ul0"]);
+        }
         if mode == Mode::Routed6 {
             plan.addr_add(&h, &format!("{}/64", plan.underlay_host(i)), "ul0");
         }
@@ -334,13 +451,22 @@ fn plain(mode: Mode) -> Result<Pair> {
             }
             _ => {
                 // flannel: vxlan device, /32 on it, onlink route + permanent neighbour + FDB.
+                // The VTEPs are the hosts' underlay addresses, IPv4 or (-ul6) IPv6.
+                let vtep = |n: usize| {
+                    if ul6 {
+                        underlay6_host(n).to_string()
+                    } else {
+                        format!("198.18.0.{n}")
+                    }
+                };
                 let mac = |n: usize| format!("02:00:00:00:00:{n:02x}");
-                h.ip(&[
+                let (local, my_mac) = (vtep(me), mac(me));
+                let mut args = vec![
                     "link",
                     "add",
                     "vx0",
                     "address",
-                    &mac(me),
+                    &my_mac,
                     "mtu",
                     &mtu,
                     "type",
@@ -350,11 +476,17 @@ fn plain(mode: Mode) -> Result<Pair> {
                     "dstport",
                     "4789",
                     "local",
-                    &format!("198.18.0.{me}"),
+                    &local,
                     "dev",
                     "ul0",
                     "nolearning",
-                ]);
+                ];
+                if mode == Mode::KernelVxlanUl6ZeroCsum {
+                    // Without these the kernel computes the outer checksum over IPv6 and
+                    // drops received packets whose checksum is zero.
+                    args.extend(["udp6zerocsumtx", "udp6zerocsumrx"]);
+                }
+                h.ip(&args);
                 plan.addr_add(h, &plan.single(plan.vxlan_host(me)), "vx0");
                 h.ip(&["link", "set", "vx0", "up"]);
                 let hop = plan.vxlan_host(peer);
@@ -382,7 +514,7 @@ fn plain(mode: Mode) -> Result<Pair> {
                         "dev",
                         "vx0",
                         "dst",
-                        &format!("198.18.0.{peer}"),
+                        &vtep(peer),
                     ],
                 );
             }

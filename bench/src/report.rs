@@ -66,13 +66,25 @@ fn header(s: &mut String, modes: &[Mode]) {
     let _ = writeln!(s, "|---|{}", "---|".repeat(modes.len()));
 }
 
-pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) -> String {
+/// The report of a datapath run whose every mode had container MTU `mtu`.
+pub fn markdown(
+    modes: &[Mode],
+    samples: &Samples,
+    rounds: usize,
+    seconds: u32,
+    mtu: u32,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Datapath benchmark\n");
+    let ul6 = if modes.iter().any(|m| m.ipv6_underlay()) {
+        " (every mode's: the MTU an IPv6 underlay leaves, 1500 - 70, also for the IPv4-underlay modes)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         s,
         "Machine: {}. Two hosts (network namespaces on a veth/bridge underlay, MTU 1500), one container \
-         each (MTU 1450), {rounds} rounds of {seconds} s per measurement, modes alternated every round; \
+         each (MTU {mtu}{ul6}), {rounds} rounds of {seconds} s per measurement, modes alternated every round; \
          every figure is the median with [min-max]. Sender and receiver share the machine's cores.\n",
         machine()
     );
@@ -101,12 +113,26 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
         (Mode::KernelVxlan, "kernel-vxlan"),
         (Mode::Routed, "routed"),
     ] {
-        if !modes.contains(&base) {
+        // A table wherever some mode's baseline was measured (`kernel-vxlan-ul6` without
+        // `kernel-vxlan`, say); "-" for the modes whose baseline was not.
+        if !modes.iter().any(|m| modes.contains(&m.baseline(base))) {
             continue;
         }
+        let mut notes = Vec::new();
+        if modes.iter().any(|m| m.ipv6()) {
+            notes.push(format!("`{name}-ipv6` for the IPv6 modes"));
+        }
+        if modes.iter().any(|m| m.ipv6_underlay()) {
+            notes.push(match base {
+                Mode::KernelVxlan => "`kernel-vxlan-ul6` for the IPv6-underlay modes".to_owned(),
+                _ => "`routed` itself for the IPv6-underlay modes".to_owned(),
+            });
+        }
+        notes.push(">1 is better for every row".to_owned());
         let _ = writeln!(
             s,
-            "\nRatio of medians to `{name}` (`{name}-ipv6` for the IPv6 modes; >1 is better for every row):\n"
+            "\nRatio of medians to `{name}` ({}):\n",
+            notes.join("; ")
         );
         header(&mut s, modes);
         for &k in &metrics {
@@ -117,14 +143,36 @@ pub fn markdown(modes: &[Mode], samples: &Samples, rounds: usize, seconds: u32) 
             let _ = writeln!(s);
         }
     }
-    ipv6_cost(&mut s, modes, samples, &metrics);
+    family_cost(
+        &mut s,
+        modes,
+        samples,
+        &metrics,
+        Mode::Overlay6,
+        "IPv6 against IPv4: the overlay's IPv6 ratio to each alternative divided by its IPv4 ratio \
+         (1.00: IPv6 costs the overlay exactly what it costs the alternative)",
+    );
+    family_cost(
+        &mut s,
+        modes,
+        samples,
+        &metrics,
+        Mode::OverlayUl6,
+        "IPv6 underlay against IPv4 underlay: the overlay's ratio to each alternative over an \
+         IPv6 underlay divided by its ratio over an IPv4 one (1.00: the IPv6 underlay costs the \
+         overlay exactly what it costs kernel vxlan; against `routed`, which has no underlay \
+         encapsulation, simply `overlay-ul6` / `overlay`)",
+    );
     let _ = writeln!(
         s,
         "\nModes: `routed` plain routing of container /32s between the hosts (no encapsulation); \
          `kernel-vxlan` flannel's backend (vxlan device, static FDB/neighbour entries); `kernel-vxlan-bpf` Cilium's tunnel mode (collect_md vxlan device, a TC program on the container veth sets the tunnel key and redirects to it, one on the device's ingress redirects to the container's veth peer); `overlay` this project with its defaults (on a veth underlay: TC programs only, no XDP); `overlay-xdp-native` with the \
          XDP filter forced native (on veth the kernel then strips GSO from the peer); `overlay-xdp-skb` with the XDP filter in generic mode; \
          `routed-ipv6`, `kernel-vxlan-ipv6` and `overlay-ipv6` the same with IPv6 in the containers (routed: IPv6 between the hosts too; \
-         the VXLAN underlay stays IPv4). sockperf 3.7 has no IPv6: the IPv6 modes' latency is the bench's own ping-pong, measured for every mode.\n\n\
+         the VXLAN underlay stays IPv4); `kernel-vxlan-ul6` and `overlay-ul6` VXLAN over an IPv6-only underlay \
+         (`2001:2:0:ff00::/64`) with IPv4 containers, the kernel with its default computed outer UDP checksums, \
+         `kernel-vxlan-ul6-zerocsum` the kernel with zero ones (`udp6zerocsumtx udp6zerocsumrx`), as this project sends. \
+         sockperf 3.7 has no IPv6: the IPv6 modes' latency is the bench's own ping-pong, measured for every mode.\n\n\
          Produced by `cargo xtask bench`."
     );
     s
@@ -150,34 +198,33 @@ fn ratio(samples: &Samples, m: Mode, base: Mode, k: Metric) -> f64 {
     }
 }
 
-/// Whether IPv6 costs the overlay more than it costs the alternatives: the overlay's IPv6
-/// ratio to each alternative divided by its IPv4 ratio (1: the same standing in both
-/// families; below 1: IPv6 loses ground).
-fn ipv6_cost(s: &mut String, modes: &[Mode], samples: &Samples, metrics: &[Metric]) {
+/// Whether a family (IPv6 in the containers: `other` = `overlay-ipv6`; an IPv6 underlay:
+/// `overlay-ul6`) costs the overlay more than it costs the alternatives: `other`'s ratio to
+/// each alternative of its family (`Mode::baseline`) divided by `overlay`'s ratio to the
+/// IPv4 one (1: the same standing in both families; below 1: the family loses ground).
+fn family_cost(
+    s: &mut String,
+    modes: &[Mode],
+    samples: &Samples,
+    metrics: &[Metric],
+    other: Mode,
+    intro: &str,
+) {
     let bases: Vec<(Mode, &str)> = [
         (Mode::KernelVxlan, "kernel-vxlan"),
         (Mode::Routed, "routed"),
     ]
     .into_iter()
     .filter(|(b, _)| {
-        [
-            *b,
-            Mode::Overlay6.baseline(*b),
-            Mode::Overlay,
-            Mode::Overlay6,
-        ]
-        .iter()
-        .all(|m| modes.contains(m))
+        [*b, other.baseline(*b), Mode::Overlay, other]
+            .iter()
+            .all(|m| modes.contains(m))
     })
     .collect();
     if bases.is_empty() {
         return;
     }
-    let _ = writeln!(
-        s,
-        "\nIPv6 against IPv4: the overlay's IPv6 ratio to each alternative divided by its IPv4 ratio \
-         (1.00: IPv6 costs the overlay exactly what it costs the alternative):\n"
-    );
+    let _ = writeln!(s, "\n{intro}:\n");
     let _ = write!(s, "| metric |");
     for (_, name) in &bases {
         let _ = write!(s, " vs {name} |");
@@ -188,8 +235,7 @@ fn ipv6_cost(s: &mut String, modes: &[Mode], samples: &Samples, metrics: &[Metri
         let cells: Vec<f64> = bases
             .iter()
             .map(|(b, _)| {
-                ratio(samples, Mode::Overlay6, Mode::Overlay6.baseline(*b), k)
-                    / ratio(samples, Mode::Overlay, *b, k)
+                ratio(samples, other, other.baseline(*b), k) / ratio(samples, Mode::Overlay, *b, k)
             })
             .collect();
         if cells.iter().all(|c| c.is_nan()) {

@@ -154,9 +154,10 @@ pub struct Config {
     pub flags: u16,
     /// `DATAPATH_LAYOUT` of the daemon that wrote it (the programs do not read it).
     pub layout: u32,
-    /// What encapsulation adds to an inner frame on this node (`wire::VXLAN_OVERHEAD`, or
-    /// `wire::VXLAN6_OVERHEAD` once it has an IPv6 VTEP): what a container packet plus this
-    /// must fit in the underlay MTU.
+    /// The most encapsulation adds on this node (`wire::VXLAN_OVERHEAD`, or
+    /// `wire::VXLAN6_OVERHEAD` once it has an IPv6 VTEP): the MTU the datapath's "too big"
+    /// answers advertise is the underlay's less this, whichever family a peer is reached in
+    /// (the check itself uses the family of each packet's VTEP).
     pub overhead: u32,
     /// This node's IPv6 VTEP address; all zeros: none.
     pub vtep_ip6: [u8; 16],

@@ -16,7 +16,11 @@ use rtnetlink::{
         RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
     },
     packet_core::{NetlinkMessage, NetlinkPayload},
-    packet_route::{link::LinkAttribute, RouteNetlinkMessage},
+    packet_route::{
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute, RouteMessage},
+        RouteNetlinkMessage,
+    },
     sys::{AsyncSocket as _, SocketAddr},
 };
 
@@ -42,11 +46,28 @@ pub struct HostChanges {
     pub mtus: BTreeMap<u32, u32>,
 }
 
+/// The kernel's table of local and broadcast addresses (`RT_TABLE_LOCAL`).
+const RT_TABLE_LOCAL: u8 = 255;
+
+/// Whether a route can be one a VTEP is reached by: not the link-local and multicast routes
+/// every interface brings (each container veth adds IPv6 ones), nor the local table's.
+fn reaches_vteps(r: &RouteMessage) -> bool {
+    if r.header.table == RT_TABLE_LOCAL {
+        return false;
+    }
+    !r.attributes.iter().any(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet6(dst)) => {
+            dst.segments()[0] & 0xffc0 == 0xfe80 || dst.is_multicast()
+        }
+        _ => false,
+    })
+}
+
 impl HostChanges {
     fn add(&mut self, msg: &RouteNetlinkMessage) {
         match msg {
-            RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
-                self.routes = true
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+                self.routes |= reaches_vteps(r)
             }
             RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
                 self.addresses.insert(a.header.index);
@@ -105,5 +126,29 @@ impl HostEvents {
             }
         }
         Some(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_multicast_and_local_routes_do_not_move_next_hops() {
+        let route = |table: u8, dst: &str| {
+            let mut r = RouteMessage::default();
+            r.header.table = table;
+            let dst = match dst.parse().unwrap() {
+                std::net::IpAddr::V4(a) => RouteAddress::Inet(a),
+                std::net::IpAddr::V6(a) => RouteAddress::Inet6(a),
+            };
+            r.attributes = vec![RouteAttribute::Destination(dst)];
+            r
+        };
+        assert!(reaches_vteps(&route(254, "2001:2:0:ff00::2")));
+        assert!(reaches_vteps(&route(254, "198.18.0.2")));
+        assert!(!reaches_vteps(&route(254, "fe80::")));
+        assert!(!reaches_vteps(&route(255, "ff00::")));
+        assert!(!reaches_vteps(&route(255, "2001:2:0:ff00::1")));
     }
 }

@@ -21,6 +21,8 @@ pub enum NetifError {
     NoAddress(String),
     #[error("--vtep-ip given twice for {0}: a node has at most one VTEP address of each family")]
     TwoOfAFamily(&'static str),
+    #[error("--vtep-ip {0} cannot be a VTEP address: it is {1}")]
+    Unusable(IpAddr, &'static str),
     #[error("reading the MTU of {0:?}: {1}")]
     Mtu(String, nix::Error),
 }
@@ -32,7 +34,7 @@ pub struct Interface {
     pub mtu: u32,
     /// First IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
-    /// First IPv6 address of global scope (not link-local, loopback or multicast), if any.
+    /// First IPv6 address a VTEP can have (`usable_ipv6`), if any.
     pub ipv6: Option<Ipv6Addr>,
     /// Kernel driver (ethtool's view), e.g. "veth", "mlx5_core".
     pub driver: Option<String>,
@@ -57,16 +59,7 @@ impl Interface {
                     .flatten()
             })
         });
-        let ipv6 = getifaddrs().ok().and_then(|mut addrs| {
-            addrs.find_map(|a| {
-                let ip = a.address?.as_sockaddr_in6()?.ip();
-                let global = !ip.is_loopback()
-                    && !ip.is_multicast()
-                    && !ip.is_unspecified()
-                    && (ip.segments()[0] & 0xffc0) != 0xfe80;
-                (a.interface_name == name && global).then_some(ip)
-            })
-        });
+        let ipv6 = usable_ipv6(name);
         Ok(Self {
             name: name.to_owned(),
             ifindex,
@@ -87,6 +80,9 @@ impl Interface {
             prefer,
         };
         for ip in given {
+            if let Some(why) = crate::vtep::unusable(*ip) {
+                return Err(NetifError::Unusable(*ip, why));
+            }
             match ip {
                 IpAddr::V4(v4) if vteps.v4.replace(*v4).is_some() => {
                     return Err(NetifError::TwoOfAFamily("IPv4"))
@@ -108,6 +104,51 @@ impl Interface {
             _ => Ok(vteps),
         }
     }
+}
+
+/// The first global IPv6 address of `name` a VTEP can keep: from /proc/net/if_inet6, which
+/// has the flags `getifaddrs` leaves out; not temporary (privacy addresses change), not
+/// deprecated, not failed duplicate detection, not `vtep::unusable`. A tentative address
+/// (duplicate detection still running, just after boot) only when there is no other.
+pub fn usable_ipv6(name: &str) -> Option<Ipv6Addr> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    pick_ipv6(&text, name)
+}
+
+fn pick_ipv6(if_inet6: &str, name: &str) -> Option<Ipv6Addr> {
+    const TEMPORARY: u32 = 0x01;
+    const OPTIMISTIC: u32 = 0x04;
+    const DADFAILED: u32 = 0x08;
+    const DEPRECATED: u32 = 0x20;
+    const TENTATIVE: u32 = 0x40;
+    let mut tentative = None;
+    for line in if_inet6.lines() {
+        // address, ifindex, prefix length, scope, flags, name: all hex but the name.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [addr, _, _, scope, flags, ifname] = f[..] else {
+            continue;
+        };
+        let (Ok(addr), Ok(scope), Ok(flags)) = (
+            u128::from_str_radix(addr, 16),
+            u32::from_str_radix(scope, 16),
+            u32::from_str_radix(flags, 16),
+        ) else {
+            continue;
+        };
+        let ip = Ipv6Addr::from(addr);
+        if ifname != name
+            || scope != 0
+            || flags & (TEMPORARY | DADFAILED | DEPRECATED) != 0
+            || crate::vtep::unusable(IpAddr::V6(ip)).is_some()
+        {
+            continue;
+        }
+        if flags & (TENTATIVE | OPTIMISTIC) == 0 {
+            return Some(ip);
+        }
+        tentative.get_or_insert(ip);
+    }
+    tentative
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -190,4 +231,36 @@ fn driver(name: &str) -> Option<String> {
         .position(|&b| b == 0)
         .unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vtep_is_a_stable_global_ipv6_address() {
+        let table = "\
+fe800000000000000000000000000001 05 40 20 80 ul0
+20010002000000ff0000000000000007 05 40 00 01 ul0
+20010002000000ff0000000000000008 05 40 00 20 ul0
+20010002000000ff0000000000000009 05 40 00 c0 ul0
+20010002000000ff0000000000000002 06 40 00 80 eth1
+20010002000000ff0000000000000001 05 40 00 80 ul0
+";
+        assert_eq!(
+            pick_ipv6(table, "ul0"),
+            Some("2001:2:0:ff::1".parse().unwrap())
+        );
+        assert_eq!(
+            pick_ipv6(table, "eth1"),
+            Some("2001:2:0:ff::2".parse().unwrap())
+        );
+        // Only a tentative one: taken (duplicate detection ends in a second).
+        let tentative = "20010002000000ff0000000000000009 05 40 00 40 ul0\n";
+        assert_eq!(
+            pick_ipv6(tentative, "ul0"),
+            Some("2001:2:0:ff::9".parse().unwrap())
+        );
+        assert_eq!(pick_ipv6(table, "lo"), None);
+    }
 }

@@ -99,6 +99,27 @@ impl fmt::Display for Vteps {
     }
 }
 
+/// Why `ip` cannot be a VTEP address, if it cannot: peers must be able to send to it, and
+/// its datapath key must be its own (an IPv4-mapped IPv6 address would be keyed, and
+/// encapsulated to, as the IPv4 address it maps).
+pub fn unusable(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Some("an unspecified, loopback or multicast address");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() || v4.is_link_local() => {
+            Some("a broadcast or link-local address")
+        }
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("a link-local address (a VTEP must be reachable through routers)")
+        }
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() || v6.to_ipv4().is_some() => {
+            Some("an IPv4-mapped or -compatible IPv6 address: give the IPv4 address itself")
+        }
+        _ => None,
+    }
+}
+
 /// The datapath's key of a VTEP address (IPv4 mapped into IPv6).
 pub fn key(ip: IpAddr) -> VtepKey {
     match ip {
@@ -163,6 +184,27 @@ mod tests {
             key("198.18.0.1".parse().unwrap()),
             overlay_common::wire::vtep_v4(overlay_common::wire::ipv4_key([198, 18, 0, 1]))
         );
+    }
+
+    #[test]
+    fn addresses_no_peer_can_send_to_or_that_alias_another_key_are_refused() {
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "169.254.1.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:198.18.0.1",
+            "::198.18.0.1",
+        ] {
+            assert!(unusable(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for good in ["198.18.0.1", "2001:2:0:ff00::1", "fd00::1"] {
+            assert_eq!(unusable(good.parse().unwrap()), None, "{good}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::{
 };
 
 pub fn from_underlay(ctx: &TcContext) -> i32 {
+    // Everything but IPv6 goes to `decap4`, which passes what is not IPv4 (counting it
+    // there: this frame has no stack to spare for a counter's key).
     let outer6 = ctx
         .header::<EthHdr>(0)
         .is_some_and(|eth| eth.ether_type() == ETH_P_IPV6);
@@ -34,7 +36,7 @@ pub fn from_underlay(ctx: &TcContext) -> i32 {
     }
 }
 
-/// VXLAN in IPv4, and whatever else is not IPv6. Each outer family is a subprogram of its
+/// VXLAN in IPv4 (and the rest, which passes). Each outer family is a subprogram of its
 /// own: inlined together, both parses and the delivery would not fit one stack frame.
 #[inline(never)]
 fn decap4(ctx: &TcContext) -> i64 {

@@ -77,6 +77,15 @@ fn source_port(hash: u32) -> u16 {
     VXLAN_SRC_PORT_MIN + (((hash as u64 * span as u64) >> 32) as u16)
 }
 
+/// What encapsulation towards `vtep` adds: the family of its key decides the outer header.
+#[inline(always)]
+pub fn overhead(vtep: &VtepKey) -> u32 {
+    match vtep_v4_key(vtep) {
+        Some(_) => VXLAN_OVERHEAD,
+        None => VXLAN6_OVERHEAD,
+    }
+}
+
 /// A packet handed to the underlay: the verdict, and the node id of the VTEP it went to.
 pub struct Sent {
     pub verdict: i32,

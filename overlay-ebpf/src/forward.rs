@@ -194,7 +194,13 @@ fn forward_ipv4(
     if target.is_local() {
         return Ok(Forwarded::Local(target.ifindex));
     }
-    if icmp::too_big(ctx, cfg, ip.ihl_bytes(), ip.proto)? {
+    if icmp::too_big(
+        ctx,
+        cfg,
+        encap::overhead(&target.vtep),
+        ip.ihl_bytes(),
+        ip.proto,
+    )? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
         // By reference: the key is read from the endpoint's entry, not copied to the stack.
         let vtep = &target.vtep;

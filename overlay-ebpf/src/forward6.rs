@@ -247,7 +247,13 @@ fn forward_ipv6(
     if target.is_local() {
         return Ok(Forwarded::Local(target.ifindex));
     }
-    if icmp::too_big(ctx, cfg, IPV6_HLEN, ip.next_header)? {
+    if icmp::too_big(
+        ctx,
+        cfg,
+        encap::overhead(&target.vtep),
+        IPV6_HLEN,
+        ip.next_header,
+    )? {
         // Only an untranslated packet can be quoted back: its sender knows these addresses.
         // By reference: the key is read from the endpoint's entry, not copied to the stack.
         let vtep = &target.vtep;

@@ -117,13 +117,20 @@ pub fn replace_packet<T>(ctx: &TcContext, frame: &T, fail: DropReason) -> Result
 }
 
 /// Whether the packet, or each segment of a GSO packet, is too big for the underlay once
-/// encapsulated. `l3` is the length of its IP header, `proto` the protocol after it.
+/// encapsulated with `overhead` bytes (`encap::overhead`: the family the destination's VTEP
+/// is reached in). `l3` is the length of its IP header, `proto` the protocol after it.
 #[inline(always)]
-pub fn too_big(ctx: &TcContext, cfg: &Config, l3: usize, proto: u8) -> Result<bool, DropReason> {
+pub fn too_big(
+    ctx: &TcContext,
+    cfg: &Config,
+    overhead: u32,
+    l3: usize,
+    proto: u8,
+) -> Result<bool, DropReason> {
     let skb = ctx.skb.skb;
     let (gso_segs, gso_size) = unsafe { ((*skb).gso_segs, (*skb).gso_size) };
     if gso_segs <= 1 || gso_size == 0 {
-        return Ok(ctx.len() - ETH_HLEN as u32 + cfg.overhead > cfg.underlay_mtu);
+        return Ok(ctx.len() - ETH_HLEN as u32 + overhead > cfg.underlay_mtu);
     }
     // Segments are this packet's headers and `gso_size` bytes of payload each.
     let l4 = match proto {
@@ -136,7 +143,7 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, l3: usize, proto: u8) -> Result<bo
         IPPROTO_UDP => 8,
         _ => 0,
     };
-    Ok(l3 as u32 + l4 + gso_size + cfg.overhead > cfg.underlay_mtu)
+    Ok(l3 as u32 + l4 + gso_size + overhead > cfg.underlay_mtu)
 }
 
 /// Answers a packet too big for the underlay: with DF set, "fragmentation needed" from the
@@ -157,6 +164,7 @@ pub fn frag_needed(
     if u16::from_be_bytes(ip.frag_off) & IP_DF == 0 || !ip.is_plain_v4() {
         return Err(DropReason::TooBig);
     }
+    // The node's largest overhead: an MTU that fits whichever family the peer is reached in.
     let mtu = cfg.underlay_mtu.saturating_sub(cfg.overhead) as u16;
     let [hi, lo] = mtu.to_be_bytes();
     let eth = EthHdr {

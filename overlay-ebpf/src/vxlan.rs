@@ -14,11 +14,11 @@ use overlay_common::{
     Config, DropReason, EndpointIp6Key, EndpointMacKey,
 };
 
-/// The inner packet's IP version.
 /// Offsets of the addresses in an IPv6 header.
 const IPV6_SRC_OFF: usize = 8;
 const IPV6_DST_OFF: usize = 24;
 
+/// The inner packet's IP version.
 pub enum InnerIp {
     V4,
     V6,
@@ -65,6 +65,13 @@ pub fn receive<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, Dro
 
 #[inline(always)]
 pub fn receive4<C: Packet>(ctx: &C, cfg: &Config) -> Result<Option<Received>, DropReason> {
+    // ARP, VLANs, anything not IPv4 is no VXLAN for this node.
+    let Some(eth) = ctx.header::<EthHdr>(0) else {
+        return Ok(None);
+    };
+    if eth.ether_type() != ETH_P_IP {
+        return Ok(None);
+    }
     let Some(ip) = ctx.header::<Ipv4Hdr>(ETH_HLEN) else {
         return Ok(None);
     };

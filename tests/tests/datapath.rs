@@ -6,7 +6,6 @@ use std::{
     time::Duration,
 };
 
-use nix::sys::signal::Signal;
 use overlay_common::{Direction, DropReason};
 use overlay_tests::{
     traffic::{self, Limit},

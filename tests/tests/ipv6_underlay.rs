@@ -558,6 +558,10 @@ fn underlay_ipv6_next_hops_follow_route_changes() {
     let gw_s = gw.to_string();
     h1.ip(&["-6", "route", "add", &route, "via", &gw_s, "dev", "ul0"]);
     wait_next_hop(&t, 0, h2_vtep, Some(IpAddr::V6(gw)));
+    // The first packets wait for neighbour discovery of the new router (a busy machine
+    // may lose one): the path works within seconds, then every packet takes it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !traffic::ping(&a.ns, b.ip, 1) && Instant::now() < deadline {}
     let before = forwarded6(&router);
     ping_both(5, "via the router");
     assert!(

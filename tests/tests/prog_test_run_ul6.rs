@@ -8,7 +8,12 @@ use overlay_tests::{frames6, prog_fixture::*, traffic};
 #[test]
 fn encapsulates_in_ipv6_byte_for_byte() {
     let f = fixture_ul6();
-    let inner = f.outbound(b"hello ipv6 underlay");
+    // DSCP 46 (EF) and ECN 01: the outer traffic class carries both.
+    let mut inner = f.outbound(b"hello ipv6 underlay");
+    inner[15] = 0xb9;
+    inner[24..26].copy_from_slice(&[0, 0]);
+    let ck = traffic::checksum(&inner[14..34]);
+    inner[24..26].copy_from_slice(&ck.to_be_bytes());
     let out = f.run_from_container(&inner);
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     assert_eq!(
@@ -20,8 +25,8 @@ fn encapsulates_in_ipv6_byte_for_byte() {
     assert_eq!(o[12..14], [0x86, 0xdd], "outer ethertype IPv6");
     let vx = traffic::parse_vxlan6(o, 4789).expect("VXLAN in IPv6/UDP on the way out");
     assert_eq!(vx.version_class_flow >> 28, 6, "version");
-    // The inner TOS (0) is the outer traffic class; the flow label comes from the flow hash.
-    assert_eq!((vx.version_class_flow >> 20) & 0xff, 0, "traffic class");
+    // The inner TOS is the outer traffic class; the flow label comes from the flow hash.
+    assert_eq!((vx.version_class_flow >> 20) & 0xff, 0xb9, "traffic class");
     assert_eq!(vx.payload_len as usize, o.len() - 14 - 40, "payload length");
     assert_eq!(vx.hop_limit, 64);
     assert_eq!(vx.outer_src, ip6(LOCAL_VTEP6));
@@ -171,14 +176,17 @@ fn malformed_or_foreign_outer_ipv6_is_dropped_or_left_to_the_stack() {
         assert_eq!(f.xdp(frame).verdict, XDP_PASS, "{what}: XDP");
     };
     // An extension header before UDP (hop-by-hop options): the overlay sends none.
-    let mut hbh = full.clone();
-    hbh[14 + 6] = 0;
-    hbh.splice(54..54, [17, 0, 1, 4, 0, 0, 0, 0]);
+    let grown = |mut f: Vec<u8>, next: u8, ext: [u8; 8]| {
+        f[14 + 6] = next;
+        f.splice(54..54, ext);
+        let len = (f.len() - 54) as u16;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        f
+    };
+    let hbh = grown(full.clone(), 0, [17, 0, 1, 4, 0, 0, 0, 0]);
     passes(&hbh, "hop-by-hop header");
     // A fragment header (nothing this datapath sends).
-    let mut frag = full.clone();
-    frag[14 + 6] = 44;
-    frag.splice(54..54, [17, 0, 0, 1, 0, 0, 0, 1]);
+    let frag = grown(full.clone(), 44, [17, 0, 0, 1, 0, 0, 0, 1]);
     passes(&frag, "fragment");
     // To another address, or another port, or not version 6.
     let mut elsewhere = full.clone();
@@ -198,6 +206,10 @@ fn malformed_or_foreign_outer_ipv6_is_dropped_or_left_to_the_stack() {
     passes(&v5, "version 5");
     // (An outer IPv6 header cut short cannot be run: test_run refuses IPv6 frames shorter
     // than the header. The parse reads it whole or leaves the packet alone.)
+    // Another ethertype before the same bytes (a local experimental one): not IP at all.
+    let mut other = full.clone();
+    other[12..14].copy_from_slice(&[0x88, 0xb5]);
+    passes(&other, "another ethertype");
     // IPv4 VXLAN to a node with an IPv6 VTEP only: no IPv4 VTEP to be addressed to.
     let v4 = f.inbound(VNI, &f.inner_to_me());
     passes(&v4, "IPv4 to a node without an IPv4 VTEP");

@@ -43,7 +43,11 @@ enum Task {
     /// cargo fmt --check and clippy -D warnings, for userspace and the eBPF crate.
     Lint,
     /// Setup, build, then run a real overlay across namespace hosts and show traffic crossing it.
-    Demo,
+    Demo {
+        /// Arguments for the demo (`--ipv6-underlay`: the hosts' underlay is IPv6 only).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The chaos soak: churn, kills, etcd member restarts and link flaps under long-lived
     /// streams for N minutes; report in target/soak/.
     Soak {
@@ -96,7 +100,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { filter, no_lint } => test(filter, no_lint),
         Task::Lint => lint(),
-        Task::Demo => demo(),
+        Task::Demo { args } => demo(args),
         Task::Bench { args } => bench(args),
         Task::Image { out, tag } => {
             build(true)?;
@@ -282,7 +286,7 @@ fn upgrade_test() -> Result<()> {
         .env("OVERLAYD_PREVIOUS", bins.overlayd))
 }
 
-fn demo() -> Result<()> {
+fn demo(args: Vec<String>) -> Result<()> {
     setup::run()?;
     build(false)?;
     run(cargo()
@@ -293,7 +297,9 @@ fn demo() -> Result<()> {
             "overlay-tests",
             "--bin",
             "overlay-demo",
+            "--",
         ])
+        .args(args)
         .env("OVERLAYD", overlayd_path(false)))
 }
 

@@ -202,7 +202,7 @@ impl HostWatch {
     }
 
     /// The new VTEP addresses if the underlay's moved (and were not fixed with --vtep-ip):
-    /// each family follows the underlay's first address of that family.
+    /// an address that left the underlay is replaced by its first one of that family.
     fn vtep_moved(&mut self, vtep: Vteps) -> Option<Vteps> {
         let now = match Interface::lookup(&self.underlay.name) {
             Ok(i) => i,
@@ -219,20 +219,22 @@ impl HostWatch {
             }
             return None;
         }
+        // Each family's address stays while it is on the underlay (another address added
+        // next to it, an IPv6 prefix or a privacy address, moves nothing).
         let mut moved = vtep;
-        if vtep.v4.is_some() {
+        if let Some(old) = vtep.v4.filter(|ip| !self.has_address(IpAddr::V4(*ip))) {
             match v4 {
                 Some(ip) => moved.v4 = Some(ip),
                 None => {
-                    error!(vtep = %vtep, underlay = %self.underlay.name, "the underlay has no IPv4 address left: peers cannot reach this node over IPv4 until one is assigned")
+                    error!(vtep = %old, underlay = %self.underlay.name, "the underlay has no IPv4 address left: peers cannot reach this node over IPv4 until one is assigned")
                 }
             }
         }
-        if vtep.v6.is_some() {
+        if let Some(old) = vtep.v6.filter(|ip| !self.has_address(IpAddr::V6(*ip))) {
             match v6 {
                 Some(ip) => moved.v6 = Some(ip),
                 None => {
-                    error!(vtep = %vtep, underlay = %self.underlay.name, "the underlay has no global IPv6 address left: peers cannot reach this node over IPv6 until one is assigned")
+                    error!(vtep = %old, underlay = %self.underlay.name, "the underlay has no usable global IPv6 address left: peers cannot reach this node over IPv6 until one is assigned")
                 }
             }
         }

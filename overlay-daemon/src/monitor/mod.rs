@@ -243,10 +243,11 @@ async fn read_events(
                     }
                     lost_seen[i] = lost;
                 }
+                // A node's address may move or change family: read again when next asked.
+                vteps.clear();
                 if tx.receiver_count() == 0 {
-                    // Interfaces and nodes come and go between sessions.
+                    // Interfaces come and go between sessions.
                     names.clear();
-                    vteps.clear();
                 }
             }
             guard = ring.readable_mut() => {

@@ -216,6 +216,21 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// The record if its VTEP addresses can be used: at least one, none that no peer can
+    /// send to or that aliases another's key (`vtep::unusable`). Else why not.
+    pub fn checked(self) -> Result<Self, String> {
+        let Some(vteps) = self.vteps() else {
+            return Err("the node has no VTEP address (vtep_ip or vtep_ip6)".into());
+        };
+        match vteps
+            .addrs()
+            .find_map(|ip| crate::vtep::unusable(ip).map(|why| (ip, why)))
+        {
+            Some((ip, why)) => Err(format!("VTEP {ip} cannot be a VTEP address: it is {why}")),
+            None => Ok(self),
+        }
+    }
+
     /// The node's VTEP addresses; `None` for a record with neither (skipped as bad data).
     pub fn vteps(&self) -> Option<Vteps> {
         (self.vtep_ip.is_some() || self.vtep_ip6.is_some()).then_some(Vteps {
@@ -487,9 +502,15 @@ mod tests {
         assert_eq!(decode::<NodeRecord>(text.as_bytes()).unwrap(), v6);
         let none = NodeRecord {
             vtep_ip: None,
-            ..v4
+            ..v4.clone()
         };
         assert_eq!(none.vteps(), None);
+        assert!(none.checked().unwrap_err().contains("no VTEP address"));
+        let mapped = NodeRecord {
+            vtep_ip6: Some("::ffff:198.18.0.9".parse().unwrap()),
+            ..v4
+        };
+        assert!(mapped.checked().unwrap_err().contains("IPv4-mapped"));
     }
 
     /// Endpoint records as the first release wrote them load unchanged, and are written back

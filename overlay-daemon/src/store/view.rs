@@ -387,15 +387,12 @@ impl ClusterView {
                 }
                 Entry::Network(n)
             }),
-            Key::Node(_) => {
-                records::decode::<NodeRecord>(&kv.value).and_then(|record| match record.vteps() {
-                    Some(_) => Ok(Entry::Node {
-                        record,
-                        lease: kv.lease,
-                    }),
-                    None => Err("the node has no VTEP address (vtep_ip or vtep_ip6)".into()),
-                })
-            }
+            Key::Node(_) => records::decode::<NodeRecord>(&kv.value)
+                .and_then(NodeRecord::checked)
+                .map(|record| Entry::Node {
+                    record,
+                    lease: kv.lease,
+                }),
             Key::Block { .. } => records::decode(&kv.value).map(Entry::Block),
             Key::Endpoint { .. } => records::decode::<EndpointRecord>(&kv.value)
                 .map(|r| Entry::Endpoint(self.compact(r))),

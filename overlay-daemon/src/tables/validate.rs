@@ -171,13 +171,26 @@ impl ClusterTables {
                     node(),
                     "it has no VTEP address (vtep_ip or vtep_ip6)",
                 ));
-            } else if let Some(ip) = n.vteps().addrs().find(|ip| vteps.contains(ip)) {
+            } else if let Some((ip, why)) = n
+                .vteps()
+                .addrs()
+                .find_map(|ip| crate::vtep::unusable(ip).map(|why| (ip, why)))
+            {
+                out.rejected.push(Rejection::new(
+                    node(),
+                    format!("VTEP {ip} cannot be a VTEP address: it is {why}"),
+                ));
+            } else if let Some(ip) = n
+                .vteps()
+                .addrs()
+                .find(|ip| vteps.contains(&crate::vtep::key(*ip)))
+            {
                 out.rejected.push(Rejection::new(
                     node(),
                     format!("VTEP {ip} is already used by another node"),
                 ));
             } else {
-                vteps.extend(n.vteps().addrs());
+                vteps.extend(n.vteps().addrs().map(crate::vtep::key));
                 out.nodes.insert(n.name.clone(), n.clone());
             }
         }

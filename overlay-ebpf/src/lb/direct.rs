@@ -89,10 +89,17 @@ fn stays<F: Family>(
     vni: u32,
     proto: u8,
 ) -> Result<bool, DropReason> {
-    if !icmp::too_big(ctx, cfg, F::L4_OFF - ETH_HLEN, proto)? {
+    // What fits the node's largest encapsulation fits any (the target is looked up only
+    // for what may not).
+    let l3 = F::L4_OFF - ETH_HLEN;
+    if !icmp::too_big(ctx, cfg, cfg.overhead, l3, proto)? {
         return Ok(false);
     }
-    Ok(target::<F>(ctx, vni)?.is_none_or(|t| !t.is_local()))
+    match target::<F>(ctx, vni)? {
+        None => Ok(true),
+        Some(t) if t.is_local() => Ok(false),
+        Some(t) => icmp::too_big(ctx, cfg, crate::encap::overhead(&t.vtep), l3, proto),
+    }
 }
 
 /// Whether the packet is for an endpoint of the network. Only such a flow can share its

@@ -11,7 +11,7 @@ mod containers;
 mod daemons;
 mod underlay;
 
-pub use underlay::{underlay_ip6, CONTAINER_MTU6, ETCD_IP6, UNDERLAY6_PREFIX_LEN};
+pub use underlay::{ready_switch6, underlay_ip6, CONTAINER_MTU6, ETCD_IP6, UNDERLAY6_PREFIX_LEN};
 
 use std::{
     net::{IpAddr, Ipv4Addr},

@@ -86,7 +86,7 @@ pub(super) fn host_underlay_ip(i: usize, ipv6: bool) -> IpAddr {
 /// Readies the underlay switch of an IPv6 underlay: multicast snooping off, so neighbour
 /// solicitations always reach every port (as on a switch without MLD snooping), whatever
 /// reports the switch happened to see.
-pub(super) fn ready_switch6(underlay: &Netns) {
+pub fn ready_switch6(underlay: &Netns) {
     underlay.ip(&[
         "link",
         "set",
