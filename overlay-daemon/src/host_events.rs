@@ -47,12 +47,14 @@ pub struct HostChanges {
 }
 
 /// The kernel's table of local and broadcast addresses (`RT_TABLE_LOCAL`).
-const RT_TABLE_LOCAL: u8 = 255;
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// Whether a route can be one a VTEP is reached by: not the link-local and multicast routes
-/// every interface brings (each container veth adds IPv6 ones), nor the local table's.
+/// every interface brings (each container veth adds IPv6 ones), nor those of the local
+/// table or of the daemon's own table (a route per container, `host_route::TABLE`).
 fn reaches_vteps(r: &RouteMessage) -> bool {
-    if r.header.table == RT_TABLE_LOCAL {
+    let table = crate::host_route::route_table(r);
+    if table == RT_TABLE_LOCAL || table == crate::host_route::TABLE {
         return false;
     }
     !r.attributes.iter().any(|a| match a {
@@ -150,5 +152,11 @@ mod tests {
         assert!(!reaches_vteps(&route(254, "fe80::")));
         assert!(!reaches_vteps(&route(255, "ff00::")));
         assert!(!reaches_vteps(&route(255, "2001:2:0:ff00::1")));
+        // The daemon's own per-container routes: table 4789 in RTA_TABLE (the header's
+        // field holds 252, RT_TABLE_COMPAT, for tables above 255).
+        let mut own = route(252, "198.19.1.2");
+        own.attributes
+            .push(RouteAttribute::Table(crate::host_route::TABLE));
+        assert!(!reaches_vteps(&own));
     }
 }

@@ -29,6 +29,18 @@ use crate::netlink::{connect, errno, link_index, rt, NetlinkError};
 
 /// The routing table of the host's routes to its containers.
 pub const TABLE: u32 = 4789;
+
+/// The table a route is in: its `RTA_TABLE`, which the header's one-byte field cannot hold
+/// above 255.
+pub fn route_table(r: &rtnetlink::packet_route::route::RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            rtnetlink::packet_route::route::RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table.into())
+}
 /// The priority of the rule that sends the host's own traffic to `TABLE`: after any rule an
 /// operator is likely to add, before the main table (32766).
 pub const RULE_PRIORITY: u32 = 32000;

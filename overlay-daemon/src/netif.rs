@@ -32,7 +32,7 @@ pub struct Interface {
     pub name: String,
     pub ifindex: u32,
     pub mtu: u32,
-    /// First IPv4 address, if any.
+    /// First IPv4 address a VTEP can have (`vtep::unusable`), if any.
     pub ipv4: Option<Ipv4Addr>,
     /// First IPv6 address a VTEP can have (`usable_ipv6`), if any.
     pub ipv6: Option<Ipv6Addr>,
@@ -52,11 +52,13 @@ impl Interface {
                     .flatten()
             })
         });
+        // The first one a VTEP can have (`vtep::unusable`).
         let ipv4 = getifaddrs().ok().and_then(|mut addrs| {
             addrs.find_map(|a| {
                 (a.interface_name == name)
                     .then(|| a.address?.as_sockaddr_in().map(|s| s.ip()))
                     .flatten()
+                    .filter(|ip| crate::vtep::unusable(IpAddr::V4(*ip)).is_none())
             })
         });
         let ipv6 = usable_ipv6(name);
@@ -98,6 +100,11 @@ impl Interface {
             if self.ipv4.is_none() || prefer == Prefer::Ipv6 {
                 vteps.v6 = self.ipv6;
             }
+            if prefer == Prefer::Ipv6 && vteps.v6.is_none() {
+                tracing::warn!(underlay = %self.name, "IPv6 is preferred but the underlay has no usable global IPv6 address: the VTEP is IPv4 only until overlayd restarts with one");
+            }
+        } else if prefer == Prefer::Ipv6 && vteps.v6.is_none() {
+            tracing::warn!("--vtep-prefer ipv6 without an IPv6 --vtep-ip: the VTEP is IPv4 only");
         }
         match (vteps.v4, vteps.v6) {
             (None, None) => Err(NetifError::NoAddress(self.name.clone())),

@@ -106,10 +106,10 @@ pub fn unusable(ip: IpAddr) -> Option<&'static str> {
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
         return Some("an unspecified, loopback or multicast address");
     }
+    // (IPv4 link-local stays allowed: a flat underlay may run on 169.254/16, as earlier
+    // releases allowed.)
     match ip {
-        IpAddr::V4(v4) if v4.is_broadcast() || v4.is_link_local() => {
-            Some("a broadcast or link-local address")
-        }
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
         IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => {
             Some("a link-local address (a VTEP must be reachable through routers)")
         }
@@ -192,7 +192,6 @@ mod tests {
             "0.0.0.0",
             "127.0.0.1",
             "224.0.0.1",
-            "169.254.1.1",
             "::",
             "::1",
             "ff02::1",
@@ -202,7 +201,7 @@ mod tests {
         ] {
             assert!(unusable(bad.parse().unwrap()).is_some(), "{bad}");
         }
-        for good in ["198.18.0.1", "2001:2:0:ff00::1", "fd00::1"] {
+        for good in ["198.18.0.1", "169.254.1.1", "2001:2:0:ff00::1", "fd00::1"] {
             assert_eq!(unusable(good.parse().unwrap()), None, "{good}");
         }
     }

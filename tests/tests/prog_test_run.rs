@@ -154,6 +154,16 @@ fn foreign_underlay_traffic_passes_untouched() {
     let arp = traffic::arp_request([2, 0, 0, 0, 0, 2], ip(REMOTE_VTEP), ip(LOCAL_VTEP));
     assert_eq!(f.run_from_underlay(&arp, 0).verdict, TC_NEXT);
     assert_eq!(f.xdp(&arp).verdict, XDP_PASS);
+    // VXLAN to us behind another ethertype (a VLAN tag, a local experimental type): not
+    // IPv4, so not parsed as such.
+    for ethertype in [[0x81, 0x00], [0x88, 0xb5]] {
+        let mut other = f.inbound(VNI, &f.inner_to_me());
+        other[12..14].copy_from_slice(&ethertype);
+        let out = f.run_from_underlay(&other, 0);
+        assert_eq!(out.verdict, TC_NEXT, "ethertype {ethertype:02x?}");
+        assert_eq!(out.frame, other);
+        assert_eq!(f.xdp(&other).verdict, XDP_PASS);
+    }
     // VXLAN addressed to another VTEP is not ours either.
     let elsewhere = traffic::udp_frame(
         ip(REMOTE_VTEP),

@@ -28,7 +28,8 @@ fn add_ipv6(t: &Topology, host: usize) {
 /// VXLAN frames captured on host `host`'s switch port while `send` runs: (IPv4, IPv6).
 fn vxlan_on_port(t: &Topology, host: usize, send: impl FnOnce()) -> (usize, Vec<Vxlan6Frame>) {
     let port = format!("p{}", host + 1);
-    let capture = traffic::capture(&t.underlay, &port, Duration::from_secs(3));
+    // Long enough for the pings on a loaded machine.
+    let capture = traffic::capture(&t.underlay, &port, Duration::from_secs(8));
     send();
     let frames = capture.join().expect("capture");
     let v4 = frames
@@ -106,8 +107,11 @@ fn each_pair_uses_the_family_both_ends_have_and_switches_together() {
     wait_vteps(&t, 0, &[ip("198.18.0.2"), IpAddr::V6(v6_3)]);
     wait_vteps(&t, 1, &[ip("198.18.0.1")]);
     wait_vteps(&t, 2, &[IpAddr::V6(v6_1)]);
-    assert_eq!(unreachable(&t, 1), vec!["h3".to_owned()]);
-    assert_eq!(unreachable(&t, 2), vec!["h2".to_owned()]);
+    for (host, other) in [(1, "h3"), (2, "h2")] {
+        t.wait_status(host, &format!("{other} reported unreachable"), |s| {
+            s["unreachable"] == serde_json::json!([other])
+        });
+    }
     assert!(unreachable(&t, 0).is_empty());
     let (b_ip, c_ip, c_ip6) = (
         t.container("b").ip,
@@ -145,8 +149,28 @@ fn each_pair_uses_the_family_both_ends_have_and_switches_together() {
         ["1430", "1450", "1430"]
     );
 
-    // h2 restarts with both addresses, preferring IPv6: h1 and h2 move to IPv6 together,
-    // h2 and h3 find each other.
+    // h2 restarts with an address of each family, preferring IPv4: it keeps IPv4 with h1
+    // (which prefers IPv6, but both must) and reaches h3 over IPv6. Its container, made
+    // with 1450, keeps 1450 towards h1 and learns 1430 towards h3.
+    assert!(t.stop_daemon(1, Signal::SIGTERM), "h2 stops");
+    let h2_v6 = v6_2.to_string();
+    t.start_daemon(1, &["--vtep-ip", "198.18.0.2", "--vtep-ip", &h2_v6]);
+    t.wait_converged(1);
+    wait_vteps(&t, 0, &[ip("198.18.0.2"), IpAddr::V6(v6_3)]);
+    wait_vteps(&t, 1, &[ip("198.18.0.1"), IpAddr::V6(v6_3)]);
+    wait_vteps(&t, 2, &[IpAddr::V6(v6_1), IpAddr::V6(v6_2)]);
+    let b = &t.container("b").ns;
+    let (ok, out) = traffic::df_ping(b, a_ip, 1450 - 28, 2);
+    assert!(ok, "full size towards the IPv4 peer: {out}");
+    let (ok, out) = traffic::df_ping(b, c_ip, 1450 - 28, 1);
+    assert!(
+        !ok && out.contains("mtu = 1430"),
+        "towards the IPv6 peer: {out}"
+    );
+    let (ok, out) = traffic::df_ping(b, c_ip, 1430 - 28, 2);
+    assert!(ok, "{out}");
+
+    // h2 restarts with both addresses, preferring IPv6: h1 and h2 move to IPv6 together.
     assert!(t.stop_daemon(1, Signal::SIGTERM), "h2 stops");
     t.start_daemon(1, &["--vtep-prefer", "ipv6"]);
     t.wait_converged(1);

@@ -239,7 +239,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let args = cli.run;
             let node = node_name(args.node_name)?;
             let mode = match (args.control_plane_only, args.underlay, &args.vtep_ip[..]) {
-                (true, _, [IpAddr::V4(vtep_ip)]) => NodeMode::ControlPlaneOnly { vtep_ip: *vtep_ip },
+                (true, _, [IpAddr::V4(vtep_ip)]) => {
+                    if let Some(why) = overlay_daemon::vtep::unusable(IpAddr::V4(*vtep_ip)) {
+                        anyhow::bail!("--vtep-ip {vtep_ip} cannot be a VTEP address: it is {why}");
+                    }
+                    NodeMode::ControlPlaneOnly { vtep_ip: *vtep_ip }
+                }
                 (true, _, _) => anyhow::bail!(
                     "--control-plane-only needs one IPv4 --vtep-ip (there is no underlay to take it from)"
                 ),

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use overlay_common::maps::DNS_MARK;
 use rtnetlink::{
     packet_route::{
-        route::{RouteAttribute, RouteScope, RouteType},
+        route::{RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute},
         IpProtocol,
     },
@@ -188,14 +188,7 @@ async fn flush(only: Option<RouteType>) -> Result<(), NetlinkError> {
             .await
             .map_err(rt("listing the DNS queries' routes"))?
         {
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(r.header.table.into());
+            let table = crate::host_route::route_table(&r);
             if (table == TABLE || table == TABLE_TCP) && only.is_none_or(|k| r.header.kind == k) {
                 ours.push(r);
             }
