@@ -84,7 +84,7 @@ pub fn datapath(path: &Path, modes: &[Mode], samples: &Samples) -> Result<bool> 
     let groups = Metric::ALL.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Datapath: median ratio to kernel vxlan (higher is better)",
+            "Datapath: median ratio to kernel vxlan of the same families (higher is better)",
             ("sans-serif", 26),
         )
         .margin(15)

@@ -53,7 +53,44 @@ fn bad_input_gives_one_clear_line() {
         &["--underlay", "bare0", "--node-name", "n", "--run-dir", rd],
     );
     assert_eq!(code, 1);
-    assert_one_line(&err, &["\"bare0\"", "no IPv4 address", "--vtep-ip"]);
+    assert_one_line(
+        &err,
+        &[
+            "\"bare0\"",
+            "neither an IPv4 nor a global IPv6",
+            "--vtep-ip",
+        ],
+    );
+
+    // VTEP addresses no peer can send to, or that would alias an IPv4 VTEP's key, and two
+    // of one family.
+    for (vtep, why) in [
+        ("::ffff:198.18.0.9", "IPv4-mapped"),
+        ("fe80::1", "link-local"),
+        ("ff02::1", "multicast"),
+    ] {
+        let args = ["--underlay", "bare0", "--node-name", "n", "--run-dir", rd];
+        let (code, err) = overlayd(&ns, &[&args[..], &["--vtep-ip", vtep]].concat());
+        assert_eq!(code, 1, "{vtep}");
+        assert_one_line(&err, &[vtep, "cannot be a VTEP address", why]);
+    }
+    let (code, err) = overlayd(
+        &ns,
+        &[
+            "--underlay",
+            "bare0",
+            "--node-name",
+            "n",
+            "--run-dir",
+            rd,
+            "--vtep-ip",
+            "198.18.0.9",
+            "--vtep-ip",
+            "198.18.0.10",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_one_line(&err, &["--vtep-ip given twice for IPv4"]);
 
     let (code, err) = overlayd(&ns, &["--underlay", "bare0", "--vxlan-port", "0"]);
     assert_eq!(code, 2);
