@@ -359,20 +359,7 @@ fn plain(mode: Mode, mtu: u32) -> Result<Pair> {
             h.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
         }
         h.sysctl("net/ipv4/ip_forward", "1");
-        h.ip(&[
-            "link",
-            "add",
-            "ul0",
-            "mtu",
-            "1500",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("p{i}"),
-            "netns",
-            underlay.name(),
-        ]);
+        h.add_veth("ul0", "1500", &format!("p{i}"), underlay.name());
         if ul6 {
             // IPv6 only on the underlay (IPv6 stays off on the host's other links).
             for dev in ["ul0", "lo"] {
@@ -394,20 +381,7 @@ fn plain(mode: Mode, mtu: u32) -> Result<Pair> {
         if !plan.v6 {
             c.sysctl("net/ipv6/conf/all/disable_ipv6", "1");
         }
-        h.ip(&[
-            "link",
-            "add",
-            "vc",
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            c.name(),
-        ]);
+        h.add_veth("vc", &mtu, "eth0", c.name());
         plan.addr_add(&h, &plan.single(plan.gateway()), "vc");
         h.ip(&["link", "set", "vc", "up"]);
         h.ip(&[f, "route", "add", &plan.single(ip), "dev", "vc"]);

@@ -124,6 +124,15 @@ impl Netns {
         }
     }
 
+    /// A veth `ifname` here, MTU `mtu`, whose peer `peer` goes into namespace `other`.
+    pub fn add_veth(&self, ifname: &str, mtu: impl std::fmt::Display, peer: &str, other: &str) {
+        let mtu = mtu.to_string();
+        self.ip(&[
+            "link", "add", ifname, "mtu", &mtu, "type", "veth", "peer", "name", peer, "netns",
+            other,
+        ]);
+    }
+
     /// Adds bridge `br0` as a plain L2 switch, the underlay between hosts. Where br_netfilter
     /// is loaded (Docker loads it) bridged frames would also run through iptables, which a
     /// physical switch does not do: turned off for this namespace.

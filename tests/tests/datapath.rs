@@ -348,15 +348,7 @@ fn large_tcp_transfers_keep_their_checksum() {
         SIZE,
     );
     assert_eq!(sent, got, "same host");
-    for h in 0..2 {
-        let c = t.counters(h);
-        let bad: Vec<_> = c.drops.iter().filter(|(_, v)| v.packets > 0).collect();
-        assert!(
-            c.drops(DropReason::DecapFailed).packets == 0
-                && c.drops(DropReason::EncapFailed).packets == 0,
-            "host {h} dropped packets during the transfer: {bad:?}"
-        );
-    }
+    t.assert_no_encap_failures(2);
 }
 
 #[test]

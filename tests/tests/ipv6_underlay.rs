@@ -353,15 +353,7 @@ fn large_tcp_transfers_over_an_ipv6_underlay_keep_their_checksum() {
         encapsulated >= 2 * SIZE,
         "h1 encapsulated {encapsulated} bytes for its two outgoing transfers"
     );
-    for h in 0..3 {
-        let c = t.counters(h);
-        let bad: Vec<_> = c.drops.iter().filter(|(_, v)| v.packets > 0).collect();
-        assert!(
-            c.drops(DropReason::DecapFailed).packets == 0
-                && c.drops(DropReason::EncapFailed).packets == 0,
-            "host {h} dropped packets during the transfers: {bad:?}"
-        );
-    }
+    t.assert_no_encap_failures(3);
 }
 
 #[test]

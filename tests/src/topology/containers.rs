@@ -166,20 +166,7 @@ impl Topology {
         let host_ifname = format!("v{name}");
         let mtu = self.container_mtu().to_string();
         let h = &self.hosts[host];
-        h.ns.ip(&[
-            "link",
-            "add",
-            &host_ifname,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
+        h.ns.add_veth(&host_ifname, &mtu, "eth0", ns.name());
         h.ns.ip(&["link", "set", &host_ifname, "up"]);
         let prefix = Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix");
         let gateway = net.gateway_ip().expect("IPv4 network");

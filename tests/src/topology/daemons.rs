@@ -218,6 +218,20 @@ impl Topology {
     }
 
     /// Counters of host `host`'s datapath, read from its pinned maps.
+    /// Asserts that none of hosts `0..hosts` failed to encapsulate or decapsulate a packet
+    /// (after a transfer: every segment of it went through).
+    pub fn assert_no_encap_failures(&self, hosts: usize) {
+        for h in 0..hosts {
+            let c = self.counters(h);
+            let bad: Vec<_> = c.drops.iter().filter(|(_, v)| v.packets > 0).collect();
+            assert!(
+                c.drops(overlay_common::DropReason::DecapFailed).packets == 0
+                    && c.drops(overlay_common::DropReason::EncapFailed).packets == 0,
+                "host {h} dropped packets during the transfers: {bad:?}"
+            );
+        }
+    }
+
     pub fn counters(&self, host: usize) -> CounterSnapshot {
         CounterMap::open_pinned(&self.hosts[host].pins.maps())
             .and_then(|c| c.snapshot())

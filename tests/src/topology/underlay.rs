@@ -42,20 +42,7 @@ pub(super) fn plug_into_underlay(
     ip: IpAddr,
 ) {
     let mtu = UNDERLAY_MTU.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        ifname,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        underlay.name(),
-    ]);
+    ns.add_veth(ifname, &mtu, peer, underlay.name());
     match ip {
         IpAddr::V4(ip) => {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname]);
