@@ -29,6 +29,9 @@ const SETTLE: Duration = Duration::from_millis(20);
 
 pub struct HostEvents {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    /// The burst being gathered: kept here, not in `next`'s future, which the daemon's
+    /// loop drops whenever another of its events comes first.
+    pending: Option<HostChanges>,
 }
 
 /// What changed in one burst.
@@ -110,18 +113,27 @@ impl HostEvents {
             .socket_mut()
             .bind(&SocketAddr::new(0, groups))?;
         tokio::spawn(conn);
-        Ok(Self { messages })
+        Ok(Self {
+            messages,
+            pending: None,
+        })
     }
 
     /// Waits for a change and the burst it belongs to. `None`: the subscription ended and
     /// changes can no longer be seen.
+    /// Cancel-safe: a burst whose wait is cut short (the caller's `select!` took another
+    /// branch) is finished by the next call, nothing of it lost.
     pub async fn next(&mut self) -> Option<HostChanges> {
-        let mut changes = HostChanges::default();
-        let (first, _) = self.messages.next().await?;
-        if let NetlinkPayload::InnerMessage(m) = &first.payload {
-            changes.add(m);
+        if self.pending.is_none() {
+            let (first, _) = self.messages.next().await?;
+            let mut changes = HostChanges::default();
+            if let NetlinkPayload::InnerMessage(m) = &first.payload {
+                changes.add(m);
+            }
+            self.pending = Some(changes);
         }
         tokio::time::sleep(SETTLE).await;
+        let mut changes = self.pending.take().unwrap_or_default();
         while let Ok((msg, _)) = self.messages.try_recv() {
             if let NetlinkPayload::InnerMessage(m) = &msg.payload {
                 changes.add(m);
